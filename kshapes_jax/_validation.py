@@ -1,0 +1,55 @@
+"""Shape checks shared by the pure functions; every failure is a ValueError."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+
+def shape_of(name: str, x) -> tuple[int, ...]:
+  """Returns the shape of an array-like, raising ValueError if it has none."""
+  try:
+    return tuple(np.shape(x))
+  except Exception as e:  # pragma: no cover - exotic inputs only
+    raise ValueError(f"{name} must be an array, got {type(x).__name__}") from e
+
+
+def require_rank(name: str, x, ranks: int | Sequence[int], layout: str) -> tuple[int, ...]:
+  """Checks the rank of `x`; `layout` names the axes expected, for the message."""
+  shape = shape_of(name, x)
+  allowed = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+  if len(shape) not in allowed:
+    raise ValueError(f"{name} must be {layout}, got shape {shape} (rank {len(shape)})")
+  return shape
+
+
+def require_shape(name: str, x, expected: Sequence[int | None], layout: str) -> tuple[int, ...]:
+  """Checks a full shape; None in `expected` accepts any size on that axis."""
+  shape = shape_of(name, x)
+  ok = len(shape) == len(expected) and all(
+      e is None or s == e for s, e in zip(shape, expected))
+  if not ok:
+    want = "(" + ", ".join("?" if e is None else str(e) for e in expected) + ")"
+    raise ValueError(f"{name} must be {layout} = {want}, got shape {shape}")
+  return shape
+
+
+def concrete_or_none(x) -> np.ndarray | None:
+  """The value of `x` on the host, or None when it is traced (inside jit/grad)."""
+  try:
+    return np.asarray(x)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return None
+
+
+def pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
+  """Normalises an int or a pair of positive ints (strides, dilations)."""
+  if isinstance(value, (int, np.integer)):
+    out = (int(value), int(value))
+  else:
+    out = tuple(int(v) for v in value)
+  if len(out) != 2 or min(out) < 1:
+    raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
+  return out  # type: ignore[return-value]

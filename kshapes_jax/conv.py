@@ -1,0 +1,251 @@
+"""The one convolution every method ends in, and the literal ACU reference.
+
+`conv` is the single wrapper around `lax.conv_general_dilated` (NHWC inputs,
+HWIO kernels): every layer builds its effective kernel with the pure
+functions of `kshapes_jax.kernels` and then calls it once.
+
+`active_conv_gather` is the Active Convolution Unit written as the paper
+writes it (eq. 5-9 of Jeon and Kim): bilinear samples of the input at each
+synapse position around every output pixel, zeros outside the image, then a
+weighted sum. It is the reference that the fast splat path
+(`kernels.active_kernel` + `conv`) must match, and it also takes per-pixel
+positions, which no dense kernel can express.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike
+
+from kshapes_jax import _validation
+from kshapes_jax.kernels import active as _active
+
+Padding = str | int | Sequence[tuple[int, int]]
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def resolve_padding(
+    padding: Padding,
+    input_hw: Sequence[int],
+    kernel_hw: Sequence[int],
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+  """Explicit ((top, bottom), (left, right)) padding, as lax would apply it.
+
+  Args:
+    padding: "SAME", "VALID", an int (the same on all four sides) or
+      ((top, bottom), (left, right)).
+    input_hw: (H, W) of the input.
+    kernel_hw: (kh, kw) of the kernel before dilation.
+    stride: the conv stride.
+    dilation: the kernel dilation.
+
+  Returns:
+    The two (low, high) pairs.
+
+  Raises:
+    ValueError: for an unknown padding string or a malformed pair list.
+  """
+  stride = _validation.pair("stride", stride)
+  dilation = _validation.pair("dilation", dilation)
+  if isinstance(padding, str):
+    if padding.upper() not in ("SAME", "VALID"):
+      raise ValueError(f"padding must be 'SAME', 'VALID', an int or ((t, b), (l, r)), got {padding!r}")
+    extent = [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation)]
+    pads = lax.padtype_to_pads(tuple(input_hw), extent, stride, padding.upper())
+    return tuple((int(lo), int(hi)) for lo, hi in pads)  # type: ignore[return-value]
+  if isinstance(padding, int):
+    return ((padding, padding), (padding, padding))
+  try:
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"padding must be 'SAME', 'VALID', an int or ((t, b), (l, r)), got {padding!r}") from e
+  if len(pads) != 2:
+    raise ValueError(f"padding needs one (low, high) pair per spatial axis, got {padding!r}")
+  return pads  # type: ignore[return-value]
+
+
+def conv(
+    x: ArrayLike,
+    kernel: ArrayLike,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    bias: ArrayLike | None = None,
+    dtype=None,
+    precision: lax.PrecisionLike = None,
+) -> jax.Array:
+  """One 2-D convolution, NHWC input and HWIO kernel.
+
+  Args:
+    x: (N, H, W, C) input.
+    kernel: (kh, kw, C / groups, O) kernel.
+    stride: int or (sh, sw).
+    padding: "SAME", "VALID", an int, or ((top, bottom), (left, right)).
+    dilation: kernel dilation, int or (dh, dw).
+    groups: feature groups; C and O must both be multiples of it.
+    bias: optional (O,) bias added to the output.
+    dtype: compute dtype for x and the kernel (e.g. jnp.bfloat16); by default
+      the promoted dtype of the two.
+    precision: passed to lax (e.g. lax.Precision.HIGHEST for exact float32
+      on accelerators that default to reduced precision).
+
+  Returns:
+    (N, H', W', O) output.
+
+  Raises:
+    ValueError: on ranks or channel counts that do not match.
+  """
+  n, h, w, c = _validation.require_rank("x", x, 4, "(N, H, W, C)")
+  kh, kw, ci, co = _validation.require_rank("kernel", kernel, 4, "(kh, kw, C / groups, O)")
+  if not isinstance(groups, int) or groups < 1 or c % groups or co % groups:
+    raise ValueError(f"groups = {groups!r} must be a positive int dividing C = {c} and O = {co}")
+  if ci * groups != c:
+    raise ValueError(
+        f"kernel has {ci} input channels per group but x has C = {c} channels in {groups} "
+        f"group(s): expected kernel shape ({kh}, {kw}, {c // groups}, O)")
+  stride = _validation.pair("stride", stride)
+  dilation = _validation.pair("dilation", dilation)
+  pads = resolve_padding(padding, (h, w), (kh, kw), stride, dilation)
+  if dtype is None:
+    dtype = jnp.result_type(x, kernel)
+  y = lax.conv_general_dilated(
+      jnp.asarray(x, dtype), jnp.asarray(kernel, dtype),
+      window_strides=stride, padding=pads, rhs_dilation=dilation,
+      dimension_numbers=_DIMENSION_NUMBERS, feature_group_count=groups,
+      precision=precision)
+  if bias is not None:
+    _validation.require_shape("bias", bias, (co,), "(O,)")
+    y = y + jnp.asarray(bias, dtype)
+  return y
+
+
+def output_geometry(
+    input_hw: Sequence[int],
+    radius: int,
+    stride: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+) -> tuple[tuple[int, int], tuple[int, int]]:
+  """Output size and the input pixel under output (0, 0)'s kernel centre.
+
+  The ACU output grid is that of a (2R + 1) x (2R + 1) conv with the same
+  stride and padding: output (i, j) is centred on input
+  (i * sh - top + R, j * sw - left + R).
+
+  Args:
+    input_hw: (H, W).
+    radius: kernel radius R >= 1.
+    stride: the conv stride.
+    padding: as for `conv`.
+
+  Returns:
+    ((H', W'), (row0, col0)), the output size and the centre of output (0, 0).
+
+  Raises:
+    ValueError: if the output would be empty.
+  """
+  stride = _validation.pair("stride", stride)
+  size = 2 * radius + 1
+  (top, bottom), (left, right) = resolve_padding(padding, input_hw, (size, size), stride)
+  h, w = input_hw
+  out_h = (h + top + bottom - size) // stride[0] + 1
+  out_w = (w + left + right - size) // stride[1] + 1
+  if out_h < 1 or out_w < 1:
+    raise ValueError(
+        f"input {tuple(input_hw)} is too small for a {size}x{size} kernel with padding {padding!r}")
+  return (out_h, out_w), (radius - top, radius - left)
+
+
+def active_conv_gather(
+    x: ArrayLike,
+    weights: ArrayLike,
+    positions: ArrayLike,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    radius: int | None = None,
+) -> jax.Array:
+  """The literal ACU of eq. 5-9: bilinear samples at the synapses, then a sum.
+
+  y[n, i, j, o] = sum_k sum_c w[k, c, o] * x_c(centre(i, j) + p_k), with
+  bilinear interpolation over the cell of the lattice convention
+  (`kernels.active.bilinear_cell`) and zeros outside the image. Positions
+  are NOT clipped: a synapse may sample anywhere.
+
+  Args:
+    x: (N, H, W, C) input.
+    weights: (K, C, O) synapse weights.
+    positions: (dx, dy) in pixels from each output pixel's kernel centre, dx
+      along columns: (K, 2) shared by the layer (the paper); (G, K, 2) one set
+      per group of O / G output channels; or (N, H', W', K, 2) per output
+      pixel (deformable-style, e.g. shared positions plus learned offsets).
+    stride: the conv stride.
+    padding: as for `conv`; with `radius` it fixes the output grid exactly
+      as for a (2R + 1)^2 conv (see `output_geometry`).
+    radius: R of that grid. None takes `kernels.radius_for_positions`, which
+      needs concrete positions: pass it explicitly inside jit.
+
+  Returns:
+    (N, H', W', O) output, dtype of x and the weights promoted.
+
+  Raises:
+    ValueError: on shapes that do not match, or radius None with traced
+      positions.
+  """
+  n, h, w, c = _validation.require_rank("x", x, 4, "(N, H, W, C)")
+  k, wc, cout = _validation.require_rank("weights", weights, 3, "(K, C, O)")
+  if wc != c:
+    raise ValueError(f"weights must be (K, C, O) with C = {c} input channels, got shape {(k, wc, cout)}")
+  p_shape = _validation.require_rank(
+      "positions", positions, (2, 3, 5), "(K, 2), (G, K, 2) or (N, H', W', K, 2)")
+  if p_shape[-2:] != (k, 2):
+    raise ValueError(
+        f"positions must end in (K, 2) with K = {k} synapses, got shape {p_shape}")
+  if radius is None:
+    radius = _active.radius_for_positions(positions)
+  elif not isinstance(radius, int) or radius < 1:
+    raise ValueError(f"radius must be an int >= 1, got {radius!r}")
+  stride = _validation.pair("stride", stride)
+  (out_h, out_w), (row0, col0) = output_geometry((h, w), radius, stride, padding)
+  if len(p_shape) == 5 and p_shape[:3] != (n, out_h, out_w):
+    raise ValueError(
+        f"per-pixel positions must be (N, H', W', K, 2) = ({n}, {out_h}, {out_w}, {k}, 2), "
+        f"got shape {p_shape}")
+  groups = p_shape[0] if len(p_shape) == 3 else 1
+  if cout % groups:
+    raise ValueError(f"{groups} position groups do not divide the {cout} output channels")
+
+  dtype = jnp.result_type(x, weights)
+  x = jnp.asarray(x, dtype)
+  p = jnp.asarray(positions, dtype)
+  # Broadcast every layout to (N, H', W', G, K, 2).
+  if len(p_shape) == 5:
+    p = p[:, :, :, None]
+  else:
+    p = p.reshape(1, 1, 1, groups, k, 2)
+  cx, fx = _active.bilinear_cell(p[..., 0])
+  cy, fy = _active.bilinear_cell(p[..., 1])
+  rows = (row0 + jnp.arange(out_h) * stride[0])[None, :, None, None, None]
+  cols = (col0 + jnp.arange(out_w) * stride[1])[None, None, :, None, None]
+  batch = jnp.arange(n)[:, None, None, None, None]
+
+  def corner(dy: int, dx: int) -> jax.Array:
+    r, q = rows + cy + dy, cols + cx + dx  # (.., H', W', G, K) int lattice points
+    inside = (r >= 0) & (r < h) & (q >= 0) & (q < w)
+    vals = x[batch, jnp.clip(r, 0, h - 1), jnp.clip(q, 0, w - 1)]
+    return jnp.where(inside[..., None], vals, 0)  # (N, H', W', G, K, C)
+
+  fx, fy = fx[..., None], fy[..., None]
+  samples = ((1 - fy) * ((1 - fx) * corner(0, 0) + fx * corner(0, 1))
+             + fy * ((1 - fx) * corner(1, 0) + fx * corner(1, 1)))
+  wg = jnp.asarray(weights, dtype).reshape(k, c, groups, cout // groups)
+  y = jnp.einsum("nhwgkc,kcgo->nhwgo", samples, wg)
+  return y.reshape(n, out_h, out_w, cout)

@@ -1,0 +1,60 @@
+"""Custom gradients: the ACU's normalized position gradient (eq. 15-16).
+
+References:
+  Jeon and Kim, "Active Convolution: Learning the Shape of Convolution for
+  Image Classification", CVPR 2017, section 2.5.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from kshapes_jax import _validation
+
+
+@jax.custom_vjp
+def _normalize(positions: jax.Array) -> jax.Array:
+  return positions
+
+
+def _normalize_fwd(positions: jax.Array):
+  return positions, None
+
+
+def _normalize_bwd(_, cotangent: jax.Array):
+  norm = jnp.sqrt(jnp.sum(jnp.square(cotangent), axis=-1, keepdims=True))
+  # The double where keeps both the value and its derivative finite at zero.
+  safe = jnp.where(norm > 0, norm, 1)
+  return (jnp.where(norm > 0, cotangent / safe, 0),)
+
+
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+def normalize_position_grad(positions: ArrayLike) -> jax.Array:
+  """Identity forward; backward, each synapse's gradient becomes a unit vector.
+
+  Eq. 15-16: dL/d alpha_k and dL/d beta_k are divided by
+  Z = sqrt((dL/d alpha_k)^2 + (dL/d beta_k)^2), so a synapse moves by the
+  learning rate in the direction of steepest descent whatever the scale of
+  the loss. A zero gradient stays zero (no NaN).
+
+  Use it where the positions enter the computation:
+  `active_kernel(w, normalize_position_grad(p), R)`.
+
+  Args:
+    positions: (..., 2) positions (dx, dy); every leading index is one
+      synapse, normalised on its own.
+
+  Returns:
+    The positions, unchanged.
+
+  Raises:
+    ValueError: if the last axis is not 2.
+  """
+  shape = _validation.shape_of("positions", positions)
+  if len(shape) < 1 or shape[-1] != 2:
+    raise ValueError(f"positions must be (..., 2) as (dx, dy), got shape {shape}")
+  return _normalize(jnp.asarray(positions))

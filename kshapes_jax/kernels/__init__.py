@@ -1,0 +1,41 @@
+"""Pure functions: method parameters -> effective kernel (HWIO). No Flax."""
+
+from kshapes_jax.kernels.acb import BatchNormParams, acb_kernel, fuse_acb, fuse_bn
+from kshapes_jax.kernels.active import (
+    active_kernel,
+    bilinear_cell,
+    check_positions_within,
+    clip_positions,
+    lattice_positions,
+    radius_for_positions,
+)
+from kshapes_jax.kernels.rotate import project_angles, rotate_kernel
+from kshapes_jax.kernels.versatile import (
+    channel_versatile_kernel,
+    channel_windows,
+    spatial_channel_versatile_kernel,
+    spatial_versatile_kernel,
+    summed_versatile_kernel,
+    versatile_masks,
+)
+
+__all__ = [
+    "BatchNormParams",
+    "acb_kernel",
+    "active_kernel",
+    "bilinear_cell",
+    "channel_versatile_kernel",
+    "channel_windows",
+    "check_positions_within",
+    "clip_positions",
+    "fuse_acb",
+    "fuse_bn",
+    "lattice_positions",
+    "project_angles",
+    "radius_for_positions",
+    "rotate_kernel",
+    "spatial_channel_versatile_kernel",
+    "spatial_versatile_kernel",
+    "summed_versatile_kernel",
+    "versatile_masks",
+]

@@ -1,0 +1,244 @@
+"""The papers' closed-form derivatives, written out in NumPy (float64).
+
+Nothing here uses JAX or autodiff: these are independent transcriptions of
+the equations, against which `jax.grad` through the fast kernels and through
+the gather reference is checked. They favour clarity over speed; use them on
+small arrays.
+
+- RotateConv, Ma et al. 2018: the kernel of eq. 3 / 8 from a hand-written
+  direction table, and the weight and angle derivatives of eq. 5 (v4) and
+  eq. 9 (v2).
+- ACU, Jeon and Kim 2017: the forward of eq. 5-9 and the derivatives of
+  eq. 10 (weights), 12-13 (positions) and 14 (input, chained through the
+  bilinear weights of eq. 6).
+
+Both follow the lattice conventions of the library: RotateConv's f is the
+paper's (theta mod 45) / 45, so at multiples of 45 degrees f' = 1/45 on the
+small side; the ACU cell is [l, l + 1] with l = floor(v) for v <= 0 and
+ceil(v) - 1 for v > 0 (one-sided toward the centre at integers).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# RotateConv directions, written out: angle in degrees -> (row, col) offset
+# from the centre of the 3x3 kernel. Row grows downwards.
+ROTATE_DIRECTIONS = {
+    0: (0, 1),      # right
+    45: (-1, 1),    # up-right
+    90: (-1, 0),    # up
+    135: (-1, -1),  # up-left
+    180: (0, -1),   # left
+    225: (1, -1),   # down-left
+    270: (1, 0),    # down
+    315: (1, 1),    # down-right
+}
+
+
+def _rotate_split(theta: float) -> tuple[float, int, int, int, int]:
+  """f and the kernel cells (flat index) of w1 small/big and w2 small/big."""
+  theta = math.fmod(theta, 180.0)
+  if theta < 0:
+    theta += 180.0
+  if theta >= 180.0:
+    theta -= 180.0
+  small = 45 * math.floor(theta / 45.0)
+  f = (theta - small) / 45.0
+
+  def cell(angle: int) -> int:
+    r, c = ROTATE_DIRECTIONS[angle % 360]
+    return (1 + r) * 3 + (1 + c)
+
+  return f, cell(small), cell(small + 45), cell(small + 180), cell(small + 225)
+
+
+def rotate_kernel(weights: np.ndarray, angles: np.ndarray) -> np.ndarray:
+  """Eq. 3 (v4, weights (3, I, O)) or eq. 8 (v2, weights (I, O)) -> (3, 3, I, O)."""
+  weights = np.asarray(weights, np.float64)
+  angles = np.asarray(angles, np.float64)
+  v2 = weights.ndim == 2
+  cin, cout = angles.shape
+  kernel = np.zeros((9, cin, cout))
+  for i in range(cin):
+    for o in range(cout):
+      w0, w1, w2 = (weights[i, o],) * 3 if v2 else weights[:, i, o]
+      f, s1, b1, s2, b2 = _rotate_split(angles[i, o])
+      kernel[4, i, o] += w0
+      kernel[s1, i, o] += w1 * (1 - f)
+      kernel[b1, i, o] += w1 * f
+      kernel[s2, i, o] += w2 * (1 - f)
+      kernel[b2, i, o] += w2 * f
+  return kernel.reshape(3, 3, cin, cout)
+
+
+def rotate_kernel_grads(
+    weights: np.ndarray, angles: np.ndarray, kernel_grad: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+  """Eq. 5 (v4) and eq. 9 (v2): d loss / d weights and d loss / d angles.
+
+  Args:
+    weights: (3, I, O) for v4 or (I, O) for v2.
+    angles: (I, O) in degrees.
+    kernel_grad: (3, 3, I, O), d loss / d (effective kernel), i.e. the
+      Delta w_b, Delta w_s and Delta w_0 of the paper at their cells.
+
+  Returns:
+    (d weights, d angles) with the shapes of the inputs; d angles is per
+    degree (f' = 1 / 45).
+  """
+  weights = np.asarray(weights, np.float64)
+  angles = np.asarray(angles, np.float64)
+  grad = np.asarray(kernel_grad, np.float64).reshape(9, *angles.shape)
+  v2 = weights.ndim == 2
+  dw = np.zeros_like(weights)
+  dtheta = np.zeros_like(angles)
+  cin, cout = angles.shape
+  for i in range(cin):
+    for o in range(cout):
+      w0, w1, w2 = (weights[i, o],) * 3 if v2 else weights[:, i, o]
+      f, s1, b1, s2, b2 = _rotate_split(angles[i, o])
+      g = grad[:, i, o]
+      d0 = g[4]
+      d1 = g[b1] * f + g[s1] * (1 - f)
+      d2 = g[b2] * f + g[s2] * (1 - f)
+      fprime = 1.0 / 45.0
+      dtheta[i, o] = w1 * (g[b1] - g[s1]) * fprime + w2 * (g[b2] - g[s2]) * fprime
+      if v2:
+        dw[i, o] = d1 + d2 + d0
+      else:
+        dw[:, i, o] = (d0, d1, d2)
+  return dw, dtheta
+
+
+def _cell(v: float) -> tuple[int, float]:
+  low = math.ceil(v) - 1 if v > 0 else math.floor(v)
+  return low, v - low
+
+
+def _same_or_valid(size: int, kernel: int, stride: int, padding) -> tuple[int, int]:
+  """(output size, low padding) along one axis."""
+  if padding == "SAME":
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return out, total // 2
+  if padding == "VALID":
+    return (size - kernel) // stride + 1, 0
+  lo, hi = padding
+  return (size + lo + hi - kernel) // stride + 1, lo
+
+
+def _active_geometry(x_shape, radius, stride, padding):
+  _, h, w, _ = x_shape
+  size = 2 * radius + 1
+  if isinstance(padding, str):
+    pad_h = pad_w = padding
+  elif isinstance(padding, int):
+    pad_h = pad_w = (padding, padding)
+  else:
+    pad_h, pad_w = padding
+  out_h, top = _same_or_valid(h, size, stride, pad_h)
+  out_w, left = _same_or_valid(w, size, stride, pad_w)
+  rows = np.arange(out_h) * stride - top + radius
+  cols = np.arange(out_w) * stride - left + radius
+  return rows, cols
+
+
+def _pixels(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+  """x[:, rows, cols, :] on the output grid, zero outside the image."""
+  _, h, w, _ = x.shape
+  r = rows[:, None]
+  c = cols[None, :]
+  inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+  vals = x[:, np.clip(r, 0, h - 1), np.clip(c, 0, w - 1), :]
+  return vals * inside[None, :, :, None]
+
+
+def _synapse(x, rows, cols, alpha, beta):
+  """The four neighbours Q^{ab} of eq. 9 and the fractions of eq. 7."""
+  lx, dx = _cell(alpha)  # alpha: horizontal, along columns (the paper's m)
+  ly, dy = _cell(beta)   # beta: vertical, along rows (the paper's n)
+  q11 = _pixels(x, rows + ly, cols + lx)
+  q21 = _pixels(x, rows + ly, cols + lx + 1)
+  q12 = _pixels(x, rows + ly + 1, cols + lx)
+  q22 = _pixels(x, rows + ly + 1, cols + lx + 1)
+  return (q11, q21, q12, q22), (dx, dy), (lx, ly)
+
+
+def active_conv(
+    x: np.ndarray,
+    weights: np.ndarray,
+    positions: np.ndarray,
+    *,
+    stride: int = 1,
+    padding="SAME",
+    radius: int = 1,
+) -> np.ndarray:
+  """The ACU forward of eq. 5-9, shared positions (K, 2) = (alpha, beta).
+
+  The output grid is that of a (2R + 1)^2 conv with this stride and padding
+  ("SAME", "VALID", an int or ((t, b), (l, r))); zeros outside the image.
+  """
+  x = np.asarray(x, np.float64)
+  weights = np.asarray(weights, np.float64)
+  rows, cols = _active_geometry(x.shape, radius, stride, padding)
+  y = 0.0
+  for k, (alpha, beta) in enumerate(np.asarray(positions, np.float64)):
+    (q11, q21, q12, q22), (dx, dy), _ = _synapse(x, rows, cols, alpha, beta)
+    sample = (q11 * (1 - dx) * (1 - dy) + q21 * dx * (1 - dy)
+              + q12 * (1 - dx) * dy + q22 * dx * dy)  # eq. 6
+    y = y + np.einsum("nhwc,co->nhwo", sample, weights[k])
+  return np.asarray(y)
+
+
+def active_conv_grads(
+    x: np.ndarray,
+    weights: np.ndarray,
+    positions: np.ndarray,
+    out_grad: np.ndarray,
+    *,
+    stride: int = 1,
+    padding="SAME",
+    radius: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Eq. 10, 12-13 and 14: d loss / d (input, weights, positions).
+
+  Args:
+    x: (N, H, W, C) input.
+    weights: (K, C, O).
+    positions: (K, 2) as (alpha, beta) = (dx, dy).
+    out_grad: (N, H', W', O), d loss / d y.
+    stride, padding, radius: the output grid, as in `active_conv`.
+
+  Returns:
+    (dx, dw, dp) with the shapes of x, weights and positions.
+  """
+  x = np.asarray(x, np.float64)
+  weights = np.asarray(weights, np.float64)
+  g = np.asarray(out_grad, np.float64)
+  rows, cols = _active_geometry(x.shape, radius, stride, padding)
+  _, h, w, _ = x.shape
+  dx_in = np.zeros_like(x)
+  dw = np.zeros_like(weights)
+  dp = np.zeros((len(weights), 2))
+  for k, (alpha, beta) in enumerate(np.asarray(positions, np.float64)):
+    (q11, q21, q12, q22), (fx, fy), (lx, ly) = _synapse(x, rows, cols, alpha, beta)
+    sample = (q11 * (1 - fx) * (1 - fy) + q21 * fx * (1 - fy)
+              + q12 * (1 - fx) * fy + q22 * fx * fy)
+    dw[k] = np.einsum("nhwc,nhwo->co", sample, g)  # eq. 10
+    d_alpha = (1 - fy) * (q21 - q11) + fy * (q22 - q12)  # eq. 12, per channel
+    d_beta = (1 - fx) * (q12 - q11) + fx * (q22 - q21)   # eq. 13, per channel
+    dp[k, 0] = np.einsum("nhwc,co,nhwo->", d_alpha, weights[k], g)
+    dp[k, 1] = np.einsum("nhwc,co,nhwo->", d_beta, weights[k], g)
+    # Eq. 14: d y / d sample = w_k, then each sample's bilinear weights.
+    d_sample = np.einsum("nhwo,co->nhwc", g, weights[k])
+    for (oy, ox), bw in (((0, 0), (1 - fx) * (1 - fy)), ((0, 1), fx * (1 - fy)),
+                         ((1, 0), (1 - fx) * fy), ((1, 1), fx * fy)):
+      r = (rows + ly + oy)[:, None] + 0 * cols[None, :]
+      c = (cols + lx + ox)[None, :] + 0 * rows[:, None]
+      inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+      for n in range(x.shape[0]):
+        np.add.at(dx_in[n], (r[inside], c[inside]), bw * d_sample[n][inside])
+  return dx_in, dw, dp
