@@ -34,6 +34,12 @@ def _direction_maps() -> np.ndarray:
   return maps
 
 
+def _wrap180(angles: jax.Array) -> jax.Array:
+  """angles mod 180, in [0, 180) even where mod rounds a tiny negative up to 180."""
+  theta = jnp.mod(angles, 180.0)
+  return jnp.where(theta >= 180.0, theta - 180.0, theta)
+
+
 def rotate_kernel(weights: ArrayLike, angles: ArrayLike) -> jax.Array:
   """Builds the 3x3 kernel of a RotateConv layer by inverse interpolation.
 
@@ -67,9 +73,7 @@ def rotate_kernel(weights: ArrayLike, angles: ArrayLike) -> jax.Array:
     w0 = w1 = w2 = weights
   else:
     w0, w1, w2 = weights[0], weights[1], weights[2]
-  theta = jnp.mod(jnp.asarray(angles, dtype=weights.dtype), 180.0)
-  # mod can round a tiny negative angle up to exactly 180; that angle is 0.
-  theta = jnp.where(theta >= 180.0, theta - 180.0, theta)
+  theta = _wrap180(jnp.asarray(angles, dtype=weights.dtype))
   sector = jax.lax.stop_gradient(jnp.floor(theta / 45.0))
   f = theta / 45.0 - sector  # == (theta mod 45) / 45, derivative 1/45
   sector = sector.astype(jnp.int32)
@@ -115,4 +119,4 @@ def project_angles(updated: ArrayLike, previous: ArrayLike, eps: float) -> jax.A
   new = updated - shift
   low = prev - jnp.mod(prev, 45.0)
   new = jnp.clip(new, low - eps, low + 45.0 + eps)
-  return jnp.mod(new, 180.0)
+  return _wrap180(new)
