@@ -24,10 +24,14 @@ def _normalize_fwd(positions: jax.Array):
 
 
 def _normalize_bwd(_, cotangent: jax.Array):
-  norm = jnp.sqrt(jnp.sum(jnp.square(cotangent), axis=-1, keepdims=True))
+  # Scale by the largest component first, so squaring neither underflows
+  # (a tiny gradient must still become a unit vector) nor overflows.
+  scale = jnp.max(jnp.abs(cotangent), axis=-1, keepdims=True)
+  nonzero = scale > 0
   # The double where keeps both the value and its derivative finite at zero.
-  safe = jnp.where(norm > 0, norm, 1)
-  return (jnp.where(norm > 0, cotangent / safe, 0),)
+  scaled = cotangent / jnp.where(nonzero, scale, 1)
+  norm = jnp.sqrt(jnp.sum(jnp.square(scaled), axis=-1, keepdims=True))
+  return (jnp.where(nonzero, scaled / jnp.where(nonzero, norm, 1), 0),)
 
 
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)

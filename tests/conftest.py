@@ -1,5 +1,8 @@
 """Shared fixtures: float64 for gradient checks, seeded random arrays."""
 
+import os
+
+import hypothesis
 import jax
 import numpy as np
 import pytest
@@ -15,3 +18,10 @@ def x64():
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
+
+
+# CI runs the property tests on a fixed sequence of examples, so a red run
+# can be reproduced; locally they explore.
+hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+  hypothesis.settings.load_profile("ci")
