@@ -1,0 +1,19 @@
+"""The README's example is the file it shows, and it runs."""
+
+import pathlib
+import runpy
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_readme_shows_the_quickstart_verbatim():
+  code = (ROOT / "examples" / "quickstart.py").read_text()
+  assert code in (ROOT / "README.md").read_text()
+
+
+def test_quickstart_runs(capsys):
+  runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")
+  out = capsys.readouterr().out
+  assert "(8, 16, 16, 32) (8, 32, 32, 32)" in out
+  gap = float(out.rsplit("=", 1)[1])
+  assert gap < 1e-4
