@@ -157,14 +157,16 @@ def _pixels(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 
 def _synapse(x, rows, cols, alpha, beta):
-  """The four neighbours Q^{ab} of eq. 9 and the fractions of eq. 7."""
+  """The neighbours Q^{ab} (eq. 9), the bilinear sample (eq. 6), fractions (eq. 7), cell."""
   lx, dx = _cell(alpha)  # alpha: horizontal, along columns (the paper's m)
   ly, dy = _cell(beta)   # beta: vertical, along rows (the paper's n)
   q11 = _pixels(x, rows + ly, cols + lx)
   q21 = _pixels(x, rows + ly, cols + lx + 1)
   q12 = _pixels(x, rows + ly + 1, cols + lx)
   q22 = _pixels(x, rows + ly + 1, cols + lx + 1)
-  return (q11, q21, q12, q22), (dx, dy), (lx, ly)
+  sample = (q11 * (1 - dx) * (1 - dy) + q21 * dx * (1 - dy)
+            + q12 * (1 - dx) * dy + q22 * dx * dy)
+  return (q11, q21, q12, q22), sample, (dx, dy), (lx, ly)
 
 
 def active_conv(
@@ -186,9 +188,7 @@ def active_conv(
   rows, cols = _active_geometry(x.shape, radius, stride, padding)
   y = 0.0
   for k, (alpha, beta) in enumerate(np.asarray(positions, np.float64)):
-    (q11, q21, q12, q22), (dx, dy), _ = _synapse(x, rows, cols, alpha, beta)
-    sample = (q11 * (1 - dx) * (1 - dy) + q21 * dx * (1 - dy)
-              + q12 * (1 - dx) * dy + q22 * dx * dy)  # eq. 6
+    _, sample, _, _ = _synapse(x, rows, cols, alpha, beta)
     y = y + np.einsum("nhwc,co->nhwo", sample, weights[k])
   return np.asarray(y)
 
@@ -224,9 +224,7 @@ def active_conv_grads(
   dw = np.zeros_like(weights)
   dp = np.zeros((len(weights), 2))
   for k, (alpha, beta) in enumerate(np.asarray(positions, np.float64)):
-    (q11, q21, q12, q22), (fx, fy), (lx, ly) = _synapse(x, rows, cols, alpha, beta)
-    sample = (q11 * (1 - fx) * (1 - fy) + q21 * fx * (1 - fy)
-              + q12 * (1 - fx) * fy + q22 * fx * fy)
+    (q11, q21, q12, q22), sample, (fx, fy), (lx, ly) = _synapse(x, rows, cols, alpha, beta)
     dw[k] = np.einsum("nhwc,nhwo->co", sample, g)  # eq. 10
     d_alpha = (1 - fy) * (q21 - q11) + fy * (q22 - q12)  # eq. 12, per channel
     d_beta = (1 - fx) * (q12 - q11) + fx * (q22 - q21)   # eq. 13, per channel

@@ -48,6 +48,14 @@ def versatile_masks(d: int, dtype=jnp.float32) -> jax.Array:
   return jnp.asarray(masks, dtype=dtype)
 
 
+def _square_filter(f: ArrayLike) -> jax.Array:
+  """f as an array, checked to be (d, d, I, O)."""
+  shape = _validation.require_rank("f", f, 4, "(d, d, I, O)")
+  if shape[0] != shape[1]:
+    raise ValueError(f"f must be square (d, d, I, O), got shape {shape}")
+  return jnp.asarray(f)
+
+
 def spatial_versatile_kernel(f: ArrayLike) -> jax.Array:
   """Stacks the s masked secondary filters of a primary filter (eq. 3).
 
@@ -64,10 +72,8 @@ def spatial_versatile_kernel(f: ArrayLike) -> jax.Array:
   Raises:
     ValueError: if f is not (d, d, I, O).
   """
-  shape = _validation.require_rank("f", f, 4, "(d, d, I, O)")
-  if shape[0] != shape[1]:
-    raise ValueError(f"f must be square (d, d, I, O), got shape {shape}")
-  f = jnp.asarray(f)
+  f = _square_filter(f)
+  shape = f.shape
   masks = versatile_masks(shape[0], f.dtype)
   stacked = masks[:, :, :, None, None] * f[None]  # (s, d, d, I, O)
   return jnp.moveaxis(stacked, 0, 3).reshape(*shape[:3], -1)
@@ -163,9 +169,7 @@ def summed_versatile_kernel(f: ArrayLike) -> jax.Array:
   Raises:
     ValueError: if f is not (d, d, I, O).
   """
-  shape = _validation.require_rank("f", f, 4, "(d, d, I, O)")
-  if shape[0] != shape[1]:
-    raise ValueError(f"f must be square (d, d, I, O), got shape {shape}")
-  f = jnp.asarray(f)
+  f = _square_filter(f)
+  shape = f.shape
   weight = versatile_masks(shape[0], f.dtype).sum(0)
   return weight[:, :, None, None] * f
