@@ -1,0 +1,16 @@
+"""The papers' model families, by name: create(name, conv=..., num_classes=..., rngs=...)."""
+
+from kshapes_jax.models import densenet, imagenet, resnet, small, vgg  # noqa: F401  (registration)
+from kshapes_jax.models.accounting import LayerCost, ModelCost, model_cost
+from kshapes_jax.models.registry import ModelSpec, count_params, create, list_models, spec
+
+__all__ = [
+    "LayerCost",
+    "ModelCost",
+    "ModelSpec",
+    "count_params",
+    "create",
+    "list_models",
+    "model_cost",
+    "spec",
+]

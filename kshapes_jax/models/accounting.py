@@ -1,0 +1,53 @@
+"""Weights, memory and multiplications of a model, as the versatile paper counts them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kshapes_jax.nn.base import recording
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCost:
+  name: str
+  weights: int
+  multiplications: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCost:
+  layers: tuple[LayerCost, ...]
+
+  @property
+  def weights(self) -> int:
+    """Conv/linear weights, no biases or BN (the versatile paper's "Weights")."""
+    return sum(l.weights for l in self.layers)
+
+  @property
+  def memory_bytes(self) -> int:
+    """Weights stored as 32-bit floats (the paper's "Memory")."""
+    return 4 * self.weights
+
+  @property
+  def multiplications(self) -> int:
+    """Multiplications per example in one forward (the paper's "FLOPs", Proposition 1)."""
+    return sum(l.multiplications for l in self.layers)
+
+
+def model_cost(model: nnx.Module, input_shape: tuple[int, int, int]) -> ModelCost:
+  """Traces one example through `model` (shapes only, no compute) and adds up its layers.
+
+  Every conv layer and `nn.Dense` reports its stored weights and its
+  multiplications (Proposition 1 for versatile layers, dense otherwise).
+  """
+  view = nnx.clone(model)
+  view.eval()  # no batch-statistics updates while tracing
+  with recording() as records:
+    jax.eval_shape(lambda x: view(x), jnp.zeros((1, *input_shape)))
+  return ModelCost(tuple(
+      LayerCost(type(layer).__name__, layer.weight_count(), layer.multiplications(out_shape))
+      for layer, _, out_shape in records))

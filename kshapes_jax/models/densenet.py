@@ -1,0 +1,60 @@
+"""DenseNet-40 for CIFAR (Huang et al.), as the RotateConv and ACNet papers use it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kshapes_jax.models.layers import avg_pool, global_avg_pool
+from kshapes_jax.models.registry import register
+from kshapes_jax.nn import Dense, PlainConv, batch_norm, make_conv
+
+KINDS = ("plain", "rotate4", "rotate2", "acb", "versatile", "active")
+
+
+class DenseNet(nnx.Module):
+  """DenseNet (no bottleneck, no compression): 3 blocks of (depth - 4) / 3 layers.
+
+  Each layer is BN-ReLU-3x3 conv producing `growth` maps concatenated to its
+  input; transitions are BN-ReLU-1x1 conv-2x2 average pool; the stem is a
+  3x3 conv to 2 * growth maps (16 for growth 12). The kind applies to the
+  3x3 convs of the dense layers.
+  """
+
+  def __init__(self, depth=40, growth=12, conv="plain", num_classes=10, *, rngs, conv_options=None):
+    if (depth - 4) % 3:
+      raise ValueError(f"DenseNet depth must be 3n + 4, got {depth}")
+    options = conv_options or {}
+    n = (depth - 4) // 3
+    c = 2 * growth if growth > 12 else 16
+    self.stem = PlainConv(3, c, 3, rngs=rngs)
+    self.bns = nnx.List()
+    self.convs = nnx.List()
+    self.transitions = nnx.List()
+    for block in range(3):
+      for _ in range(n):
+        self.bns.append(batch_norm(c, rngs))
+        layer = make_conv(conv, c, growth, 3, rngs=rngs, **options)
+        self.convs.append(layer)
+        c += layer.out_features
+      if block < 2:
+        self.transitions.append(nnx.List([batch_norm(c, rngs), PlainConv(c, c, 1, padding=0, rngs=rngs)]))
+    self.n = n
+    self.bn = batch_norm(c, rngs)
+    self.fc = Dense(c, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.stem(x)
+    for i, (bn, layer) in enumerate(zip(self.bns, self.convs)):
+      x = jnp.concatenate([x, layer(jax.nn.relu(bn(x)))], axis=-1)
+      if (i + 1) % self.n == 0 and (i + 1) // self.n <= len(self.transitions):
+        t_bn, t_conv = self.transitions[(i + 1) // self.n - 1]
+        x = avg_pool(t_conv(jax.nn.relu(t_bn(x))), 2, 2)
+    return self.fc(global_avg_pool(jax.nn.relu(self.bn(x))))
+
+
+@register("densenet40", kinds=KINDS, input_shape=(32, 32, 3),
+          paper="RotateConv Table I; ACNet Table 1-2")
+def densenet40(conv, num_classes, rngs, growth=12, **kw):
+  return DenseNet(40, growth, conv, num_classes, rngs=rngs, **kw)

@@ -1,0 +1,112 @@
+"""ImageNet networks, for accounting (weights, memory, FLOPs): ResNet-18/50, AlexNet."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from kshapes_jax.models.layers import global_avg_pool, max_pool
+from kshapes_jax.models.registry import register
+from kshapes_jax.nn import Dense, PlainConv, batch_norm, conv_bn
+
+KINDS = ("plain", "rotate4", "rotate2", "acb", "versatile", "active")
+
+
+class Bottleneck(nnx.Module):
+  """1x1-3x3-1x1 residual unit (post-activation), projection shortcut on change."""
+
+  def __init__(self, conv, cin, width, stride, expansion, rngs, options):
+    if expansion == 1:  # basic unit: two 3x3
+      self.convs = nnx.List([conv_bn(conv, cin, width, 3, stride=stride, rngs=rngs, **options)])
+      self.convs.append(conv_bn(conv, self.convs[0].out_features, width, 3, rngs=rngs, **options))
+    else:
+      first = conv_bn("plain", cin, width, 1, padding=0, rngs=rngs)
+      mid = conv_bn(conv, width, width, 3, stride=stride, rngs=rngs, **options)
+      last = conv_bn("plain", mid.out_features, width * expansion, 1, padding=0, rngs=rngs)
+      self.convs = nnx.List([first, mid, last])
+    out = self.convs[-1].out_features
+    changed = stride != 1 or cin != out
+    self.shortcut = conv_bn("plain", cin, out, 1, stride=stride, padding=0, rngs=rngs) if changed else None
+    self.out_features = out
+
+  def __call__(self, x):
+    y = x
+    for i, layer in enumerate(self.convs):
+      y = layer(y)
+      if i < len(self.convs) - 1:
+        y = jax.nn.relu(y)
+    shortcut = x if self.shortcut is None else self.shortcut(x)
+    return jax.nn.relu(y + shortcut)
+
+
+class ImageNetResNet(nnx.Module):
+  """ResNet-18 (basic units) or ResNet-50 (bottlenecks) for 224x224 inputs."""
+
+  def __init__(self, layers, expansion, conv="plain", num_classes=1000, *, rngs, conv_options=None):
+    options = conv_options or {}
+    self.stem = conv_bn(conv if conv in ("plain", "versatile", "acb", "active") else "plain",
+                        3, 64, 7, stride=2, rngs=rngs, **options)
+    c = self.stem.out_features
+    self.blocks = nnx.List()
+    for stage, (count, width) in enumerate(zip(layers, (64, 128, 256, 512))):
+      for i in range(count):
+        block = Bottleneck(conv, c, width, 2 if (stage > 0 and i == 0) else 1, expansion, rngs, options)
+        self.blocks.append(block)
+        c = block.out_features
+    self.fc = Dense(c, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = max_pool(jax.nn.relu(self.stem(x)), 3, 2, ((1, 1), (1, 1)))
+    for block in self.blocks:
+      x = block(x)
+    return self.fc(global_avg_pool(x))
+
+
+@register("resnet18", kinds=KINDS, input_shape=(224, 224, 3), paper="ACNet Table 3 (accounting)")
+def resnet18(conv, num_classes, rngs, **kw):
+  return ImageNetResNet((2, 2, 2, 2), 1, conv, num_classes, rngs=rngs, **kw)
+
+
+@register("resnet50", kinds=KINDS, input_shape=(224, 224, 3), paper="Versatile Table 1/4 (accounting)")
+def resnet50(conv, num_classes, rngs, **kw):
+  return ImageNetResNet((3, 4, 6, 3), 4, conv, num_classes, rngs=rngs, **kw)
+
+
+class AlexNet(nnx.Module):
+  """AlexNet with BN after each conv (ACNet's) and the original two-group layers.
+
+  11x11x3x96 /4, 5x5x48x256 (2 groups), 3x3x256x384, 3x3x192x384 (2 groups),
+  3x3x192x256 (2 groups), max-pools 3/2 after conv 1, 2 and 5, then fc
+  6x6x256 -> 4096 -> 4096 -> classes (the versatile paper's Table 1: 6.1e7
+  weights). Kinds replace the ungrouped kxk convs.
+  """
+
+  def __init__(self, conv="plain", num_classes=1000, *, rngs, conv_options=None):
+    options = conv_options or {}
+    grouped = lambda cin, cout, k: conv_bn("plain", cin, cout, k, rngs=rngs, groups=2)
+    self.convs = nnx.List([
+        conv_bn(conv if conv in ("plain", "versatile", "acb", "active") else "plain", 3, 96, 11,
+                stride=4, padding=2, rngs=rngs, **options),
+        grouped(96, 256, 5),
+        conv_bn(conv, 256, 384, 3, rngs=rngs, **options),
+        grouped(384, 384, 3),
+        grouped(384, 256, 3),
+    ])
+    self.fc1 = Dense(6 * 6 * 256, 4096, rngs=rngs)
+    self.fc2 = Dense(4096, 4096, rngs=rngs)
+    self.fc3 = Dense(4096, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    for i, layer in enumerate(self.convs):
+      x = jax.nn.relu(layer(x))
+      if i in (0, 1, 4):
+        x = max_pool(x, 3, 2)
+    x = jax.nn.relu(self.fc1(x.reshape(x.shape[0], -1)))
+    x = jax.nn.relu(self.fc2(x))
+    return self.fc3(x)
+
+
+@register("alexnet", kinds=("plain", "acb", "versatile", "active"), input_shape=(224, 224, 3),
+          paper="Versatile Table 1/4; ACNet Table 3 (accounting)")
+def alexnet(conv, num_classes, rngs, **kw):
+  return AlexNet(conv, num_classes, rngs=rngs, **kw)

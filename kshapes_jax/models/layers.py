@@ -1,0 +1,20 @@
+"""Small functional pieces the model files share."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def max_pool(x: jax.Array, window: int, stride: int, padding=((0, 0), (0, 0))) -> jax.Array:
+  return nnx.max_pool(x, (window, window), (stride, stride), padding)
+
+
+def avg_pool(x: jax.Array, window: int, stride: int, padding=((0, 0), (0, 0))) -> jax.Array:
+  # count_include_pad as in Caffe and PyTorch's defaults
+  return nnx.avg_pool(x, (window, window), (stride, stride), padding, count_include_pad=True)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+  return jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,67 @@
+"""Model registry: create(name, conv=..., num_classes=..., rngs=...)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A registered model family member."""
+
+  name: str
+  build: Callable[..., nnx.Module]
+  kinds: tuple[str, ...]  # conv kinds that apply
+  input_shape: tuple[int, int, int]  # (H, W, C) of one example
+  paper: str
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register(name: str, *, kinds: tuple[str, ...], input_shape: tuple[int, int, int], paper: str):
+  """Decorator adding a builder `fn(conv, num_classes, rngs, **kw)` under `name`."""
+  def wrap(fn):
+    _MODELS[name] = ModelSpec(name, fn, kinds, input_shape, paper)
+    return fn
+  return wrap
+
+
+def spec(name: str) -> ModelSpec:
+  if name not in _MODELS:
+    raise ValueError(f"unknown model {name!r}; expected one of {sorted(_MODELS)}")
+  return _MODELS[name]
+
+
+def list_models() -> list[str]:
+  return sorted(_MODELS)
+
+
+def create(name: str, *, conv: str = "plain", num_classes: int = 10, rngs: nnx.Rngs | None = None,
+           **kwargs) -> nnx.Module:
+  """Builds the named model with the named conv kind.
+
+  Args:
+    name: a registered model (see `list_models()`).
+    conv: the conv kind of its kxk layers: plain, rotate4, rotate2, acb,
+      versatile or active (each model lists those that apply).
+    num_classes: outputs of the classifier.
+    rngs: NNX random streams; nnx.Rngs(0) by default.
+    **kwargs: model or layer options (e.g. `conv_options={"radius": 1}`).
+
+  Raises:
+    ValueError: for an unknown model or a kind that does not apply to it.
+  """
+  s = spec(name)
+  if conv not in s.kinds:
+    raise ValueError(f"conv kind {conv!r} does not apply to {name}; it takes {list(s.kinds)}")
+  return s.build(conv=conv, num_classes=num_classes, rngs=rngs or nnx.Rngs(0), **kwargs)
+
+
+def count_params(model: nnx.Module) -> int:
+  """Learned parameters: every nnx.Param (weights, biases, BN scale/shift, angles, positions)."""
+  return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))

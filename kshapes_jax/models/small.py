@@ -1,0 +1,170 @@
+"""The papers' small networks: SN (RotateConv), LeNet (versatile), Cifar-quick (ACNet), ACU plain."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from kshapes_jax.models.layers import avg_pool, global_avg_pool, max_pool
+from kshapes_jax.models.registry import register
+from kshapes_jax.nn import Dense, PlainConv, conv_bn, make_conv
+
+ALL_KINDS = ("plain", "rotate4", "rotate2", "acb", "versatile", "active")
+
+
+def _conv(kind, cin, cout, k, rngs, options, **kw):
+  """A conv with bias for networks without BN (ACB's BNs play that role)."""
+  if kind == "acb":
+    return make_conv("acb", cin, cout, k, rngs=rngs, **kw, **options)
+  return make_conv(kind, cin, cout, k, use_bias=True, rngs=rngs, **kw, **options)
+
+
+class SimpleNet(nnx.Module):
+  """SN of the RotateConv paper (MNIST): convs of 20, 50, 50, 50 channels.
+
+  The first three 3x3 convs (padding 1) are each followed by ReLU and a
+  2x2 / 2 max-pool (28 -> 14 -> 7 -> 3); the last 3x3 conv is VALID
+  (3 -> 1), then ReLU and the inner-product classifier. 55k / 25k / 13k
+  parameters for versions 9 / 4 / 2 (Table I).
+  """
+
+  def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=1, conv_options=None):
+    options = conv_options or {}
+    self.convs = nnx.List()
+    cin = in_channels
+    for i, cout in enumerate((20, 50, 50, 50)):
+      layer = _conv(conv, cin, cout, 3, rngs, options, padding=0 if i == 3 else 1)
+      self.convs.append(layer)
+      cin = layer.out_features
+    self.fc = Dense(cin, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    for i, layer in enumerate(self.convs):
+      x = jax.nn.relu(layer(x))
+      if i < 3:
+        x = max_pool(x, 2, 2)
+    return self.fc(x.reshape(x.shape[0], -1))
+
+
+@register("sn", kinds=ALL_KINDS, input_shape=(28, 28, 1), paper="RotateConv Table I")
+def sn(conv, num_classes, rngs, **kw):
+  return SimpleNet(conv, num_classes, rngs=rngs, **kw)
+
+
+# The versatile paper's LeNet variants: (mode, bias, c - c^, g) per swapped layer.
+LENET_VARIANTS = {
+    "baseline": None,
+    "model1": dict(mode="sum"),                         # eq. 4
+    "model2": dict(mode="spatial", bias="separate"),    # eq. 3, b_1..b_s
+    "model3": dict(mode="spatial", bias="shared"),      # eq. 3, shared bias
+    "v2_model1": dict(mode="spatial", bias="shared", channel_delta=1, channel_stride=1),
+    "v2_model3": dict(mode="spatial", bias="shared", channel_delta=2, channel_stride=1),
+}
+
+
+class LeNet(nnx.Module):
+  """LeNet of the versatile paper (MNIST, MatConvNet): 5x5x1x20, 5x5x20x50, 4x4x50x500, 1x1x500x10.
+
+  VALID convs with 2x2 max-pools after the first two and a ReLU after the
+  third. With `conv="versatile"`, `variant` picks the paper's Model 1/2/3 or
+  v2 Model 1/3; channel windows are not used in the first and last layer,
+  as in the paper. (v2 Model 2, c - c^ = 1 with g = 2, does not tile the
+  channels and is not representable by eq. 8.)
+  """
+
+  def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=1, variant=None,
+               conv_options=None):
+    options = dict(conv_options or {})
+    if conv == "versatile":
+      variant = variant or "model3"
+      if variant not in LENET_VARIANTS or LENET_VARIANTS[variant] is None:
+        raise ValueError(f"versatile LeNet variant must be one of {sorted(LENET_VARIANTS)[1:]}, got {variant!r}")
+      options = {**LENET_VARIANTS[variant], **options}
+    channel = {k: options.pop(k) for k in ("channel_delta", "channel_stride") if k in options}
+    self.convs = nnx.List()
+    cin = in_channels
+    for i, (cout, k) in enumerate(((20, 5), (50, 5), (500, 4))):
+      extra = channel if (conv == "versatile" and i > 0) else {}
+      layer = _conv(conv, cin, cout, k, rngs, {**options, **extra}, padding=0)
+      self.convs.append(layer)
+      cin = layer.out_features
+    self.classifier = PlainConv(cin, num_classes, 1, padding=0, use_bias=True, rngs=rngs)
+
+  def __call__(self, x):
+    x = max_pool(self.convs[0](x), 2, 2)
+    x = max_pool(self.convs[1](x), 2, 2)
+    x = jax.nn.relu(self.convs[2](x))
+    return self.classifier(x).reshape(x.shape[0], -1)
+
+
+@register("lenet", kinds=("plain", "versatile"), input_shape=(28, 28, 1),
+          paper="Versatile filters Table 2/3")
+def lenet(conv, num_classes, rngs, **kw):
+  return LeNet(conv, num_classes, rngs=rngs, **kw)
+
+
+class CifarQuick(nnx.Module):
+  """Caffe's cifar10_quick as ACNet uses it: three 5x5 conv + BN layers (32, 32, 64).
+
+  conv-BN-max-pool(3/2)-ReLU, conv-BN-ReLU-avg-pool(3/2), conv-BN-ReLU-avg-pool(3/2),
+  then fc 64 and the classifier. Pools round up like Caffe's (32 -> 16 -> 8 -> 4).
+  """
+
+  def __init__(self, conv="plain", num_classes=10, *, rngs, conv_options=None):
+    options = conv_options or {}
+    self.convs = nnx.List()
+    cin = 3
+    for cout in (32, 32, 64):
+      layer = conv_bn(conv, cin, cout, 5, rngs=rngs, **options)
+      self.convs.append(layer)
+      cin = layer.out_features
+    self.fc1 = Dense(cin * 16, 64, rngs=rngs)
+    self.fc2 = Dense(64, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    ceil = ((0, 1), (0, 1))
+    x = jax.nn.relu(max_pool(self.convs[0](x), 3, 2, ceil))
+    x = avg_pool(jax.nn.relu(self.convs[1](x)), 3, 2, ceil)
+    x = avg_pool(jax.nn.relu(self.convs[2](x)), 3, 2, ceil)
+    x = jax.nn.relu(self.fc1(x.reshape(x.shape[0], -1)))
+    return self.fc2(x)
+
+
+@register("cifar_quick", kinds=("plain", "acb", "versatile", "active"), input_shape=(32, 32, 3),
+          paper="ACNet Table 1/2")
+def cifar_quick(conv, num_classes, rngs, **kw):
+  return CifarQuick(conv, num_classes, rngs=rngs, **kw)
+
+
+class ACUPlainNet(nnx.Module):
+  """The plain network of the ACU paper's Table 1 (its official prototxt).
+
+  conv0 1x1 16; two 3x3 convs of 48; 3x3/2 + 3x3 of 96; 3x3/2 + 3x3 of 192;
+  fc1 as a 1x1 conv of 1000; every conv followed by BN and ReLU, no biases;
+  global average pooling; a 1x1 conv with bias to the classes. The six 3x3
+  convs are the ones a kind replaces (ACU: 6 x 8 x 2 = 96 extra parameters).
+  """
+
+  def __init__(self, conv="plain", num_classes=10, *, rngs, conv_options=None):
+    options = conv_options or {}
+    self.conv0 = conv_bn("plain", 3, 16, 1, rngs=rngs)
+    self.convs = nnx.List()
+    cin = 16
+    for cout, stride in ((48, 1), (48, 1), (96, 2), (96, 1), (192, 2), (192, 1)):
+      layer = conv_bn(conv, cin, cout, 3, stride=stride, rngs=rngs, **options)
+      self.convs.append(layer)
+      cin = layer.out_features
+    self.fc1 = conv_bn("plain", cin, 1000, 1, rngs=rngs)
+    self.score = Dense(1000, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = jax.nn.relu(self.conv0(x))
+    for layer in self.convs:
+      x = jax.nn.relu(layer(x))
+    x = jax.nn.relu(self.fc1(x))
+    return self.score(global_avg_pool(x))
+
+
+@register("acu_plain", kinds=ALL_KINDS, input_shape=(32, 32, 3), paper="ACU Table 1-2")
+def acu_plain(conv, num_classes, rngs, **kw):
+  return ACUPlainNet(conv, num_classes, rngs=rngs, **kw)

@@ -1,0 +1,107 @@
+"""ActiveConv layer: the Active Convolution Unit (Jeon and Kim 2017)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kshapes_jax import conv as conv_lib
+from kshapes_jax.gradients import normalize_position_grad
+from kshapes_jax.kernels import active_kernel, clip_positions, lattice_positions, radius_for_positions
+from kshapes_jax.nn.base import ConvLayer, PlainConv, he_normal, record
+from kshapes_jax.nn.variables import Position
+
+
+def initial_positions(synapses: int, init: str) -> jax.Array:
+  """Positions (K, 2), synapse 0 at the origin: the 3x3 lattice or a unit circle."""
+  if init == "lattice":
+    size = math.isqrt(synapses)
+    if size * size != synapses or size % 2 == 0:
+      raise ValueError(f"init='lattice' needs an odd square number of synapses, got {synapses}")
+    return lattice_positions(size)
+  if init == "circle":
+    angles = 2 * math.pi * jnp.arange(synapses - 1) / max(synapses - 1, 1)
+    ring = jnp.stack([jnp.cos(angles), -jnp.sin(angles)], axis=-1)
+    return jnp.concatenate([jnp.zeros((1, 2)), ring])
+  raise ValueError(f"init must be 'lattice' or 'circle', got {init!r}")
+
+
+class ActiveConv(ConvLayer):
+  """ACU with K synapses; synapse 0 is fixed at the origin (not a parameter).
+
+  The learned positions are a `Position` parameter of shape (K - 1, 2), or
+  (G, K - 1, 2) with `position_groups=G` (one set per group of output
+  channels). `impl="splat"` builds the (2R + 1)^2 kernel and makes one conv;
+  `impl="gather"` runs the literal bilinear gather (the reference). `radius`
+  R is static: inside the jitted step, positions beyond it are clipped.
+  `padding` is that of the nominal kernel_size conv the ACU replaces, so the
+  output grid does not depend on R.
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
+               stride: int = 1, padding=None, use_bias: bool = False, synapses: int = 9,
+               init: str = "lattice", position_groups: int = 1, radius: int = 2,
+               impl: str = "splat", normalize_grad: bool = True, rngs: nnx.Rngs):
+    if impl not in ("splat", "gather"):
+      raise ValueError(f"impl must be 'splat' or 'gather', got {impl!r}")
+    if not isinstance(radius, int) or radius < 1:
+      raise ValueError(f"radius must be an int >= 1, got {radius!r}")
+    if out_features % position_groups:
+      raise ValueError(f"position_groups={position_groups} must divide out_features={out_features}")
+    self.in_features, self.out_features = in_features, out_features
+    self.kernel_size, self.stride = kernel_size, stride
+    self.padding = kernel_size // 2 if padding is None else padding
+    if not isinstance(self.padding, int):
+      raise ValueError(f"ActiveConv padding must be an int (of the nominal conv), got {self.padding!r}")
+    self.radius, self.impl, self.normalize_grad = radius, impl, normalize_grad
+    self.synapses, self.position_groups = synapses, position_groups
+    start = initial_positions(synapses, init)
+    check = jnp.max(jnp.abs(start))
+    if check > radius:
+      raise ValueError(f"radius {radius} does not hold the initial positions (max |p| = {float(check)})")
+    shape = (synapses - 1, 2) if position_groups == 1 else (position_groups, synapses - 1, 2)
+    self.positions = Position(jnp.broadcast_to(start[1:], shape).astype(jnp.float32))
+    self.weights = nnx.Param(he_normal(rngs.params(), (synapses, in_features, out_features),
+                                       synapses * in_features))
+    self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
+
+  def all_positions(self) -> jax.Array:
+    """(K, 2) or (G, K, 2): the fixed origin followed by the learned positions."""
+    p = self.positions[...]
+    if self.normalize_grad:
+      p = normalize_position_grad(p)
+    origin = jnp.zeros((*p.shape[:-2], 1, 2), p.dtype)
+    return jnp.concatenate([origin, p], axis=-2)
+
+  @property
+  def conv_padding(self):
+    return self.padding + self.radius - self.kernel_size // 2
+
+  def effective_kernel(self):
+    kernel = active_kernel(self.weights[...], self.all_positions(), self.radius)
+    return kernel, None if self.bias is None else self.bias[...]
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.impl == "splat":
+      return super().__call__(x)
+    y = conv_lib.active_conv_gather(x, self.weights[...], self.all_positions(), stride=self.stride,
+                                    padding=self.conv_padding, radius=self.radius)
+    if self.bias is not None:
+      y = y + self.bias[...]
+    record(self, x, y)
+    return y
+
+  def deploy(self) -> PlainConv:
+    """A plain conv with the SMALLEST radius that holds the (clipped) positions."""
+    positions = clip_positions(self.all_positions(), self.radius)
+    radius = radius_for_positions(positions)
+    kernel = active_kernel(self.weights[...], positions, radius)
+    padding = self.padding + radius - self.kernel_size // 2
+    bias = None if self.bias is None else self.bias[...]
+    return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=padding)
+
+  def weight_count(self) -> int:
+    return int(self.weights[...].size)

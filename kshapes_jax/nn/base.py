@@ -1,0 +1,137 @@
+"""What every conv layer shares: geometry, the one conv call, deploy, accounting."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kshapes_jax import conv as conv_lib
+
+_RECORDS: contextvars.ContextVar[list | None] = contextvars.ContextVar("kshapes_records", default=None)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list]:
+  """Collects (layer, input shape, output shape) of every conv layer called inside."""
+  records: list = []
+  token = _RECORDS.set(records)
+  try:
+    yield records
+  finally:
+    _RECORDS.reset(token)
+
+
+def record(layer: nnx.Module, x: jax.Array, y: jax.Array) -> None:
+  records = _RECORDS.get()
+  if records is not None:
+    records.append((layer, tuple(x.shape), tuple(y.shape)))
+
+
+def he_normal(key: jax.Array, shape: Sequence[int], fan_in: int, dtype=jnp.float32) -> jax.Array:
+  """He (Kaiming) normal init for ReLU networks, fan-in of the effective kernel."""
+  return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / max(fan_in, 1))
+
+
+def symmetric_padding(padding, kernel_size: int):
+  """None -> k // 2 on every side (the papers' "same" for odd k, PyTorch-style at stride 2)."""
+  return kernel_size // 2 if padding is None else padding
+
+
+class ConvLayer(nnx.Module):
+  """A layer that builds an effective kernel and makes ONE conv call.
+
+  Subclasses define `effective_kernel()` -> (kernel HWIO, bias or None), and
+  may refine `conv_padding`, `multiplications` and `weight_count`.
+  """
+
+  in_features: int
+  out_features: int
+  kernel_size: int
+  stride: int
+  padding: object
+  groups: int = 1
+
+  @property
+  def conv_padding(self):
+    return self.padding
+
+  def effective_kernel(self) -> tuple[jax.Array, jax.Array | None]:
+    raise NotImplementedError
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel, bias = self.effective_kernel()
+    y = conv_lib.conv(x, kernel, stride=self.stride, padding=self.conv_padding, bias=bias,
+                      groups=self.groups)
+    record(self, x, y)
+    return y
+
+  def deploy(self) -> "PlainConv":
+    """The same layer as a plain conv (kernel + bias), equal outputs."""
+    kernel, bias = self.effective_kernel()
+    return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=self.conv_padding,
+                                 groups=self.groups)
+
+  def weight_count(self) -> int:
+    """Stored conv weights (the papers' "weights": no biases, no BN)."""
+    raise NotImplementedError
+
+  def multiplications(self, out_shape: Sequence[int]) -> int:
+    """Multiplications per example for one forward (dense count by default)."""
+    kernel, _ = jax.eval_shape(self.effective_kernel)
+    kh, kw, cin, cout = kernel.shape  # cin is per group
+    return int(out_shape[1] * out_shape[2] * kh * kw * cin * cout)
+
+
+class PlainConv(ConvLayer):
+  """An ordinary kxk convolution: the baseline kind and the target of deploy."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
+               stride: int = 1, padding=None, use_bias: bool = False, groups: int = 1,
+               rngs: nnx.Rngs | None = None, kernel: jax.Array | None = None,
+               bias: jax.Array | None = None):
+    if in_features % groups or out_features % groups:
+      raise ValueError(f"groups={groups} must divide in_features={in_features} and out_features={out_features}")
+    self.in_features, self.out_features = in_features, out_features
+    self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
+    self.padding = symmetric_padding(padding, kernel_size)
+    if kernel is None:
+      fan_in = kernel_size * kernel_size * in_features // groups
+      shape = (kernel_size, kernel_size, in_features // groups, out_features)
+      kernel = he_normal(rngs.params(), shape, fan_in)
+      bias = jnp.zeros((out_features,)) if use_bias else None
+    self.kernel = nnx.Param(jnp.asarray(kernel))
+    self.bias = None if bias is None else nnx.Param(jnp.asarray(bias))
+
+  @classmethod
+  def from_kernel(cls, kernel, bias=None, *, stride=1, padding=0, groups=1) -> "PlainConv":
+    """A plain conv holding a given HWIO kernel (and bias)."""
+    kh, kw, cin, cout = kernel.shape
+    return cls(cin * groups, cout, kh, stride=stride, padding=padding, groups=groups,
+               kernel=kernel, bias=bias)
+
+  def effective_kernel(self):
+    return self.kernel[...], None if self.bias is None else self.bias[...]
+
+  def weight_count(self) -> int:
+    return int(self.kernel[...].size)
+
+
+class Dense(nnx.Linear):
+  """nnx.Linear that reports itself to the cost accounting."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = super().__call__(x)
+    record(self, x, y)
+    return y
+
+  def weight_count(self) -> int:
+    return int(self.kernel[...].size)
+
+  def multiplications(self, out_shape) -> int:
+    return int(self.kernel[...].size)

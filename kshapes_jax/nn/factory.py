@@ -1,0 +1,84 @@
+"""Conv kinds by name, and the conv + BN unit that models are built from."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+from flax import nnx
+
+from kshapes_jax.kernels import fuse_bn
+from kshapes_jax.nn.acb import ACBlock, batch_norm, bn_params
+from kshapes_jax.nn.active import ActiveConv
+from kshapes_jax.nn.base import PlainConv
+from kshapes_jax.nn.rotate import RotateConv
+from kshapes_jax.nn.versatile import VersatileConv
+
+CONV_KINDS = {
+    "plain": PlainConv,
+    "rotate4": functools.partial(RotateConv, version=4),
+    "rotate2": functools.partial(RotateConv, version=2),
+    "acb": ACBlock,
+    "versatile": VersatileConv,
+    "active": ActiveConv,
+}
+
+
+def make_conv(kind: str, in_features: int, out_features: int, kernel_size: int = 3, *,
+              stride: int = 1, padding=None, use_bias: bool = False, rngs: nnx.Rngs,
+              **options) -> nnx.Module:
+  """A conv layer of the named kind; every kind takes the same arguments.
+
+  Args:
+    kind: one of `CONV_KINDS`: plain, rotate4, rotate2, acb, versatile, active.
+    in_features, out_features, kernel_size, stride, padding, use_bias: as for
+      a plain conv (padding None = k // 2 on every side).
+    rngs: the NNX random streams.
+    **options: kind-specific options (see each layer's docstring).
+
+  Returns:
+    The layer; read its `out_features` (versatile layers may round it up).
+
+  Raises:
+    ValueError: for an unknown kind.
+  """
+  if kind not in CONV_KINDS:
+    raise ValueError(f"unknown conv kind {kind!r}; expected one of {sorted(CONV_KINDS)}")
+  return CONV_KINDS[kind](in_features, out_features, kernel_size, stride=stride, padding=padding,
+                          use_bias=use_bias, rngs=rngs, **options)
+
+
+class ConvBN(nnx.Module):
+  """conv -> BN, the unit a kind swaps in; deploy folds the BN into the conv."""
+
+  def __init__(self, conv: nnx.Module, rngs: nnx.Rngs):
+    self.conv = conv
+    self.out_features = conv.out_features
+    self.bn = batch_norm(conv.out_features, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.bn(self.conv(x))
+
+  def deploy(self) -> PlainConv:
+    plain = self.conv.deploy()
+    kernel, bias = fuse_bn(plain.kernel[...], *bn_params(self.bn), eps=self.bn.epsilon)
+    if plain.bias is not None:
+      bias = bias + plain.bias[...] * self.bn.scale[...] * jax.lax.rsqrt(self.bn.var[...] + self.bn.epsilon)
+    return PlainConv.from_kernel(kernel, bias, stride=plain.stride, padding=plain.padding,
+                                 groups=plain.groups)
+
+
+def conv_bn(kind: str, in_features: int, out_features: int, kernel_size: int = 3, *,
+            stride: int = 1, padding=None, rngs: nnx.Rngs, **options) -> nnx.Module:
+  """conv + BN of the named kind; for "acb" the ACBlock, which holds its BNs.
+
+  1x1 convs are always plain: no kind changes a 1x1 kernel.
+  """
+  if kernel_size == 1:
+    kind = "plain"
+  if kind == "acb":
+    return ACBlock(in_features, out_features, kernel_size, stride=stride, padding=padding,
+                   rngs=rngs, **options)
+  conv = make_conv(kind, in_features, out_features, kernel_size, stride=stride, padding=padding,
+                   rngs=rngs, **options)
+  return ConvBN(conv, rngs)

@@ -1,0 +1,70 @@
+"""RotateConv layer: line-segment kernels with learnable angles (Ma et al. 2018)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kshapes_jax.kernels import rotate_kernel
+from kshapes_jax.nn.base import ConvLayer, he_normal
+from kshapes_jax.nn.variables import Angle
+
+
+class RotateConv(ConvLayer):
+  """3x3 RotateConv, version 4 (3 weights + angle) or 2 (1 weight + angle).
+
+  The effective kernel is `kernels.rotate_kernel` (eq. 3 / 8), so the layer is
+  one 3x3 conv. Angles are `Angle` parameters, initialised uniform in
+  [0, 180); the optimizer projects them after each update (eq. 6).
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
+               stride: int = 1, padding=None, use_bias: bool = False, version: int = 4,
+               rngs: nnx.Rngs):
+    if kernel_size != 3:
+      raise ValueError(f"RotateConv is a 3x3 kernel, got kernel_size = {kernel_size}")
+    if version not in (2, 4):
+      raise ValueError(f"RotateConv version must be 4 or 2, got {version!r}")
+    self.in_features, self.out_features = in_features, out_features
+    self.kernel_size, self.stride = 3, stride
+    self.padding = 1 if padding is None else padding
+    self.version = version
+    taps = 3 if version == 4 else 1
+    # fan-in: every tap sees in_features inputs, 3 taps per line
+    shape = (3, in_features, out_features) if version == 4 else (in_features, out_features)
+    self.weights = nnx.Param(he_normal(rngs.params(), shape, 3 * in_features))
+    if taps == 1:  # one shared weight feeds all three taps
+      self.weights[...] = self.weights[...] / math.sqrt(3.0)
+    self.angles = Angle(jax.random.uniform(rngs.params(), (in_features, out_features), maxval=180.0))
+    self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
+
+  def init_from_line_kernel(self, kernel: jax.Array) -> None:
+    """Initialises from a pretrained 1x3 or 3x1 kernel (the paper's section III.A.5).
+
+    A 1x3 kernel [left, centre, right] becomes angle 0 with w1 = right and
+    w2 = left; a 3x1 kernel [top, centre, bottom] becomes angle 90 with
+    w1 = top and w2 = bottom. For version 2 the shared weight is their mean.
+    """
+    shape = tuple(kernel.shape)
+    io = (self.in_features, self.out_features)
+    if shape == (1, 3, *io):
+      line, angle = kernel[0], 0.0
+      w0, w1, w2 = line[1], line[2], line[0]
+    elif shape == (3, 1, *io):
+      line, angle = kernel[:, 0], 90.0
+      w0, w1, w2 = line[1], line[0], line[2]
+    else:
+      raise ValueError(f"expected a (1, 3, {io[0]}, {io[1]}) or (3, 1, {io[0]}, {io[1]}) kernel, got {shape}")
+    weights = jnp.stack([w0, w1, w2]) if self.version == 4 else (w0 + w1 + w2) / 3
+    self.weights[...] = weights.astype(self.weights[...].dtype)
+    self.angles[...] = jnp.full(io, angle, self.angles[...].dtype)
+
+  def effective_kernel(self):
+    kernel = rotate_kernel(self.weights[...], self.angles[...])
+    return kernel, None if self.bias is None else self.bias[...]
+
+  def weight_count(self) -> int:
+    return int(self.weights[...].size + self.angles[...].size)

@@ -1,0 +1,84 @@
+"""VersatileConv layer: spatial and channel versatile filters (Wang et al. 2018)."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from flax import nnx
+
+from kshapes_jax.kernels import (
+    channel_versatile_kernel,
+    channel_windows,
+    spatial_versatile_kernel,
+    summed_versatile_kernel,
+)
+from kshapes_jax.nn.base import ConvLayer, he_normal, symmetric_padding
+
+
+class VersatileConv(ConvLayer):
+  """F primary dxdxc^ filters giving s * n * F output maps in one conv.
+
+  Modes (the paper's MNIST models):
+    * `mode="spatial"`, `bias="separate"`: eq. 3 with b_1..b_s (Model 2);
+      `bias="shared"`: b_1 = ... = b_s (Model 3);
+    * `mode="sum"`: the naive aggregate of eq. 4 (Model 1), s = 1 output map;
+    * `channel_delta = c - c^ > 0` with `channel_stride = g`: channel windows
+      (eq. 8), alone (`mode="none"`) or with the spatial stack (versatile v2).
+
+  `out_features` asks for a number of maps; the layer takes
+  F = ceil(out_features / (s * n)) filters, so its `out_features` may be a
+  little larger (the paper's LeNet: 20 requested, 7 filters, 21 maps).
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
+               stride: int = 1, padding=None, use_bias: bool = True, mode: str = "spatial",
+               bias: str = "shared", channel_delta: int = 0, channel_stride: int = 1,
+               rngs: nnx.Rngs):
+    if mode not in ("spatial", "sum", "none"):
+      raise ValueError(f"mode must be 'spatial', 'sum' or 'none', got {mode!r}")
+    if bias not in ("separate", "shared"):
+      raise ValueError(f"bias must be 'separate' or 'shared', got {bias!r}")
+    if not 0 <= channel_delta < in_features:
+      raise ValueError(
+          f"channel versatile filters need c^ < c with c^ >= 1: channel_delta = c - c^ = "
+          f"{channel_delta} must be in [0, {in_features})")
+    self.mode, self.bias_mode = mode, bias
+    self.channel_delta, self.channel_stride = channel_delta, channel_stride
+    self.window = in_features - channel_delta
+    self.windows = channel_windows(in_features, self.window, channel_stride) if channel_delta else 1
+    self.scales = (kernel_size + 1) // 2 if mode == "spatial" else 1
+    per_filter = self.scales * self.windows
+    self.filters = math.ceil(out_features / per_filter)
+    self.in_features, self.out_features = in_features, per_filter * self.filters
+    self.kernel_size, self.stride = kernel_size, stride
+    self.padding = symmetric_padding(padding, kernel_size)
+    shape = (kernel_size, kernel_size, self.window, self.filters)
+    self.f = nnx.Param(he_normal(rngs.params(), shape, kernel_size * kernel_size * self.window))
+    size = self.filters * (self.windows if bias == "shared" else per_filter)
+    self.bias = nnx.Param(jnp.zeros((size,))) if use_bias else None
+
+  def effective_kernel(self):
+    f = self.f[...]
+    if self.channel_delta:
+      f = channel_versatile_kernel(f, self.in_features, self.channel_stride)
+    if self.mode == "spatial":
+      f = spatial_versatile_kernel(f)
+    elif self.mode == "sum":
+      f = summed_versatile_kernel(f)
+    if self.bias is None:
+      return f, None
+    b = self.bias[...]
+    if self.mode == "spatial" and self.bias_mode == "shared":
+      b = jnp.tile(b, self.scales)  # output index is scale-major
+    return f, b
+
+  def weight_count(self) -> int:
+    return int(self.f[...].size)
+
+  def multiplications(self, out_shape) -> int:
+    """Proposition 1: scale i costs (d - 2i + 2)^2 c^ per output pixel and map."""
+    d = self.kernel_size
+    taps = sum((d - 2 * i + 2) ** 2 for i in range(1, self.scales + 1)) if self.mode == "spatial" else d * d
+    per_pixel = taps * self.window * self.windows * self.filters
+    return int(out_shape[1] * out_shape[2] * per_pixel)

@@ -1,0 +1,193 @@
+"""NNX layers: each forward against an independent construction, and deploy."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from kshapes_jax import reference
+from kshapes_jax.conv import conv
+from kshapes_jax.nn import (
+    ACBlock,
+    ActiveConv,
+    Angle,
+    ConvBN,
+    PlainConv,
+    Position,
+    RotateConv,
+    VersatileConv,
+    conv_bn,
+    make_conv,
+)
+
+
+def _x(rng, shape=(2, 9, 8, 4)):
+  return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+
+def _randomize_bn(module, rng):
+  """Non-trivial running statistics and affine parameters in every BN."""
+  for _, bn in nnx.iter_modules(module):
+    if isinstance(bn, nnx.BatchNorm):
+      c = bn.mean[...].shape[0]
+      bn.mean[...] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
+      bn.var[...] = jnp.asarray(rng.uniform(0.5, 1.5, c), jnp.float32)
+      bn.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, c), jnp.float32)
+      bn.bias[...] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
+
+
+@pytest.mark.parametrize("version", [4, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_rotate_conv_matches_numpy_kernel(version, stride, rng):
+  layer = RotateConv(4, 6, stride=stride, version=version, use_bias=True, rngs=nnx.Rngs(0))
+  layer.bias[...] = jnp.arange(6, dtype=jnp.float32)
+  x = _x(rng)
+  kernel = reference.rotate_kernel(np.asarray(layer.weights[...]), np.asarray(layer.angles[...]))
+  expected = conv(x, jnp.asarray(kernel, jnp.float32), stride=stride, padding=1) + layer.bias[...]
+  chex.assert_trees_all_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+  assert isinstance(layer.angles, Angle)
+  assert np.all((layer.angles[...] >= 0) & (layer.angles[...] < 180))
+
+
+def test_rotate_conv_init_from_line_kernels(rng):
+  layer = RotateConv(3, 2, rngs=nnx.Rngs(0))
+  hor = jnp.asarray(rng.normal(size=(1, 3, 3, 2)), jnp.float32)
+  layer.init_from_line_kernel(hor)
+  expected = jnp.zeros((3, 3, 3, 2)).at[1].set(hor[0])
+  chex.assert_trees_all_close(layer.effective_kernel()[0], expected, atol=1e-6)
+  ver = jnp.asarray(rng.normal(size=(3, 1, 3, 2)), jnp.float32)
+  layer.init_from_line_kernel(ver)
+  chex.assert_trees_all_close(layer.effective_kernel()[0], jnp.zeros((3, 3, 3, 2)).at[:, 1].set(ver[:, 0]),
+                              atol=1e-6)
+  with pytest.raises(ValueError, match=r"\(1, 3, 3, 2\) or \(3, 1, 3, 2\)"):
+    layer.init_from_line_kernel(jnp.zeros((3, 3, 3, 2)))
+
+
+def _bn_train(y):
+  mean = y.mean(axis=(0, 1, 2))
+  var = y.var(axis=(0, 1, 2))
+  return (y - mean) / jnp.sqrt(var + 1e-5)
+
+
+@pytest.mark.parametrize("asymmetric", ["both", "hor", "ver"])
+@pytest.mark.parametrize("border", [False, True])
+def test_acblock_train_forward_is_three_bn_branches(asymmetric, border, rng):
+  block = ACBlock(4, 6, stride=2, asymmetric=asymmetric, border=border, rngs=nnx.Rngs(1))
+  x = _x(rng)
+  # independent: each branch as a kxk conv with the small kernel zero-embedded
+  k, line = 3, 2 if border else 1
+  branches = [block.square[...]]
+  if block.hor is not None:
+    branches.append(jnp.zeros((k, k, 4, 6)).at[line].set(block.hor[...][0]))
+  if block.ver is not None:
+    branches.append(jnp.zeros((k, k, 4, 6)).at[:, line].set(block.ver[...][:, 0]))
+  expected = sum(_bn_train(conv(x, b, stride=2, padding=1)) for b in branches)
+  chex.assert_trees_all_close(block(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(border=True), dict(bn="sum"), dict(asymmetric="hor"),
+                                     dict(asym_scale_init=1 / 3)])
+@pytest.mark.parametrize("k", [3, 5])
+def test_acblock_deploy_equals_eval(options, k, rng):
+  block = ACBlock(4, 6, k, stride=2, rngs=nnx.Rngs(2), **options)
+  _randomize_bn(block, rng)
+  block.eval()
+  x = _x(rng, (2, 10, 9, 4))
+  plain = block.deploy()
+  assert isinstance(plain, PlainConv) and plain.kernel[...].shape == (k, k, 4, 6)
+  chex.assert_trees_all_close(plain(x), block(x), rtol=1e-5, atol=1e-5)
+
+
+def test_acblock_gamma_init():
+  block = ACBlock(2, 3, asym_scale_init=1 / 3, rngs=nnx.Rngs(0))
+  chex.assert_trees_all_close(block.hor_bn.scale[...], jnp.full(3, 1 / 3))
+  chex.assert_trees_all_close(block.square_bn.scale[...], jnp.ones(3))
+
+
+@pytest.mark.parametrize("bias", ["separate", "shared"])
+def test_versatile_spatial_matches_cropped_convs(bias, rng):
+  layer = VersatileConv(4, 9, 5, bias=bias, rngs=nnx.Rngs(0))
+  assert (layer.filters, layer.out_features) == (3, 9)
+  b = jnp.asarray(rng.normal(size=layer.bias[...].shape), jnp.float32)
+  layer.bias[...] = b
+  x = _x(rng)
+  f = layer.f[...]
+  parts = [conv(x, f[i:5 - i, i:5 - i], padding=2 - i) for i in range(3)]
+  bias_full = jnp.tile(b, 3) if bias == "shared" else b
+  chex.assert_trees_all_close(layer(x), jnp.concatenate(parts, -1) + bias_full, rtol=1e-5, atol=1e-5)
+
+
+def test_versatile_sum_and_channel_modes(rng):
+  x = _x(rng)
+  layer = VersatileConv(4, 6, 3, mode="sum", use_bias=False, rngs=nnx.Rngs(0))
+  f = layer.f[...]
+  chex.assert_trees_all_close(layer(x), conv(x, f, padding=1) + conv(x, f[1:2, 1:2], padding=0),
+                              rtol=1e-5, atol=1e-5)
+  layer = VersatileConv(4, 8, 3, channel_delta=2, channel_stride=1, mode="none", use_bias=False,
+                        rngs=nnx.Rngs(0))
+  assert (layer.windows, layer.filters, layer.f[...].shape[2]) == (3, 3, 2)
+  f = layer.f[...]
+  loop = [conv(x[..., i:i + 2], f, padding=1) for i in range(3)]
+  chex.assert_trees_all_close(layer(x), jnp.concatenate(loop, -1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["splat", "gather"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_active_conv_matches_reference(impl, groups, rng):
+  layer = ActiveConv(4, 6, stride=2, impl=impl, position_groups=groups, radius=2, rngs=nnx.Rngs(0))
+  assert isinstance(layer.positions, Position)
+  shape = layer.positions[...].shape
+  layer.positions[...] = jnp.asarray(rng.uniform(-1.8, 1.8, shape), jnp.float32)
+  x = _x(rng)
+  p = np.asarray(layer.all_positions())
+  w = np.asarray(layer.weights[...])
+  y = layer(x)
+  p = p.reshape(groups, 9, 2)
+  for g in range(groups):
+    cols = slice(g * 6 // groups, (g + 1) * 6 // groups)
+    expected = reference.active_conv(np.asarray(x), w[..., cols], p[g], stride=2, padding=2, radius=2)
+    np.testing.assert_allclose(y[..., cols], expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(p[:, 0], 0.0)  # synapse 0 is the fixed origin
+
+
+def test_active_conv_lattice_init_is_a_3x3_conv_and_deploys_to_one(rng):
+  layer = ActiveConv(4, 6, radius=3, rngs=nnx.Rngs(0))
+  x = _x(rng)
+  plain = layer.deploy()
+  assert plain.kernel[...].shape == (3, 3, 4, 6)  # the smallest radius that holds the lattice
+  chex.assert_trees_all_close(plain(x), layer(x), rtol=1e-5, atol=1e-5)
+  circle = ActiveConv(4, 6, init="circle", synapses=7, radius=1, rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(circle.all_positions())[1:], axis=-1), 1.0, rtol=1e-6)
+
+
+def test_active_conv_position_gradient_is_normalized(rng):
+  layer = ActiveConv(3, 4, rngs=nnx.Rngs(0))
+  x = _x(rng, (2, 6, 6, 3))
+  grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
+  norms = jnp.linalg.norm(grads["positions"][...], axis=-1)
+  chex.assert_trees_all_close(norms, jnp.ones(8), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["plain", "rotate4", "rotate2", "versatile", "active"])
+def test_conv_bn_deploy_folds_the_bn(kind, rng):
+  unit = conv_bn(kind, 4, 6, 3, stride=2, rngs=nnx.Rngs(0))
+  assert isinstance(unit, ConvBN)
+  _randomize_bn(unit, rng)
+  unit.eval()
+  x = _x(rng)
+  chex.assert_trees_all_close(unit.deploy()(x), unit(x), rtol=1e-5, atol=1e-5)
+
+
+def test_make_conv_rejects_unknown_kinds_and_bad_options():
+  with pytest.raises(ValueError, match="unknown conv kind 'deform'"):
+    make_conv("deform", 2, 2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="3x3"):
+    make_conv("rotate4", 2, 2, 5, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="odd kernel"):
+    make_conv("acb", 2, 2, 4, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="c\\^ < c"):
+    make_conv("versatile", 2, 2, 3, channel_delta=2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="radius 1 does not hold"):
+    make_conv("active", 2, 2, 3, synapses=25, radius=1, rngs=nnx.Rngs(0))
