@@ -62,12 +62,12 @@ class ImageNetResNet(nnx.Module):
     return self.fc(global_avg_pool(x))
 
 
-@register("resnet18", kinds=KINDS, input_shape=(224, 224, 3), paper="ACNet Table 3 (accounting)")
+@register("resnet18", kinds=KINDS, input_shape=(224, 224, 3), paper="ACNet Table 3 (accounting)", num_classes=1000)
 def resnet18(conv, num_classes, rngs, **kw):
   return ImageNetResNet((2, 2, 2, 2), 1, conv, num_classes, rngs=rngs, **kw)
 
 
-@register("resnet50", kinds=KINDS, input_shape=(224, 224, 3), paper="Versatile Table 1/4 (accounting)")
+@register("resnet50", kinds=KINDS, input_shape=(224, 224, 3), paper="Versatile Table 1/4 (accounting)", num_classes=1000)
 def resnet50(conv, num_classes, rngs, **kw):
   return ImageNetResNet((3, 4, 6, 3), 4, conv, num_classes, rngs=rngs, **kw)
 
@@ -107,6 +107,6 @@ class AlexNet(nnx.Module):
 
 
 @register("alexnet", kinds=("plain", "acb", "versatile", "active"), input_shape=(224, 224, 3),
-          paper="Versatile Table 1/4; ACNet Table 3 (accounting)")
+          paper="Versatile Table 1/4; ACNet Table 3 (accounting)", num_classes=1000)
 def alexnet(conv, num_classes, rngs, **kw):
   return AlexNet(conv, num_classes, rngs=rngs, **kw)

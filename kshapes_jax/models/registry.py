@@ -18,15 +18,17 @@ class ModelSpec:
   kinds: tuple[str, ...]  # conv kinds that apply
   input_shape: tuple[int, int, int]  # (H, W, C) of one example
   paper: str
+  num_classes: int = 10  # the default: the paper's dataset
 
 
 _MODELS: dict[str, ModelSpec] = {}
 
 
-def register(name: str, *, kinds: tuple[str, ...], input_shape: tuple[int, int, int], paper: str):
+def register(name: str, *, kinds: tuple[str, ...], input_shape: tuple[int, int, int], paper: str,
+             num_classes: int = 10):
   """Decorator adding a builder `fn(conv, num_classes, rngs, **kw)` under `name`."""
   def wrap(fn):
-    _MODELS[name] = ModelSpec(name, fn, kinds, input_shape, paper)
+    _MODELS[name] = ModelSpec(name, fn, kinds, input_shape, paper, num_classes)
     return fn
   return wrap
 
@@ -41,7 +43,7 @@ def list_models() -> list[str]:
   return sorted(_MODELS)
 
 
-def create(name: str, *, conv: str = "plain", num_classes: int = 10, rngs: nnx.Rngs | None = None,
+def create(name: str, *, conv: str = "plain", num_classes: int | None = None, rngs: nnx.Rngs | None = None,
            **kwargs) -> nnx.Module:
   """Builds the named model with the named conv kind.
 
@@ -49,7 +51,8 @@ def create(name: str, *, conv: str = "plain", num_classes: int = 10, rngs: nnx.R
     name: a registered model (see `list_models()`).
     conv: the conv kind of its kxk layers: plain, rotate4, rotate2, acb,
       versatile or active (each model lists those that apply).
-    num_classes: outputs of the classifier.
+    num_classes: outputs of the classifier; by default the paper's (10, or
+      1000 for the ImageNet networks).
     rngs: NNX random streams; nnx.Rngs(0) by default.
     **kwargs: model or layer options (e.g. `conv_options={"radius": 1}`).
 
@@ -59,7 +62,7 @@ def create(name: str, *, conv: str = "plain", num_classes: int = 10, rngs: nnx.R
   s = spec(name)
   if conv not in s.kinds:
     raise ValueError(f"conv kind {conv!r} does not apply to {name}; it takes {list(s.kinds)}")
-  return s.build(conv=conv, num_classes=num_classes, rngs=rngs or nnx.Rngs(0), **kwargs)
+  return s.build(conv=conv, num_classes=num_classes or s.num_classes, rngs=rngs or nnx.Rngs(0), **kwargs)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -6,26 +6,33 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from kshapes_jax import conv as conv_lib
 from kshapes_jax.gradients import normalize_position_grad
-from kshapes_jax.kernels import active_kernel, clip_positions, lattice_positions, radius_for_positions
+from kshapes_jax.kernels import active_kernel, clip_positions, radius_for_positions
 from kshapes_jax.nn.base import ConvLayer, PlainConv, he_normal, record
 from kshapes_jax.nn.variables import Position
 
 
-def initial_positions(synapses: int, init: str) -> jax.Array:
-  """Positions (K, 2), synapse 0 at the origin: the 3x3 lattice or a unit circle."""
+def initial_positions(synapses: int, init: str) -> np.ndarray:
+  """Positions (K, 2), synapse 0 at the origin: the 3x3 lattice or a unit circle.
+
+  NumPy on the host: they are constants, also when the model is built under
+  jit or eval_shape.
+  """
   if init == "lattice":
     size = math.isqrt(synapses)
     if size * size != synapses or size % 2 == 0:
       raise ValueError(f"init='lattice' needs an odd square number of synapses, got {synapses}")
-    return lattice_positions(size)
+    r = size // 2
+    ring = [(dx, dy) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dx, dy) != (0, 0)]
+    return np.asarray([(0, 0), *ring], np.float32)
   if init == "circle":
-    angles = 2 * math.pi * jnp.arange(synapses - 1) / max(synapses - 1, 1)
-    ring = jnp.stack([jnp.cos(angles), -jnp.sin(angles)], axis=-1)
-    return jnp.concatenate([jnp.zeros((1, 2)), ring])
+    angles = 2 * math.pi * np.arange(synapses - 1) / max(synapses - 1, 1)
+    ring = np.stack([np.cos(angles), -np.sin(angles)], axis=-1)
+    return np.concatenate([np.zeros((1, 2)), ring]).astype(np.float32)
   raise ValueError(f"init must be 'lattice' or 'circle', got {init!r}")
 
 
@@ -59,11 +66,10 @@ class ActiveConv(ConvLayer):
     self.radius, self.impl, self.normalize_grad = radius, impl, normalize_grad
     self.synapses, self.position_groups = synapses, position_groups
     start = initial_positions(synapses, init)
-    check = jnp.max(jnp.abs(start))
-    if check > radius:
-      raise ValueError(f"radius {radius} does not hold the initial positions (max |p| = {float(check)})")
+    if np.max(np.abs(start)) > radius:
+      raise ValueError(f"radius {radius} does not hold the initial positions (max |p| = {np.max(np.abs(start))})")
     shape = (synapses - 1, 2) if position_groups == 1 else (position_groups, synapses - 1, 2)
-    self.positions = Position(jnp.broadcast_to(start[1:], shape).astype(jnp.float32))
+    self.positions = Position(jnp.asarray(np.broadcast_to(start[1:], shape)))
     self.weights = nnx.Param(he_normal(rngs.params(), (synapses, in_features, out_features),
                                        synapses * in_features))
     self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kshapes_jax.kernels import rotate_kernel
-from kshapes_jax.nn.base import ConvLayer, he_normal
+from kshapes_jax.nn.base import ConvLayer, bucketed, he_normal
 from kshapes_jax.nn.variables import Angle
 
 
@@ -38,7 +38,8 @@ class RotateConv(ConvLayer):
     self.weights = nnx.Param(he_normal(rngs.params(), shape, 3 * in_features))
     if taps == 1:  # one shared weight feeds all three taps
       self.weights[...] = self.weights[...] / math.sqrt(3.0)
-    self.angles = Angle(jax.random.uniform(rngs.params(), (in_features, out_features), maxval=180.0))
+    uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, maxval=180.0)
+    self.angles = Angle(bucketed(uniform, rngs.params(), (in_features, out_features)))
     self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
 
   def init_from_line_kernel(self, kernel: jax.Array) -> None:
