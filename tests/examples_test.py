@@ -17,3 +17,11 @@ def test_quickstart_runs(capsys):
   assert "(8, 16, 16, 32) (8, 32, 32, 32)" in out
   gap = float(out.rsplit("=", 1)[1])
   assert gap < 1e-4
+
+
+def test_readme_parameter_table_is_the_commands_output():
+  from kshapes_jax.models.table import parameter_table
+  readme = (ROOT / "README.md").read_text()
+  start, end = "<!-- param-table:start -->\n", "\n<!-- param-table:end -->"
+  shown = readme[readme.index(start) + len(start):readme.index(end)]
+  assert shown == parameter_table()

@@ -39,6 +39,10 @@ def initial_positions(synapses: int, init: str) -> np.ndarray:
 class ActiveConv(ConvLayer):
   """ACU with K synapses; synapse 0 is fixed at the origin (not a parameter).
 
+  By default K = kernel_size^2 synapses start on the lattice of the
+  kernel_size conv it replaces (9 for 3x3, the paper's ACU) and the kernel
+  radius is kernel_size // 2 + 1 (2 for 3x3), one ring of room to move.
+
   The learned positions are a `Position` parameter of shape (K - 1, 2), or
   (G, K - 1, 2) with `position_groups=G` (one set per group of output
   channels). `impl="splat"` builds the (2R + 1)^2 kernel and makes one conv;
@@ -49,9 +53,12 @@ class ActiveConv(ConvLayer):
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
-               stride: int = 1, padding=None, use_bias: bool = False, synapses: int = 9,
-               init: str = "lattice", position_groups: int = 1, radius: int = 2,
+               stride: int = 1, padding=None, use_bias: bool = False, synapses: int | None = None,
+               init: str = "lattice", position_groups: int = 1, radius: int | None = None,
                impl: str = "splat", normalize_grad: bool = True, rngs: nnx.Rngs):
+    # defaults: the kxk lattice it replaces, with one ring of room to move
+    synapses = kernel_size * kernel_size if synapses is None else synapses
+    radius = kernel_size // 2 + 1 if radius is None else radius
     if impl not in ("splat", "gather"):
       raise ValueError(f"impl must be 'splat' or 'gather', got {impl!r}")
     if not isinstance(radius, int) or radius < 1:
