@@ -4,8 +4,10 @@ import os
 
 import hypothesis
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 
 @pytest.fixture
@@ -25,3 +27,23 @@ def rng():
 hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
   hypothesis.settings.load_profile("ci")
+
+
+def _randomize(module, rng):
+  """Non-trivial BN statistics and affine terms, and ACU positions, so deploy has work."""
+  from kshapes_jax.nn import ActiveConv
+  for _, m in nnx.iter_modules(module):
+    if isinstance(m, nnx.BatchNorm):
+      c = m.mean[...].shape[0]
+      m.mean[...] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
+      m.var[...] = jnp.asarray(rng.uniform(0.5, 1.5, c), jnp.float32)
+      m.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, c), jnp.float32)
+      m.bias[...] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
+    if isinstance(m, ActiveConv):
+      m.positions[...] = jnp.asarray(rng.uniform(-1.5, 1.5, m.positions[...].shape), jnp.float32)
+
+
+@pytest.fixture
+def randomize():
+  """randomize(module, rng): see _randomize."""
+  return _randomize

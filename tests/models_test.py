@@ -1,6 +1,5 @@
 """The model zoo: the papers' parameter counts, costs, and exact deploy for every model x kind."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -88,19 +87,6 @@ def test_standard_counts_of_the_other_networks():
   _close(_count("resnet50"), 25.56e6)
 
 
-def _randomize(model, rng):
-  """Non-trivial BN statistics and ACU positions, so deploy has something to fold."""
-  for _, m in nnx.iter_modules(model):
-    if isinstance(m, nnx.BatchNorm):
-      c = m.mean[...].shape[0]
-      m.mean[...] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
-      m.var[...] = jnp.asarray(rng.uniform(0.5, 1.5, c), jnp.float32)
-      m.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, c), jnp.float32)
-      m.bias[...] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
-    if isinstance(m, K.nn.ActiveConv):
-      m.positions[...] = jnp.asarray(rng.uniform(-1.5, 1.5, m.positions[...].shape), jnp.float32)
-
-
 # DenseNet-40 compiles a new conv for each of its 36 widths; a 3-layer-per-block
 # DenseNet runs the same code. The ImageNet ResNets end in global pooling, so
 # 64x64 inputs exercise every layer.
@@ -115,10 +101,10 @@ def _only_plain_convs(model):
 
 
 @pytest.mark.parametrize("name, kind", CASES)
-def test_deploy_is_exact_for_every_model_and_kind(name, kind):
+def test_deploy_is_exact_for_every_model_and_kind(name, kind, randomize):
   rng = np.random.default_rng(0)
   model = _BUILD[name](kind) if name in _BUILD else create(name, conv=kind)
-  _randomize(model, rng)
+  randomize(model, rng)
   model.eval()
   deployed = K.deploy(model)
   assert _only_plain_convs(deployed)

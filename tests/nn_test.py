@@ -1,7 +1,6 @@
 """NNX layers: each forward against an independent construction, and deploy."""
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -25,17 +24,6 @@ from kshapes_jax.nn import (
 
 def _x(rng, shape=(2, 9, 8, 4)):
   return jnp.asarray(rng.normal(size=shape), jnp.float32)
-
-
-def _randomize_bn(module, rng):
-  """Non-trivial running statistics and affine parameters in every BN."""
-  for _, bn in nnx.iter_modules(module):
-    if isinstance(bn, nnx.BatchNorm):
-      c = bn.mean[...].shape[0]
-      bn.mean[...] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
-      bn.var[...] = jnp.asarray(rng.uniform(0.5, 1.5, c), jnp.float32)
-      bn.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, c), jnp.float32)
-      bn.bias[...] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
 
 
 @pytest.mark.parametrize("version", [4, 2])
@@ -90,9 +78,9 @@ def test_acblock_train_forward_is_three_bn_branches(asymmetric, border, rng):
 @pytest.mark.parametrize("options", [dict(), dict(border=True), dict(bn="sum"), dict(asymmetric="hor"),
                                      dict(asym_scale_init=1 / 3)])
 @pytest.mark.parametrize("k", [3, 5])
-def test_acblock_deploy_equals_eval(options, k, rng):
+def test_acblock_deploy_equals_eval(options, k, rng, randomize):
   block = ACBlock(4, 6, k, stride=2, rngs=nnx.Rngs(2), **options)
-  _randomize_bn(block, rng)
+  randomize(block, rng)
   block.eval()
   x = _x(rng, (2, 10, 9, 4))
   plain = block.deploy()
@@ -171,10 +159,10 @@ def test_active_conv_position_gradient_is_normalized(rng):
 
 
 @pytest.mark.parametrize("kind", ["plain", "rotate4", "rotate2", "versatile", "active"])
-def test_conv_bn_deploy_folds_the_bn(kind, rng):
+def test_conv_bn_deploy_folds_the_bn(kind, rng, randomize):
   unit = conv_bn(kind, 4, 6, 3, stride=2, rngs=nnx.Rngs(0))
   assert isinstance(unit, ConvBN)
-  _randomize_bn(unit, rng)
+  randomize(unit, rng)
   unit.eval()
   x = _x(rng)
   chex.assert_trees_all_close(unit.deploy()(x), unit(x), rtol=1e-5, atol=1e-5)

@@ -7,7 +7,7 @@ from flax import nnx
 
 from kshapes_jax.models.layers import global_avg_pool, max_pool
 from kshapes_jax.models.registry import register
-from kshapes_jax.nn import Dense, PlainConv, batch_norm, conv_bn
+from kshapes_jax.nn import Dense, conv_bn
 
 KINDS = ("plain", "rotate4", "rotate2", "acb", "versatile", "active")
 
