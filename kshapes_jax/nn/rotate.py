@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kshapes_jax.kernels import rotate_kernel
-from kshapes_jax.nn.base import ConvLayer, bucketed, he_normal
+from kshapes_jax.nn.base import ConvLayer, bucketed, he_normal, symmetric_padding
 from kshapes_jax.nn.variables import Angle
 
 
@@ -30,7 +30,7 @@ class RotateConv(ConvLayer):
       raise ValueError(f"RotateConv version must be 4 or 2, got {version!r}")
     self.in_features, self.out_features = in_features, out_features
     self.kernel_size, self.stride = 3, stride
-    self.padding = 1 if padding is None else padding
+    self.padding = symmetric_padding(padding, 3)
     self.version = version
     taps = 3 if version == 4 else 1
     # fan-in: every tap sees in_features inputs, 3 taps per line
