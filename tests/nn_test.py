@@ -179,3 +179,13 @@ def test_make_conv_rejects_unknown_kinds_and_bad_options():
     make_conv("versatile", 2, 2, 3, channel_delta=2, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="radius 1 does not hold"):
     make_conv("active", 2, 2, 3, synapses=25, radius=1, rngs=nnx.Rngs(0))
+
+
+def test_conv_bn_deploy_folds_a_conv_bias_too(rng, randomize):
+  conv_layer = make_conv("rotate4", 4, 6, 3, use_bias=True, rngs=nnx.Rngs(0))
+  conv_layer.bias[...] = jnp.asarray(rng.normal(size=6), jnp.float32)
+  unit = ConvBN(conv_layer, nnx.Rngs(1))
+  randomize(unit, rng)
+  unit.eval()
+  x = _x(rng)
+  chex.assert_trees_all_close(unit.deploy()(x), unit(x), rtol=1e-5, atol=1e-5)

@@ -6,6 +6,7 @@ from kshapes_jax.kernels.active import (
     bilinear_cell,
     check_positions_within,
     clip_positions,
+    lattice_offsets,
     lattice_positions,
     radius_for_positions,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "clip_positions",
     "fuse_acb",
     "fuse_bn",
+    "lattice_offsets",
     "lattice_positions",
     "project_angles",
     "radius_for_positions",

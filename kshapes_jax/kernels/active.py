@@ -49,6 +49,21 @@ def bilinear_cell(v: ArrayLike) -> tuple[jax.Array, jax.Array]:
   return low.astype(jnp.int32), v - low
 
 
+def lattice_offsets(size: int = 3) -> np.ndarray:
+  """The size x size lattice as (dx, dy) offsets in NumPy, origin first, then row-major.
+
+  Host constants, so layers can use them also while built under jit or eval_shape.
+
+  Raises:
+    ValueError: if size is not a positive odd int.
+  """
+  if not isinstance(size, (int, np.integer)) or size < 1 or size % 2 == 0:
+    raise ValueError(f"size must be a positive odd int, got {size!r}")
+  r = (size - 1) // 2
+  ring = [(dx, dy) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dx, dy) != (0, 0)]
+  return np.asarray([(0, 0), *ring], np.float32)
+
+
 def lattice_positions(size: int = 3, dilation: float = 1.0, dtype=jnp.float32) -> jax.Array:
   """Positions (K, 2) = (dx, dy) of a size x size lattice, centre first.
 
@@ -66,12 +81,7 @@ def lattice_positions(size: int = 3, dilation: float = 1.0, dtype=jnp.float32) -
   Raises:
     ValueError: if size is not a positive odd int.
   """
-  if not isinstance(size, (int, np.integer)) or size < 1 or size % 2 == 0:
-    raise ValueError(f"size must be a positive odd int, got {size!r}")
-  r = (size - 1) // 2
-  grid = [(dx, dy) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
-  grid.remove((0, 0))
-  return jnp.asarray([(0, 0), *grid], dtype=dtype) * dilation
+  return jnp.asarray(lattice_offsets(size) * dilation, dtype=dtype)
 
 
 def radius_for_positions(positions: ArrayLike) -> int:

@@ -11,7 +11,7 @@ from flax import nnx
 
 from kshapes_jax import conv as conv_lib
 from kshapes_jax.gradients import normalize_position_grad
-from kshapes_jax.kernels import active_kernel, clip_positions, radius_for_positions
+from kshapes_jax.kernels import active_kernel, clip_positions, lattice_offsets, radius_for_positions
 from kshapes_jax.nn.base import ConvLayer, PlainConv, he_normal, record
 from kshapes_jax.nn.variables import Position
 
@@ -26,9 +26,7 @@ def initial_positions(synapses: int, init: str) -> np.ndarray:
     size = math.isqrt(synapses)
     if size * size != synapses or size % 2 == 0:
       raise ValueError(f"init='lattice' needs an odd square number of synapses, got {synapses}")
-    r = size // 2
-    ring = [(dx, dy) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dx, dy) != (0, 0)]
-    return np.asarray([(0, 0), *ring], np.float32)
+    return lattice_offsets(size)
   if init == "circle":
     angles = 2 * math.pi * np.arange(synapses - 1) / max(synapses - 1, 1)
     ring = np.stack([np.cos(angles), -np.sin(angles)], axis=-1)

@@ -130,6 +130,9 @@ class PlainConv(ConvLayer):
   def effective_kernel(self):
     return self.kernel[...], None if self.bias is None else self.bias[...]
 
+  def deploy(self) -> "PlainConv":
+    return self  # already plain: deploy copies the model first, so no sharing
+
   def weight_count(self) -> int:
     return int(self.kernel[...].size)
 

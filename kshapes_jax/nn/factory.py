@@ -61,9 +61,10 @@ class ConvBN(nnx.Module):
 
   def deploy(self) -> PlainConv:
     plain = self.conv.deploy()
-    kernel, bias = fuse_bn(plain.kernel[...], *bn_params(self.bn), eps=self.bn.epsilon)
-    if plain.bias is not None:
-      bias = bias + plain.bias[...] * self.bn.scale[...] * jax.lax.rsqrt(self.bn.var[...] + self.bn.epsilon)
+    bn = bn_params(self.bn)
+    if plain.bias is not None:  # BN(conv + b) is BN with its mean moved by b
+      bn = bn._replace(mean=bn.mean - plain.bias[...])
+    kernel, bias = fuse_bn(plain.kernel[...], *bn, eps=self.bn.epsilon)
     return PlainConv.from_kernel(kernel, bias, stride=plain.stride, padding=plain.padding,
                                  groups=plain.groups)
 
