@@ -1,0 +1,1 @@
+"""Training configs: one file per experiment of the papers, each `get_config(arg)`."""

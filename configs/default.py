@@ -1,0 +1,52 @@
+"""The defaults every experiment config starts from (a short SN run on synthetic data).
+
+  python -m train.main --config configs/default.py --workdir /tmp/default
+
+Keys:
+  model, conv: a registered model and the conv kind of its kxk layers.
+  model_kwargs, conv_options: passed to `kshapes_jax.models.create` and to
+    every shaped conv layer (e.g. conv_options.radius=3 for the ACU).
+  data: name (mnist, fashion_mnist, cifar10, cifar100, svhn_cropped),
+    source (tfds, idx, npz, synthetic), data_dir, augment (none, cifar),
+    train_size/test_size (synthetic only).
+  batch_size, eval_batch_size: global batch sizes (split over devices).
+  num_epochs, or num_steps (> 0 wins).
+  optim: SGD with the papers' rules (kshapes_jax.optim.sgd): learning_rate,
+    schedule (constant, staircase, cosine), boundaries (epochs) and factor
+    for the staircase, warmup_epochs (linear LR ramp), momentum, nesterov,
+    weight_decay and decay_labels, lr_multipliers per label,
+    position_warmup_steps (ACU positions frozen), angle_eps (RotateConv
+    eq. 6, degrees; < 0 turns the projection off).
+  checkpoint_every_steps, keep_checkpoints, log_every_steps,
+  eval_every_epochs, seed, progress (the bar), distributed (call
+  jax.distributed.initialize() first, for several hosts).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  c = ml_collections.ConfigDict()
+  c.model = "sn"
+  c.conv = "plain"
+  c.model_kwargs = ml_collections.ConfigDict()
+  c.conv_options = ml_collections.ConfigDict()
+  c.data = ml_collections.ConfigDict(dict(
+      name="mnist", source="synthetic", data_dir="", augment="none", train_size=512, test_size=256))
+  c.batch_size = 64
+  c.eval_batch_size = 256
+  c.num_epochs = 1.0
+  c.num_steps = 0
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=0.05, schedule="constant", boundaries=(), factor=0.1, warmup_epochs=0.0,
+      momentum=0.9, nesterov=False, weight_decay=5e-4, decay_labels=("weights",),
+      lr_multipliers={"positions": 0.01}, position_warmup_steps=0, angle_eps=1.0))
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.log_every_steps = 20
+  c.eval_every_epochs = 1
+  c.seed = 0
+  c.progress = True
+  c.distributed = False
+  return c

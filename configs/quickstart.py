@@ -1,0 +1,25 @@
+"""Quickstart: SN with RotateConv v4 on Fashion-MNIST, about 3 minutes on 2 CPU cores.
+
+  apt-get install -y dataset-fashion-mnist     # the IDX files, offline
+  python -m train.main --config configs/quickstart.py --workdir runs/quickstart
+
+It prints the test accuracy of the trained model and of its deployed plain
+twin, and writes runs/quickstart/learning_curve.png. The RotateConv paper
+reports SN version 4 on MNIST at 98.65% (Table I); Fashion-MNIST is a harder
+drop-in, see the README for what this config reaches.
+"""
+
+from configs import default
+
+
+def get_config(arg: str | None = None):
+  c = default.get_config(arg)
+  c.model, c.conv = "sn", "rotate4"
+  c.data.update(name="fashion_mnist", source="idx", data_dir="/usr/share/datasets/fashion-mnist")
+  c.batch_size = 128
+  c.eval_batch_size = 1000
+  c.num_epochs = 3.0
+  c.optim.update(learning_rate=0.05, schedule="cosine", warmup_epochs=0.1, weight_decay=5e-4)
+  c.checkpoint_every_steps = 200
+  c.log_every_steps = 25
+  return c

@@ -1,0 +1,243 @@
+"""The papers' optimizer rules as optax transforms driven by parameter labels.
+
+Every learned parameter gets one label (`param_labels`):
+
+- `weights`: conv kernels, RotateConv line weights, ACU synapse weights,
+  classifier matrices;
+- `bias`: biases of convs and classifiers;
+- `bn`: scale and shift of normalisation layers;
+- `angles`: RotateConv angles (`nn.Angle`), projected after each update
+  (eq. 6 of Ma et al.);
+- `positions`: ACU synapse positions (`nn.Position`), with their own learning
+  rate multiplier (0.01 in Jeon and Kim, section 3.1) and frozen for a
+  warm-up number of steps (section 2.6).
+
+The ACU's normalized position gradient (eq. 15-16) lives in the layer
+(`ActiveConv(normalize_grad=True)`, a custom VJP where the positions enter
+the kernel), so it holds whichever optimizer a user picks. Synapse 0 is not
+a parameter at all, so no optimizer can move it.
+
+`sgd(...)` assembles the rules into one optax transform:
+freeze positions -> weight decay (masked) -> (Nesterov) momentum ->
+learning-rate schedule x per-label multiplier -> angle projection.
+
+References:
+  Ma et al., "RotateConv: Making Asymmetric Convolutional Kernels Rotatable",
+  ICPR 2018, eq. 6. Jeon and Kim, "Active Convolution", CVPR 2017,
+  sections 2.5-2.6 and 3.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from kshapes_jax.kernels import project_angles
+from kshapes_jax.nn.variables import Angle, Position
+
+LABELS = ("weights", "bias", "bn", "angles", "positions")
+# Normalisation layers whose parameters get the "bn" label.
+_NORM_TYPES = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm)
+
+
+def param_labels(model: nnx.Module) -> nnx.State:
+  """One label per learned parameter, in the structure of `nnx.state(model, nnx.Param)`.
+
+  Args:
+    model: any NNX module.
+
+  Returns:
+    An nnx.State shaped like the model's `nnx.Param` state whose leaves are
+    label strings (see the module docstring), usable by `optax.multi_transform`
+    and by the transforms here.
+  """
+  norm_paths = {path for path, m in nnx.iter_modules(model) if isinstance(m, _NORM_TYPES)}
+  params = nnx.state(model, nnx.Param)
+
+  def label(path, var: nnx.Variable) -> str:
+    names = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
+    if isinstance(var, Angle):
+      return "angles"
+    if isinstance(var, Position):
+      return "positions"
+    if names[:-1] in norm_paths:
+      return "bn"
+    if names[-1] == "bias":
+      return "bias"
+    return "weights"
+
+  return jax.tree_util.tree_map_with_path(
+      lambda path, var: jax.tree.map(lambda _: label(path, var), var),
+      params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _check_labels(labels: Any, known: Sequence[str], what: str) -> None:
+  for name in labels:
+    if name not in known:
+      raise ValueError(f"{what}: unknown parameter label {name!r}; expected some of {list(known)}")
+
+
+class FreezeState(NamedTuple):
+  count: jax.Array
+
+
+def freeze(labels: Any, frozen: Sequence[str], steps: int) -> optax.GradientTransformation:
+  """Zeroes the updates of parameters with the given labels for the first `steps` steps.
+
+  The ACU warm-up (Jeon and Kim, section 2.6): positions stay where they were
+  initialised while the weights settle. Put it first in the chain, so that
+  momentum does not accumulate the frozen gradients either.
+
+  Args:
+    labels: the tree from `param_labels`.
+    frozen: labels to freeze, e.g. ("positions",).
+    steps: how many updates are frozen (0: none).
+  """
+  _check_labels(frozen, LABELS, "freeze")
+  if steps < 0:
+    raise ValueError(f"freeze steps must be >= 0, got {steps}")
+  frozen = tuple(frozen)
+
+  def init(params):
+    del params
+    return FreezeState(count=jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params=None):
+    del params
+    live = state.count >= steps
+    updates = jax.tree.map(
+        lambda u, lab: jnp.where(live, u, jnp.zeros_like(u)) if lab in frozen else u, updates, labels)
+    return updates, FreezeState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init, update)
+
+
+def scale_by_label(labels: Any, multipliers: Mapping[str, float]) -> optax.GradientTransformation:
+  """Multiplies the updates of each label by its multiplier (1 where none is given).
+
+  The ACU positions learn at 0.01 times the base rate and follow its
+  schedule (Jeon and Kim, section 3.1): `scale_by_label(labels, {"positions": 0.01})`
+  after the learning-rate scaling.
+  """
+  _check_labels(multipliers, LABELS, "lr multipliers")
+  multipliers = {k: float(v) for k, v in multipliers.items()}
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, lab: u * multipliers.get(lab, 1.0), updates, labels), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def project_angle_updates(labels: Any, eps: float) -> optax.GradientTransformation:
+  """Makes the step of every `angles` parameter land where eq. 6 allows.
+
+  RotateConv eq. 6: theta_new = (theta_last + delta) mod 180, kept within
+  eps degrees of the 45-degree sector that held theta_last. Put it LAST in
+  the chain: it needs the final update; it returns the update
+  `project(theta + u, theta) - theta`, so `optax.apply_updates` lands on the
+  projected angle (to float rounding).
+
+  Args:
+    labels: the tree from `param_labels`.
+    eps: degrees an angle may leave its previous sector by, per step (>= 0).
+  """
+  if not eps >= 0:
+    raise ValueError(f"angle eps must be >= 0 degrees, got {eps!r}")
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("project_angle_updates needs the current params: call update(g, state, params)")
+
+    def one(u, p, lab):
+      if lab != "angles":
+        return u
+      return project_angles(p + u, p, eps) - p
+
+    return jax.tree.map(one, updates, params, labels), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def make_schedule(kind: str, base_lr: float, total_steps: int, *, boundaries: Sequence[int] = (),
+                  factor: float = 0.1, warmup_steps: int = 0, end_lr: float = 0.0) -> optax.Schedule:
+  """Learning-rate schedules of the papers.
+
+  Args:
+    kind: "constant"; "staircase" (multiply by `factor` at each boundary
+      step: 0.1 -> 0.01 -> 0.001 ..., ACNet section 4.1, ACU section 3.1);
+      "cosine" (from base_lr to end_lr over total_steps).
+    base_lr: the initial learning rate.
+    total_steps: length of training in steps.
+    boundaries: steps at which the staircase drops, increasing.
+    factor: the staircase's multiplier.
+    warmup_steps: optional linear ramp from 0 over the first steps.
+    end_lr: the cosine's final rate.
+  """
+  if base_lr <= 0:
+    raise ValueError(f"learning rate must be > 0, got {base_lr}")
+  if total_steps < 1:
+    raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+  boundaries = [int(b) for b in boundaries]
+  if boundaries != sorted(boundaries) or any(b <= 0 for b in boundaries):
+    raise ValueError(f"schedule boundaries must be positive and increasing steps, got {boundaries}")
+  if kind == "constant":
+    schedule = optax.constant_schedule(base_lr)
+  elif kind == "staircase":
+    schedule = optax.piecewise_constant_schedule(base_lr, {b: factor for b in boundaries})
+  elif kind == "cosine":
+    schedule = optax.cosine_decay_schedule(base_lr, max(total_steps - warmup_steps, 1),
+                                           alpha=end_lr / base_lr)
+  else:
+    raise ValueError(f"schedule must be 'constant', 'staircase' or 'cosine', got {kind!r}")
+  if warmup_steps:
+    ramp = optax.linear_schedule(0.0, base_lr, warmup_steps)
+    schedule = optax.join_schedules([ramp, schedule], [warmup_steps])
+  return schedule
+
+
+def sgd(labels: Any, learning_rate: float | optax.Schedule, *, momentum: float = 0.9,
+        nesterov: bool = False, weight_decay: float = 0.0,
+        decay_labels: Sequence[str] = ("weights",), lr_multipliers: Mapping[str, float] | None = None,
+        frozen_labels: Sequence[str] = ("positions",), freeze_steps: int = 0,
+        angle_eps: float | None = 1.0) -> optax.GradientTransformation:
+  """SGD with the papers' per-label rules, as one optax transform.
+
+  Args:
+    labels: the tree from `param_labels(model)`.
+    learning_rate: a float or an optax schedule (see `make_schedule`).
+    momentum: 0 for plain SGD.
+    nesterov: Nesterov momentum (the ACU paper).
+    weight_decay: L2 coefficient, added to the gradient (Caffe's and
+      PyTorch's convention), only for `decay_labels`.
+    decay_labels: labels that decay; by default only `weights`, so BN,
+      biases, angles and positions do not.
+    lr_multipliers: per-label learning-rate multipliers, default
+      {"positions": 0.01}.
+    frozen_labels, freeze_steps: labels whose updates are zero for the first
+      freeze_steps steps (the ACU warm-up).
+    angle_eps: eq. 6's eps in degrees; None turns the projection off (the
+      angles then move freely; the kernel takes them modulo 180 anyway).
+  """
+  _check_labels(decay_labels, LABELS, "weight decay")
+  if weight_decay < 0:
+    raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+  if not 0 <= momentum < 1:
+    raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+  lr_multipliers = {"positions": 0.01} if lr_multipliers is None else dict(lr_multipliers)
+  decay_mask = jax.tree.map(lambda lab: lab in tuple(decay_labels), labels)
+  parts = [freeze(labels, frozen_labels, freeze_steps)]
+  if weight_decay:
+    parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
+  if momentum:
+    parts.append(optax.trace(decay=momentum, nesterov=nesterov))
+  parts.append(optax.scale_by_learning_rate(learning_rate))
+  parts.append(scale_by_label(labels, lr_multipliers))
+  if angle_eps is not None:
+    parts.append(project_angle_updates(labels, angle_eps))
+  return optax.chain(*parts)

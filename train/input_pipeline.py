@@ -1,0 +1,322 @@
+"""Data: TFDS data_source, a local IDX/NPZ directory, or synthetic; batches by step.
+
+The datasets of the papers (MNIST, Fashion-MNIST, CIFAR-10/100, SVHN) fit in
+memory as uint8, so a split is loaded once into NumPy. A batch is then a
+pure function of (seed, step): epoch e = step // steps_per_epoch uses the
+permutation drawn from (seed, e). That makes a resumed run read exactly the
+batches an uninterrupted one would. Augmentation and normalisation run on
+the device inside the jitted step (`preprocess`), keyed by the step too.
+
+No TensorFlow at run time: TFDS is used only through `tfds.data_source`
+(array_record files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# name -> (height, width, channels, classes)
+DATASETS = {
+    "mnist": (28, 28, 1, 10),
+    "fashion_mnist": (28, 28, 1, 10),
+    "cifar10": (32, 32, 3, 10),
+    "cifar100": (32, 32, 3, 100),
+    "svhn_cropped": (32, 32, 3, 10),
+}
+SOURCES = ("tfds", "idx", "npz", "synthetic")
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+class DataError(ValueError):
+  """A dataset that cannot be found or read; the message says how to get it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split in memory: uint8 images (N, H, W, C) and int32 labels (N,)."""
+
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __post_init__(self):
+    if self.images.ndim != 4 or self.images.dtype != np.uint8:
+      raise DataError(f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}")
+    if self.labels.shape != (self.images.shape[0],):
+      raise DataError(f"labels must be ({self.images.shape[0]},), got {self.labels.shape}")
+
+  def __len__(self) -> int:
+    return int(self.images.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  train: Split
+  test: Split
+  num_classes: int
+  mean: tuple[float, ...]  # per channel, of the train images in [0, 1]
+  std: tuple[float, ...]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train.images.shape[1:])
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel mean and std of uint8 images scaled to [0, 1], in float64."""
+  x = images.reshape(-1, images.shape[-1])
+  mean = np.zeros(x.shape[1])
+  sq = np.zeros(x.shape[1])
+  for start in range(0, x.shape[0], 1 << 22):  # chunks: no float64 copy of the whole set
+    chunk = x[start:start + (1 << 22)].astype(np.float64) / 255.0
+    mean += chunk.sum(0)
+    sq += np.square(chunk).sum(0)
+  mean /= x.shape[0]
+  std = np.sqrt(np.maximum(sq / x.shape[0] - np.square(mean), 1e-12))
+  return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _open(path: Path) -> bytes:
+  return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+  """Reads an IDX file (the MNIST format), gzipped or not, as a NumPy array."""
+  data = _open(Path(path))
+  if len(data) < 4 or data[0] != 0 or data[1] != 0:
+    raise DataError(f"{path} is not an IDX file (bad magic number)")
+  dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+  if data[2] not in dtypes:
+    raise DataError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
+  ndim = data[3]
+  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+  array = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
+  if array.size != int(np.prod(shape)):
+    raise DataError(f"{path}: header says {shape} but holds {array.size} values")
+  return array.reshape(shape)
+
+
+def _find(directory: Path, stem: str) -> Path:
+  for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    if (directory / name).exists():
+      return directory / name
+  raise DataError(f"{directory} has no {stem}[.gz]")
+
+
+def load_idx_dir(directory: str | os.PathLike) -> tuple[Split, Split]:
+  """train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte (optionally .gz) from one directory."""
+  d = Path(directory)
+  splits = []
+  for prefix in ("train", "t10k"):
+    images = read_idx(_find(d, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find(d, f"{prefix}-labels-idx1-ubyte"))
+    if images.ndim == 3:
+      images = images[..., None]
+    splits.append(Split(np.ascontiguousarray(images, np.uint8), labels.astype(np.int32)))
+  return splits[0], splits[1]
+
+
+def load_npz_dir(directory: str | os.PathLike) -> tuple[Split, Split]:
+  """train.npz and test.npz, each with `image` (N, H, W[, C]) uint8 and `label` (N,)."""
+  d = Path(directory)
+  splits = []
+  for name in ("train", "test"):
+    path = d / f"{name}.npz"
+    if not path.exists():
+      raise DataError(f"{d} has no {name}.npz (expected arrays 'image' uint8 (N, H, W[, C]) and 'label')")
+    with np.load(path) as f:
+      if "image" not in f or "label" not in f:
+        raise DataError(f"{path} must hold arrays 'image' and 'label', has {sorted(f.files)}")
+      images, labels = f["image"], f["label"]
+    if images.ndim == 3:
+      images = images[..., None]
+    splits.append(Split(np.ascontiguousarray(images, np.uint8), labels.astype(np.int32)))
+  return splits[0], splits[1]
+
+
+def _tfds_split(name: str, split: str, data_dir: str | None) -> Split:
+  import tensorflow_datasets as tfds  # imported here: only this source needs it
+
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+  except Exception as e:  # TFDS raises several types for "not prepared"
+    where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    raise DataError(
+        f"TFDS dataset {name!r} (split {split!r}) is not prepared in {where}: {e}\n"
+        f"Prepare it on a machine with internet and copy the folder over:\n"
+        f"  pip install tensorflow-datasets tensorflow && "
+        f"tfds build {name} --file_format=array_record --data_dir=DIR\n"
+        f"then pass --config.data.data_dir=DIR (or set TFDS_DATA_DIR). Offline, use "
+        f"--config.data.source=idx or npz with a local directory.") from e
+  n = len(source)
+  if n == 0:
+    raise DataError(f"TFDS dataset {name!r} split {split!r} is empty")
+  first = source[0]
+  images = np.empty((n, *np.shape(first["image"])), np.uint8)
+  labels = np.empty((n,), np.int32)
+  for i in range(n):
+    example = first if i == 0 else source[i]
+    images[i] = example["image"]
+    labels[i] = example["label"]
+  if images.ndim == 3:
+    images = images[..., None]
+  return Split(images, labels)
+
+
+def synthetic_splits(shape: tuple[int, int, int], num_classes: int, train_size: int, test_size: int,
+                     seed: int = 0) -> tuple[Split, Split]:
+  """Learnable random data: a fixed random template per class plus noise, as uint8."""
+  rng = np.random.default_rng(seed)
+  templates = rng.uniform(0, 255, size=(num_classes, *shape))
+
+  def make(n):
+    labels = rng.integers(0, num_classes, size=n).astype(np.int32)
+    images = 0.6 * templates[labels] + 0.4 * rng.uniform(0, 255, size=(n, *shape))
+    return Split(np.clip(images, 0, 255).astype(np.uint8), labels)
+
+  return make(train_size), make(test_size)
+
+
+def load(config) -> Dataset:
+  """Loads the dataset a config's `data` block names; fails with a how-to message.
+
+  Config keys: `name` (see DATASETS), `source` (tfds, idx, npz, synthetic),
+  `data_dir` (for tfds: its data_dir; for idx/npz: the directory holding
+  the files), and for synthetic data `train_size`, `test_size`.
+  """
+  name, source = config.name, config.source
+  if name not in DATASETS:
+    raise DataError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+  if source not in SOURCES:
+    raise DataError(f"unknown data source {source!r}; expected one of {list(SOURCES)}")
+  h, w, c, classes = DATASETS[name]
+  data_dir = config.get("data_dir") or None
+  if source == "synthetic":
+    train, test = synthetic_splits((h, w, c), classes, config.get("train_size", 512),
+                                   config.get("test_size", 256), config.get("seed", 0))
+  elif source in ("idx", "npz"):
+    if data_dir is None and name == "fashion_mnist" and source == "idx":
+      data_dir = DEBIAN_FASHION_MNIST
+    if data_dir is None or not Path(data_dir).is_dir():
+      hint = ("On Debian/Ubuntu: apt-get install -y dataset-fashion-mnist (files in "
+              f"{DEBIAN_FASHION_MNIST})." if name == "fashion_mnist" else
+              "Put the dataset's files there, or use --config.data.source=tfds.")
+      raise DataError(f"data directory {data_dir!r} for {name} ({source}) does not exist. {hint}")
+    train, test = (load_idx_dir if source == "idx" else load_npz_dir)(data_dir)
+  else:
+    train = _tfds_split(name, "train", data_dir)
+    test = _tfds_split(name, "test", data_dir)
+  for split in (train, test):
+    if split.images.shape[1:] != (h, w, c):
+      raise DataError(f"{name} images should be {(h, w, c)}, the {source} data gives {split.images.shape[1:]}")
+    if split.labels.min() < 0 or split.labels.max() >= classes:
+      raise DataError(f"{name} labels must lie in [0, {classes}), got [{split.labels.min()}, {split.labels.max()}]")
+  mean, std = channel_stats(train.images)
+  return Dataset(name, train, test, classes, mean, std)
+
+
+def preprocess(images: jax.Array, key: jax.Array | None, *, mean, std, augment: str = "none") -> jax.Array:
+  """uint8 NHWC -> normalised float32, with optional CIFAR augmentation, on the device.
+
+  augment="cifar": zero-pad 4 pixels on each side (32 -> 40), take a random
+  crop of the original size and flip left-right with probability 1/2, per
+  example (He et al. 2016; ACNet section 4.1; ACU section 3.1).
+  """
+  x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  if augment == "none":
+    return x
+  if augment != "cifar":
+    raise ValueError(f"augment must be 'none' or 'cifar', got {augment!r}")
+  n, h, w, _ = x.shape
+  k_crop, k_flip = jax.random.split(key)
+  offsets = jax.random.randint(k_crop, (n, 2), 0, 9)
+  flips = jax.random.bernoulli(k_flip, 0.5, (n,))
+  padded = jnp.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))  # zeros after normalisation: the mean image
+
+  def one(img, off, flip):
+    crop = jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
+    return jnp.where(flip, crop[:, ::-1], crop)
+
+  return jax.vmap(one)(padded, offsets, flips)
+
+
+class Batches:
+  """Train batches as a pure function of the step; a thread prepares them ahead."""
+
+  def __init__(self, split: Split, batch_size: int, seed: int, *, process_index: int = 0,
+               process_count: int = 1):
+    if batch_size > len(split):
+      raise DataError(f"batch size {batch_size} is larger than the {len(split)} training examples")
+    if batch_size % process_count:
+      raise DataError(f"batch size {batch_size} must divide among {process_count} processes")
+    self.split, self.batch_size, self.seed = split, batch_size, seed
+    self.steps_per_epoch = len(split) // batch_size  # the incomplete last batch is dropped
+    local = batch_size // process_count
+    self._rows = slice(process_index * local, (process_index + 1) * local)
+    self._perm_epoch, self._perm = -1, None
+
+  def permutation(self, epoch: int) -> np.ndarray:
+    if epoch != self._perm_epoch:
+      self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
+      self._perm_epoch = epoch
+    return self._perm
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's rows of the global batch of `step`."""
+    epoch, i = divmod(step, self.steps_per_epoch)
+    idx = self.permutation(epoch)[i * self.batch_size:(i + 1) * self.batch_size][self._rows]
+    idx = np.sort(idx)  # contiguous reads; the order inside a batch does not matter
+    return {"image": self.split.images[idx], "label": self.split.labels[idx]}
+
+  def iterate(self, start: int, stop: int, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of steps start..stop-1, prepared `prefetch` ahead on a thread."""
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    done = threading.Event()
+
+    def work():
+      try:
+        for step in range(start, stop):
+          item = self.batch(step)
+          while not done.is_set():
+            try:
+              q.put(item, timeout=0.1)
+              break
+            except queue.Full:
+              continue
+          if done.is_set():
+            return
+      except Exception as e:  # surfaced in the consumer
+        q.put(e)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+      for _ in range(start, stop):
+        item = q.get()
+        if isinstance(item, Exception):
+          raise item
+        yield item
+    finally:
+      done.set()
+
+
+def eval_batches(split: Split, batch_size: int, *, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """The whole split in order; the last batch is padded and `mask` marks real rows."""
+  local = batch_size // process_count
+  for start in range(0, len(split), batch_size):
+    idx = np.arange(start, start + batch_size)
+    mask = idx < len(split)
+    idx = np.minimum(idx, len(split) - 1)[process_index * local:(process_index + 1) * local]
+    mask = mask[process_index * local:(process_index + 1) * local]
+    yield {"image": split.images[idx], "label": split.labels[idx], "mask": mask}
