@@ -76,7 +76,7 @@ def check_config(config) -> None:
   if config.data.augment not in ("none", "cifar"):
     raise ConfigError(f"data.augment must be 'none' or 'cifar', got {config.data.augment!r}")
   for key in ("batch_size", "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
-              "log_every_steps"):
+              "log_every_steps", "eval_every_epochs"):
     if not isinstance(config[key], int) or config[key] < 1:
       raise ConfigError(f"{key} must be an int >= 1, got {config[key]!r}")
   if config.num_steps <= 0 and config.num_epochs <= 0:
@@ -147,7 +147,9 @@ def make_train_step(graphdef, tx, dataset: input_pipeline.Dataset, augment: str,
     y = batch["label"]
 
     def loss_fn(params):
-      model = nnx.merge(graphdef, params, state["rest"])
+      # fresh Variables for this trace level: BN updates its statistics in place
+      rest = jax.tree.map(lambda v: v, state["rest"])
+      model = nnx.merge(graphdef, params, rest)
       logits = model(x)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
       return loss, (logits, nnx.split(model, nnx.Param, ...)[2])
@@ -155,7 +157,9 @@ def make_train_step(graphdef, tx, dataset: input_pipeline.Dataset, augment: str,
     (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    bad = jnp.logical_and(state["bad_step"] < 0, ~jnp.isfinite(loss))
+    # a finite loss can still give non-finite params (a huge step): check both
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+    bad = jnp.logical_and(state["bad_step"] < 0, ~finite)
     sums = state["sums"]
     new_state = {
         "params": params, "rest": rest, "opt_state": opt_state, "step": state["step"] + 1,
@@ -287,7 +291,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
   labels = optim.param_labels(model)
   tx, schedule = make_optimizer(config, labels, steps_per_epoch, total_steps)
 
-  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  # Auto axes: XLA propagates the batch sharding (no sharding-in-types rules to satisfy)
+  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   replicated = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P("data"))
   model.train()
@@ -334,7 +339,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
       manager.wait_until_finished()
       last = manager.latest_step()
       raise TrainingDiverged(
-          f"the training loss became NaN or inf at step {bad} (epoch {bad // steps_per_epoch + 1}); "
+          f"the training loss or parameters became NaN or inf at step {bad} (epoch {bad // steps_per_epoch + 1}); "
           f"stopped. The last good checkpoint is step {last} in {ckpt_dir}. "
           "Try a lower optim.learning_rate or a warm-up (optim.warmup_epochs).")
 

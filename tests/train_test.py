@@ -1,0 +1,213 @@
+"""The training system end to end: every conv kind, TFDS mock data, kill -9 resume, 4 devices, failures."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import default
+from kshapes_jax import nn as knn
+from train import input_pipeline, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_config(**overrides):
+  c = default.get_config()
+  c.data.update(train_size=64, test_size=40)
+  c.update(batch_size=16, eval_batch_size=16, num_steps=4, log_every_steps=1, progress=False)
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+def _metrics(workdir):
+  lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in lines]
+
+
+def _final_state(workdir):
+  ckpt = Path(workdir) / "checkpoints"
+  last = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+  return last, ocp.StandardCheckpointer().restore(ckpt / str(last) / "state")
+
+
+@pytest.mark.parametrize("conv", knn.CONV_KINDS)
+def test_every_conv_kind_trains_and_deploys(tmp_path, conv):
+  config = small_config(conv=conv, **{"optim.position_warmup_steps": 2})
+  summary = train.train_and_evaluate(config, tmp_path)
+  assert summary["steps"] == 4 and summary["test_examples"] == 40
+  # deploy(model) is the same network: same accuracy, same predictions
+  assert summary["deployed_test_accuracy"] == summary["test_accuracy"]
+  assert summary["deployed_prediction_agreement"] == 1.0
+  assert abs(summary["deployed_test_loss"] - summary["test_loss"]) < 1e-4
+  for name in ("summary.json", "metrics.jsonl", "learning_curve.png"):
+    assert (tmp_path / name).stat().st_size > 0
+  assert json.loads((tmp_path / "summary.json").read_text())["conv"] == conv
+  assert [m["epoch"] for m in _metrics(tmp_path)] == [1]
+  step, state = _final_state(tmp_path)
+  assert step == 4 and state["step"] == 4
+  if conv == "active":  # positions moved after the warm-up; synapse 0 is fixed by construction
+    positions = np.asarray(state["params"]["convs"]["1"]["positions"]["value"])
+    lattice = np.asarray(knn.initial_positions(9, "lattice"))[1:]
+    assert 0 < np.max(np.abs(positions - lattice)) < 0.05
+
+
+def test_tfds_mock_data_run_with_cifar_augmentation(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = small_config(model="cifar_quick", conv="acb", **{"data.name": "cifar10", "data.source": "tfds",
+                                                            "data.augment": "cifar"})
+  with tfds.testing.mock_data(num_examples=48):
+    summary = train.train_and_evaluate(config, tmp_path)
+  assert summary["dataset"] == "cifar10" and summary["test_examples"] == 48
+  assert summary["deployed_test_accuracy"] == summary["test_accuracy"]
+
+
+def test_resume_is_a_no_op_once_finished_and_continues_a_longer_run(tmp_path):
+  first = train.train_and_evaluate(small_config(num_steps=4), tmp_path)
+  again = train.train_and_evaluate(small_config(num_steps=4), tmp_path)
+  assert again["test_loss"] == first["test_loss"]
+  longer = train.train_and_evaluate(small_config(num_steps=8), tmp_path)
+  fresh = train.train_and_evaluate(small_config(num_steps=8), tmp_path / "fresh")
+  assert longer["test_loss"] == fresh["test_loss"]
+  assert _metrics(tmp_path) == _metrics(tmp_path / "fresh")
+
+
+_DRIVER = textwrap.dedent("""
+    import json, os, signal, sys
+    sys.path.insert(0, {repo!r})
+    from configs import default
+    from train import input_pipeline, train
+
+    workdir, overrides, kill_at = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    config = default.get_config()
+    config.update_from_flattened_dict(overrides)
+    if kill_at >= 0:  # kill -9 while the loader prepares that step's batch
+      batch = input_pipeline.Batches.batch
+      def killing(self, step):
+        if step == kill_at:
+          os.kill(os.getpid(), signal.SIGKILL)
+        return batch(self, step)
+      input_pipeline.Batches.batch = killing
+    train.train_and_evaluate(config, workdir)
+""")
+
+
+def _run(tmp_path, workdir, overrides, kill_at=-1, devices=1):
+  driver = tmp_path / "driver.py"
+  driver.write_text(_DRIVER.format(repo=str(REPO)))
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run([sys.executable, str(driver), str(workdir), json.dumps(overrides), str(kill_at)],
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def _overrides(**kw):
+  base = {"data.train_size": 64, "data.test_size": 40, "batch_size": 16, "eval_batch_size": 16,
+          "log_every_steps": 1, "progress": False}
+  base.update(kw)
+  return base
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run_bitwise(tmp_path):
+  overrides = _overrides(num_steps=12, checkpoint_every_steps=3, conv="rotate4")
+  killed = _run(tmp_path, tmp_path / "killed", overrides, kill_at=8)
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  saved = sorted(int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved and max(saved) < 12, saved
+  resumed = _run(tmp_path, tmp_path / "killed", overrides)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"resumed from step {max(saved)}" in resumed.stdout
+  clean = _run(tmp_path, tmp_path / "clean", overrides)
+  assert clean.returncode == 0, clean.stderr[-2000:]
+
+  assert _metrics(tmp_path / "killed") == _metrics(tmp_path / "clean")
+  step_a, a = _final_state(tmp_path / "killed")
+  step_b, b = _final_state(tmp_path / "clean")
+  assert step_a == step_b == 12
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b) > 10
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+  summary = lambda d: {k: v for k, v in json.loads((d / "summary.json").read_text()).items()
+                       if k not in ("seconds_total", "workdir")}
+  assert summary(tmp_path / "killed") == summary(tmp_path / "clean")
+
+
+def test_four_devices_follow_the_one_device_trajectory(tmp_path):
+  overrides = _overrides(model="cifar_quick", conv="active", num_steps=8, **{"data.name": "cifar10",
+                                                                            "data.augment": "cifar",
+                                                                            "data.train_size": 32})
+  one = _run(tmp_path, tmp_path / "one", overrides, devices=1)
+  four = _run(tmp_path, tmp_path / "four", overrides, devices=4)
+  assert one.returncode == 0, one.stderr[-2000:]
+  assert four.returncode == 0, four.stderr[-2000:]
+  assert "4 device(s)" in four.stdout and "1 device(s)" in one.stdout
+  m1, m4 = _metrics(tmp_path / "one"), _metrics(tmp_path / "four")
+  assert len(m1) == len(m4) == 4  # 2 steps per epoch
+  for a, b in zip(m1, m4):
+    np.testing.assert_allclose([a["train_loss"], a["test_loss"]], [b["train_loss"], b["test_loss"]], rtol=2e-4)
+  s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
+  s4 = json.loads((tmp_path / "four" / "summary.json").read_text())
+  assert s4["devices"] == 4 and abs(s1["test_accuracy"] - s4["test_accuracy"]) <= 1 / 40
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = small_config(num_steps=20, checkpoint_every_steps=1, **{"optim.learning_rate": 1e8,
+                                                                   "optim.weight_decay": 0.0})
+  with pytest.raises(train.TrainingDiverged, match="NaN or inf at step") as info:
+    train.train_and_evaluate(config, tmp_path)
+  bad = int(str(info.value).split("at step ")[1].split()[0])
+  step, state = _final_state(tmp_path)
+  assert step <= bad
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
+  assert f"last good checkpoint is step {step}" in str(info.value)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(model="resnet21"), "unknown model 'resnet21'"),
+    (dict(model="lenet", conv="rotate4"), "does not apply to lenet"),
+    ({"data.name": "imagenet"}, "unknown dataset"),
+    ({"data.source": "s3"}, "unknown data source"),
+    ({"data.augment": "mixup"}, "data.augment"),
+    ({"optim.schedule": "linear"}, "optim.schedule"),
+    ({"optim.decay_labels": ("kernel",)}, "unknown parameter label 'kernel'"),
+    (dict(batch_size=0), "batch_size must be an int >= 1"),
+    (dict(num_steps=0, num_epochs=0.0), "num_epochs > 0 or num_steps > 0"),
+    (dict(model="sn", **{"data.name": "cifar10"}), r"cannot take cifar10 images of shape \(32, 32, 3\)"),
+])
+def test_bad_configs_fail_fast_with_a_readable_message(tmp_path, overrides, match):
+  with pytest.raises(train.ConfigError, match=match):
+    train.train_and_evaluate(small_config(**overrides), tmp_path)
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_batch_must_split_over_devices(tmp_path, monkeypatch):
+  monkeypatch.setattr(train.jax, "device_count", lambda: 3)
+  with pytest.raises(train.ConfigError, match="multiple of the 3 devices"):
+    train.check_config(small_config())
+
+
+def test_missing_data_fails_before_compiling(tmp_path):
+  config = small_config(**{"data.name": "fashion_mnist", "data.source": "idx", "data.data_dir": "/nonexistent"})
+  with pytest.raises(input_pipeline.DataError, match="apt-get install -y dataset-fashion-mnist"):
+    train.train_and_evaluate(config, tmp_path)
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_command_line_trains_and_reports(tmp_path):
+  run = subprocess.run([sys.executable, "-m", "train.main", "--config", str(REPO / "configs/default.py"),
+                        "--workdir", str(tmp_path), "--config.num_steps=2", "--config.data.train_size=64",
+                        "--config.progress=False"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "test accuracy" in run.stdout and "deployed" in run.stdout
+  bad = subprocess.run([sys.executable, "-m", "train.main", "--config", str(REPO / "configs/default.py"),
+                        "--workdir", str(tmp_path / "bad"), "--config.model=resnet21"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert bad.returncode == 2 and "error: unknown model 'resnet21'" in bad.stderr
