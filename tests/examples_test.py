@@ -25,3 +25,26 @@ def test_readme_parameter_table_is_the_commands_output():
   start, end = "<!-- param-table:start -->\n", "\n<!-- param-table:end -->"
   shown = readme[readme.index(start) + len(start):readme.index(end)]
   assert shown == parameter_table()
+
+
+def test_readme_optimizer_snippet_runs_on_a_model():
+  import re
+
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from flax import nnx
+
+  from kshapes_jax import models
+
+  readme = (ROOT / "README.md").read_text()
+  snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+                 if "optim.param_labels(model)" in block)
+  scope = {"model": models.create("sn", conv="active", rngs=nnx.Rngs(0))}
+  exec(snippet, scope)
+  params = nnx.state(scope["model"], nnx.Param)
+  updates, _ = scope["tx"].update(jax.tree.map(jnp.ones_like, params), scope["tx"].init(params), params)
+  moved = optax.apply_updates(params, updates)
+  # warm-up: the positions stay, the weights move
+  assert jnp.array_equal(moved["convs"][1]["positions"][...], params["convs"][1]["positions"][...])
+  assert not jnp.array_equal(moved["convs"][1]["weights"][...], params["convs"][1]["weights"][...])

@@ -1,0 +1,69 @@
+"""Every experiment config loads for every documented choice and passes the config checks."""
+
+import importlib
+import itertools
+from pathlib import Path
+
+import pytest
+
+from kshapes_jax import models
+from train import input_pipeline, train
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common"))
+
+
+def _choices(module):
+  """All documented arguments of a config: the product of parse_arg's choices."""
+  source = (CONFIG_DIR / f"{module.__name__.split('.')[-1]}.py").read_text()
+  if "parse_arg" not in source:
+    return [None]
+  captured = {}
+  from configs import common
+
+  original = common.parse_arg
+
+  def spy(arg, choices):
+    captured.update(choices)
+    return original(arg, choices)
+
+  common.parse_arg = spy
+  try:
+    module.get_config(None)
+  finally:
+    common.parse_arg = original
+  keys = sorted(captured)
+  return [",".join(f"{k}={v}" for k, v in zip(keys, values))
+          for values in itertools.product(*(captured[k] for k in keys))]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_config_loads_checks_and_documents_its_command(name):
+  module = importlib.import_module(f"configs.{name}")
+  assert f"--config configs/{name}.py" in module.__doc__, "the docstring gives the command"
+  for arg in _choices(module):
+    config = module.get_config(arg)
+    train.check_config(config)
+    h, w, c, _ = input_pipeline.DATASETS[config.data.name]
+    spec = models.spec(config.model)
+    assert spec.input_shape[:2] == (h, w), (name, arg)
+
+
+def test_config_arguments_are_checked():
+  from configs import acnet_cifar
+
+  with pytest.raises(ValueError, match="expected one of"):
+    acnet_cifar.get_config("model=resnet57")
+  with pytest.raises(ValueError, match="expected key=value"):
+    acnet_cifar.get_config("depth=56")
+
+
+def test_paper_recipes():
+  from configs import acu_cifar, quickstart
+
+  acu = acu_cifar.get_config("model=acu_plain,data=cifar100,conv=active")
+  assert acu.num_steps == 64000 and acu.optim.position_warmup_steps == 10000 and acu.optim.nesterov
+  assert dict(acu.optim.lr_multipliers) == {"positions": 0.01}
+  assert [round(b * (50000 // 64)) for b in acu.optim.boundaries] == [32000, 48000]
+  q = quickstart.get_config()
+  assert (q.model, q.conv, q.data.name, q.data.source) == ("sn", "rotate4", "fashion_mnist", "idx")
