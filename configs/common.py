@@ -28,3 +28,11 @@ def cifar_data(config, name: str) -> None:
   config.data.update(name=name, source="tfds", data_dir="",
                      augment="none" if name == "svhn_cropped" else "cifar")
   config.eval_batch_size = 500
+
+
+def mnist_data(config, name: str) -> None:
+  """28x28 grey digits: MNIST through TFDS, Fashion-MNIST from Debian's IDX files (offline)."""
+  if name == "mnist":
+    config.data.update(name="mnist", source="tfds", data_dir="")
+  else:
+    config.data.update(name="fashion_mnist", source="idx", data_dir="/usr/share/datasets/fashion-mnist")

@@ -20,10 +20,7 @@ def get_config(arg: str | None = None):
   a = common.parse_arg(arg, {"version": ("4", "9", "2"), "data": ("mnist", "fashion_mnist")})
   c = default.get_config()
   c.model, c.conv = "sn", VERSIONS[a["version"]]
-  if a["data"] == "mnist":
-    c.data.update(name="mnist", source="tfds", data_dir="")
-  else:
-    c.data.update(name="fashion_mnist", source="idx", data_dir="/usr/share/datasets/fashion-mnist")
+  common.mnist_data(c, a["data"])
   c.batch_size, c.eval_batch_size = 64, 1000
   c.num_epochs = 20.0
   c.optim.update(learning_rate=0.05, schedule="cosine", warmup_epochs=0.2, weight_decay=5e-4)

@@ -134,8 +134,10 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run_bitwise(tmp_path):
   assert len(leaves_a) == len(leaves_b) > 10
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(x, y)
-  summary = lambda d: {k: v for k, v in json.loads((d / "summary.json").read_text()).items()
-                       if k not in ("seconds_total", "workdir")}
+  def summary(d):
+    return {k: v for k, v in json.loads((d / "summary.json").read_text()).items()
+            if k not in ("seconds_total", "workdir")}
+
   assert summary(tmp_path / "killed") == summary(tmp_path / "clean")
 
 

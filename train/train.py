@@ -207,8 +207,8 @@ class Evaluator:
     for batch in input_pipeline.eval_batches(split, self.batch_size, process_index=jax.process_index(),
                                              process_count=jax.process_count()):
       b = _shard(batch, self._data)
-      l, c, n, p = self._fn(params, rest, b)
-      loss, correct, count = loss + float(l), correct + int(c), count + int(n)
+      batch_loss, c, n, p = self._fn(params, rest, b)
+      loss, correct, count = loss + float(batch_loss), correct + int(c), count + int(n)
       preds.append(np.asarray(p)[np.asarray(batch["mask"])] if jax.process_count() == 1 else None)
     out = {"loss": loss / count, "accuracy": correct / count, "count": count}
     if jax.process_count() == 1:
