@@ -75,6 +75,24 @@ def test_acblock_train_forward_is_three_bn_branches(asymmetric, border, rng):
   chex.assert_trees_all_close(block(x), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("asymmetric", ["both", "ver"])
+@pytest.mark.parametrize("border", [False, True])
+def test_acblock_eval_is_the_branches_on_running_statistics(asymmetric, border, rng, randomize):
+  block = ACBlock(4, 6, stride=2, asymmetric=asymmetric, border=border, rngs=nnx.Rngs(1))
+  randomize(block, rng)
+  block.eval()
+  x = _x(rng)
+  k, line = 3, 2 if border else 1
+  branches = [(block.square[...], block.square_bn)]
+  if block.hor is not None:
+    branches.append((jnp.zeros((k, k, 4, 6)).at[line].set(block.hor[...][0]), block.hor_bn))
+  if block.ver is not None:
+    branches.append((jnp.zeros((k, k, 4, 6)).at[:, line].set(block.ver[...][:, 0]), block.ver_bn))
+  expected = sum((conv(x, b, stride=2, padding=1) - bn.mean[...]) / jnp.sqrt(bn.var[...] + 1e-5)
+                 * bn.scale[...] + bn.bias[...] for b, bn in branches)
+  chex.assert_trees_all_close(block(x), expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("options", [dict(), dict(border=True), dict(bn="sum"), dict(asymmetric="hor"),
                                      dict(asym_scale_init=1 / 3)])
 @pytest.mark.parametrize("k", [3, 5])
@@ -94,9 +112,10 @@ def test_acblock_gamma_init():
   chex.assert_trees_all_close(block.square_bn.scale[...], jnp.ones(3))
 
 
+@pytest.mark.parametrize("impl", ["stacked", "cropped"])
 @pytest.mark.parametrize("bias", ["separate", "shared"])
-def test_versatile_spatial_matches_cropped_convs(bias, rng):
-  layer = VersatileConv(4, 9, 5, bias=bias, rngs=nnx.Rngs(0))
+def test_versatile_spatial_matches_cropped_convs(bias, impl, rng):
+  layer = VersatileConv(4, 9, 5, bias=bias, impl=impl, rngs=nnx.Rngs(0))
   assert (layer.filters, layer.out_features) == (3, 9)
   b = jnp.asarray(rng.normal(size=layer.bias[...].shape), jnp.float32)
   layer.bias[...] = b
@@ -105,6 +124,38 @@ def test_versatile_spatial_matches_cropped_convs(bias, rng):
   parts = [conv(x, f[i:5 - i, i:5 - i], padding=2 - i) for i in range(3)]
   bias_full = jnp.tile(b, 3) if bias == "shared" else b
   chex.assert_trees_all_close(layer(x), jnp.concatenate(parts, -1) + bias_full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=5), dict(kernel_size=3, stride=2), dict(kernel_size=4, padding=0),
+                                dict(kernel_size=5, padding="SAME", stride=2),
+                                dict(kernel_size=5, channel_delta=2, channel_stride=1, bias="separate")])
+def test_versatile_cropped_equals_stacked_value_and_gradient(kw, rng, x64):
+  import jax
+
+  stacked = VersatileConv(6, 12, rngs=nnx.Rngs(0), **kw)
+  cropped = VersatileConv(6, 12, impl="cropped", rngs=nnx.Rngs(0), **kw)
+  f = jnp.asarray(rng.normal(size=stacked.f[...].shape))
+  b = jnp.asarray(rng.normal(size=stacked.bias[...].shape))
+  x = jnp.asarray(rng.normal(size=(2, 11, 10, 6)))
+  g = jnp.asarray(rng.normal(size=stacked(x.astype(jnp.float32)).shape))
+
+  def loss(layer, f, b, x):
+    graphdef, state = nnx.split(layer)
+    fresh = nnx.merge(graphdef, jax.tree.map(lambda v: v, state))  # Variables of this trace
+    fresh.f.set_value(f)  # float64 parameters
+    fresh.bias.set_value(b)
+    return jnp.sum(fresh(x) * g)
+
+  for argnum in range(3):
+    want = jax.grad(lambda *a: loss(stacked, *a), argnums=argnum)(f, b, x)
+    got = jax.grad(lambda *a: loss(cropped, *a), argnums=argnum)(f, b, x)
+    chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-10)
+  chex.assert_trees_all_close(loss(cropped, f, b, x), loss(stacked, f, b, x), rtol=1e-10)
+
+
+def test_versatile_impl_is_checked():
+  with pytest.raises(ValueError, match="impl must be 'stacked' or 'cropped'"):
+    VersatileConv(4, 8, 3, impl="fft", rngs=nnx.Rngs(0))
 
 
 def test_versatile_sum_and_channel_modes(rng):

@@ -26,6 +26,11 @@ def bn_params(bn: nnx.BatchNorm) -> BatchNormParams:
 class ACBlock(ConvLayer):
   """Asymmetric Convolution Block; replaces a kxk conv AND the BN after it.
 
+  In training mode it runs its branches (kxk, 1xk, kx1), each with its BN on
+  batch statistics. In eval mode (every BN on running statistics) it runs
+  the fused kernel of `effective_kernel()`: one kxk conv, the same outputs
+  as the branches to float rounding, at the cost of a plain conv.
+
   Args (beyond the shared ones):
     asymmetric: "both", "hor" (horizontal only) or "ver" (vertical only).
     bn: "branch" (BN per branch, the paper) or "sum" (one BN after the sum).
@@ -76,7 +81,14 @@ class ACBlock(ConvLayer):
       out.append((self.ver[...], ((p, p), across), getattr(self, "ver_bn", None)))
     return out
 
+  def _frozen(self) -> bool:
+    """Every BN uses its running statistics (eval mode): the block is then one fused conv."""
+    bns = [getattr(self, name, None) for name in ("square_bn", "hor_bn", "ver_bn", "sum_bn")]
+    return all(bn.use_running_average for bn in bns if bn is not None)
+
   def __call__(self, x: jax.Array) -> jax.Array:
+    if self._frozen():  # eq. 6-7: in eval mode the branches and BNs fold into one kxk conv
+      return super().__call__(x)
     y = 0
     for kernel, padding, bn in self._branches():
       branch = conv_lib.conv(x, kernel, stride=self.stride, padding=padding)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from kshapes_jax import conv as conv_lib
 
 from kshapes_jax.kernels import (
     channel_versatile_kernel,
@@ -13,7 +16,7 @@ from kshapes_jax.kernels import (
     spatial_versatile_kernel,
     summed_versatile_kernel,
 )
-from kshapes_jax.nn.base import ConvLayer, he_normal, symmetric_padding
+from kshapes_jax.nn.base import ConvLayer, he_normal, record, symmetric_padding
 
 
 class VersatileConv(ConvLayer):
@@ -29,14 +32,24 @@ class VersatileConv(ConvLayer):
   `out_features` asks for a number of maps; the layer takes
   F = ceil(out_features / (s * n)) filters, so its `out_features` may be a
   little larger (the paper's LeNet: 20 requested, 7 filters, 21 maps).
+
+  `impl` (spatial mode only) picks how the s secondary filters run:
+  `"stacked"` is one conv with the (d, d, I, s*F) masked stack (eq. 3 as
+  written); `"cropped"` runs s convs, secondary filter j being the central
+  (d - 2j) x (d - 2j) crop of f with the padding reduced by j, so scale j
+  costs (d - 2j)^2 taps, as Proposition 1 counts. Both give the same maps in
+  the same order (j * F + o); `deploy()` always makes the stacked conv.
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = True, mode: str = "spatial",
                bias: str = "shared", channel_delta: int = 0, channel_stride: int = 1,
-               rngs: nnx.Rngs):
+               impl: str = "stacked", rngs: nnx.Rngs):
     if mode not in ("spatial", "sum", "none"):
       raise ValueError(f"mode must be 'spatial', 'sum' or 'none', got {mode!r}")
+    if impl not in ("stacked", "cropped"):
+      raise ValueError(f"impl must be 'stacked' or 'cropped', got {impl!r}")
+    self.impl = impl
     if bias not in ("separate", "shared"):
       raise ValueError(f"bias must be 'separate' or 'shared', got {bias!r}")
     if not 0 <= channel_delta < in_features:
@@ -66,12 +79,35 @@ class VersatileConv(ConvLayer):
       f = spatial_versatile_kernel(f)
     elif self.mode == "sum":
       f = summed_versatile_kernel(f)
+    return f, self.effective_kernel_bias()[1]
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.impl == "stacked" or self.mode != "spatial":
+      return super().__call__(x)
+    f = self.f[...]
+    if self.channel_delta:
+      f = channel_versatile_kernel(f, self.in_features, self.channel_stride)
+    d = self.kernel_size
+    (top, bottom), (left, right) = conv_lib.resolve_padding(self.padding, x.shape[1:3], (d, d), self.stride)
+    # secondary filter j: the central (d - 2j)^2 crop, read through a window shrunk by j on every side
+    ys = [conv_lib.conv(x, f[j:d - j, j:d - j], stride=self.stride,
+                        padding=((top - j, bottom - j), (left - j, right - j)))
+          for j in range(self.scales)]
+    y = jnp.concatenate(ys, axis=-1)
+    _, bias = self.effective_kernel_bias()
+    if bias is not None:
+      y = y + bias
+    record(self, x, y)
+    return y
+
+  def effective_kernel_bias(self):
+    """The bias of the stacked kernel's outputs, without building the kernel."""
     if self.bias is None:
-      return f, None
+      return None, None
     b = self.bias[...]
     if self.mode == "spatial" and self.bias_mode == "shared":
       b = jnp.tile(b, self.scales)  # output index is scale-major
-    return f, b
+    return None, b
 
   def weight_count(self) -> int:
     return int(self.f[...].size)

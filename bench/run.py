@@ -1,0 +1,164 @@
+"""Runs the speed benchmarks and writes results/bench-<platform>.json and .md.
+
+  python -m bench.run                      # CPU, the full suite (about 8 minutes on 2 cores)
+  python -m bench.run --platform gpu       # on a machine with a GPU
+  python -m bench.run --quick              # a smoke run: one shape, 3 repetitions
+
+Every figure is a ratio against a plain network of the same shape measured
+in the same process, cases interleaved in a shuffled order each round so
+that a noisy machine slows them alike; medians of --reps runs after warm-up
+(2 runs per layer case, each timed run after an untimed one; 1 per model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform as platform_lib
+import sys
+import time
+from pathlib import Path
+
+TARGETS = (
+    # (key, what, target, why)
+    ("rotate", "rotate4, rotate2 (ResNet-20 train step)", 1.05, "kernel building is O(params), the conv is the same"),
+    ("acb", "ACB, training (ResNet-56 train step)", 1.8, "15 taps vs 9 is 1.67 in FLOPs"),
+    ("deployed", "any deployed model (ResNet-56 ACB deployed)", 1.01, "it is a plain network"),
+    ("acu_r1", "ACU splat, R = 1 (layers, geometric mean)", 1.10, "same conv; the paper's Caffe ACU was 1.6x slower"),
+    ("acu_network", "ACU plain network, whole training run", 1.30, "extent bucketing (see notes)"),
+    ("acu_gather", "ACU gather reference (layers, geometric mean)", 3.0, "a first prototype measured 5-8x on CPU"),
+    ("versatile", "versatile Model 3 vs baseline LeNet (train step)", 0.70,
+     "Proposition 1: the inner secondary filters are smaller"),
+)
+
+
+def _geomean(values):
+  values = list(values)
+  return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def evaluate_targets(layers: list[dict], models: list[dict]) -> list[dict]:
+  """Each target's measured ratio (None when its cases were not run) and whether it is met."""
+  def layer_ratio(kind):
+    return _geomean(r["train_ratio"] for r in layers if r["kind"] == kind) if any(
+        r["kind"] == kind for r in layers) else None
+
+  def model_ratio(group, case):
+    rows = [r for r in models if r["group"] == group and r["case"] == case]
+    return rows[0]["train_ratio"] if rows else None
+
+  measured = {
+      "rotate": max(filter(None, (model_ratio("resnet20", "rotate4"), model_ratio("resnet20", "rotate2"))),
+                    default=None),
+      "acb": model_ratio("resnet56", "acb"),
+      "deployed": model_ratio("resnet56", "acb_deployed"),
+      "acu_r1": layer_ratio("acu_r1"),
+      "acu_network": model_ratio("acu_plain", "active_r2"),
+      "acu_gather": layer_ratio("acu_gather"),
+      "versatile": min(filter(None, (model_ratio("lenet", "model3"), model_ratio("lenet", "model3_cropped"))),
+                       default=None),
+  }
+  return [{"key": key, "what": what, "target": target, "why": why, "measured": measured[key],
+           "met": None if measured[key] is None else measured[key] <= target}
+          for key, what, target, why in TARGETS]
+
+
+def markdown(result: dict) -> str:
+  """The tables the README shows."""
+  lines = [f"Platform: {result['device']} ({result['platform']}, {result['cpu_count']} cores), JAX "
+           f"{result['jax_version']}, batch {result['batch']} per layer and {result['model_batch']} per model, "
+           f"median of {result['reps']} runs, {result['date']}.", "",
+           "| target | ratio to plain | measured | met |", "|---|---|---|---|"]
+  for t in result["targets"]:
+    m = "-" if t["measured"] is None else f"{t['measured']:.2f}"
+    met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
+    lines.append(f"| {t['what']} | <= {t['target']:.2f} | {m} | {met} |")
+  if result["layers"]:
+    shapes = list(dict.fromkeys(r["shape"] for r in result["layers"]))
+    lines += ["", "Per layer (3x3, c -> c, stride 1), train step (forward + backward) / eval, ratio to plain:", "",
+              "| kind | " + " | ".join(shapes) + " |", "|---|" + "---|" * len(shapes)]
+    for kind in dict.fromkeys(r["kind"] for r in result["layers"]):
+      cells = []
+      for shape in shapes:
+        row = next((r for r in result["layers"] if r["kind"] == kind and r["shape"] == shape), None)
+        cells.append("-" if row is None else f"{row['train_ratio']:.2f} / {row['eval_ratio']:.2f}")
+      lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+  if result["models"]:
+    lines += ["", "Whole models, the training system's train step (SGD update included) and eval step "
+              "(lenet: MNIST-size inputs; the others CIFAR-size):", "",
+              "| model | case | parameters | train ms | ratio | eval ms | ratio | compile s | images/s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["models"]:
+      lines.append(f"| {r['group']} | {r['case']} | {r['parameters']:,} | {r['train_ms']:.1f} | "
+                   f"{r['train_ratio']:.2f} | {r['eval_ms']:.1f} | {r['eval_ratio']:.2f} | "
+                   f"{r['compile_train_s']:.1f} | {r['images_per_s']:.0f} |")
+  peer = result.get("torch")
+  if peer:
+    lines += ["", f"Peer: the same ResNet-20 train step in PyTorch {peer['torch_version']} (CPU, "
+              f"{peer['threads']} threads): train {peer['train_ms']:.1f} ms, eval {peer['eval_ms']:.1f} ms. "
+              f"Ours / theirs: train {peer['ours_over_theirs_train']:.2f}x, eval "
+              f"{peer['ours_over_theirs_eval']:.2f}x."]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--platform", default="cpu", choices=("cpu", "gpu", "tpu"))
+  parser.add_argument("--batch", type=int, default=128, help="batch of the per-layer cases")
+  parser.add_argument("--model-batch", type=int, default=64,
+                      help="batch of the whole-model cases (64 keeps the suite under 15 min on 2 CPU cores)")
+  parser.add_argument("--reps", type=int, default=10)
+  parser.add_argument("--only", default="layers,models,torch", help="comma list of layers, models, torch")
+  parser.add_argument("--quick", action="store_true", help="one layer shape, models resnet20 and lenet, 3 runs")
+  parser.add_argument("--out", default="results")
+  args = parser.parse_args(argv)
+  os.environ["JAX_PLATFORMS"] = args.platform if args.platform != "gpu" else "cuda"
+  import jax
+
+  from bench.layers import SHAPES, bench_layers
+  from bench.models import bench_models
+  from bench.timing import warm_machine
+  from bench.torch_peer import bench_torch_resnet20
+
+  parts = set(args.only.split(","))
+  reps = 3 if args.quick else args.reps
+  start = time.perf_counter()
+  device = jax.devices()[0]
+  print(f"benchmarks on {device.device_kind} ({device.platform}), batch {args.batch} (layers) / "
+        f"{args.model_batch} (models), {reps} runs", flush=True)
+  warm_machine()
+  layers = bench_layers(args.batch, reps, shapes=SHAPES[:1] if args.quick else SHAPES) if "layers" in parts else []
+  models = bench_models(args.model_batch, reps, groups=["resnet20", "lenet"] if args.quick else None) \
+      if "models" in parts else []
+  peer = None
+  if "torch" in parts and args.platform == "cpu":
+    peer = bench_torch_resnet20(args.model_batch, reps)
+    ours = [r for r in models if r["group"] == "resnet20" and r["case"] == "plain"]
+    if peer and ours:
+      peer["ours_over_theirs_train"] = ours[0]["train_ms"] / peer["train_ms"]
+      peer["ours_over_theirs_eval"] = ours[0]["eval_ms"] / peer["eval_ms"]
+      print(f"  torch resnet20 train {peer['train_ms']:.1f} ms, eval {peer['eval_ms']:.1f} ms", flush=True)
+    elif peer is None:
+      print("  torch not installed: pip install torch==2.13.0 for the peer comparison", flush=True)
+  result = {
+      "platform": device.platform, "device": device.device_kind, "jax_version": jax.__version__,
+      "python": platform_lib.python_version(), "cpu_count": os.cpu_count(), "batch": args.batch,
+      "model_batch": args.model_batch, "reps": reps,
+      "date": datetime.date.today().isoformat(), "quick": args.quick, "layers": layers, "models": models,
+      "torch": peer, "targets": evaluate_targets(layers, models), "seconds": time.perf_counter() - start,
+  }
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  stem = f"bench-{device.platform}" + ("-quick" if args.quick else "")
+  (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+  (out / f"{stem}.md").write_text(markdown(result))
+  print(markdown(result))
+  print(f"written {out / stem}.json and .md in {result['seconds']:.0f} s", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
