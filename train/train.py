@@ -131,7 +131,8 @@ def make_optimizer(config, labels, steps_per_epoch: int, total_steps: int):
   return tx, schedule
 
 
-def _zero_sums():
+def zero_sums():
+  """The running sums of an epoch's training loss, correct predictions and examples."""
   return {"loss": jnp.zeros([], jnp.float32), "correct": jnp.zeros([], jnp.int32),
           "count": jnp.zeros([], jnp.int32)}
 
@@ -300,7 +301,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
   model.eval()
   eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
   state = {"params": params, "rest": rest, "opt_state": tx.init(params),
-           "step": jnp.zeros([], jnp.int32), "bad_step": jnp.full([], -1, jnp.int32), "sums": _zero_sums()}
+           "step": jnp.zeros([], jnp.int32), "bad_step": jnp.full([], -1, jnp.int32), "sums": zero_sums()}
   state = jax.device_put(state, replicated)
 
   ckpt_dir = workdir / "checkpoints"
@@ -353,7 +354,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
       test = evaluate(state["params"], state["rest"], dataset.test)
       record.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
     history.append(record)
-    state["sums"] = jax.device_put(_zero_sums(), replicated)
+    state["sums"] = jax.device_put(zero_sums(), replicated)
     if jax.process_index() == 0:
       with metrics_path.open("a") as f:
         f.write(json.dumps(record) + "\n")
