@@ -1,6 +1,6 @@
 """Runs the speed benchmarks and writes results/bench-<platform>.json and .md.
 
-  python -m bench.run                      # CPU, the full suite (about 8 minutes on 2 cores)
+  python -m bench.run                      # CPU, the full suite (about 6 minutes on 2 cores)
   python -m bench.run --platform gpu       # on a machine with a GPU
   python -m bench.run --quick              # a smoke run: one shape, 3 repetitions
 
