@@ -14,7 +14,10 @@ iterations of batch 64, SGD with Nesterov momentum 0.9, lr 0.1 divided by
 10 after 32k and 48k iterations, weight decay 1e-4, positions at 0.01 x
 the learning rate with the normalized gradient, frozen for the first 10k
 iterations; pad-4 crop and flip. The paper also applies global contrast
-normalisation and ZCA whitening; we normalise per channel.
+normalisation and ZCA whitening; we normalise per channel. Extent
+bucketing (acu_radius_every_steps) runs the ACUs as 3x3 convs while the
+positions are frozen and as 5x5 after; --config.acu_radius_every_steps=0
+keeps 5x5 throughout (the same results up to float rounding).
 """
 
 from configs import common, default
@@ -33,6 +36,7 @@ def get_config(arg: str | None = None):
   c.optim.update(learning_rate=0.1, schedule="staircase", nesterov=True, weight_decay=1e-4,
                  boundaries=(32000 / steps_per_epoch, 48000 / steps_per_epoch),
                  lr_multipliers={"positions": 0.01}, position_warmup_steps=10000)
+  c.acu_radius_every_steps = 100  # 3x3 convs during the warm-up; R = 2 (5x5) once positions move
   c.checkpoint_every_steps = 2000
   c.log_every_steps = 50
   return c

@@ -17,6 +17,9 @@ Keys:
     weight_decay and decay_labels, lr_multipliers per label,
     position_warmup_steps (ACU positions frozen), angle_eps (RotateConv
     eq. 6, degrees; < 0 turns the projection off).
+  acu_radius_every_steps: ACU extent bucketing, every N steps re-jit each
+    ACU with the smallest radius that holds its positions plus how far
+    they can move before the next check (3x3 during the warm-up); 0: off.
   checkpoint_every_steps, keep_checkpoints, log_every_steps,
   eval_every_epochs, seed, progress (the bar), distributed (call
   jax.distributed.initialize() first, for several hosts).
@@ -42,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       learning_rate=0.05, schedule="constant", boundaries=(), factor=0.1, warmup_epochs=0.0,
       momentum=0.9, nesterov=False, weight_decay=5e-4, decay_labels=("weights",),
       lr_multipliers={"positions": 0.01}, position_warmup_steps=0, angle_eps=1.0))
+  c.acu_radius_every_steps = 0
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.log_every_steps = 20

@@ -61,3 +61,8 @@ def test_readme_shows_the_committed_cpu_results():
   readme = (ROOT / "README.md").read_text()
   start, end = "<!-- bench:start -->\n", "<!-- bench:end -->"
   assert readme[readme.index(start) + len(start):readme.index(end)] == table.read_text()
+
+
+def test_bucketed_run_ratio_weights_the_two_radii_by_steps():
+  assert run.bucketed_run_ratio(1.0, 2.0) == pytest.approx((10 * 1.0 + 54 * 2.0) / 64)
+  assert run.bucketed_run_ratio(None, 2.0) is None

@@ -213,3 +213,31 @@ def test_command_line_trains_and_reports(tmp_path):
                         "--workdir", str(tmp_path / "bad"), "--config.model=resnet21"],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
   assert bad.returncode == 2 and "error: unknown model 'resnet21'" in bad.stderr
+
+
+def test_extent_bucketing_keeps_3x3_while_frozen_and_matches_the_fixed_radius(tmp_path):
+  common = {"conv": "active", "num_steps": 6, "optim.position_warmup_steps": 4}
+  fixed = train.train_and_evaluate(small_config(**common), tmp_path / "fixed")
+  short = train.train_and_evaluate(small_config(acu_radius_every_steps=2, **dict(common, num_steps=4)),
+                                   tmp_path / "short")
+  assert short["acu_radii"] == [1, 1, 1, 1]  # frozen lattice: a 3x3 conv is enough
+  bucketed = train.train_and_evaluate(small_config(acu_radius_every_steps=2, **common), tmp_path / "bucketed")
+  assert fixed["acu_radii"] == [2, 2, 2, 2]
+  assert bucketed["acu_radii"] == [2, 2, 2, 2]  # moving corners need R = 2 (the layers' cap)
+  for a, b in zip(_metrics(tmp_path / "fixed"), _metrics(tmp_path / "bucketed")):
+    np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(a["test_loss"], b["test_loss"], rtol=1e-5)
+  _, f = _final_state(tmp_path / "fixed")
+  _, b = _final_state(tmp_path / "bucketed")
+  np.testing.assert_allclose(f["params"]["convs"]["2"]["positions"]["value"],
+                             b["params"]["convs"]["2"]["positions"]["value"], atol=1e-6)
+
+
+def test_bucket_radius():
+  lattice = knn.initial_positions(9, "lattice")
+  assert knn.bucket_radius(lattice, 0.0, 3) == 1
+  assert knn.bucket_radius(lattice, 0.01, 3) == 2
+  assert knn.bucket_radius(lattice * 2.5, 1.0, 3) == 3  # capped
+  assert knn.bucket_radius(np.zeros((0, 2)), 0.0, 2) == 1
+  with pytest.raises(ValueError, match="margin"):
+    knn.bucket_radius(lattice, -1.0, 2)

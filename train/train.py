@@ -86,7 +86,13 @@ def check_config(config) -> None:
     if config[key] % devices:
       raise ConfigError(f"{key}={config[key]} must be a multiple of the {devices} devices "
                         "(each device gets an equal share)")
+  every = config.get("acu_radius_every_steps", 0)
+  if not isinstance(every, int) or every < 0:
+    raise ConfigError(f"acu_radius_every_steps must be an int >= 0 (0: off), got {every!r}")
   o = config.optim
+  if every and "positions" in o.decay_labels:
+    raise ConfigError("acu_radius_every_steps needs positions without weight decay (the margin bounds "
+                      "only the normalized gradient's steps)")
   if o.schedule not in ("constant", "staircase", "cosine"):
     raise ConfigError(f"optim.schedule must be constant, staircase or cosine, got {o.schedule!r}")
   if o.learning_rate <= 0:
@@ -164,6 +170,7 @@ def make_train_step(graphdef, tx, dataset: input_pipeline.Dataset, augment: str,
     sums = state["sums"]
     new_state = {
         "params": params, "rest": rest, "opt_state": opt_state, "step": state["step"] + 1,
+        **({"radii": state["radii"]} if "radii" in state else {}),
         "bad_step": jnp.where(bad, state["step"], state["bad_step"]),
         "sums": {"loss": sums["loss"] + loss * y.shape[0],
                  "correct": sums["correct"] + jnp.sum(jnp.argmax(logits, -1) == y),
@@ -258,6 +265,49 @@ def _progress(total: int, initial: int, enabled: bool):
   return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0)
 
 
+# ---------------------------------------------------------------- ACU extent bucketing
+
+
+def active_layers(model: nnx.Module) -> list[tuple[tuple, K.nn.ActiveConv]]:
+  """(path, layer) of every ActiveConv, in a fixed order."""
+  return [(path, m) for path, m in nnx.iter_modules(model) if isinstance(m, K.nn.ActiveConv)]
+
+
+def check_bucketing(layers) -> None:
+  for path, layer in layers:
+    if layer.impl != "splat" or not layer.normalize_grad:
+      raise ConfigError(f"acu_radius_every_steps needs splat ACUs with the normalized gradient; "
+                        f"{'/'.join(map(str, path))} has impl={layer.impl!r}, "
+                        f"normalize_grad={layer.normalize_grad}")
+
+
+def bucketed_radii(config, layers, params, step: int) -> list[int]:
+  """Each ACU's radius for the steps from `step` to the next check (extent bucketing).
+
+  The positions get the normalized gradient, a unit vector per synapse, so
+  with momentum m one step moves a coordinate by at most
+  lr * multiplier / (1 - m) (Nesterov included); while they are frozen
+  (the warm-up) they do not move at all. The radius holds the positions plus
+  that margin, capped at the layer's own radius, so no synapse is clipped
+  that the fixed-radius run would not clip: the result is that run's, up to
+  float rounding, while the conv is 3x3 until the synapses move out.
+  """
+  o, every = config.optim, config.acu_radius_every_steps
+  warmup = o.position_warmup_steps
+  next_check = (step // every + 1) * every
+  if step < warmup:
+    next_check = min(next_check, warmup)
+  moving = max(0, next_check - max(step, warmup))
+  margin = moving * o.learning_rate * dict(o.lr_multipliers).get("positions", 1.0) / (1 - o.momentum)
+  radii = []
+  for path, layer in layers:
+    node = params
+    for key in path:
+      node = node[key]
+    radii.append(K.nn.bucket_radius(np.asarray(node["positions"].get_value()), margin, layer.max_radius))
+  return radii
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -296,12 +346,16 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   replicated = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P("data"))
+  acus = active_layers(model)
+  bucketing = bool(config.acu_radius_every_steps and acus)
+  if bucketing:
+    check_bucketing(acus)
   model.train()
-  train_graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  model.eval()
-  eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
+  _, params, rest = nnx.split(model, nnx.Param, ...)
   state = {"params": params, "rest": rest, "opt_state": tx.init(params),
            "step": jnp.zeros([], jnp.int32), "bad_step": jnp.full([], -1, jnp.int32), "sums": zero_sums()}
+  if acus:  # orbax cannot save an empty array
+    state["radii"] = jnp.asarray([layer.radius for _, layer in acus], jnp.int32)
   state = jax.device_put(state, replicated)
 
   ckpt_dir = workdir / "checkpoints"
@@ -322,10 +376,27 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
   if jax.process_index() == 0:  # rewritten from the checkpoint: drops epochs logged after it
     metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
 
-  train_step = jax.jit(make_train_step(train_graphdef, tx, dataset, config.data.augment, config.seed),
-                       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
-                       donate_argnums=0)
-  evaluate = Evaluator(eval_graphdef, dataset, config.eval_batch_size, mesh)
+  programs: dict[tuple[int, ...], tuple] = {}
+
+  def programs_for(radii) -> tuple:
+    """(train graphdef, eval graphdef, jitted train step, evaluator) for these ACU radii, cached."""
+    key = tuple(int(r) for r in radii)
+    if key not in programs:
+      for (_, layer), r in zip(acus, key):
+        layer.radius = r
+      model.train()
+      train_graphdef = nnx.split(model, nnx.Param, ...)[0]
+      model.eval()
+      eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
+      step_fn = jax.jit(make_train_step(train_graphdef, tx, dataset, config.data.augment, config.seed),
+                        in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
+                        donate_argnums=0)
+      programs[key] = (train_graphdef, eval_graphdef, step_fn,
+                       Evaluator(eval_graphdef, dataset, config.eval_batch_size, mesh))
+    return programs[key]
+
+  radii = [int(r) for r in jax.device_get(state["radii"])] if acus else []
+  _, eval_graphdef, train_step, evaluate = programs_for(radii)
   title = f"{config.model} / {config.conv} on {dataset.name}"
 
   def save(step: int) -> None:
@@ -370,6 +441,15 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
   try:
     with _progress(total_steps, start, config.progress) as bar:
       for batch in batches.iterate(start, total_steps):
+        if bucketing and (step % config.acu_radius_every_steps == 0
+                          or step == config.optim.position_warmup_steps):
+          new_radii = bucketed_radii(config, acus, state["params"], step)
+          if new_radii != radii:
+            radii = new_radii
+            state["radii"] = jax.device_put(jnp.asarray(radii, jnp.int32), replicated)
+            _, eval_graphdef, train_step, evaluate = programs_for(radii)
+            if bar is not None:
+              bar.write(f"step {step}: ACU radii -> {radii}")
         state, loss = train_step(state, _shard(batch, data_sharding))
         step += 1
         if t_first_step is None:
@@ -433,6 +513,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
       "deployed_test_accuracy": deployed["accuracy"], "deployed_test_loss": deployed["loss"],
       "deployed_prediction_agreement": agree,
       "test_examples": trained["count"],
+      "acu_radii": radii,
       "final_train_loss": history[-1]["train_loss"] if history else None,
       "seconds_total": time.perf_counter() - t_start,
       "workdir": str(workdir),

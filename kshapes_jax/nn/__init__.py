@@ -1,7 +1,7 @@
 """Flax NNX layers: parameters held here, kernels built by kshapes_jax.kernels."""
 
 from kshapes_jax.nn.acb import ACBlock, batch_norm
-from kshapes_jax.nn.active import ActiveConv, initial_positions
+from kshapes_jax.nn.active import ActiveConv, bucket_radius, initial_positions
 from kshapes_jax.nn.base import ConvLayer, Dense, PlainConv, recording
 from kshapes_jax.nn.factory import CONV_KINDS, ConvBN, conv_bn, make_conv
 from kshapes_jax.nn.rotate import RotateConv
@@ -21,6 +21,7 @@ __all__ = [
     "RotateConv",
     "VersatileConv",
     "batch_norm",
+    "bucket_radius",
     "conv_bn",
     "initial_positions",
     "make_conv",

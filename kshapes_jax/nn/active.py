@@ -16,6 +16,23 @@ from kshapes_jax.nn.base import ConvLayer, PlainConv, he_normal, record
 from kshapes_jax.nn.variables import Position
 
 
+def bucket_radius(positions, margin: float, cap: int) -> int:
+  """The smallest R >= 1 that holds every position moved by up to `margin` pixels, at most `cap`.
+
+  "Extent bucketing": a training loop that reads the positions every N
+  steps and re-jits the ACU with this radius pays for a (2R + 1)^2 conv only
+  as far as the synapses have actually moved; `margin` bounds how far they
+  can move before the next check (0 while they are frozen). Runs on the host.
+  """
+  p = np.abs(np.asarray(positions, np.float64))
+  if p.size and not np.all(np.isfinite(p)):
+    raise ValueError("positions must be finite")
+  if margin < 0:
+    raise ValueError(f"margin must be >= 0 pixels, got {margin}")
+  need = max(1, math.ceil(float(p.max()) + margin)) if p.size else 1
+  return min(need, cap)
+
+
 def initial_positions(synapses: int, init: str) -> np.ndarray:
   """Positions (K, 2), synapse 0 at the origin: the 3x3 lattice or a unit circle.
 
@@ -68,7 +85,8 @@ class ActiveConv(ConvLayer):
     self.padding = kernel_size // 2 if padding is None else padding
     if not isinstance(self.padding, int):
       raise ValueError(f"ActiveConv padding must be an int (of the nominal conv), got {self.padding!r}")
-    self.radius, self.impl, self.normalize_grad = radius, impl, normalize_grad
+    # radius may be lowered later by extent bucketing; max_radius is what was asked for
+    self.radius, self.max_radius, self.impl, self.normalize_grad = radius, radius, impl, normalize_grad
     self.synapses, self.position_groups = synapses, position_groups
     start = initial_positions(synapses, init)
     if np.max(np.abs(start)) > radius:
