@@ -51,8 +51,7 @@ def _cases_for(model, batch, shape, rng):
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   model.eval()
   eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
-  state = {"params": params, "rest": rest, "opt_state": tx.init(params), "step": jnp.zeros([], jnp.int32),
-           "bad_step": jnp.full([], -1, jnp.int32), "sums": trainer.zero_sums()}
+  state = trainer.initial_state(tx, params, rest)
   images = jnp.asarray(rng.integers(0, 256, (batch, *shape)), jnp.uint8)
   batch_arrays = {"image": images, "label": jnp.asarray(rng.integers(0, 10, (batch,)), jnp.int32)}
   eval_batch = dict(batch_arrays, mask=jnp.ones((batch,), bool))

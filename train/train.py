@@ -137,6 +137,15 @@ def make_optimizer(config, labels, steps_per_epoch: int, total_steps: int):
   return tx, schedule
 
 
+def initial_state(tx, params, rest, radii=None) -> dict[str, Any]:
+  """The dict of pytrees the jitted step carries (and orbax saves), at step 0."""
+  state = {"params": params, "rest": rest, "opt_state": tx.init(params), "step": jnp.zeros([], jnp.int32),
+           "bad_step": jnp.full([], -1, jnp.int32), "sums": zero_sums()}
+  if radii:  # ACU radii under extent bucketing; orbax cannot save an empty array
+    state["radii"] = jnp.asarray(radii, jnp.int32)
+  return state
+
+
 def zero_sums():
   """The running sums of an epoch's training loss, correct predictions and examples."""
   return {"loss": jnp.zeros([], jnp.float32), "correct": jnp.zeros([], jnp.int32),
@@ -352,11 +361,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
     check_bucketing(acus)
   model.train()
   _, params, rest = nnx.split(model, nnx.Param, ...)
-  state = {"params": params, "rest": rest, "opt_state": tx.init(params),
-           "step": jnp.zeros([], jnp.int32), "bad_step": jnp.full([], -1, jnp.int32), "sums": zero_sums()}
-  if acus:  # orbax cannot save an empty array
-    state["radii"] = jnp.asarray([layer.radius for _, layer in acus], jnp.int32)
-  state = jax.device_put(state, replicated)
+  state = jax.device_put(initial_state(tx, params, rest, [layer.radius for _, layer in acus]), replicated)
 
   ckpt_dir = workdir / "checkpoints"
   manager = ocp.CheckpointManager(
@@ -379,7 +384,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
   programs: dict[tuple[int, ...], tuple] = {}
 
   def programs_for(radii) -> tuple:
-    """(train graphdef, eval graphdef, jitted train step, evaluator) for these ACU radii, cached."""
+    """(eval graphdef, jitted train step, evaluator) for these ACU radii, cached."""
     key = tuple(int(r) for r in radii)
     if key not in programs:
       for (_, layer), r in zip(acus, key):
@@ -391,12 +396,12 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
       step_fn = jax.jit(make_train_step(train_graphdef, tx, dataset, config.data.augment, config.seed),
                         in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
                         donate_argnums=0)
-      programs[key] = (train_graphdef, eval_graphdef, step_fn,
+      programs[key] = (eval_graphdef, step_fn,
                        Evaluator(eval_graphdef, dataset, config.eval_batch_size, mesh))
     return programs[key]
 
   radii = [int(r) for r in jax.device_get(state["radii"])] if acus else []
-  _, eval_graphdef, train_step, evaluate = programs_for(radii)
+  eval_graphdef, train_step, evaluate = programs_for(radii)
   title = f"{config.model} / {config.conv} on {dataset.name}"
 
   def save(step: int) -> None:
@@ -447,7 +452,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
           if new_radii != radii:
             radii = new_radii
             state["radii"] = jax.device_put(jnp.asarray(radii, jnp.int32), replicated)
-            _, eval_graphdef, train_step, evaluate = programs_for(radii)
+            eval_graphdef, train_step, evaluate = programs_for(radii)
             if bar is not None:
               bar.write(f"step {step}: ACU radii -> {radii}")
         state, loss = train_step(state, _shard(batch, data_sharding))
