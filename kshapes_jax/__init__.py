@@ -4,7 +4,7 @@ Every method is "parameters -> effective kernel -> one lax convolution":
 `kshapes_jax.kernels` builds the kernels, `kshapes_jax.conv` runs them.
 """
 
-from kshapes_jax import conv, gradients, kernels, models, nn, reference
+from kshapes_jax import analysis, conv, gradients, kernels, models, nn, reference
 from kshapes_jax.conv import active_conv_gather
 from kshapes_jax.deploy import deploy
 from kshapes_jax.gradients import normalize_position_grad
@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "active_conv_gather",
+    "analysis",
     "conv",
     "deploy",
     "gradients",

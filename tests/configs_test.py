@@ -4,7 +4,9 @@ import importlib
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
+from flax import nnx
 
 from kshapes_jax import models
 from train import input_pipeline, train
@@ -46,7 +48,11 @@ def test_config_loads_checks_and_documents_its_command(name):
     train.check_config(config)
     h, w, c, _ = input_pipeline.DATASETS[config.data.name]
     spec = models.spec(config.model)
-    assert spec.input_shape[:2] == (h, w), (name, arg)
+    if spec.input_shape[:2] != (h, w):  # a model that adapts to the images (e.g. Cifar-quick on 28x28)
+      split = input_pipeline.Split(np.zeros((2, h, w, c), np.uint8), np.zeros(2, np.int32))
+      dataset = input_pipeline.Dataset(config.data.name, split, split, 10, (0.5,) * c, (0.25,) * c)
+      model = nnx.eval_shape(lambda: train.build_model(config, dataset))  # raises ConfigError if it cannot
+      assert model is not None, (name, arg)
 
 
 def test_config_arguments_are_checked():
@@ -65,5 +71,14 @@ def test_paper_recipes():
   assert acu.num_steps == 64000 and acu.optim.position_warmup_steps == 10000 and acu.optim.nesterov
   assert dict(acu.optim.lr_multipliers) == {"positions": 0.01}
   assert [round(b * (50000 // 64)) for b in acu.optim.boundaries] == [32000, 48000]
+  from configs import repro_fmnist
+
+  r = repro_fmnist.get_config("row=acu,seed=7,epochs=2")
+  assert (r.seed, r.num_epochs, r.model_kwargs.width) == (7, 2.0, 0.25)
+  assert r.optim.position_warmup_steps == (2 * 60000 // 64) * 10 // 64  # 10k of 64k iterations
+  assert repro_fmnist.get_config("row=acu_no_warmup").optim.position_warmup_steps == 0
+  assert repro_fmnist.get_config("row=acb_hor").conv_options.asymmetric == "hor"
+  with pytest.raises(ValueError, match="must be a number"):
+    repro_fmnist.get_config("row=acu,seed=x")
   q = quickstart.get_config()
   assert (q.model, q.conv, q.data.name, q.data.source) == ("sn", "rotate4", "fashion_mnist", "idx")

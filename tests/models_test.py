@@ -122,3 +122,17 @@ def test_create_errors():
   with pytest.raises(ValueError, match="does not apply to lenet"):
     create("lenet", conv="rotate4")
   assert create("resnet18").fc.out_features == 1000
+
+
+def test_small_nets_adapt_to_grey_28x28_images():
+  quick = K.models.create("cifar_quick", conv="acb", in_channels=1, image_size=28)
+  assert quick.fc1.in_features == 64 * 3 * 3  # 28 -> 14 -> 7 -> 3, Caffe's rounded-up pools
+  assert quick(jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
+  assert K.models.create("cifar_quick").fc1.in_features == 64 * 4 * 4
+  narrow = K.models.create("acu_plain", conv="active", in_channels=1, width=0.25)
+  assert [layer.out_features for layer in narrow.convs] == [12, 12, 24, 24, 48, 48]
+  assert narrow.fc1.out_features == 250 and narrow(jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
+  with pytest.raises(ValueError, match="width must be positive"):
+    K.models.create("acu_plain", width=0)
+  with pytest.raises(ValueError, match="at least 3x3"):
+    K.models.create("cifar_quick", image_size=1)

@@ -113,6 +113,8 @@ def build_model(config, dataset: input_pipeline.Dataset) -> nnx.Module:
   spec = K.models.spec(config.model)
   if dataset.image_shape[-1] != spec.input_shape[-1]:
     kwargs["in_channels"] = dataset.image_shape[-1]
+  if config.model == "cifar_quick" and dataset.image_shape[:2] != spec.input_shape[:2]:
+    kwargs["image_size"] = dataset.image_shape[0]  # its classifier is sized by the image
   try:
     model = K.models.create(config.model, conv=config.conv, num_classes=dataset.num_classes,
                             rngs=nnx.Rngs(config.seed), **kwargs)
@@ -378,6 +380,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
     if jax.process_index() == 0:
       print(f"resumed from step {start} ({ckpt_dir})", flush=True)
   metrics_path = workdir / "metrics.jsonl"
+  if jax.process_index() == 0:  # what `python -m train.analyze` rebuilds the model from
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   if jax.process_index() == 0:  # rewritten from the checkpoint: drops epochs logged after it
     metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
 
@@ -417,8 +421,9 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
       last = manager.latest_step()
       raise TrainingDiverged(
           f"the training loss or parameters became NaN or inf at step {bad} (epoch {bad // steps_per_epoch + 1}); "
-          f"stopped. The last good checkpoint is step {last} in {ckpt_dir}. "
-          "Try a lower optim.learning_rate or a warm-up (optim.warmup_epochs).")
+          + (f"stopped. The last good checkpoint is step {last} in {ckpt_dir}. " if last is not None else
+             "stopped before any checkpoint was saved. ")
+          + "Try a lower optim.learning_rate or a warm-up (optim.warmup_epochs).")
 
   def end_epoch(step: int, seconds: float, images: int) -> None:
     sums = jax.device_get(state["sums"])

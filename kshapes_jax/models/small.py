@@ -108,17 +108,24 @@ class CifarQuick(nnx.Module):
 
   conv-BN-max-pool(3/2)-ReLU, conv-BN-ReLU-avg-pool(3/2), conv-BN-ReLU-avg-pool(3/2),
   then fc 64 and the classifier. Pools round up like Caffe's (32 -> 16 -> 8 -> 4).
+  `in_channels` and `image_size` (square) adapt it to other images, e.g.
+  28x28x1 Fashion-MNIST (28 -> 14 -> 7 -> 3).
   """
 
-  def __init__(self, conv="plain", num_classes=10, *, rngs, conv_options=None):
+  def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=3, image_size=32, conv_options=None):
     options = conv_options or {}
     self.convs = nnx.List()
-    cin = 3
+    cin = in_channels
     for cout in (32, 32, 64):
       layer = conv_bn(conv, cin, cout, 5, rngs=rngs, **options)
       self.convs.append(layer)
       cin = layer.out_features
-    self.fc1 = Dense(cin * 16, 64, rngs=rngs)
+    side = image_size
+    for _ in range(3):  # Caffe's 3/2 pools round up
+      side = -(-(side - 3) // 2) + 1
+    if side < 1:
+      raise ValueError(f"Cifar-quick needs images of at least 3x3 pixels; got image_size={image_size}")
+    self.fc1 = Dense(cin * side * side, 64, rngs=rngs)
     self.fc2 = Dense(64, num_classes, rngs=rngs)
 
   def __call__(self, x):
@@ -143,19 +150,25 @@ class ACUPlainNet(nnx.Module):
   fc1 as a 1x1 conv of 1000; every conv followed by BN and ReLU, no biases;
   global average pooling; a 1x1 conv with bias to the classes. The six 3x3
   convs are the ones a kind replaces (ACU: 6 x 8 x 2 = 96 extra parameters).
+  `width` scales every layer's channels (0.5: 8, 24, 48, 96, 500), for
+  runs that must fit a small machine; the net takes any image size.
   """
 
-  def __init__(self, conv="plain", num_classes=10, *, rngs, conv_options=None):
+  def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=3, width=1.0, conv_options=None):
     options = conv_options or {}
-    self.conv0 = conv_bn("plain", 3, 16, 1, rngs=rngs)
+    if width <= 0:
+      raise ValueError(f"width must be positive, got {width}")
+    def ch(n):
+      return max(1, round(n * width))
+    self.conv0 = conv_bn("plain", in_channels, ch(16), 1, rngs=rngs)
     self.convs = nnx.List()
-    cin = 16
+    cin = ch(16)
     for cout, stride in ((48, 1), (48, 1), (96, 2), (96, 1), (192, 2), (192, 1)):
-      layer = conv_bn(conv, cin, cout, 3, stride=stride, rngs=rngs, **options)
+      layer = conv_bn(conv, cin, ch(cout), 3, stride=stride, rngs=rngs, **options)
       self.convs.append(layer)
       cin = layer.out_features
-    self.fc1 = conv_bn("plain", cin, 1000, 1, rngs=rngs)
-    self.score = Dense(1000, num_classes, rngs=rngs)
+    self.fc1 = conv_bn("plain", cin, ch(1000), 1, rngs=rngs)
+    self.score = Dense(ch(1000), num_classes, rngs=rngs)
 
   def __call__(self, x):
     x = jax.nn.relu(self.conv0(x))

@@ -1,0 +1,66 @@
+"""Runs the reproduction suite (configs/repro_fmnist.py) and writes results/REPRODUCTION.md.
+
+  python -m train.reproduce --runs runs/repro                 # every row x seeds 0,1,2, then the report
+  python -m train.reproduce --runs runs/repro --rows acb,acb_baseline --seeds 0
+  python -m train.reproduce --runs runs/repro --report_only   # the report from the runs there
+
+Each run is `python -m train.main --config configs/repro_fmnist.py:row=ROW,seed=S
+--workdir RUNS/ROW/seedS` in its own process; a run whose summary.json exists
+is skipped, an interrupted one resumes from its checkpoints, and one that
+fails (e.g. diverges) gets a FAILED file, is counted by the report and is
+not retried until that file is deleted. Runs go seed by
+seed (every row at seed 0 first), so a suite cut short still has whole rows.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+from configs import repro_fmnist
+
+FAILED = "FAILED"  # marks a run that stopped with an error; delete it to retry
+FLAGS = flags.FLAGS
+flags.DEFINE_string("runs", "runs/repro", "Folder of the runs (RUNS/ROW/seedS).")
+flags.DEFINE_list("rows", list(repro_fmnist.ROWS), "Rows of configs/repro_fmnist.py to run.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of each row.")
+flags.DEFINE_string("report", "results/REPRODUCTION.md", "Where the report goes ('' for none).")
+flags.DEFINE_bool("report_only", False, "Only write the report from the runs already there.")
+
+
+def run_command(row: str, seed: int | str, runs: str | Path) -> list[str]:
+  """The one command that trains (or resumes) one row at one seed."""
+  return [sys.executable, "-m", "train.main", f"--config=configs/repro_fmnist.py:row={row},seed={seed}",
+          f"--workdir={Path(runs) / row / f'seed{seed}'}"]
+
+
+def main(argv):
+  del argv
+  unknown = sorted(set(FLAGS.rows) - set(repro_fmnist.ROWS))
+  if unknown:
+    raise app.UsageError(f"unknown rows {unknown}; expected some of {list(repro_fmnist.ROWS)}")
+  if not FLAGS.report_only:
+    for seed in FLAGS.seeds:
+      for row in FLAGS.rows:
+        workdir = Path(FLAGS.runs) / row / f"seed{seed}"
+        if (workdir / "summary.json").exists() or (workdir / FAILED).exists():
+          continue
+        cmd = run_command(row, seed, FLAGS.runs)
+        print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
+        code = subprocess.run(cmd, check=False).returncode
+        if code == 130:
+          raise KeyboardInterrupt
+        if code:  # a diverged run is a result: the report counts it; the suite goes on
+          (workdir / FAILED).write_text(f"exit status {code} (3: diverged, see python -m train.main)\n")
+  if FLAGS.report:
+    from train import report  # here: it imports matplotlib and the analyses
+    text = report.write_report(FLAGS.runs, FLAGS.report)
+    print(f"wrote {FLAGS.report} ({len(text.splitlines())} lines)")
+
+
+if __name__ == "__main__":
+  app.run(main)
