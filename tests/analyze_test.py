@@ -146,3 +146,20 @@ def test_report_reads_the_runs_and_keeps_the_notes(runs, tmp_path):
   path.write_text(text.replace(report.NOTES[0], report.NOTES[0] + "\nWhat it means.\n"))
   again = report.write_report(suite, path)
   assert "\nWhat it means.\n" + report.NOTES[1] in again
+
+
+def test_reproduce_commands_and_the_busy_check(tmp_path):
+  from train import reproduce
+
+  cmd = reproduce.run_command("acb_hor", 2, "runs/repro")
+  assert cmd[1:] == ["-m", "train.main", "--config=configs/repro_fmnist.py:row=acb_hor,seed=2",
+                     "--workdir=runs/repro/acb_hor/seed2"]
+  workdir = tmp_path / "row" / "seed0"
+  assert not reproduce._running(workdir)
+  busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--workdir={workdir}"])
+  try:
+    assert reproduce._running(workdir)
+    assert not reproduce._running(tmp_path / "row" / "seed1") and not reproduce._running(tmp_path / "row" / "seed")
+  finally:
+    busy.kill()
+    busy.wait()

@@ -140,6 +140,23 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
   return analyze._table(header, rows)  # noqa: SLF001
 
 
+# The analyses the report reads, per row: (sections, train.analyze options).
+ANALYSES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    **{row: (("rotate",), {}) for row in ("sn_v4", "sn_v2", "sn_v4_angles_x1e4", "sn_v2_angles_x1e4")},
+    **{row: (("acu",), {}) for row in ("acu", "acu_no_warmup", "acu_no_normgrad")},
+    **{row: (("acnet",), {}) for row in ("acb_baseline", "acb")},  # with the pruning curves
+    **{row: (("acnet",), {"prune_seeds": 0}) for row in ("acb_hor", "acb_ver", "acb_bn_sum")},
+}
+
+
+def analysis_of(runs: str | Path, row: str, seed: str) -> dict[str, Any] | None:
+  """The analyses the report needs of one run (None for rows it reads none of), cached in the run."""
+  if row not in ANALYSES:
+    return None
+  sections, kw = ANALYSES[row]
+  return _analysis(Path(runs), row, seed, sections, **kw)
+
+
 def _analysis(runs: Path, row: str, seed: str, sections: Sequence[str], **kw) -> dict[str, Any]:
   """train.analyze's results for one run, computed once and cached in its analysis/ folder."""
   workdir = runs / row / seed
@@ -223,7 +240,7 @@ def _section_rotate(runs: Path, figures: Path, found) -> list[str]:
            "mean over layers and seeds:", ""]
   table = []
   for row in ("sn_v4", "sn_v2", "sn_v4_angles_x1e4", "sn_v2_angles_x1e4"):
-    turned = [np.mean([v["turned_mean_deg"] for v in _analysis(runs, row, s, ["rotate"])["rotate"].values()])
+    turned = [np.mean([v["turned_mean_deg"] for v in analysis_of(runs, row, s)["rotate"].values()])
               for s in _seeds(runs, row)]
     table.append((f"`{row}`", _fmt(turned) if turned else "-"))
   lines += _table(("row", "mean turn (deg)"), table) + [""]
@@ -267,7 +284,7 @@ def _section_acu(runs: Path, figures: Path, found) -> list[str]:
            "mean +- std over seeds:", ""]
   table, header = [], None
   for row in ("acu", "acu_no_warmup", "acu_no_normgrad"):
-    per_seed = [_analysis(runs, row, s, ["acu"])["acu"]["extent"] for s in _seeds(runs, row)]
+    per_seed = [analysis_of(runs, row, s)["acu"]["extent"] for s in _seeds(runs, row)]
     if not per_seed:
       continue
     header = list(per_seed[0])
@@ -287,7 +304,7 @@ def _section_acnet(runs: Path, figures: Path, found) -> list[str]:
   lines = []
   matrices, curves, sparsities = {}, {}, None
   for row in ("acb_baseline", "acb"):
-    results = [_analysis(runs, row, s, ["acnet"]) for s in _seeds(runs, row)]
+    results = [analysis_of(runs, row, s) for s in _seeds(runs, row)]
     if not results:
       continue
     matrices[row] = np.mean([r["acnet"]["magnitude_matrix"] for r in results], axis=0)
@@ -321,8 +338,7 @@ def _section_acnet(runs: Path, figures: Path, found) -> list[str]:
     lines += [" ".join(f"![](repro/acnet_pruning_{row}.png)" for row in curves), ""]
   table = []
   for row in ("acb_baseline", "acb", "acb_hor", "acb_ver", "acb_bn_sum"):
-    prune = {} if row in curves else {"prune_seeds": 0}  # the pruning curves are drawn for two rows only
-    results = [_analysis(runs, row, s, ["acnet"], **prune) for s in _seeds(runs, row)]
+    results = [analysis_of(runs, row, s) for s in _seeds(runs, row)]
     if results:
       table.append((f"`{row}`", *(_fmt([100 * r["acnet"]["distorted"][k] for r in results])
                                   for k in acnet.DISTORTIONS),

@@ -8,7 +8,10 @@ Each run is `python -m train.main --config configs/repro_fmnist.py:row=ROW,seed=
 --workdir RUNS/ROW/seedS` in its own process; a run whose summary.json exists
 is skipped, an interrupted one resumes from its checkpoints, and one that
 fails (e.g. diverges) gets a FAILED file, is counted by the report and is
-not retried until that file is deleted. Runs go seed by
+not retried until that file is deleted. A run another process is training
+is skipped too, so two drivers (e.g. one per core, `taskset -c 0` and
+`taskset -c 1`, the second with --reverse) share a suite. After each run
+the driver computes the analyses the report reads of it. Runs go seed by
 seed (every row at seed 0 first), so a suite cut short still has whole rows.
 """
 
@@ -30,12 +33,20 @@ flags.DEFINE_list("rows", list(repro_fmnist.ROWS), "Rows of configs/repro_fmnist
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of each row.")
 flags.DEFINE_string("report", "results/REPRODUCTION.md", "Where the report goes ('' for none).")
 flags.DEFINE_bool("report_only", False, "Only write the report from the runs already there.")
+flags.DEFINE_bool("analyze", True, "After each run, compute the analyses the report reads of it.")
+flags.DEFINE_bool("reverse", False, "Take the rows in reverse order (for a second driver).")
 
 
 def run_command(row: str, seed: int | str, runs: str | Path) -> list[str]:
   """The one command that trains (or resumes) one row at one seed."""
   return [sys.executable, "-m", "train.main", f"--config=configs/repro_fmnist.py:row={row},seed={seed}",
           f"--workdir={Path(runs) / row / f'seed{seed}'}"]
+
+
+def _running(workdir: Path) -> bool:
+  """Whether another process (a second driver, a run started by hand) is training in workdir now."""
+  pattern = f"--workdir={workdir}( |$)"  # seed1 is not seed10
+  return subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, check=False).returncode == 0
 
 
 def main(argv):
@@ -45,9 +56,9 @@ def main(argv):
     raise app.UsageError(f"unknown rows {unknown}; expected some of {list(repro_fmnist.ROWS)}")
   if not FLAGS.report_only:
     for seed in FLAGS.seeds:
-      for row in FLAGS.rows:
+      for row in reversed(FLAGS.rows) if FLAGS.reverse else FLAGS.rows:
         workdir = Path(FLAGS.runs) / row / f"seed{seed}"
-        if (workdir / "summary.json").exists() or (workdir / FAILED).exists():
+        if (workdir / "summary.json").exists() or (workdir / FAILED).exists() or _running(workdir):
           continue
         cmd = run_command(row, seed, FLAGS.runs)
         print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
@@ -56,6 +67,10 @@ def main(argv):
           raise KeyboardInterrupt
         if code:  # a diverged run is a result: the report counts it; the suite goes on
           (workdir / FAILED).write_text(f"exit status {code} (3: diverged, see python -m train.main)\n")
+        elif FLAGS.analyze:  # the report's analyses of this run, while the machine is busy anyway
+          from train import report  # here: it imports matplotlib and the analyses
+
+          report.analysis_of(FLAGS.runs, row, f"seed{seed}")
   if FLAGS.report:
     from train import report  # here: it imports matplotlib and the analyses
     text = report.write_report(FLAGS.runs, FLAGS.report)
