@@ -97,6 +97,8 @@ def get_config(arg: str | None = None):
     c.optim.update(learning_rate=0.1, schedule="staircase", factor=0.1, weight_decay=1e-4,
                    boundaries=(c.num_epochs * 0.5, c.num_epochs * 0.75, c.num_epochs * 0.9))
   c.optim.update(**optim_overrides)
+  if not c.conv_options.get("normalize_grad", True):
+    c.acu_radius_every_steps = 0  # bucketing bounds the move by the unit gradient; fixed 5x5 instead
   # Every checkpoint is kept: the ACU movement plot (Fig. 6) reads them.
   steps_per_epoch = TRAIN_SIZE // c.batch_size
   c.checkpoint_every_steps = steps_per_epoch // 8 if family == "acu" else steps_per_epoch

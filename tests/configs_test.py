@@ -82,3 +82,16 @@ def test_paper_recipes():
     repro_fmnist.get_config("row=acu,seed=x")
   q = quickstart.get_config()
   assert (q.model, q.conv, q.data.name, q.data.source) == ("sn", "rotate4", "fashion_mnist", "idx")
+
+
+def test_repro_acu_rows_can_bucket_or_do_not_ask_to():
+  from configs import repro_fmnist
+
+  for row in ("acu", "acu_no_warmup", "acu_no_normgrad"):
+    config = repro_fmnist.get_config(f"row={row}")
+    model = models.create(config.model, conv=config.conv, in_channels=1, **config.model_kwargs,
+                          conv_options=dict(config.conv_options))
+    if config.acu_radius_every_steps:
+      train.check_bucketing(train.active_layers(model))  # raises for ACUs it cannot bucket
+    else:
+      assert row == "acu_no_normgrad"
