@@ -126,6 +126,7 @@ def test_verdict_sentences():
   assert "same direction" in report.verdict([2.0, 2.1, 2.2], [1.0, 1.1, 1.2], 0.5)
   assert "OPPOSITE" in report.verdict([1.0, 1.1, 1.2], [2.0, 2.1, 2.2], 0.5)
   assert "not resolved" in report.verdict([1.0, 2.0, 3.0], [1.5, 2.5, 1.0], 0.5)
+  assert "(a tie): ours resolved, worse" in report.verdict([1.0, 1.1, 1.2], [2.0, 2.1, 2.2], 0.02)
   assert report.mean_std([1.0, 3.0]) == (2.0, pytest.approx(np.sqrt(2.0)))
 
 

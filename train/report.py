@@ -130,10 +130,12 @@ def verdict(method: Sequence[float], baseline: Sequence[float], paper: float | N
   ours = f"ours {delta:+.2f} (2 se = {2 * se:.2f})"
   if paper is None:
     return f"{ours}: " + ("resolved" if resolved else "not resolved at this n")
-  same_sign = (delta > 0) == (paper > 0) if paper != 0 else not resolved
   if not resolved:
     return f"{ours} vs paper {paper:+.2f}: difference not resolved at this n"
-  return f"{ours} vs paper {paper:+.2f}: " + ("same direction" if same_sign else "OPPOSITE direction")
+  direction = "better" if delta > 0 else "worse"
+  if abs(paper) < 0.1:  # one run each in the paper: a tie
+    return f"{ours} vs paper {paper:+.2f} (a tie): ours resolved, {direction}"
+  return f"{ours} vs paper {paper:+.2f}: " + ("same direction" if (delta > 0) == (paper > 0) else "OPPOSITE direction")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
