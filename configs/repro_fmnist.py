@@ -50,8 +50,8 @@ ROWS = {
     "acb_bn_sum": ("acnet", "cifar_quick", "acb", {}, {"bn": "sum"}, {}),
 }
 
-# Epochs of each family: the whole suite (21 rows x 3 seeds) takes about
-# 90 minutes on 2 cores.
+# Epochs of each family: the whole suite (20 rows x 3 seeds) takes about
+# 2 hours on 2 cores (1 h 47 min wall here, two drivers, other work running).
 EPOCHS = {"rotate": 2, "versatile": 1, "acu": 1, "acnet": 1}
 TRAIN_SIZE = 60000
 

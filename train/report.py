@@ -302,14 +302,21 @@ def _section_acu(runs: Path, figures: Path, found) -> list[str]:
   return lines
 
 
+def _initial_magnitude(workdir: Path) -> np.ndarray:
+  """A of a run's deployed model at initialisation (its config's seed, BN statistics at their start)."""
+  deployed = K.deploy(analyze.load_run(workdir).initial)
+  return acnet.magnitude_matrix([layer.kernel[...] for _, layer in acnet.square_convs(deployed)])
+
+
 def _section_acnet(runs: Path, figures: Path, found) -> list[str]:
   lines = []
-  matrices, curves, sparsities = {}, {}, None
+  matrices, initial, curves, sparsities = {}, {}, {}, None
   for row in ("acb_baseline", "acb"):
     results = [analysis_of(runs, row, s) for s in _seeds(runs, row)]
     if not results:
       continue
     matrices[row] = np.mean([r["acnet"]["magnitude_matrix"] for r in results], axis=0)
+    initial[row] = np.mean([_initial_magnitude(runs / row / s) for s in _seeds(runs, row)], axis=0)
     sparsities = results[0]["acnet"]["sparsities"]
     curves[row] = {region: np.concatenate([np.asarray(r["acnet"]["pruning"][region], np.float64) for r in results])
                    for region in acnet.REGIONS}
@@ -322,11 +329,12 @@ def _section_acnet(runs: Path, figures: Path, found) -> list[str]:
               "the paper's Fig. 6 (ResNet-56, 3x3): centre 1.000, skeleton above 0.666 and corners below 0.400 "
               "for ACNet.", ""]
     for row, m in matrices.items():
-      k = m.shape[0]
-      skeleton = acnet.skeleton_mask(k)
-      lines.append(f"`{row}`: centre {m[k // 2, k // 2]:.3f}, skeleton mean {m[skeleton].mean():.3f}, "
-                   f"other positions mean {m[~skeleton].mean():.3f}, corners "
-                   f"{np.mean([m[0, 0], m[0, -1], m[-1, 0], m[-1, -1]]):.3f}")
+      for when, a in (("trained", m), ("at initialisation (same seeds)", initial[row])):
+        k = a.shape[0]
+        skeleton = acnet.skeleton_mask(k)
+        lines.append(f"- `{row}` {when}: centre {a[k // 2, k // 2]:.3f}, skeleton mean {a[skeleton].mean():.3f}, "
+                     f"other positions mean {a[~skeleton].mean():.3f}, corners "
+                     f"{np.mean([a[0, 0], a[0, -1], a[-1, 0], a[-1, -1]]):.3f}")
     lines += ["", " ".join(f"![](repro/acnet_magnitude_{row}.png)" for row in matrices), ""]
     lines += ["Accuracy (%) after pruning a fraction of every 5x5 layer's weights at random in a region "
               "(Fig. 5), mean +- std over seeds x 3 masks:", ""]
