@@ -113,8 +113,8 @@ def build_model(config, dataset: input_pipeline.Dataset) -> nnx.Module:
   spec = K.models.spec(config.model)
   if dataset.image_shape[-1] != spec.input_shape[-1]:
     kwargs["in_channels"] = dataset.image_shape[-1]
-  if config.model == "cifar_quick" and dataset.image_shape[:2] != spec.input_shape[:2]:
-    kwargs["image_size"] = dataset.image_shape[0]  # its classifier is sized by the image
+  if spec.takes_image_size and dataset.image_shape[:2] != spec.input_shape[:2]:
+    kwargs["image_size"] = dataset.image_shape[0]
   try:
     model = K.models.create(config.model, conv=config.conv, num_classes=dataset.num_classes,
                             rngs=nnx.Rngs(config.seed), **kwargs)

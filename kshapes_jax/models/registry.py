@@ -19,16 +19,17 @@ class ModelSpec:
   input_shape: tuple[int, int, int]  # (H, W, C) of one example
   paper: str
   num_classes: int = 10  # the default: the paper's dataset
+  takes_image_size: bool = False  # builder accepts image_size=H (a classifier sized by the image)
 
 
 _MODELS: dict[str, ModelSpec] = {}
 
 
 def register(name: str, *, kinds: tuple[str, ...], input_shape: tuple[int, int, int], paper: str,
-             num_classes: int = 10):
+             num_classes: int = 10, takes_image_size: bool = False):
   """Decorator adding a builder `fn(conv, num_classes, rngs, **kw)` under `name`."""
   def wrap(fn):
-    _MODELS[name] = ModelSpec(name, fn, kinds, input_shape, paper, num_classes)
+    _MODELS[name] = ModelSpec(name, fn, kinds, input_shape, paper, num_classes, takes_image_size)
     return fn
   return wrap
 

@@ -138,7 +138,7 @@ class CifarQuick(nnx.Module):
 
 
 @register("cifar_quick", kinds=("plain", "acb", "versatile", "active"), input_shape=(32, 32, 3),
-          paper="ACNet Table 1/2")
+          paper="ACNet Table 1/2", takes_image_size=True)
 def cifar_quick(conv, num_classes, rngs, **kw):
   return CifarQuick(conv, num_classes, rngs=rngs, **kw)
 
