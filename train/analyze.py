@@ -33,6 +33,7 @@ from flax import nnx
 
 import kshapes_jax as K
 from kshapes_jax.analysis import acnet, active, rotate, versatile
+from kshapes_jax.models.accounting import conv_records
 from train import input_pipeline
 from train import train as trainer
 
@@ -338,10 +339,7 @@ def plot_filters(panels: list[tuple[str, np.ndarray]], path: Path, title: str) -
 
 def first_conv(model: nnx.Module, input_shape: tuple[int, int, int]) -> K.nn.ConvLayer:
   """The conv layer the input meets first (traced on shapes, no compute)."""
-  view = nnx.clone(model)
-  view.eval()
-  with K.nn.recording() as records:
-    jax.eval_shape(lambda x: view(x), jnp.zeros((1, *input_shape)))
+  records = conv_records(model, input_shape)
   if not records:
     raise ValueError("the model has no conv layers")
   return records[0][0]
@@ -373,7 +371,7 @@ def first_layer_panels(model: nnx.Module, input_shape: tuple[int, int, int]) -> 
 # ---------------------------------------------------------------- the report
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
   return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
           *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
 
@@ -414,7 +412,7 @@ def analyze(workdir: str | Path, out: str | Path | None = None, sections: Sequen
     lines += ["## RotateConv angles", "",
               "Concentration = |mean exp(2i theta)|: 1 when every kernel is the same line, 0 when evenly spread.",
               "Turned: the angle between each kernel's line now and at initialisation (config.seed).", "",
-              *_table(("layer", "I x O", "concentration", "angles in [0,45) [45,90) [90,135) [135,180)",
+              *markdown_table(("layer", "I x O", "concentration", "angles in [0,45) [45,90) [90,135) [135,180)",
                        "turned mean / median / max (deg)"), rows),
               "", "![histograms](rotate_histograms.png)", "", f"Fig. 5 for the last layer ({name}):", "",
               "![fig5](rotate_fig5.png)", ""]
@@ -432,7 +430,7 @@ def analyze(workdir: str | Path, out: str | Path | None = None, sections: Sequen
                       "checkpoint_steps": steps, "positions": {n: p.tolist() for n, p in layers}}
     lines += ["## ACU positions", "",
               f"Checkpoints read for the movement: {len(steps)} (steps {steps[0]}..{steps[-1]}).",
-              "", *_table(("layer", "extent max|alpha|,|beta| (px)", f"largest move since step {steps[0]} (px)"), rows),
+              "", *markdown_table(("layer", "extent max|alpha|,|beta| (px)", f"largest move since step {steps[0]} (px)"), rows),
               "", "![positions](acu_positions.png)", "", "![movement](acu_movement.png)", ""]
 
   if "acnet" in sections:
@@ -454,13 +452,13 @@ def analyze(workdir: str | Path, out: str | Path | None = None, sections: Sequen
     prune_rows = [(r, *("-" if np.all(np.isnan(col)) else f"{100 * np.nanmean(col):.2f} +- {100 * np.nanstd(col):.2f}"
                         for col in a.T)) for r, a in curves.items()]
     lines += ["## ACNet (deployed network)", "", "Average kernel magnitude matrix A (eq. 9-10):", "",
-              *_table([""] * matrix.shape[1], [[f"{v:.3f}" for v in row] for row in matrix]), "",
+              *markdown_table([""] * matrix.shape[1], [[f"{v:.3f}" for v in row] for row in matrix]), "",
               "![A](acnet_magnitude.png)", "",
               *([f"Accuracy (%) vs sparsity of every kxk layer, {len(test)} test images, {prune_seeds} masks:", "",
-                 *_table(("region", *(f"{100 * s:g}%" for s in sparsities)), prune_rows), "",
+                 *markdown_table(("region", *(f"{100 * s:g}%" for s in sparsities)), prune_rows), "",
                  "![pruning](acnet_pruning.png)", ""] if curves else []),
               "Accuracy (%) on distorted test images (Table 4):", "",
-              *_table(acnet.DISTORTIONS, [[f"{100 * distorted[k]:.2f}" for k in acnet.DISTORTIONS]]), ""]
+              *markdown_table(acnet.DISTORTIONS, [[f"{100 * distorted[k]:.2f}" for k in acnet.DISTORTIONS]]), ""]
 
   if "versatile" in sections:
     rows = versatile.cost_table(run.model, run.dataset.image_shape)
@@ -468,7 +466,7 @@ def analyze(workdir: str | Path, out: str | Path | None = None, sections: Sequen
                  f"{title}: first layer (Fig. 3)")
     results["versatile"] = rows
     lines += ["## Cost (versatile filters, Proposition 1)", "",
-              *_table(("layer", "weights", "memory (KB)", "multiplications"),
+              *markdown_table(("layer", "weights", "memory (KB)", "multiplications"),
                       [(r["layer"], f"{r['weights']:,}", f"{r['memory_kb']:.1f}", f"{r['multiplications']:,}")
                        for r in rows]), "", "![filters](versatile_filters.png)", ""]
 

@@ -138,10 +138,6 @@ def verdict(method: Sequence[float], baseline: Sequence[float], paper: float | N
   return f"{ours} vs paper {paper:+.2f}: " + ("same direction" if (delta > 0) == (paper > 0) else "OPPOSITE direction")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-  return analyze._table(header, rows)  # noqa: SLF001
-
-
 # The analyses the report reads, per row: (sections, train.analyze options).
 ANALYSES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     **{row: (("rotate",), {}) for row in ("sn_v4", "sn_v2", "sn_v4_angles_x1e4", "sn_v2_angles_x1e4")},
@@ -224,10 +220,10 @@ def write_report(runs: str | Path, path: str | Path) -> str:
                     f"{100 * agree:.2f}" if sums else "-",
                     f"{np.mean([s['seconds_total'] for s in sums]) / 60:.1f}" if sums else "-"))
     lines += [f"## {title}", "",
-              *_table(("row", "params", "deployed params", "test acc. (%)", "seeds", "paper (%)", "paper's setting",
+              *analyze.markdown_table(("row", "params", "deployed params", "test acc. (%)", "seeds", "paper (%)", "paper's setting",
                        "deployed = trained (%)", "min / run"), table), ""]
     comparisons = [c for c in COMPARISONS if c[0] in rows]
-    lines += _table(("method vs baseline", "difference (points)", "paper's setting"),
+    lines += analyze.markdown_table(("method vs baseline", "difference (points)", "paper's setting"),
                     [(f"`{m}` - `{b}`", verdict([_acc(s) for s in found[m]["summaries"]],
                                                 [_acc(s) for s in found[b]["summaries"]], p), where)
                      for m, b, p, where in comparisons]) + [""]
@@ -245,7 +241,7 @@ def _section_rotate(runs: Path, figures: Path, found) -> list[str]:
     turned = [np.mean([v["turned_mean_deg"] for v in analysis_of(runs, row, s)["rotate"].values()])
               for s in _seeds(runs, row)]
     table.append((f"`{row}`", _fmt(turned) if turned else "-"))
-  lines += _table(("row", "mean turn (deg)"), table) + [""]
+  lines += analyze.markdown_table(("row", "mean turn (deg)"), table) + [""]
   for row in ("sn_v4", "sn_v4_angles_x1e4"):
     seeds = _seeds(runs, row)
     if seeds:
@@ -267,7 +263,7 @@ def _section_versatile(runs: Path, figures: Path, found) -> list[str]:
     pw, pm, pf = PAPER_COST[row]
     table.append((f"`{row}`", f"{total['weights']:,}", f"{pw:.3g}", f"{total['memory_kb']:.1f}", f"{pm}",
                   f"{total['multiplications']:,}", f"{pf:.4g}"))
-  lines += _table(("row", "weights", "paper", "memory (KB)", "paper", "multiplications", "paper"), table) + [""]
+  lines += analyze.markdown_table(("row", "weights", "paper", "memory (KB)", "paper", "multiplications", "paper"), table) + [""]
   panels = []
   for row, label in (("lenet_baseline", "baseline"), ("lenet_model3", "Model 3")):
     seeds = _seeds(runs, row)
@@ -292,7 +288,7 @@ def _section_acu(runs: Path, figures: Path, found) -> list[str]:
     header = list(per_seed[0])
     table.append((f"`{row}`", *(_fmt([p[name] for p in per_seed]) for name in header)))
   if header:
-    lines += _table(("row", *header), table) + [""]
+    lines += analyze.markdown_table(("row", *header), table) + [""]
   seeds = _seeds(runs, "acu")
   if seeds:
     src = runs / "acu" / seeds[0] / "analysis"
@@ -344,7 +340,7 @@ def _section_acnet(runs: Path, figures: Path, found) -> list[str]:
         table.append((f"`{row}`", region, *("-" if np.all(np.isnan(col)) else
                                             f"{100 * np.nanmean(col):.1f} +- {100 * np.nanstd(col):.1f}"
                                             for col in acc.T)))
-    lines += _table(("row", "region", *(f"{100 * s:g}%" for s in sparsities)), table) + [""]
+    lines += analyze.markdown_table(("row", "region", *(f"{100 * s:g}%" for s in sparsities)), table) + [""]
     lines += [" ".join(f"![](repro/acnet_pruning_{row}.png)" for row in curves), ""]
   table = []
   for row in ("acb_baseline", "acb", "acb_hor", "acb_ver", "acb_bn_sum"):
@@ -356,5 +352,5 @@ def _section_acnet(runs: Path, figures: Path, found) -> list[str]:
   if table:
     lines += ["Accuracy (%) on the whole test set rotated or flipped (Table 4; the paper's numbers are ResNet-18 "
               "on ImageNet, trained with left-right flips; ours had no augmentation):", "",
-              *_table(("row", *acnet.DISTORTIONS, "paper: original / 90 / 180 / flip"), table), ""]
+              *analyze.markdown_table(("row", *acnet.DISTORTIONS, "paper: original / 90 / 180 / flip"), table), ""]
   return lines

@@ -6,7 +6,7 @@ import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
 
-from kshapes_jax.kernels.versatile import versatile_masks
+from kshapes_jax.kernels.versatile import spatial_versatile_kernel
 from kshapes_jax.models.accounting import model_cost
 
 
@@ -34,8 +34,8 @@ def secondary_filters(f: ArrayLike) -> np.ndarray:
   f = np.asarray(f)
   if f.ndim != 4 or f.shape[0] != f.shape[1]:
     raise ValueError(f"f must be square primary filters (d, d, I, O), got shape {f.shape}")
-  masks = np.asarray(versatile_masks(f.shape[0]), f.dtype)
-  return masks[:, :, :, None, None] * f[None]
+  stacked = np.asarray(spatial_versatile_kernel(f))  # (d, d, I, s * O), secondary filter major
+  return np.moveaxis(stacked.reshape(*f.shape[:3], -1, f.shape[3]), 3, 0)
 
 
 def filter_mosaic(kernel: ArrayLike, columns: int = 10, pad: int = 1) -> np.ndarray:

@@ -38,16 +38,25 @@ class ModelCost:
     return sum(l.multiplications for l in self.layers)
 
 
+def conv_records(model: nnx.Module, input_shape: tuple[int, int, int]) -> list:
+  """(layer, input shape, output shape) of every conv layer in call order, traced on shapes only.
+
+  The layers belong to an eval-mode clone of `model` (no batch-statistics
+  updates while tracing); their values are the model's.
+  """
+  view = nnx.clone(model)
+  view.eval()
+  with recording() as records:
+    jax.eval_shape(lambda x: view(x), jnp.zeros((1, *input_shape)))
+  return records
+
+
 def model_cost(model: nnx.Module, input_shape: tuple[int, int, int]) -> ModelCost:
   """Traces one example through `model` (shapes only, no compute) and adds up its layers.
 
   Every conv layer and `nn.Dense` reports its stored weights and its
   multiplications (Proposition 1 for versatile layers, dense otherwise).
   """
-  view = nnx.clone(model)
-  view.eval()  # no batch-statistics updates while tracing
-  with recording() as records:
-    jax.eval_shape(lambda x: view(x), jnp.zeros((1, *input_shape)))
   return ModelCost(tuple(
       LayerCost(type(layer).__name__, layer.weight_count(), layer.multiplications(out_shape))
-      for layer, _, out_shape in records))
+      for layer, _, out_shape in conv_records(model, input_shape)))
