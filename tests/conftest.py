@@ -2,7 +2,14 @@
 
 import os
 
-import hypothesis
+from train import determinism
+
+# What `python -m train.main` asks for: deterministic GPU ops, so the resume tests that run
+# in this process hold on a GPU. XLA reads the flag when JAX starts its backend, which no
+# test has done yet.
+os.environ["XLA_FLAGS"] = determinism.with_flag(os.environ.get("XLA_FLAGS", ""))
+
+import hypothesis  # noqa: E402
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +31,11 @@ def rng():
 
 # CI runs the property tests on a fixed sequence of examples, so a red run
 # can be reproduced; locally they explore.
+if os.environ.get("KSHAPES_EMULATE_TF32"):  # see tests/tf32_emulation.py
+  from tests import tf32_emulation
+
+  tf32_emulation.install()
+
 hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
   hypothesis.settings.load_profile("ci")

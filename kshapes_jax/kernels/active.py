@@ -181,5 +181,7 @@ def active_kernel(weights: ArrayLike, positions: ArrayLike, radius: int) -> jax.
   tx = _tents(p[..., 0], radius).astype(weights.dtype)  # (G, K, 2R+1) columns
   ty = _tents(p[..., 1], radius).astype(weights.dtype)  # (G, K, 2R+1) rows
   w = weights.reshape(k, cin, groups, cout // groups)
-  kernel = jnp.einsum("gkr,gkc,kigo->rcigo", ty, tx, w)
+  # HIGHEST: the builder must be exact in its dtype on every backend, value and
+  # gradient (DEFAULT is TF32 on a GPU, bf16 passes on a TPU); it is O(params).
+  kernel = jnp.einsum("gkr,gkc,kigo->rcigo", ty, tx, w, precision=jax.lax.Precision.HIGHEST)
   return kernel.reshape(2 * radius + 1, 2 * radius + 1, cin, cout)

@@ -26,12 +26,15 @@ _DIRECTION_OFFSETS = tuple(
     for d in range(8))
 
 
-def _direction_maps() -> np.ndarray:
-  """One-hot 3x3 maps of the 8 directions, shape (8, 3, 3)."""
-  maps = np.zeros((8, 3, 3), np.float32)
+def _cell_directions() -> tuple[int, ...]:
+  """Which of the 9 values (8 directions, then the centre) fills each 3x3 cell, row-major."""
+  cells = [8] * 9
   for d, (dr, dc) in enumerate(_DIRECTION_OFFSETS):
-    maps[d, 1 + dr, 1 + dc] = 1.0
-  return maps
+    cells[3 * (1 + dr) + 1 + dc] = d
+  return tuple(cells)
+
+
+_CELL_DIRECTIONS = _cell_directions()
 
 
 def _wrap180(angles: jax.Array) -> jax.Array:
@@ -83,9 +86,11 @@ def rotate_kernel(weights: ArrayLike, angles: ArrayLike) -> jax.Array:
   spread = (
       w1 * ((1 - f) * (d == sector) + f * (d == sector + 1))
       + w2 * ((1 - f) * (d == sector + 4) + f * (d == (sector + 5) % 8)))
-  maps = jnp.asarray(_direction_maps(), dtype=spread.dtype)
-  kernel = jnp.einsum("dhw,dio->hwio", maps, spread)
-  return kernel.at[1, 1].add(w0)
+  # Every cell holds exactly one direction (or the centre), so the kernel is a
+  # static rearrangement: no contraction, hence exact in its dtype on every backend (a
+  # one-hot einsum would run at TF32 on a GPU).
+  values = [spread[d] for d in range(8)] + [jnp.broadcast_to(w0, spread.shape[1:]).astype(spread.dtype)]
+  return jnp.stack([values[d] for d in _CELL_DIRECTIONS]).reshape(3, 3, *spread.shape[1:])
 
 
 def project_angles(updated: ArrayLike, previous: ArrayLike, eps: float) -> jax.Array:
