@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 
@@ -53,3 +55,36 @@ def pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
   if len(out) != 2 or min(out) < 1:
     raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
   return out  # type: ignore[return-value]
+
+
+_PRECISION_NAMES = {"default": None, "high": lax.Precision.HIGH, "highest": lax.Precision.HIGHEST}
+
+
+def precision(value):
+  """Normalises a conv / matmul precision to what lax takes, and keeps it hashable.
+
+  None or "default" -> None (the backend's default: TF32 on a GPU, bf16
+  passes on a TPU, float32 on a CPU; `jax.default_matmul_precision` still
+  applies); "high" / "highest" -> that `lax.Precision`; a `lax.Precision`
+  or `lax.DotAlgorithmPreset` passes as it is.
+  """
+  if value is None or isinstance(value, (lax.Precision, lax.DotAlgorithmPreset)):
+    return value
+  if isinstance(value, str) and value.lower() in _PRECISION_NAMES:
+    return _PRECISION_NAMES[value.lower()]
+  raise ValueError(
+      f"precision must be None, 'default', 'high', 'highest', a lax.Precision or a "
+      f"lax.DotAlgorithmPreset, got {value!r}")
+
+
+def compute_dtype(value):
+  """None (promote inputs and parameters) or a floating dtype, as a numpy dtype."""
+  if value is None:
+    return None
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError as e:
+    raise ValueError(f"dtype must be None or a floating dtype such as 'bfloat16', got {value!r}") from e
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"dtype must be None or a floating dtype such as 'bfloat16', got {value!r}")
+  return dtype

@@ -95,14 +95,17 @@ def conv(
     bias: optional (O,) bias added to the output.
     dtype: compute dtype for x and the kernel (e.g. jnp.bfloat16); by default
       the promoted dtype of the two.
-    precision: passed to lax (e.g. lax.Precision.HIGHEST for exact float32
-      on accelerators that default to reduced precision).
+    precision: None or "default" (the backend's default, fast: TF32 on a
+      GPU, bf16 passes on a TPU, float32 on a CPU), "high", "highest"
+      (exact float32 everywhere), or a `lax.Precision` /
+      `lax.DotAlgorithmPreset`.
 
   Returns:
     (N, H', W', O) output.
 
   Raises:
-    ValueError: on ranks or channel counts that do not match.
+    ValueError: on ranks or channel counts that do not match, or an unknown
+      precision or dtype.
   """
   n, h, w, c = _validation.require_rank("x", x, 4, "(N, H, W, C)")
   kh, kw, ci, co = _validation.require_rank("kernel", kernel, 4, "(kh, kw, C / groups, O)")
@@ -115,8 +118,8 @@ def conv(
   stride = _validation.pair("stride", stride)
   dilation = _validation.pair("dilation", dilation)
   pads = resolve_padding(padding, (h, w), (kh, kw), stride, dilation)
-  if dtype is None:
-    dtype = jnp.result_type(x, kernel)
+  precision = _validation.precision(precision)
+  dtype = jnp.result_type(x, kernel) if dtype is None else _validation.compute_dtype(dtype)
   y = lax.conv_general_dilated(
       jnp.asarray(x, dtype), jnp.asarray(kernel, dtype),
       window_strides=stride, padding=pads, rhs_dilation=dilation,
@@ -172,6 +175,7 @@ def active_conv_gather(
     stride: int | Sequence[int] = 1,
     padding: Padding = "SAME",
     radius: int | None = None,
+    precision: lax.PrecisionLike = None,
 ) -> jax.Array:
   """The literal ACU of eq. 5-9: bilinear samples at the synapses, then a sum.
 
@@ -192,6 +196,7 @@ def active_conv_gather(
       as for a (2R + 1)^2 conv (see `output_geometry`).
     radius: R of that grid. None takes `kernels.radius_for_positions`, which
       needs concrete positions: pass it explicitly inside jit.
+    precision: of the weighted sum over synapses and channels, as for `conv`.
 
   Returns:
     (N, H', W', O) output, dtype of x and the weights promoted.
@@ -225,7 +230,9 @@ def active_conv_gather(
 
   dtype = jnp.result_type(x, weights)
   x = jnp.asarray(x, dtype)
-  p = jnp.asarray(positions, dtype)
+  # Cells and fractions at >= float32 even for bf16 compute: a bf16 position
+  # would move the synapse (1.3 -> 1.296875).
+  p = jnp.asarray(positions, jnp.promote_types(dtype, jnp.float32))
   # Broadcast every layout to (N, H', W', G, K, 2).
   if len(p_shape) == 5:
     p = p[:, :, :, None]
@@ -233,6 +240,7 @@ def active_conv_gather(
     p = p.reshape(1, 1, 1, groups, k, 2)
   cx, fx = _active.bilinear_cell(p[..., 0])
   cy, fy = _active.bilinear_cell(p[..., 1])
+  fx, fy = fx.astype(dtype), fy.astype(dtype)
   rows = (row0 + jnp.arange(out_h) * stride[0])[None, :, None, None, None]
   cols = (col0 + jnp.arange(out_w) * stride[1])[None, None, :, None, None]
   batch = jnp.arange(n)[:, None, None, None, None]
@@ -247,5 +255,5 @@ def active_conv_gather(
   samples = ((1 - fy) * ((1 - fx) * corner(0, 0) + fx * corner(0, 1))
              + fy * ((1 - fx) * corner(1, 0) + fx * corner(1, 1)))
   wg = jnp.asarray(weights, dtype).reshape(k, c, groups, cout // groups)
-  y = jnp.einsum("nhwgkc,kcgo->nhwgo", samples, wg)
+  y = jnp.einsum("nhwgkc,kcgo->nhwgo", samples, wg, precision=_validation.precision(precision))
   return y.reshape(n, out_h, out_w, cout)

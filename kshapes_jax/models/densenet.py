@@ -42,28 +42,29 @@ class DenseNet(nnx.Module):
   """
 
   def __init__(self, depth=40, growth=12, conv="plain", num_classes=10, *, rngs, stem=16,
-               transition_conv=True, conv_options=None):
+               transition_conv=True, conv_options=None, precision=None, dtype=None):
     if (depth - 4) % 3:
       raise ValueError(f"DenseNet depth must be 3n + 4, got {depth}")
-    options = conv_options or {}
+    num = dict(precision=precision, dtype=dtype)
+    options = {**(conv_options or {}), **num}
     n = (depth - 4) // 3
     c = stem
-    self.stem = PlainConv(3, c, 3, rngs=rngs)
+    self.stem = PlainConv(3, c, 3, rngs=rngs, **num)
     self.bns = nnx.List()
     self.convs = nnx.List()
     self.transitions = nnx.List()
     for block in range(3):
       for _ in range(n):
-        self.bns.append(batch_norm(c, rngs))
+        self.bns.append(batch_norm(c, rngs, dtype=dtype))
         layer = make_conv(conv, c, growth, 3, rngs=rngs, **options)
         self.convs.append(layer)
         c += layer.out_features
       if block < 2:
-        t_conv = PlainConv(c, c, 1, padding=0, rngs=rngs) if transition_conv else None
-        self.transitions.append(Transition(batch_norm(c, rngs), t_conv))
+        t_conv = PlainConv(c, c, 1, padding=0, rngs=rngs, **num) if transition_conv else None
+        self.transitions.append(Transition(batch_norm(c, rngs, dtype=dtype), t_conv))
     self.n = n
-    self.bn = batch_norm(c, rngs)
-    self.fc = Dense(c, num_classes, rngs=rngs)
+    self.bn = batch_norm(c, rngs, dtype=dtype)
+    self.fc = Dense(c, num_classes, rngs=rngs, **num)
 
   def __call__(self, x):
     x = self.stem(x)

@@ -15,18 +15,18 @@ KINDS = ("plain", "rotate4", "rotate2", "acb", "versatile", "active")
 class Bottleneck(nnx.Module):
   """1x1-3x3-1x1 residual unit (post-activation), projection shortcut on change."""
 
-  def __init__(self, conv, cin, width, stride, expansion, rngs, options):
+  def __init__(self, conv, cin, width, stride, expansion, rngs, options, num):
     if expansion == 1:  # basic unit: two 3x3
       self.convs = nnx.List([conv_bn(conv, cin, width, 3, stride=stride, rngs=rngs, **options)])
       self.convs.append(conv_bn(conv, self.convs[0].out_features, width, 3, rngs=rngs, **options))
     else:
-      first = conv_bn("plain", cin, width, 1, padding=0, rngs=rngs)
+      first = conv_bn("plain", cin, width, 1, padding=0, rngs=rngs, **num)
       mid = conv_bn(conv, width, width, 3, stride=stride, rngs=rngs, **options)
-      last = conv_bn("plain", mid.out_features, width * expansion, 1, padding=0, rngs=rngs)
+      last = conv_bn("plain", mid.out_features, width * expansion, 1, padding=0, rngs=rngs, **num)
       self.convs = nnx.List([first, mid, last])
     out = self.convs[-1].out_features
     changed = stride != 1 or cin != out
-    self.shortcut = conv_bn("plain", cin, out, 1, stride=stride, padding=0, rngs=rngs) if changed else None
+    self.shortcut = conv_bn("plain", cin, out, 1, stride=stride, padding=0, rngs=rngs, **num) if changed else None
     self.out_features = out
 
   def __call__(self, x):
@@ -42,18 +42,22 @@ class Bottleneck(nnx.Module):
 class ImageNetResNet(nnx.Module):
   """ResNet-18 (basic units) or ResNet-50 (bottlenecks) for 224x224 inputs."""
 
-  def __init__(self, layers, expansion, conv="plain", num_classes=1000, *, rngs, conv_options=None):
-    options = conv_options or {}
+  def __init__(self, layers, expansion, conv="plain", num_classes=1000, *, rngs, conv_options=None,
+               precision=None, dtype=None):
+    num = dict(precision=precision, dtype=dtype)
+    options = {**(conv_options or {}), **num}
+    # a kind that is 3x3 only (RotateConv) leaves the 7x7 stem plain
+    stem_options = options if conv in ("plain", "versatile", "acb", "active") else num
     self.stem = conv_bn(conv if conv in ("plain", "versatile", "acb", "active") else "plain",
-                        3, 64, 7, stride=2, rngs=rngs, **options)
+                        3, 64, 7, stride=2, rngs=rngs, **stem_options)
     c = self.stem.out_features
     self.blocks = nnx.List()
     for stage, (count, width) in enumerate(zip(layers, (64, 128, 256, 512))):
       for i in range(count):
-        block = Bottleneck(conv, c, width, 2 if (stage > 0 and i == 0) else 1, expansion, rngs, options)
+        block = Bottleneck(conv, c, width, 2 if (stage > 0 and i == 0) else 1, expansion, rngs, options, num)
         self.blocks.append(block)
         c = block.out_features
-    self.fc = Dense(c, num_classes, rngs=rngs)
+    self.fc = Dense(c, num_classes, rngs=rngs, **num)
 
   def __call__(self, x):
     x = max_pool(jax.nn.relu(self.stem(x)), 3, 2, ((1, 1), (1, 1)))
@@ -81,9 +85,10 @@ class AlexNet(nnx.Module):
   weights). Kinds replace the ungrouped kxk convs.
   """
 
-  def __init__(self, conv="plain", num_classes=1000, *, rngs, conv_options=None):
-    options = conv_options or {}
-    grouped = lambda cin, cout, k: conv_bn("plain", cin, cout, k, rngs=rngs, groups=2)
+  def __init__(self, conv="plain", num_classes=1000, *, rngs, conv_options=None, precision=None, dtype=None):
+    num = dict(precision=precision, dtype=dtype)
+    options = {**(conv_options or {}), **num}
+    grouped = lambda cin, cout, k: conv_bn("plain", cin, cout, k, rngs=rngs, groups=2, **num)
     self.convs = nnx.List([
         conv_bn(conv if conv in ("plain", "versatile", "acb", "active") else "plain", 3, 96, 11,
                 stride=4, padding=2, rngs=rngs, **options),
@@ -92,9 +97,9 @@ class AlexNet(nnx.Module):
         grouped(384, 384, 3),
         grouped(384, 256, 3),
     ])
-    self.fc1 = Dense(6 * 6 * 256, 4096, rngs=rngs)
-    self.fc2 = Dense(4096, 4096, rngs=rngs)
-    self.fc3 = Dense(4096, num_classes, rngs=rngs)
+    self.fc1 = Dense(6 * 6 * 256, 4096, rngs=rngs, **num)
+    self.fc2 = Dense(4096, 4096, rngs=rngs, **num)
+    self.fc3 = Dense(4096, num_classes, rngs=rngs, **num)
 
   def __call__(self, x):
     for i, layer in enumerate(self.convs):

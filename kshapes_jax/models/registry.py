@@ -8,6 +8,8 @@ from collections.abc import Callable
 import jax
 from flax import nnx
 
+from kshapes_jax import _validation
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
@@ -45,7 +47,7 @@ def list_models() -> list[str]:
 
 
 def create(name: str, *, conv: str = "plain", num_classes: int | None = None, rngs: nnx.Rngs | None = None,
-           **kwargs) -> nnx.Module:
+           precision=None, dtype=None, **kwargs) -> nnx.Module:
   """Builds the named model with the named conv kind.
 
   Args:
@@ -55,15 +57,25 @@ def create(name: str, *, conv: str = "plain", num_classes: int | None = None, rn
     num_classes: outputs of the classifier; by default the paper's (10, or
       1000 for the ImageNet networks).
     rngs: NNX random streams; nnx.Rngs(0) by default.
+    precision: of every conv and dense layer: None / "default" (the
+      backend's default: TF32 on a GPU, bf16 passes on a TPU), "high",
+      "highest" (exact float32), or a `lax.Precision`. Kernel building is
+      exact whatever this says.
+    dtype: compute dtype of every conv, dense and BN layer, e.g. "bfloat16"
+      for mixed precision; parameters and BN statistics stay float32. None:
+      the dtype of the input and parameters.
     **kwargs: model or layer options (e.g. `conv_options={"radius": 1}`).
 
   Raises:
-    ValueError: for an unknown model or a kind that does not apply to it.
+    ValueError: for an unknown model or a kind that does not apply to it, or
+      an unknown precision or dtype.
   """
   s = spec(name)
+  precision, dtype = _validation.precision(precision), _validation.compute_dtype(dtype)
   if conv not in s.kinds:
     raise ValueError(f"conv kind {conv!r} does not apply to {name}; it takes {list(s.kinds)}")
-  return s.build(conv=conv, num_classes=num_classes or s.num_classes, rngs=rngs or nnx.Rngs(0), **kwargs)
+  return s.build(conv=conv, num_classes=num_classes or s.num_classes, rngs=rngs or nnx.Rngs(0),
+                 precision=precision, dtype=dtype, **kwargs)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -42,11 +42,13 @@ class CifarResNet(nnx.Module):
   Every 3x3 conv, the first included, is of the chosen kind.
   """
 
-  def __init__(self, depth, conv="plain", num_classes=10, *, rngs, conv_options=None):
+  def __init__(self, depth, conv="plain", num_classes=10, *, rngs, conv_options=None, precision=None,
+               dtype=None):
     if (depth - 2) % 6:
       raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
     n = (depth - 2) // 6
-    options = conv_options or {}
+    num = dict(precision=precision, dtype=dtype)
+    options = {**(conv_options or {}), **num}
     self.stem = conv_bn(conv, 3, 16, 3, rngs=rngs, **options)
     cin = self.stem.out_features
     self.blocks = nnx.List()
@@ -55,7 +57,7 @@ class CifarResNet(nnx.Module):
         block = BasicBlock(conv, cin, width, 2 if (stage > 0 and i == 0) else 1, rngs, options)
         self.blocks.append(block)
         cin = block.out_features
-    self.fc = Dense(cin, num_classes, rngs=rngs)
+    self.fc = Dense(cin, num_classes, rngs=rngs, **num)
 
   def __call__(self, x):
     x = jax.nn.relu(self.stem(x))
@@ -70,30 +72,30 @@ for _depth in (20, 32, 44, 56, 110):
                lambda conv, num_classes, rngs, _d=_depth, **kw: CifarResNet(_d, conv, num_classes, rngs=rngs, **kw))
 
 
-def _preact_conv(conv, cin, cout, k, stride, rngs, options):
-  """A conv inside a pre-activation unit (no BN after it, except ACB's own)."""
+def _preact_conv(conv, cin, cout, k, stride, rngs, options, num):
+  """A conv inside a pre-activation unit (no BN after it, except ACB's own); 1x1 convs stay plain."""
   if k == 1:
-    conv = "plain"
+    return make_conv("plain", cin, cout, k, stride=stride, rngs=rngs, **num)
   return make_conv(conv, cin, cout, k, stride=stride, rngs=rngs, **options)
 
 
 class PreActBlock(nnx.Module):
   """BN-ReLU-conv x2 (basic) or x3 with a 1x1-3x3-1x1 bottleneck; projection shortcut on change."""
 
-  def __init__(self, conv, cin, width, stride, bottleneck, rngs, options, expansion=4, dropout=0.0):
+  def __init__(self, conv, cin, width, stride, bottleneck, rngs, options, num, expansion=4, dropout=0.0):
     shapes = ([(1, width, 1), (3, width, stride), (1, width * expansion, 1)] if bottleneck
               else [(3, width, stride), (3, width, 1)])
     self.bns = nnx.List()
     self.convs = nnx.List()
     c = cin
     for k, cout, s in shapes:
-      self.bns.append(batch_norm(c, rngs))
-      layer = _preact_conv(conv, c, cout, k, s, rngs, options)
+      self.bns.append(batch_norm(c, rngs, dtype=num["dtype"]))
+      layer = _preact_conv(conv, c, cout, k, s, rngs, options, num)
       self.convs.append(layer)
       c = layer.out_features
     self.out_features = c
     changed = stride != 1 or cin != c
-    self.shortcut = PlainConv(cin, c, 1, stride=stride, padding=0, rngs=rngs) if changed else None
+    self.shortcut = PlainConv(cin, c, 1, stride=stride, padding=0, rngs=rngs, **num) if changed else None
 
   def __call__(self, x):
     pre = jax.nn.relu(self.bns[0](x))
@@ -114,19 +116,20 @@ class PreActResNet(nnx.Module):
   """
 
   def __init__(self, blocks, widths, bottleneck, conv="plain", num_classes=10, *, rngs,
-               conv_options=None):
-    options = conv_options or {}
-    self.stem = PlainConv(3, 16, 3, rngs=rngs)
+               conv_options=None, precision=None, dtype=None):
+    num = dict(precision=precision, dtype=dtype)
+    options = {**(conv_options or {}), **num}
+    self.stem = PlainConv(3, 16, 3, rngs=rngs, **num)
     cin = 16
     self.blocks = nnx.List()
     for stage, width in enumerate(widths):
       for i in range(blocks):
         block = PreActBlock(conv, cin, width, 2 if (stage > 0 and i == 0) else 1, bottleneck,
-                            rngs, options)
+                            rngs, options, num)
         self.blocks.append(block)
         cin = block.out_features
-    self.bn = batch_norm(cin, rngs)
-    self.fc = Dense(cin, num_classes, rngs=rngs)
+    self.bn = batch_norm(cin, rngs, dtype=dtype)
+    self.fc = Dense(cin, num_classes, rngs=rngs, **num)
 
   def __call__(self, x):
     x = self.stem(x)

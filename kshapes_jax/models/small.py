@@ -28,15 +28,17 @@ class SimpleNet(nnx.Module):
   parameters for versions 9 / 4 / 2 (Table I).
   """
 
-  def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=1, conv_options=None):
-    options = conv_options or {}
+  def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=1, conv_options=None,
+               precision=None, dtype=None):
+    num = dict(precision=precision, dtype=dtype)
+    options = {**(conv_options or {}), **num}
     self.convs = nnx.List()
     cin = in_channels
     for i, cout in enumerate((20, 50, 50, 50)):
       layer = _conv(conv, cin, cout, 3, rngs, options, padding=0 if i == 3 else 1)
       self.convs.append(layer)
       cin = layer.out_features
-    self.fc = Dense(cin, num_classes, rngs=rngs)
+    self.fc = Dense(cin, num_classes, rngs=rngs, **num)
 
   def __call__(self, x):
     for i, layer in enumerate(self.convs):
@@ -73,8 +75,9 @@ class LeNet(nnx.Module):
   """
 
   def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=1, variant=None,
-               conv_options=None):
-    options = dict(conv_options or {})
+               conv_options=None, precision=None, dtype=None):
+    num = dict(precision=precision, dtype=dtype)
+    options = {**(conv_options or {}), **num}
     if conv == "versatile":
       variant = variant or "model3"
       if variant not in LENET_VARIANTS or LENET_VARIANTS[variant] is None:
@@ -88,7 +91,7 @@ class LeNet(nnx.Module):
       layer = _conv(conv, cin, cout, k, rngs, {**options, **extra}, padding=0)
       self.convs.append(layer)
       cin = layer.out_features
-    self.classifier = PlainConv(cin, num_classes, 1, padding=0, use_bias=True, rngs=rngs)
+    self.classifier = PlainConv(cin, num_classes, 1, padding=0, use_bias=True, rngs=rngs, **num)
 
   def __call__(self, x):
     x = max_pool(self.convs[0](x), 2, 2)
@@ -112,8 +115,10 @@ class CifarQuick(nnx.Module):
   28x28x1 Fashion-MNIST (28 -> 14 -> 7 -> 3).
   """
 
-  def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=3, image_size=32, conv_options=None):
-    options = conv_options or {}
+  def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=3, image_size=32, conv_options=None,
+               precision=None, dtype=None):
+    num = dict(precision=precision, dtype=dtype)
+    options = {**(conv_options or {}), **num}
     self.convs = nnx.List()
     cin = in_channels
     for cout in (32, 32, 64):
@@ -125,8 +130,8 @@ class CifarQuick(nnx.Module):
       side = -(-(side - 3) // 2) + 1
     if side < 1:
       raise ValueError(f"Cifar-quick needs images of at least 3x3 pixels; got image_size={image_size}")
-    self.fc1 = Dense(cin * side * side, 64, rngs=rngs)
-    self.fc2 = Dense(64, num_classes, rngs=rngs)
+    self.fc1 = Dense(cin * side * side, 64, rngs=rngs, **num)
+    self.fc2 = Dense(64, num_classes, rngs=rngs, **num)
 
   def __call__(self, x):
     ceil = ((0, 1), (0, 1))
@@ -154,21 +159,23 @@ class ACUPlainNet(nnx.Module):
   runs that must fit a small machine; the net takes any image size.
   """
 
-  def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=3, width=1.0, conv_options=None):
-    options = conv_options or {}
+  def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=3, width=1.0, conv_options=None,
+               precision=None, dtype=None):
+    num = dict(precision=precision, dtype=dtype)
+    options = {**(conv_options or {}), **num}
     if width <= 0:
       raise ValueError(f"width must be positive, got {width}")
     def ch(n):
       return max(1, round(n * width))
-    self.conv0 = conv_bn("plain", in_channels, ch(16), 1, rngs=rngs)
+    self.conv0 = conv_bn("plain", in_channels, ch(16), 1, rngs=rngs, **num)
     self.convs = nnx.List()
     cin = ch(16)
     for cout, stride in ((48, 1), (48, 1), (96, 2), (96, 1), (192, 2), (192, 1)):
       layer = conv_bn(conv, cin, ch(cout), 3, stride=stride, rngs=rngs, **options)
       self.convs.append(layer)
       cin = layer.out_features
-    self.fc1 = conv_bn("plain", cin, ch(1000), 1, rngs=rngs)
-    self.score = Dense(ch(1000), num_classes, rngs=rngs)
+    self.fc1 = conv_bn("plain", cin, ch(1000), 1, rngs=rngs, **num)
+    self.score = Dense(ch(1000), num_classes, rngs=rngs, **num)
 
   def __call__(self, x):
     x = jax.nn.relu(self.conv0(x))

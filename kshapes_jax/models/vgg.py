@@ -16,8 +16,10 @@ VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512
 class VGG(nnx.Module):
   """VGG-16 with BN for 32x32 inputs; classifier 512 -> 512 -> classes."""
 
-  def __init__(self, conv="plain", num_classes=10, *, rngs, conv_options=None, plan=VGG16):
-    options = conv_options or {}
+  def __init__(self, conv="plain", num_classes=10, *, rngs, conv_options=None, plan=VGG16, precision=None,
+               dtype=None):
+    num = dict(precision=precision, dtype=dtype)
+    options = {**(conv_options or {}), **num}
     self.plan = tuple(plan)
     self.convs = nnx.List()
     c = 3
@@ -26,8 +28,8 @@ class VGG(nnx.Module):
         layer = conv_bn(conv, c, item, 3, rngs=rngs, **options)
         self.convs.append(layer)
         c = layer.out_features
-    self.fc1 = Dense(c, 512, rngs=rngs)
-    self.fc2 = Dense(512, num_classes, rngs=rngs)
+    self.fc1 = Dense(c, 512, rngs=rngs, **num)
+    self.fc2 = Dense(512, num_classes, rngs=rngs, **num)
 
   def __call__(self, x):
     layers = iter(self.convs)

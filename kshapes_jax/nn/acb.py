@@ -6,14 +6,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kshapes_jax import conv as conv_lib
+from kshapes_jax import _validation
 from kshapes_jax.kernels import BatchNormParams, acb_kernel, fuse_acb, fuse_bn
 from kshapes_jax.nn.base import ConvLayer, PlainConv, he_normal, record
 
 
-def batch_norm(features: int, rngs: nnx.Rngs, scale_init: float = 1.0) -> nnx.BatchNorm:
-  """BN with PyTorch's defaults (momentum 0.1, eps 1e-5), the official codes' setting."""
-  bn = nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+def batch_norm(features: int, rngs: nnx.Rngs, scale_init: float = 1.0, dtype=None) -> nnx.BatchNorm:
+  """BN with PyTorch's defaults (momentum 0.1, eps 1e-5), the official codes' setting.
+
+  `dtype` is the compute dtype of its output (statistics and parameters stay
+  float32), as the conv layers' `dtype`.
+  """
+  bn = nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=_validation.compute_dtype(dtype),
+                     rngs=rngs)
   if scale_init != 1.0:
     bn.scale[...] = jnp.full((features,), scale_init, bn.scale[...].dtype)
   return bn
@@ -42,7 +47,7 @@ class ACBlock(ConvLayer):
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = False, asymmetric: str = "both",
                bn: str = "branch", border: bool = False, asym_scale_init: float = 1.0,
-               rngs: nnx.Rngs):
+               precision=None, dtype=None, rngs: nnx.Rngs):
     if kernel_size % 2 == 0:
       raise ValueError(f"ACB needs an odd kernel size, got {kernel_size}")
     if asymmetric not in ("both", "hor", "ver"):
@@ -57,6 +62,7 @@ class ACBlock(ConvLayer):
     if not isinstance(self.padding, int):
       raise ValueError(f"ACBlock padding must be an int, got {self.padding!r}")
     self.bn_mode, self.border = bn, border
+    self.set_numerics(precision, dtype)
     self.line = k - 1 if border else k // 2  # row of hor / column of ver
     fan = k * k * in_features
     self.square = nnx.Param(he_normal(rngs.params(), (k, k, in_features, out_features), fan))
@@ -64,11 +70,11 @@ class ACBlock(ConvLayer):
     self.hor = nnx.Param(he_normal(rngs.params(), (1, k, in_features, out_features), fan)) if use_hor else None
     self.ver = nnx.Param(he_normal(rngs.params(), (k, 1, in_features, out_features), fan)) if use_ver else None
     if bn == "branch":
-      self.square_bn = batch_norm(out_features, rngs)
-      self.hor_bn = batch_norm(out_features, rngs, asym_scale_init) if self.hor is not None else None
-      self.ver_bn = batch_norm(out_features, rngs, asym_scale_init) if self.ver is not None else None
+      self.square_bn = batch_norm(out_features, rngs, dtype=dtype)
+      self.hor_bn = batch_norm(out_features, rngs, asym_scale_init, dtype) if self.hor is not None else None
+      self.ver_bn = batch_norm(out_features, rngs, asym_scale_init, dtype) if self.ver is not None else None
     else:
-      self.sum_bn = batch_norm(out_features, rngs)
+      self.sum_bn = batch_norm(out_features, rngs, dtype=dtype)
 
   def _branches(self):
     """(kernel, padding, bn-or-None) per branch; the official code's paddings."""
@@ -91,7 +97,7 @@ class ACBlock(ConvLayer):
       return super().__call__(x)
     y = 0
     for kernel, padding, bn in self._branches():
-      branch = conv_lib.conv(x, kernel, stride=self.stride, padding=padding)
+      branch = self.conv(x, kernel, padding=padding)
       y = y + (bn(branch) if bn is not None else branch)
     if self.bn_mode == "sum":
       y = self.sum_bn(y)
@@ -112,7 +118,7 @@ class ACBlock(ConvLayer):
 
   def deploy(self) -> PlainConv:
     kernel, bias = self.effective_kernel()
-    return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=self.padding)
+    return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=self.padding, **self.numerics)
 
   def weight_count(self) -> int:
     return sum(int(v[...].size) for v in (self.square, self.hor, self.ver) if v is not None)

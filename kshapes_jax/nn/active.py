@@ -70,7 +70,8 @@ class ActiveConv(ConvLayer):
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = False, synapses: int | None = None,
                init: str = "lattice", position_groups: int = 1, radius: int | None = None,
-               impl: str = "splat", normalize_grad: bool = True, rngs: nnx.Rngs):
+               impl: str = "splat", normalize_grad: bool = True, precision=None, dtype=None,
+               rngs: nnx.Rngs):
     # defaults: the kxk lattice it replaces, with one ring of room to move
     synapses = kernel_size * kernel_size if synapses is None else synapses
     radius = kernel_size // 2 + 1 if radius is None else radius
@@ -88,6 +89,7 @@ class ActiveConv(ConvLayer):
     # radius may be lowered later by extent bucketing; max_radius is what was asked for
     self.radius, self.max_radius, self.impl, self.normalize_grad = radius, radius, impl, normalize_grad
     self.synapses, self.position_groups = synapses, position_groups
+    self.set_numerics(precision, dtype)
     start = initial_positions(synapses, init)
     if np.max(np.abs(start)) > radius:
       raise ValueError(f"radius {radius} does not hold the initial positions (max |p| = {np.max(np.abs(start))})")
@@ -116,10 +118,13 @@ class ActiveConv(ConvLayer):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.impl == "splat":
       return super().__call__(x)
-    y = conv_lib.active_conv_gather(x, self.weights[...], self.all_positions(), stride=self.stride,
-                                    padding=self.conv_padding, radius=self.radius)
+    weights = self.weights[...]
+    if self.dtype is not None:
+      x, weights = x.astype(self.dtype), weights.astype(self.dtype)
+    y = conv_lib.active_conv_gather(x, weights, self.all_positions(), stride=self.stride,
+                                    padding=self.conv_padding, radius=self.radius, precision=self.precision)
     if self.bias is not None:
-      y = y + self.bias[...]
+      y = y + self.bias[...].astype(y.dtype)
     record(self, x, y)
     return y
 
@@ -130,7 +135,7 @@ class ActiveConv(ConvLayer):
     kernel = active_kernel(self.weights[...], positions, radius)
     padding = self.padding + radius - self.kernel_size // 2
     bias = None if self.bias is None else self.bias[...]
-    return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=padding)
+    return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=padding, **self.numerics)
 
   def weight_count(self) -> int:
     return int(self.weights[...].size)

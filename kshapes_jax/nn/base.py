@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kshapes_jax import _validation
 from kshapes_jax import conv as conv_lib
 
 _RECORDS: contextvars.ContextVar[list | None] = contextvars.ContextVar("kshapes_records", default=None)
@@ -60,6 +61,10 @@ class ConvLayer(nnx.Module):
 
   Subclasses define `effective_kernel()` -> (kernel HWIO, bias or None), and
   may refine `conv_padding`, `multiplications` and `weight_count`.
+
+  Every layer takes `precision` and `dtype` (see `set_numerics`): the kernel
+  is built exactly from the float32 parameters, then the conv runs in
+  `dtype` at `precision`.
   """
 
   in_features: int
@@ -68,6 +73,26 @@ class ConvLayer(nnx.Module):
   stride: int
   padding: object
   groups: int = 1
+  precision: object = None
+  dtype: object = None
+
+  def set_numerics(self, precision=None, dtype=None) -> None:
+    """Sets, at construction, how the conv computes.
+
+    Args:
+      precision: None / "default" (the backend's default: TF32 on a GPU, bf16
+        passes on a TPU), "high", "highest" (exact float32), or a
+        `lax.Precision` / `lax.DotAlgorithmPreset`.
+      dtype: the compute dtype of the conv (e.g. "bfloat16" for mixed
+        precision; parameters stay float32); None promotes input and kernel.
+    """
+    self.precision = _validation.precision(precision)
+    self.dtype = _validation.compute_dtype(dtype)
+
+  @property
+  def numerics(self) -> dict:
+    """{"precision": ..., "dtype": ...}, to build another layer that computes alike."""
+    return {"precision": self.precision, "dtype": self.dtype}
 
   @property
   def conv_padding(self):
@@ -76,10 +101,14 @@ class ConvLayer(nnx.Module):
   def effective_kernel(self) -> tuple[jax.Array, jax.Array | None]:
     raise NotImplementedError
 
+  def conv(self, x: jax.Array, kernel: jax.Array, *, padding, bias: jax.Array | None = None) -> jax.Array:
+    """`conv_lib.conv` with this layer's stride, groups, dtype and precision."""
+    return conv_lib.conv(x, kernel, stride=self.stride, padding=padding, bias=bias, groups=self.groups,
+                         dtype=self.dtype, precision=self.precision)
+
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel, bias = self.effective_kernel()
-    y = conv_lib.conv(x, kernel, stride=self.stride, padding=self.conv_padding, bias=bias,
-                      groups=self.groups)
+    y = self.conv(x, kernel, padding=self.conv_padding, bias=bias)
     record(self, x, y)
     return y
 
@@ -87,7 +116,7 @@ class ConvLayer(nnx.Module):
     """The same layer as a plain conv (kernel + bias), equal outputs."""
     kernel, bias = self.effective_kernel()
     return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=self.conv_padding,
-                                 groups=self.groups)
+                                 groups=self.groups, **self.numerics)
 
   def weight_count(self) -> int:
     """Stored conv weights (the papers' "weights": no biases, no BN)."""
@@ -106,12 +135,13 @@ class PlainConv(ConvLayer):
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = False, groups: int = 1,
                rngs: nnx.Rngs | None = None, kernel: jax.Array | None = None,
-               bias: jax.Array | None = None):
+               bias: jax.Array | None = None, precision=None, dtype=None):
     if in_features % groups or out_features % groups:
       raise ValueError(f"groups={groups} must divide in_features={in_features} and out_features={out_features}")
     self.in_features, self.out_features = in_features, out_features
     self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
     self.padding = symmetric_padding(padding, kernel_size)
+    self.set_numerics(precision, dtype)
     if kernel is None:
       fan_in = kernel_size * kernel_size * in_features // groups
       shape = (kernel_size, kernel_size, in_features // groups, out_features)
@@ -121,11 +151,12 @@ class PlainConv(ConvLayer):
     self.bias = None if bias is None else nnx.Param(jnp.asarray(bias))
 
   @classmethod
-  def from_kernel(cls, kernel, bias=None, *, stride=1, padding=0, groups=1) -> "PlainConv":
+  def from_kernel(cls, kernel, bias=None, *, stride=1, padding=0, groups=1, precision=None,
+                  dtype=None) -> "PlainConv":
     """A plain conv holding a given HWIO kernel (and bias)."""
     kh, kw, cin, cout = kernel.shape
     return cls(cin * groups, cout, kh, stride=stride, padding=padding, groups=groups,
-               kernel=kernel, bias=bias)
+               kernel=kernel, bias=bias, precision=precision, dtype=dtype)
 
   def effective_kernel(self):
     return self.kernel[...], None if self.bias is None else self.bias[...]
@@ -138,7 +169,16 @@ class PlainConv(ConvLayer):
 
 
 class Dense(nnx.Linear):
-  """nnx.Linear that reports itself to the cost accounting."""
+  """nnx.Linear that reports itself to the cost accounting.
+
+  Takes `precision` and `dtype` as the conv layers do (see
+  `ConvLayer.set_numerics`); parameters stay float32.
+  """
+
+  def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs, precision=None,
+               dtype=None, **kwargs):
+    super().__init__(in_features, out_features, rngs=rngs, precision=_validation.precision(precision),
+                     dtype=_validation.compute_dtype(dtype), **kwargs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = super().__call__(x)

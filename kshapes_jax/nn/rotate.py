@@ -23,7 +23,7 @@ class RotateConv(ConvLayer):
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = False, version: int = 4,
-               rngs: nnx.Rngs):
+               precision=None, dtype=None, rngs: nnx.Rngs):
     if kernel_size != 3:
       raise ValueError(f"RotateConv is a 3x3 kernel, got kernel_size = {kernel_size}")
     if version not in (2, 4):
@@ -32,6 +32,7 @@ class RotateConv(ConvLayer):
     self.kernel_size, self.stride = 3, stride
     self.padding = symmetric_padding(padding, 3)
     self.version = version
+    self.set_numerics(precision, dtype)
     taps = 3 if version == 4 else 1
     # fan-in: every tap sees in_features inputs, 3 taps per line
     shape = (3, in_features, out_features) if version == 4 else (in_features, out_features)

@@ -44,12 +44,13 @@ class VersatileConv(ConvLayer):
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = True, mode: str = "spatial",
                bias: str = "shared", channel_delta: int = 0, channel_stride: int = 1,
-               impl: str = "stacked", rngs: nnx.Rngs):
+               impl: str = "stacked", precision=None, dtype=None, rngs: nnx.Rngs):
     if mode not in ("spatial", "sum", "none"):
       raise ValueError(f"mode must be 'spatial', 'sum' or 'none', got {mode!r}")
     if impl not in ("stacked", "cropped"):
       raise ValueError(f"impl must be 'stacked' or 'cropped', got {impl!r}")
     self.impl = impl
+    self.set_numerics(precision, dtype)
     if bias not in ("separate", "shared"):
       raise ValueError(f"bias must be 'separate' or 'shared', got {bias!r}")
     if not 0 <= channel_delta < in_features:
@@ -90,13 +91,12 @@ class VersatileConv(ConvLayer):
     d = self.kernel_size
     (top, bottom), (left, right) = conv_lib.resolve_padding(self.padding, x.shape[1:3], (d, d), self.stride)
     # secondary filter j: the central (d - 2j)^2 crop, read through a window shrunk by j on every side
-    ys = [conv_lib.conv(x, f[j:d - j, j:d - j], stride=self.stride,
-                        padding=((top - j, bottom - j), (left - j, right - j)))
+    ys = [self.conv(x, f[j:d - j, j:d - j], padding=((top - j, bottom - j), (left - j, right - j)))
           for j in range(self.scales)]
     y = jnp.concatenate(ys, axis=-1)
     _, bias = self.effective_kernel_bias()
     if bias is not None:
-      y = y + bias
+      y = y + bias.astype(y.dtype)
     record(self, x, y)
     return y
 
