@@ -6,6 +6,16 @@ Keys:
   model, conv: a registered model and the conv kind of its kxk layers.
   model_kwargs, conv_options: passed to `kshapes_jax.models.create` and to
     every shaped conv layer (e.g. conv_options.radius=3 for the ACU).
+  precision: of every conv and dense layer: "default" (the backend's: TF32
+    on a GPU, bf16 passes on a TPU, float32 on a CPU), "high" or "highest"
+    (exact float32, slower on a GPU). Kernels are built exactly either way.
+  dtype: compute dtype, "float32" or "bfloat16" (mixed precision: bf16
+    convs, dense layers and BN outputs; float32 parameters, BN statistics,
+    optimizer and loss).
+  deterministic: GPU runs use XLA's deterministic ops
+    (--xla_gpu_deterministic_ops, set before JAX starts), so a resumed run
+    equals an uninterrupted one bit for bit on the same machine; no effect
+    on CPU or TPU.
   data: name (mnist, fashion_mnist, cifar10, cifar100, svhn_cropped),
     source (tfds, idx, npz, synthetic), data_dir, augment (none, cifar),
     train_size/test_size (synthetic only).
@@ -35,6 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.conv = "plain"
   c.model_kwargs = ml_collections.ConfigDict()
   c.conv_options = ml_collections.ConfigDict()
+  c.precision = "default"
+  c.dtype = "float32"
+  c.deterministic = True
   c.data = ml_collections.ConfigDict(dict(
       name="mnist", source="synthetic", data_dir="", augment="none", train_size=512, test_size=256))
   c.batch_size = 64

@@ -15,7 +15,8 @@ y_rot = conv(x, kernels.rotate_kernel(w, theta), stride=2)           # (8, 16, 1
 positions = kernels.lattice_positions(3) * 1.3       # a 1.3-dilated 3x3
 radius = kernels.radius_for_positions(positions)     # 2, so a 5x5 kernel
 wa = jnp.asarray(rng.normal(size=(9, 16, 32)) * 0.1, jnp.float32)
-y_acu = conv(x, kernels.active_kernel(wa, positions, radius))        # ONE conv
-y_ref = active_conv_gather(x, wa, positions, radius=radius)          # eq. 5-9
+# "highest": exact float32 on every backend (the default, the backend's, is TF32 on a GPU).
+y_acu = conv(x, kernels.active_kernel(wa, positions, radius), precision="highest")  # ONE conv
+y_ref = active_conv_gather(x, wa, positions, radius=radius, precision="highest")    # eq. 5-9
 print(y_rot.shape, y_acu.shape, "max |splat - gather| =",
       float(jnp.max(jnp.abs(y_acu - y_ref))))

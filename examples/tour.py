@@ -75,8 +75,8 @@ def main() -> None:
                                  lambda x, w, p: active_conv_gather(x, w, p, radius=1),
                                  (x, acu_w, positions)),
   }
-  gap = float(jnp.max(jnp.abs(conv(x, kernels.active_kernel(acu_w, positions, 1))
-                              - active_conv_gather(x, acu_w, positions, radius=1))))
+  gap = float(jnp.max(jnp.abs(conv(x, kernels.active_kernel(acu_w, positions, 1), precision="highest")
+                              - active_conv_gather(x, acu_w, positions, radius=1, precision="highest"))))
   base = None
   print(f"layer 32x32x{c} -> {c}, batch {args.batch}, device {jax.devices()[0].platform}, "
         f"median of {args.reps} jitted forwards (indicative only on a CPU)")

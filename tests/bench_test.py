@@ -66,3 +66,35 @@ def test_readme_shows_the_committed_cpu_results():
 def test_bucketed_run_ratio_weights_the_two_radii_by_steps():
   assert run.bucketed_run_ratio(1.0, 2.0) == pytest.approx((10 * 1.0 + 54 * 2.0) / 64)
   assert run.bucketed_run_ratio(None, 2.0) is None
+
+
+_JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="1" failures="1"
+ skipped="1" tests="5"><testcase classname="tests.conv_test" name="test_a"/>
+<testcase classname="tests.conv_test" name="test_b"><failure message="AssertionError: 3e-4 &gt; 1e-5">long</failure></testcase>
+<testcase classname="tests.nn_test" name="test_c[x]"><error message="boom"/></testcase>
+<testcase classname="tests.nn_test" name="test_d"><skipped message="no torch"/></testcase>
+<testcase classname="tests.nn_test" name="test_e"/></testsuite></testsuites>"""
+
+
+def test_gpu_check_reads_the_test_outcome(tmp_path):
+  from bench import gpu_check
+
+  path = tmp_path / "junit.xml"
+  path.write_text(_JUNIT)
+  outcome = gpu_check.junit_outcome(path)
+  assert (outcome["passed"], outcome["failures"], outcome["errors"], outcome["skipped"]) == (2, 1, 1, 1)
+  assert [f["test"] for f in outcome["failed"]] == ["tests/conv_test.py::test_b", "tests/nn_test.py::test_c[x]"]
+  assert outcome["failed"][0]["message"] == "AssertionError: 3e-4 > 1e-5"
+  md = gpu_check.markdown({"device": "H100", "platform": "gpu", "device_count": 1, "jax_version": "0",
+                           "date": "today", "workers": 8, "test_seconds": 61.0, "tests": outcome, "bench": None})
+  assert "**2 passed, 2 failed**, 1 skipped" in md and "`tests/nn_test.py::test_c[x]` | boom" in md
+
+
+def test_gpu_check_refuses_to_run_without_a_gpu(capsys, monkeypatch):
+  from bench import gpu_check
+
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # main sets it; restored after
+  monkeypatch.setattr(gpu_check, "_device", lambda: {"platform": "cpu", "device": "cpu", "count": 1,
+                                                     "jax_version": "0"})
+  assert gpu_check.main(["--skip-bench"]) == 2
+  assert "not a GPU" in capsys.readouterr().err

@@ -25,7 +25,8 @@ def _bn(out):
 _POS = (0.8 * np.asarray(kernels.lattice_positions(3)) + 0.1 * _f(9, 2)).astype(np.float32)
 _ANGLES = _rng.uniform(5, 175, size=(2, 3)).astype(np.float32)
 
-# name -> (function of float arrays only, its float arguments)
+# name -> (function of float arrays only, its float arguments). The convs pin HIGHEST: jit,
+# vmap and eager may pick different GPU algorithms, equal only to float32 rounding.
 CASES = {
     "rotate_kernel v4": (kernels.rotate_kernel, (_f(3, 2, 3), _ANGLES)),
     "rotate_kernel v2": (kernels.rotate_kernel, (_f(2, 3), _ANGLES)),
@@ -46,12 +47,13 @@ CASES = {
                               (_f(9, 2, 4), np.stack([_POS, 1.5 * _POS]))),
     "clip_positions": (lambda p: kernels.clip_positions(p, 1), (2 * _POS,)),
     "normalize_position_grad": (normalize_position_grad, (_POS,)),
-    "conv": (lambda x, k, b: conv(x, k, stride=2, bias=b), (_f(2, 6, 5, 2), _f(3, 3, 2, 3), _f(3))),
-    "conv groups": (lambda x, k: conv(x, k, groups=2), (_f(2, 6, 5, 4), _f(3, 3, 2, 4))),
-    "active_conv_gather": (lambda x, w, p: active_conv_gather(x, w, p, radius=1, stride=2),
+    "conv": (lambda x, k, b: conv(x, k, stride=2, bias=b, precision="highest"),
+             (_f(2, 6, 5, 2), _f(3, 3, 2, 3), _f(3))),
+    "conv groups": (lambda x, k: conv(x, k, groups=2, precision="highest"), (_f(2, 6, 5, 4), _f(3, 3, 2, 4))),
+    "active_conv_gather": (lambda x, w, p: active_conv_gather(x, w, p, radius=1, stride=2, precision="highest"),
                            (_f(2, 6, 5, 2), _f(9, 2, 3), _POS)),
     "active_conv_gather per-pixel": (
-        lambda x, w, p: active_conv_gather(x, w, p, radius=1),
+        lambda x, w, p: active_conv_gather(x, w, p, radius=1, precision="highest"),
         (_f(1, 4, 3, 2), _f(9, 2, 3), np.broadcast_to(_POS, (1, 4, 3, 9, 2)).copy())),
 }
 

@@ -1,5 +1,7 @@
 """NNX layers: each forward against an independent construction, and deploy."""
 
+import functools
+
 import chex
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +24,12 @@ from kshapes_jax.nn import (
 )
 
 
+# Every layer here is compared with an independent float32 construction: both pin HIGHEST,
+# or a GPU would compare two TF32 convs (3e-4 to 3e-3 apart).
+EXACT = "highest"
+exact_conv = functools.partial(conv, precision=EXACT)
+
+
 def _x(rng, shape=(2, 9, 8, 4)):
   return jnp.asarray(rng.normal(size=shape), jnp.float32)
 
@@ -29,18 +37,18 @@ def _x(rng, shape=(2, 9, 8, 4)):
 @pytest.mark.parametrize("version", [4, 2])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_rotate_conv_matches_numpy_kernel(version, stride, rng):
-  layer = RotateConv(4, 6, stride=stride, version=version, use_bias=True, rngs=nnx.Rngs(0))
+  layer = RotateConv(4, 6, stride=stride, version=version, use_bias=True, precision=EXACT, rngs=nnx.Rngs(0))
   layer.bias[...] = jnp.arange(6, dtype=jnp.float32)
   x = _x(rng)
   kernel = reference.rotate_kernel(np.asarray(layer.weights[...]), np.asarray(layer.angles[...]))
-  expected = conv(x, jnp.asarray(kernel, jnp.float32), stride=stride, padding=1) + layer.bias[...]
+  expected = exact_conv(x, jnp.asarray(kernel, jnp.float32), stride=stride, padding=1) + layer.bias[...]
   chex.assert_trees_all_close(layer(x), expected, rtol=1e-5, atol=1e-5)
   assert isinstance(layer.angles, Angle)
   assert np.all((layer.angles[...] >= 0) & (layer.angles[...] < 180))
 
 
 def test_rotate_conv_init_from_line_kernels(rng):
-  layer = RotateConv(3, 2, rngs=nnx.Rngs(0))
+  layer = RotateConv(3, 2, precision=EXACT, rngs=nnx.Rngs(0))
   hor = jnp.asarray(rng.normal(size=(1, 3, 3, 2)), jnp.float32)
   layer.init_from_line_kernel(hor)
   expected = jnp.zeros((3, 3, 3, 2)).at[1].set(hor[0])
@@ -62,7 +70,7 @@ def _bn_train(y):
 @pytest.mark.parametrize("asymmetric", ["both", "hor", "ver"])
 @pytest.mark.parametrize("border", [False, True])
 def test_acblock_train_forward_is_three_bn_branches(asymmetric, border, rng):
-  block = ACBlock(4, 6, stride=2, asymmetric=asymmetric, border=border, rngs=nnx.Rngs(1))
+  block = ACBlock(4, 6, stride=2, asymmetric=asymmetric, border=border, precision=EXACT, rngs=nnx.Rngs(1))
   x = _x(rng)
   # independent: each branch as a kxk conv with the small kernel zero-embedded
   k, line = 3, 2 if border else 1
@@ -71,14 +79,14 @@ def test_acblock_train_forward_is_three_bn_branches(asymmetric, border, rng):
     branches.append(jnp.zeros((k, k, 4, 6)).at[line].set(block.hor[...][0]))
   if block.ver is not None:
     branches.append(jnp.zeros((k, k, 4, 6)).at[:, line].set(block.ver[...][:, 0]))
-  expected = sum(_bn_train(conv(x, b, stride=2, padding=1)) for b in branches)
+  expected = sum(_bn_train(exact_conv(x, b, stride=2, padding=1)) for b in branches)
   chex.assert_trees_all_close(block(x), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("asymmetric", ["both", "ver"])
 @pytest.mark.parametrize("border", [False, True])
 def test_acblock_eval_is_the_branches_on_running_statistics(asymmetric, border, rng, randomize):
-  block = ACBlock(4, 6, stride=2, asymmetric=asymmetric, border=border, rngs=nnx.Rngs(1))
+  block = ACBlock(4, 6, stride=2, asymmetric=asymmetric, border=border, precision=EXACT, rngs=nnx.Rngs(1))
   randomize(block, rng)
   block.eval()
   x = _x(rng)
@@ -88,7 +96,7 @@ def test_acblock_eval_is_the_branches_on_running_statistics(asymmetric, border, 
     branches.append((jnp.zeros((k, k, 4, 6)).at[line].set(block.hor[...][0]), block.hor_bn))
   if block.ver is not None:
     branches.append((jnp.zeros((k, k, 4, 6)).at[:, line].set(block.ver[...][:, 0]), block.ver_bn))
-  expected = sum((conv(x, b, stride=2, padding=1) - bn.mean[...]) / jnp.sqrt(bn.var[...] + 1e-5)
+  expected = sum((exact_conv(x, b, stride=2, padding=1) - bn.mean[...]) / jnp.sqrt(bn.var[...] + 1e-5)
                  * bn.scale[...] + bn.bias[...] for b, bn in branches)
   chex.assert_trees_all_close(block(x), expected, rtol=1e-4, atol=1e-4)
 
@@ -97,7 +105,7 @@ def test_acblock_eval_is_the_branches_on_running_statistics(asymmetric, border, 
                                      dict(asym_scale_init=1 / 3)])
 @pytest.mark.parametrize("k", [3, 5])
 def test_acblock_deploy_equals_eval(options, k, rng, randomize):
-  block = ACBlock(4, 6, k, stride=2, rngs=nnx.Rngs(2), **options)
+  block = ACBlock(4, 6, k, stride=2, precision=EXACT, rngs=nnx.Rngs(2), **options)
   randomize(block, rng)
   block.eval()
   x = _x(rng, (2, 10, 9, 4))
@@ -107,7 +115,7 @@ def test_acblock_deploy_equals_eval(options, k, rng, randomize):
 
 
 def test_acblock_gamma_init():
-  block = ACBlock(2, 3, asym_scale_init=1 / 3, rngs=nnx.Rngs(0))
+  block = ACBlock(2, 3, asym_scale_init=1 / 3, precision=EXACT, rngs=nnx.Rngs(0))
   chex.assert_trees_all_close(block.hor_bn.scale[...], jnp.full(3, 1 / 3))
   chex.assert_trees_all_close(block.square_bn.scale[...], jnp.ones(3))
 
@@ -115,13 +123,13 @@ def test_acblock_gamma_init():
 @pytest.mark.parametrize("impl", ["stacked", "cropped"])
 @pytest.mark.parametrize("bias", ["separate", "shared"])
 def test_versatile_spatial_matches_cropped_convs(bias, impl, rng):
-  layer = VersatileConv(4, 9, 5, bias=bias, impl=impl, rngs=nnx.Rngs(0))
+  layer = VersatileConv(4, 9, 5, bias=bias, impl=impl, precision=EXACT, rngs=nnx.Rngs(0))
   assert (layer.filters, layer.out_features) == (3, 9)
   b = jnp.asarray(rng.normal(size=layer.bias[...].shape), jnp.float32)
   layer.bias[...] = b
   x = _x(rng)
   f = layer.f[...]
-  parts = [conv(x, f[i:5 - i, i:5 - i], padding=2 - i) for i in range(3)]
+  parts = [exact_conv(x, f[i:5 - i, i:5 - i], padding=2 - i) for i in range(3)]
   bias_full = jnp.tile(b, 3) if bias == "shared" else b
   chex.assert_trees_all_close(layer(x), jnp.concatenate(parts, -1) + bias_full, rtol=1e-5, atol=1e-5)
 
@@ -132,8 +140,8 @@ def test_versatile_spatial_matches_cropped_convs(bias, impl, rng):
 def test_versatile_cropped_equals_stacked_value_and_gradient(kw, rng, x64):
   import jax
 
-  stacked = VersatileConv(6, 12, rngs=nnx.Rngs(0), **kw)
-  cropped = VersatileConv(6, 12, impl="cropped", rngs=nnx.Rngs(0), **kw)
+  stacked = VersatileConv(6, 12, precision=EXACT, rngs=nnx.Rngs(0), **kw)
+  cropped = VersatileConv(6, 12, impl="cropped", precision=EXACT, rngs=nnx.Rngs(0), **kw)
   f = jnp.asarray(rng.normal(size=stacked.f[...].shape))
   b = jnp.asarray(rng.normal(size=stacked.bias[...].shape))
   x = jnp.asarray(rng.normal(size=(2, 11, 10, 6)))
@@ -160,22 +168,22 @@ def test_versatile_impl_is_checked():
 
 def test_versatile_sum_and_channel_modes(rng):
   x = _x(rng)
-  layer = VersatileConv(4, 6, 3, mode="sum", use_bias=False, rngs=nnx.Rngs(0))
+  layer = VersatileConv(4, 6, 3, mode="sum", use_bias=False, precision=EXACT, rngs=nnx.Rngs(0))
   f = layer.f[...]
-  chex.assert_trees_all_close(layer(x), conv(x, f, padding=1) + conv(x, f[1:2, 1:2], padding=0),
+  chex.assert_trees_all_close(layer(x), exact_conv(x, f, padding=1) + exact_conv(x, f[1:2, 1:2], padding=0),
                               rtol=1e-5, atol=1e-5)
   layer = VersatileConv(4, 8, 3, channel_delta=2, channel_stride=1, mode="none", use_bias=False,
-                        rngs=nnx.Rngs(0))
+                        precision=EXACT, rngs=nnx.Rngs(0))
   assert (layer.windows, layer.filters, layer.f[...].shape[2]) == (3, 3, 2)
   f = layer.f[...]
-  loop = [conv(x[..., i:i + 2], f, padding=1) for i in range(3)]
+  loop = [exact_conv(x[..., i:i + 2], f, padding=1) for i in range(3)]
   chex.assert_trees_all_close(layer(x), jnp.concatenate(loop, -1), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["splat", "gather"])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_active_conv_matches_reference(impl, groups, rng):
-  layer = ActiveConv(4, 6, stride=2, impl=impl, position_groups=groups, radius=2, rngs=nnx.Rngs(0))
+  layer = ActiveConv(4, 6, stride=2, impl=impl, position_groups=groups, radius=2, precision=EXACT, rngs=nnx.Rngs(0))
   assert isinstance(layer.positions, Position)
   shape = layer.positions[...].shape
   layer.positions[...] = jnp.asarray(rng.uniform(-1.8, 1.8, shape), jnp.float32)
@@ -192,17 +200,17 @@ def test_active_conv_matches_reference(impl, groups, rng):
 
 
 def test_active_conv_lattice_init_is_a_3x3_conv_and_deploys_to_one(rng):
-  layer = ActiveConv(4, 6, radius=3, rngs=nnx.Rngs(0))
+  layer = ActiveConv(4, 6, radius=3, precision=EXACT, rngs=nnx.Rngs(0))
   x = _x(rng)
   plain = layer.deploy()
   assert plain.kernel[...].shape == (3, 3, 4, 6)  # the smallest radius that holds the lattice
   chex.assert_trees_all_close(plain(x), layer(x), rtol=1e-5, atol=1e-5)
-  circle = ActiveConv(4, 6, init="circle", synapses=7, radius=1, rngs=nnx.Rngs(0))
+  circle = ActiveConv(4, 6, init="circle", synapses=7, radius=1, precision=EXACT, rngs=nnx.Rngs(0))
   np.testing.assert_allclose(np.linalg.norm(np.asarray(circle.all_positions())[1:], axis=-1), 1.0, rtol=1e-6)
 
 
 def test_active_conv_position_gradient_is_normalized(rng):
-  layer = ActiveConv(3, 4, rngs=nnx.Rngs(0))
+  layer = ActiveConv(3, 4, precision=EXACT, rngs=nnx.Rngs(0))
   x = _x(rng, (2, 6, 6, 3))
   grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
   norms = jnp.linalg.norm(grads["positions"][...], axis=-1)
@@ -211,7 +219,7 @@ def test_active_conv_position_gradient_is_normalized(rng):
 
 @pytest.mark.parametrize("kind", ["plain", "rotate4", "rotate2", "versatile", "active"])
 def test_conv_bn_deploy_folds_the_bn(kind, rng, randomize):
-  unit = conv_bn(kind, 4, 6, 3, stride=2, rngs=nnx.Rngs(0))
+  unit = conv_bn(kind, 4, 6, 3, stride=2, precision=EXACT, rngs=nnx.Rngs(0))
   assert isinstance(unit, ConvBN)
   randomize(unit, rng)
   unit.eval()
@@ -233,7 +241,7 @@ def test_make_conv_rejects_unknown_kinds_and_bad_options():
 
 
 def test_conv_bn_deploy_folds_a_conv_bias_too(rng, randomize):
-  conv_layer = make_conv("rotate4", 4, 6, 3, use_bias=True, rngs=nnx.Rngs(0))
+  conv_layer = make_conv("rotate4", 4, 6, 3, use_bias=True, precision=EXACT, rngs=nnx.Rngs(0))
   conv_layer.bias[...] = jnp.asarray(rng.normal(size=6), jnp.float32)
   unit = ConvBN(conv_layer, nnx.Rngs(1))
   randomize(unit, rng)

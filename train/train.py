@@ -41,8 +41,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import kshapes_jax as K
-from kshapes_jax import optim
-from train import input_pipeline
+from kshapes_jax import _validation, optim
+from train import determinism, input_pipeline
 
 
 class ConfigError(ValueError):
@@ -62,6 +62,12 @@ class _Stop(Exception):
 
 def check_config(config) -> None:
   """Fails fast, with the valid choices, on a config that cannot run."""
+  try:
+    _validation.precision(config.get("precision", "default"))
+  except ValueError as e:
+    raise ConfigError(f"config.precision: {e}") from e
+  if config.get("dtype", "float32") not in ("float32", "bfloat16", "float16"):
+    raise ConfigError(f"config.dtype must be 'float32', 'bfloat16' or 'float16', got {config.dtype!r}")
   if config.model not in K.models.list_models():
     raise ConfigError(f"unknown model {config.model!r}; expected one of {K.models.list_models()}")
   kinds = K.models.spec(config.model).kinds
@@ -117,7 +123,8 @@ def build_model(config, dataset: input_pipeline.Dataset) -> nnx.Module:
     kwargs["image_size"] = dataset.image_shape[0]
   try:
     model = K.models.create(config.model, conv=config.conv, num_classes=dataset.num_classes,
-                            rngs=nnx.Rngs(config.seed), **kwargs)
+                            rngs=nnx.Rngs(config.seed), precision=config.get("precision", "default"),
+                            dtype=config.get("dtype", "float32"), **kwargs)
     nnx.eval_shape(lambda m: m(jnp.zeros((2, *dataset.image_shape))), model)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"{config.model} (conv={config.conv}) cannot take {dataset.name} images of shape "
@@ -168,7 +175,7 @@ def make_train_step(graphdef, tx, dataset: input_pipeline.Dataset, augment: str,
       # fresh Variables for this trace level: BN updates its statistics in place
       rest = jax.tree.map(lambda v: v, state["rest"])
       model = nnx.merge(graphdef, params, rest)
-      logits = model(x)
+      logits = model(x).astype(jnp.float32)  # the loss in float32 also under mixed precision
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
       return loss, (logits, nnx.split(model, nnx.Param, ...)[2])
 
@@ -197,7 +204,7 @@ def make_eval_step(graphdef, dataset: input_pipeline.Dataset):
 
   def evaluate(params, rest, batch):
     x = input_pipeline.preprocess(batch["image"], None, mean=dataset.mean, std=dataset.std)
-    logits = nnx.merge(graphdef, params, rest)(x)
+    logits = nnx.merge(graphdef, params, rest)(x).astype(jnp.float32)
     mask = batch["mask"]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     pred = jnp.argmax(logits, -1)
@@ -334,6 +341,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
     TrainingDiverged: when the loss becomes NaN or inf; the checkpoints keep
       the last good state.
   """
+  deterministic = determinism.request(config.get("deterministic", True))
   if config.get("distributed", False):
     jax.distributed.initialize()
   check_config(config)
@@ -518,6 +526,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
       "model": config.model, "conv": config.conv, "dataset": dataset.name, "source": config.data.source,
       "seed": config.seed, "steps": step, "epochs": step / steps_per_epoch, "devices": jax.device_count(),
       "platform": jax.devices()[0].platform,
+      "precision": config.get("precision", "default"), "dtype": config.get("dtype", "float32"),
+      "deterministic": deterministic,
       "parameters": num_params, "deployed_parameters": K.models.count_params(shipped),
       "test_accuracy": trained["accuracy"], "test_loss": trained["loss"],
       "deployed_test_accuracy": deployed["accuracy"], "deployed_test_loss": deployed["loss"],
