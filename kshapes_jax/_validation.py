@@ -57,7 +57,10 @@ def pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
   return out  # type: ignore[return-value]
 
 
-_PRECISION_NAMES = {"default": None, "high": lax.Precision.HIGH, "highest": lax.Precision.HIGHEST}
+# lax's names: "bfloat16" / "tensorfloat32" / "float32" are DEFAULT / HIGH / HIGHEST
+_PRECISION_NAMES = {"default": None, "high": lax.Precision.HIGH, "highest": lax.Precision.HIGHEST,
+                    "bfloat16": lax.Precision.DEFAULT, "tensorfloat32": lax.Precision.HIGH,
+                    "float32": lax.Precision.HIGHEST}
 
 
 def precision(value):
@@ -65,15 +68,19 @@ def precision(value):
 
   None or "default" -> None (the backend's default: TF32 on a GPU, bf16
   passes on a TPU, float32 on a CPU; `jax.default_matmul_precision` still
-  applies); "high" / "highest" -> that `lax.Precision`; a `lax.Precision`
-  or `lax.DotAlgorithmPreset` passes as it is.
+  applies); "high" / "highest" (or lax's "tensorfloat32" / "float32") ->
+  that `lax.Precision`; a `lax.Precision`, a `lax.DotAlgorithmPreset` or a
+  pair of precisions (lhs, rhs) passes as it is.
   """
   if value is None or isinstance(value, (lax.Precision, lax.DotAlgorithmPreset)):
     return value
   if isinstance(value, str) and value.lower() in _PRECISION_NAMES:
     return _PRECISION_NAMES[value.lower()]
+  if isinstance(value, tuple) and len(value) == 2:
+    pair = tuple(precision(v) for v in value)
+    return tuple(lax.Precision.DEFAULT if p is None else p for p in pair)
   raise ValueError(
-      f"precision must be None, 'default', 'high', 'highest', a lax.Precision or a "
+      f"precision must be None, 'default', 'high', 'highest', a lax.Precision, a pair of them or a "
       f"lax.DotAlgorithmPreset, got {value!r}")
 
 

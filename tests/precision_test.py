@@ -243,3 +243,14 @@ def test_mixed_precision_layers_follow_their_float32_twin(rng, kind):
   grads = nnx.grad(lambda m: jnp.sum(m(x).astype(jnp.float32) ** 2))(half)
   assert all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
   assert math.isfinite(float(jnp.sum(y16.astype(jnp.float32))))
+
+
+def test_lax_precision_names_and_pairs_are_accepted(rng):
+  from kshapes_jax import _validation
+
+  assert _validation.precision("float32") == lax.Precision.HIGHEST
+  assert _validation.precision("tensorfloat32") == lax.Precision.HIGH
+  assert _validation.precision(("highest", "default")) == (lax.Precision.HIGHEST, lax.Precision.DEFAULT)
+  x, k = _f32(rng, 1, 6, 6, 5), _f32(rng, 3, 3, 5, 2)
+  found = list(contractions(jax.make_jaxpr(lambda x, k: K.conv.conv(x, k, precision=("highest", "highest")))(x, k)))
+  assert [p for _, _, p in found] == [(lax.Precision.HIGHEST, lax.Precision.HIGHEST)]
