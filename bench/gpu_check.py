@@ -103,6 +103,10 @@ def main(argv=None) -> int:
   subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(args.workers),
                   f"--junitxml={report}"], cwd=REPO, check=False)
   test_seconds = time.perf_counter() - start
+  if not report.exists():
+    print("error: pytest wrote no report (it failed before running the tests); see its output above",
+          file=sys.stderr)
+    return 1
   outcome = junit_outcome(report)
   report.unlink()
   result = {"platform": device["platform"], "device": device["device"], "device_count": device["count"],

@@ -175,6 +175,7 @@ def active_conv_gather(
     stride: int | Sequence[int] = 1,
     padding: Padding = "SAME",
     radius: int | None = None,
+    dtype=None,
     precision: lax.PrecisionLike = None,
 ) -> jax.Array:
   """The literal ACU of eq. 5-9: bilinear samples at the synapses, then a sum.
@@ -196,10 +197,12 @@ def active_conv_gather(
       as for a (2R + 1)^2 conv (see `output_geometry`).
     radius: R of that grid. None takes `kernels.radius_for_positions`, which
       needs concrete positions: pass it explicitly inside jit.
+    dtype: compute dtype of the samples and the weighted sum, as for `conv`
+      (positions and their cells stay at >= float32).
     precision: of the weighted sum over synapses and channels, as for `conv`.
 
   Returns:
-    (N, H', W', O) output, dtype of x and the weights promoted.
+    (N, H', W', O) output, in `dtype` (by default x and the weights promoted).
 
   Raises:
     ValueError: on shapes that do not match, or radius None with traced
@@ -228,7 +231,7 @@ def active_conv_gather(
   if cout % groups:
     raise ValueError(f"{groups} position groups do not divide the {cout} output channels")
 
-  dtype = jnp.result_type(x, weights)
+  dtype = jnp.result_type(x, weights) if dtype is None else _validation.compute_dtype(dtype)
   x = jnp.asarray(x, dtype)
   # Cells and fractions at >= float32 even for bf16 compute: a bf16 position
   # would move the synapse (1.3 -> 1.296875).

@@ -66,8 +66,11 @@ def check_config(config) -> None:
     _validation.precision(config.get("precision", "default"))
   except ValueError as e:
     raise ConfigError(f"config.precision: {e}") from e
-  if config.get("dtype", "float32") not in ("float32", "bfloat16", "float16"):
-    raise ConfigError(f"config.dtype must be 'float32', 'bfloat16' or 'float16', got {config.dtype!r}")
+  try:
+    _validation.compute_dtype(config.get("dtype", "float32"))
+  except ValueError as e:
+    raise ConfigError(f"config.dtype must be a floating dtype such as 'float32' or 'bfloat16', "
+                      f"got {config.dtype!r}") from e
   if config.model not in K.models.list_models():
     raise ConfigError(f"unknown model {config.model!r}; expected one of {K.models.list_models()}")
   kinds = K.models.spec(config.model).kinds

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kshapes_jax.models.layers import avg_pool, global_avg_pool
+from kshapes_jax.models.layers import avg_pool, global_avg_pool, layer_options
 from kshapes_jax.models.registry import register
 from kshapes_jax.nn import Dense, PlainConv, batch_norm, make_conv
 
@@ -45,8 +45,7 @@ class DenseNet(nnx.Module):
                transition_conv=True, conv_options=None, precision=None, dtype=None):
     if (depth - 4) % 3:
       raise ValueError(f"DenseNet depth must be 3n + 4, got {depth}")
-    num = dict(precision=precision, dtype=dtype)
-    options = {**(conv_options or {}), **num}
+    options, num = layer_options(conv_options, precision, dtype)
     n = (depth - 4) // 3
     c = stem
     self.stem = PlainConv(3, c, 3, rngs=rngs, **num)

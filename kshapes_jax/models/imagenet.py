@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from kshapes_jax.models.layers import global_avg_pool, max_pool
+from kshapes_jax.models.layers import global_avg_pool, layer_options, max_pool
 from kshapes_jax.models.registry import register
 from kshapes_jax.nn import Dense, conv_bn
 
@@ -44,12 +44,10 @@ class ImageNetResNet(nnx.Module):
 
   def __init__(self, layers, expansion, conv="plain", num_classes=1000, *, rngs, conv_options=None,
                precision=None, dtype=None):
-    num = dict(precision=precision, dtype=dtype)
-    options = {**(conv_options or {}), **num}
+    options, num = layer_options(conv_options, precision, dtype)
     # a kind that is 3x3 only (RotateConv) leaves the 7x7 stem plain
-    stem_options = options if conv in ("plain", "versatile", "acb", "active") else num
-    self.stem = conv_bn(conv if conv in ("plain", "versatile", "acb", "active") else "plain",
-                        3, 64, 7, stride=2, rngs=rngs, **stem_options)
+    stem_kind = conv if conv in ("plain", "versatile", "acb", "active") else "plain"
+    self.stem = conv_bn(stem_kind, 3, 64, 7, stride=2, rngs=rngs, **(options if stem_kind == conv else num))
     c = self.stem.out_features
     self.blocks = nnx.List()
     for stage, (count, width) in enumerate(zip(layers, (64, 128, 256, 512))):
@@ -86,8 +84,7 @@ class AlexNet(nnx.Module):
   """
 
   def __init__(self, conv="plain", num_classes=1000, *, rngs, conv_options=None, precision=None, dtype=None):
-    num = dict(precision=precision, dtype=dtype)
-    options = {**(conv_options or {}), **num}
+    options, num = layer_options(conv_options, precision, dtype)
     grouped = lambda cin, cout, k: conv_bn("plain", cin, cout, k, rngs=rngs, groups=2, **num)
     self.convs = nnx.List([
         conv_bn(conv if conv in ("plain", "versatile", "acb", "active") else "plain", 3, 96, 11,

@@ -7,6 +7,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+def layer_options(conv_options: dict | None, precision, dtype) -> tuple[dict, dict]:
+  """(options of the shaped convs, numerics of every other layer) of a model.
+
+  The shaped convs get the user's `conv_options` and the numerics; plain
+  stems, shortcuts, 1x1 convs and classifiers get `precision` and `dtype`
+  only; BNs take `numerics["dtype"]`.
+  """
+  numerics = {"precision": precision, "dtype": dtype}
+  return {**(conv_options or {}), **numerics}, numerics
+
+
 def max_pool(x: jax.Array, window: int, stride: int, padding=((0, 0), (0, 0))) -> jax.Array:
   return nnx.max_pool(x, (window, window), (stride, stride), padding)
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kshapes_jax.models.layers import global_avg_pool
+from kshapes_jax.models.layers import global_avg_pool, layer_options
 from kshapes_jax.models.registry import register
 from kshapes_jax.nn import Dense, PlainConv, batch_norm, conv_bn, make_conv
 
@@ -47,8 +47,7 @@ class CifarResNet(nnx.Module):
     if (depth - 2) % 6:
       raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
     n = (depth - 2) // 6
-    num = dict(precision=precision, dtype=dtype)
-    options = {**(conv_options or {}), **num}
+    options, num = layer_options(conv_options, precision, dtype)
     self.stem = conv_bn(conv, 3, 16, 3, rngs=rngs, **options)
     cin = self.stem.out_features
     self.blocks = nnx.List()
@@ -117,8 +116,7 @@ class PreActResNet(nnx.Module):
 
   def __init__(self, blocks, widths, bottleneck, conv="plain", num_classes=10, *, rngs,
                conv_options=None, precision=None, dtype=None):
-    num = dict(precision=precision, dtype=dtype)
-    options = {**(conv_options or {}), **num}
+    options, num = layer_options(conv_options, precision, dtype)
     self.stem = PlainConv(3, 16, 3, rngs=rngs, **num)
     cin = 16
     self.blocks = nnx.List()

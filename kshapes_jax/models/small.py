@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from kshapes_jax.models.layers import avg_pool, global_avg_pool, max_pool
+from kshapes_jax.models.layers import avg_pool, global_avg_pool, layer_options, max_pool
 from kshapes_jax.models.registry import register
 from kshapes_jax.nn import Dense, PlainConv, conv_bn, make_conv
 
@@ -30,8 +30,7 @@ class SimpleNet(nnx.Module):
 
   def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=1, conv_options=None,
                precision=None, dtype=None):
-    num = dict(precision=precision, dtype=dtype)
-    options = {**(conv_options or {}), **num}
+    options, num = layer_options(conv_options, precision, dtype)
     self.convs = nnx.List()
     cin = in_channels
     for i, cout in enumerate((20, 50, 50, 50)):
@@ -76,8 +75,7 @@ class LeNet(nnx.Module):
 
   def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=1, variant=None,
                conv_options=None, precision=None, dtype=None):
-    num = dict(precision=precision, dtype=dtype)
-    options = {**(conv_options or {}), **num}
+    options, num = layer_options(conv_options, precision, dtype)
     if conv == "versatile":
       variant = variant or "model3"
       if variant not in LENET_VARIANTS or LENET_VARIANTS[variant] is None:
@@ -117,8 +115,7 @@ class CifarQuick(nnx.Module):
 
   def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=3, image_size=32, conv_options=None,
                precision=None, dtype=None):
-    num = dict(precision=precision, dtype=dtype)
-    options = {**(conv_options or {}), **num}
+    options, num = layer_options(conv_options, precision, dtype)
     self.convs = nnx.List()
     cin = in_channels
     for cout in (32, 32, 64):
@@ -161,8 +158,7 @@ class ACUPlainNet(nnx.Module):
 
   def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=3, width=1.0, conv_options=None,
                precision=None, dtype=None):
-    num = dict(precision=precision, dtype=dtype)
-    options = {**(conv_options or {}), **num}
+    options, num = layer_options(conv_options, precision, dtype)
     if width <= 0:
       raise ValueError(f"width must be positive, got {width}")
     def ch(n):

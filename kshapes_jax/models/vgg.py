@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from kshapes_jax.models.layers import max_pool
+from kshapes_jax.models.layers import layer_options, max_pool
 from kshapes_jax.models.registry import register
 from kshapes_jax.nn import Dense, conv_bn
 
@@ -18,8 +18,7 @@ class VGG(nnx.Module):
 
   def __init__(self, conv="plain", num_classes=10, *, rngs, conv_options=None, plan=VGG16, precision=None,
                dtype=None):
-    num = dict(precision=precision, dtype=dtype)
-    options = {**(conv_options or {}), **num}
+    options, num = layer_options(conv_options, precision, dtype)
     self.plan = tuple(plan)
     self.convs = nnx.List()
     c = 3

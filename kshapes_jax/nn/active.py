@@ -118,11 +118,8 @@ class ActiveConv(ConvLayer):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.impl == "splat":
       return super().__call__(x)
-    weights = self.weights[...]
-    if self.dtype is not None:
-      x, weights = x.astype(self.dtype), weights.astype(self.dtype)
-    y = conv_lib.active_conv_gather(x, weights, self.all_positions(), stride=self.stride,
-                                    padding=self.conv_padding, radius=self.radius, precision=self.precision)
+    y = conv_lib.active_conv_gather(x, self.weights[...], self.all_positions(), stride=self.stride,
+                                    padding=self.conv_padding, radius=self.radius, **self.numerics)
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     record(self, x, y)
