@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import types
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,9 @@ from flax import nnx
 import kshapes_jax as K
 from bench.timing import compile_timed, run_interleaved
 from kshapes_jax import optim
-from train import train as trainer
+from train.evaluation import make_eval_step
+from train.state import TrainState
+from train.step import make_train_step
 
 # (group, case name, model, conv kind, extra create kwargs, deployed?); the first case of a group is its base
 MODEL_CASES = (
@@ -45,18 +46,18 @@ def _model(name, conv, kwargs, deployed, num_classes):
 
 def _cases_for(model, batch, shape, rng):
   """(train Timed args, eval Timed args) built the way train.train_and_evaluate builds them."""
-  stats = types.SimpleNamespace(mean=(0.5,) * shape[-1], std=(0.25,) * shape[-1])
+  stats = dict(mean=(0.5,) * shape[-1], std=(0.25,) * shape[-1])
   labels = optim.param_labels(model)
   tx = optim.sgd(labels, 0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   model.eval()
   eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
-  state = trainer.initial_state(tx, params, rest)
+  state = jax.device_put(TrainState.create(tx, params, rest))
   images = jnp.asarray(rng.integers(0, 256, (batch, *shape)), jnp.uint8)
   batch_arrays = {"image": images, "label": jnp.asarray(rng.integers(0, 10, (batch,)), jnp.int32)}
   eval_batch = dict(batch_arrays, mask=jnp.ones((batch,), bool))
-  train_step = trainer.make_train_step(graphdef, tx, stats, "none", 0)
-  eval_step = trainer.make_eval_step(eval_graphdef, stats)
+  train_step = make_train_step(graphdef, tx, **stats, augment="none", seed=0)
+  eval_step = make_eval_step(eval_graphdef, **stats)
   copy = jax.tree.map(jnp.copy, (params, rest))  # the train case donates its state
   return (train_step, state, batch_arrays), (eval_step, *copy, eval_batch)
 

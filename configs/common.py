@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from train.input_pipeline import DEBIAN_FASHION_MNIST
+
 
 def parse_arg(arg: str | None, choices: dict[str, tuple[str, ...]]) -> dict[str, str]:
   """Parses 'key=value,key=value' against allowed values; the first choice is the default.
@@ -35,4 +37,4 @@ def mnist_data(config, name: str) -> None:
   if name == "mnist":
     config.data.update(name="mnist", source="tfds", data_dir="")
   else:
-    config.data.update(name="fashion_mnist", source="idx", data_dir="/usr/share/datasets/fashion-mnist")
+    config.data.update(name="fashion_mnist", source="idx", data_dir=DEBIAN_FASHION_MNIST)

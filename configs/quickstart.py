@@ -9,13 +9,13 @@ reports SN version 4 on MNIST at 98.65% (Table I); Fashion-MNIST is a harder
 drop-in, see the README for what this config reaches.
 """
 
-from configs import default
+from configs import common, default
 
 
 def get_config(arg: str | None = None):
   c = default.get_config(arg)
   c.model, c.conv = "sn", "rotate4"
-  c.data.update(name="fashion_mnist", source="idx", data_dir="/usr/share/datasets/fashion-mnist")
+  common.mnist_data(c, "fashion_mnist")
   c.batch_size = 128
   c.eval_batch_size = 1000
   c.num_epochs = 3.0

@@ -30,7 +30,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,8 @@ from flax import nnx
 
 from kshapes_jax.kernels import project_angles
 from kshapes_jax.nn.variables import Angle, Position
+
+Schedule = Literal["constant", "staircase", "cosine"]
 
 LABELS = ("weights", "bias", "bn", "angles", "positions")
 # Normalisation layers whose parameters get the "bn" label.
@@ -164,7 +166,7 @@ def project_angle_updates(labels: Any, eps: float) -> optax.GradientTransformati
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
-def make_schedule(kind: str, base_lr: float, total_steps: int, *, boundaries: Sequence[int] = (),
+def make_schedule(kind: Schedule, base_lr: float, total_steps: int, *, boundaries: Sequence[int] = (),
                   factor: float = 0.1, warmup_steps: int = 0, end_lr: float = 0.0) -> optax.Schedule:
   """Learning-rate schedules of the papers.
 

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 import kshapes_jax as K
-from kshapes_jax.analysis import acnet, active, rotate, versatile
+from kshapes_jax.analysis import acb, active, rotate, versatile
 
 # ---------------------------------------------------------------- RotateConv
 
@@ -90,11 +90,11 @@ def test_active_layers_reads_positions_with_the_origin():
 
 
 def test_skeleton_and_regions_of_a_3x3():
-  np.testing.assert_array_equal(acnet.skeleton_mask(3), [[0, 1, 0], [1, 1, 1], [0, 1, 0]])
-  np.testing.assert_array_equal(acnet.region_mask(3, "corners"), [[1, 0, 1], [0, 0, 0], [1, 0, 1]])
-  assert acnet.region_mask(5, "skeleton").sum() == 9 and acnet.region_mask(5, "global").all()
+  np.testing.assert_array_equal(acb.skeleton_mask(3), [[0, 1, 0], [1, 1, 1], [0, 1, 0]])
+  np.testing.assert_array_equal(acb.region_mask(3, "corners"), [[1, 0, 1], [0, 0, 0], [1, 0, 1]])
+  assert acb.region_mask(5, "skeleton").sum() == 9 and acb.region_mask(5, "global").all()
   with pytest.raises(ValueError, match="odd"):
-    acnet.skeleton_mask(4)
+    acb.skeleton_mask(4)
 
 
 def test_magnitude_matrix_of_known_kernels():
@@ -104,62 +104,62 @@ def test_magnitude_matrix_of_known_kernels():
   # layer 2: only the centre -> one-hot centre
   k2 = np.zeros((3, 3, 2, 1))
   k2[1, 1] = [[3.0], [-1.0]]
-  a = acnet.magnitude_matrix([k1, k2])
+  a = acb.magnitude_matrix([k1, k2])
   expected = (base / 4 + np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]])) / 2
   np.testing.assert_allclose(a, expected)
   assert a[1, 1] == 1.0
   with pytest.raises(ValueError, match="all zeros"):
-    acnet.magnitude_matrix([np.zeros((3, 3, 1, 1))])
+    acb.magnitude_matrix([np.zeros((3, 3, 1, 1))])
   with pytest.raises(ValueError, match="one spatial size"):
-    acnet.magnitude_matrix([k1, np.ones((5, 5, 1, 1))])
+    acb.magnitude_matrix([k1, np.ones((5, 5, 1, 1))])
 
 
-@pytest.mark.parametrize("region", acnet.REGIONS)
+@pytest.mark.parametrize("region", acb.REGIONS)
 @pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.3])
 def test_pruning_mask_has_the_exact_sparsity_inside_its_region(region, sparsity):
   shape = (3, 3, 4, 5)  # 180 weights
-  keep = acnet.pruning_mask(shape, sparsity, region, seed=3)
+  keep = acb.pruning_mask(shape, sparsity, region, seed=3)
   assert keep.shape == shape and keep.dtype == bool
   assert (~keep).sum() == round(sparsity * 180)
-  outside = ~acnet.region_mask(3, region)
+  outside = ~acb.region_mask(3, region)
   assert keep[outside].all()  # nothing pruned outside the region
 
 
 def test_pruning_mask_refuses_more_than_the_region_holds_and_depends_on_the_seed():
   shape = (3, 3, 2, 2)  # corners hold 16 of 36
-  assert (~acnet.pruning_mask(shape, 16 / 36, "corners", 0)).sum() == 16
+  assert (~acb.pruning_mask(shape, 16 / 36, "corners", 0)).sum() == 16
   with pytest.raises(ValueError, match="hold only 16"):
-    acnet.pruning_mask(shape, 17 / 36, "corners", 0)
-  a, b = (acnet.pruning_mask((3, 3, 8, 8), 0.2, "global", s) for s in (0, 1))
+    acb.pruning_mask(shape, 17 / 36, "corners", 0)
+  a, b = (acb.pruning_mask((3, 3, 8, 8), 0.2, "global", s) for s in (0, 1))
   assert (a != b).any()
-  np.testing.assert_array_equal(a, acnet.pruning_mask((3, 3, 8, 8), 0.2, "global", 0))
+  np.testing.assert_array_equal(a, acb.pruning_mask((3, 3, 8, 8), 0.2, "global", 0))
 
 
 def test_prune_zeroes_every_kxk_layer_of_a_deployed_model_and_leaves_it_unchanged():
   deployed = K.deploy(K.models.create("cifar_quick", conv="acb", rngs=nnx.Rngs(1)))
-  before = [np.asarray(layer.kernel[...]) for _, layer in acnet.square_convs(deployed)]
+  before = [np.asarray(layer.kernel[...]) for _, layer in acb.square_convs(deployed)]
   assert [k.shape[:2] for k in before] == [(5, 5)] * 3
-  pruned = acnet.prune(deployed, 0.2, "skeleton", seed=0)
-  for (_, layer), original in zip(acnet.square_convs(pruned), before):
+  pruned = acb.prune(deployed, 0.2, "skeleton", seed=0)
+  for (_, layer), original in zip(acb.square_convs(pruned), before):
     kernel = np.asarray(layer.kernel[...])
     assert (kernel == 0).sum() == round(0.2 * kernel.size)
-    corners = acnet.region_mask(5, "corners")
+    corners = acb.region_mask(5, "corners")
     np.testing.assert_array_equal(kernel[corners], original[corners])
-  for (_, layer), original in zip(acnet.square_convs(deployed), before):
+  for (_, layer), original in zip(acb.square_convs(deployed), before):
     np.testing.assert_array_equal(np.asarray(layer.kernel[...]), original)
 
 
 def test_distortions_move_pixels_where_table_4_says():
   x = np.arange(2 * 3 * 3 * 1).reshape(2, 3, 3, 1)
   img = x[0, :, :, 0]  # [[0,1,2],[3,4,5],[6,7,8]]
-  np.testing.assert_array_equal(acnet.distort(x, "original"), x)
-  np.testing.assert_array_equal(acnet.distort(x, "rotate90")[0, :, :, 0], [[2, 5, 8], [1, 4, 7], [0, 3, 6]])
-  np.testing.assert_array_equal(acnet.distort(x, "rotate180")[0, :, :, 0], img[::-1, ::-1])
-  np.testing.assert_array_equal(acnet.distort(x, "flip_ud")[0, :, :, 0], [[6, 7, 8], [3, 4, 5], [0, 1, 2]])
+  np.testing.assert_array_equal(acb.distort(x, "original"), x)
+  np.testing.assert_array_equal(acb.distort(x, "rotate90")[0, :, :, 0], [[2, 5, 8], [1, 4, 7], [0, 3, 6]])
+  np.testing.assert_array_equal(acb.distort(x, "rotate180")[0, :, :, 0], img[::-1, ::-1])
+  np.testing.assert_array_equal(acb.distort(x, "flip_ud")[0, :, :, 0], [[6, 7, 8], [3, 4, 5], [0, 1, 2]])
   # 180 = up-down flip followed by a left-right flip (the paper's remark)
-  np.testing.assert_array_equal(acnet.distort(x, "rotate180"), acnet.distort(x, "flip_ud")[:, :, ::-1])
+  np.testing.assert_array_equal(acb.distort(x, "rotate180"), acb.distort(x, "flip_ud")[:, :, ::-1])
   with pytest.raises(ValueError, match="kind"):
-    acnet.distort(x, "rotate45")
+    acb.distort(x, "rotate45")
 
 
 def test_an_acb_with_only_horizontal_kernels_commutes_with_up_down_flips():
@@ -169,7 +169,7 @@ def test_an_acb_with_only_horizontal_kernels_commutes_with_up_down_flips():
   layer.square.set_value(jnp.zeros_like(layer.square[...]))  # keep only the horizontal branch
   x = np.random.default_rng(0).normal(size=(1, 6, 6, 1)).astype(np.float32)
   y = np.asarray(layer(jnp.asarray(x)))
-  y_flipped = np.asarray(layer(jnp.asarray(acnet.distort(x, "flip_ud"))))
+  y_flipped = np.asarray(layer(jnp.asarray(acb.distort(x, "flip_ud"))))
   np.testing.assert_allclose(y_flipped, y[:, ::-1], rtol=1e-5, atol=1e-6)
 
 

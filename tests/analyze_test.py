@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from configs import repro_fmnist
-from kshapes_jax.analysis import acnet
-from train import analyze, report, train
+from kshapes_jax.analysis import acb
+from train import analyses, analyze, report, train
+from train.evaluation import accuracy
+from train.trained_run import load_run
 
 # one xdist worker trains the module's runs once (pytest runs with --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("analyze_runs")
@@ -42,15 +44,15 @@ def _is_png(path: Path) -> bool:
 
 
 def test_load_run_restores_the_trained_model(runs):
-  run = analyze.load_run(runs / "acb" / "seed0")
+  run = load_run(runs / "acb" / "seed0")
   assert run.step == 6 and run.steps == [2, 4, 6]
   summary = json.loads((runs / "acb" / "seed0" / "summary.json").read_text())
   # the restored model (eval mode, fused ACBs) scores what the trainer reported
-  assert analyze.accuracy(run.model, run.dataset, run.dataset.test, 32) == summary["test_accuracy"]
+  assert accuracy(run.model, run.dataset, run.dataset.test, 32) == summary["test_accuracy"]
   with pytest.raises(FileNotFoundError, match="no checkpoint of step 5"):
-    analyze.load_run(runs / "acb" / "seed0", step=5)
+    load_run(runs / "acb" / "seed0", step=5)
   with pytest.raises(FileNotFoundError, match="config.json"):
-    analyze.load_run(runs)
+    load_run(runs)
 
 
 def test_rotate_section(runs):
@@ -66,9 +68,8 @@ def test_rotate_section(runs):
 
 def test_acu_section_follows_the_positions_through_the_checkpoints(runs):
   results = analyze.analyze(runs / "acu" / "seed0")
-  assert results["acu"]["checkpoint_steps"] == [0, 2, 4, 6]
-  steps, traj = analyze.position_trajectories(runs / "acu" / "seed0",
-                                              analyze.load_run(runs / "acu" / "seed0").initial)
+  assert results["sections"] == ["active"] and results["active"]["checkpoint_steps"] == [0, 2, 4, 6]
+  steps, traj = analyses.active.position_trajectories(load_run(runs / "acu" / "seed0"))
   assert steps == [0, 2, 4, 6] and len(traj) == 6
   first = next(iter(traj.values()))
   assert first.shape == (4, 9, 2)
@@ -81,25 +82,25 @@ def test_acu_section_follows_the_positions_through_the_checkpoints(runs):
 
 def test_acnet_section_numbers_agree_with_the_trainer(runs):
   workdir = runs / "acb" / "seed0"
-  results = analyze.analyze(workdir, prune_examples=40, prune_seeds=2)["acnet"]
+  results = analyze.analyze(workdir, prune_examples=40, prune_seeds=2)["acb"]
   summary = json.loads((workdir / "summary.json").read_text())
   assert results["distorted"]["original"] == summary["deployed_test_accuracy"]
   a = np.asarray(results["magnitude_matrix"])
   assert a.shape == (5, 5) and a.max() <= 1.0 and a.min() > 0
   # sparsity 0 is the unpruned net on the same 40 images, for every region and mask
-  run = analyze.load_run(workdir)
-  unpruned = analyze.accuracy(run.model, run.dataset, analyze.subset(run.dataset.test, 40), 32)
+  run = load_run(workdir)
+  unpruned = accuracy(run.model, run.dataset, analyses.acb.subset(run.dataset.test, 40), 32)
   for region, curve in results["pruning"].items():
     curve = np.asarray(curve, np.float64)
-    assert curve.shape == (2, len(analyze.SPARSITIES))
+    assert curve.shape == (2, len(analyses.acb.SPARSITIES))
     np.testing.assert_array_equal(curve[:, 0], unpruned)
-    held = np.asarray(analyze.SPARSITIES) <= acnet.region_mask(5, region).mean()
+    held = np.asarray(analyses.acb.SPARSITIES) <= acb.region_mask(5, region).mean()
     assert np.all(np.isnan(curve[:, ~held])) and not np.any(np.isnan(curve[:, held]))
   assert _is_png(workdir / "analysis" / "acnet_pruning.png")
-  # a plain baseline asks for the section explicitly
-  assert analyze.analyze(runs / "acb_baseline" / "seed0", sections=["acnet"], prune_seeds=0)["acnet"]["pruning"] == {}
-  with pytest.raises(ValueError, match="unknown sections"):
-    analyze.analyze(workdir, sections=["acnet", "fig7"])
+  # a plain baseline asks for the section explicitly (by its former name too)
+  assert analyze.analyze(runs / "acb_baseline" / "seed0", sections=["acnet"], prune_seeds=0)["acb"]["pruning"] == {}
+  with pytest.raises(ValueError, match="unknown analysis 'fig7'"):
+    analyze.analyze(workdir, sections=["acb", "fig7"])
 
 
 def test_versatile_section(runs):

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from kshapes_jax import models
-from train import input_pipeline, train
+from train import experiment, input_pipeline, programs
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common"))
@@ -26,7 +26,8 @@ def _choices(module):
   original = common.parse_arg
 
   def spy(arg, choices):
-    captured.update(choices)
+    if not captured:  # the config's own arguments, not those of a config it builds on
+      captured.update(choices)
     return original(arg, choices)
 
   common.parse_arg = spy
@@ -45,13 +46,13 @@ def test_config_loads_checks_and_documents_its_command(name):
   assert f"--config configs/{name}.py" in module.__doc__, "the docstring gives the command"
   for arg in _choices(module):
     config = module.get_config(arg)
-    train.check_config(config)
+    experiment.check_config(config)
     h, w, c, _ = input_pipeline.DATASETS[config.data.name]
     spec = models.spec(config.model)
     if spec.input_shape[:2] != (h, w):  # a model that adapts to the images (e.g. Cifar-quick on 28x28)
       split = input_pipeline.Split(np.zeros((2, h, w, c), np.uint8), np.zeros(2, np.int32))
       dataset = input_pipeline.Dataset(config.data.name, split, split, 10, (0.5,) * c, (0.25,) * c)
-      model = nnx.eval_shape(lambda: train.build_model(config, dataset))  # raises ConfigError if it cannot
+      model = nnx.eval_shape(lambda: experiment.build_model(config, dataset))  # raises ConfigError if it cannot
       assert model is not None, (name, arg)
 
 
@@ -92,6 +93,28 @@ def test_repro_acu_rows_can_bucket_or_do_not_ask_to():
     model = models.create(config.model, conv=config.conv, in_channels=1, **config.model_kwargs,
                           conv_options=dict(config.conv_options))
     if config.acu_radius_every_steps:
-      train.check_bucketing(train.active_layers(model))  # raises for ACUs it cannot bucket
+      programs.check_bucketing(model)  # raises for ACUs it cannot bucket
     else:
       assert row == "acu_no_normgrad"
+
+
+def test_repro_rows_are_their_experiments_with_the_suites_data_and_length():
+  from configs import repro_fmnist
+  from train import analyses
+
+  for row in repro_fmnist.ROWS.values():
+    assert row.method in repro_fmnist.METHODS and row.method in analyses.ANALYSES
+    assert row.baseline is None or row.baseline in repro_fmnist.ROWS
+    assert all(analyses.get(name).NAME == name for name in row.analyses)
+    module, _, arg = row.experiment.partition(":")
+    original = importlib.import_module(f"configs.{module}").get_config(arg)
+    c = row.config(seed=3, epochs=4)
+    assert (c.model, c.conv, c.seed, c.num_epochs, c.num_steps) == (original.model, original.conv, 3, 4.0, 0)
+    assert (c.data.name, c.data.augment, c.batch_size) == ("fashion_mnist", "none", original.batch_size)
+    changed = {key.split(".")[-1] for key in row.overrides}
+    for key in ("learning_rate", "schedule", "momentum", "nesterov", "weight_decay", "warmup_epochs", "factor"):
+      assert key in changed or c.optim[key] == original.optim[key], (row.name, key)
+    if row.method == "active" and "position_warmup_steps" not in changed:
+      # the paper's milestones keep their fraction of the run: lr / 10 at 1/2 and 3/4, warm-up 10/64
+      assert c.optim.boundaries == (2.0, 3.0)
+      assert c.optim.position_warmup_steps == 4 * (60000 // 64) * 10 // 64

@@ -90,6 +90,8 @@ def _builder_cases(rng):
   return {
       "rotate_kernel": [(kernels.rotate_kernel, (_f32(rng, 3, i, o), _f32(rng, i, o, low=-200, high=200))),
                         (kernels.rotate_kernel, (_f32(rng, i, o), _f32(rng, i, o, low=0, high=180)))],
+      "wrap_angles": [(kernels.wrap_angles, (_f32(rng, i, o, low=-400, high=400),))],
+      "with_origin": [(kernels.with_origin, (_f32(rng, k - 1, 2, low=-2, high=2),))],
       "project_angles": [(lambda u, p: kernels.project_angles(u, p, 1.0),
                           (_f32(rng, i, o, low=0, high=180), _f32(rng, i, o, low=0, high=180)))],
       "fuse_bn": [(kernels.fuse_bn, (_f32(rng, 3, 3, i, o), *_bn(rng, o)))],

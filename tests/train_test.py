@@ -9,12 +9,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from configs import default
 from kshapes_jax import nn as knn
-from train import input_pipeline, train
+from train import input_pipeline, train, trained_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,9 +32,12 @@ def _metrics(workdir):
 
 
 def _final_state(workdir):
-  ckpt = Path(workdir) / "checkpoints"
-  last = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
-  return last, ocp.StandardCheckpointer().restore(ckpt / str(last) / "state")
+  """(step, TrainState) of the latest checkpoint, through the run directory as analyze reads it."""
+  return trained_run.load_state(workdir)
+
+
+def _positions(state, layer):
+  return np.asarray(state.params["convs"][layer]["positions"].get_value())
 
 
 @pytest.mark.parametrize("conv", knn.CONV_KINDS)
@@ -53,9 +55,9 @@ def test_every_conv_kind_trains_and_deploys(tmp_path, conv):
   assert json.loads((tmp_path / "summary.json").read_text())["conv"] == conv
   assert [m["epoch"] for m in _metrics(tmp_path)] == [1]
   step, state = _final_state(tmp_path)
-  assert step == 4 and state["step"] == 4
+  assert step == 4 and state.step == 4
   if conv == "active":  # positions moved after the warm-up; synapse 0 is fixed by construction
-    positions = np.asarray(state["params"]["convs"]["1"]["positions"]["value"])
+    positions = _positions(state, 1)
     lattice = np.asarray(knn.initial_positions(9, "lattice"))[1:]
     assert 0 < np.max(np.abs(positions - lattice)) < 0.05
 
@@ -84,7 +86,7 @@ _DRIVER = textwrap.dedent("""
     import json, os, signal, sys
     sys.path.insert(0, {repo!r})
     from configs import default
-    from train import input_pipeline, train
+    from train import input_pipeline, train, trained_run
 
     workdir, overrides, kill_at = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
     config = default.get_config()
@@ -171,7 +173,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   bad = int(str(info.value).split("at step ")[1].split()[0])
   step, state = _final_state(tmp_path)
   assert step <= bad
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
   assert f"last good checkpoint is step {step}" in str(info.value)
 
 
@@ -194,7 +196,7 @@ def test_bad_configs_fail_fast_with_a_readable_message(tmp_path, overrides, matc
 
 
 def test_batch_must_split_over_devices(tmp_path, monkeypatch):
-  monkeypatch.setattr(train.jax, "device_count", lambda: 3)
+  monkeypatch.setattr(jax, "device_count", lambda: 3)
   with pytest.raises(train.ConfigError, match="multiple of the 3 devices"):
     train.check_config(small_config())
 
@@ -234,8 +236,7 @@ def test_extent_bucketing_keeps_3x3_while_frozen_and_matches_the_fixed_radius(tm
     np.testing.assert_allclose(a["test_loss"], b["test_loss"], rtol=1e-5)
   _, f = _final_state(tmp_path / "fixed")
   _, b = _final_state(tmp_path / "bucketed")
-  np.testing.assert_allclose(f["params"]["convs"]["2"]["positions"]["value"],
-                             b["params"]["convs"]["2"]["positions"]["value"], atol=1e-6)
+  np.testing.assert_allclose(_positions(f, 2), _positions(b, 2), atol=1e-6)
 
 
 def test_bucket_radius():
@@ -256,8 +257,8 @@ def test_mixed_precision_is_a_config_switch(tmp_path, conv):
   # the deployed net computes in bf16 too: its predictions may differ in a near tie, not more
   assert summary["deployed_prediction_agreement"] >= 0.9
   _, state = _final_state(tmp_path)
-  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state["params"]))
-  assert all(x.dtype in (np.float32, np.int32) for x in jax.tree.leaves(state["opt_state"]))
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
+  assert all(x.dtype in (np.float32, np.int32) for x in jax.tree.leaves(state.opt_state))
   config = json.loads((tmp_path / "config.json").read_text())
   assert config["dtype"] == "bfloat16" and config["precision"] == "default"
 

@@ -20,6 +20,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,11 @@ DATASETS = {
     "cifar100": (32, 32, 3, 100),
     "svhn_cropped": (32, 32, 3, 10),
 }
+# name -> training examples of the full dataset
+TRAIN_EXAMPLES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000,
+                  "svhn_cropped": 73257}
 SOURCES = ("tfds", "idx", "npz", "synthetic")
+Augment = Literal["none", "cifar"]  # "cifar": pad-4 crop and flip
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
@@ -225,7 +230,7 @@ def load(config) -> Dataset:
   return Dataset(name, train, test, classes, mean, std)
 
 
-def preprocess(images: jax.Array, key: jax.Array | None, *, mean, std, augment: str = "none") -> jax.Array:
+def preprocess(images: jax.Array, key: jax.Array | None, *, mean, std, augment: Augment = "none") -> jax.Array:
   """uint8 NHWC -> normalised float32, with optional CIFAR augmentation, on the device.
 
   augment="cifar": zero-pad 4 pixels on each side (32 -> 40), take a random

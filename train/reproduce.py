@@ -25,8 +25,8 @@ from pathlib import Path
 from absl import app, flags
 
 from configs import repro_fmnist
+from train.rundir import RunDir
 
-FAILED = "FAILED"  # marks a run that stopped with an error; delete it to retry
 FLAGS = flags.FLAGS
 flags.DEFINE_string("runs", "runs/repro", "Folder of the runs (RUNS/ROW/seedS).")
 flags.DEFINE_list("rows", list(repro_fmnist.ROWS), "Rows of configs/repro_fmnist.py to run.")
@@ -58,7 +58,8 @@ def main(argv):
     for seed in FLAGS.seeds:
       for row in reversed(FLAGS.rows) if FLAGS.reverse else FLAGS.rows:
         workdir = Path(FLAGS.runs) / row / f"seed{seed}"
-        if (workdir / "summary.json").exists() or (workdir / FAILED).exists() or _running(workdir):
+        rundir = RunDir(workdir)
+        if rundir.summary_path.exists() or rundir.failed_path.exists() or _running(workdir):
           continue
         cmd = run_command(row, seed, FLAGS.runs)
         print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
@@ -66,11 +67,11 @@ def main(argv):
         if code == 130:
           raise KeyboardInterrupt
         if code:  # a diverged run is a result: the report counts it; the suite goes on
-          (workdir / FAILED).write_text(f"exit status {code} (3: diverged, see python -m train.main)\n")
+          rundir.failed_path.write_text(f"exit status {code} (3: diverged, see python -m train.main)\n")
         elif FLAGS.analyze:  # the report's analyses of this run, while the machine is busy anyway
-          from train import report  # here: it imports matplotlib and the analyses
+          from train.suite import Suite  # here: it imports matplotlib and the analyses
 
-          report.analysis_of(FLAGS.runs, row, f"seed{seed}")
+          Suite(FLAGS.runs).results(row, f"seed{seed}")
   if FLAGS.report:
     from train import report  # here: it imports matplotlib and the analyses
     text = report.write_report(FLAGS.runs, FLAGS.report)

@@ -1,8 +1,12 @@
 """The papers' figures and tables as pure functions over kernels, positions and models.
 
-`train.analyze` turns them into PNGs and a markdown report for a trained run.
+One module per method, named as its conv kind: `acb` (ACNet), `active`
+(ACU), `rotate` (RotateConv), `versatile`. `train.analyze` turns them into
+PNGs and a markdown report for a trained run.
 """
 
-from kshapes_jax.analysis import acnet, active, rotate, versatile
+from kshapes_jax.analysis import acb, active, rotate, versatile
 
-__all__ = ["acnet", "active", "rotate", "versatile"]
+acnet = acb  # the module's name before it took its method's
+
+__all__ = ["acb", "active", "rotate", "versatile"]

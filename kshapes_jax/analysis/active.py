@@ -12,15 +12,13 @@ import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
 
+from kshapes_jax import kernels
 from kshapes_jax.nn.active import ActiveConv
 
 
 def with_origin(positions: ArrayLike) -> np.ndarray:
-  """The learned (..., K - 1, 2) positions with synapse 0 = (0, 0) put first: (..., K, 2)."""
-  p = np.asarray(positions, np.float64)
-  if p.ndim < 2 or p.shape[-1] != 2:
-    raise ValueError(f"positions must be (..., K - 1, 2) as (alpha, beta), got shape {p.shape}")
-  return np.concatenate([np.zeros((*p.shape[:-2], 1, 2)), p], axis=-2)
+  """The learned (..., K - 1, 2) positions with synapse 0 = (0, 0) put first, in float64: (..., K, 2)."""
+  return kernels.with_origin(np.asarray(positions, np.float64))
 
 
 def trajectories(snapshots: Sequence[ArrayLike]) -> np.ndarray:

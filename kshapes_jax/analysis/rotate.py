@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
 
+from kshapes_jax import kernels
 from kshapes_jax.nn.rotate import RotateConv
 
 
@@ -21,9 +22,8 @@ def _angles_2d(angles: ArrayLike) -> np.ndarray:
 
 
 def wrap_angles(angles: ArrayLike) -> np.ndarray:
-  """Angles in degrees taken modulo 180, in [0, 180) (the kernel's theta mod 180, eq. 3)."""
-  theta = np.mod(np.asarray(angles, np.float64), 180.0)
-  return np.where(theta >= 180.0, theta - 180.0, theta)
+  """Angles in degrees taken modulo 180, in [0, 180) (the kernel's theta mod 180, eq. 3), in float64."""
+  return kernels.wrap_angles(np.asarray(angles, np.float64))
 
 
 def axial_difference(a: ArrayLike, b: ArrayLike) -> np.ndarray:

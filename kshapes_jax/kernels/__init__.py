@@ -9,8 +9,9 @@ from kshapes_jax.kernels.active import (
     lattice_offsets,
     lattice_positions,
     radius_for_positions,
+    with_origin,
 )
-from kshapes_jax.kernels.rotate import project_angles, rotate_kernel
+from kshapes_jax.kernels.rotate import project_angles, rotate_kernel, wrap_angles
 from kshapes_jax.kernels.versatile import (
     channel_versatile_kernel,
     channel_windows,
@@ -40,4 +41,6 @@ __all__ = [
     "spatial_versatile_kernel",
     "summed_versatile_kernel",
     "versatile_masks",
+    "with_origin",
+    "wrap_angles",
 ]

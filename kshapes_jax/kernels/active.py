@@ -84,6 +84,22 @@ def lattice_positions(size: int = 3, dilation: float = 1.0, dtype=jnp.float32) -
   return jnp.asarray(lattice_offsets(size) * dilation, dtype=dtype)
 
 
+def with_origin(positions: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
+  """The learned (..., K - 1, 2) positions with synapse 0 at the origin put first: (..., K, 2).
+
+  The ACU fixes synapse 0 at (0, 0) (section 2.2); a layer learns the
+  others. A NumPy array stays NumPy (its dtype kept), a jax array stays jax.
+
+  Raises:
+    ValueError: when the last axis is not (alpha, beta).
+  """
+  if positions.ndim < 2 or positions.shape[-1] != 2:
+    raise ValueError(f"positions must be (..., K - 1, 2) as (alpha, beta), got shape {positions.shape}")
+  xp = np if isinstance(positions, np.ndarray) else jnp
+  origin = xp.zeros((*positions.shape[:-2], 1, 2), positions.dtype)
+  return xp.concatenate([origin, positions], axis=-2)
+
+
 def radius_for_positions(positions: ArrayLike) -> int:
   """The smallest kernel radius R whose (2R + 1)^2 kernel holds the positions.
 

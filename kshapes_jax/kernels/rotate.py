@@ -37,10 +37,21 @@ def _cell_directions() -> tuple[int, ...]:
 _CELL_DIRECTIONS = _cell_directions()
 
 
-def _wrap180(angles: jax.Array) -> jax.Array:
-  """angles mod 180, in [0, 180) even where mod rounds a tiny negative up to 180."""
-  theta = jnp.mod(angles, 180.0)
-  return jnp.where(theta >= 180.0, theta - 180.0, theta)
+def wrap_angles(angles: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
+  """Angles in degrees modulo 180, in [0, 180): a line's angle (eq. 3 reads theta mod 180).
+
+  In [0, 180) even where mod rounds a tiny negative up to 180. Operators
+  only, so a NumPy array stays NumPy (float64 for the analyses) and a jax
+  array stays jax (differentiable, gradient 1).
+
+  Args:
+    angles: any shape, degrees.
+
+  Returns:
+    The same shape and array type.
+  """
+  theta = angles % 180.0
+  return theta - 180.0 * (theta >= 180.0)
 
 
 def rotate_kernel(weights: ArrayLike, angles: ArrayLike) -> jax.Array:
@@ -76,7 +87,7 @@ def rotate_kernel(weights: ArrayLike, angles: ArrayLike) -> jax.Array:
     w0 = w1 = w2 = weights
   else:
     w0, w1, w2 = weights[0], weights[1], weights[2]
-  theta = _wrap180(jnp.asarray(angles, dtype=weights.dtype))
+  theta = wrap_angles(jnp.asarray(angles, dtype=weights.dtype))
   sector = jax.lax.stop_gradient(jnp.floor(theta / 45.0))
   f = theta / 45.0 - sector  # == (theta mod 45) / 45, derivative 1/45
   sector = sector.astype(jnp.int32)
@@ -124,4 +135,4 @@ def project_angles(updated: ArrayLike, previous: ArrayLike, eps: float) -> jax.A
   new = updated - shift
   low = prev - jnp.mod(prev, 45.0)
   new = jnp.clip(new, low - eps, low + 45.0 + eps)
-  return _wrap180(new)
+  return wrap_angles(new)

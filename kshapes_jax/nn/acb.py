@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from kshapes_jax import _validation
 from kshapes_jax.kernels import BatchNormParams, acb_kernel, fuse_acb, fuse_bn
-from kshapes_jax.nn.base import ConvLayer, PlainConv, he_normal, record
+from kshapes_jax.nn.base import ConvLayer, PlainConv, he_normal, record, symmetric_padding
+
+Asymmetric = Literal["both", "hor", "ver"]  # which asymmetric branches (Table 5 ablations)
+BNMode = Literal["branch", "sum"]  # a BN per branch (the paper), or one after the sum
 
 
 def batch_norm(features: int, rngs: nnx.Rngs, scale_init: float = 1.0, dtype=None) -> nnx.BatchNorm:
@@ -45,22 +50,20 @@ class ACBlock(ConvLayer):
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
-               stride: int = 1, padding=None, use_bias: bool = False, asymmetric: str = "both",
-               bn: str = "branch", border: bool = False, asym_scale_init: float = 1.0,
+               stride: int = 1, padding=None, use_bias: bool = False, asymmetric: Asymmetric = "both",
+               bn: BNMode = "branch", border: bool = False, asym_scale_init: float = 1.0,
                precision=None, dtype=None, rngs: nnx.Rngs):
     if kernel_size % 2 == 0:
       raise ValueError(f"ACB needs an odd kernel size, got {kernel_size}")
-    if asymmetric not in ("both", "hor", "ver"):
+    if asymmetric not in get_args(Asymmetric):
       raise ValueError(f"asymmetric must be 'both', 'hor' or 'ver', got {asymmetric!r}")
-    if bn not in ("branch", "sum"):
+    if bn not in get_args(BNMode):
       raise ValueError(f"bn must be 'branch' or 'sum', got {bn!r}")
     del use_bias  # the BN supplies the bias
     k = kernel_size
     self.in_features, self.out_features = in_features, out_features
     self.kernel_size, self.stride = k, stride
-    self.padding = k // 2 if padding is None else padding
-    if not isinstance(self.padding, int):
-      raise ValueError(f"ACBlock padding must be an int, got {self.padding!r}")
+    self.padding = symmetric_padding(padding, k, int_only_for="ACBlock")
     self.bn_mode, self.border = bn, border
     self.set_numerics(precision, dtype)
     self.line = k - 1 if border else k // 2  # row of hor / column of ver

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import math
 
 import jax
@@ -10,10 +12,14 @@ import numpy as np
 from flax import nnx
 
 from kshapes_jax import conv as conv_lib
+from kshapes_jax import kernels
 from kshapes_jax.gradients import normalize_position_grad
 from kshapes_jax.kernels import active_kernel, clip_positions, lattice_offsets, radius_for_positions
-from kshapes_jax.nn.base import ConvLayer, PlainConv, he_normal, record
+from kshapes_jax.nn.base import ConvLayer, PlainConv, he_normal, record, symmetric_padding
 from kshapes_jax.nn.variables import Position
+
+ActiveImpl = Literal["splat", "gather"]  # effective kernel + one conv, or the literal bilinear gather
+PositionInit = Literal["lattice", "circle"]  # where the synapses start
 
 
 def bucket_radius(positions, margin: float, cap: int) -> int:
@@ -33,7 +39,7 @@ def bucket_radius(positions, margin: float, cap: int) -> int:
   return min(need, cap)
 
 
-def initial_positions(synapses: int, init: str) -> np.ndarray:
+def initial_positions(synapses: int, init: PositionInit) -> np.ndarray:
   """Positions (K, 2), synapse 0 at the origin: the 3x3 lattice or a unit circle.
 
   NumPy on the host: they are constants, also when the model is built under
@@ -69,13 +75,13 @@ class ActiveConv(ConvLayer):
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = False, synapses: int | None = None,
-               init: str = "lattice", position_groups: int = 1, radius: int | None = None,
-               impl: str = "splat", normalize_grad: bool = True, precision=None, dtype=None,
+               init: PositionInit = "lattice", position_groups: int = 1, radius: int | None = None,
+               impl: ActiveImpl = "splat", normalize_grad: bool = True, precision=None, dtype=None,
                rngs: nnx.Rngs):
     # defaults: the kxk lattice it replaces, with one ring of room to move
     synapses = kernel_size * kernel_size if synapses is None else synapses
     radius = kernel_size // 2 + 1 if radius is None else radius
-    if impl not in ("splat", "gather"):
+    if impl not in get_args(ActiveImpl):
       raise ValueError(f"impl must be 'splat' or 'gather', got {impl!r}")
     if not isinstance(radius, int) or radius < 1:
       raise ValueError(f"radius must be an int >= 1, got {radius!r}")
@@ -83,9 +89,7 @@ class ActiveConv(ConvLayer):
       raise ValueError(f"position_groups={position_groups} must divide out_features={out_features}")
     self.in_features, self.out_features = in_features, out_features
     self.kernel_size, self.stride = kernel_size, stride
-    self.padding = kernel_size // 2 if padding is None else padding
-    if not isinstance(self.padding, int):
-      raise ValueError(f"ActiveConv padding must be an int (of the nominal conv), got {self.padding!r}")
+    self.padding = symmetric_padding(padding, kernel_size, int_only_for="ActiveConv")
     # radius may be lowered later by extent bucketing; max_radius is what was asked for
     self.radius, self.max_radius, self.impl, self.normalize_grad = radius, radius, impl, normalize_grad
     self.synapses, self.position_groups = synapses, position_groups
@@ -104,8 +108,7 @@ class ActiveConv(ConvLayer):
     p = self.positions[...]
     if self.normalize_grad:
       p = normalize_position_grad(p)
-    origin = jnp.zeros((*p.shape[:-2], 1, 2), p.dtype)
-    return jnp.concatenate([origin, p], axis=-2)
+    return kernels.with_origin(p)
 
   @property
   def conv_padding(self):

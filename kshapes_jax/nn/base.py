@@ -51,9 +51,23 @@ def he_normal(key: jax.Array, shape: Sequence[int], fan_in: int, dtype=jnp.float
   return bucketed(jax.random.normal, key, shape, dtype) * math.sqrt(2.0 / max(fan_in, 1))
 
 
-def symmetric_padding(padding, kernel_size: int):
-  """None -> k // 2 on every side (the papers' "same" for odd k, PyTorch-style at stride 2)."""
-  return kernel_size // 2 if padding is None else padding
+def symmetric_padding(padding, kernel_size: int, *, int_only_for: str | None = None):
+  """None -> k // 2 on every side (the papers' "same" for odd k, PyTorch-style at stride 2).
+
+  Args:
+    padding: None, an int, or anything `conv.conv` takes ("SAME", pairs).
+    kernel_size: the layer's (nominal) kernel size.
+    int_only_for: the name of a layer that derives other convs' padding from
+      this one (ACBlock's branches, ActiveConv's radius) and so takes an int only.
+
+  Raises:
+    ValueError: for a non-int padding where `int_only_for` is given.
+  """
+  padding = kernel_size // 2 if padding is None else padding
+  if int_only_for is not None and (not isinstance(padding, int) or isinstance(padding, bool)):
+    raise ValueError(f"{int_only_for} padding must be an int (of its nominal {kernel_size}x{kernel_size} conv), "
+                     f"got {padding!r}")
+  return padding
 
 
 class ConvLayer(nnx.Module):

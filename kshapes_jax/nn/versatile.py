@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import math
 
 import jax
@@ -17,6 +19,10 @@ from kshapes_jax.kernels import (
     summed_versatile_kernel,
 )
 from kshapes_jax.nn.base import ConvLayer, he_normal, record, symmetric_padding
+
+VersatileMode = Literal["spatial", "sum", "none"]
+VersatileBias = Literal["separate", "shared"]
+VersatileImpl = Literal["stacked", "cropped"]
 
 
 class VersatileConv(ConvLayer):
@@ -42,16 +48,16 @@ class VersatileConv(ConvLayer):
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
-               stride: int = 1, padding=None, use_bias: bool = True, mode: str = "spatial",
-               bias: str = "shared", channel_delta: int = 0, channel_stride: int = 1,
-               impl: str = "stacked", precision=None, dtype=None, rngs: nnx.Rngs):
-    if mode not in ("spatial", "sum", "none"):
+               stride: int = 1, padding=None, use_bias: bool = True, mode: VersatileMode = "spatial",
+               bias: VersatileBias = "shared", channel_delta: int = 0, channel_stride: int = 1,
+               impl: VersatileImpl = "stacked", precision=None, dtype=None, rngs: nnx.Rngs):
+    if mode not in get_args(VersatileMode):
       raise ValueError(f"mode must be 'spatial', 'sum' or 'none', got {mode!r}")
-    if impl not in ("stacked", "cropped"):
+    if impl not in get_args(VersatileImpl):
       raise ValueError(f"impl must be 'stacked' or 'cropped', got {impl!r}")
     self.impl = impl
     self.set_numerics(precision, dtype)
-    if bias not in ("separate", "shared"):
+    if bias not in get_args(VersatileBias):
       raise ValueError(f"bias must be 'separate' or 'shared', got {bias!r}")
     if not 0 <= channel_delta < in_features:
       raise ValueError(

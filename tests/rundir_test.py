@@ -1,0 +1,108 @@
+"""The run directory, the typed train state and the program cache: one owner each, nothing changed behind."""
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from configs import default
+from kshapes_jax import models, nn as knn
+from train import experiment, programs, train
+from train.rundir import RunDir
+from train.state import EpochSums, TrainState
+from train.trained_run import load_run, load_state
+
+# A run trained by the trainer as it was before TrainState and RunDir (commit d265bff): an ACU
+# net with extent bucketing (radii in the state), synthetic data, 6 steps, its final checkpoint.
+BEFORE = Path(__file__).parent / "data" / "run_before_redesign"
+
+
+def _small(**overrides):
+  c = default.get_config()
+  c.data.update(train_size=64, test_size=40)
+  c.update(batch_size=16, eval_batch_size=16, num_steps=4, log_every_steps=1, progress=False)
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+def test_a_run_made_before_the_redesign_restores_and_resumes(tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(BEFORE, workdir)
+  before = json.loads((BEFORE / "summary.json").read_text())
+  step, state = load_state(workdir)
+  assert step == 6 and state.radii_list() == before["acu_radii"] == [2] * 6
+  run = load_run(workdir)
+  assert [layer.radius for _, layer in programs.acu_convs(run.model)] == before["acu_radii"]
+  # the finished run resumes as a no-op and evaluates to the numbers it wrote then
+  config = RunDir(workdir).read_config()
+  summary = train.train_and_evaluate(config, workdir)
+  assert summary["steps"] == 6
+  assert summary["test_accuracy"] == before["test_accuracy"]
+  np.testing.assert_allclose(summary["test_loss"], before["test_loss"], rtol=1e-6)
+  assert [m["epoch"] for m in RunDir(workdir).read_metrics()] == [1, 2]
+
+
+def test_train_state_keeps_the_checkpoint_layout():
+  params = {"w": np.ones(3, np.float32)}
+  tx = optax.sgd(0.1, momentum=0.9)
+  state = TrainState.create(tx, params, {"bn": np.zeros(2, np.float32)}, radii=[1, 2])
+  tree = state.to_tree()
+  assert sorted(tree) == ["bad_step", "opt_state", "params", "radii", "rest", "step", "sums"]
+  assert sorted(tree["sums"]) == ["correct", "count", "loss"]
+  again = TrainState.from_tree(tree)
+  chex_equal = jax.tree.map(np.array_equal, jax.tree.leaves(again), jax.tree.leaves(state))
+  assert all(chex_equal) and again.radii_list() == [1, 2]
+  assert "radii" not in TrainState.create(tx, params, {}).to_tree()  # orbax cannot save an empty array
+  sums = EpochSums.zeros().add(np.float32(2.0), np.int32(3), 4)
+  assert sums.means() == (2.0, 0.75)
+
+
+def test_rundir_saves_lists_and_restores_into_the_trainers_state(tmp_path):
+  exp = experiment.build(_small())
+  state = jax.device_put(exp.initial_state())
+  rundir = RunDir(tmp_path, keep_checkpoints=2)
+  assert rundir.checkpoint_steps() == [] and rundir.read_summary() is None and rundir.read_metrics() == []
+  for step in (1, 2, 3):
+    rundir.save(step, state.replace(step=np.int32(step)), [{"epoch": step}])
+  rundir.wait()
+  assert rundir.checkpoint_steps() == [2, 3]  # keep_checkpoints
+  restored, history = RunDir(tmp_path).restore(state)
+  assert int(restored.step) == 3 and history == [{"epoch": 3}]
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 1 .* saved: \[2, 3\]"):
+    RunDir(tmp_path).restore(state, step=1)
+  with pytest.raises(FileNotFoundError, match="config.json not found"):
+    RunDir(tmp_path).read_config()
+
+
+def test_program_cache_sets_radii_on_copies_never_on_the_model():
+  exp = experiment.build(_small(conv="active"))
+  before = [layer.radius for _, layer in programs.acu_convs(exp.model)]
+  cache = programs.ProgramCache(exp.model, exp.tx, exp.dataset, augment="none", seed=0, eval_batch_size=16,
+                                mesh=train.data_mesh())
+  small = cache([1] * len(before))
+  assert cache([1] * len(before)) is small  # compiled once
+  assert [layer.radius for _, layer in programs.acu_convs(exp.model)] == before == [2] * 4
+  radii = [layer.radius for _, layer in programs.acu_convs(nnx.merge(small.eval_graphdef, nnx.state(exp.model)))]
+  assert radii == [1] * 4
+  with pytest.raises(ValueError, match="one radius per ActiveConv"):
+    programs.with_radii(exp.model, [1])
+
+
+def test_bucketing_refuses_acus_it_cannot_bound(tmp_path):
+  config = _small(conv="active", acu_radius_every_steps=2, **{"conv_options.impl": "gather"})
+  with pytest.raises(train.ConfigError, match="needs splat ACUs with the normalized gradient"):
+    train.train_and_evaluate(config, tmp_path)
+
+
+@pytest.mark.parametrize("padding", ["SAME", (1, 1), 1.0, True])
+def test_layers_that_derive_paddings_take_an_int_only(padding):
+  for layer in (knn.ACBlock, knn.ActiveConv):
+    with pytest.raises(ValueError, match=f"{layer.__name__} padding must be an int"):
+      layer(2, 3, 3, padding=padding, rngs=nnx.Rngs(0))
+  assert knn.RotateConv(2, 3, padding="SAME", rngs=nnx.Rngs(0)).padding == "SAME"
+  assert models.create("sn", conv="acb").convs[0].padding == 1

@@ -1,0 +1,73 @@
+"""RotateConv (Ma et al.): the learned angles per layer, their histograms and Fig. 5, how far they turned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+import kshapes_jax as K
+from kshapes_jax.analysis import rotate
+from train import plots
+from train.analyses.common import copy, fmt, markdown_table
+
+NAME = "rotate"
+
+
+def applies(run) -> bool:
+  return any(isinstance(m, K.nn.RotateConv) for _, m in nnx.iter_modules(run.model))
+
+
+def compute(run, **options) -> dict[str, Any]:
+  """Per layer: axial concentration, the 45-degree histogram and the turn from initialisation (deg)."""
+  del options
+  layers = rotate.rotate_layers(run.model)
+  if not layers:
+    raise ValueError("section rotate: the model has no RotateConv layers")
+  out = {}
+  for (name, a), (_, a0) in zip(layers, rotate.rotate_layers(run.initial)):
+    moved = rotate.axial_difference(a, a0)
+    out[name] = {"concentration": rotate.axial_concentration(a),
+                 "histogram_45deg": rotate.angle_histogram(a, bins=4)[0].tolist(),
+                 "turned_mean_deg": float(moved.mean()), "turned_median_deg": float(np.median(moved)),
+                 "turned_max_deg": float(moved.max())}
+  return out
+
+
+def render(run, results: dict[str, Any], out: Path, title: str) -> list[str]:
+  layers = rotate.rotate_layers(run.model)
+  plots.plot_angle_histograms(layers, out / "rotate_histograms.png", title)
+  name, angles = layers[-1]
+  plots.plot_angles_fig5(name, angles, out / "rotate_fig5.png", title)
+  rows = [(n, f"{a.shape[0]}x{a.shape[1]}", f"{results[n]['concentration']:.3f}",
+           " ".join(str(c) for c in results[n]["histogram_45deg"]),
+           f"{results[n]['turned_mean_deg']:.1f} / {results[n]['turned_median_deg']:.1f} / "
+           f"{results[n]['turned_max_deg']:.1f}") for n, a in layers]
+  return ["## RotateConv angles", "",
+          "Concentration = |mean exp(2i theta)|: 1 when every kernel is the same line, 0 when evenly spread.",
+          "Turned: the angle between each kernel's line now and at initialisation (config.seed).", "",
+          *markdown_table(("layer", "I x O", "concentration", "angles in [0,45) [45,90) [90,135) [135,180)",
+                           "turned mean / median / max (deg)"), rows),
+          "", "![histograms](rotate_histograms.png)", "", f"Fig. 5 for the last layer ({name}):", "",
+          "![fig5](rotate_fig5.png)", ""]
+
+
+def summarise(suite, figures: Path) -> list[str]:
+  lines = ["Angles: how far each kernel's line turned from its initial angle (train.analyze, deg), "
+           "mean over layers and seeds:", ""]
+  table = []
+  for row in suite.analysed_rows(NAME):
+    turned = [np.mean([v["turned_mean_deg"] for v in suite.results(row.name, s)[NAME].values()])
+              for s in suite.seeds(row.name)]
+    table.append((f"`{row.name}`", fmt(turned)))
+  lines += markdown_table(("row", "mean turn (deg)"), table) + [""]
+  for row in suite.figure_rows(NAME):
+    seeds = suite.seeds(row.name)
+    if seeds:
+      src = suite.analysis_dir(row.name, seeds[0])
+      lines += [f"`{row.name}` {seeds[0]}, angle histograms per layer and Fig. 5 of the last layer:", "",
+                f"![](repro/{copy(src / 'rotate_histograms.png', figures / f'rotate_hist_{row.name}.png')})",
+                f"![](repro/{copy(src / 'rotate_fig5.png', figures / f'rotate_fig5_{row.name}.png')})", ""]
+  return lines

@@ -1,0 +1,104 @@
+"""Evaluation: a model over a split, data parallel; the final evaluation of a run and of its deployed twin."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import kshapes_jax as K
+from train import input_pipeline
+from train.step import shard
+
+
+def make_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequence[float]):
+  """eval(params, rest, batch) -> (loss sum, correct, count, argmax) over the unmasked rows."""
+
+  def evaluate(params, rest, batch):
+    x = input_pipeline.preprocess(batch["image"], None, mean=mean, std=std)
+    logits = nnx.merge(graphdef, params, rest)(x).astype(jnp.float32)
+    mask = batch["mask"]
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    pred = jnp.argmax(logits, -1)
+    return (jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(mask & (pred == batch["label"])),
+            jnp.sum(mask), pred)
+
+  return evaluate
+
+
+@dataclasses.dataclass
+class Evaluator:
+  """Runs a model (graphdef + state, eval mode) over a split, data parallel."""
+
+  graphdef: nnx.GraphDef
+  dataset: input_pipeline.Dataset
+  batch_size: int
+  mesh: jax.sharding.Mesh
+
+  def __post_init__(self):
+    rep = NamedSharding(self.mesh, P())
+    self._data = NamedSharding(self.mesh, P("data"))
+    self._fn = jax.jit(make_eval_step(self.graphdef, mean=self.dataset.mean, std=self.dataset.std),
+                       out_shardings=rep)
+
+  def __call__(self, params, rest, split: input_pipeline.Split) -> dict[str, Any]:
+    """{"loss", "accuracy", "count"} and, on one process, the "predictions"."""
+    loss, correct, count, preds = 0.0, 0, 0, []
+    for batch in input_pipeline.eval_batches(split, self.batch_size, process_index=jax.process_index(),
+                                             process_count=jax.process_count()):
+      batch_loss, c, n, p = self._fn(params, rest, shard(batch, self._data))
+      loss, correct, count = loss + float(batch_loss), correct + int(c), count + int(n)
+      preds.append(np.asarray(p)[np.asarray(batch["mask"])] if jax.process_count() == 1 else None)
+    out = {"loss": loss / count, "accuracy": correct / count, "count": count}
+    if jax.process_count() == 1:
+      out["predictions"] = np.concatenate(preds)
+    return out
+
+
+_EVALUATORS: dict[tuple, Evaluator] = {}
+
+
+def accuracy(model: nnx.Module, dataset: input_pipeline.Dataset, split: input_pipeline.Split,
+             batch_size: int = 1000) -> float:
+  """Accuracy of a model (eval mode) on a split, on one device, normalised as in training.
+
+  The compiled evaluation is reused for models of one structure (e.g. the
+  pruned copies of a net), so only their values change between calls.
+  """
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  key = (graphdef, dataset.name, dataset.mean, dataset.std, batch_size)
+  if key not in _EVALUATORS:
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
+    _EVALUATORS[key] = Evaluator(graphdef, dataset, batch_size, mesh)
+  return _EVALUATORS[key](params, rest, split)["accuracy"]
+
+
+def final_evaluation(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
+                     dataset: input_pipeline.Dataset, batch_size: int, mesh: jax.sharding.Mesh,
+                     evaluate: Evaluator | None = None) -> dict[str, Any]:
+  """The trained model (eval graph) and `deploy` of it on the test split.
+
+  Returns:
+    test and deployed_test loss and accuracy, the deployed parameter count,
+    the share of test images on which both predict the same class (None on
+    several processes) and the number of test examples.
+  """
+  evaluate = evaluate or Evaluator(graphdef, dataset, batch_size, mesh)
+  trained = evaluate(params, rest, dataset.test)
+  shipped = K.deploy(nnx.merge(graphdef, params, rest))
+  d_graphdef, d_params, d_rest = nnx.split(shipped, nnx.Param, ...)
+  deployed = Evaluator(d_graphdef, dataset, batch_size, mesh)(d_params, d_rest, dataset.test)
+  agree = (float(np.mean(trained["predictions"] == deployed["predictions"]))
+           if "predictions" in trained else None)
+  return {"deployed_parameters": K.models.count_params(shipped),
+          "test_accuracy": trained["accuracy"], "test_loss": trained["loss"],
+          "deployed_test_accuracy": deployed["accuracy"], "deployed_test_loss": deployed["loss"],
+          "deployed_prediction_agreement": agree, "test_examples": trained["count"]}

@@ -1,0 +1,85 @@
+"""A trained run rebuilt from its run directory: the config's model filled from a checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from train import experiment, input_pipeline
+from train.programs import with_radii
+from train.rundir import RunDir
+from train.state import TrainState
+
+
+@dataclasses.dataclass
+class TrainedRun:
+  """A trained run at one checkpoint.
+
+  Attributes:
+    rundir: its directory.
+    config: its config (config.json).
+    dataset: its data, loaded as the trainer loaded it.
+    model: the trained model at `step`, eval mode, with the ACU radii the run had there.
+    initial: the same model at initialisation (config.seed), eval mode.
+    step: the checkpoint's step.
+    steps: every saved checkpoint's step.
+  """
+
+  rundir: RunDir
+  config: object
+  dataset: input_pipeline.Dataset
+  model: nnx.Module
+  initial: nnx.Module
+  step: int
+  steps: list[int]
+
+  @property
+  def workdir(self) -> Path:
+    return self.rundir.path
+
+  def model_at(self, step: int) -> nnx.Module:
+    """The trained model at another saved step (eval mode)."""
+    return _model_at(self._experiment, self.rundir, step)
+
+  _experiment: experiment.Experiment = dataclasses.field(default=None, repr=False)
+
+
+def load_run(workdir: str | Path, step: int | None = None) -> TrainedRun:
+  """Rebuilds a run's model from workdir/config.json and fills it from a checkpoint.
+
+  Raises:
+    FileNotFoundError: when workdir has no config.json or no such checkpoint.
+  """
+  rundir = RunDir(workdir)
+  config = rundir.read_config()
+  steps = rundir.checkpoint_steps()
+  if not steps:
+    raise FileNotFoundError(f"no checkpoints in {rundir.checkpoint_dir}")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f"no checkpoint of step {step} in {rundir.path}; saved: {steps}")
+  exp = experiment.build(config)
+  initial = nnx.clone(exp.model)
+  initial.eval()
+  return TrainedRun(rundir, config, exp.dataset, _model_at(exp, rundir, step), initial, step, steps, exp)
+
+
+def load_state(workdir: str | Path, step: int | None = None) -> tuple[int, TrainState]:
+  """(step, the trainer's TrainState) of a checkpoint (default: the latest), restored into the
+  state the run's config builds, on the default device."""
+  rundir = RunDir(workdir)
+  exp = experiment.build(rundir.read_config())
+  state, _ = rundir.restore(jax.device_put(exp.initial_state()), step)
+  return int(state.step), state
+
+
+def _model_at(exp: experiment.Experiment, rundir: RunDir, step: int) -> nnx.Module:
+  """The experiment's model with the trainer's state of checkpoint `step` (eval mode)."""
+  state, _ = rundir.restore(jax.device_put(exp.initial_state()), step)
+  graphdef = nnx.split(exp.model, nnx.Param, ...)[0]
+  model = with_radii(nnx.merge(graphdef, state.params, state.rest), state.radii_list())
+  model.eval()
+  return model
