@@ -65,7 +65,7 @@ def magnitude(model: nnx.Module) -> np.ndarray:
   """A (eq. 9-10) over the kxk layers of deploy(model)."""
   convs = acb.square_convs(K.deploy(model))
   if not convs:
-    raise ValueError("section acnet: the deployed model has no kxk convs")
+    raise ValueError("section acb: the deployed model has no kxk convs")
   return acb.magnitude_matrix([layer.kernel[...] for _, layer in convs])
 
 

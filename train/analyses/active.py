@@ -38,7 +38,7 @@ def compute(run, **options) -> dict[str, Any]:
   del options
   layers = active.active_layers(run.model)
   if not layers:
-    raise ValueError("section acu: the model has no ActiveConv layers")
+    raise ValueError("section active: the model has no ActiveConv layers")
   steps, traj = position_trajectories(run)
   return {"extent": {n: active.extent(p) for n, p in layers},
           "max_moved": {n: float(active.displacement(t)[-1].max()) for n, t in traj.items()},
