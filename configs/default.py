@@ -21,7 +21,10 @@ Keys:
     train_size/test_size (synthetic only).
   batch_size, eval_batch_size: global batch sizes (split over devices).
   num_epochs, or num_steps (> 0 wins).
-  optim: SGD with the papers' rules (kshapes_jax.optim.sgd): learning_rate,
+  optim: the optimizer, name "sgd" (kshapes_jax.optim.sgd) or "adamw"
+    (kshapes_jax.optim.adamw: b1, b2; weight_decay is AdamW's decoupled
+    decay there, and momentum / nesterov are SGD's), with the papers'
+    per-label rules (kshapes_jax.optim.with_shape_rules): learning_rate,
     schedule (constant, staircase, cosine), boundaries (epochs) and factor
     for the staircase, warmup_epochs (linear LR ramp), momentum, nesterov,
     weight_decay and decay_labels, lr_multipliers per label,
@@ -55,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_epochs = 1.0
   c.num_steps = 0
   c.optim = ml_collections.ConfigDict(dict(
-      learning_rate=0.05, schedule="constant", boundaries=(), factor=0.1, warmup_epochs=0.0,
+      name="sgd", b1=0.9, b2=0.999, learning_rate=0.05, schedule="constant", boundaries=(), factor=0.1, warmup_epochs=0.0,
       momentum=0.9, nesterov=False, weight_decay=5e-4, decay_labels=("weights",),
       lr_multipliers={"positions": 0.01}, position_warmup_steps=0, angle_eps=1.0))
   c.acu_radius_every_steps = 0

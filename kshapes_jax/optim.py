@@ -17,9 +17,10 @@ The ACU's normalized position gradient (eq. 15-16) lives in the layer
 the kernel), so it holds whichever optimizer a user picks. Synapse 0 is not
 a parameter at all, so no optimizer can move it.
 
-`sgd(...)` assembles the rules into one optax transform:
-freeze positions -> weight decay (masked) -> (Nesterov) momentum ->
-learning-rate schedule x per-label multiplier -> angle projection.
+`with_shape_rules(base, labels, ...)` puts the rules around ANY optax
+optimizer: freeze positions -> weight decay (masked) -> the base optimizer
+-> per-label multiplier -> angle projection. `sgd(...)` (the papers') and
+`adamw(...)` are two instances of it.
 
 References:
   Ma et al., "RotateConv: Making Asymmetric Convolutional Kernels Rotatable",
@@ -203,12 +204,61 @@ def make_schedule(kind: Schedule, base_lr: float, total_steps: int, *, boundarie
   return schedule
 
 
+def with_shape_rules(base: optax.GradientTransformation | Sequence[optax.GradientTransformation], labels: Any, *,
+                     weight_decay: float = 0.0, decay_labels: Sequence[str] = ("weights",),
+                     lr_multipliers: Mapping[str, float] | None = None,
+                     frozen_labels: Sequence[str] = ("positions",), freeze_steps: int = 0,
+                     angle_eps: float | None = 1.0) -> optax.GradientTransformation:
+  """Any optax optimizer with the papers' per-label rules around it.
+
+  The chain: freeze (ACU warm-up, first, so the base's moments never see the
+  frozen gradients) -> L2 weight decay added to the gradient, masked to
+  `decay_labels` -> `base` (which applies its own learning rate) -> per-label
+  multipliers (ACU positions at 0.01 x the base's step) -> eq. 6's angle
+  projection (last: it needs the final update).
+
+  Args:
+    base: the optimizer, e.g. `optax.adamw(schedule, weight_decay=1e-4, mask=...)`
+      or `optax.lamb(1e-3)`; a sequence of transforms is spliced into the
+      chain as they are (what `sgd` does, so its state keeps one flat layout).
+    labels: the tree from `param_labels(model)`.
+    weight_decay: coupled L2 coefficient (Caffe / PyTorch SGD); leave it 0
+      for an optimizer with its own decoupled decay (AdamW), and mask that
+      one with `decay_mask(labels)`.
+    decay_labels: labels that decay; by default only `weights`, so BN,
+      biases, angles and positions do not.
+    lr_multipliers: per-label multipliers of the base's update, default
+      {"positions": 0.01}.
+    frozen_labels, freeze_steps: labels whose updates are zero for the first
+      freeze_steps steps (the ACU warm-up).
+    angle_eps: eq. 6's eps in degrees; None turns the projection off.
+  """
+  _check_labels(decay_labels, LABELS, "weight decay")
+  if weight_decay < 0:
+    raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+  lr_multipliers = {"positions": 0.01} if lr_multipliers is None else dict(lr_multipliers)
+  parts = [freeze(labels, frozen_labels, freeze_steps)]
+  if weight_decay:
+    parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask(labels, decay_labels)))
+  parts.extend([base] if isinstance(base, optax.GradientTransformation) else base)
+  parts.append(scale_by_label(labels, lr_multipliers))
+  if angle_eps is not None:
+    parts.append(project_angle_updates(labels, angle_eps))
+  return optax.chain(*parts)
+
+
+def decay_mask(labels: Any, decay_labels: Sequence[str] = ("weights",)) -> Any:
+  """True where a parameter's label decays: the `mask` of optax's weight decay."""
+  _check_labels(decay_labels, LABELS, "weight decay")
+  return jax.tree.map(lambda lab: lab in tuple(decay_labels), labels)
+
+
 def sgd(labels: Any, learning_rate: float | optax.Schedule, *, momentum: float = 0.9,
         nesterov: bool = False, weight_decay: float = 0.0,
         decay_labels: Sequence[str] = ("weights",), lr_multipliers: Mapping[str, float] | None = None,
         frozen_labels: Sequence[str] = ("positions",), freeze_steps: int = 0,
         angle_eps: float | None = 1.0) -> optax.GradientTransformation:
-  """SGD with the papers' per-label rules, as one optax transform.
+  """SGD with the papers' per-label rules: `with_shape_rules` around (Nesterov) momentum SGD.
 
   Args:
     labels: the tree from `param_labels(model)`.
@@ -217,29 +267,33 @@ def sgd(labels: Any, learning_rate: float | optax.Schedule, *, momentum: float =
     nesterov: Nesterov momentum (the ACU paper).
     weight_decay: L2 coefficient, added to the gradient (Caffe's and
       PyTorch's convention), only for `decay_labels`.
-    decay_labels: labels that decay; by default only `weights`, so BN,
-      biases, angles and positions do not.
-    lr_multipliers: per-label learning-rate multipliers, default
-      {"positions": 0.01}.
-    frozen_labels, freeze_steps: labels whose updates are zero for the first
-      freeze_steps steps (the ACU warm-up).
-    angle_eps: eq. 6's eps in degrees; None turns the projection off (the
-      angles then move freely; the kernel takes them modulo 180 anyway).
+    decay_labels, lr_multipliers, frozen_labels, freeze_steps, angle_eps:
+      see `with_shape_rules`.
   """
-  _check_labels(decay_labels, LABELS, "weight decay")
-  if weight_decay < 0:
-    raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
   if not 0 <= momentum < 1:
     raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-  lr_multipliers = {"positions": 0.01} if lr_multipliers is None else dict(lr_multipliers)
-  decay_mask = jax.tree.map(lambda lab: lab in tuple(decay_labels), labels)
-  parts = [freeze(labels, frozen_labels, freeze_steps)]
-  if weight_decay:
-    parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
-  if momentum:
-    parts.append(optax.trace(decay=momentum, nesterov=nesterov))
-  parts.append(optax.scale_by_learning_rate(learning_rate))
-  parts.append(scale_by_label(labels, lr_multipliers))
-  if angle_eps is not None:
-    parts.append(project_angle_updates(labels, angle_eps))
-  return optax.chain(*parts)
+  base = ([optax.trace(decay=momentum, nesterov=nesterov)] if momentum else []) + [
+      optax.scale_by_learning_rate(learning_rate)]
+  return with_shape_rules(base, labels, weight_decay=weight_decay, decay_labels=decay_labels,
+                          lr_multipliers=lr_multipliers, frozen_labels=frozen_labels, freeze_steps=freeze_steps,
+                          angle_eps=angle_eps)
+
+
+def adamw(labels: Any, learning_rate: float | optax.Schedule, *, b1: float = 0.9, b2: float = 0.999,
+          eps: float = 1e-8, weight_decay: float = 1e-4, decay_labels: Sequence[str] = ("weights",),
+          lr_multipliers: Mapping[str, float] | None = None, frozen_labels: Sequence[str] = ("positions",),
+          freeze_steps: int = 0, angle_eps: float | None = 1.0) -> optax.GradientTransformation:
+  """AdamW with the papers' per-label rules; its decoupled decay is masked to `decay_labels`.
+
+  Args:
+    labels: the tree from `param_labels(model)`.
+    learning_rate: a float or an optax schedule.
+    b1, b2, eps: Adam's.
+    weight_decay: AdamW's decoupled decay, only for `decay_labels`.
+    decay_labels, lr_multipliers, frozen_labels, freeze_steps, angle_eps:
+      see `with_shape_rules`.
+  """
+  base = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                     mask=decay_mask(labels, decay_labels))
+  return with_shape_rules(base, labels, lr_multipliers=lr_multipliers, frozen_labels=frozen_labels,
+                          freeze_steps=freeze_steps, angle_eps=angle_eps)

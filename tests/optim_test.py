@@ -181,3 +181,84 @@ def test_synapse_zero_is_not_a_parameter():
   chex.assert_shape(layer.positions[...], (8, 2))
   layer.positions[...] = layer.positions[...] + 0.3
   np.testing.assert_array_equal(np.asarray(layer.all_positions())[0], [0.0, 0.0])
+
+
+# ---------------------------------------------------------------- the rules around any optimizer
+
+
+def _adam_like(labels, **rules):
+  """optim.adamw with no decay and no bias correction quirks: a unit gradient gives a step of -lr."""
+  return optim.adamw(labels, 0.1, weight_decay=0.0, **rules)
+
+
+def test_sgd_is_with_shape_rules_around_momentum_sgd_with_the_same_state_layout():
+  model = Mixed(nnx.Rngs(0))
+  labels = optim.param_labels(model)
+  params = nnx.state(model, nnx.Param)
+  kw = dict(weight_decay=1e-4, freeze_steps=2, angle_eps=1.0)
+  ours = optim.sgd(labels, 0.1, momentum=0.9, nesterov=True, **kw)
+  hand = optim.with_shape_rules([optax.trace(0.9, nesterov=True), optax.scale_by_learning_rate(0.1)], labels, **kw)
+  # one flat chain: checkpoints saved before with_shape_rules existed keep restoring
+  assert len(ours.init(params)) == 6
+  chex.assert_trees_all_equal_structs(ours.init(params), hand.init(params))
+  grads = jax.tree.map(jnp.ones_like, params)
+  a, _ = ours.update(grads, ours.init(params), params)
+  b, _ = hand.update(grads, hand.init(params), params)
+  chex.assert_trees_all_close(a, b)
+
+
+def test_position_multiplier_under_adamw():
+  model = Mixed(nnx.Rngs(0))
+  tx = _adam_like(optim.param_labels(model), angle_eps=None)
+  for updates in _ones_update(model, tx, steps=3):
+    u = _by_label(model, updates)
+    # Adam's step for a constant gradient is lr; positions take 0.01 of it
+    np.testing.assert_allclose(u["weights"][0], -0.1, rtol=1e-4)
+    np.testing.assert_allclose(u["positions"][0], -0.1 * 0.01, rtol=1e-4)
+
+
+def test_positions_frozen_under_adamw_and_its_moments_start_after_the_warm_up():
+  model = Mixed(nnx.Rngs(0))
+  tx = _adam_like(optim.param_labels(model), freeze_steps=3, lr_multipliers={}, angle_eps=None)
+  ups = [_by_label(model, u) for u in _ones_update(model, tx, steps=5)]
+  for step in range(3):
+    assert np.all(ups[step]["positions"][0] == 0) and np.all(ups[step]["weights"][0] != 0)
+  # Adam saw zeros for 3 steps: m = (1 - 0.9) g, bias-corrected over 4 steps, v likewise
+  m = (1 - 0.9) / (1 - 0.9 ** 4)
+  v = (1 - 0.999) / (1 - 0.999 ** 4)
+  np.testing.assert_allclose(ups[3]["positions"][0], -0.1 * m / (np.sqrt(v) + 1e-8), rtol=1e-4)
+
+
+def test_adamw_decays_only_its_labels():
+  model = Mixed(nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  tx = optim.adamw(optim.param_labels(model), 1.0, weight_decay=0.5, angle_eps=None)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  for (p, lab), u in zip(_labelled(model).values(), jax.tree.leaves(updates)):
+    expected = -0.5 * np.asarray(p[...]) if lab == "weights" else 0.0
+    np.testing.assert_allclose(np.asarray(u), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("base", ["adamw", "lamb"])
+def test_angle_projection_holds_around_any_optimizer(rng, base):
+  model = Mixed(nnx.Rngs(0))
+  labels = optim.param_labels(model)
+  eps = 2.0
+  inner = optax.adamw(30.0, weight_decay=0.0) if base == "adamw" else optax.lamb(30.0)
+  tx = optim.with_shape_rules(inner, labels, angle_eps=eps)
+  params = nnx.state(model, nnx.Param)
+  state = tx.init(params)
+  moved = 0.0
+  for _ in range(10):
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, 1, p.shape), p.dtype), params)
+    updates, state = tx.update(grads, state, params)
+    new = optax.apply_updates(params, updates)
+    old_a = np.asarray(params["rot"]["angles"][...], np.float64)
+    new_a = np.asarray(new["rot"]["angles"][...], np.float64)
+    low = old_a - np.mod(old_a, 45.0)
+    unwrapped = old_a + (np.mod(new_a - old_a + 90, 180) - 90)
+    assert np.all(unwrapped >= low - eps - 1e-4) and np.all(unwrapped <= low + 45 + eps + 1e-4)
+    moved = max(moved, float(np.max(np.abs(unwrapped - old_a))))
+    params = new
+  assert moved > eps  # the base's steps were large: the projection did the bounding

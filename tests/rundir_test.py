@@ -10,24 +10,16 @@ import optax
 import pytest
 from flax import nnx
 
-from configs import default
 from kshapes_jax import models, nn as knn
 from train import experiment, programs, train
 from train.rundir import RunDir
 from train.state import EpochSums, TrainState
 from train.trained_run import load_run, load_state
+from train_test import small_config
 
 # A run trained by the trainer as it was before TrainState and RunDir (commit d265bff): an ACU
 # net with extent bucketing (radii in the state), synthetic data, 6 steps, its final checkpoint.
 BEFORE = Path(__file__).parent / "data" / "run_before_redesign"
-
-
-def _small(**overrides):
-  c = default.get_config()
-  c.data.update(train_size=64, test_size=40)
-  c.update(batch_size=16, eval_batch_size=16, num_steps=4, log_every_steps=1, progress=False)
-  c.update_from_flattened_dict(overrides)
-  return c
 
 
 def test_a_run_made_before_the_redesign_restores_and_resumes(tmp_path):
@@ -63,7 +55,7 @@ def test_train_state_keeps_the_checkpoint_layout():
 
 
 def test_rundir_saves_lists_and_restores_into_the_trainers_state(tmp_path):
-  exp = experiment.build(_small())
+  exp = experiment.build(small_config())
   state = jax.device_put(exp.initial_state())
   rundir = RunDir(tmp_path, keep_checkpoints=2)
   assert rundir.checkpoint_steps() == [] and rundir.read_summary() is None and rundir.read_metrics() == []
@@ -80,7 +72,7 @@ def test_rundir_saves_lists_and_restores_into_the_trainers_state(tmp_path):
 
 
 def test_program_cache_sets_radii_on_copies_never_on_the_model():
-  exp = experiment.build(_small(conv="active"))
+  exp = experiment.build(small_config(conv="active"))
   before = [layer.radius for _, layer in programs.acu_convs(exp.model)]
   cache = programs.ProgramCache(exp.model, exp.tx, exp.dataset, augment="none", seed=0, eval_batch_size=16,
                                 mesh=train.data_mesh())
@@ -94,7 +86,7 @@ def test_program_cache_sets_radii_on_copies_never_on_the_model():
 
 
 def test_bucketing_refuses_acus_it_cannot_bound(tmp_path):
-  config = _small(conv="active", acu_radius_every_steps=2, **{"conv_options.impl": "gather"})
+  config = small_config(conv="active", acu_radius_every_steps=2, **{"conv_options.impl": "gather"})
   with pytest.raises(train.ConfigError, match="needs splat ACUs with the normalized gradient"):
     train.train_and_evaluate(config, tmp_path)
 

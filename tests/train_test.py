@@ -184,6 +184,8 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     ({"data.source": "s3"}, "unknown data source"),
     ({"data.augment": "mixup"}, "data.augment"),
     ({"optim.schedule": "linear"}, "optim.schedule"),
+    ({"optim.name": "lamb"}, "optim.name must be one of"),
+    ({"optim.name": "adamw", "conv": "active", "acu_radius_every_steps": 2}, "needs optim.name='sgd'"),
     ({"optim.decay_labels": ("kernel",)}, "unknown parameter label 'kernel'"),
     (dict(batch_size=0), "batch_size must be an int >= 1"),
     (dict(num_steps=0, num_epochs=0.0), "num_epochs > 0 or num_steps > 0"),
@@ -288,3 +290,17 @@ def test_deterministic_ops_are_requested_before_jax_starts():
       ", os.environ['XLA_FLAGS']", ", os.environ.get('XLA_FLAGS')")], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=120)
   assert off.stdout.split("\n")[0] == "False None"
+
+
+def test_adamw_is_a_config_switch_and_keeps_the_papers_rules(tmp_path):
+  config = small_config(conv="active", num_steps=6, **{"optim.name": "adamw", "optim.learning_rate": 1e-2,
+                                                       "optim.position_warmup_steps": 4})
+  summary = train.train_and_evaluate(config, tmp_path)
+  assert np.isfinite(summary["test_loss"])
+  _, state = _final_state(tmp_path)
+  start = np.asarray(knn.initial_positions(9, "lattice"))[1:]
+  moved = np.abs(_positions(state, 1) - start)
+  # frozen for 4 steps, then 2 Adam steps of at most ~lr x 0.01 each (normalized gradient, unit moments)
+  assert 0 < moved.max() <= 2 * 1e-2 * 0.01 * 1.01
+  assert {"mu", "nu"} <= {getattr(k, "name", None) for path, _ in
+                          jax.tree_util.tree_flatten_with_path(state.opt_state)[0] for k in path}

@@ -30,6 +30,9 @@ class TrainingDiverged(RuntimeError):
   """The loss became NaN or inf."""
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 def check_config(config) -> None:
   """Fails fast, with the valid choices, on a config that cannot run."""
   try:
@@ -69,9 +72,14 @@ def check_config(config) -> None:
   if not isinstance(every, int) or every < 0:
     raise ConfigError(f"acu_radius_every_steps must be an int >= 0 (0: off), got {every!r}")
   o = config.optim
+  if every and o.get("name", "sgd") != "sgd":
+    raise ConfigError("acu_radius_every_steps needs optim.name='sgd': the margin it keeps is SGD's bound "
+                      "on a step of the normalized gradient")
   if every and "positions" in o.decay_labels:
     raise ConfigError("acu_radius_every_steps needs positions without weight decay (the margin bounds "
                       "only the normalized gradient's steps)")
+  if o.get("name", "sgd") not in OPTIMIZERS:
+    raise ConfigError(f"optim.name must be one of {list(OPTIMIZERS)}, got {o.name!r}")
   if o.schedule not in get_args(optim.Schedule):
     raise ConfigError(f"optim.schedule must be constant, staircase or cosine, got {o.schedule!r}")
   if o.learning_rate <= 0:
@@ -103,17 +111,18 @@ def build_model(config, dataset: input_pipeline.Dataset) -> nnx.Module:
 
 
 def make_optimizer(config, labels, steps_per_epoch: int, total_steps: int):
-  """The SGD of the config with the papers' per-label rules; returns (tx, schedule)."""
+  """The config's optimizer (optim.name: sgd or adamw) with the papers' per-label rules; (tx, schedule)."""
   o = config.optim
   schedule = optim.make_schedule(
       o.schedule, o.learning_rate, total_steps,
       boundaries=[round(b * steps_per_epoch) for b in o.boundaries], factor=o.factor,
       warmup_steps=round(o.warmup_epochs * steps_per_epoch))
-  tx = optim.sgd(labels, schedule, momentum=o.momentum, nesterov=o.nesterov,
-                 weight_decay=o.weight_decay, decay_labels=tuple(o.decay_labels),
-                 lr_multipliers=dict(o.lr_multipliers), freeze_steps=o.position_warmup_steps,
-                 angle_eps=o.angle_eps if o.angle_eps >= 0 else None)
-  return tx, schedule
+  rules = dict(weight_decay=o.weight_decay, decay_labels=tuple(o.decay_labels),
+               lr_multipliers=dict(o.lr_multipliers), freeze_steps=o.position_warmup_steps,
+               angle_eps=o.angle_eps if o.angle_eps >= 0 else None)
+  if o.get("name", "sgd") == "adamw":
+    return optim.adamw(labels, schedule, b1=o.get("b1", 0.9), b2=o.get("b2", 0.999), **rules), schedule
+  return optim.sgd(labels, schedule, momentum=o.momentum, nesterov=o.nesterov, **rules), schedule
 
 
 

@@ -96,6 +96,17 @@ class RunDir:
     steps = self.checkpoint_steps()
     return steps[-1] if steps else None
 
+  def checkpoint_step(self, step: int | None = None) -> int:
+    """`step` if it was saved (default: the latest); FileNotFoundError, with the saved steps, if not."""
+    steps = self.checkpoint_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoints in {self.checkpoint_dir}")
+    if step is None:
+      return steps[-1]
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint of step {step} in {self.path}; saved: {steps}")
+    return step
+
   def save(self, step: int, state: TrainState, history: list[dict[str, Any]]) -> None:
     """Saves state and history as checkpoint `step` (asynchronously; a step saved already is kept)."""
     manager = self._checkpoints(create=True)
@@ -109,12 +120,7 @@ class RunDir:
     Raises:
       FileNotFoundError: when there is no such checkpoint.
     """
-    steps = self.checkpoint_steps()
-    if not steps:
-      raise FileNotFoundError(f"no checkpoints in {self.checkpoint_dir}")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-      raise FileNotFoundError(f"no checkpoint of step {step} in {self.path}; saved: {steps}")
+    step = self.checkpoint_step(step)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                             like.to_tree())
     restored = self._checkpoints().restore(step, args=ocp.args.Composite(

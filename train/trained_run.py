@@ -55,16 +55,12 @@ def load_run(workdir: str | Path, step: int | None = None) -> TrainedRun:
   """
   rundir = RunDir(workdir)
   config = rundir.read_config()
-  steps = rundir.checkpoint_steps()
-  if not steps:
-    raise FileNotFoundError(f"no checkpoints in {rundir.checkpoint_dir}")
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise FileNotFoundError(f"no checkpoint of step {step} in {rundir.path}; saved: {steps}")
+  step = rundir.checkpoint_step(step)
   exp = experiment.build(config)
   initial = nnx.clone(exp.model)
   initial.eval()
-  return TrainedRun(rundir, config, exp.dataset, _model_at(exp, rundir, step), initial, step, steps, exp)
+  return TrainedRun(rundir, config, exp.dataset, _model_at(exp, rundir, step), initial, step,
+                    rundir.checkpoint_steps(), exp)
 
 
 def load_state(workdir: str | Path, step: int | None = None) -> tuple[int, TrainState]:

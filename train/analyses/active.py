@@ -11,7 +11,7 @@ from flax import nnx
 import kshapes_jax as K
 from kshapes_jax.analysis import active
 from train import plots
-from train.analyses.common import copy, fmt, markdown_table
+from train.analyses.common import first_seed_figures, fmt, markdown_table
 
 NAME = "active"
 
@@ -73,10 +73,8 @@ def summarise(suite, figures: Path) -> list[str]:
   if header:
     lines += markdown_table(("row", *header), table) + [""]
   for row in suite.figure_rows(NAME):
-    seeds = suite.seeds(row.name)
-    if seeds:
-      src = suite.analysis_dir(row.name, seeds[0])
-      lines += [f"`{row.name}` {seeds[0].replace('seed', 'seed ')}: learned positions (Fig. 5) and their movement (Fig. 6):", "",
-                f"![](repro/{copy(src / 'acu_positions.png', figures / 'acu_positions.png')})",
-                f"![](repro/{copy(src / 'acu_movement.png', figures / 'acu_movement.png')})", ""]
+    lines += first_seed_figures(
+        suite, row.name, figures,
+        f"`{row.name}` seed {{number}}: learned positions (Fig. 5) and their movement (Fig. 6):",
+        [("acu_positions.png", "acu_positions.png"), ("acu_movement.png", "acu_movement.png")])
   return lines

@@ -34,3 +34,20 @@ def copy(src: Path, dst: Path) -> str:
   dst.parent.mkdir(parents=True, exist_ok=True)
   shutil.copyfile(src, dst)
   return dst.name
+
+
+def first_seed_figures(suite, row: str, figures: Path, caption: str, names: Sequence[tuple[str, str]]) -> list[str]:
+  """Markdown that shows a row's figures of its first finished seed, copied into the report's folder.
+
+  Args:
+    suite: the runs.
+    row: the row's name.
+    figures: the report's figure folder.
+    caption: the line above them; `{seed}` becomes the seed's folder name ('seed0'), `{number}` its number.
+    names: (file in the run's analysis/, file in `figures`) per figure.
+  """
+  seeds = suite.seeds(row)
+  if not seeds:
+    return []
+  src = suite.analysis_dir(row, seeds[0])
+  return [caption.format(seed=seeds[0], number=seeds[0].removeprefix("seed")), "", *(f"![](repro/{copy(src / a, figures / b)})" for a, b in names), ""]

@@ -11,7 +11,7 @@ from flax import nnx
 import kshapes_jax as K
 from kshapes_jax.analysis import rotate
 from train import plots
-from train.analyses.common import copy, fmt, markdown_table
+from train.analyses.common import first_seed_figures, fmt, markdown_table
 
 NAME = "rotate"
 
@@ -64,10 +64,8 @@ def summarise(suite, figures: Path) -> list[str]:
     table.append((f"`{row.name}`", fmt(turned)))
   lines += markdown_table(("row", "mean turn (deg)"), table) + [""]
   for row in suite.figure_rows(NAME):
-    seeds = suite.seeds(row.name)
-    if seeds:
-      src = suite.analysis_dir(row.name, seeds[0])
-      lines += [f"`{row.name}` {seeds[0]}, angle histograms per layer and Fig. 5 of the last layer:", "",
-                f"![](repro/{copy(src / 'rotate_histograms.png', figures / f'rotate_hist_{row.name}.png')})",
-                f"![](repro/{copy(src / 'rotate_fig5.png', figures / f'rotate_fig5_{row.name}.png')})", ""]
+    lines += first_seed_figures(
+        suite, row.name, figures,
+        f"`{row.name}` {{seed}}, angle histograms per layer and Fig. 5 of the last layer:",
+        [("rotate_histograms.png", f"rotate_hist_{row.name}.png"), ("rotate_fig5.png", f"rotate_fig5_{row.name}.png")])
   return lines
