@@ -7,7 +7,7 @@ Every method is "parameters -> effective kernel -> one lax convolution":
 from kshapes_jax import analysis, conv, gradients, kernels, models, nn, reference
 from kshapes_jax.conv import active_conv_gather
 from kshapes_jax.deploy import deploy
-from kshapes_jax.gradients import normalize_position_grad
+from kshapes_jax.gradients import normalize_angle_grad, normalize_position_grad
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "kernels",
     "models",
     "nn",
+    "normalize_angle_grad",
     "normalize_position_grad",
     "reference",
 ]

@@ -62,3 +62,48 @@ def normalize_position_grad(positions: ArrayLike) -> jax.Array:
   if len(shape) < 1 or shape[-1] != 2:
     raise ValueError(f"positions must be (..., 2) as (dx, dy), got shape {shape}")
   return _normalize(jnp.asarray(positions))
+
+
+@jax.custom_vjp
+def _unit_rms(angles: jax.Array) -> jax.Array:
+  return angles
+
+
+def _unit_rms_fwd(angles: jax.Array):
+  return angles, None
+
+
+def _unit_rms_bwd(_, cotangent: jax.Array):
+  # as for the positions: scale by the largest entry first, so a tiny gradient still becomes unit RMS
+  scale = jnp.max(jnp.abs(cotangent))
+  nonzero = scale > 0
+  scaled = cotangent / jnp.where(nonzero, scale, 1)
+  rms = jnp.sqrt(jnp.mean(jnp.square(scaled)))
+  return (jnp.where(nonzero, scaled / jnp.where(nonzero, rms, 1), 0),)
+
+
+_unit_rms.defvjp(_unit_rms_fwd, _unit_rms_bwd)
+
+
+def normalize_angle_grad(angles: ArrayLike) -> jax.Array:
+  """Identity forward; backward, a layer's angle gradient is scaled to unit RMS.
+
+  The angles' counterpart of eq. 15-16. An angle in degrees moves the
+  kernel by w / 45 per degree (eq. 3), so its raw gradient is some 1e-3 of a
+  weight's and SGD at the weights' learning rate leaves it where it started.
+  Scaled to unit root-mean-square over the layer, the gradient keeps each
+  angle's sign and its size relative to the layer's other angles, and SGD
+  moves the layer's angles by about the learning rate in degrees per step
+  (x 1 / (1 - momentum) at steady state) whatever the scale of the loss and
+  of the weights. A zero gradient stays zero (no NaN).
+
+  Use it where the angles enter the kernel:
+  `rotate_kernel(w, normalize_angle_grad(theta))`.
+
+  Args:
+    angles: one layer's angles, any shape (degrees).
+
+  Returns:
+    The angles, unchanged.
+  """
+  return _unit_rms(jnp.asarray(angles))

@@ -112,6 +112,8 @@ def _builder_cases(rng):
       "clip_positions": [(lambda p: kernels.clip_positions(p, 1), (_f32(rng, k, 2, low=-2, high=2),))],
       "lattice_positions": [(lambda: kernels.lattice_positions(5, 1.5), ())],
       "versatile_masks": [(lambda: kernels.versatile_masks(5), ())],
+      "normalize_angle_grad": [(lambda w, a: kernels.rotate_kernel(w, gradients.normalize_angle_grad(a)),
+                                (_f32(rng, 3, i, o), _f32(rng, i, o, low=0, high=180)))],
       "normalize_position_grad": [(lambda w, p: kernels.active_kernel(w, gradients.normalize_position_grad(p), 2),
                                    (_f32(rng, k, i, o), _f32(rng, k, 2, low=-2, high=2)))],
   }
@@ -128,7 +130,7 @@ NOT_BUILDERS = {
 
 
 def test_the_builder_cases_cover_every_public_kernel_function(rng):
-  cases = set(_builder_cases(rng)) - {"normalize_position_grad"}
+  cases = set(_builder_cases(rng)) - {"normalize_position_grad", "normalize_angle_grad"}
   assert cases | set(NOT_BUILDERS) == set(kernels.__all__), (
       "a new kernels/ function needs a case in _builder_cases (or a reason in NOT_BUILDERS)")
   assert not cases & set(NOT_BUILDERS)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kshapes_jax.gradients import normalize_angle_grad
 from kshapes_jax.kernels import rotate_kernel
 from kshapes_jax.nn.base import ConvLayer, bucketed, he_normal, symmetric_padding
 from kshapes_jax.nn.variables import Angle
@@ -18,12 +19,15 @@ class RotateConv(ConvLayer):
 
   The effective kernel is `kernels.rotate_kernel` (eq. 3 / 8), so the layer is
   one 3x3 conv. Angles are `Angle` parameters, initialised uniform in
-  [0, 180); the optimizer projects them after each update (eq. 6).
+  [0, 180); the optimizer projects them after each update (eq. 6). With
+  `normalize_grad` (default) their gradient is scaled to unit RMS over the
+  layer (`gradients.normalize_angle_grad`), so they learn at the shared
+  learning rate; False gives the raw gradient (angles then barely move).
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = False, version: int = 4,
-               precision=None, dtype=None, rngs: nnx.Rngs):
+               normalize_grad: bool = True, precision=None, dtype=None, rngs: nnx.Rngs):
     if kernel_size != 3:
       raise ValueError(f"RotateConv is a 3x3 kernel, got kernel_size = {kernel_size}")
     if version not in (2, 4):
@@ -32,6 +36,7 @@ class RotateConv(ConvLayer):
     self.kernel_size, self.stride = 3, stride
     self.padding = symmetric_padding(padding, 3)
     self.version = version
+    self.normalize_grad = normalize_grad
     self.set_numerics(precision, dtype)
     taps = 3 if version == 4 else 1
     # fan-in: every tap sees in_features inputs, 3 taps per line
@@ -65,7 +70,10 @@ class RotateConv(ConvLayer):
     self.angles[...] = jnp.full(io, angle, self.angles[...].dtype)
 
   def effective_kernel(self):
-    kernel = rotate_kernel(self.weights[...], self.angles[...])
+    angles = self.angles[...]
+    if self.normalize_grad:
+      angles = normalize_angle_grad(angles)
+    kernel = rotate_kernel(self.weights[...], angles)
     return kernel, None if self.bias is None else self.bias[...]
 
   def weight_count(self) -> int:
