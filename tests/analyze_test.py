@@ -165,3 +165,14 @@ def test_reproduce_commands_and_the_busy_check(tmp_path):
   finally:
     busy.kill()
     busy.wait()
+
+
+def test_report_of_one_family_and_the_sector_count(runs, tmp_path):
+  path = tmp_path / "rotate.md"
+  text = report.write_report(runs, path, methods=("rotate",))
+  assert "## RotateConv" in text and "## ACNet" not in text and "## Versatile" not in text
+  assert "angles that changed sector (%)" in text
+  changed = analyze.analyze(runs / "sn_v4" / "seed0", out=tmp_path / "a")["rotate"]["convs/1"]["changed_sector"]
+  assert 0.0 <= changed <= 1.0
+  with pytest.raises(ValueError, match="unknown methods"):
+    report.write_report(runs, path, methods=("acnet",))

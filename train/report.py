@@ -98,8 +98,17 @@ def _comparisons(suite: Suite, method: str) -> list[str]:
                          for row in suite.rows(method) if row.baseline is not None]) + [""]
 
 
-def write_report(runs: str | Path, path: str | Path) -> str:
-  """Writes the reproduction report to `path` and its figures next to it (folder `repro/`)."""
+def write_report(runs: str | Path, path: str | Path, methods: Sequence[str] = repro_fmnist.METHODS) -> str:
+  """Writes the reproduction report to `path` and its figures next to it (folder `repro/`).
+
+  Args:
+    runs: the suite's runs (RUNS/ROW/seedS).
+    path: the markdown file.
+    methods: the sections to write (default: all), e.g. ("rotate",) for a report of one family.
+  """
+  unknown = sorted(set(methods) - set(repro_fmnist.METHODS))
+  if unknown:
+    raise ValueError(f"unknown methods {unknown}; expected some of {list(repro_fmnist.METHODS)}")
   suite, path = Suite(runs), Path(path)
   figures = path.parent / "repro"
   figures.mkdir(parents=True, exist_ok=True)
@@ -109,7 +118,7 @@ def write_report(runs: str | Path, path: str | Path) -> str:
     if NOTES[0] in old and NOTES[1] in old:
       notes = old[old.index(NOTES[0]) + len(NOTES[0]):old.index(NOTES[1])]
   lines = _header(suite, notes)
-  for method in repro_fmnist.METHODS:
+  for method in (m for m in repro_fmnist.METHODS if m in methods):
     lines += [f"## {repro_fmnist.TITLES[method]}", "", *_rows_table(suite, method), *_comparisons(suite, method)]
     lines += analyses.get(method).summarise(suite, figures)
   text = "\n".join(lines) + "\n"

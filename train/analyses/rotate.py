@@ -29,10 +29,11 @@ def compute(run, **options) -> dict[str, Any]:
   out = {}
   for (name, a), (_, a0) in zip(layers, rotate.rotate_layers(run.initial)):
     moved = rotate.axial_difference(a, a0)
+    sector, sector0 = np.floor(rotate.wrap_angles(a) / 45), np.floor(rotate.wrap_angles(a0) / 45)
     out[name] = {"concentration": rotate.axial_concentration(a),
                  "histogram_45deg": rotate.angle_histogram(a, bins=4)[0].tolist(),
                  "turned_mean_deg": float(moved.mean()), "turned_median_deg": float(np.median(moved)),
-                 "turned_max_deg": float(moved.max())}
+                 "turned_max_deg": float(moved.max()), "changed_sector": float(np.mean(sector != sector0))}
   return out
 
 
@@ -55,14 +56,17 @@ def render(run, results: dict[str, Any], out: Path, title: str) -> list[str]:
 
 
 def summarise(suite, figures: Path) -> list[str]:
-  lines = ["Angles: how far each kernel's line turned from its initial angle (train.analyze, deg), "
-           "mean over layers and seeds:", ""]
+  lines = ["Angles: how far each kernel's line turned from its initial angle (train.analyze, deg) and the share "
+           "of angles now in another 45-degree sector, mean over layers, mean +- std over seeds:", ""]
   table = []
   for row in suite.analysed_rows(NAME):
-    turned = [np.mean([v["turned_mean_deg"] for v in suite.results(row.name, s)[NAME].values()])
-              for s in suite.seeds(row.name)]
-    table.append((f"`{row.name}`", fmt(turned)))
-  lines += markdown_table(("row", "mean turn (deg)"), table) + [""]
+    layers = [suite.results(row.name, s)[NAME].values() for s in suite.seeds(row.name)]
+    turned = [np.mean([v["turned_mean_deg"] for v in per_layer]) for per_layer in layers]
+    # older results have no sector count
+    changed = [100 * np.mean([v["changed_sector"] for v in per_layer]) for per_layer in layers
+               if all("changed_sector" in v for v in per_layer)]
+    table.append((f"`{row.name}`", fmt(turned), fmt(changed)))
+  lines += markdown_table(("row", "mean turn (deg)", "angles that changed sector (%)"), table) + [""]
   for row in suite.figure_rows(NAME):
     lines += first_seed_figures(
         suite, row.name, figures,
