@@ -99,3 +99,42 @@ def test_rotate2_sector_boundary_repels_a_line_from_the_neighbour_sector():
   best = float(thetas[jnp.argmin(jax.vmap(distance)(thetas))])
   assert abs(best - 45 * (1 + f_star)) < 0.06
   assert float(jax.grad(distance)(jnp.float32(45.5))) < 0  # at the boundary, descent moves away from it
+
+
+@pytest.mark.parametrize("target", ["dilated by 0.6", "one synapse moved"])
+def test_acu_student_on_the_lattice_finds_the_teachers_positions(target):
+  """The paper's rules: normalized gradient, positions at 0.01 x lr, here under a cosine schedule.
+
+  The weights are held at the teacher's (lr multiplier 0): with them free,
+  at the paper's 100x slower position rate the weights absorb the
+  difference first and the positions stop 0.25-0.4 px short (measured).
+  The targets lie toward the centre: at an integer coordinate the position
+  derivative is one-sided toward the centre (the lattice rule in DESIGN),
+  so from the exact lattice an outward target is not seen.
+  """
+  lattice = np.asarray(nn.initial_positions(9, "lattice"))[1:]
+  goal = 0.6 * lattice if target == "dilated by 0.6" else lattice + np.array([[0.5, 0.2]] + [[0, 0]] * 7)
+  rng = np.random.default_rng(0)
+  teacher = nn.ActiveConv(6, 6, radius=2, rngs=nnx.Rngs(0))
+  teacher.positions[...] = jnp.asarray(goal, jnp.float32)
+  student = nn.ActiveConv(6, 6, radius=2, rngs=nnx.Rngs(0))  # on the lattice, the teacher's weights
+  x = jnp.asarray(rng.normal(size=(16, 12, 12, 6)), jnp.float32)
+  y = teacher(x)
+  steps = 300
+  tx = optim.sgd(optim.param_labels(student), optim.make_schedule("cosine", 1.0, steps), momentum=0.9,
+                 lr_multipliers={"positions": 0.01, "weights": 0.0})
+  graphdef, params = nnx.split(student, nnx.Param)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(lambda p: jnp.mean((nnx.merge(graphdef, p)(x) - y) ** 2))(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(steps):
+    params, state = step(params, state)
+  found = np.asarray(params["positions"].get_value())
+  # 1e-3 px: the normalized step ends at ~lr(t) x 0.01 with the cosine at 0; bilinear weights then
+  # differ from the teacher's by < 0.1%
+  np.testing.assert_allclose(found, goal, atol=1e-3)
