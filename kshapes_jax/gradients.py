@@ -23,15 +23,20 @@ def _normalize_fwd(positions: jax.Array):
   return positions, None
 
 
-def _normalize_bwd(_, cotangent: jax.Array):
-  # Scale by the largest component first, so squaring neither underflows
-  # (a tiny gradient must still become a unit vector) nor overflows.
-  scale = jnp.max(jnp.abs(cotangent), axis=-1, keepdims=True)
+def _unit(cotangent: jax.Array, axis: int | None, mean: bool) -> jax.Array:
+  """cotangent / its L2 norm (mean=False) or RMS (mean=True) over `axis`; zero stays zero."""
+  # Scale by the largest entry first, so squaring neither underflows (a tiny
+  # gradient must still become unit) nor overflows.
+  scale = jnp.max(jnp.abs(cotangent), axis=axis, keepdims=True)
   nonzero = scale > 0
   # The double where keeps both the value and its derivative finite at zero.
   scaled = cotangent / jnp.where(nonzero, scale, 1)
-  norm = jnp.sqrt(jnp.sum(jnp.square(scaled), axis=-1, keepdims=True))
-  return (jnp.where(nonzero, scaled / jnp.where(nonzero, norm, 1), 0),)
+  norm = jnp.sqrt((jnp.mean if mean else jnp.sum)(jnp.square(scaled), axis=axis, keepdims=True))
+  return jnp.where(nonzero, scaled / jnp.where(nonzero, norm, 1), 0)
+
+
+def _normalize_bwd(_, cotangent: jax.Array):
+  return (_unit(cotangent, axis=-1, mean=False),)
 
 
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)
@@ -69,20 +74,11 @@ def _unit_rms(angles: jax.Array) -> jax.Array:
   return angles
 
 
-def _unit_rms_fwd(angles: jax.Array):
-  return angles, None
-
-
 def _unit_rms_bwd(_, cotangent: jax.Array):
-  # as for the positions: scale by the largest entry first, so a tiny gradient still becomes unit RMS
-  scale = jnp.max(jnp.abs(cotangent))
-  nonzero = scale > 0
-  scaled = cotangent / jnp.where(nonzero, scale, 1)
-  rms = jnp.sqrt(jnp.mean(jnp.square(scaled)))
-  return (jnp.where(nonzero, scaled / jnp.where(nonzero, rms, 1), 0),)
+  return (_unit(cotangent, axis=None, mean=True),)
 
 
-_unit_rms.defvjp(_unit_rms_fwd, _unit_rms_bwd)
+_unit_rms.defvjp(_normalize_fwd, _unit_rms_bwd)
 
 
 def normalize_angle_grad(angles: ArrayLike) -> jax.Array:

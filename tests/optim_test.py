@@ -107,23 +107,33 @@ def test_angle_projection_keeps_each_step_in_the_previous_sector_plus_eps(rng):
   labels = optim.param_labels(model)
   eps = 2.0
   tx = optim.sgd(labels, 1.0, momentum=0.0, angle_eps=eps)
-  params = nnx.state(model, nnx.Param)
-  state = tx.init(params)
-  for _ in range(20):
-    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, 40, p.shape), p.dtype), params)
-    updates, state = tx.update(grads, state, params)
-    new = optax.apply_updates(params, updates)
-    old_a = np.asarray(params["rot"]["angles"][...], np.float64)
-    new_a = np.asarray(new["rot"]["angles"][...], np.float64)
-    raw = old_a - np.asarray(grads["rot"]["angles"][...])
+  for grads, old_a, new_a in _angle_steps(model, tx, rng, steps=20, scale=40.0):
+    raw = old_a - grads
     expected = np.asarray(kernels.project_angles(raw, old_a, eps))
     np.testing.assert_allclose(new_a, expected, atol=1e-4)
-    # eq. 6 as a bound: the (unwrapped) move stays within [low - eps, low + 45 + eps]
-    low = old_a - np.mod(old_a, 45.0)
-    unwrapped = old_a + (np.mod(new_a - old_a + 90, 180) - 90)
-    assert np.all(unwrapped >= low - eps - 1e-4) and np.all(unwrapped <= low + 45 + eps + 1e-4)
-    assert np.all(new_a >= 0) and np.all(new_a < 180 + 1e-4)
+    _assert_within_sector(old_a, new_a, eps)
+
+
+def _angle_steps(model, tx, rng, steps: int, scale: float):
+  """Applies `steps` updates of random gradients (std `scale`); yields (angle grads, old angles, new angles)."""
+  params = nnx.state(model, nnx.Param)
+  state = tx.init(params)
+  for _ in range(steps):
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, scale, p.shape), p.dtype), params)
+    updates, state = tx.update(grads, state, params)
+    new = optax.apply_updates(params, updates)
+    yield (np.asarray(grads["rot"]["angles"][...]), np.asarray(params["rot"]["angles"][...], np.float64),
+           np.asarray(new["rot"]["angles"][...], np.float64))
     params = new
+
+
+def _assert_within_sector(old_a, new_a, eps) -> float:
+  """Eq. 6 as a bound: the (unwrapped) move stays within [low - eps, low + 45 + eps]; returns the largest move."""
+  low = old_a - np.mod(old_a, 45.0)
+  unwrapped = old_a + (np.mod(new_a - old_a + 90, 180) - 90)
+  assert np.all(unwrapped >= low - eps - 1e-4) and np.all(unwrapped <= low + 45 + eps + 1e-4)
+  assert np.all(new_a >= 0) and np.all(new_a < 180 + 1e-4)
+  return float(np.max(np.abs(unwrapped - old_a)))
 
 
 def test_small_angle_steps_are_plain_sgd():
@@ -247,18 +257,6 @@ def test_angle_projection_holds_around_any_optimizer(rng, base):
   eps = 2.0
   inner = optax.adamw(30.0, weight_decay=0.0) if base == "adamw" else optax.lamb(30.0)
   tx = optim.with_shape_rules(inner, labels, angle_eps=eps)
-  params = nnx.state(model, nnx.Param)
-  state = tx.init(params)
-  moved = 0.0
-  for _ in range(10):
-    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, 1, p.shape), p.dtype), params)
-    updates, state = tx.update(grads, state, params)
-    new = optax.apply_updates(params, updates)
-    old_a = np.asarray(params["rot"]["angles"][...], np.float64)
-    new_a = np.asarray(new["rot"]["angles"][...], np.float64)
-    low = old_a - np.mod(old_a, 45.0)
-    unwrapped = old_a + (np.mod(new_a - old_a + 90, 180) - 90)
-    assert np.all(unwrapped >= low - eps - 1e-4) and np.all(unwrapped <= low + 45 + eps + 1e-4)
-    moved = max(moved, float(np.max(np.abs(unwrapped - old_a))))
-    params = new
+  moved = max(_assert_within_sector(old_a, new_a, eps)
+              for _, old_a, new_a in _angle_steps(model, tx, rng, steps=10, scale=1.0))
   assert moved > eps  # the base's steps were large: the projection did the bounding

@@ -17,10 +17,11 @@ from flax import nnx
 from kshapes_jax import kernels, nn, optim
 
 
-def _distill(student: nn.RotateConv, teacher: nn.RotateConv, rng, steps: int = 400, lr: float = 0.05):
-  x = jnp.asarray(rng.normal(size=(32, 12, 12, student.in_features)), jnp.float32)
+def _fit(student: nnx.Module, teacher: nnx.Module, tx: optax.GradientTransformation, steps: int, rng,
+         batch: int = 32) -> nnx.State:
+  """Trains the student's parameters on the teacher's outputs (mean squared error); its final params."""
+  x = jnp.asarray(rng.normal(size=(batch, 12, 12, student.in_features)), jnp.float32)
   y = teacher(x)
-  tx = optim.sgd(optim.param_labels(student), lr, momentum=0.9)
   graphdef, params = nnx.split(student, nnx.Param)
   state = tx.init(params)
 
@@ -32,7 +33,12 @@ def _distill(student: nn.RotateConv, teacher: nn.RotateConv, rng, steps: int = 4
 
   for _ in range(steps):
     params, state = step(params, state)
-  return np.asarray(params["angles"].get_value())
+  return params
+
+
+def _distill(student: nn.RotateConv, teacher: nn.RotateConv, rng, steps: int = 400, lr: float = 0.05):
+  tx = optim.sgd(optim.param_labels(student), lr, momentum=0.9)
+  return np.asarray(_fit(student, teacher, tx, steps, rng)["angles"].get_value())
 
 
 def _student_of(version: int, seed: int, normalize_grad: bool = True):
@@ -118,22 +124,10 @@ def test_acu_student_on_the_lattice_finds_the_teachers_positions(target):
   teacher = nn.ActiveConv(6, 6, radius=2, rngs=nnx.Rngs(0))
   teacher.positions[...] = jnp.asarray(goal, jnp.float32)
   student = nn.ActiveConv(6, 6, radius=2, rngs=nnx.Rngs(0))  # on the lattice, the teacher's weights
-  x = jnp.asarray(rng.normal(size=(16, 12, 12, 6)), jnp.float32)
-  y = teacher(x)
   steps = 300
   tx = optim.sgd(optim.param_labels(student), optim.make_schedule("cosine", 1.0, steps), momentum=0.9,
                  lr_multipliers={"positions": 0.01, "weights": 0.0})
-  graphdef, params = nnx.split(student, nnx.Param)
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state):
-    grads = jax.grad(lambda p: jnp.mean((nnx.merge(graphdef, p)(x) - y) ** 2))(params)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  for _ in range(steps):
-    params, state = step(params, state)
+  params = _fit(student, teacher, tx, steps, rng, batch=16)
   found = np.asarray(params["positions"].get_value())
   # 1e-3 px: the normalized step ends at ~lr(t) x 0.01 with the cosine at 0; bilinear weights then
   # differ from the teacher's by < 0.1%
