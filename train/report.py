@@ -53,11 +53,12 @@ def _accuracies(suite: Suite, row: str) -> list[float]:
   return [100 * s["deployed_test_accuracy"] for s in suite.summaries(row)]
 
 
-def _header(suite: Suite, notes: str) -> list[str]:
+def _header(suite: Suite, notes: str, methods: Sequence[str]) -> list[str]:
   seconds = sum(s.get("seconds_total", 0) for row in suite.records for s in suite.summaries(row))
+  only = "" if set(methods) == set(repro_fmnist.METHODS) else f" --methods {','.join(methods)}"
   return [
       "# Reproduction report", "",
-      "Made by `python -m train.reproduce --runs runs/repro` (every run, then this file) on "
+      f"Made by `python -m train.reproduce --runs runs/repro{only}` (every run, then this file) on "
       f"{time.strftime('%Y-%m-%d')}; the runs took {seconds / 60:.0f} min of training in total "
       f"({sys.platform}, CPU). One row, one seed: "
       "`python -m train.main --config configs/repro_fmnist.py:row=ROW,seed=S --workdir runs/repro/ROW/seedS`; "
@@ -117,7 +118,7 @@ def write_report(runs: str | Path, path: str | Path, methods: Sequence[str] = re
     old = path.read_text()
     if NOTES[0] in old and NOTES[1] in old:
       notes = old[old.index(NOTES[0]) + len(NOTES[0]):old.index(NOTES[1])]
-  lines = _header(suite, notes)
+  lines = _header(suite, notes, methods)
   for method in (m for m in repro_fmnist.METHODS if m in methods):
     lines += [f"## {repro_fmnist.TITLES[method]}", "", *_rows_table(suite, method), *_comparisons(suite, method)]
     lines += analyses.get(method).summarise(suite, figures)
