@@ -94,8 +94,7 @@ class Row:
     c.log_every_steps = 50
     c.progress = False
     _shorten(c, float(epochs or EPOCHS[self.method]), before)
-    for key, value in self.overrides.items():
-      _set(c, key, value)
+    c.update_from_flattened_dict(self.overrides)
     if not c.conv_options.get("normalize_grad", True):
       c.acu_radius_every_steps = 0  # bucketing bounds the move by the unit gradient; fixed 5x5 instead
     # Every checkpoint is kept: the ACU movement plot (Fig. 6) reads them.
@@ -120,14 +119,6 @@ def _shorten(c: ml_collections.ConfigDict, epochs: float, before: tuple[float, i
   # 6 digits: 32000 / 781 of 64000 / 781 epochs is a half, not 0.49999999999999994
   c.optim.boundaries = tuple(epochs * round(b / old_epochs, 6) for b in c.optim.boundaries)
   c.optim.position_warmup_steps = _length(c)[1] * c.optim.position_warmup_steps // old_steps
-
-
-def _set(c: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
-  *parents, key = dotted.split(".")
-  node = c
-  for name in parents:
-    node = node[name]
-  node[key] = value
 
 
 _SN = "rotateconv_sn_mnist:version="

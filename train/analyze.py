@@ -53,7 +53,8 @@ def analyze(workdir: str | Path, out: str | Path | None = None, sections: Sequen
   out.mkdir(parents=True, exist_ok=True)
   title = f"{run.config.model} / {run.config.conv} on {run.dataset.name}, step {run.step}"
   lines = [f"# Analysis of {run.workdir}", "", f"{title}. Written by `python -m train.analyze`.", ""]
-  results: dict[str, Any] = {"workdir": str(run.workdir), "step": run.step, "sections": [m.NAME for m in modules]}
+  results: dict[str, Any] = {"workdir": str(run.workdir), "step": run.step, "sections": [m.NAME for m in modules],
+                             "options": options}
   for module in modules:
     results[module.NAME] = module.compute(run, **options)
     lines += module.render(run, results[module.NAME], out, title)

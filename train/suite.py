@@ -67,19 +67,11 @@ class Suite:
     record = self.records[row]
     if not record.analyses:
       return None
+    options = {k: v for o in record.analyses.values() for k, v in o.items()}
     cached = self.analysis_dir(row, seed) / "results.json"
     if cached.exists():
       results = json.loads(cached.read_text())
-      if all(_covers(results, name, options) for name, options in record.analyses.items()):
+      # computed for these analyses with these options (older caches did not record them)
+      if set(record.analyses) <= set(results.get("sections", [])) and results.get("options") == options:
         return results
-    options = {k: v for o in record.analyses.values() for k, v in o.items()}
     return analyze.analyze(self.workdir(row, seed), sections=list(record.analyses), **options)
-
-
-def _covers(results: dict[str, Any], name: str, options: dict[str, Any]) -> bool:
-  """Whether cached results hold analysis `name` as computed with these options."""
-  if name not in results.get("sections", []):
-    return False
-  if name == "acb" and options.get("prune_seeds", 3) > 0 and not results[name]["pruning"]:
-    return False  # computed without the pruning curves this row wants
-  return True

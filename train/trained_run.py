@@ -35,6 +35,8 @@ class TrainedRun:
   initial: nnx.Module
   step: int
   steps: list[int]
+  template: TrainState = dataclasses.field(repr=False)  # what a checkpoint restores into
+  graphdef: nnx.GraphDef = dataclasses.field(repr=False)
 
   @property
   def workdir(self) -> Path:
@@ -42,9 +44,7 @@ class TrainedRun:
 
   def model_at(self, step: int) -> nnx.Module:
     """The trained model at another saved step (eval mode)."""
-    return _model_at(self._experiment, self.rundir, step)
-
-  _experiment: experiment.Experiment = dataclasses.field(default=None, repr=False)
+    return _model(self.graphdef, self.rundir.restore(self.template, step)[0])
 
 
 def load_run(workdir: str | Path, step: int | None = None) -> TrainedRun:
@@ -59,23 +59,24 @@ def load_run(workdir: str | Path, step: int | None = None) -> TrainedRun:
   exp = experiment.build(config)
   initial = nnx.clone(exp.model)
   initial.eval()
-  return TrainedRun(rundir, config, exp.dataset, _model_at(exp, rundir, step), initial, step,
-                    rundir.checkpoint_steps(), exp)
+  template = jax.device_put(exp.initial_state())
+  graphdef = nnx.split(exp.model, nnx.Param, ...)[0]
+  model = _model(graphdef, rundir.restore(template, step)[0])
+  return TrainedRun(rundir, config, exp.dataset, model, initial, step, rundir.checkpoint_steps(), template,
+                    graphdef)
 
 
 def load_state(workdir: str | Path, step: int | None = None) -> tuple[int, TrainState]:
   """(step, the trainer's TrainState) of a checkpoint (default: the latest), restored into the
   state the run's config builds, on the default device."""
   rundir = RunDir(workdir)
-  exp = experiment.build(rundir.read_config())
-  state, _ = rundir.restore(jax.device_put(exp.initial_state()), step)
+  template = jax.device_put(experiment.build(rundir.read_config()).initial_state())
+  state, _ = rundir.restore(template, step)
   return int(state.step), state
 
 
-def _model_at(exp: experiment.Experiment, rundir: RunDir, step: int) -> nnx.Module:
-  """The experiment's model with the trainer's state of checkpoint `step` (eval mode)."""
-  state, _ = rundir.restore(jax.device_put(exp.initial_state()), step)
-  graphdef = nnx.split(exp.model, nnx.Param, ...)[0]
+def _model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
+  """The model a restored state holds, with its ACU radii, in eval mode."""
   model = with_radii(nnx.merge(graphdef, state.params, state.rest), state.radii_list())
   model.eval()
   return model

@@ -61,12 +61,12 @@ def distorted_accuracies(model: nnx.Module, dataset: input_pipeline.Dataset, spl
                          batch_size) for kind in acb.DISTORTIONS}
 
 
-def magnitude(model: nnx.Module) -> np.ndarray:
-  """A (eq. 9-10) over the kxk layers of deploy(model)."""
-  convs = acb.square_convs(K.deploy(model))
+def magnitude(deployed: nnx.Module) -> tuple[np.ndarray, int]:
+  """A (eq. 9-10) over the kxk layers of a deployed model, and how many there are."""
+  convs = acb.square_convs(deployed)
   if not convs:
     raise ValueError("section acb: the deployed model has no kxk convs")
-  return acb.magnitude_matrix([layer.kernel[...] for _, layer in convs])
+  return acb.magnitude_matrix([layer.kernel[...] for _, layer in convs]), len(convs)
 
 
 def compute(run, *, prune_examples: int = 2000, prune_seeds: int = 3,
@@ -74,11 +74,11 @@ def compute(run, *, prune_examples: int = 2000, prune_seeds: int = 3,
   """A, the pruning curves (prune_seeds masks per sparsity on the first prune_examples test images;
   none for prune_seeds=0) and the distorted accuracies, of the deployed net."""
   del options
-  matrix = magnitude(run.model)
   deployed = K.deploy(run.model)
+  matrix, layers = magnitude(deployed)
   test = subset(run.dataset.test, prune_examples)
   curves = pruning_curves(deployed, run.dataset, test, sparsities, range(prune_seeds)) if prune_seeds else {}
-  return {"magnitude_matrix": matrix.tolist(), "layers": len(acb.square_convs(deployed)),
+  return {"magnitude_matrix": matrix.tolist(), "layers": layers,
           "sparsities": list(sparsities),
           "pruning": {r: a.tolist() for r, a in curves.items()}, "prune_examples": len(test),
           "distorted": distorted_accuracies(deployed, run.dataset, run.dataset.test)}
@@ -123,7 +123,7 @@ def _magnitude_and_pruning(suite, figures: Path) -> list[str]:
     if not results:
       continue
     matrices[row] = np.mean([r["magnitude_matrix"] for r in results], axis=0)
-    initial[row] = np.mean([magnitude(suite.load(row, s).initial) for s in suite.seeds(row)], axis=0)
+    initial[row] = np.mean([magnitude(K.deploy(suite.load(row, s).initial))[0] for s in suite.seeds(row)], axis=0)
     sparsities = results[0]["sparsities"]
     curves[row] = {region: np.concatenate([np.asarray(r["pruning"][region], np.float64) for r in results])
                    for region in acb.REGIONS}
