@@ -5,7 +5,9 @@
 Keys:
   model, conv: a registered model and the conv kind of its kxk layers.
   model_kwargs, conv_options: passed to `kshapes_jax.models.create` and to
-    every shaped conv layer (e.g. conv_options.radius=3 for the ACU).
+    every shaped conv layer (e.g. conv_options.radius=3 for the ACU); the
+    conv options are declared unset (CONV_OPTIONS), and only those set are
+    passed.
   precision: of every conv and dense layer: "default" (the backend's: TF32
     on a GPU, bf16 passes on a TPU, float32 on a CPU), "high" or "highest"
     (exact float32, slower on a GPU). Kernels are built exactly either way.
@@ -30,6 +32,9 @@ Keys:
     weight_decay and decay_labels, lr_multipliers per label,
     position_warmup_steps (ACU positions frozen), angle_eps (RotateConv
     eq. 6, degrees; < 0 turns the projection off).
+  max_loss_factor: the run stops as on a NaN once a step's training loss
+    exceeds this x ln(classes), the loss of a uniform guess (1000: about
+    2300 for 10 classes); 0: off.
   acu_radius_every_steps: ACU extent bucketing, every N steps re-jit each
     ACU with the smallest radius that holds its positions plus how far
     they can move before the next check (3x3 during the warm-up); 0: off.
@@ -41,13 +46,28 @@ Keys:
 import ml_collections
 
 
+# Every option a conv kind takes, typed, unset: so that `--config.conv_options.radius=3` parses
+# (a locked config refuses new keys). Only the set ones reach the layers.
+CONV_OPTIONS = {
+    "radius": int, "synapses": int, "init": str, "position_groups": int, "impl": str,  # active (impl: also versatile)
+    "normalize_grad": bool,  # active, rotate4/rotate2
+    "asymmetric": str, "bn": str, "border": bool, "asym_scale_init": float,  # acb
+    "mode": str, "bias": str, "channel_delta": int, "channel_stride": int,  # versatile
+}
+
+
+def conv_options() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(
+      {name: ml_collections.FieldReference(None, field_type=kind) for name, kind in CONV_OPTIONS.items()})
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   c = ml_collections.ConfigDict()
   c.model = "sn"
   c.conv = "plain"
   c.model_kwargs = ml_collections.ConfigDict()
-  c.conv_options = ml_collections.ConfigDict()
+  c.conv_options = conv_options()
   c.precision = "default"
   c.dtype = "float32"
   c.deterministic = True
@@ -61,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name="sgd", b1=0.9, b2=0.999, learning_rate=0.05, schedule="constant", boundaries=(), factor=0.1, warmup_epochs=0.0,
       momentum=0.9, nesterov=False, weight_decay=5e-4, decay_labels=("weights",),
       lr_multipliers={"positions": 0.01}, position_warmup_steps=0, angle_eps=1.0))
+  c.max_loss_factor = 1000.0
   c.acu_radius_every_steps = 0
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3

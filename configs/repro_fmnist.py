@@ -95,7 +95,7 @@ class Row:
     c.progress = False
     _shorten(c, float(epochs or EPOCHS[self.method]), before)
     c.update_from_flattened_dict(self.overrides)
-    if not c.conv_options.get("normalize_grad", True):
+    if c.conv_options.get("normalize_grad") is False:
       c.acu_radius_every_steps = 0  # bucketing bounds the move by the unit gradient; fixed 5x5 instead
     # Every checkpoint is kept: the ACU movement plot (Fig. 6) reads them.
     steps_per_epoch = input_pipeline.TRAIN_EXAMPLES[DATA] // c.batch_size

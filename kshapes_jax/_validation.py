@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
+from jax import lax
 
 
 def shape_of(name: str, x) -> tuple[int, ...]:
@@ -46,15 +46,43 @@ def concrete_or_none(x) -> np.ndarray | None:
     return None
 
 
+def is_int(value) -> bool:
+  """A Python or NumPy integer, not a bool (True is an int to Python, never a size here)."""
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def positive_int(name: str, value, minimum: int = 1) -> int:
+  """`value` as an int >= minimum; ValueError naming the argument otherwise."""
+  if not is_int(value) or value < minimum:
+    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+  return int(value)
+
+
 def pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
   """Normalises an int or a pair of positive ints (strides, dilations)."""
-  if isinstance(value, (int, np.integer)):
-    out = (int(value), int(value))
-  else:
-    out = tuple(int(v) for v in value)
-  if len(out) != 2 or min(out) < 1:
+  values = (value, value) if is_int(value) else value
+  try:
+    ok = len(values) == 2 and all(is_int(v) and v >= 1 for v in values)
+  except TypeError:  # not a sequence: 1.5, None
+    ok = False
+  if not ok:
     raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
-  return out  # type: ignore[return-value]
+  return int(values[0]), int(values[1])
+
+
+def require_rngs(layer: str, rngs) -> None:
+  """Layers draw their initial parameters from `rngs`; say so instead of an AttributeError later."""
+  from flax import nnx
+
+  if not isinstance(rngs, nnx.Rngs):
+    raise ValueError(f"{layer} needs rngs=nnx.Rngs(seed) to draw its initial parameters, got {rngs!r}")
+
+
+def floating(dtype) -> np.dtype:
+  """`dtype` if it is floating, else the float that integers and bools promote to (float32, or
+  float64 under jax_enable_x64): bilinear weights of an integer array would round to 0."""
+  dtype = jnp.dtype(dtype)
+  return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.result_type(dtype, float)
 
 
 # lax's names: "bfloat16" / "tensorfloat32" / "float32" are DEFAULT / HIGH / HIGHEST

@@ -14,6 +14,7 @@ positions, which no dense kernel can express.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -35,6 +36,8 @@ def resolve_padding(
     kernel_hw: Sequence[int],
     stride: int | Sequence[int] = 1,
     dilation: int | Sequence[int] = 1,
+    *,
+    allow_crop: bool = False,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
   """Explicit ((top, bottom), (left, right)) padding, as lax would apply it.
 
@@ -45,12 +48,14 @@ def resolve_padding(
     kernel_hw: (kh, kw) of the kernel before dilation.
     stride: the conv stride.
     dilation: the kernel dilation.
+    allow_crop: accept negative pads, which crop the input as lax does.
 
   Returns:
     The two (low, high) pairs.
 
   Raises:
-    ValueError: for an unknown padding string or a malformed pair list.
+    ValueError: for an unknown padding string, a malformed pair list, or a
+      negative or boolean pad (negative: unless `allow_crop`).
   """
   stride = _validation.pair("stride", stride)
   dilation = _validation.pair("dilation", dilation)
@@ -60,15 +65,21 @@ def resolve_padding(
     extent = [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation)]
     pads = lax.padtype_to_pads(tuple(input_hw), extent, stride, padding.upper())
     return tuple((int(lo), int(hi)) for lo, hi in pads)  # type: ignore[return-value]
-  if isinstance(padding, int):
-    return ((padding, padding), (padding, padding))
+  low = -math.inf if allow_crop else 0
+  message = (f"padding must be 'SAME', 'VALID', an int{'' if allow_crop else ' >= 0'} or ((t, b), (l, r)) of "
+             f"them, got {padding!r}")
+  if _validation.is_int(padding):
+    padding = ((padding, padding), (padding, padding))
   try:
-    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    pads = tuple((lo, hi) for lo, hi in padding)
   except (TypeError, ValueError) as e:
-    raise ValueError(f"padding must be 'SAME', 'VALID', an int or ((t, b), (l, r)), got {padding!r}") from e
+    raise ValueError(message) from e
   if len(pads) != 2:
     raise ValueError(f"padding needs one (low, high) pair per spatial axis, got {padding!r}")
-  return pads  # type: ignore[return-value]
+  # lax would crop with a negative pad; True would pad by 1
+  if not all(_validation.is_int(p) and p >= low for pair in pads for p in pair):
+    raise ValueError(message)
+  return tuple((int(lo), int(hi)) for lo, hi in pads)  # type: ignore[return-value]
 
 
 def conv(
@@ -82,6 +93,7 @@ def conv(
     bias: ArrayLike | None = None,
     dtype=None,
     precision: lax.PrecisionLike = None,
+    allow_crop: bool = False,
 ) -> jax.Array:
   """One 2-D convolution, NHWC input and HWIO kernel.
 
@@ -99,6 +111,9 @@ def conv(
       GPU, bf16 passes on a TPU, float32 on a CPU), "high", "highest"
       (exact float32 everywhere), or a `lax.Precision` /
       `lax.DotAlgorithmPreset`.
+    allow_crop: accept negative pads, which crop the input (how the ACB
+      and versatile branches line up with their square kernel); off by
+      default, so that a negative padding is an error and not a crop.
 
   Returns:
     (N, H', W', O) output.
@@ -109,7 +124,7 @@ def conv(
   """
   n, h, w, c = _validation.require_rank("x", x, 4, "(N, H, W, C)")
   kh, kw, ci, co = _validation.require_rank("kernel", kernel, 4, "(kh, kw, C / groups, O)")
-  if not isinstance(groups, int) or groups < 1 or c % groups or co % groups:
+  if not _validation.is_int(groups) or groups < 1 or c % groups or co % groups:
     raise ValueError(f"groups = {groups!r} must be a positive int dividing C = {c} and O = {co}")
   if ci * groups != c:
     raise ValueError(
@@ -117,7 +132,7 @@ def conv(
         f"group(s): expected kernel shape ({kh}, {kw}, {c // groups}, O)")
   stride = _validation.pair("stride", stride)
   dilation = _validation.pair("dilation", dilation)
-  pads = resolve_padding(padding, (h, w), (kh, kw), stride, dilation)
+  pads = resolve_padding(padding, (h, w), (kh, kw), stride, dilation, allow_crop=allow_crop)
   precision = _validation.precision(precision)
   dtype = jnp.result_type(x, kernel) if dtype is None else _validation.compute_dtype(dtype)
   y = lax.conv_general_dilated(
@@ -198,7 +213,8 @@ def active_conv_gather(
     radius: R of that grid. None takes `kernels.radius_for_positions`, which
       needs concrete positions: pass it explicitly inside jit.
     dtype: compute dtype of the samples and the weighted sum, as for `conv`
-      (positions and their cells stay at >= float32).
+      (positions and their cells stay at >= float32); by default x and the
+      weights promoted, to float if both are integers.
     precision: of the weighted sum over synapses and channels, as for `conv`.
 
   Returns:
@@ -217,10 +233,7 @@ def active_conv_gather(
   if p_shape[-2:] != (k, 2):
     raise ValueError(
         f"positions must end in (K, 2) with K = {k} synapses, got shape {p_shape}")
-  if radius is None:
-    radius = _active.radius_for_positions(positions)
-  elif not isinstance(radius, int) or radius < 1:
-    raise ValueError(f"radius must be an int >= 1, got {radius!r}")
+  radius = _active.radius_for_positions(positions) if radius is None else _active.check_radius(radius)
   stride = _validation.pair("stride", stride)
   (out_h, out_w), (row0, col0) = output_geometry((h, w), radius, stride, padding)
   if len(p_shape) == 5 and p_shape[:3] != (n, out_h, out_w):
@@ -231,7 +244,8 @@ def active_conv_gather(
   if cout % groups:
     raise ValueError(f"{groups} position groups do not divide the {cout} output channels")
 
-  dtype = jnp.result_type(x, weights) if dtype is None else _validation.compute_dtype(dtype)
+  # integer samples would round the bilinear weights to 0
+  dtype = _validation.floating(jnp.result_type(x, weights)) if dtype is None else _validation.compute_dtype(dtype)
   x = jnp.asarray(x, dtype)
   # Cells and fractions at >= float32 even for bf16 compute: a bf16 position
   # would move the synapse (1.3 -> 1.296875).

@@ -124,6 +124,7 @@ NOT_BUILDERS = {
     "BatchNormParams": "a NamedTuple",
     "channel_windows": "int arithmetic on the host",
     "check_positions_within": "a host-side check",
+    "check_radius": "a host-side check",
     "lattice_offsets": "NumPy constants",
     "radius_for_positions": "a host-side int",
 }

@@ -7,8 +7,11 @@ these functions, so a restored run is the trained one.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import json
 import math
-from typing import get_args
+from typing import Any, get_args
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +29,65 @@ class ConfigError(ValueError):
   """A config that cannot run; raised before any data is read or code compiled."""
 
 
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN or inf."""
-
-
 OPTIMIZERS = ("sgd", "adamw")
+
+# What a checkpoint's state means: a resume whose config changes one of these is refused (a
+# prefix covers the keys under it). data.data_dir is left out: the same data may move.
+STATE_KEYS = ("model", "model_kwargs", "conv", "conv_options", "dtype", "optim.name", "batch_size", "seed",
+              "data")
+_NOT_STATE_KEYS = ("data.data_dir",)
+# Free-form blocks: their keys are the model's or the optimizer's, not the config's.
+_OPEN_KEYS = ("model_kwargs", "optim.lr_multipliers")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):  # an empty block has no keys (unset, as a missing key is)
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _as_dict(config) -> dict[str, Any]:
+  return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+  return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def config_changes(saved: dict[str, Any], config) -> list[str]:
+  """The STATE_KEYS whose value differs between a checkpoint's config and `config`, as 'key (old -> new)'.
+
+  A key missing on one side counts as unset (None), so a config written before a key existed
+  compares equal to one that leaves it unset.
+  """
+  before, now = _flatten(saved), _flatten(_as_dict(config))
+  keys = sorted(k for k in before.keys() | now.keys() if _under(k, STATE_KEYS) and not _under(k, _NOT_STATE_KEYS))
+  return [f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in keys if before.get(k) != now.get(k)]
+
+
+def check_keys(config) -> None:
+  """ConfigError for keys the trainer does not know (a typo would otherwise be ignored)."""
+  from configs import default  # noqa: PLC0415 (configs import train: no cycle at import time)
+
+  known = _flatten(_as_dict(default.get_config()))
+  unknown = [k for k in _flatten(_as_dict(config)) if k not in known and not _under(k, _OPEN_KEYS)]
+  if unknown:
+    raise ConfigError(f"unknown config key(s) {unknown}; see configs/default.py for the keys")
+
+
+def _check_number(name: str, value, low: float, high: float = math.inf, *, integer: bool = False,
+                  low_open: bool = False, high_open: bool = False) -> None:
+  """ConfigError unless `value` is a finite number (an int if `integer`) in the interval."""
+  ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+  ok = ok and math.isfinite(value) and (low < value if low_open else low <= value)
+  ok = ok and (value < high if high_open else value <= high)
+  if not ok:
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == math.inf else ']'}"
+    raise ConfigError(f"{name} must be {'an int' if integer else 'a number'} in {interval}, got {value!r}")
 
 
 def check_config(config) -> None:
@@ -82,18 +139,58 @@ def check_config(config) -> None:
     raise ConfigError(f"optim.name must be one of {list(OPTIMIZERS)}, got {o.name!r}")
   if o.schedule not in get_args(optim.Schedule):
     raise ConfigError(f"optim.schedule must be constant, staircase or cosine, got {o.schedule!r}")
-  if o.learning_rate <= 0:
-    raise ConfigError(f"optim.learning_rate must be > 0, got {o.learning_rate}")
+  _check_number("optim.learning_rate", o.learning_rate, 0, low_open=True)
+  _check_number("optim.momentum", o.momentum, 0, 1, high_open=True)
+  _check_number("optim.weight_decay", o.weight_decay, 0)
+  _check_number("optim.factor", o.factor, 0, low_open=True)
+  _check_number("optim.warmup_epochs", o.warmup_epochs, 0)
+  _check_number("optim.position_warmup_steps", o.position_warmup_steps, 0, integer=True)
+  for key in ("b1", "b2"):
+    _check_number(f"optim.{key}", o.get(key, 0.9), 0, 1, high_open=True)
+  if list(o.boundaries) != sorted(o.boundaries) or any(b < 0 for b in o.boundaries):
+    raise ConfigError(f"optim.boundaries must be epochs >= 0 in increasing order, got {tuple(o.boundaries)}")
+  for label, multiplier in dict(o.lr_multipliers).items():
+    _check_number(f"optim.lr_multipliers.{label}", multiplier, 0)
+  _check_number("seed", config.seed, 0, 2**32 - 1, integer=True)
+  _check_number("num_epochs", config.num_epochs, 0)
+  _check_number("num_steps", config.num_steps, 0, integer=True)
+  _check_number("max_loss_factor", config.get("max_loss_factor", 0.0), 0)
+  if config.data.source == "synthetic":
+    for key in ("train_size", "test_size"):
+      _check_number(f"data.{key}", config.data.get(key, 1), 1, integer=True)
+  _check_conv_options(config)
   for label in list(o.decay_labels) + list(o.lr_multipliers):
     if label not in optim.LABELS:
       raise ConfigError(f"unknown parameter label {label!r} in optim; expected some of {list(optim.LABELS)}")
 
 
+def conv_options(config) -> dict[str, Any]:
+  """The conv options the config sets (the unset ones are None)."""
+  return {k: v for k, v in dict(config.get("conv_options", {})).items() if v is not None}
+
+
+def _check_conv_options(config) -> None:
+  """ConfigError for a conv option the conv kind's layer does not take."""
+  layer = K.nn.CONV_KINDS.get(config.conv)
+  if layer is None:
+    return
+  from configs import default  # noqa: PLC0415
+
+  cls = layer.func if isinstance(layer, functools.partial) else layer  # rotate4 / rotate2 fix the version
+  # the declared options this layer's constructor has (PlainConv's bias is an array, not an option)
+  takes = sorted(set(inspect.signature(cls.__init__).parameters) & set(default.CONV_OPTIONS)
+                 - ({"bias"} if cls is K.nn.PlainConv else set()))
+  for name in conv_options(config):
+    if name not in takes:
+      raise ConfigError(f"conv_options.{name} does not apply to conv {config.conv!r}; it takes "
+                        f"{takes if takes else 'no options'}")
+
+
 def build_model(config, dataset: input_pipeline.Dataset) -> nnx.Module:
   """The config's model for the dataset's classes and channels; checks the input shape."""
   kwargs = dict(config.model_kwargs)
-  if config.conv_options:
-    kwargs["conv_options"] = dict(config.conv_options)
+  if conv_options(config):
+    kwargs["conv_options"] = conv_options(config)
   spec = K.models.spec(config.model)
   if dataset.image_shape[-1] != spec.input_shape[-1]:
     kwargs["in_channels"] = dataset.image_shape[-1]

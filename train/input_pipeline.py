@@ -18,6 +18,8 @@ import gzip
 import os
 import queue
 import threading
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -92,11 +94,19 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
 
 
 def _open(path: Path) -> bytes:
-  return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+  try:
+    return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+  except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; EOFError: truncated
+    raise DataError(f"{path} cannot be read ({type(e).__name__}: {e}); the file is damaged or not what its "
+                    "name says: fetch it again") from e
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-  """Reads an IDX file (the MNIST format), gzipped or not, as a NumPy array."""
+  """Reads an IDX file (the MNIST format), gzipped or not, as a NumPy array.
+
+  Raises:
+    DataError: naming the file, when it cannot be read or is not a whole IDX file.
+  """
   data = _open(Path(path))
   if len(data) < 4 or data[0] != 0 or data[1] != 0:
     raise DataError(f"{path} is not an IDX file (bad magic number)")
@@ -104,7 +114,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   if data[2] not in dtypes:
     raise DataError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
   ndim = data[3]
+  if len(data) < 4 + 4 * ndim:
+    raise DataError(f"{path}: truncated IDX header ({len(data)} bytes)")
   shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+  itemsize = np.dtype(dtypes[data[2]]).itemsize
+  body = len(data) - 4 - 4 * ndim
+  if body != int(np.prod(shape)) * itemsize:
+    raise DataError(f"{path}: header says {shape} but the file holds {body // itemsize} values (truncated?)")
   array = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
   if array.size != int(np.prod(shape)):
     raise DataError(f"{path}: header says {shape} but holds {array.size} values")
@@ -123,29 +139,73 @@ def load_idx_dir(directory: str | os.PathLike) -> tuple[Split, Split]:
   d = Path(directory)
   splits = []
   for prefix in ("train", "t10k"):
-    images = read_idx(_find(d, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_find(d, f"{prefix}-labels-idx1-ubyte"))
+    image_path, label_path = _find(d, f"{prefix}-images-idx3-ubyte"), _find(d, f"{prefix}-labels-idx1-ubyte")
+    images, labels = read_idx(image_path), read_idx(label_path)
     if images.ndim == 3:
       images = images[..., None]
-    splits.append(Split(np.ascontiguousarray(images, np.uint8), labels.astype(np.int32)))
+    splits.append(_split(images, labels, f"{image_path} and {label_path}"))
   return splits[0], splits[1]
 
 
+def as_uint8_images(images: np.ndarray, where: str) -> np.ndarray:
+  """Images as uint8: integers in [0, 255] as they are, floats in [0, 1] scaled by 255 (rounded).
+
+  Raises:
+    DataError: for values that fit neither (a cast would wrap or zero them).
+  """
+  if images.dtype == np.uint8:
+    return images
+  if images.dtype == np.bool_ or not np.issubdtype(images.dtype, np.number) or images.size == 0:
+    raise DataError(f"{where}: images must be uint8, integers in [0, 255] or floats in [0, 1], "
+                    f"got {images.dtype} {images.shape}")
+  if np.issubdtype(images.dtype, np.floating) and not np.all(np.isfinite(images)):
+    raise DataError(f"{where}: images hold NaN or inf")
+  lo, hi = images.min(), images.max()
+  if np.issubdtype(images.dtype, np.floating) and 0 <= lo and hi <= 1:
+    return np.rint(images * 255.0).astype(np.uint8)
+  if np.issubdtype(images.dtype, np.integer) and 0 <= lo and hi <= 255:
+    return images.astype(np.uint8)
+  kind = "floats must lie in [0, 1]" if np.issubdtype(images.dtype, np.floating) else "integers must lie in [0, 255]"
+  raise DataError(f"{where}: {images.dtype} images span [{lo}, {hi}]; {kind} (uint8 pixels, or floats in "
+                  "[0, 1] which are scaled by 255)")
+
+
+def _split(images: np.ndarray, labels: np.ndarray, where: str) -> Split:
+  """A Split from loaded arrays; what is wrong is reported with the file(s) it came from."""
+  if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+    raise DataError(f"{where}: {images.shape[0]} images but labels of shape {labels.shape}")
+  if not np.issubdtype(labels.dtype, np.integer):
+    if not (np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0)):
+      raise DataError(f"{where}: labels must be whole numbers, got {labels.dtype}")
+  if images.ndim != 4:
+    raise DataError(f"{where}: images must be (N, H, W[, C]), got shape {images.shape}")
+  return Split(np.ascontiguousarray(as_uint8_images(images, where)), labels.astype(np.int32))
+
+
 def load_npz_dir(directory: str | os.PathLike) -> tuple[Split, Split]:
-  """train.npz and test.npz, each with `image` (N, H, W[, C]) uint8 and `label` (N,)."""
+  """train.npz and test.npz, each with `image` (N, H, W[, C]) and `label` (N,).
+
+  Images are uint8, integers in [0, 255], or floats in [0, 1] (scaled by 255
+  and rounded: every split is held as uint8); anything else is a DataError.
+  """
   d = Path(directory)
   splits = []
   for name in ("train", "test"):
     path = d / f"{name}.npz"
     if not path.exists():
-      raise DataError(f"{d} has no {name}.npz (expected arrays 'image' uint8 (N, H, W[, C]) and 'label')")
-    with np.load(path) as f:
-      if "image" not in f or "label" not in f:
-        raise DataError(f"{path} must hold arrays 'image' and 'label', has {sorted(f.files)}")
-      images, labels = f["image"], f["label"]
+      raise DataError(f"{d} has no {name}.npz (expected arrays 'image' (N, H, W[, C]) and 'label')")
+    try:
+      with np.load(path) as f:
+        if "image" not in f or "label" not in f:
+          raise DataError(f"{path} must hold arrays 'image' and 'label', has {sorted(f.files)}")
+        images, labels = f["image"], f["label"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      if isinstance(e, DataError):
+        raise
+      raise DataError(f"{path} cannot be read as an .npz file ({type(e).__name__}: {e})") from e
     if images.ndim == 3:
       images = images[..., None]
-    splits.append(Split(np.ascontiguousarray(images, np.uint8), labels.astype(np.int32)))
+    splits.append(_split(images, labels, str(path)))
   return splits[0], splits[1]
 
 

@@ -6,7 +6,17 @@
 
 `--config path.py[:arg]` loads `get_config(arg)` from the file; any key can be
 overridden with `--config.key=value`. Running the same command again with the
-same workdir resumes from its latest checkpoint.
+same workdir resumes from its latest intact checkpoint; a config that changes
+what the checkpoints mean is refused unless `--allow_config_change`.
+
+Every failure is one `error:` line on stderr (`--debug` shows the traceback)
+and an exit status:
+  0    trained and evaluated
+  2    a bad flag, config or dataset (before anything is compiled)
+  3    the training diverged (the checkpoints keep the last good state)
+  4    the workdir is in use by another run or unusable, or no checkpoint restores
+  1    anything else
+  130  stopped by Ctrl-C, 143 by SIGTERM (128 + the signal), after saving a checkpoint
 """
 
 from __future__ import annotations
@@ -19,6 +29,66 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (get_config() -> ConfigDict).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots and the summary.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir whose checkpoints were made by a config that differs in "
+    "model, conv, optimizer, batch size, seed or data.")
+_DEBUG = flags.DEFINE_bool("debug", False, "On a failure, show the traceback instead of one error: line.")
+
+
+def one_line(e: BaseException) -> str:
+  """What a user needs from an exception, on one line; an OS error anywhere in its chain wins
+  (orbax and tensorstore wrap a full disk or a read-only directory in their own types)."""
+  cause: BaseException | None = e
+  while cause is not None:
+    if isinstance(cause, OSError) and cause.strerror:
+      where = f": {cause.filename}" if cause.filename else ""
+      return f"{cause.strerror}{where}" + ("" if cause is e else f" ({type(e).__name__})")
+    cause = cause.__cause__ or cause.__context__
+  lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+  if any(line.startswith("Traceback (most recent call last)") for line in lines):
+    # a wrapped traceback (config_flags puts get_config's into its message): where, then what
+    head = lines[:next(i for i, line in enumerate(lines) if line.startswith("Traceback"))]
+    lines = head + lines[-1:]
+  return " ".join(lines) or type(e).__name__
+
+
+def exit_status(e: BaseException) -> int:
+  from train import input_pipeline, train  # noqa: PLC0415
+
+  if isinstance(e, (train.ConfigError, input_pipeline.DataError, flags.Error)):
+    return 2
+  if isinstance(e, train.TrainingDiverged):
+    return 3
+  if isinstance(e, (train.RunDirError, train.CheckpointError)):
+    return 4
+  return 1
+
+
+def _fail(e: BaseException, status: int) -> None:
+  known = status != 1
+  print(f"error: {one_line(e) if known else f'{type(e).__name__}: {one_line(e)}'}"
+        + ("" if known else " (--debug shows the traceback)"), file=sys.stderr)
+  sys.exit(status)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a bad flag or config file as one error: line (status 2)."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # flags.Error; the config file's own errors (SyntaxError, ImportError...)
+    if "--debug" in argv:
+      raise
+    message = one_line(e)
+    key = message.strip("'\"")
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    culprit = [a for a in overrides if a.split(".")[-1] == key]
+    if isinstance(e, (AttributeError, KeyError)) and culprit:  # a locked config refuses new keys
+      message = (f"unknown config key {culprit[0][len('--config.'):]!r} ({culprit[0]}); the config file "
+                 "lists the keys (configs/default.py documents them)")
+    elif not isinstance(e, flags.Error):
+      message = f"the config file cannot be loaded: {type(e).__name__}: {message}"
+    _fail(flags.Error(message), 2)
+    raise  # unreachable: _fail exits
 
 
 def main(argv) -> None:
@@ -26,22 +96,34 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
-  from train import input_pipeline, train  # after flag parsing: --help stays fast
+  from train import train  # after flag parsing: --help stays fast
 
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (train.ConfigError, input_pipeline.DataError, train.TrainingDiverged) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2 if not isinstance(e, train.TrainingDiverged) else 3)
-  except KeyboardInterrupt as e:
+    config = _CONFIG.value
+    config.get("model")  # config_flags defers a file that cannot be read to the first use
+  except Exception as e:
+    if _DEBUG.value:
+      raise
+    _fail(flags.Error(f"the config file cannot be loaded: {one_line(e)}"), 2)
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except train.TrainingStopped as e:
     print(f"stopped: {e}", file=sys.stderr)
+    sys.exit(128 + e.signum)
+  except KeyboardInterrupt as e:
+    print(f"stopped: {e or 'interrupted'}; run the same command to resume from the latest checkpoint",
+          file=sys.stderr)
     sys.exit(130)
+  except Exception as e:
+    if _DEBUG.value:
+      raise
+    _fail(e, exit_status(e))
 
 
 def run() -> None:
   """Entry point of the `kshapes-train` console script."""
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

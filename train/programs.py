@@ -99,15 +99,17 @@ class ProgramCache:
     model: the model (its values are not used: the state carries them).
     tx: the optimizer.
     dataset: for the normalisation statistics and the evaluation.
-    augment, seed: of the train step.
+    augment, seed, max_loss: of the train step.
     eval_batch_size: of the evaluator.
     mesh: the 1-D data-parallel mesh.
   """
 
   def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, dataset: input_pipeline.Dataset, *,
-               augment: str, seed: int, eval_batch_size: int, mesh: jax.sharding.Mesh):
+               augment: str, seed: int, eval_batch_size: int, mesh: jax.sharding.Mesh,
+               max_loss: float = float("inf")):
     self._model, self._tx, self._dataset, self._mesh = model, tx, dataset, mesh
     self._augment, self._seed, self._eval_batch_size = augment, seed, eval_batch_size
+    self.max_loss = max_loss
     self._programs: dict[tuple[int, ...], Programs] = {}
 
   def __call__(self, radii: Sequence[int]) -> Programs:
@@ -124,7 +126,7 @@ class ProgramCache:
     eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
     replicated, data = NamedSharding(self._mesh, P()), NamedSharding(self._mesh, P("data"))
     step = jax.jit(make_train_step(train_graphdef, self._tx, mean=self._dataset.mean, std=self._dataset.std,
-                                   augment=self._augment, seed=self._seed),
+                                   augment=self._augment, seed=self._seed, max_loss=self.max_loss),
                    in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0)
     return Programs(train_graphdef, eval_graphdef, step,
                     Evaluator(eval_graphdef, self._dataset, self._eval_batch_size, self._mesh))

@@ -16,7 +16,7 @@ from train.state import TrainState
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, mean: Sequence[float],
-                    std: Sequence[float], augment: str, seed: int
+                    std: Sequence[float], augment: str, seed: int, max_loss: float = float("inf")
                     ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, jax.Array]]:
   """step(state, batch) -> (state, loss).
 
@@ -26,6 +26,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
     mean, std: per-channel statistics the uint8 images are normalised with.
     augment: "none" or "cifar" (keyed by the step, so a resumed run sees the same crops).
     seed: the run's seed.
+    max_loss: a step whose loss exceeds it is marked bad, as a NaN is (a run that
+      diverges to finite garbage).
   """
   base_key = jax.random.key(seed)
 
@@ -47,7 +49,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
     params = optax.apply_updates(state.params, updates)
     # a finite loss can still give non-finite params (a huge step): check both
     finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-    bad = jnp.logical_and(state.bad_step < 0, ~finite)
+    bad = jnp.logical_and(state.bad_step < 0, ~(finite & (loss <= max_loss)))
     new_state = state.replace(
         params=params, rest=rest, opt_state=opt_state, step=state.step + 1,
         bad_step=jnp.where(bad, state.step, state.bad_step),

@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -34,17 +35,21 @@ from train.evaluation import final_evaluation
 from train.experiment import ConfigError, Experiment, check_config  # noqa: F401 (the trainer's API)
 from train.logger import MetricsLogger, Throughput
 from train.programs import BucketingError, ProgramCache, Programs, acu_convs, bucketed_radii, check_bucketing
-from train.rundir import RunDir
+from train.rundir import CheckpointError, RunDir, RunDirError  # noqa: F401 (the trainer's API)
 from train.state import EpochSums, TrainState
 from train.step import shard
 
 
 class TrainingDiverged(RuntimeError):
-  """The loss became NaN or inf."""
+  """The loss became NaN or inf, or exceeded the config's bound (max_loss_factor)."""
 
 
-class _Stop(Exception):
-  """SIGTERM: leave the loop through the checkpointing `finally`."""
+class TrainingStopped(KeyboardInterrupt):
+  """SIGTERM or Ctrl-C: the run saved a checkpoint at a step boundary and stopped; `signum` says which."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
 
 
 def data_mesh() -> jax.sharding.Mesh:
@@ -52,60 +57,94 @@ def data_mesh() -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
+def train_and_evaluate(config, workdir: str | Path, *, allow_config_change: bool = False) -> dict[str, Any]:
   """Trains config's model on its dataset in workdir (resuming if it holds checkpoints).
+
+  Args:
+    config: the run's config (see configs/default.py).
+    workdir: its directory; one run at a time (WORKDIR/LOCK).
+    allow_config_change: resume even when the config changes what the checkpoint's state
+      means (model, conv, optimizer, batch size, seed, data); its arrays must still fit.
 
   Returns:
     The summary that is also written to workdir/summary.json.
 
   Raises:
-    ConfigError: for a config that cannot run (before anything is compiled).
+    ConfigError: for a config that cannot run, or that differs from the checkpoint's it
+      would resume (before anything is compiled).
     input_pipeline.DataError: for a dataset that is missing, with how to get it.
-    TrainingDiverged: when the loss becomes NaN or inf; the checkpoints keep
-      the last good state.
+    RunDirError: for a workdir that is in use by another run or cannot be written.
+    CheckpointError: when no checkpoint can be restored (damaged ones are set aside).
+    TrainingDiverged: when the loss becomes NaN or inf or exceeds its bound; the
+      checkpoints keep the last good state.
+    TrainingStopped: on SIGTERM or Ctrl-C, after saving a checkpoint to resume from.
   """
   deterministic = determinism.request(config.get("deterministic", True))
   if config.get("distributed", False):
     jax.distributed.initialize()
   t_start = time.perf_counter()
-  exp = experiment.build(config)
-  bucketing = bool(config.acu_radius_every_steps) and _check_bucketing(exp)
-  mesh = data_mesh()
+  check_config(config)
+  experiment.check_keys(config)
   rundir = RunDir(workdir, keep_checkpoints=config.keep_checkpoints)
-  state, history = restore_or_start(exp, rundir, mesh)
-  if jax.process_index() == 0:
-    rundir.write_config(config)
-  title = f"{config.model} / {config.conv} on {exp.dataset.name}"
-  logger = MetricsLogger(rundir, title, history, config.progress)
-  num_params = K.models.count_params(exp.model)
-  logger.say(f"{title}: {num_params:,} parameters, {exp.steps_per_epoch} steps/epoch, {exp.total_steps} steps, "
-             f"{jax.device_count()} device(s) ({jax.devices()[0].platform})")
-  programs = ProgramCache(exp.model, exp.tx, exp.dataset, augment=config.data.augment, seed=config.seed,
-                          eval_batch_size=config.eval_batch_size, mesh=mesh)
-  state, current = Loop(exp, programs, rundir, logger, mesh, bucketing).run(state)
-  final = final_evaluation(current.eval_graphdef, state.params, state.rest, exp.dataset,
-                           config.eval_batch_size, mesh, current.evaluate)
-  rundir.close()
-  steps = int(state.step)
-  summary = {
-      "model": config.model, "conv": config.conv, "dataset": exp.dataset.name, "source": config.data.source,
-      "seed": config.seed, "steps": steps, "epochs": steps / exp.steps_per_epoch,
-      "devices": jax.device_count(), "platform": jax.devices()[0].platform,
-      "precision": config.get("precision", "default"), "dtype": config.get("dtype", "float32"),
-      "deterministic": deterministic, "parameters": num_params, **final,
-      "acu_radii": state.radii_list(),
-      "final_train_loss": logger.history[-1]["train_loss"] if logger.history else None,
-      "seconds_total": time.perf_counter() - t_start, "workdir": str(rundir.path),
-  }
-  if jax.process_index() == 0:
-    rundir.write_summary(summary)
-    agree = summary["deployed_prediction_agreement"]
-    print(f"test accuracy {100 * summary['test_accuracy']:.2f}% (deployed: "
-          f"{100 * summary['deployed_test_accuracy']:.2f}%, predictions agree on "
-          f"{100 * (agree if agree is not None else float('nan')):.2f}%), "
-          f"{num_params:,} parameters ({summary['deployed_parameters']:,} deployed), "
-          f"{summary['seconds_total']:.0f} s; written to {rundir.path}", flush=True)
+  writer = jax.process_index() == 0
+  say = (lambda m: print(m, flush=True)) if writer else (lambda m: None)
+  with rundir.locked(say) if writer else contextlib.nullcontext():
+    check_resume(rundir, config, allow_config_change, say)
+    exp = experiment.build(config)
+    bucketing = bool(config.acu_radius_every_steps) and _check_bucketing(exp)
+    mesh = data_mesh()
+    state, history = restore_or_start(exp, rundir, mesh, say)
+    if writer:
+      rundir.write_config(config)
+    title = f"{config.model} / {config.conv} on {exp.dataset.name}"
+    logger = MetricsLogger(rundir, title, history, config.progress)
+    num_params = K.models.count_params(exp.model)
+    logger.say(f"{title}: {num_params:,} parameters, {exp.steps_per_epoch} steps/epoch, {exp.total_steps} steps, "
+               f"{jax.device_count()} device(s) ({jax.devices()[0].platform})")
+    programs = ProgramCache(exp.model, exp.tx, exp.dataset, augment=config.data.augment, seed=config.seed,
+                            eval_batch_size=config.eval_batch_size, mesh=mesh, max_loss=max_loss(exp))
+    state, current = Loop(exp, programs, rundir, logger, mesh, bucketing).run(state)
+    final = final_evaluation(current.eval_graphdef, state.params, state.rest, exp.dataset,
+                             config.eval_batch_size, mesh, current.evaluate)
+    rundir.close()
+    steps = int(state.step)
+    summary = {
+        "model": config.model, "conv": config.conv, "dataset": exp.dataset.name, "source": config.data.source,
+        "seed": config.seed, "steps": steps, "epochs": steps / exp.steps_per_epoch,
+        "devices": jax.device_count(), "platform": jax.devices()[0].platform,
+        "precision": config.get("precision", "default"), "dtype": config.get("dtype", "float32"),
+        "deterministic": deterministic, "parameters": num_params, **final,
+        "acu_radii": state.radii_list(),
+        "final_train_loss": logger.history[-1]["train_loss"] if logger.history else None,
+        "seconds_total": time.perf_counter() - t_start, "workdir": str(rundir.path),
+    }
+    if writer:
+      rundir.write_summary(summary)
+      agree = summary["deployed_prediction_agreement"]
+      print(f"test accuracy {100 * summary['test_accuracy']:.2f}% (deployed: "
+            f"{100 * summary['deployed_test_accuracy']:.2f}%, predictions agree on "
+            f"{100 * (agree if agree is not None else float('nan')):.2f}%), "
+            f"{num_params:,} parameters ({summary['deployed_parameters']:,} deployed), "
+            f"{summary['seconds_total']:.0f} s; written to {rundir.path}", flush=True)
   return summary
+
+
+def max_loss(exp: Experiment) -> float:
+  """The training loss beyond which a run counts as diverged: max_loss_factor x ln(classes)."""
+  factor = exp.config.get("max_loss_factor", 0.0)
+  return factor * math.log(max(exp.dataset.num_classes, 2)) if factor > 0 else math.inf
+
+
+def check_resume(rundir: RunDir, config, allow_config_change: bool, say: Callable[[str], None]) -> None:
+  """ConfigError, naming the keys, when config changes what the workdir's checkpoints mean."""
+  saved = rundir.saved_config()
+  changes = experiment.config_changes(saved, config) if saved is not None else []
+  if not changes:
+    return
+  if not allow_config_change:
+    raise ConfigError(f"{rundir.path} holds checkpoints of another config: {', '.join(changes)}. Use another "
+                      "--workdir, or pass --allow_config_change to resume them anyway")
+  say(f"resuming {rundir.path} with config changes (--allow_config_change): {', '.join(changes)}")
 
 
 def _check_bucketing(exp: Experiment) -> bool:
@@ -117,15 +156,17 @@ def _check_bucketing(exp: Experiment) -> bool:
   return bool(acu_convs(exp.model))
 
 
-def restore_or_start(exp: Experiment, rundir: RunDir, mesh: jax.sharding.Mesh
-                     ) -> tuple[TrainState, list[dict[str, Any]]]:
-  """The latest checkpoint's state and history, or the step-0 state; replicated over the mesh."""
+def restore_or_start(exp: Experiment, rundir: RunDir, mesh: jax.sharding.Mesh,
+                     say: Callable[[str], None] = print) -> tuple[TrainState, list[dict[str, Any]]]:
+  """The latest intact checkpoint's state and history, or the step-0 state; replicated over the mesh.
+
+  A damaged checkpoint is set aside (WORKDIR/damaged_checkpoints) and the one before it tried.
+  """
   state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
   if rundir.latest_step() is None:
     return state, []
-  state, history = rundir.restore(state)
-  if jax.process_index() == 0:
-    print(f"resumed from step {int(state.step)} ({rundir.checkpoint_dir})", flush=True)
+  state, history = rundir.restore(state, set_aside=jax.process_index() == 0, say=say)
+  say(f"resumed from step {int(state.step)} ({rundir.checkpoint_dir})")
   return state, history
 
 
@@ -139,16 +180,23 @@ class Loop:
     self.replicated, self.data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
   def run(self, state: TrainState) -> tuple[TrainState, Programs]:
-    """Trains to the end; saves every checkpoint_every_steps and when stopped (SIGTERM, Ctrl-C)."""
+    """Trains to the end; saves every checkpoint_every_steps and when stopped (SIGTERM, Ctrl-C).
+
+    A stop request is honoured between two steps, never inside one: the checkpoint then holds
+    a state and a history that agree (a stop while an epoch was being logged lost that epoch).
+    """
     config, exp = self.config, self.exp
     start = step = int(state.step)
     current = self.programs(state.radii_list())
     batches = input_pipeline.Batches(exp.dataset.train, config.batch_size, config.seed,
                                      process_index=jax.process_index(), process_count=jax.process_count())
-    throughput, finished = Throughput(), False
+    throughput, whole, stop = Throughput(), True, _StopRequest(self.logger.say)
     try:
-      with _sigterm_stops(), self.logger.progress(exp.total_steps, start):
+      with stop.installed(), self.logger.progress(exp.total_steps, start):
         for batch in batches.iterate(start, exp.total_steps):
+          if stop.stopping():
+            break
+          whole = False  # until the step, its epoch line and its checkpoint are all done
           state, current = self.rebucket(state, current, step)
           state, loss = current.train_step(state, shard(batch, self.data))
           step += 1
@@ -159,18 +207,17 @@ class Loop:
             throughput.reset()
           if step % config.checkpoint_every_steps == 0:
             self.save(state, step)
-      finished = True
-    except (KeyboardInterrupt, _Stop):
-      self.logger.say(f"\ninterrupted at step {step}; saving a checkpoint to resume from")
+          whole = True
     finally:
-      if step > start or finished:
-        try:
+      try:
+        if whole and step > start:  # a step cut short (an error, a second Ctrl-C) is not saved
           self.save(state, step)
-        finally:
-          self.rundir.wait()
-    if not finished:
+      finally:
+        self.rundir.wait()
+    if step < exp.total_steps:
       self.rundir.close()
-      raise KeyboardInterrupt(f"training stopped at step {step}; run the same command to resume")
+      self.logger.say(f"stopped at step {step}; a checkpoint was saved to resume from")
+      raise TrainingStopped(f"training stopped at step {step}; run the same command to resume", stop.signum)
     return state, current
 
   def rebucket(self, state: TrainState, current: Programs, step: int) -> tuple[TrainState, Programs]:
@@ -207,36 +254,58 @@ class Loop:
 
   def save(self, state: TrainState, step: int) -> None:
     self.check_finite(state)
-    self.rundir.save(step, state, self.logger.history)
+    self.rundir.save(step, state, self.logger.history, self.config)
 
   def check_finite(self, state: TrainState) -> None:
-    """Raises TrainingDiverged once a step's loss or parameters were not finite."""
+    """Raises TrainingDiverged once a step's loss or parameters were not finite, or the loss too large."""
     bad = int(state.bad_step)
     if bad < 0:
       return
     self.rundir.wait()
     last = self.rundir.latest_step()
+    bound = self.programs.max_loss
     raise TrainingDiverged(
-        f"the training loss or parameters became NaN or inf at step {bad} "
-        f"(epoch {bad // self.exp.steps_per_epoch + 1}); "
-        + (f"stopped. The last good checkpoint is step {last} in {self.rundir.checkpoint_dir}. "
-           if last is not None else "stopped before any checkpoint was saved. ")
+        f"the training diverged at step {bad} (epoch {bad // self.exp.steps_per_epoch + 1}): its loss or "
+        f"parameters became NaN or inf" + (f", or its loss exceeded {bound:.4g} (max_loss_factor "
+                                           f"{self.config.max_loss_factor:g} x ln(classes))"
+                                           if math.isfinite(bound) else "")
+        + "; stopped. "
+        + (f"The last good checkpoint is step {last} in {self.rundir.checkpoint_dir}. "
+           if last is not None else "No checkpoint was saved before. ")
         + "Try a lower optim.learning_rate or a warm-up (optim.warmup_epochs).")
 
 
-@contextlib.contextmanager
-def _sigterm_stops():
-  """SIGTERM raises _Stop in the loop (on the main thread; elsewhere signals cannot be caught)."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  previous = signal.signal(signal.SIGTERM, _raise_stop)
-  try:
-    yield
-  finally:
-    signal.signal(signal.SIGTERM, previous)
+class _StopRequest:
+  """SIGTERM and Ctrl-C set `signum`; the loop stops at the next step boundary.
 
+  A second Ctrl-C raises KeyboardInterrupt at once (nothing more is saved). Signals can be
+  caught only on the main thread; elsewhere the defaults stay.
+  """
 
-def _raise_stop(signum, frame):
-  del signum, frame
-  raise _Stop()
+  def __init__(self, say: Callable[[str], None]):
+    self.signum, self._say = 0, say
+
+  @contextlib.contextmanager
+  def installed(self):
+    if threading.current_thread() is not threading.main_thread():
+      yield
+      return
+    previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+      yield
+    finally:
+      for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+  def _handle(self, signum, frame):
+    del frame  # no printing here: a handler that prints while the loop prints raises
+    if self.signum and signum == signal.SIGINT:
+      raise KeyboardInterrupt("interrupted twice: stopped without saving")
+    self.signum = self.signum or signum
+
+  def stopping(self) -> bool:
+    """Whether a stop was asked for (said once, where printing is safe)."""
+    if self.signum and self._say is not None:
+      self._say(f"\n{signal.Signals(self.signum).name}: stopping here, with a checkpoint")
+      self._say = None
+    return bool(self.signum)

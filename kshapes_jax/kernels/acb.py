@@ -13,10 +13,12 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from kshapes_jax import _validation
@@ -56,12 +58,19 @@ def fuse_bn(
     (kernel, bias): the fused (H, W, I, O) kernel and its (O,) bias.
 
   Raises:
-    ValueError: if the kernel is not rank 4 or a BN array is not (O,).
+    ValueError: if the kernel is not rank 4 or a BN array is not (O,), eps
+      is negative, or a concrete variance is negative (NaN kernel).
   """
   shape = _validation.require_rank("kernel", kernel, 4, "(H, W, I, O)")
   out = shape[-1]
   for name, value in (("scale", scale), ("bias", bias), ("mean", mean), ("var", var)):
     _validation.require_shape(name, value, (out,), "(O,) with O the kernel's output channels")
+  if not isinstance(eps, (int, float, np.floating)) or isinstance(eps, bool) or not 0 <= eps < math.inf:
+    raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
+  concrete_var = _validation.concrete_or_none(var)
+  if concrete_var is not None and not np.all(concrete_var + eps > 0):  # also NaN
+    raise ValueError(f"var must be > -eps (a variance, >= 0), got min {float(np.min(concrete_var))} with eps={eps}: "
+                     "its 1/sqrt(var + eps) would be NaN or inf")
   kernel = jnp.asarray(kernel)
   factor = jnp.asarray(scale) * jax.lax.rsqrt(jnp.asarray(var) + eps)
   return kernel * factor, jnp.asarray(bias) - jnp.asarray(mean) * factor

@@ -130,10 +130,27 @@ def radius_for_positions(positions: ArrayLike) -> int:
   return max(1, math.ceil(float(np.max(np.abs(value)))))
 
 
+# XLA indexes an array with int32: a larger kernel aborts the process instead of raising.
+MAX_KERNEL_ELEMENTS = 2**31 - 1
+
+
+def check_radius(radius: int, channels: int = 1) -> int:
+  """`radius` as an int >= 1 whose (2R + 1)^2 x `channels` kernel XLA can index; ValueError if not.
+
+  Args:
+    radius: the kernel radius R.
+    channels: I * O of the kernel (1 for a lattice of offsets only).
+  """
+  radius = _validation.positive_int("radius", radius)
+  if (2 * radius + 1) ** 2 * max(channels, 1) > MAX_KERNEL_ELEMENTS:
+    raise ValueError(f"radius {radius} gives a ({2 * radius + 1})^2 x {channels} kernel, more than the "
+                     f"2^31 - 1 elements XLA can index; positions within R need only radius R")
+  return radius
+
+
 def check_positions_within(positions: ArrayLike, radius: int) -> None:
   """Raises ValueError if concrete positions do not fit `radius`; no-op when traced."""
-  if not isinstance(radius, (int, np.integer)) or radius < 1:
-    raise ValueError(f"radius must be an int >= 1, got {radius!r}")
+  check_radius(radius)
   if _validation.concrete_or_none(positions) is None:
     return
   needed = radius_for_positions(positions)
@@ -176,7 +193,8 @@ def active_kernel(weights: ArrayLike, positions: ArrayLike, radius: int) -> jax.
       [-R, R], which stops their gradient outward at the edge.
 
   Returns:
-    (2R + 1, 2R + 1, I, O) kernel in HWIO layout, dtype of the weights.
+    (2R + 1, 2R + 1, I, O) kernel in HWIO layout, dtype of the weights
+    (integer weights are promoted to float).
 
   Raises:
     ValueError: on shapes that do not match or a radius too small for
@@ -191,8 +209,10 @@ def active_kernel(weights: ArrayLike, positions: ArrayLike, radius: int) -> jax.
   groups = p_shape[0] if len(p_shape) == 3 else 1
   if cout % groups:
     raise ValueError(f"{groups} position groups do not divide the {cout} output channels")
+  check_radius(radius, cin * cout)
   check_positions_within(positions, radius)
   weights = jnp.asarray(weights)
+  weights = weights.astype(_validation.floating(weights.dtype))
   p = clip_positions(jnp.asarray(positions, weights.dtype), radius).reshape(groups, k, 2)
   tx = _tents(p[..., 0], radius).astype(weights.dtype)  # (G, K, 2R+1) columns
   ty = _tents(p[..., 1], radius).astype(weights.dtype)  # (G, K, 2R+1) rows

@@ -67,14 +67,17 @@ def create(name: str, *, conv: str = "plain", num_classes: int | None = None, rn
     **kwargs: model or layer options (e.g. `conv_options={"radius": 1}`).
 
   Raises:
-    ValueError: for an unknown model or a kind that does not apply to it, or
-      an unknown precision or dtype.
+    ValueError: for an unknown model or a kind that does not apply to it, an
+      unknown precision or dtype, or num_classes < 1.
   """
   s = spec(name)
   precision, dtype = _validation.precision(precision), _validation.compute_dtype(dtype)
   if conv not in s.kinds:
     raise ValueError(f"conv kind {conv!r} does not apply to {name}; it takes {list(s.kinds)}")
-  return s.build(conv=conv, num_classes=num_classes or s.num_classes, rngs=rngs or nnx.Rngs(0),
+  num_classes = s.num_classes if num_classes is None else _validation.positive_int("num_classes", num_classes)
+  if rngs is not None:
+    _validation.require_rngs(name, rngs)
+  return s.build(conv=conv, num_classes=num_classes, rngs=rngs or nnx.Rngs(0),
                  precision=precision, dtype=dtype, **kwargs)
 
 

@@ -10,7 +10,7 @@ from flax import nnx
 
 from kshapes_jax import _validation
 from kshapes_jax.kernels import BatchNormParams, acb_kernel, fuse_acb, fuse_bn
-from kshapes_jax.nn.base import ConvLayer, PlainConv, he_normal, record, symmetric_padding
+from kshapes_jax.nn.base import ConvLayer, PlainConv, check_layer, he_normal, record, symmetric_padding
 
 Asymmetric = Literal["both", "hor", "ver"]  # which asymmetric branches (Table 5 ablations)
 BNMode = Literal["branch", "sum"]  # a BN per branch (the paper), or one after the sum
@@ -53,6 +53,7 @@ class ACBlock(ConvLayer):
                stride: int = 1, padding=None, use_bias: bool = False, asymmetric: Asymmetric = "both",
                bn: BNMode = "branch", border: bool = False, asym_scale_init: float = 1.0,
                precision=None, dtype=None, rngs: nnx.Rngs):
+    check_layer("ACBlock", in_features, out_features, kernel_size, stride, rngs=rngs)
     if kernel_size % 2 == 0:
       raise ValueError(f"ACB needs an odd kernel size, got {kernel_size}")
     if asymmetric not in get_args(Asymmetric):

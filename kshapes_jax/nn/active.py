@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import math
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from kshapes_jax import _validation, kernels
 from kshapes_jax import conv as conv_lib
-from kshapes_jax import kernels
 from kshapes_jax.gradients import normalize_position_grad
 from kshapes_jax.kernels import active_kernel, clip_positions, lattice_offsets, radius_for_positions
-from kshapes_jax.nn.base import ConvLayer, PlainConv, he_normal, record, symmetric_padding
+from kshapes_jax.nn.base import ConvLayer, PlainConv, check_layer, he_normal, record, symmetric_padding
 from kshapes_jax.nn.variables import Position
 
 ActiveImpl = Literal["splat", "gather"]  # effective kernel + one conv, or the literal bilinear gather
@@ -78,13 +77,15 @@ class ActiveConv(ConvLayer):
                init: PositionInit = "lattice", position_groups: int = 1, radius: int | None = None,
                impl: ActiveImpl = "splat", normalize_grad: bool = True, precision=None, dtype=None,
                rngs: nnx.Rngs):
+    check_layer("ActiveConv", in_features, out_features, kernel_size, stride, rngs=rngs)
     # defaults: the kxk lattice it replaces, with one ring of room to move
     synapses = kernel_size * kernel_size if synapses is None else synapses
     radius = kernel_size // 2 + 1 if radius is None else radius
     if impl not in get_args(ActiveImpl):
       raise ValueError(f"impl must be 'splat' or 'gather', got {impl!r}")
-    if not isinstance(radius, int) or radius < 1:
-      raise ValueError(f"radius must be an int >= 1, got {radius!r}")
+    synapses = _validation.positive_int("ActiveConv synapses", synapses)
+    position_groups = _validation.positive_int("ActiveConv position_groups", position_groups)
+    radius = kernels.check_radius(radius, in_features * out_features)
     if out_features % position_groups:
       raise ValueError(f"position_groups={position_groups} must divide out_features={out_features}")
     self.in_features, self.out_features = in_features, out_features

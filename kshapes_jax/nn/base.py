@@ -51,6 +51,21 @@ def he_normal(key: jax.Array, shape: Sequence[int], fan_in: int, dtype=jnp.float
   return bucketed(jax.random.normal, key, shape, dtype) * math.sqrt(2.0 / max(fan_in, 1))
 
 
+def check_layer(layer: str, in_features, out_features, kernel_size, stride, groups=1, rngs=None, *,
+                needs_rngs: bool = True) -> None:
+  """The arguments every conv layer shares, each a ValueError naming it when it cannot be meant."""
+  _validation.positive_int(f"{layer} in_features", in_features)
+  _validation.positive_int(f"{layer} out_features", out_features)
+  _validation.positive_int(f"{layer} kernel_size", kernel_size)
+  _validation.pair(f"{layer} stride", stride)
+  _validation.positive_int(f"{layer} groups", groups)
+  if in_features % groups or out_features % groups:
+    raise ValueError(f"{layer} groups={groups} must divide in_features={in_features} and "
+                     f"out_features={out_features}")
+  if needs_rngs:
+    _validation.require_rngs(layer, rngs)
+
+
 def symmetric_padding(padding, kernel_size: int, *, int_only_for: str | None = None):
   """None -> k // 2 on every side (the papers' "same" for odd k, PyTorch-style at stride 2).
 
@@ -61,12 +76,14 @@ def symmetric_padding(padding, kernel_size: int, *, int_only_for: str | None = N
       this one (ACBlock's branches, ActiveConv's radius) and so takes an int only.
 
   Raises:
-    ValueError: for a non-int padding where `int_only_for` is given.
+    ValueError: for a negative or malformed padding, or a non-int one where
+      `int_only_for` is given.
   """
   padding = kernel_size // 2 if padding is None else padding
-  if int_only_for is not None and (not isinstance(padding, int) or isinstance(padding, bool)):
+  if int_only_for is not None and not _validation.is_int(padding):
     raise ValueError(f"{int_only_for} padding must be an int (of its nominal {kernel_size}x{kernel_size} conv), "
                      f"got {padding!r}")
+  conv_lib.resolve_padding(padding, (kernel_size, kernel_size), (kernel_size, kernel_size))  # >= 0, well formed
   return padding
 
 
@@ -116,9 +133,13 @@ class ConvLayer(nnx.Module):
     raise NotImplementedError
 
   def conv(self, x: jax.Array, kernel: jax.Array, *, padding, bias: jax.Array | None = None) -> jax.Array:
-    """`conv_lib.conv` with this layer's stride, groups, dtype and precision."""
+    """`conv_lib.conv` with this layer's stride, groups, dtype and precision.
+
+    A padding derived from the layer's (checked, >= 0) one may be negative: an ACB
+    branch, a versatile secondary filter or an ACU of a smaller radius crops its input.
+    """
     return conv_lib.conv(x, kernel, stride=self.stride, padding=padding, bias=bias, groups=self.groups,
-                         dtype=self.dtype, precision=self.precision)
+                         dtype=self.dtype, precision=self.precision, allow_crop=True)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel, bias = self.effective_kernel()
@@ -126,7 +147,7 @@ class ConvLayer(nnx.Module):
     record(self, x, y)
     return y
 
-  def deploy(self) -> "PlainConv":
+  def deploy(self) -> PlainConv:
     """The same layer as a plain conv (kernel + bias), equal outputs."""
     kernel, bias = self.effective_kernel()
     return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=self.conv_padding,
@@ -150,8 +171,8 @@ class PlainConv(ConvLayer):
                stride: int = 1, padding=None, use_bias: bool = False, groups: int = 1,
                rngs: nnx.Rngs | None = None, kernel: jax.Array | None = None,
                bias: jax.Array | None = None, precision=None, dtype=None):
-    if in_features % groups or out_features % groups:
-      raise ValueError(f"groups={groups} must divide in_features={in_features} and out_features={out_features}")
+    check_layer("PlainConv", in_features, out_features, kernel_size, stride, groups, rngs,
+                needs_rngs=kernel is None)
     self.in_features, self.out_features = in_features, out_features
     self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
     self.padding = symmetric_padding(padding, kernel_size)
@@ -166,16 +187,18 @@ class PlainConv(ConvLayer):
 
   @classmethod
   def from_kernel(cls, kernel, bias=None, *, stride=1, padding=0, groups=1, precision=None,
-                  dtype=None) -> "PlainConv":
+                  dtype=None) -> PlainConv:
     """A plain conv holding a given HWIO kernel (and bias)."""
     kh, kw, cin, cout = kernel.shape
-    return cls(cin * groups, cout, kh, stride=stride, padding=padding, groups=groups,
-               kernel=kernel, bias=bias, precision=precision, dtype=dtype)
+    layer = cls(cin * groups, cout, kh, stride=stride, padding=0, groups=groups,
+                kernel=kernel, bias=bias, precision=precision, dtype=dtype)
+    layer.padding = padding  # may crop: a deployed ACU of a radius below its nominal k // 2
+    return layer
 
   def effective_kernel(self):
     return self.kernel[...], None if self.bias is None else self.bias[...]
 
-  def deploy(self) -> "PlainConv":
+  def deploy(self) -> PlainConv:
     return self  # already plain: deploy copies the model first, so no sharing
 
   def weight_count(self) -> int:

@@ -10,7 +10,7 @@ from flax import nnx
 
 from kshapes_jax.gradients import normalize_angle_grad
 from kshapes_jax.kernels import rotate_kernel
-from kshapes_jax.nn.base import ConvLayer, bucketed, he_normal, symmetric_padding
+from kshapes_jax.nn.base import ConvLayer, bucketed, check_layer, he_normal, symmetric_padding
 from kshapes_jax.nn.variables import Angle
 
 
@@ -28,6 +28,7 @@ class RotateConv(ConvLayer):
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = False, version: int = 4,
                normalize_grad: bool = True, precision=None, dtype=None, rngs: nnx.Rngs):
+    check_layer("RotateConv", in_features, out_features, kernel_size, stride, rngs=rngs)
     if kernel_size != 3:
       raise ValueError(f"RotateConv is a 3x3 kernel, got kernel_size = {kernel_size}")
     if version not in (2, 4):

@@ -18,7 +18,7 @@ from kshapes_jax.kernels import (
     spatial_versatile_kernel,
     summed_versatile_kernel,
 )
-from kshapes_jax.nn.base import ConvLayer, he_normal, record, symmetric_padding
+from kshapes_jax.nn.base import ConvLayer, check_layer, he_normal, record, symmetric_padding
 
 VersatileMode = Literal["spatial", "sum", "none"]
 VersatileBias = Literal["separate", "shared"]
@@ -51,6 +51,7 @@ class VersatileConv(ConvLayer):
                stride: int = 1, padding=None, use_bias: bool = True, mode: VersatileMode = "spatial",
                bias: VersatileBias = "shared", channel_delta: int = 0, channel_stride: int = 1,
                impl: VersatileImpl = "stacked", precision=None, dtype=None, rngs: nnx.Rngs):
+    check_layer("VersatileConv", in_features, out_features, kernel_size, stride, rngs=rngs)
     if mode not in get_args(VersatileMode):
       raise ValueError(f"mode must be 'spatial', 'sum' or 'none', got {mode!r}")
     if impl not in get_args(VersatileImpl):
