@@ -91,7 +91,7 @@ def test_repro_acu_rows_can_bucket_or_do_not_ask_to():
   for row in ("acu", "acu_no_warmup", "acu_no_normgrad"):
     config = repro_fmnist.get_config(f"row={row}")
     model = models.create(config.model, conv=config.conv, in_channels=1, **config.model_kwargs,
-                          conv_options=dict(config.conv_options))
+                          conv_options=experiment.conv_options(config))
     if config.acu_radius_every_steps:
       programs.check_bucketing(model)  # raises for ACUs it cannot bucket
     else:

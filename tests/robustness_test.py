@@ -368,7 +368,7 @@ def test_a_finite_but_huge_loss_stops_the_run_like_a_nan(tmp_path):
   bad = int(str(info.value).split("at step ")[1].split()[0])
   step, state = trained_run.load_state(tmp_path / "run")
   assert 4 <= step <= bad and f"last good checkpoint is step {step} " in str(info.value)
-  assert all(np.all(np.abs(np.asarray(x)) < 100) for x in jax.tree.leaves(state.params))
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params))
 
 
 def test_max_loss_factor_zero_turns_the_bound_off(tmp_path):

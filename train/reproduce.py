@@ -65,8 +65,10 @@ def main(argv):
         cmd = run_command(row, seed, FLAGS.runs)
         print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
         code = subprocess.run(cmd, check=False).returncode
-        if code == 130:
+        if code in (130, 143):  # Ctrl-C or SIGTERM: the run saved a checkpoint; so stops the suite
           raise KeyboardInterrupt
+        if code == 4:  # its workdir is in use (another driver) or unusable: not a result
+          continue
         if code:  # a diverged run is a result: the report counts it; the suite goes on
           rundir.failed_path.write_text(f"exit status {code} (3: diverged, see python -m train.main)\n")
         elif FLAGS.analyze:  # the report's analyses of this run, while the machine is busy anyway
