@@ -466,6 +466,7 @@ def test_sigterm_at_ten_random_moments_then_resume_equals_the_uninterrupted_run(
     monkeypatch.setattr(train.Loop, "run", run_loop)
     _train(workdir, **_RUN)
     _assert_same_run(workdir, tmp_path / "clean")
+  print("SIGTERM trials stopped at steps:", stopped_at)
   assert sum(s is not None for s in stopped_at) >= 5, stopped_at
 
 
