@@ -26,7 +26,7 @@ import kshapes_jax as K
 from kshapes_jax import conv as conv_lib
 from kshapes_jax import kernels, nn as knn
 from train import experiment, input_pipeline, logger, train, trained_run
-from train.main import one_line
+from train.failures import one_line
 from train.rundir import CheckpointError, RunDir, RunDirError
 from train_test import REPO, small_config
 
@@ -484,7 +484,7 @@ def test_one_error_line_names_an_os_error_anywhere_in_the_chain():
     except OSError as e:
       raise ValueError("tensorstore: write failed") from e
   except ValueError as e:
-    assert one_line(e) == "No space left on device: /runs/x/checkpoints/8/state (ValueError)"
+    assert one_line(e) == "No space left on device: /runs/x/checkpoints/8/state"
 
 
 def test_command_line_failures_are_one_error_line(tmp_path):

@@ -14,7 +14,8 @@ and an exit status:
   0    trained and evaluated
   2    a bad flag, config or dataset (before anything is compiled)
   3    the training diverged (the checkpoints keep the last good state)
-  4    the workdir is in use by another run or unusable, or no checkpoint restores
+  4    the workdir is in use by another run or unusable (not writable, disk full), or no
+       checkpoint restores
   1    anything else
   130  stopped by Ctrl-C, 143 by SIGTERM (128 + the signal), after saving a checkpoint
 """
@@ -26,6 +27,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from train.failures import exit_status, one_line
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (get_config() -> ConfigDict).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots and the summary.")
@@ -33,35 +36,6 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume a workdir whose checkpoints were made by a config that differs in "
     "model, conv, optimizer, batch size, seed or data.")
 _DEBUG = flags.DEFINE_bool("debug", False, "On a failure, show the traceback instead of one error: line.")
-
-
-def one_line(e: BaseException) -> str:
-  """What a user needs from an exception, on one line; an OS error anywhere in its chain wins
-  (orbax and tensorstore wrap a full disk or a read-only directory in their own types)."""
-  cause: BaseException | None = e
-  while cause is not None:
-    if isinstance(cause, OSError) and cause.strerror:
-      where = f": {cause.filename}" if cause.filename else ""
-      return f"{cause.strerror}{where}" + ("" if cause is e else f" ({type(e).__name__})")
-    cause = cause.__cause__ or cause.__context__
-  lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-  if any(line.startswith("Traceback (most recent call last)") for line in lines):
-    # a wrapped traceback (config_flags puts get_config's into its message): where, then what
-    head = lines[:next(i for i, line in enumerate(lines) if line.startswith("Traceback"))]
-    lines = head + lines[-1:]
-  return " ".join(lines) or type(e).__name__
-
-
-def exit_status(e: BaseException) -> int:
-  from train import input_pipeline, train  # noqa: PLC0415
-
-  if isinstance(e, (train.ConfigError, input_pipeline.DataError, flags.Error)):
-    return 2
-  if isinstance(e, train.TrainingDiverged):
-    return 3
-  if isinstance(e, (train.RunDirError, train.CheckpointError)):
-    return 4
-  return 1
 
 
 def _fail(e: BaseException, status: int) -> None:
@@ -94,8 +68,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
-    logging.set_verbosity(logging.WARNING)
+  if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO, and a failed one at ERROR
+    logging.set_verbosity(logging.WARNING if _DEBUG.value else logging.FATAL)  # before our error: line
   from train import train  # after flag parsing: --help stays fast
 
   try:

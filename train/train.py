@@ -88,7 +88,7 @@ def train_and_evaluate(config, workdir: str | Path, *, allow_config_change: bool
   rundir = RunDir(workdir, keep_checkpoints=config.keep_checkpoints)
   writer = jax.process_index() == 0
   say = (lambda m: print(m, flush=True)) if writer else (lambda m: None)
-  with rundir.locked(say) if writer else contextlib.nullcontext():
+  with rundir.locked(say) if writer else contextlib.nullcontext(), _closed_on_error(rundir):
     check_resume(rundir, config, allow_config_change, say)
     exp = experiment.build(config)
     bucketing = bool(config.acu_radius_every_steps) and _check_bucketing(exp)
@@ -127,6 +127,17 @@ def train_and_evaluate(config, workdir: str | Path, *, allow_config_change: bool
             f"{num_params:,} parameters ({summary['deployed_parameters']:,} deployed), "
             f"{summary['seconds_total']:.0f} s; written to {rundir.path}", flush=True)
   return summary
+
+
+@contextlib.contextmanager
+def _closed_on_error(rundir: RunDir):
+  """Stops the checkpointer's threads when the run fails (they would report the failure again)."""
+  try:
+    yield
+  except BaseException:
+    with contextlib.suppress(Exception):
+      rundir.close()
+    raise
 
 
 def max_loss(exp: Experiment) -> float:

@@ -1,0 +1,48 @@
+"""How a failure is told on the command line: one line, and an exit status by kind."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from absl import flags
+
+
+def os_failure(e: BaseException) -> tuple[str, str | None] | None:
+  """(what, path) of the OS error behind an exception, or None. Orbax and tensorstore wrap a full
+  disk or a read-only directory in their own types, or only name it: [os_error_code='28']."""
+  cause: BaseException | None = e
+  while cause is not None:
+    text = str(cause)
+    code = re.search(r"os_error_code='(\d+)'", text)
+    if (isinstance(cause, OSError) and cause.strerror) or code:
+      what = cause.strerror if isinstance(cause, OSError) and cause.strerror else os.strerror(int(code[1]))
+      where = getattr(cause, "filename", None) or next(iter(re.findall(r'"(/[^"]+)"', text)), None)
+      return what, where
+    cause = cause.__cause__ or cause.__context__
+  return None
+
+
+def one_line(e: BaseException) -> str:
+  """What a user needs from an exception, on one line; an OS error anywhere in its chain wins."""
+  failure = os_failure(e)
+  if failure is not None:
+    return failure[0] + (f": {failure[1]}" if failure[1] else "")
+  lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+  if any(line.startswith("Traceback (most recent call last)") for line in lines):
+    # a wrapped traceback (config_flags puts get_config's into its message): where, then what
+    head = lines[:next(i for i, line in enumerate(lines) if line.startswith("Traceback"))]
+    lines = head + lines[-1:]
+  return " ".join(lines) or type(e).__name__
+
+
+def exit_status(e: BaseException) -> int:
+  from train import input_pipeline, train  # noqa: PLC0415 (train imports JAX: not at --help)
+
+  if isinstance(e, (train.ConfigError, input_pipeline.DataError, flags.Error)):
+    return 2
+  if isinstance(e, train.TrainingDiverged):
+    return 3
+  if isinstance(e, (train.RunDirError, train.CheckpointError)) or os_failure(e) is not None:
+    return 4
+  return 1
