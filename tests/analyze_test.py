@@ -13,6 +13,7 @@ from configs import repro_fmnist
 from kshapes_jax.analysis import acb
 from train import analyses, analyze, report, train
 from train.evaluation import accuracy
+from train.rundir import RunDir
 from train.trained_run import load_run
 
 # one xdist worker trains the module's runs once (pytest runs with --dist loadgroup)
@@ -157,14 +158,19 @@ def test_reproduce_commands_and_the_busy_check(tmp_path):
   assert cmd[1:] == ["-m", "train.main", "--config=configs/repro_fmnist.py:row=acb_hor,seed=2",
                      "--workdir=runs/repro/acb_hor/seed2"]
   workdir = tmp_path / "row" / "seed0"
-  assert not reproduce._running(workdir)
-  busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--workdir={workdir}"])
+  workdir.mkdir(parents=True)
+  assert RunDir(workdir).holder() is None
+  holds = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+           "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'pid 1 on h'); print('held', flush=True); time.sleep(60)")
+  busy = subprocess.Popen([sys.executable, "-c", holds, str(workdir / "LOCK")], stdout=subprocess.PIPE, text=True)
   try:
-    assert reproduce._running(workdir)
-    assert not reproduce._running(tmp_path / "row" / "seed1") and not reproduce._running(tmp_path / "row" / "seed")
+    assert busy.stdout.readline().strip() == "held"
+    assert RunDir(workdir).holder() == "pid 1 on h"
+    assert RunDir(tmp_path / "row" / "seed1").holder() is None and RunDir(tmp_path / "row" / "seed").holder() is None
   finally:
     busy.kill()
     busy.wait()
+  assert RunDir(workdir).holder() is None  # the holder died: its lock is stale, not held
 
 
 def test_report_of_one_family_and_the_sector_count(runs, tmp_path):

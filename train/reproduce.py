@@ -44,12 +44,6 @@ def run_command(row: str, seed: int | str, runs: str | Path) -> list[str]:
           f"--workdir={Path(runs) / row / f'seed{seed}'}"]
 
 
-def _running(workdir: Path) -> bool:
-  """Whether another process (a second driver, a run started by hand) is training in workdir now."""
-  pattern = f"--workdir={workdir}( |$)"  # seed1 is not seed10
-  return subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, check=False).returncode == 0
-
-
 def main(argv):
   del argv
   unknown = sorted(set(FLAGS.rows) - set(repro_fmnist.ROWS))
@@ -60,14 +54,14 @@ def main(argv):
       for row in reversed(FLAGS.rows) if FLAGS.reverse else FLAGS.rows:
         workdir = Path(FLAGS.runs) / row / f"seed{seed}"
         rundir = RunDir(workdir)
-        if rundir.summary_path.exists() or rundir.failed_path.exists() or _running(workdir):
+        if rundir.summary_path.exists() or rundir.failed_path.exists() or rundir.holder():
           continue
         cmd = run_command(row, seed, FLAGS.runs)
         print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
         code = subprocess.run(cmd, check=False).returncode
         if code in (130, 143):  # Ctrl-C or SIGTERM: the run saved a checkpoint; so stops the suite
           raise KeyboardInterrupt
-        if code == 4:  # its workdir is in use (another driver) or unusable: not a result
+        if code == 4:  # its workdir was taken meanwhile (another driver) or is unusable: not a result
           continue
         if code:  # a diverged run is a result: the report counts it; the suite goes on
           rundir.failed_path.write_text(f"exit status {code} (3: diverged, see python -m train.main)\n")

@@ -116,10 +116,10 @@ class RunDir:
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
-        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-        raise RunDirError(f"{self.path} is in use by {holder} (its {self.lock_path.name} is held); wait for "
-                          "that run to end or use another --workdir") from None
-      stale = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        raise RunDirError(f"{self.path} is in use by {_lock_text(fd) or 'another process'} (its "
+                          f"{self.lock_path.name} is held); wait for that run to end or use another "
+                          "--workdir") from None
+      stale = _lock_text(fd)
       if stale:  # a holder that is gone: its flock went with it, its PID stayed
         say(f"taking over {self.lock_path}, left by {stale}, which is no longer running")
       me = f"pid {os.getpid()} on {socket.gethostname()}"
@@ -131,6 +131,21 @@ class RunDir:
         os.ftruncate(fd, 0)  # emptied, not removed: removing would race with a waiting process
     finally:
       os.close(fd)  # releases the flock
+
+  def holder(self) -> str | None:
+    """Who holds WORKDIR/LOCK now ('pid N on HOST'), or None; takes nothing (for a driver's look)."""
+    try:
+      fd = os.open(self.lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+      return None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted unless a run holds it exclusively
+      fcntl.flock(fd, fcntl.LOCK_UN)
+      return None
+    except BlockingIOError:
+      return _lock_text(fd) or "another process"
+    finally:
+      os.close(fd)
 
   def make(self) -> None:
     """Creates the workdir; RunDirError, saying why, when it cannot be (a file, no permission, no space)."""
@@ -226,11 +241,12 @@ class RunDir:
     checkpoint from before configs were saved with them; None without checkpoints."""
     if not self.checkpoint_steps():
       return None
-    meta = self.checkpoint_dir / str(self.checkpoint_step(step)) / "meta" / "metadata"
-    with contextlib.suppress(OSError, ValueError):
-      config = json.loads(meta.read_text()).get("config")
-      if config is not None:
-        return config
+    step = self.checkpoint_step(step)
+    if (self.checkpoint_dir / str(step) / "meta").exists():
+      with contextlib.suppress(Exception):  # a damaged meta: the restore will say so
+        meta = self._checkpoints().restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        if meta.get("config") is not None:
+          return meta["config"]
     return json.loads(self.config_path.read_text()) if self.config_path.exists() else None
 
   def restore(self, like: TrainState, step: int | None = None, *, set_aside: bool = False,
@@ -312,6 +328,10 @@ class RunDir:
     if self._manager is not None:
       self._manager.close()
       self._manager = None
+
+
+def _lock_text(fd: int) -> str:
+  return os.pread(fd, 4096, 0).decode(errors="replace").strip()
 
 
 class _Damaged(Exception):
