@@ -3,6 +3,9 @@
 A layer's train step is its forward and backward: the gradient with respect
 to its parameters AND its input (as inside a network), for a fixed random
 cotangent. Its eval step is the forward in eval mode.
+
+An ACBlock replaces a conv AND the BN after it, so the ACB kinds are
+measured against "conv_bn" (a plain conv + BN), the others against "plain".
 """
 
 from __future__ import annotations
@@ -18,6 +21,17 @@ from bench.timing import compile_timed, run_interleaved
 from kshapes_jax import nn as knn
 
 SHAPES = ((32, 16), (16, 32), (8, 64))  # (H = W, channels) of ResNet-20's three stages
+BASE = {"acb": "conv_bn", "acb_branches": "conv_bn", "acb_stacked": "conv_bn"}  # acb_deployed is a plain conv
+
+
+def set_ratios(rows: list[dict]) -> list[dict]:
+  """Sets each row's base, train_ratio and eval_ratio from the times of its base kind at the same shape."""
+  times = {(r["shape"], r["kind"]): r for r in rows}
+  for r in rows:
+    r["base"] = BASE.get(r["kind"], "plain")
+    base = times[(r["shape"], r["base"])]
+    r["train_ratio"], r["eval_ratio"] = r["train_ms"] / base["train_ms"], r["eval_ms"] / base["eval_ms"]
+  return rows
 
 
 def layer_factories(c: int) -> dict[str, Callable[[], nnx.Module]]:
@@ -34,7 +48,10 @@ def layer_factories(c: int) -> dict[str, Callable[[], nnx.Module]]:
       "plain": lambda: knn.PlainConv(c, c, 3, rngs=rngs()),
       "rotate4": lambda: knn.RotateConv(c, c, version=4, rngs=rngs()),
       "rotate2": lambda: knn.RotateConv(c, c, version=2, rngs=rngs()),
-      "acb": lambda: knn.ACBlock(c, c, 3, rngs=rngs()),
+      "conv_bn": lambda: knn.conv_bn("plain", c, c, 3, rngs=rngs()),
+      "acb": lambda: knn.ACBlock(c, c, 3, rngs=rngs()),  # impl "auto"
+      "acb_branches": lambda: knn.ACBlock(c, c, 3, impl="branches", rngs=rngs()),
+      "acb_stacked": lambda: knn.ACBlock(c, c, 3, impl="stacked", rngs=rngs()),
       "acb_deployed": deployed_acb,
       # 3x3: s = 2 nested filters, so c / 2 primary filters give c maps
       "versatile_spatial": lambda: knn.VersatileConv(c, c, 3, mode="spatial", rngs=rngs()),
@@ -69,16 +86,17 @@ def _steps(layer: nnx.Module):
 
 def bench_layers(batch: int, reps: int, shapes=SHAPES, kinds: list[str] | None = None,
                  log=print) -> list[dict]:
-  """Times every kind at every shape; ratios are against "plain" at the same shape."""
+  """Times every kind at every shape; ratios are against its base kind (`BASE`, else "plain") at the same shape."""
   rows = []
   rng = np.random.default_rng(0)
   for hw, c in shapes:
     x = jnp.asarray(rng.normal(size=(batch, hw, hw, c)), jnp.float32)
     g = jnp.asarray(rng.normal(size=(batch, hw, hw, c)), jnp.float32)
     factories = layer_factories(c)
-    names = kinds or list(factories)
-    if "plain" not in names:
-      names = ["plain", *names]
+    names = list(kinds or factories)
+    for base in ("conv_bn", "plain"):
+      if base not in names and any(BASE.get(n, "plain") == base for n in names):
+        names = [base, *names]
     train_cases, eval_cases = [], []
     for name in names:
       layer = factories[name]()
@@ -89,11 +107,11 @@ def bench_layers(batch: int, reps: int, shapes=SHAPES, kinds: list[str] | None =
       eval_cases.append(compile_timed(name, eval_fn, (params, rest, x)))
     run_interleaved(train_cases, reps, rewarm=True)
     run_interleaved(eval_cases, reps, rewarm=True)
-    base_t, base_e = train_cases[0].median_ms, eval_cases[0].median_ms
-    for t, e in zip(train_cases, eval_cases):
-      rows.append({"shape": f"{hw}x{hw}x{c}", "kind": t.name, "train_ms": t.median_ms, "eval_ms": e.median_ms,
-                   "train_ratio": t.median_ms / base_t, "eval_ratio": e.median_ms / base_e,
-                   "compile_train_s": t.compile_s})
-      log(f"  layer {rows[-1]['shape']:>9} {t.name:<18} train {t.median_ms:8.2f} ms ({t.median_ms / base_t:5.2f}x)"
-          f"  eval {e.median_ms:8.2f} ms ({e.median_ms / base_e:5.2f}x)")
+    shape_rows = set_ratios([{"shape": f"{hw}x{hw}x{c}", "kind": t.name, "train_ms": t.median_ms,
+                              "eval_ms": e.median_ms, "compile_train_s": t.compile_s}
+                             for t, e in zip(train_cases, eval_cases)])
+    for r in shape_rows:
+      log(f"  layer {r['shape']:>9} {r['kind']:<18} train {r['train_ms']:8.2f} ms ({r['train_ratio']:5.2f}x "
+          f"{r['base']})  eval {r['eval_ms']:8.2f} ms ({r['eval_ratio']:5.2f}x)")
+    rows += shape_rows
   return rows

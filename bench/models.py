@@ -21,7 +21,9 @@ MODEL_CASES = (
     ("resnet20", "rotate4", "resnet20", "rotate4", {}, False),
     ("resnet20", "rotate2", "resnet20", "rotate2", {}, False),
     ("resnet56", "plain", "resnet56", "plain", {}, False),
-    ("resnet56", "acb", "resnet56", "acb", {}, False),
+    ("resnet56", "acb", "resnet56", "acb", {}, False),  # impl "auto"
+    ("resnet56", "acb_branches", "resnet56", "acb", {"conv_options": {"impl": "branches"}}, False),
+    ("resnet56", "acb_stacked", "resnet56", "acb", {"conv_options": {"impl": "stacked"}}, False),
     ("resnet56", "acb_deployed", "resnet56", "acb", {}, True),
     ("acu_plain", "plain", "acu_plain", "plain", {}, False),
     ("acu_plain", "active_r1", "acu_plain", "active", {"conv_options": {"radius": 1}}, False),
@@ -33,7 +35,15 @@ MODEL_CASES = (
     ("lenet", "v2_model1", "lenet", "versatile", {"variant": "v2_model1"}, False),
     ("lenet", "v2_model1_cropped", "lenet", "versatile",
      {"variant": "v2_model1", "conv_options": {"impl": "cropped"}}, False),
+    *((f"{net}_224", case, net, conv, kwargs, deployed)
+      for net in ("resnet18", "resnet50")
+      for case, conv, kwargs, deployed in (
+          ("plain", "plain", {}, False), ("rotate4", "rotate4", {}, False), ("rotate2", "rotate2", {}, False),
+          ("acb", "acb", {}, False), ("acb_deployed", "acb", {}, True), ("versatile", "versatile", {}, False),
+          ("versatile_cropped", "versatile", {"conv_options": {"impl": "cropped"}}, False),
+          ("active", "active", {}, False))),
 )
+GPU_ONLY = ("resnet18_224", "resnet50_224")  # ImageNet-size nets: minutes per step on 2 CPU cores
 
 
 def _model(name, conv, kwargs, deployed, num_classes):
@@ -62,18 +72,26 @@ def _cases_for(model, batch, shape, rng):
   return (train_step, state, batch_arrays), (eval_step, *copy, eval_batch)
 
 
-def bench_models(batch: int, reps: int, groups: list[str] | None = None, log=print) -> list[dict]:
-  """Times every case; ratios are against the first case of its group."""
+def bench_models(batch: int, reps: int, groups: list[str] | None = None, log=print,
+                 imagenet_batch: int | None = None) -> list[dict]:
+  """Times every case; ratios are against the first case of its group.
+
+  groups=None runs every group, except the GPU_ONLY ones on a CPU; the
+  ImageNet-size groups use `imagenet_batch` (default: `batch`).
+  """
   rows = []
   rng = np.random.default_rng(0)
-  wanted = [c for c in MODEL_CASES if groups is None or c[0] in groups]
+  if groups is None:
+    groups = [c[0] for c in MODEL_CASES if jax.default_backend() != "cpu" or c[0] not in GPU_ONLY]
+  wanted = [c for c in MODEL_CASES if c[0] in groups]
   for group in dict.fromkeys(c[0] for c in wanted):
+    size = imagenet_batch if (imagenet_batch and group in GPU_ONLY) else batch
     train_cases, eval_cases, meta = [], [], []
     for _, case, name, conv, kwargs, deployed in (c for c in wanted if c[0] == group):
       spec = K.models.spec(name)
       model = _model(name, conv, kwargs, deployed, 10)
       params_count = K.models.count_params(model)
-      (step, state, b), (ev, p, r, eb) = _cases_for(model, batch, spec.input_shape, rng)
+      (step, state, b), (ev, p, r, eb) = _cases_for(model, size, spec.input_shape, rng)
       train_cases.append(compile_timed(case, step, (state, b), donate=True))
       eval_cases.append(compile_timed(case, ev, (p, r, eb)))
       meta.append((name, conv, params_count))
@@ -84,7 +102,7 @@ def bench_models(batch: int, reps: int, groups: list[str] | None = None, log=pri
       rows.append({"group": group, "case": t.name, "model": name, "conv": conv, "parameters": count,
                    "train_ms": t.median_ms, "eval_ms": e.median_ms, "train_ratio": t.median_ms / base_t,
                    "eval_ratio": e.median_ms / base_e, "compile_train_s": t.compile_s,
-                   "images_per_s": batch / (t.median_ms / 1e3)})
+                   "batch": size, "images_per_s": size / (t.median_ms / 1e3)})
       log(f"  model {group:<10} {t.name:<13} train {t.median_ms:8.1f} ms ({t.median_ms / base_t:5.2f}x)"
           f"  eval {e.median_ms:7.1f} ms ({e.median_ms / base_e:5.2f}x)  compile {t.compile_s:5.1f} s")
   jax.clear_caches()

@@ -47,12 +47,21 @@ def test_targets_are_judged_against_the_measured_ratio():
          {"group": "resnet20", "case": "rotate2", "train_ratio": 1.08},
          {"group": "lenet", "case": "model3", "train_ratio": 0.9},
          {"group": "lenet", "case": "model3_cropped", "train_ratio": 0.6}]
-  got = {t["key"]: (t["measured"], t["met"]) for t in run.evaluate_targets(lay, mod)}
+  peers = [{"model": "resnet20", "case": "plain", "ours_over_theirs_train": 1.5}]
+  got = {t["key"]: (t["measured"], t["met"]) for t in run.evaluate_targets(lay, mod, peers, "cpu")}
   assert got["rotate"] == (1.08, False)  # the worse of the two versions
   assert got["acu_r1"][0] == pytest.approx(1.1) and got["acu_r1"][1]  # geometric mean
   assert got["acu_gather"] == (2.0, True)
   assert got["versatile"] == (0.6, True)  # the better of the two designs
   assert got["acb"] == (None, None)
+  assert got["torch"] == (1.5, False)
+  assert "versatile_imagenet" not in got  # a GPU-only target
+  gpu = {t["key"]: t for t in run.evaluate_targets(lay, mod, peers, "gpu")}
+  assert gpu["torch"]["target"] is None and gpu["torch"]["met"] is None  # reported only
+  assert gpu["versatile"]["target"] == 1.0 and gpu["versatile"]["met"]
+  assert "report" in run.markdown({"device": "d", "platform": "gpu", "cpu_count": 1, "jax_version": "0", "batch": 1,
+                                   "model_batch": 1, "reps": 1, "date": "t", "layers": [], "models": [],
+                                   "targets": list(gpu.values())})
 
 
 def test_readme_shows_the_committed_cpu_results():
@@ -98,3 +107,17 @@ def test_gpu_check_refuses_to_run_without_a_gpu(capsys, monkeypatch):
                                                      "jax_version": "0"})
   assert gpu_check.main(["--skip-bench"]) == 2
   assert "not a GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model, case", [("resnet20", "plain"), ("resnet56", "plain"), ("resnet56", "acb")])
+def test_torch_peer_is_our_network(model, case):
+  """The PyTorch peer has exactly our parameter count (convs, BNs per ACB branch, the classifier)."""
+  torch = pytest.importorskip("torch")
+  from flax import nnx
+
+  import kshapes_jax as K
+  from bench import torch_peer
+
+  peer = torch_peer._build(torch, int(model.removeprefix("resnet")), case == "acb")
+  ours = K.models.create(model, conv=case, num_classes=10, rngs=nnx.Rngs(0))
+  assert sum(p.numel() for p in peer.parameters()) == K.models.count_params(ours)

@@ -14,6 +14,28 @@ from kshapes_jax.nn.base import ConvLayer, PlainConv, check_layer, he_normal, re
 
 Asymmetric = Literal["both", "hor", "ver"]  # which asymmetric branches (Table 5 ablations)
 BNMode = Literal["branch", "sum"]  # a BN per branch (the paper), or one after the sum
+Impl = Literal["auto", "branches", "stacked"]  # how training mode computes the same block
+
+
+def resolve_impl(impl: str) -> str:
+  """The training-mode implementation "auto" stands for: "stacked" on every platform measured.
+
+  Whole ResNet-56 train steps (results/bench-cpu.md, issue 17): on 2 CPU
+  cores stacked costs 2.26x a plain net at batch 64 and 2.62x at batch 128,
+  branches 2.95x and 2.94x; on an H100 (issue 17, stacking patched in)
+  1.95x against 2.77x. On CPU a single stacked LAYER timed alone is slower
+  (2.3-7.2x a conv + BN against 1.9-2.8x), so a user timing one layer may
+  prefer "branches"; in a network the single BN pass and fewer ops win.
+
+  Args:
+    impl: "auto", "branches" or "stacked".
+
+  Raises:
+    ValueError: for an unknown impl.
+  """
+  if impl not in get_args(Impl):
+    raise ValueError(f"impl must be 'auto', 'branches' or 'stacked', got {impl!r}")
+  return "branches" if impl == "branches" else "stacked"
 
 
 def batch_norm(features: int, rngs: nnx.Rngs, scale_init: float = 1.0, dtype=None) -> nnx.BatchNorm:
@@ -33,6 +55,36 @@ def bn_params(bn: nnx.BatchNorm) -> BatchNormParams:
   return BatchNormParams(bn.scale[...], bn.bias[...], bn.mean[...], bn.var[...])
 
 
+def stacked_batch_norm(z: jax.Array, bns: list[nnx.BatchNorm]) -> jax.Array:
+  """Trains the BNs `bns` at once on `z`, their output maps stacked on the last axis.
+
+  BN statistics are per channel, so one BN over the stacked maps is the
+  BNs one per group: the same outputs, gradients and running statistics as
+  calling each BN on its slice (flax's nnx.BatchNorm arithmetic, fast
+  variance, statistics in at least float32), in one pass over `z`. The
+  running statistics of each BN are updated in place, as its own call would.
+  """
+  first = bns[0]
+  scale = jnp.concatenate([bn.scale[...] for bn in bns])
+  bias = jnp.concatenate([bn.bias[...] for bn in bns])
+  z, scale, bias = first.promote_dtype((z, scale, bias), dtype=first.dtype)
+  stats_dtype = jnp.promote_types(first.dtype or jnp.result_type(z), jnp.float32)
+  axes = tuple(range(z.ndim - 1))
+  zs = jnp.asarray(z, stats_dtype)
+  mean = zs.mean(axes)
+  var = jnp.maximum(0.0, jnp.mean(zs * zs, axes) - mean * mean)
+  start = 0
+  for bn in bns:
+    n = bn.num_features
+    bn.mean[...] = jax.lax.stop_gradient(bn.momentum * bn.mean[...] + (1 - bn.momentum) * mean[start:start + n])
+    bn.var[...] = jax.lax.stop_gradient(bn.momentum * bn.var[...] + (1 - bn.momentum) * var[start:start + n])
+    start += n
+  mean, var = (jnp.asarray(a, jnp.result_type(z, a)) for a in (mean, var))
+  mul = jax.lax.rsqrt(var + first.epsilon) * scale
+  y = (z - mean) * mul + bias
+  return jnp.asarray(y, first.dtype or jnp.result_type(z, scale, bias))
+
+
 class ACBlock(ConvLayer):
   """Asymmetric Convolution Block; replaces a kxk conv AND the BN after it.
 
@@ -47,12 +99,20 @@ class ACBlock(ConvLayer):
     border: add the asymmetric kernels at the bottom row / right column
       instead of the skeleton (the paper's section 4.4).
     asym_scale_init: initial BN gamma of the asymmetric branches.
+    impl: how training mode computes the block, all equal in value, gradient
+      and running statistics: "branches" (a conv and a BN per branch),
+      "stacked" (the 1xk and kx1 kernels zero-padded to kxk and stacked with
+      the kxk one on the output axis: ONE conv to 3*O maps, ONE BN over them,
+      then the sum of the three groups; with bn="sum", one conv with the
+      summed kernel), or "auto" (`resolve_impl`: "stacked", the faster in
+      whole networks on CPU and GPU). Parameters and checkpoints do not
+      depend on it.
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = False, asymmetric: Asymmetric = "both",
                bn: BNMode = "branch", border: bool = False, asym_scale_init: float = 1.0,
-               precision=None, dtype=None, rngs: nnx.Rngs):
+               impl: Impl = "auto", precision=None, dtype=None, rngs: nnx.Rngs):
     check_layer("ACBlock", in_features, out_features, kernel_size, stride, rngs=rngs)
     if kernel_size % 2 == 0:
       raise ValueError(f"ACB needs an odd kernel size, got {kernel_size}")
@@ -60,12 +120,13 @@ class ACBlock(ConvLayer):
       raise ValueError(f"asymmetric must be 'both', 'hor' or 'ver', got {asymmetric!r}")
     if bn not in get_args(BNMode):
       raise ValueError(f"bn must be 'branch' or 'sum', got {bn!r}")
+    resolve_impl(impl)  # checks it
     del use_bias  # the BN supplies the bias
     k = kernel_size
     self.in_features, self.out_features = in_features, out_features
     self.kernel_size, self.stride = k, stride
     self.padding = symmetric_padding(padding, k, int_only_for="ACBlock")
-    self.bn_mode, self.border = bn, border
+    self.bn_mode, self.border, self.impl = bn, border, impl
     self.set_numerics(precision, dtype)
     self.line = k - 1 if border else k // 2  # row of hor / column of ver
     fan = k * k * in_features
@@ -99,6 +160,10 @@ class ACBlock(ConvLayer):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self._frozen():  # eq. 6-7: in eval mode the branches and BNs fold into one kxk conv
       return super().__call__(x)
+    if resolve_impl(self.impl) == "stacked" and self._all_training():
+      y = self._stacked(x)
+      record(self, x, y)
+      return y
     y = 0
     for kernel, padding, bn in self._branches():
       branch = self.conv(x, kernel, padding=padding)
@@ -107,6 +172,30 @@ class ACBlock(ConvLayer):
       y = self.sum_bn(y)
     record(self, x, y)
     return y
+
+  def _all_training(self) -> bool:
+    bns = [getattr(self, name, None) for name in ("square_bn", "hor_bn", "ver_bn", "sum_bn")]
+    return not any(bn.use_running_average for bn in bns if bn is not None)
+
+  def _stacked(self, x: jax.Array) -> jax.Array:
+    """Training mode as one conv: the branch kernels zero-embedded in kxk (the same sums)."""
+    p = self.padding
+    hor = None if self.hor is None else self.hor[...]
+    ver = None if self.ver is None else self.ver[...]
+    if self.bn_mode == "sum":  # linear up to the BN: one conv with the summed kernel
+      kernel = acb_kernel(self.square[...], hor, ver, hor_row=self.line, ver_col=self.line)
+      return self.sum_bn(self.conv(x, kernel, padding=((p, p), (p, p))))
+    o = self.out_features
+    kernels, bns = [self.square[...]], [self.square_bn]
+    zero = jnp.zeros_like(self.square[...])
+    if hor is not None:
+      kernels.append(acb_kernel(zero, hor, None, hor_row=self.line))
+      bns.append(self.hor_bn)
+    if ver is not None:
+      kernels.append(acb_kernel(zero, None, ver, ver_col=self.line))
+      bns.append(self.ver_bn)
+    z = stacked_batch_norm(self.conv(x, jnp.concatenate(kernels, axis=-1), padding=((p, p), (p, p))), bns)
+    return sum(z[..., i * o:(i + 1) * o] for i in range(len(kernels)))
 
   def effective_kernel(self):
     hor = None if self.hor is None else self.hor[...]

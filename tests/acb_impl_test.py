@@ -1,0 +1,93 @@
+"""ACBlock's training implementations ("branches", "stacked") are the same block: value, gradient, statistics."""
+
+import chex
+import hypothesis
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import strategies as st
+
+import kshapes_jax as K
+from kshapes_jax.nn import ACBlock
+from kshapes_jax.nn.acb import resolve_impl
+
+
+def _train_step(block: ACBlock, x: jax.Array):
+  """(loss, gradient w.r.t. parameters and input, updated BN statistics) of one training call, in float64."""
+  graphdef, params, rest = nnx.split(block, nnx.Param, ...)
+  params, rest = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (params, rest))
+
+  def loss(params, x):
+    module = nnx.merge(graphdef, params, jax.tree.map(lambda v: v, rest))
+    y = module(x)
+    return jnp.sum(y * jnp.cos(y)), (y, nnx.state(module, nnx.BatchStat))
+
+  (value, (y, stats)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+  return value, y, grads, stats
+
+
+@hypothesis.settings(max_examples=10, deadline=None)
+@hypothesis.given(
+    asymmetric=st.sampled_from(["both", "hor", "ver"]), border=st.booleans(), bn=st.sampled_from(["branch", "sum"]),
+    k=st.sampled_from([3, 5]), stride=st.sampled_from([1, 2]), pad_shift=st.sampled_from([0, -1]),
+    size=st.tuples(st.integers(5, 9), st.integers(5, 9)), seed=st.integers(0, 2**16))
+def test_stacked_equals_branches(asymmetric, border, bn, k, stride, pad_shift, size, seed):
+  """For every option: the same outputs, gradients (parameters and input) and running statistics."""
+  with jax.enable_x64(True):
+    _check_stacked_equals_branches(asymmetric, border, bn, k, stride, pad_shift, size, seed)
+
+
+def _check_stacked_equals_branches(asymmetric, border, bn, k, stride, pad_shift, size, seed):
+  padding = k // 2 + pad_shift  # also a cropping padding, where the branches' own paddings go negative
+  x = jnp.asarray(np.random.default_rng(seed).normal(size=(2, *size, 3)))
+  runs = []
+  for impl in ("branches", "stacked"):
+    block = ACBlock(3, 4, k, stride=stride, padding=padding, asymmetric=asymmetric, border=border, bn=bn,
+                    asym_scale_init=0.7, impl=impl, rngs=nnx.Rngs(seed))
+    runs.append(_train_step(block, x))
+  (v1, y1, g1, s1), (v2, y2, g2, s2) = runs
+  chex.assert_trees_all_close(y1, y2, rtol=1e-11, atol=1e-11)
+  chex.assert_trees_all_close(v1, v2, rtol=1e-11, atol=1e-11)
+  chex.assert_trees_all_close(g1, g2, rtol=1e-10, atol=1e-10)
+  chex.assert_trees_all_close(s1, s2, rtol=1e-12, atol=1e-12)
+  assert any(float(jnp.abs(s - 1).max()) > 1e-3 for s in jax.tree.leaves(s1)), "statistics were not updated"
+
+
+def test_stacked_equals_branches_in_bfloat16_compute(rng):
+  x = jnp.asarray(rng.normal(size=(4, 8, 8, 8)), jnp.float32)
+  outs = []
+  for impl in ("branches", "stacked"):
+    block = ACBlock(8, 8, impl=impl, dtype="bfloat16", rngs=nnx.Rngs(0))
+    y = block(x)
+    assert y.dtype == jnp.bfloat16
+    outs.append((y, nnx.state(block, nnx.BatchStat)))
+  # bfloat16 sums in another order: a few units in its last place (1/128 relative)
+  chex.assert_trees_all_close(outs[0][0].astype(jnp.float32), outs[1][0].astype(jnp.float32), rtol=0.05, atol=0.05)
+  chex.assert_trees_all_close(outs[0][1], outs[1][1], rtol=1e-2, atol=1e-2)
+
+
+def test_impl_does_not_change_parameters_or_checkpoints():
+  trees = [nnx.state(K.models.create("cifar_quick", conv="acb", conv_options={"impl": impl}, rngs=nnx.Rngs(0)))
+           for impl in ("auto", "branches", "stacked")]
+  for tree in trees[1:]:
+    chex.assert_trees_all_equal(tree, trees[0])
+
+
+def test_auto_is_stacked_and_unknown_impls_are_refused():
+  assert resolve_impl("auto") == "stacked" and resolve_impl("branches") == "branches"
+  with pytest.raises(ValueError, match="impl must be 'auto', 'branches' or 'stacked', got 'fused'"):
+    ACBlock(2, 2, impl="fused", rngs=nnx.Rngs(0))
+
+
+def test_a_partly_frozen_block_runs_its_branches(rng):
+  """One BN on running statistics (a user freezing it): stacked cannot share statistics, so it falls back."""
+  x = jnp.asarray(rng.normal(size=(2, 6, 6, 3)), jnp.float32)
+  outs = []
+  for impl in ("branches", "stacked"):
+    block = ACBlock(3, 4, impl=impl, precision="highest", rngs=nnx.Rngs(0))
+    block.hor_bn.use_running_average = True
+    outs.append((block(x), nnx.state(block, nnx.BatchStat)))
+  chex.assert_trees_all_close(outs[0], outs[1], rtol=1e-6, atol=1e-6)
+  chex.assert_trees_all_equal(outs[1][1]["hor_bn"], nnx.state(ACBlock(3, 4, rngs=nnx.Rngs(0)), nnx.BatchStat)["hor_bn"])
