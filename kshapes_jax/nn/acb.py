@@ -22,9 +22,9 @@ def resolve_impl(impl: str) -> str:
 
   Whole ResNet-56 train steps (results/bench-cpu.md, issue 17): on 2 CPU
   cores stacked costs 2.26x a plain net at batch 64 and 2.62x at batch 128,
-  branches 2.95x and 2.94x; on an H100 (issue 17, stacking patched in)
+  branches 2.95x and 2.94x (a second batch-64 run: 2.40x against 3.15x); on an H100 (issue 17, stacking patched in)
   1.95x against 2.77x. On CPU a single stacked LAYER timed alone is slower
-  (2.3-7.2x a conv + BN against 1.9-2.8x), so a user timing one layer may
+  (2.3-8.0x a conv + BN against 1.75-2.8x), so a user timing one layer may
   prefer "branches"; in a network the single BN pass and fewer ops win.
 
   Args:
