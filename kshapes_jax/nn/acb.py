@@ -22,8 +22,8 @@ def resolve_impl(impl: str) -> str:
 
   Whole ResNet-56 train steps (results/bench-cpu.md, issue 17): on 2 CPU
   cores stacked costs 2.26x a plain net at batch 64 and 2.62x at batch 128,
-  branches 2.95x and 2.94x (a second batch-64 run: 2.40x against 3.15x); on an H100 (issue 17, stacking patched in)
-  1.95x against 2.77x. On CPU a single stacked LAYER timed alone is slower
+  branches 2.95x and 2.94x (a second batch-64 run: 2.40x against 3.15x); on
+  an H100 (issue 17, stacking patched in) 1.95x against 2.77x. On CPU a single stacked LAYER timed alone is slower
   (2.3-8.0x a conv + BN against 1.75-2.8x), so a user timing one layer may
   prefer "branches"; in a network the single BN pass and fewer ops win.
 
@@ -152,39 +152,43 @@ class ACBlock(ConvLayer):
       out.append((self.ver[...], ((p, p), across), getattr(self, "ver_bn", None)))
     return out
 
+  def _bns(self) -> list[nnx.BatchNorm]:
+    names = ("square_bn", "hor_bn", "ver_bn", "sum_bn")
+    return [bn for bn in (getattr(self, name, None) for name in names) if bn is not None]
+
+  def _asymmetric(self) -> tuple[jax.Array | None, jax.Array | None]:
+    return (None if self.hor is None else self.hor[...]), (None if self.ver is None else self.ver[...])
+
   def _frozen(self) -> bool:
     """Every BN uses its running statistics (eval mode): the block is then one fused conv."""
-    bns = [getattr(self, name, None) for name in ("square_bn", "hor_bn", "ver_bn", "sum_bn")]
-    return all(bn.use_running_average for bn in bns if bn is not None)
+    return all(bn.use_running_average for bn in self._bns())
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self._frozen():  # eq. 6-7: in eval mode the branches and BNs fold into one kxk conv
       return super().__call__(x)
-    if resolve_impl(self.impl) == "stacked" and self._all_training():
-      y = self._stacked(x)
-      record(self, x, y)
-      return y
+    # stacked shares one BN pass, so a partly frozen block (a user's choice) runs its branches
+    stacked = resolve_impl(self.impl) == "stacked" and not any(bn.use_running_average for bn in self._bns())
+    y = self._stacked(x) if stacked else self._branched(x)
+    record(self, x, y)
+    return y
+
+  def _branched(self, x: jax.Array) -> jax.Array:
     y = 0
     for kernel, padding, bn in self._branches():
       branch = self.conv(x, kernel, padding=padding)
       y = y + (bn(branch) if bn is not None else branch)
-    if self.bn_mode == "sum":
-      y = self.sum_bn(y)
-    record(self, x, y)
-    return y
+    return self.sum_bn(y) if self.bn_mode == "sum" else y
 
-  def _all_training(self) -> bool:
-    bns = [getattr(self, name, None) for name in ("square_bn", "hor_bn", "ver_bn", "sum_bn")]
-    return not any(bn.use_running_average for bn in bns if bn is not None)
+  def _summed_kernel(self) -> jax.Array:
+    """eq. 6: the asymmetric kernels added onto the square one's skeleton (or border)."""
+    hor, ver = self._asymmetric()
+    return acb_kernel(self.square[...], hor, ver, hor_row=self.line, ver_col=self.line)
 
   def _stacked(self, x: jax.Array) -> jax.Array:
     """Training mode as one conv: the branch kernels zero-embedded in kxk (the same sums)."""
-    p = self.padding
-    hor = None if self.hor is None else self.hor[...]
-    ver = None if self.ver is None else self.ver[...]
     if self.bn_mode == "sum":  # linear up to the BN: one conv with the summed kernel
-      kernel = acb_kernel(self.square[...], hor, ver, hor_row=self.line, ver_col=self.line)
-      return self.sum_bn(self.conv(x, kernel, padding=((p, p), (p, p))))
+      return self.sum_bn(self.conv(x, self._summed_kernel(), padding=self.padding))
+    hor, ver = self._asymmetric()
     o = self.out_features
     kernels, bns = [self.square[...]], [self.square_bn]
     zero = jnp.zeros_like(self.square[...])
@@ -194,15 +198,13 @@ class ACBlock(ConvLayer):
     if ver is not None:
       kernels.append(acb_kernel(zero, None, ver, ver_col=self.line))
       bns.append(self.ver_bn)
-    z = stacked_batch_norm(self.conv(x, jnp.concatenate(kernels, axis=-1), padding=((p, p), (p, p))), bns)
+    z = stacked_batch_norm(self.conv(x, jnp.concatenate(kernels, axis=-1), padding=self.padding), bns)
     return sum(z[..., i * o:(i + 1) * o] for i in range(len(kernels)))
 
   def effective_kernel(self):
-    hor = None if self.hor is None else self.hor[...]
-    ver = None if self.ver is None else self.ver[...]
     if self.bn_mode == "sum":
-      kernel = acb_kernel(self.square[...], hor, ver, hor_row=self.line, ver_col=self.line)
-      return fuse_bn(kernel, *bn_params(self.sum_bn), eps=self.sum_bn.epsilon)
+      return fuse_bn(self._summed_kernel(), *bn_params(self.sum_bn), eps=self.sum_bn.epsilon)
+    hor, ver = self._asymmetric()
     return fuse_acb(
         self.square[...], bn_params(self.square_bn),
         hor, None if hor is None else bn_params(self.hor_bn),
