@@ -48,6 +48,43 @@ EPOCHS = {"rotate": 2, "versatile": 1, "active": 1, "acb": 1}
 DATA = "fashion_mnist"
 
 
+def parse_lengths(spec: str | None) -> dict[str, float]:
+  """Epochs of each method from '10', 'rotate=20,acb=10' or '10,rotate=20' (unnamed: every method).
+
+  Methods the spec does not name keep their EPOCHS.
+
+  Raises:
+    ValueError: for an unknown method or a length that is not a positive number.
+  """
+  lengths = dict(EPOCHS)
+  for item in filter(None, (spec or "").replace(" ", "").split(",")):
+    method, _, value = item.rpartition("=")
+    if method and method not in METHODS:
+      raise ValueError(f"epochs {item!r}: unknown method {method!r}; expected one of {list(METHODS)}")
+    try:
+      epochs = float(value)
+    except ValueError:
+      epochs = float("nan")
+    if not epochs > 0:
+      raise ValueError(f"epochs {item!r}: expected a positive number of epochs, e.g. '10' or 'acb=10'")
+    lengths.update({method: epochs} if method else dict.fromkeys(METHODS, epochs))
+  return lengths
+
+
+def length_dir(epochs: float) -> str:
+  """The folder of a suite's runs at that length: 'e10', 'e2.5'."""
+  return f"e{epochs:g}"
+
+
+def dir_length(name: str) -> float | None:
+  """The length of a folder that length_dir names ('e10' -> 10.0), None for any other name."""
+  try:
+    epochs = float(name[1:]) if name.startswith("e") else None
+  except ValueError:
+    return None
+  return epochs if epochs is not None and 0 < epochs < math.inf else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One row of the suite.

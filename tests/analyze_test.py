@@ -1,6 +1,7 @@
 """train.analyze and train.report on tiny real runs (synthetic data): files, numbers that must agree, the CLI."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from kshapes_jax.analysis import acb
 from train import analyses, analyze, report, train
 from train.evaluation import accuracy
 from train.rundir import RunDir
+from train.suite import Suite
 from train.trained_run import load_run
 
 # one xdist worker trains the module's runs once (pytest runs with --dist loadgroup)
@@ -30,13 +32,18 @@ def _config(row: str, seed: int = 0):
   return c
 
 
+def _wd(runs: Path, row: str, seed: str) -> Path:
+  """RUNS/eN/ROW/seedS at the row's default length."""
+  return Suite(runs).workdir(row, seed)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """RUNS/ROW/seed0 for a few rows of the suite, 6 steps each; sn_v4 also at seed 1."""
+  """RUNS/eN/ROW/seed0 for a few rows of the suite, 6 steps each; sn_v4 also at seed 1."""
   root = tmp_path_factory.mktemp("runs")
   for row in ROWS:
-    train.train_and_evaluate(_config(row), root / row / "seed0")
-  train.train_and_evaluate(_config("sn_v4", 1), root / "sn_v4" / "seed1")
+    train.train_and_evaluate(_config(row), _wd(root, row, "seed0"))
+  train.train_and_evaluate(_config("sn_v4", 1), _wd(root, "sn_v4", "seed1"))
   return root
 
 
@@ -45,20 +52,20 @@ def _is_png(path: Path) -> bool:
 
 
 def test_load_run_restores_the_trained_model(runs):
-  run = load_run(runs / "acb" / "seed0")
+  run = load_run(_wd(runs, "acb", "seed0"))
   assert run.step == 6 and run.steps == [2, 4, 6]
-  summary = json.loads((runs / "acb" / "seed0" / "summary.json").read_text())
+  summary = json.loads((_wd(runs, "acb", "seed0") / "summary.json").read_text())
   # the restored model (eval mode, fused ACBs) scores what the trainer reported
   assert accuracy(run.model, run.dataset, run.dataset.test, 32) == summary["test_accuracy"]
   with pytest.raises(FileNotFoundError, match="no checkpoint of step 5"):
-    load_run(runs / "acb" / "seed0", step=5)
+    load_run(_wd(runs, "acb", "seed0"), step=5)
   with pytest.raises(FileNotFoundError, match="config.json"):
     load_run(runs)
 
 
 def test_rotate_section(runs):
-  results = analyze.analyze(runs / "sn_v4" / "seed0")
-  out = runs / "sn_v4" / "seed0" / "analysis"
+  results = analyze.analyze(_wd(runs, "sn_v4", "seed0"))
+  out = _wd(runs, "sn_v4", "seed0") / "analysis"
   assert results["sections"] == ["rotate"]
   assert list(results["rotate"]) == ["convs/0", "convs/1", "convs/2", "convs/3"]
   assert sum(results["rotate"]["convs/1"]["histogram_45deg"]) == 20 * 50
@@ -68,21 +75,21 @@ def test_rotate_section(runs):
 
 
 def test_acu_section_follows_the_positions_through_the_checkpoints(runs):
-  results = analyze.analyze(runs / "acu" / "seed0")
+  results = analyze.analyze(_wd(runs, "acu", "seed0"))
   assert results["sections"] == ["active"] and results["active"]["checkpoint_steps"] == [0, 2, 4, 6]
-  steps, traj = analyses.active.position_trajectories(load_run(runs / "acu" / "seed0"))
+  steps, traj = analyses.active.position_trajectories(load_run(_wd(runs, "acu", "seed0")))
   assert steps == [0, 2, 4, 6] and len(traj) == 6
   first = next(iter(traj.values()))
   assert first.shape == (4, 9, 2)
   moved = np.linalg.norm(first - first[0], axis=-1)
   assert np.all(moved[1] == 0)  # frozen for the 2 warm-up steps
   assert moved[-1].max() > 0 and np.all(moved[:, 0] == 0)  # then they move; synapse 0 never does
-  assert _is_png(runs / "acu" / "seed0" / "analysis" / "acu_positions.png")
-  assert _is_png(runs / "acu" / "seed0" / "analysis" / "acu_movement.png")
+  assert _is_png(_wd(runs, "acu", "seed0") / "analysis" / "acu_positions.png")
+  assert _is_png(_wd(runs, "acu", "seed0") / "analysis" / "acu_movement.png")
 
 
 def test_acnet_section_numbers_agree_with_the_trainer(runs):
-  workdir = runs / "acb" / "seed0"
+  workdir = _wd(runs, "acb", "seed0")
   results = analyze.analyze(workdir, prune_examples=40, prune_seeds=2)["acb"]
   summary = json.loads((workdir / "summary.json").read_text())
   assert results["distorted"]["original"] == summary["deployed_test_accuracy"]
@@ -99,64 +106,135 @@ def test_acnet_section_numbers_agree_with_the_trainer(runs):
     assert np.all(np.isnan(curve[:, ~held])) and not np.any(np.isnan(curve[:, held]))
   assert _is_png(workdir / "analysis" / "acnet_pruning.png")
   # a plain baseline asks for the section explicitly (by its former name too)
-  assert analyze.analyze(runs / "acb_baseline" / "seed0", sections=["acnet"], prune_seeds=0)["acb"]["pruning"] == {}
+  assert analyze.analyze(_wd(runs, "acb_baseline", "seed0"), sections=["acnet"], prune_seeds=0)["acb"]["pruning"] == {}
   with pytest.raises(ValueError, match="unknown analysis 'fig7'"):
     analyze.analyze(workdir, sections=["acb", "fig7"])
 
 
 def test_versatile_section(runs):
-  results = analyze.analyze(runs / "lenet_model3" / "seed0")
+  results = analyze.analyze(_wd(runs, "lenet_model3", "seed0"))
   assert results["sections"] == ["versatile"]
   total = results["versatile"][-1]
   assert total["layer"] == "total" and total["weights"] == 218_100  # Table 2: 2.2e5
-  assert _is_png(runs / "lenet_model3" / "seed0" / "analysis" / "versatile_filters.png")
+  assert _is_png(_wd(runs, "lenet_model3", "seed0") / "analysis" / "versatile_filters.png")
 
 
 def test_cli_writes_the_report_and_refuses_bad_sections(runs, tmp_path):
   out = tmp_path / "a"
-  ok = subprocess.run([sys.executable, "-m", "train.analyze", f"--workdir={runs / 'sn_v4' / 'seed1'}",
+  ok = subprocess.run([sys.executable, "-m", "train.analyze", f"--workdir={_wd(runs, 'sn_v4', 'seed1')}",
                        f"--out={out}"], cwd=REPO, capture_output=True, text=True)
   assert ok.returncode == 0, ok.stderr
   assert (out / "report.md").exists() and "wrote" in ok.stdout
-  bad = subprocess.run([sys.executable, "-m", "train.analyze", f"--workdir={runs / 'sn_v4' / 'seed1'}",
+  bad = subprocess.run([sys.executable, "-m", "train.analyze", f"--workdir={_wd(runs, 'sn_v4', 'seed1')}",
                         "--sections=acu"], cwd=REPO, capture_output=True, text=True)
   assert bad.returncode != 0 and "no ActiveConv layers" in bad.stderr
 
 
 def test_verdict_sentences():
   assert "too few seeds" in report.verdict([1.0], [2.0], 0.5)
-  assert "same direction" in report.verdict([2.0, 2.1, 2.2], [1.0, 1.1, 1.2], 0.5)
-  assert "OPPOSITE" in report.verdict([1.0, 1.1, 1.2], [2.0, 2.1, 2.2], 0.5)
-  assert "not resolved" in report.verdict([1.0, 2.0, 3.0], [1.5, 2.5, 1.0], 0.5)
-  assert "(a tie): ours resolved, worse" in report.verdict([1.0, 1.1, 1.2], [2.0, 2.1, 2.2], 0.02)
+  assert "CONFIRMED, same direction (ours larger)" in report.verdict([2.0, 2.1, 2.2], [1.0, 1.1, 1.2], 0.5)
+  assert "(size agrees)" in report.verdict([2.0, 2.1, 2.2], [1.0, 1.1, 1.2], 0.95)
+  assert "CONTRADICTED, the opposite direction" in report.verdict([1.0, 1.1, 1.2], [2.0, 2.1, 2.2], 0.5)
+  assert "not resolved; ~" in report.verdict([1.0, 2.0, 3.0], [1.5, 2.5, 1.0], 0.5)
+  assert "(a tie: within +-0.25): CONTRADICTED, ours worse" in report.verdict([1.0, 1.1, 1.2], [2.0, 2.1, 2.2], 0.02)
+  assert "CONFIRMED, a tie" in report.verdict([1.0, 1.01, 1.02], [1.0, 1.02, 1.01], 0.02)
+  assert report.verdict([1.0, 1.1], [1.0, 1.1], None).endswith("not resolved at this n")
   assert report.mean_std([1.0, 3.0]) == (2.0, pytest.approx(np.sqrt(2.0)))
+
+
+def test_comparison_status_and_the_seeds_that_would_resolve_it():
+  # std 0.3 in both rows, the paper's +0.5: n = (1.96 + 0.84)^2 * 0.18 / 0.25 = 5.65 -> 6 seeds a row
+  method, baseline = [10.3, 10.6, 10.9], [10.0, 10.3, 10.6]
+  c = report.compare(method, baseline, 0.5)
+  assert c.delta == pytest.approx(0.3) and c.two_se == pytest.approx(2 * np.sqrt(2 * 0.09 / 3))
+  assert (c.status, c.seeds_needed, c.seeds) == ("not resolved", 6, (3, 3))
+  # n seeds of that spread resolve a true +0.5 in ~80% of draws (the power the estimate promises)
+  rng = np.random.default_rng(0)
+  hits = [report.compare(rng.normal(0.5, 0.3, 6), rng.normal(0.0, 0.3, 6), 0.5).resolved for _ in range(2000)]
+  assert 0.70 < np.mean(hits) < 0.90
+  assert report.compare(method, baseline, -0.5).seeds_needed == 6  # the sign does not matter for n
+  # a tie: the margin is what must be resolved
+  assert report.compare(method, baseline, 0.0).seeds_needed == int(np.ceil(report.POWER * 0.18 / 0.25 ** 2))
+  assert report.compare([1.0, 1.1], [1.0, 1.1], None).seeds_needed is None
+  few = report.compare([1.0], [0.5, 0.7], 0.3)
+  assert few.status == "too few seeds" and few.delta == pytest.approx(0.4) and few.seeds_needed is None
+
+
+def test_lengths_parse_and_name_their_folders():
+  assert repro_fmnist.parse_lengths("") == repro_fmnist.EPOCHS
+  assert repro_fmnist.parse_lengths("10") == dict.fromkeys(repro_fmnist.METHODS, 10.0)
+  assert repro_fmnist.parse_lengths("10, rotate=20") == {**dict.fromkeys(repro_fmnist.METHODS, 10.0), "rotate": 20.0}
+  assert repro_fmnist.parse_lengths("acb=2.5") == {**repro_fmnist.EPOCHS, "acb": 2.5}
+  for bad, match in (("acnet=10", "unknown method 'acnet'"), ("0", "positive"), ("ten", "positive"),
+                     ("acb=-1", "positive")):
+    with pytest.raises(ValueError, match=match):
+      repro_fmnist.parse_lengths(bad)
+  assert [repro_fmnist.length_dir(e) for e in (10.0, 2.5, 1)] == ["e10", "e2.5", "e1"]
+  assert [repro_fmnist.dir_length(n) for n in ("e10", "e2.5", "ex", "seed0", "e0", "einf")] == [10, 2.5, None,
+                                                                                                None, None, None]
+  assert report.length_spec(repro_fmnist.parse_lengths("10")) == "10"
+  assert report.length_spec(repro_fmnist.EPOCHS) == ""
+  assert report.length_spec({**repro_fmnist.EPOCHS, "acb": 10.0}) == "acb=10"
+
+
+def test_hardware_of_a_run():
+  assert report.hardware({"platform": "cpu", "host_cores": 2}) == "CPU, 2 cores"
+  assert report.hardware({"platform": "cpu", "host_cores": 1}) == "CPU, 1 core"
+  assert report.hardware({"platform": "cpu"}) == "CPU"
+  assert report.hardware({"platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3"}) == "NVIDIA H100 80GB HBM3"
 
 
 def test_report_reads_the_runs_and_keeps_the_notes(runs, tmp_path):
   suite = tmp_path / "runs"
   shutil.copytree(runs, suite)
-  (suite / "acb_hor" / "seed0").mkdir(parents=True)
-  (suite / "acb_hor" / "seed0" / "FAILED").write_text("exit status 3\n")
+  failed = Suite(suite).workdir("acb_hor", "seed0")
+  failed.mkdir(parents=True)
+  (failed / "FAILED").write_text("exit status 3\n")
   path = tmp_path / "results" / "REPRODUCTION.md"
   text = report.write_report(suite, path)
-  accs = [100 * json.loads((suite / "sn_v4" / s / "summary.json").read_text())["deployed_test_accuracy"]
-          for s in ("seed0", "seed1")]
-  mean, std = report.mean_std(accs)
+  summaries = [json.loads((_wd(suite, "sn_v4", s) / "summary.json").read_text()) for s in ("seed0", "seed1")]
+  mean, std = report.mean_std([100 * s["deployed_test_accuracy"] for s in summaries])
+  epochs = f"{summaries[0]['epochs']:g}"
   assert f"| `sn_v4` | 24,760 | 54,860 | {mean:.2f} +- {std:.2f} | 2 |" in text
-  assert "| `acb_hor` | - | - | - | 0 (1 diverged) |" in text
+  assert f"| 100.00 | {epochs} | {report.hardware(summaries[0])} |" in text
+  assert "| `acb_hor` | - | - | - | 0 (1 diverged) |" in text and "| (1) | - | - |" in text
   for name in ("rotate_fig5_sn_v4.png", "acu_positions.png", "acnet_pruning_acb.png", "versatile_fig3.png"):
     assert _is_png(path.parent / "repro" / name) and f"repro/{name}" in text
+  # the claims table: one seed a row here at most, so every claim is 'too few seeds'
+  assert "## The papers' claims at a glance" in text
+  assert "| `acb` - `acb_baseline` | Table 1, Cifar-quick CIFAR-10 | +1.11 | 1 |" in text
+  assert "| 1 / 1 | too few seeds | - |" in text
+  # every length on disk: here only the default ones (e1, e2)
+  assert "| method vs baseline | paper | 1 epochs | 2 epochs |" in text
   path.write_text(text.replace(report.NOTES[0], report.NOTES[0] + "\nWhat it means.\n"))
   again = report.write_report(suite, path)
   assert "\nWhat it means.\n" + report.NOTES[1] in again
 
 
+def test_report_at_other_lengths_reads_their_folders(runs, tmp_path):
+  suite = tmp_path / "runs"
+  for seed in ("seed0", "seed1"):  # sn_v4 at seeds 0 and 1 stand in for 10-epoch runs of sn_v9 and sn_v4
+    for row in ("sn_v9", "sn_v4"):
+      shutil.copytree(_wd(runs, "sn_v4", seed), suite / "e10" / row / seed)
+  text = report.write_report(suite, tmp_path / "r.md", methods=("rotate",), epochs={"rotate": 10.0})
+  assert "--epochs rotate=10 --methods rotate" in text and "Epochs per method: rotate 10." in text
+  # the same accuracies in both rows: a difference of 0, not resolved, and the seeds -0.30 would need
+  accs = [100 * json.loads((_wd(runs, "sn_v4", s) / "summary.json").read_text())["deployed_test_accuracy"]
+          for s in ("seed0", "seed1")]
+  std = report.mean_std(accs)[1]
+  needed = max(2, int(np.ceil(report.POWER * 2 * std ** 2 / 0.3 ** 2)))
+  ours = f"+0.00 +- {2 * std:.2f}"
+  assert f"| `sn_v4` - `sn_v9` | Table I, MNIST | -0.30 | 10 | {ours} | 2 / 2 | not resolved | {needed} |" in text
+  assert f"| `sn_v4` - `sn_v9` | -0.30 | {ours} (2) |" in text  # the only length on disk
+
+
 def test_reproduce_commands_and_the_busy_check(tmp_path):
   from train import reproduce
 
-  cmd = reproduce.run_command("acb_hor", 2, "runs/repro")
-  assert cmd[1:] == ["-m", "train.main", "--config=configs/repro_fmnist.py:row=acb_hor,seed=2",
-                     "--workdir=runs/repro/acb_hor/seed2"]
+  cmd = reproduce.run_command("acb_hor", 2, "runs/repro", 10.0)
+  assert cmd[1:] == ["-m", "train.main", "--config=configs/repro_fmnist.py:row=acb_hor,seed=2,epochs=10",
+                     "--workdir=runs/repro/e10/acb_hor/seed2"]
+  assert repro_fmnist.get_config("row=acb_hor,seed=2,epochs=10").num_epochs == 10
   workdir = tmp_path / "row" / "seed0"
   workdir.mkdir(parents=True)
   assert RunDir(workdir).holder() is None
@@ -178,7 +256,58 @@ def test_report_of_one_family_and_the_sector_count(runs, tmp_path):
   text = report.write_report(runs, path, methods=("rotate",))
   assert "## RotateConv" in text and "## ACNet" not in text and "## Versatile" not in text
   assert "angles that changed sector (%)" in text
-  changed = analyze.analyze(runs / "sn_v4" / "seed0", out=tmp_path / "a")["rotate"]["convs/1"]["changed_sector"]
+  changed = analyze.analyze(_wd(runs, "sn_v4", "seed0"), out=tmp_path / "a")["rotate"]["convs/1"]["changed_sector"]
   assert 0.0 <= changed <= 1.0
   with pytest.raises(ValueError, match="unknown methods"):
     report.write_report(runs, path, methods=("acnet",))
+
+
+def _fake_run(tmp_path: Path, exit_for: dict[str, int]) -> str:
+  """A stand-in for train.main: records its cores, times and environment as the run's summary."""
+  return ("import json, os, sys, time, pathlib\n"
+          "wd = pathlib.Path(sys.argv[1]); wd.mkdir(parents=True, exist_ok=True); start = time.time()\n"
+          f"code = {exit_for!r}.get(wd.parent.name, 0)\n"
+          "time.sleep(0.6)\n"
+          "if code: sys.exit(code)\n"
+          "(wd / 'summary.json').write_text(json.dumps({'cores': sorted(os.sched_getaffinity(0)), 'start': start,\n"
+          "  'end': time.time(), 'prealloc': os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE')}))\n")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pins cores on Linux")
+def test_driver_trains_runs_at_once_pinned_and_never_redoes_one(tmp_path, monkeypatch):
+  from train import reproduce
+
+  script = _fake_run(tmp_path, {"acb_hor": 3})
+  monkeypatch.setattr(reproduce, "run_command", lambda row, seed, runs, epochs: [
+      sys.executable, "-c", script, str(reproduce.workdir(runs, row, seed, epochs))])
+  lengths = repro_fmnist.parse_lengths("3")
+  rows = ["acb", "acb_baseline", "acb_hor"]
+  todo = reproduce.pending(tmp_path, rows, ["0", "1"], lengths)
+  assert todo == [(r, s, 3.0) for s in "01" for r in rows]
+  groups = reproduce.core_groups(2)
+  reproduce.Driver(tmp_path, parallel=2, analyze=False).run_all(todo)
+  done = [json.loads((reproduce.workdir(tmp_path, r, s, 3.0) / "summary.json").read_text())
+          for s in "01" for r in rows[:2]]
+  assert all(d["prealloc"] == "false" for d in done)
+  if len(groups) == 2:  # each run on its half of the cores, two at a time
+    assert all(d["cores"] in groups for d in done)
+    first, second = done[0], done[1]
+    assert first["start"] < second["end"] and second["start"] < first["end"]
+  assert (reproduce.workdir(tmp_path, "acb_hor", 0, 3.0) / "FAILED").read_text().startswith("exit status 3")
+  assert reproduce.pending(tmp_path, rows, ["0", "1"], lengths) == []  # finished and failed runs are not redone
+  assert reproduce.pending(tmp_path, rows, ["0"], repro_fmnist.parse_lengths("4"))[0] == ("acb", "0", 4.0)
+  assert reproduce.core_groups(3, [0, 1, 2, 3, 4, 5, 6]) == [[0, 1], [2, 3], [4, 5, 6]]
+  assert reproduce.core_groups(4, [0, 1]) == [[0], [1]]
+
+
+def test_driver_stops_when_a_run_is_interrupted(tmp_path, monkeypatch):
+  from train import reproduce
+
+  script = _fake_run(tmp_path, {"acb": 130})
+  monkeypatch.setattr(reproduce, "run_command", lambda row, seed, runs, epochs: [
+      sys.executable, "-c", script, str(reproduce.workdir(runs, row, seed, epochs))])
+  todo = reproduce.pending(tmp_path, ["acb", "acb_baseline"], ["0"], repro_fmnist.parse_lengths("3"))
+  with pytest.raises(KeyboardInterrupt):
+    reproduce.Driver(tmp_path, parallel=1, analyze=False).run_all(todo)
+  assert not (reproduce.workdir(tmp_path, "acb", 0, 3.0) / "FAILED").exists()  # resumes next time
+  assert not reproduce.workdir(tmp_path, "acb_baseline", 0, 3.0).exists()  # never started

@@ -12,8 +12,8 @@ people write what the numbers mean.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,29 +23,90 @@ import numpy as np
 from configs import repro_fmnist
 from train import analyses
 from train.analyses.common import fmt, markdown_table, mean_std
-from train.suite import Suite
+from train.suite import Suite, lengths_on_disk
 
 NOTES = ("<!-- notes:start -->", "<!-- notes:end -->")
 
 
+# A paper's difference under this many points is one run each way at ~99%: a tie, and
+# a tie holds when ours lies within +-TIE_MARGIN points (its whole 2-se interval).
+TIE, TIE_MARGIN = 0.1, 0.25
+# (z of a two-sided 5% test + z of 80% power)^2: seeds per row to resolve a difference d
+# of per-seed std s in both rows: n = POWER * (s1^2 + s0^2) / d^2
+POWER = (1.959964 + 0.841621) ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  """Ours (method - baseline, mean over seeds) against a paper's claimed difference.
+
+  Attributes:
+    delta: our difference in points.
+    two_se: two standard errors of it (resolved when |delta| > two_se).
+    seeds: (method's, baseline's) number of seeds.
+    paper: the paper's difference (None: the paper gives none).
+    status: 'confirmed', 'contradicted' or 'not resolved' for a paper's claim; 'resolved'
+      or 'not resolved' without one; 'too few seeds' under 2 seeds a row.
+    seeds_needed: seeds per row that resolve the paper's difference (a tie: TIE_MARGIN)
+      with 80% power at this length, from the measured per-seed std; None without a claim.
+  """
+
+  delta: float
+  two_se: float
+  seeds: tuple[int, int]
+  paper: float | None
+  status: str
+  seeds_needed: int | None
+
+  @property
+  def resolved(self) -> bool:
+    return abs(self.delta) > self.two_se
+
+  @property
+  def tie(self) -> bool:
+    return self.paper is not None and abs(self.paper) < TIE
+
+
+def compare(method: Sequence[float], baseline: Sequence[float], paper: float | None) -> Comparison:
+  """Our difference (method - baseline) over seeds, judged against the paper's."""
+  n1, n0 = len(method), len(baseline)
+  if n1 < 2 or n0 < 2:
+    delta = (mean_std(method)[0] - mean_std(baseline)[0]) if n1 and n0 else math.nan
+    return Comparison(delta, math.nan, (n1, n0), paper, "too few seeds", None)
+  (m1, s1), (m0, s0) = mean_std(method), mean_std(baseline)
+  delta, two_se = m1 - m0, 2 * math.sqrt(s1 ** 2 / n1 + s0 ** 2 / n0)
+  resolved = abs(delta) > two_se
+  if paper is None:
+    return Comparison(delta, two_se, (n1, n0), None, "resolved" if resolved else "not resolved", None)
+  tie = abs(paper) < TIE
+  if tie:
+    status = ("confirmed" if abs(delta) + two_se <= TIE_MARGIN else
+              "contradicted" if abs(delta) - two_se > TIE_MARGIN else "not resolved")
+  else:
+    status = "not resolved" if not resolved else "confirmed" if (delta > 0) == (paper > 0) else "contradicted"
+  target = TIE_MARGIN if tie else abs(paper)
+  needed = max(2, math.ceil(POWER * (s1 ** 2 + s0 ** 2) / target ** 2))
+  return Comparison(delta, two_se, (n1, n0), paper, status, needed)
+
+
 def verdict(method: Sequence[float], baseline: Sequence[float], paper: float | None) -> str:
   """One sentence comparing our difference (method - baseline, mean over seeds) with the paper's."""
-  if len(method) < 2 or len(baseline) < 2:
+  c = compare(method, baseline, paper)
+  if c.status == "too few seeds":
     return "too few seeds to compare"
-  m1, s1 = mean_std(method)
-  m0, s0 = mean_std(baseline)
-  delta = m1 - m0
-  se = math.sqrt(s1 ** 2 / len(method) + s0 ** 2 / len(baseline))
-  resolved = abs(delta) > 2 * se
-  ours = f"ours {delta:+.2f} (2 se = {2 * se:.2f})"
+  ours = f"ours {c.delta:+.2f} (2 se = {c.two_se:.2f})"
   if paper is None:
-    return f"{ours}: " + ("resolved" if resolved else "not resolved at this n")
-  if not resolved:
-    return f"{ours} vs paper {paper:+.2f}: difference not resolved at this n"
-  direction = "better" if delta > 0 else "worse"
-  if abs(paper) < 0.1:  # one run each in the paper: a tie
-    return f"{ours} vs paper {paper:+.2f} (a tie): ours resolved, {direction}"
-  return f"{ours} vs paper {paper:+.2f}: " + ("same direction" if (delta > 0) == (paper > 0) else "OPPOSITE direction")
+    return f"{ours}: " + ("resolved" if c.resolved else "not resolved at this n")
+  claim = f"paper {paper:+.2f}" + (f" (a tie: within +-{TIE_MARGIN})" if c.tie else "")
+  if c.status == "not resolved":
+    return f"{ours} vs {claim}: not resolved; ~{c.seeds_needed} seeds a row would resolve it"
+  if c.tie:
+    return f"{ours} vs {claim}: " + ("CONFIRMED, a tie" if c.status == "confirmed" else
+                                     f"CONTRADICTED, ours {'better' if c.delta > 0 else 'worse'}")
+  size = ("size agrees" if abs(c.delta - paper) <= c.two_se else
+          "ours larger" if abs(c.delta) > abs(paper) else "ours smaller")
+  return f"{ours} vs {claim}: " + (f"CONFIRMED, same direction ({size})" if c.status == "confirmed"
+                                   else "CONTRADICTED, the opposite direction")
 
 
 def _accuracies(suite: Suite, row: str) -> list[float]:
@@ -53,29 +114,57 @@ def _accuracies(suite: Suite, row: str) -> list[float]:
   return [100 * s["deployed_test_accuracy"] for s in suite.summaries(row)]
 
 
+def hardware(summary: dict) -> str:
+  """What a run trained on: 'NVIDIA H100 80GB HBM3', 'CPU, 2 cores' (older runs: the platform)."""
+  if summary.get("platform") == "cpu":
+    cores = summary.get("host_cores")
+    return f"CPU, {cores} core{'s' if cores != 1 else ''}" if cores else "CPU"
+  return summary.get("device_kind") or summary.get("platform", "?")
+
+
+def length_spec(lengths: dict[str, float]) -> str:
+  """The --epochs value that gives these lengths ('' for the defaults)."""
+  changed = {m: e for m, e in lengths.items() if e != repro_fmnist.EPOCHS.get(m)}
+  if not changed:
+    return ""
+  if len(set(lengths.values())) == 1:
+    return f"{next(iter(lengths.values())):g}"
+  return ",".join(f"{m}={e:g}" for m, e in changed.items())
+
+
 def _header(suite: Suite, notes: str, methods: Sequence[str]) -> list[str]:
-  seconds = sum(s.get("seconds_total", 0) for row in suite.records for s in suite.summaries(row))
+  summaries = [s for row in suite.records if suite.records[row].method in methods for s in suite.summaries(row)]
+  seconds = sum(s.get("seconds_total", 0) for s in summaries)
+  machines = sorted({hardware(s) for s in summaries}) or ["-"]
   only = "" if set(methods) == set(repro_fmnist.METHODS) else f" --methods {','.join(methods)}"
+  spec = length_spec(suite.epochs)
+  epochs, e = (f" --epochs {spec}" if spec else ""), "{N}"
+  lengths = ", ".join(f"{m} {suite.epochs[m]:g}" for m in repro_fmnist.METHODS if m in methods)
   return [
       "# Reproduction report", "",
-      f"Made by `python -m train.reproduce --runs runs/repro{only}` (every run, then this file) on "
-      f"{time.strftime('%Y-%m-%d')}; the runs took {seconds / 60:.0f} min of training in total "
-      f"({sys.platform}, CPU). One row, one seed: "
-      "`python -m train.main --config configs/repro_fmnist.py:row=ROW,seed=S --workdir runs/repro/ROW/seedS`; "
-      "one run's figures: `python -m train.analyze --workdir runs/repro/ROW/seedS`.", "",
+      f"Made by `python -m train.reproduce --runs runs/repro{epochs}{only}` (every run, then this file; "
+      f"`--parallel K` trains K at once) on {time.strftime('%Y-%m-%d')}; the runs took {seconds / 60:.0f} min "
+      f"of training in total on {', '.join(machines)}. Epochs per method: {lengths}. One row, one seed: "
+      f"`python -m train.main --config configs/repro_fmnist.py:row=ROW,seed=S,epochs=N --workdir "
+      f"runs/repro/e{e}/ROW/seedS`; one run's figures: `python -m train.analyze --workdir runs/repro/e{e}/ROW/seedS`.",
+      "",
       "Data: Fashion-MNIST (Debian's dataset-fashion-mnist: 60k train, 10k test, 28x28 grey), the only real "
-      "dataset these machines have offline. The papers use MNIST, CIFAR and ImageNet with schedules 10-100x longer, "
+      "dataset these machines have offline. The papers use MNIST, CIFAR and ImageNet with longer schedules, "
       "so the absolute accuracies are NOT comparable to the papers'; what is compared is each method against "
-      "its baseline under the same short recipe (configs/repro_fmnist.py), over seeds. "
+      "its baseline under the same recipe (configs/repro_fmnist.py), over seeds. "
       "Accuracy is that of the DEPLOYED network (every shaped conv made plain; the trained one agreed on every "
-      "prediction unless a row says otherwise). Mean +- sample std over seeds; a difference counts as resolved "
-      "when it exceeds two standard errors.", "",
+      "prediction unless a row says otherwise). Mean +- sample std over seeds; a difference is resolved "
+      "when it exceeds two standard errors. A paper's claim is CONFIRMED when ours is resolved in its direction "
+      f"(for a tie, |paper| < {TIE}: when ours +- 2 se lies within +-{TIE_MARGIN} points), CONTRADICTED when ours "
+      f"is resolved the other way (for a tie: entirely outside +-{TIE_MARGIN}); otherwise the seeds a row that "
+      "would resolve it (80% power, two-sided 5%, from the measured per-seed spread at this length) are given.",
+      "",
       NOTES[0] + notes + NOTES[1], "",
   ]
 
 
 def _rows_table(suite: Suite, method: str) -> list[str]:
-  """One line per row: parameters, accuracy over seeds, the paper's number, agreement, time."""
+  """One line per row: parameters, accuracy over seeds, the paper's number, agreement, length, hardware, time."""
   table = []
   for row in suite.rows(method):
     sums, failed = suite.summaries(row.name), suite.failed(row.name)
@@ -85,9 +174,12 @@ def _rows_table(suite: Suite, method: str) -> list[str]:
                   f"{len(sums)}" + (f" ({len(failed)} diverged)" if failed else ""),
                   "-" if row.paper is None else f"{row.paper:.2f}", row.setting,
                   f"{100 * agree:.2f}" if sums else "-",
+                  " / ".join(sorted({f"{s['epochs']:g}" for s in sums})) or f"({suite.length(row.name):g})",
+                  " / ".join(sorted({hardware(s) for s in sums})) or "-",
                   f"{np.mean([s['seconds_total'] for s in sums]) / 60:.1f}" if sums else "-"))
   return markdown_table(("row", "params", "deployed params", "test acc. (%)", "seeds", "paper (%)",
-                         "paper's setting", "deployed = trained (%)", "min / run"), table) + [""]
+                         "paper's setting", "deployed = trained (%)", "epochs", "hardware", "min / run"),
+                        table) + [""]
 
 
 def _comparisons(suite: Suite, method: str) -> list[str]:
@@ -99,18 +191,57 @@ def _comparisons(suite: Suite, method: str) -> list[str]:
                          for row in suite.rows(method) if row.baseline is not None]) + [""]
 
 
-def write_report(runs: str | Path, path: str | Path, methods: Sequence[str] = repro_fmnist.METHODS) -> str:
+def _claims(suite: Suite, methods: Sequence[str]) -> list[str]:
+  """Every paper's claimed difference in one table: ours, its status and the seeds that would settle it."""
+  table = []
+  for row in (r for r in suite.records.values() if r.method in methods and r.paper_difference is not None):
+    c = compare(_accuracies(suite, row.name), _accuracies(suite, row.baseline), row.paper_difference)
+    ours = "-" if math.isnan(c.delta) else f"{c.delta:+.2f}" + ("" if math.isnan(c.two_se) else f" +- {c.two_se:.2f}")
+    table.append((f"`{row.name}` - `{row.baseline}`", row.comparison, f"{row.paper_difference:+.2f}",
+                  f"{suite.length(row.name):g}", ours, f"{c.seeds[0]} / {c.seeds[1]}", c.status.upper()
+                  if c.status in ("confirmed", "contradicted") else c.status,
+                  "-" if c.seeds_needed is None else str(c.seeds_needed)))
+  return ["## The papers' claims at a glance", "",
+          *markdown_table(("claim", "paper's setting", "paper (points)", "epochs", "ours +- 2 se", "seeds",
+                           "status", "seeds a row to resolve"), table), ""]
+
+
+def _by_length(runs: Path, methods: Sequence[str]) -> list[str]:
+  """Each comparison at every length that has runs under RUNS (the trend with length)."""
+  lengths = lengths_on_disk(runs)
+  if not lengths:
+    return []
+  suites = [Suite(runs, epochs=dict.fromkeys(repro_fmnist.METHODS, e)) for e in lengths]
+  table = []
+  for row in (r for r in repro_fmnist.ROWS.values() if r.method in methods and r.baseline is not None):
+    cells = []
+    for suite in suites:
+      c = compare(_accuracies(suite, row.name), _accuracies(suite, row.baseline), row.paper_difference)
+      cells.append("-" if math.isnan(c.delta) else f"{c.delta:+.2f}"
+                   + ("" if math.isnan(c.two_se) else f" +- {c.two_se:.2f}") + f" ({min(c.seeds)})")
+    if any(cell != "-" for cell in cells):
+      paper = "-" if row.paper_difference is None else f"{row.paper_difference:+.2f}"
+      table.append((f"`{row.name}` - `{row.baseline}`", paper, *cells))
+  return ["## Each difference at every length run", "",
+          "Ours +- 2 se (fewest seeds of the two rows), in points, from every RUNS/eN folder:", "",
+          *markdown_table(("method vs baseline", "paper", *(f"{e:g} epochs" for e in lengths)), table), ""]
+
+
+def write_report(runs: str | Path, path: str | Path, methods: Sequence[str] = repro_fmnist.METHODS,
+                 epochs: dict[str, float] | None = None) -> str:
   """Writes the reproduction report to `path` and its figures next to it (folder `repro/`).
 
   Args:
-    runs: the suite's runs (RUNS/ROW/seedS).
+    runs: the suite's runs (RUNS/eN/ROW/seedS).
     path: the markdown file.
     methods: the sections to write (default: all), e.g. ("rotate",) for a report of one family.
+    epochs: the length of each method's runs the report's tables read (default: repro_fmnist.EPOCHS);
+      a table of every difference at every length under RUNS follows them.
   """
   unknown = sorted(set(methods) - set(repro_fmnist.METHODS))
   if unknown:
     raise ValueError(f"unknown methods {unknown}; expected some of {list(repro_fmnist.METHODS)}")
-  suite, path = Suite(runs), Path(path)
+  suite, path = Suite(runs, epochs=epochs), Path(path)
   figures = path.parent / "repro"
   figures.mkdir(parents=True, exist_ok=True)
   notes = ""
@@ -118,10 +249,11 @@ def write_report(runs: str | Path, path: str | Path, methods: Sequence[str] = re
     old = path.read_text()
     if NOTES[0] in old and NOTES[1] in old:
       notes = old[old.index(NOTES[0]) + len(NOTES[0]):old.index(NOTES[1])]
-  lines = _header(suite, notes, methods)
+  lines = _header(suite, notes, methods) + _claims(suite, methods)
   for method in (m for m in repro_fmnist.METHODS if m in methods):
     lines += [f"## {repro_fmnist.TITLES[method]}", "", *_rows_table(suite, method), *_comparisons(suite, method)]
     lines += analyses.get(method).summarise(suite, figures)
+  lines += _by_length(suite.runs, methods)
   text = "\n".join(lines) + "\n"
   path.write_text(text)
   return text

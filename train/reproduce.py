@@ -1,25 +1,34 @@
 """Runs the reproduction suite (configs/repro_fmnist.py) and writes results/REPRODUCTION.md.
 
-  python -m train.reproduce --runs runs/repro                 # every row x seeds 0,1,2, then the report
-  python -m train.reproduce --runs runs/repro --rows acb,acb_baseline --seeds 0
-  python -m train.reproduce --runs runs/repro --report_only   # the report from the runs there
+  python -m train.reproduce --runs runs/repro                 # every row x seeds 0,1,2 at EPOCHS, then the report
+  python -m train.reproduce --runs runs/repro --epochs 20 --parallel 4      # 20 epochs, 4 runs at once
+  python -m train.reproduce --runs runs/repro --epochs 10,rotate=20 --rows acb,acb_baseline --seeds 0
+  python -m train.reproduce --runs runs/repro --epochs 10 --report_only     # the report from the runs there
 
-Each run is `python -m train.main --config configs/repro_fmnist.py:row=ROW,seed=S
---workdir RUNS/ROW/seedS` in its own process; a run whose summary.json exists
-is skipped, an interrupted one resumes from its checkpoints, and one that
-fails (e.g. diverges) gets a FAILED file, is counted by the report and is
-not retried until that file is deleted. A run another process is training
-is skipped too, so two drivers (e.g. one per core, `taskset -c 0` and
-`taskset -c 1`, the second with --reverse) share a suite. After each run
-the driver computes the analyses the report reads of it. Runs go seed by
-seed (every row at seed 0 first), so a suite cut short still has whole rows.
+Each run is `python -m train.main --config configs/repro_fmnist.py:row=ROW,seed=S,epochs=N
+--workdir RUNS/eN/ROW/seedS` in its own process, so runs of different lengths
+never mix. A run whose summary.json exists is skipped (never redone), an
+interrupted one resumes from its checkpoints, and one that fails (e.g.
+diverges) gets a FAILED file, is counted by the report and is not retried
+until that file is deleted. A run another process is training is skipped
+too, so drivers on several machines can share a suite folder.
+
+`--parallel K` trains K runs at once: on a GPU they share it (memory
+preallocation is off in the runs); on a CPU each run is pinned to its share
+of the cores (`--pin_cpus`). After each run its worker computes the analyses
+the report reads of it. Runs go seed by seed (every row at seed 0 first), so
+a suite cut short still has whole rows.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from absl import app, flags
@@ -28,20 +37,126 @@ from configs import repro_fmnist
 from train.rundir import RunDir
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("runs", "runs/repro", "Folder of the runs (RUNS/ROW/seedS).")
+flags.DEFINE_string("runs", "runs/repro", "Folder of the runs (RUNS/eN/ROW/seedS).")
 flags.DEFINE_list("rows", list(repro_fmnist.ROWS), "Rows of configs/repro_fmnist.py to run.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of each row.")
+flags.DEFINE_string("epochs", "", "Length of the runs: N (every method), METHOD=N,... or N,METHOD=M; "
+                    f"methods not named keep {repro_fmnist.EPOCHS}.")
+flags.DEFINE_integer("parallel", 1, "Runs trained at once.", lower_bound=1)
+flags.DEFINE_bool("pin_cpus", True, "With --parallel K > 1, pin each run to 1/K of this process's cores.")
 flags.DEFINE_string("report", "results/REPRODUCTION.md", "Where the report goes ('' for none).")
 flags.DEFINE_bool("report_only", False, "Only write the report from the runs already there.")
 flags.DEFINE_bool("analyze", True, "After each run, compute the analyses the report reads of it.")
+flags.DEFINE_bool("analyze_only", False, "Only compute the analyses of the finished runs that lack them.")
 flags.DEFINE_bool("reverse", False, "Take the rows in reverse order (for a second driver).")
 flags.DEFINE_list("methods", list(repro_fmnist.METHODS), "The report's sections (default: all).")
 
+# exit statuses of train.main: Ctrl-C / SIGTERM (it saved a checkpoint), workdir taken or unusable
+_STOPPED, _NOT_A_RESULT = (130, 143), 4
 
-def run_command(row: str, seed: int | str, runs: str | Path) -> list[str]:
-  """The one command that trains (or resumes) one row at one seed."""
-  return [sys.executable, "-m", "train.main", f"--config=configs/repro_fmnist.py:row={row},seed={seed}",
-          f"--workdir={Path(runs) / row / f'seed{seed}'}"]
+
+def workdir(runs: str | Path, row: str, seed: int | str, epochs: float) -> Path:
+  """RUNS/eN/ROW/seedS."""
+  return Path(runs) / repro_fmnist.length_dir(epochs) / row / f"seed{seed}"
+
+
+def run_command(row: str, seed: int | str, runs: str | Path, epochs: float) -> list[str]:
+  """The one command that trains (or resumes) one row at one seed and length."""
+  return [sys.executable, "-m", "train.main", f"--config=configs/repro_fmnist.py:row={row},seed={seed},"
+          f"epochs={epochs:g}", f"--workdir={workdir(runs, row, seed, epochs)}"]
+
+
+def core_groups(parallel: int, cores: Sequence[int] | None = None) -> list[list[int]]:
+  """This process's cores split into `parallel` groups (fewer when there are fewer cores)."""
+  cores = sorted(os.sched_getaffinity(0)) if cores is None else list(cores)
+  k = min(parallel, len(cores))
+  return [cores[i * len(cores) // k:(i + 1) * len(cores) // k] for i in range(k)]
+
+
+def pending(runs: str | Path, rows: Sequence[str], seeds: Sequence[str], lengths: dict[str, float],
+            reverse: bool = False) -> list[tuple[str, str, float]]:
+  """(row, seed, epochs) of the runs still to train, seed by seed; finished, failed and busy ones left out."""
+  todo = []
+  for seed in seeds:
+    for row in reversed(rows) if reverse else rows:
+      epochs = lengths[repro_fmnist.ROWS[row].method]
+      rundir = RunDir(workdir(runs, row, seed, epochs))
+      if not (rundir.summary_path.exists() or rundir.failed_path.exists() or rundir.holder()):
+        todo.append((row, seed, epochs))
+  return todo
+
+
+class Driver:
+  """Trains the pending runs, `parallel` at a time, each in its own process."""
+
+  def __init__(self, runs: str | Path, parallel: int = 1, pin_cpus: bool = True, analyze: bool = True):
+    self.runs, self.analyze = Path(runs), analyze
+    self.stop = threading.Event()
+    pin = pin_cpus and parallel > 1 and hasattr(os, "sched_setaffinity")  # Linux
+    self._free = core_groups(parallel) if pin else [None] * parallel
+    self._lock = threading.Lock()
+
+  def run_all(self, todo: Sequence[tuple[str, str, float]]) -> None:
+    """Trains them all (or until one is stopped by Ctrl-C / SIGTERM: raises KeyboardInterrupt)."""
+    with ThreadPoolExecutor(len(self._free)) as pool:
+      futures = [pool.submit(self._one, *run) for run in todo]
+      try:
+        for future in futures:
+          future.result()
+      except KeyboardInterrupt:  # the runs got the Ctrl-C too and save; the queued ones do not start
+        self.stop.set()
+        raise
+    if self.stop.is_set():
+      raise KeyboardInterrupt
+
+  def _one(self, row: str, seed: str, epochs: float) -> None:
+    if self.stop.is_set():
+      return
+    rundir = RunDir(workdir(self.runs, row, seed, epochs))
+    if rundir.summary_path.exists() or rundir.failed_path.exists() or rundir.holder():
+      return  # another driver took or finished it meanwhile
+    with self._lock:
+      cores = self._free.pop()
+    try:
+      cmd = run_command(row, seed, self.runs, epochs)
+      print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}" + (f" (cores {cores})" if cores else ""),
+            flush=True)
+      code = self._run(cmd, cores)
+      if code in _STOPPED:
+        self.stop.set()
+      elif code == _NOT_A_RESULT:
+        pass
+      elif code:  # a diverged run is a result: the report counts it; the suite goes on
+        rundir.failed_path.write_text(f"exit status {code} (3: diverged, see python -m train.main)\n")
+      elif self.analyze:  # the report's analyses of this run, on the cores it trained on
+        self._run([sys.executable, "-m", "train.reproduce", f"--runs={self.runs}", f"--rows={row}",
+                   f"--seeds={seed}", f"--epochs={epochs:g}", "--analyze_only", "--report="], cores)
+    finally:
+      with self._lock:
+        self._free.append(cores)
+
+  @staticmethod
+  def _run(cmd: list[str], cores: list[int] | None) -> int:
+    """Runs a command (on those cores) and returns its exit status."""
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # runs share one GPU
+    proc = subprocess.Popen(cmd, env=env)
+    if cores:  # at once, before its interpreter starts the threads that would inherit the mask
+      try:
+        os.sched_setaffinity(proc.pid, cores)
+      except ProcessLookupError:
+        pass
+    return proc.wait()
+
+
+def analyze_finished(runs: str | Path, rows: Sequence[str], seeds: Sequence[str], lengths: dict[str, float]) -> None:
+  """Computes (and caches in each run's analysis/) the analyses the report reads of the finished runs."""
+  from train.suite import Suite  # here: it imports matplotlib and the analyses
+
+  suite = Suite(runs, epochs=lengths)
+  for row in rows:
+    for seed in (f"seed{s}" for s in seeds):
+      if seed in suite.seeds(row):
+        suite.results(row, seed)
 
 
 def main(argv):
@@ -49,29 +164,20 @@ def main(argv):
   unknown = sorted(set(FLAGS.rows) - set(repro_fmnist.ROWS))
   if unknown:
     raise app.UsageError(f"unknown rows {unknown}; expected some of {list(repro_fmnist.ROWS)}")
+  try:
+    lengths = repro_fmnist.parse_lengths(FLAGS.epochs)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  if FLAGS.analyze_only:
+    analyze_finished(FLAGS.runs, FLAGS.rows, FLAGS.seeds, lengths)
+    return
   if not FLAGS.report_only:
-    for seed in FLAGS.seeds:
-      for row in reversed(FLAGS.rows) if FLAGS.reverse else FLAGS.rows:
-        workdir = Path(FLAGS.runs) / row / f"seed{seed}"
-        rundir = RunDir(workdir)
-        if rundir.summary_path.exists() or rundir.failed_path.exists() or rundir.holder():
-          continue
-        cmd = run_command(row, seed, FLAGS.runs)
-        print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
-        code = subprocess.run(cmd, check=False).returncode
-        if code in (130, 143):  # Ctrl-C or SIGTERM: the run saved a checkpoint; so stops the suite
-          raise KeyboardInterrupt
-        if code == 4:  # its workdir was taken meanwhile (another driver) or is unusable: not a result
-          continue
-        if code:  # a diverged run is a result: the report counts it; the suite goes on
-          rundir.failed_path.write_text(f"exit status {code} (3: diverged, see python -m train.main)\n")
-        elif FLAGS.analyze:  # the report's analyses of this run, while the machine is busy anyway
-          from train.suite import Suite  # here: it imports matplotlib and the analyses
-
-          Suite(FLAGS.runs).results(row, f"seed{seed}")
+    todo = pending(FLAGS.runs, FLAGS.rows, FLAGS.seeds, lengths, FLAGS.reverse)
+    print(f"{len(todo)} runs to train, {FLAGS.parallel} at a time", flush=True)
+    Driver(FLAGS.runs, FLAGS.parallel, FLAGS.pin_cpus, FLAGS.analyze).run_all(todo)
   if FLAGS.report:
     from train import report  # here: it imports matplotlib and the analyses
-    text = report.write_report(FLAGS.runs, FLAGS.report, FLAGS.methods)
+    text = report.write_report(FLAGS.runs, FLAGS.report, FLAGS.methods, lengths)
     print(f"wrote {FLAGS.report} ({len(text.splitlines())} lines)")
 
 

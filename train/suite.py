@@ -1,4 +1,7 @@
-"""The runs of the reproduction suite on disk (RUNS/ROW/seedS), read through the rows' records.
+"""The runs of the reproduction suite on disk (RUNS/eN/ROW/seedS), read through the rows' records.
+
+A suite's runs at one length are under RUNS/eN (N epochs, `repro_fmnist.length_dir`);
+a `Suite` reads each method's rows at the length it is given.
 
 The suite driver (`train.reproduce`) and the report (`train.report`) both
 read the runs through `Suite`; each analysis module's `summarise` gets one.
@@ -16,13 +19,36 @@ from train.rundir import RunDir
 from train.trained_run import TrainedRun, load_run
 
 
-class Suite:
-  """The suite's runs under `runs`."""
+def lengths_on_disk(runs: str | Path) -> list[float]:
+  """The lengths (epochs) that have a folder under RUNS, shortest first."""
+  found = (repro_fmnist.dir_length(p.name) for p in Path(runs).glob("e*") if p.is_dir())
+  return sorted(e for e in found if e is not None)
 
-  def __init__(self, runs: str | Path, rows: dict[str, repro_fmnist.Row] | None = None):
+
+class Suite:
+  """The suite's runs under `runs`, each method's at its length.
+
+  Args:
+    runs: the suite's folder (RUNS).
+    rows: the rows' records (default: configs/repro_fmnist.py's).
+    epochs: the length of each method's runs (default: repro_fmnist.EPOCHS); a method's
+      rows are read from RUNS/eN with N its length.
+  """
+
+  def __init__(self, runs: str | Path, rows: dict[str, repro_fmnist.Row] | None = None,
+               epochs: dict[str, float] | None = None):
     self.runs = Path(runs)
     self.records = repro_fmnist.ROWS if rows is None else rows
+    self.epochs = {**repro_fmnist.EPOCHS, **(epochs or {})}
     self._loaded: dict[tuple[str, str], TrainedRun] = {}
+
+  def length(self, row: str) -> float:
+    """The epochs of a row's runs in this suite."""
+    return self.epochs[self.records[row].method]
+
+  def row_dir(self, row: str) -> Path:
+    """RUNS/eN/ROW: the row's seeds at its length."""
+    return self.runs / repro_fmnist.length_dir(self.length(row)) / row
 
   def rows(self, method: str) -> list[repro_fmnist.Row]:
     """The rows of a method, in suite order."""
@@ -39,20 +65,20 @@ class Suite:
     return [r for r in rows if r.figure is not None]
 
   def workdir(self, row: str, seed: str) -> Path:
-    return self.runs / row / seed
+    return self.row_dir(row) / seed
 
   def analysis_dir(self, row: str, seed: str) -> Path:
     return RunDir(self.workdir(row, seed)).analysis_dir
 
   def seeds(self, row: str) -> list[str]:
     """The finished seeds of a row ('seed0', ...), sorted."""
-    return sorted(p.name for p in (self.runs / row).glob("seed*") if RunDir(p).summary_path.exists())
+    return sorted(p.name for p in self.row_dir(row).glob("seed*") if RunDir(p).summary_path.exists())
 
   def summaries(self, row: str) -> list[dict[str, Any]]:
     return [RunDir(self.workdir(row, s)).read_summary() for s in self.seeds(row)]
 
   def failed(self, row: str) -> list[str]:
-    return sorted(p.name for p in (self.runs / row).glob("seed*") if RunDir(p).failed_path.exists()
+    return sorted(p.name for p in self.row_dir(row).glob("seed*") if RunDir(p).failed_path.exists()
                   and not RunDir(p).summary_path.exists())
 
   def load(self, row: str, seed: str) -> TrainedRun:

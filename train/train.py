@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import threading
 import time
@@ -112,6 +113,7 @@ def train_and_evaluate(config, workdir: str | Path, *, allow_config_change: bool
         "model": config.model, "conv": config.conv, "dataset": exp.dataset.name, "source": config.data.source,
         "seed": config.seed, "steps": steps, "epochs": steps / exp.steps_per_epoch,
         "devices": jax.device_count(), "platform": jax.devices()[0].platform,
+        "device_kind": jax.devices()[0].device_kind, "host_cores": _cores(),
         "precision": config.get("precision", "default"), "dtype": config.get("dtype", "float32"),
         "deterministic": deterministic, "parameters": num_params, **final,
         "acu_radii": state.radii_list(),
@@ -127,6 +129,11 @@ def train_and_evaluate(config, workdir: str | Path, *, allow_config_change: bool
             f"{num_params:,} parameters ({summary['deployed_parameters']:,} deployed), "
             f"{summary['seconds_total']:.0f} s; written to {rundir.path}", flush=True)
   return summary
+
+
+def _cores() -> int | None:
+  """The CPU cores this process may run on (a pinned run has fewer than the machine)."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 @contextlib.contextmanager
