@@ -39,8 +39,8 @@ Keys:
     ACU with the smallest radius that holds its positions plus how far
     they can move before the next check (3x3 during the warm-up); 0: off.
   checkpoint_every_steps, keep_checkpoints, log_every_steps,
-  eval_every_epochs, seed, progress (the bar), distributed (call
-  jax.distributed.initialize() first, for several hosts).
+  eval_every_epochs, seed, progress (the bar), distributed (join the
+  run's other processes first: train.initialize_distributed, for several hosts).
 """
 
 import ml_collections

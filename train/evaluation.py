@@ -20,7 +20,7 @@ from train.step import shard
 
 
 def make_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequence[float]):
-  """eval(params, rest, batch) -> (loss sum, correct, count, argmax) over the unmasked rows."""
+  """eval(params, rest, batch) -> (loss sum, correct, count, argmax) over the unmasked rows (argmax -1 on the others)."""
 
   def evaluate(params, rest, batch):
     x = input_pipeline.preprocess(batch["image"], None, mean=mean, std=std)
@@ -29,7 +29,7 @@ def make_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequen
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     pred = jnp.argmax(logits, -1)
     return (jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(mask & (pred == batch["label"])),
-            jnp.sum(mask), pred)
+            jnp.sum(mask), jnp.where(mask, pred, -1))
 
   return evaluate
 
@@ -50,17 +50,15 @@ class Evaluator:
                        out_shardings=rep)
 
   def __call__(self, params, rest, split: input_pipeline.Split) -> dict[str, Any]:
-    """{"loss", "accuracy", "count"} and, on one process, the "predictions"."""
+    """{"loss", "accuracy", "count", "predictions"} (every process has all of them: the outputs are replicated)."""
     loss, correct, count, preds = 0.0, 0, 0, []
     for batch in input_pipeline.eval_batches(split, self.batch_size, process_index=jax.process_index(),
                                              process_count=jax.process_count()):
       batch_loss, c, n, p = self._fn(params, rest, shard(batch, self._data))
       loss, correct, count = loss + float(batch_loss), correct + int(c), count + int(n)
-      preds.append(np.asarray(p)[np.asarray(batch["mask"])] if jax.process_count() == 1 else None)
-    out = {"loss": loss / count, "accuracy": correct / count, "count": count}
-    if jax.process_count() == 1:
-      out["predictions"] = np.concatenate(preds)
-    return out
+      p = np.asarray(p)  # the global batch's, in global order: the padding rows are -1
+      preds.append(p[p >= 0])
+    return {"loss": loss / count, "accuracy": correct / count, "count": count, "predictions": np.concatenate(preds)}
 
 
 _EVALUATORS: dict[tuple, Evaluator] = {}
@@ -88,16 +86,15 @@ def final_evaluation(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
 
   Returns:
     test and deployed_test loss and accuracy, the deployed parameter count,
-    the share of test images on which both predict the same class (None on
-    several processes) and the number of test examples.
+    the share of test images on which both predict the same class and the
+    number of test examples.
   """
   evaluate = evaluate or Evaluator(graphdef, dataset, batch_size, mesh)
   trained = evaluate(params, rest, dataset.test)
   shipped = K.deploy(nnx.merge(graphdef, params, rest))
   d_graphdef, d_params, d_rest = nnx.split(shipped, nnx.Param, ...)
   deployed = Evaluator(d_graphdef, dataset, batch_size, mesh)(d_params, d_rest, dataset.test)
-  agree = (float(np.mean(trained["predictions"] == deployed["predictions"]))
-           if "predictions" in trained else None)
+  agree = float(np.mean(trained["predictions"] == deployed["predictions"]))
   return {"deployed_parameters": K.models.count_params(shipped),
           "test_accuracy": trained["accuracy"], "test_loss": trained["loss"],
           "deployed_test_accuracy": deployed["accuracy"], "deployed_test_loss": deployed["loss"],

@@ -82,7 +82,7 @@ def train_and_evaluate(config, workdir: str | Path, *, allow_config_change: bool
   """
   deterministic = determinism.request(config.get("deterministic", True))
   if config.get("distributed", False):
-    jax.distributed.initialize()
+    initialize_distributed()
   t_start = time.perf_counter()
   check_config(config)
   experiment.check_keys(config)
@@ -129,6 +129,18 @@ def train_and_evaluate(config, workdir: str | Path, *, allow_config_change: bool
             f"{num_params:,} parameters ({summary['deployed_parameters']:,} deployed), "
             f"{summary['seconds_total']:.0f} s; written to {rundir.path}", flush=True)
   return summary
+
+
+def initialize_distributed() -> None:
+  """Joins this process to the others of the run (`jax.distributed.initialize`).
+
+  Plain environment variables give the cluster where they are set (any launcher, one
+  machine or many): JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES
+  and JAX_PROCESS_ID. Where they are not, JAX detects SLURM, Open MPI or a Cloud TPU.
+  """
+  kwargs = {key: int(os.environ[var]) for key, var in (("num_processes", "JAX_NUM_PROCESSES"),
+                                                       ("process_id", "JAX_PROCESS_ID")) if var in os.environ}
+  jax.distributed.initialize(**kwargs)
 
 
 def _cores() -> int | None:

@@ -1,0 +1,145 @@
+"""Multi-host training: two processes on localhost (jax.distributed, gloo on the CPU) train, save, are
+killed, resume, and follow a one-process run on the same two devices."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train import trained_run
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.xdist_group("multihost")
+
+_DRIVER = textwrap.dedent("""
+    import json, os, signal, sys, time
+    sys.path.insert(0, {repo!r})
+    from configs import default
+    from train import input_pipeline, train
+
+    workdir, overrides, kill_at = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    config = default.get_config()
+    config.update_from_flattened_dict(overrides)
+    if kill_at >= 0:  # kill -9 while the loader prepares that step's batch, once a checkpoint is on disk
+      batch = input_pipeline.Batches.batch
+      def killing(self, step):
+        if step == kill_at:
+          saved = os.path.join(workdir, "checkpoints")
+          for _ in range(600):  # the saves are asynchronous: wait (at most 60 s) for one to be committed
+            if any(name.isdigit() for name in os.listdir(saved)):
+              break
+            time.sleep(0.1)
+          os.kill(os.getpid(), signal.SIGKILL)
+        return batch(self, step)
+      input_pipeline.Batches.batch = killing
+    summary = train.train_and_evaluate(config, workdir)
+    print("SUMMARY " + json.dumps(summary), flush=True)
+""")
+
+_OVERRIDES = {"data.train_size": 64, "data.test_size": 40, "batch_size": 16, "eval_batch_size": 16,
+              "log_every_steps": 1, "progress": False, "num_steps": 8, "checkpoint_every_steps": 2,
+              "conv": "rotate4"}
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(**extra) -> dict[str, str]:
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "XLA_FLAGS"}
+  return {**env, "JAX_PLATFORMS": "cpu", **extra}
+
+
+def _launch(tmp_path: Path, workdir: Path, processes: int, kill_at: int = -1, devices: int = 1):
+  """Starts the run's processes: `processes` of them, each with `devices` CPU devices."""
+  driver = tmp_path / "driver.py"
+  driver.write_text(_DRIVER.format(repo=str(REPO)))
+  overrides = {**_OVERRIDES, "distributed": processes > 1}
+  port = _free_port()
+  procs = []
+  for i in range(processes):
+    env = _env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    if processes > 1:
+      env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
+                 JAX_PROCESS_ID=str(i))
+    procs.append(subprocess.Popen([sys.executable, str(driver), str(workdir), json.dumps(overrides), str(kill_at)],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True))
+  return procs
+
+
+def _finish(procs, timeout: float = 300) -> list[tuple[int, str]]:
+  """(exit status, output) of each; one left running `timeout` s after the first ended is killed."""
+  deadline, out = time.monotonic() + timeout, []
+  for p in procs:
+    try:
+      text, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      os.killpg(p.pid, signal.SIGKILL)
+      text, _ = p.communicate()
+    out.append((p.returncode, text))
+  return out
+
+
+def _metrics(workdir: Path) -> list[dict]:
+  return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+          for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _summary(output: str) -> dict:
+  return json.loads(next(line for line in output.splitlines() if line.startswith("SUMMARY "))[8:])
+
+
+def test_two_processes_train_save_resume_after_kill_and_match_one_process(tmp_path):
+  # the reference: one process with the same two devices
+  (code, out), = _finish(_launch(tmp_path, tmp_path / "one", processes=1, devices=2))
+  assert code == 0, out[-3000:]
+  one = _summary(out)
+  assert one["devices"] == 2
+
+  # two processes, killed (-9, both) while preparing step 5: checkpoints at 2 and 4 are on disk
+  killed = _finish(_launch(tmp_path, tmp_path / "two", processes=2, kill_at=5), timeout=120)
+  assert killed[0][0] == -signal.SIGKILL, killed[0][1][-3000:]
+  saved = sorted(int(p.name) for p in (tmp_path / "two" / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved and max(saved) < 8, saved
+
+  # both resume from it and finish
+  done = _finish(_launch(tmp_path, tmp_path / "two", processes=2))
+  for code, out in done:
+    assert code == 0, out[-3000:]
+  assert f"resumed from step {max(saved)}" in done[0][1]
+  two = _summary(done[0][1])
+  assert _summary(done[1][1])["test_loss"] == two["test_loss"]  # every process computes the same summary
+  assert two["devices"] == 2 and two["steps"] == 8
+  assert two["deployed_prediction_agreement"] == 1.0 and two["test_examples"] == 40
+
+  # the same trajectory as one process: the same global batches, the same sharded step
+  a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+  assert [m["step"] for m in a] == [m["step"] for m in b]
+  for ma, mb in zip(a, b):
+    for key in ma:
+      np.testing.assert_allclose(mb[key], ma[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  np.testing.assert_allclose(two["test_loss"], one["test_loss"], rtol=1e-5)
+  step_a, state_a = trained_run.load_state(tmp_path / "one")
+  step_b, state_b = trained_run.load_state(tmp_path / "two")
+  assert step_a == step_b == 8
+  for x, y in zip(_leaves(state_a.params), _leaves(state_b.params)):
+    np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+
+
+def _leaves(tree) -> list[np.ndarray]:
+  import jax
+
+  leaves = jax.tree.leaves(tree)
+  assert len(leaves) > 5
+  return [np.asarray(leaf) for leaf in leaves]
