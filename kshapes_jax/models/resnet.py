@@ -15,8 +15,8 @@ KINDS = ("plain", "rotate4", "rotate2", "acb", "versatile", "active")
 
 def _option_a(x: jax.Array, out_features: int, stride: int) -> jax.Array:
   """Parameter-free shortcut: subsample, then zero-pad the new channels (option A)."""
-  if stride > 1:
-    x = x[:, ::stride, ::stride]
+  if stride > 1:  # a strided slice, not x[:, ::s, ::s] (a gather once the batch is symbolic, for export)
+    x = jax.lax.slice(x, (0,) * x.ndim, x.shape, (1, stride, stride, 1))
   extra = out_features - x.shape[-1]
   if extra > 0:
     x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))

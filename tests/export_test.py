@@ -1,0 +1,114 @@
+"""kshapes_jax.export and train.export: a deployed net of every conv kind, written as a jax.export artifact
+and as ONNX, reloaded (jax.export.deserialize, onnxruntime) and run on real Fashion-MNIST test images."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import kshapes_jax as K
+from kshapes_jax import nn as knn
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+REPO = Path(__file__).resolve().parents[1]
+_DATA = np.load(REPO / "tests" / "data" / "fashion_mnist_test96.npz")  # the first 96 test images, uint8
+IMAGES = _DATA["images"]
+NORMALIZE = ((0.286,), (0.353,))  # Fashion-MNIST's train-set channel mean and std
+
+
+def _to_cifar(x: np.ndarray) -> np.ndarray:
+  """28x28x1 images as 32x32x3 ones (zero border, grey replicated), for the CIFAR-shaped nets."""
+  return np.repeat(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1)
+
+
+def _reference(shipped: nnx.Module, images: np.ndarray, normalize=None) -> np.ndarray:
+  with jax.default_matmul_precision("highest"):  # exact float32 on a GPU too
+    return np.asarray(K.export.forward(shipped, normalize)(images))
+
+
+def _session(path: Path):
+  s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+  return lambda x: s.run(None, {"images": x})[0]
+
+
+def _check(logits: np.ndarray, reference: np.ndarray) -> None:
+  scale = np.max(np.abs(reference))
+  np.testing.assert_allclose(logits, reference, rtol=1e-4, atol=1e-5 * scale)
+  np.testing.assert_array_equal(logits.argmax(-1), reference.argmax(-1))
+
+
+@pytest.mark.parametrize("conv", knn.CONV_KINDS)
+def test_every_conv_kind_round_trips_through_jax_export_and_onnx(tmp_path, conv):
+  model = K.models.create("sn", conv=conv, rngs=nnx.Rngs(0))
+  model.train()
+  model(jnp.asarray((IMAGES.astype(np.float32) / 255 - 0.286) / 0.353))  # BN statistics of real images
+  shipped = K.deploy(model)
+  reference = _reference(shipped, IMAGES, NORMALIZE)
+
+  artifact = K.export.save_jax(shipped, (28, 28, 1), tmp_path / "sn.jaxexport", normalize=NORMALIZE)
+  predict = K.export.load_jax(artifact)
+  _check(np.asarray(predict(IMAGES)), reference)
+  _check(np.asarray(predict(IMAGES[:5])), reference[:5])  # any batch size
+
+  path = K.export.save_onnx(shipped, (28, 28, 1), tmp_path / "sn.onnx", normalize=NORMALIZE)
+  model_proto = onnx.load(str(path))
+  assert model_proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+  assert model_proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+  run = _session(path)
+  _check(run(IMAGES), reference)
+  _check(run(IMAGES[:1]), reference[:1])
+
+
+@pytest.mark.parametrize("name,conv", [("resnet20", "acb"), ("cifar_quick", "versatile"), ("acu_plain", "active"),
+                                       ("lenet", "versatile")])
+def test_zoo_nets_round_trip_through_onnx(tmp_path, name, conv):
+  # option-A shortcuts (strided slice, channel pad), average and max pools, the ACU net, float inputs
+  model = K.models.create(name, conv=conv, rngs=nnx.Rngs(1))
+  x = (IMAGES.astype(np.float32) / 255 - 0.286) / 0.353
+  x = x if K.models.spec(name).input_shape[-1] == 1 else _to_cifar(x)
+  model.train()
+  model(jnp.asarray(x))
+  shipped = K.deploy(model)
+  reference = _reference(shipped, x)
+  run = _session(K.export.save_onnx(shipped, x.shape[1:], tmp_path / "m.onnx"))
+  _check(run(x), reference)
+  _check(np.asarray(K.export.load_jax(K.export.save_jax(shipped, x.shape[1:], tmp_path / "m.jax"))(x)), reference)
+
+
+def test_refusals():
+  model = K.deploy(K.models.create("sn", rngs=nnx.Rngs(0)))
+  with pytest.raises(ValueError, match=r"input_shape must be \(height, width, channels\)"):
+    K.export.to_onnx(model, (28, 28))
+
+  class Sorts(nnx.Module):
+    def __call__(self, x):
+      return jnp.sort(x.reshape(x.shape[0], -1), axis=-1)
+
+  with pytest.raises(ValueError, match="the primitive 'sort' is not supported"):
+    K.export.to_onnx(Sorts(), (4, 4, 1))
+
+
+def test_cli_exports_a_trained_run_and_checks_the_files(tmp_path):
+  from configs import default
+  from train import train
+
+  c = default.get_config()
+  c.data.update(train_size=64, test_size=48)
+  c.update(batch_size=16, eval_batch_size=16, num_steps=4, log_every_steps=1, progress=False, conv="acb")
+  train.train_and_evaluate(c, tmp_path / "run")
+  done = subprocess.run([sys.executable, "-m", "train.export", f"--workdir={tmp_path / 'run'}", "--format=both"],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  for suffix in ("jaxexport", "onnx"):
+    assert (tmp_path / "run" / "export" / f"model.{suffix}").stat().st_size > 10_000
+  assert done.stdout.count("predictions agree with the deployed model on 100.00% of the test images") == 2
+  bad = subprocess.run([sys.executable, "-m", "train.export", f"--workdir={tmp_path / 'none'}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert bad.returncode != 0 and "config.json" in (bad.stderr + bad.stdout)

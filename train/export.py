@@ -1,0 +1,99 @@
+"""Ships a trained run: its deployed network as a serialized jax.export artifact and/or an ONNX file.
+
+  python -m train.export --workdir runs/quickstart                   # -> runs/quickstart/export/model.onnx
+  python -m train.export --workdir runs/quickstart --format jax      # -> .../export/model.jaxexport
+  python -m train.export --workdir DIR --format both --step 2000 --out /tmp/ship
+
+The files take a batch of any size of the images as the dataset stores
+them (uint8, NHWC, 0-255) and return logits: the normalization is inside.
+Each file is then checked on the run's test images against the deployed
+model in JAX (onnxruntime runs the ONNX file, where it is installed); the
+export fails (status 1) if they disagree on more than 0.1% of predictions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Workdir of a run of python -m train.main.", required=True)
+flags.DEFINE_enum("format", "onnx", ["onnx", "jax", "both"], "What to write.")
+flags.DEFINE_string("out", "", "Output folder (default WORKDIR/export).")
+flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+flags.DEFINE_integer("check_images", 2000, "Test images the written files are checked on (0: all).")
+
+SUFFIX = {"jax": ".jaxexport", "onnx": ".onnx"}
+
+
+def export_run(workdir: str | Path, formats: tuple[str, ...] = ("onnx",), out: str | Path | None = None,
+               step: int | None = None, check_images: int = 2000) -> dict[str, dict]:
+  """Writes the run's deployed model in each format and checks each file against it.
+
+  Returns:
+    format -> {"path", "bytes", "agreement" (share of equal test predictions, None when not
+    checked), "max_abs_diff" (of the logits)}.
+  """
+  import kshapes_jax as K
+  from train.trained_run import load_run
+
+  run = load_run(workdir, step)
+  shipped = K.deploy(run.model)
+  normalize = (run.dataset.mean, run.dataset.std)
+  shape = run.dataset.image_shape
+  out = Path(out) if out else Path(workdir) / "export"
+  out.mkdir(parents=True, exist_ok=True)
+  images = run.dataset.test.images[:check_images or None]
+  reference = _batched(K.export.forward(shipped, normalize), images)
+  results = {}
+  for fmt in formats:
+    path = out / f"model{SUFFIX[fmt]}"
+    if fmt == "jax":
+      K.export.save_jax(shipped, shape, path, normalize=normalize)
+      predict = K.export.load_jax(path)
+    else:
+      K.export.save_onnx(shipped, shape, path, normalize=normalize)
+      predict = _onnxruntime(path)
+    logits = _batched(predict, images) if predict is not None else None
+    results[fmt] = {"path": str(path), "bytes": path.stat().st_size,
+                    "agreement": None if logits is None else float(np.mean(logits.argmax(-1) == reference.argmax(-1))),
+                    "max_abs_diff": None if logits is None else float(np.max(np.abs(logits - reference)))}
+  return results
+
+
+def _batched(fn: Callable, images: np.ndarray, batch: int = 500) -> np.ndarray:
+  return np.concatenate([np.asarray(fn(images[i:i + batch])) for i in range(0, len(images), batch)])
+
+
+def _onnxruntime(path: Path) -> Callable | None:
+  """A function that runs the ONNX file with onnxruntime, None when it is not installed."""
+  try:
+    import onnxruntime as ort
+  except ImportError:
+    return None
+  session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+  return lambda x: session.run(None, {"images": np.asarray(x)})[0]
+
+
+def main(argv):
+  del argv
+  formats = ("jax", "onnx") if FLAGS.format == "both" else (FLAGS.format,)
+  results = export_run(FLAGS.workdir, formats, FLAGS.out or None, FLAGS.step, FLAGS.check_images)
+  failed = False
+  for fmt, r in results.items():
+    if r["agreement"] is None:
+      check = "not checked (pip install onnxruntime to check it)"
+    else:
+      check = (f"predictions agree with the deployed model on {100 * r['agreement']:.2f}% of the test images, "
+               f"logits within {r['max_abs_diff']:.2e}")
+      failed |= r["agreement"] < 0.999
+    print(f"wrote {r['path']} ({r['bytes'] / 1e6:.2f} MB): {check}")
+  if failed:
+    raise SystemExit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)
