@@ -4,7 +4,7 @@ Every method is "parameters -> effective kernel -> one lax convolution":
 `kshapes_jax.kernels` builds the kernels, `kshapes_jax.conv` runs them.
 """
 
-from kshapes_jax import analysis, conv, export, gradients, kernels, models, nn, reference
+from kshapes_jax import analysis, conv, export, gradients, interop, kernels, models, nn, reference
 from kshapes_jax.conv import active_conv_gather
 from kshapes_jax.deploy import deploy
 from kshapes_jax.gradients import normalize_angle_grad, normalize_position_grad
@@ -18,6 +18,7 @@ __all__ = [
     "deploy",
     "export",
     "gradients",
+    "interop",
     "kernels",
     "models",
     "nn",

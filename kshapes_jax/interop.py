@@ -1,0 +1,154 @@
+"""Weights from and to the papers' official PyTorch modules, as plain arrays keyed as they name them.
+
+  layer = kshapes_jax.nn.ACBlock(64, 64, 3, padding=1, rngs=nnx.Rngs(0))
+  layer = load_acblock(layer, torch_state_dict)          # ACNet's acb.ACBlock (training form)
+  state = acblock_state_dict(layer)                      # and back: {name: np.ndarray}
+
+  layer = kshapes_jax.nn.VersatileConv(64, 128, 3, padding=1, bias="separate", channel_delta=1, rngs=...)
+  layer = load_vconv2d(layer, torch_state_dict)          # Versatile-Filters' vcnn.VConv2d
+
+The functions take any mapping of names to arrays (a torch state_dict's
+tensors are converted with numpy()), so they need no torch; they return a
+new layer and leave the one given unchanged. Layouts: PyTorch convs are
+(O, I, kh, kw), ours (kh, kw, I, O). BN statistics are copied as they are:
+both frameworks normalize by the running variance in eval mode, so the
+outputs agree (PyTorch accumulates the unbiased batch variance, Flax the
+biased one; that changes only later updates, by a factor n / (n - 1) with n
+the images x pixels of a batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kshapes_jax.nn.acb import ACBlock
+from kshapes_jax.nn.versatile import VersatileConv
+
+__all__ = ["load_acblock", "acblock_state_dict", "load_vconv2d", "vconv2d_state_dict"]
+
+_BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+
+
+def _array(state: Mapping[str, Any], key: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+  if key not in state:
+    raise ValueError(f"{what}: the state dict has no {key!r} (keys: {sorted(state)[:12]})")
+  value = state[key]
+  value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+  if value.shape != shape:
+    raise ValueError(f"{what}: {key!r} has shape {value.shape}, expected {shape} for this layer")
+  return value
+
+
+def _torch_kernel(kernel: np.ndarray) -> np.ndarray:
+  return np.ascontiguousarray(np.transpose(np.asarray(kernel), (3, 2, 0, 1)))  # HWIO -> OIHW
+
+
+def _our_kernel(weight: np.ndarray) -> jnp.ndarray:
+  return jnp.asarray(np.transpose(weight, (2, 3, 1, 0)))  # OIHW -> HWIO
+
+
+def _set(param: nnx.Variable, value) -> None:
+  param.set_value(jnp.asarray(value, param.get_value().dtype))
+
+
+def load_acblock(layer: ACBlock, state: Mapping[str, Any], prefix: str = "") -> ACBlock:
+  """A copy of `layer` holding an official ACNet ACBlock's weights (its training form).
+
+  Keys (after `prefix`): square_conv.weight (O, I, k, k), hor_conv.weight (O, I, 1, k),
+  ver_conv.weight (O, I, k, 1) and square_bn / hor_bn / ver_bn .weight, .bias,
+  .running_mean, .running_var (num_batches_tracked is ignored).
+
+  Args:
+    layer: an ACBlock with per-branch BN (bn="branch"), the kernels at the centre
+      (border=False) and the official block's in/out channels, kernel, stride and padding.
+    state: the arrays, e.g. `{k: v.numpy() for k, v in module.state_dict().items()}`.
+    prefix: the block's name in a whole net's state dict ("layer1.0.conv1.").
+
+  Raises:
+    ValueError: for a missing key, a shape that does not fit the layer, or a layer
+      configured unlike the official block.
+  """
+  if layer.bn_mode != "branch" or layer.border:
+    raise ValueError("the official ACBlock has a BN per branch and its asymmetric kernels at the centre: "
+                     f"expected bn='branch', border=False, got bn={layer.bn_mode!r}, border={layer.border}")
+  copy = nnx.clone(layer)
+  k, i, o = layer.kernel_size, layer.in_features, layer.out_features
+  what = f"ACBlock({i}, {o}, {k})"
+  for name, shape in (("square", (o, i, k, k)), ("hor", (o, i, 1, k)), ("ver", (o, i, k, 1))):
+    param = getattr(copy, name)
+    if param is None:
+      if f"{prefix}{name}_conv.weight" in state:
+        raise ValueError(f"{what}: the state dict has a {name} branch; the layer has none (asymmetric=...)")
+      continue
+    _set(param, _our_kernel(_array(state, f"{prefix}{name}_conv.weight", shape, what)))
+    bn = getattr(copy, f"{name}_bn")
+    for torch_name, ours in _BN.items():
+      _set(getattr(bn, ours), _array(state, f"{prefix}{name}_bn.{torch_name}", (o,), what))
+  return copy
+
+
+def acblock_state_dict(layer: ACBlock, prefix: str = "") -> dict[str, np.ndarray]:
+  """The official ACBlock's state dict of an ACBlock (bn='branch'): float32 arrays, OIHW kernels."""
+  if layer.bn_mode != "branch" or layer.border:
+    raise ValueError("only an ACBlock with bn='branch' and border=False has an official counterpart")
+  out: dict[str, np.ndarray] = {}
+  for name in ("square", "hor", "ver"):
+    param = getattr(layer, name)
+    if param is None:
+      continue
+    out[f"{prefix}{name}_conv.weight"] = _torch_kernel(param.get_value())
+    bn = getattr(layer, f"{name}_bn")
+    for torch_name, ours in _BN.items():
+      out[f"{prefix}{name}_bn.{torch_name}"] = np.asarray(getattr(bn, ours).get_value())
+    out[f"{prefix}{name}_bn.num_batches_tracked"] = np.zeros((), np.int64)
+  return out
+
+
+def _check_vconv(layer: VersatileConv) -> None:
+  if (layer.mode, layer.bias_mode, layer.channel_delta, layer.channel_stride) != ("spatial", "separate", 1, 1) \
+      or layer.bias is None:
+    raise ValueError("the official VConv2d is spatial and channel versatile with c - c^ = 1, g = 1 and a bias "
+                     "per output map: expected mode='spatial', bias='separate', channel_delta=1, "
+                     f"channel_stride=1, use_bias=True; got mode={layer.mode!r}, bias={layer.bias_mode!r}, "
+                     f"channel_delta={layer.channel_delta}, channel_stride={layer.channel_stride}, "
+                     f"use_bias={layer.bias is not None}")
+
+
+def load_vconv2d(layer: VersatileConv, state: Mapping[str, Any], prefix: str = "") -> VersatileConv:
+  """A copy of `layer` holding an official Versatile-Filters VConv2d's weights.
+
+  VConv2d stores F = O / (2 s) primary filters over all c input channels, (F, c, k, k),
+  and reads only the first c^ = c - 1 of them (eq. 8 with c - c^ = 1, g = 1); its output
+  map (scale i, window j, filter o) is at (2 i + j) F + o, as ours. `weight[:, c - 1]`
+  never reaches the output and is dropped; a bias per map is kept.
+
+  Args:
+    layer: VersatileConv(c, O, k, mode="spatial", bias="separate", channel_delta=1,
+      channel_stride=1) with the official module's stride and padding.
+    state: the arrays (weight (F, c, k, k), bias (O,)).
+    prefix: the module's name in a whole net's state dict.
+
+  Raises:
+    ValueError: for a missing key, a shape that does not fit or a layer unlike VConv2d.
+  """
+  _check_vconv(layer)
+  copy = nnx.clone(layer)
+  k, c, f = layer.kernel_size, layer.in_features, layer.filters
+  what = f"VConv2d({c}, {layer.out_features}, {k})"
+  weight = _array(state, f"{prefix}weight", (f, c, k, k), what)
+  _set(copy.f, _our_kernel(weight[:, :layer.window]))
+  _set(copy.bias, _array(state, f"{prefix}bias", (layer.out_features,), what))
+  return copy
+
+
+def vconv2d_state_dict(layer: VersatileConv, prefix: str = "") -> dict[str, np.ndarray]:
+  """The official VConv2d's state dict of a VersatileConv like it (the unread last channel zero)."""
+  _check_vconv(layer)
+  weight = _torch_kernel(layer.f.get_value())  # (F, c^, k, k)
+  weight = np.concatenate([weight, np.zeros_like(weight[:, :1])], axis=1)
+  return {f"{prefix}weight": weight, f"{prefix}bias": np.asarray(layer.bias.get_value())}
