@@ -123,3 +123,16 @@ def compute_dtype(value):
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"dtype must be None or a floating dtype such as 'bfloat16', got {value!r}")
   return dtype
+
+
+def param_dtype(value):
+  """The dtype weights are stored in: float32 by default, or another floating dtype."""
+  if value is None:
+    return jnp.dtype(jnp.float32)
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError as e:
+    raise ValueError(f"param_dtype must be a floating dtype such as 'float32' or 'bfloat16', got {value!r}") from e
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"param_dtype must be a floating dtype such as 'float32' or 'bfloat16', got {value!r}")
+  return dtype

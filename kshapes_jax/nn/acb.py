@@ -10,7 +10,7 @@ from flax import nnx
 
 from kshapes_jax import _validation
 from kshapes_jax.kernels import BatchNormParams, acb_kernel, fuse_acb, fuse_bn
-from kshapes_jax.nn.base import ConvLayer, PlainConv, check_layer, he_normal, record, symmetric_padding
+from kshapes_jax.nn.base import ConvLayer, PlainConv, check_layer, record, symmetric_padding
 
 Asymmetric = Literal["both", "hor", "ver"]  # which asymmetric branches (Table 5 ablations)
 BNMode = Literal["branch", "sum"]  # a BN per branch (the paper), or one after the sum
@@ -38,14 +38,16 @@ def resolve_impl(impl: str) -> str:
   return "branches" if impl == "branches" else "stacked"
 
 
-def batch_norm(features: int, rngs: nnx.Rngs, scale_init: float = 1.0, dtype=None) -> nnx.BatchNorm:
+def batch_norm(features: int, rngs: nnx.Rngs, scale_init: float = 1.0, dtype=None,
+               param_dtype=None) -> nnx.BatchNorm:
   """BN with PyTorch's defaults (momentum 0.1, eps 1e-5), the official codes' setting.
 
-  `dtype` is the compute dtype of its output (statistics and parameters stay
-  float32), as the conv layers' `dtype`.
+  `dtype` is the compute dtype of its output, as the conv layers' `dtype`;
+  `param_dtype` that of its scale and bias (float32 by default; the running
+  statistics stay float32).
   """
   bn = nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=_validation.compute_dtype(dtype),
-                     rngs=rngs)
+                     param_dtype=_validation.param_dtype(param_dtype), rngs=rngs)
   if scale_init != 1.0:
     bn.scale[...] = jnp.full((features,), scale_init, bn.scale[...].dtype)
   return bn
@@ -112,8 +114,9 @@ class ACBlock(ConvLayer):
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = False, asymmetric: Asymmetric = "both",
                bn: BNMode = "branch", border: bool = False, asym_scale_init: float = 1.0,
-               impl: Impl = "auto", precision=None, dtype=None, rngs: nnx.Rngs):
-    check_layer("ACBlock", in_features, out_features, kernel_size, stride, rngs=rngs)
+               impl: Impl = "auto", groups: int = 1, dilation: int = 1, precision=None, dtype=None,
+               param_dtype=None, rngs: nnx.Rngs):
+    check_layer("ACBlock", in_features, out_features, kernel_size, stride, groups, rngs, dilation=dilation)
     if kernel_size % 2 == 0:
       raise ValueError(f"ACB needs an odd kernel size, got {kernel_size}")
     if asymmetric not in get_args(Asymmetric):
@@ -124,27 +127,29 @@ class ACBlock(ConvLayer):
     del use_bias  # the BN supplies the bias
     k = kernel_size
     self.in_features, self.out_features = in_features, out_features
-    self.kernel_size, self.stride = k, stride
-    self.padding = symmetric_padding(padding, k, int_only_for="ACBlock")
+    self.kernel_size, self.stride, self.groups, self.dilation = k, stride, groups, dilation
+    self.padding = symmetric_padding(padding, k, int_only_for="ACBlock", dilation=dilation)
     self.bn_mode, self.border, self.impl = bn, border, impl
-    self.set_numerics(precision, dtype)
+    self.set_numerics(precision, dtype, param_dtype)
     self.line = k - 1 if border else k // 2  # row of hor / column of ver
-    fan = k * k * in_features
-    self.square = nnx.Param(he_normal(rngs.params(), (k, k, in_features, out_features), fan))
+    cin = in_features // groups
+    fan = k * k * cin
+    self.square = self.init_weight(rngs, (k, k, cin, out_features), fan)
     use_hor, use_ver = asymmetric in ("both", "hor"), asymmetric in ("both", "ver")
-    self.hor = nnx.Param(he_normal(rngs.params(), (1, k, in_features, out_features), fan)) if use_hor else None
-    self.ver = nnx.Param(he_normal(rngs.params(), (k, 1, in_features, out_features), fan)) if use_ver else None
+    self.hor = self.init_weight(rngs, (1, k, cin, out_features), fan) if use_hor else None
+    self.ver = self.init_weight(rngs, (k, 1, cin, out_features), fan) if use_ver else None
+    norm = {"dtype": dtype, "param_dtype": param_dtype}
     if bn == "branch":
-      self.square_bn = batch_norm(out_features, rngs, dtype=dtype)
-      self.hor_bn = batch_norm(out_features, rngs, asym_scale_init, dtype) if self.hor is not None else None
-      self.ver_bn = batch_norm(out_features, rngs, asym_scale_init, dtype) if self.ver is not None else None
+      self.square_bn = batch_norm(out_features, rngs, **norm)
+      self.hor_bn = batch_norm(out_features, rngs, asym_scale_init, **norm) if self.hor is not None else None
+      self.ver_bn = batch_norm(out_features, rngs, asym_scale_init, **norm) if self.ver is not None else None
     else:
-      self.sum_bn = batch_norm(out_features, rngs, dtype=dtype)
+      self.sum_bn = batch_norm(out_features, rngs, **norm)
 
   def _branches(self):
-    """(kernel, padding, bn-or-None) per branch; the official code's paddings."""
-    p, k, r = self.padding, self.kernel_size, self.line
-    across = (p - r, p - (k - 1 - r))  # rows of hor / columns of ver
+    """(kernel, padding, bn-or-None) per branch; the official code's paddings (taps `dilation` apart)."""
+    p, k, r, d = self.padding, self.kernel_size, self.line, self.dilation
+    across = (p - d * r, p - d * (k - 1 - r))  # rows of hor / columns of ver
     out = [(self.square[...], ((p, p), (p, p)), getattr(self, "square_bn", None))]
     if self.hor is not None:
       out.append((self.hor[...], (across, (p, p)), getattr(self, "hor_bn", None)))
@@ -198,7 +203,8 @@ class ACBlock(ConvLayer):
     if ver is not None:
       kernels.append(acb_kernel(zero, None, ver, ver_col=self.line))
       bns.append(self.ver_bn)
-    z = stacked_batch_norm(self.conv(x, jnp.concatenate(kernels, axis=-1), padding=self.padding), bns)
+    z = self.conv(x, _by_group(kernels, self.groups), padding=self.padding)
+    z = stacked_batch_norm(_by_branch(z, len(kernels), self.groups), bns)
     return sum(z[..., i * o:(i + 1) * o] for i in range(len(kernels)))
 
   def effective_kernel(self):
@@ -213,7 +219,8 @@ class ACBlock(ConvLayer):
 
   def deploy(self) -> PlainConv:
     kernel, bias = self.effective_kernel()
-    return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=self.padding, **self.numerics)
+    return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=self.padding, groups=self.groups,
+                                 dilation=self.dilation, **self.numerics)
 
   def weight_count(self) -> int:
     return sum(int(v[...].size) for v in (self.square, self.hor, self.ver) if v is not None)
@@ -222,4 +229,22 @@ class ACBlock(ConvLayer):
     """Training-time cost: k^2 + 2k taps (the deployed conv costs k^2)."""
     k = self.kernel_size
     taps = k * k + k * ((self.hor is not None) + (self.ver is not None))
-    return int(out_shape[1] * out_shape[2] * taps * self.in_features * self.out_features)
+    return int(out_shape[1] * out_shape[2] * taps * self.in_features // self.groups * self.out_features)
+
+
+def _by_group(kernels: list[jax.Array], groups: int) -> jax.Array:
+  """The branch kernels stacked on the output axis so that a grouped conv gives each group all branches.
+
+  A conv with feature groups splits its outputs into `groups` consecutive blocks, block g reading input
+  group g: the stack is ordered (group, branch, map of the group).
+  """
+  *rest, o = kernels[0].shape
+  stacked = jnp.stack([k.reshape(*rest, groups, o // groups) for k in kernels], axis=-2)
+  return stacked.reshape(*rest, len(kernels) * o)
+
+
+def _by_branch(z: jax.Array, branches: int, groups: int) -> jax.Array:
+  """The stacked conv's maps from (group, branch, map) order to (branch, group, map): branch-major."""
+  *rest, n = z.shape
+  z = z.reshape(*rest, groups, branches, n // (groups * branches))
+  return jnp.swapaxes(z, -3, -2).reshape(*rest, n)

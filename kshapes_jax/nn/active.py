@@ -14,7 +14,7 @@ from kshapes_jax import _validation, kernels
 from kshapes_jax import conv as conv_lib
 from kshapes_jax.gradients import normalize_position_grad
 from kshapes_jax.kernels import active_kernel, clip_positions, lattice_offsets, radius_for_positions
-from kshapes_jax.nn.base import ConvLayer, PlainConv, check_layer, he_normal, record, symmetric_padding
+from kshapes_jax.nn.base import ConvLayer, PlainConv, check_layer, record, symmetric_padding
 from kshapes_jax.nn.variables import Position
 
 ActiveImpl = Literal["splat", "gather"]  # effective kernel + one conv, or the literal bilinear gather
@@ -75,9 +75,12 @@ class ActiveConv(ConvLayer):
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = False, synapses: int | None = None,
                init: PositionInit = "lattice", position_groups: int = 1, radius: int | None = None,
-               impl: ActiveImpl = "splat", normalize_grad: bool = True, precision=None, dtype=None,
-               rngs: nnx.Rngs):
-    check_layer("ActiveConv", in_features, out_features, kernel_size, stride, rngs=rngs)
+               impl: ActiveImpl = "splat", normalize_grad: bool = True, groups: int = 1, dilation: int = 1,
+               precision=None, dtype=None, param_dtype=None, rngs: nnx.Rngs):
+    check_layer("ActiveConv", in_features, out_features, kernel_size, stride, groups, rngs, dilation=dilation)
+    if dilation != 1:
+      raise ValueError("ActiveConv learns where its synapses are, so it takes no dilation: a dilated start "
+                       f"is positions scaled by it (init='lattice' then multiply); got dilation={dilation}")
     # defaults: the kxk lattice it replaces, with one ring of room to move
     synapses = kernel_size * kernel_size if synapses is None else synapses
     radius = kernel_size // 2 + 1 if radius is None else radius
@@ -88,21 +91,24 @@ class ActiveConv(ConvLayer):
     radius = kernels.check_radius(radius, in_features * out_features)
     if out_features % position_groups:
       raise ValueError(f"position_groups={position_groups} must divide out_features={out_features}")
+    if position_groups > 1 and position_groups % groups:
+      raise ValueError(f"position_groups={position_groups} must be a multiple of groups={groups}, so that "
+                       "each feature group has its own position sets")
     self.in_features, self.out_features = in_features, out_features
-    self.kernel_size, self.stride = kernel_size, stride
+    self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
     self.padding = symmetric_padding(padding, kernel_size, int_only_for="ActiveConv")
     # radius may be lowered later by extent bucketing; max_radius is what was asked for
     self.radius, self.max_radius, self.impl, self.normalize_grad = radius, radius, impl, normalize_grad
     self.synapses, self.position_groups = synapses, position_groups
-    self.set_numerics(precision, dtype)
+    self.set_numerics(precision, dtype, param_dtype)
     start = initial_positions(synapses, init)
     if np.max(np.abs(start)) > radius:
       raise ValueError(f"radius {radius} does not hold the initial positions (max |p| = {np.max(np.abs(start))})")
     shape = (synapses - 1, 2) if position_groups == 1 else (position_groups, synapses - 1, 2)
     self.positions = Position(jnp.asarray(np.broadcast_to(start[1:], shape)))
-    self.weights = nnx.Param(he_normal(rngs.params(), (synapses, in_features, out_features),
-                                       synapses * in_features))
-    self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
+    cin = in_features // groups
+    self.weights = self.init_weight(rngs, (synapses, cin, out_features), synapses * cin)
+    self.bias = self.init_bias(out_features) if use_bias else None
 
   def all_positions(self) -> jax.Array:
     """(K, 2) or (G, K, 2): the fixed origin followed by the learned positions."""
@@ -122,8 +128,9 @@ class ActiveConv(ConvLayer):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.impl == "splat":
       return super().__call__(x)
-    y = conv_lib.active_conv_gather(x, self.weights[...], self.all_positions(), stride=self.stride,
-                                    padding=self.conv_padding, radius=self.radius, **self.numerics)
+    y = _grouped(lambda xg, wg, pg: conv_lib.active_conv_gather(
+        xg, wg, pg, stride=self.stride, padding=self.conv_padding, radius=self.radius, **self.numerics),
+        x, self.weights[...], self.all_positions(), self.groups)
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     record(self, x, y)
@@ -136,7 +143,23 @@ class ActiveConv(ConvLayer):
     kernel = active_kernel(self.weights[...], positions, radius)
     padding = self.padding + radius - self.kernel_size // 2
     bias = None if self.bias is None else self.bias[...]
-    return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=padding, **self.numerics)
+    return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=padding, groups=self.groups,
+                                 **self.numerics)
 
   def weight_count(self) -> int:
     return int(self.weights[...].size)
+
+
+def _grouped(gather, x: jax.Array, weights: jax.Array, positions: jax.Array, groups: int) -> jax.Array:
+  """The gather conv with feature groups: group g's inputs, weights and (per group of outputs) positions."""
+  if groups == 1:
+    return gather(x, weights, positions)
+  cin, og = weights.shape[1], weights.shape[2] // groups
+  if positions.ndim == 3:  # (G, K, 2), G a multiple of groups (checked at construction)
+    positions = positions.reshape(groups, positions.shape[0] // groups, *positions.shape[1:])
+  outs = []
+  for g in range(groups):
+    pg = positions if positions.ndim == 2 else positions[g]
+    pg = pg[0] if pg.ndim == 3 and pg.shape[0] == 1 else pg
+    outs.append(gather(x[..., g * cin:(g + 1) * cin], weights[..., g * og:(g + 1) * og], pg))
+  return jnp.concatenate(outs, axis=-1)

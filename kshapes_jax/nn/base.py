@@ -52,13 +52,14 @@ def he_normal(key: jax.Array, shape: Sequence[int], fan_in: int, dtype=jnp.float
 
 
 def check_layer(layer: str, in_features, out_features, kernel_size, stride, groups=1, rngs=None, *,
-                needs_rngs: bool = True) -> None:
+                needs_rngs: bool = True, dilation=1) -> None:
   """The arguments every conv layer shares, each a ValueError naming it when it cannot be meant."""
   _validation.positive_int(f"{layer} in_features", in_features)
   _validation.positive_int(f"{layer} out_features", out_features)
   _validation.positive_int(f"{layer} kernel_size", kernel_size)
   _validation.pair(f"{layer} stride", stride)
   _validation.positive_int(f"{layer} groups", groups)
+  _validation.positive_int(f"{layer} dilation", dilation)
   if in_features % groups or out_features % groups:
     raise ValueError(f"{layer} groups={groups} must divide in_features={in_features} and "
                      f"out_features={out_features}")
@@ -66,12 +67,13 @@ def check_layer(layer: str, in_features, out_features, kernel_size, stride, grou
     _validation.require_rngs(layer, rngs)
 
 
-def symmetric_padding(padding, kernel_size: int, *, int_only_for: str | None = None):
-  """None -> k // 2 on every side (the papers' "same" for odd k, PyTorch-style at stride 2).
+def symmetric_padding(padding, kernel_size: int, *, int_only_for: str | None = None, dilation: int = 1):
+  """None -> dilation * (k // 2) on every side (the papers' "same" for odd k, PyTorch-style at stride 2).
 
   Args:
     padding: None, an int, or anything `conv.conv` takes ("SAME", pairs).
     kernel_size: the layer's (nominal) kernel size.
+    dilation: the kernel's dilation.
     int_only_for: the name of a layer that derives other convs' padding from
       this one (ACBlock's branches, ActiveConv's radius) and so takes an int only.
 
@@ -79,7 +81,7 @@ def symmetric_padding(padding, kernel_size: int, *, int_only_for: str | None = N
     ValueError: for a negative or malformed padding, or a non-int one where
       `int_only_for` is given.
   """
-  padding = kernel_size // 2 if padding is None else padding
+  padding = dilation * (kernel_size // 2) if padding is None else padding
   if int_only_for is not None and not _validation.is_int(padding):
     raise ValueError(f"{int_only_for} padding must be an int (of its nominal {kernel_size}x{kernel_size} conv), "
                      f"got {padding!r}")
@@ -93,9 +95,10 @@ class ConvLayer(nnx.Module):
   Subclasses define `effective_kernel()` -> (kernel HWIO, bias or None), and
   may refine `conv_padding`, `multiplications` and `weight_count`.
 
-  Every layer takes `precision` and `dtype` (see `set_numerics`): the kernel
-  is built exactly from the float32 parameters, then the conv runs in
-  `dtype` at `precision`.
+  Every layer takes `precision`, `dtype` and `param_dtype` (see
+  `set_numerics`): the kernel is built exactly from the parameters, then the
+  conv runs in `dtype` at `precision`; and, where its math allows,
+  `groups` and `dilation` (the kernel's taps `dilation` pixels apart).
   """
 
   in_features: int
@@ -104,10 +107,12 @@ class ConvLayer(nnx.Module):
   stride: int
   padding: object
   groups: int = 1
+  dilation: int = 1
   precision: object = None
   dtype: object = None
+  param_dtype: object = jnp.dtype(jnp.float32)
 
-  def set_numerics(self, precision=None, dtype=None) -> None:
+  def set_numerics(self, precision=None, dtype=None, param_dtype=None) -> None:
     """Sets, at construction, how the conv computes.
 
     Args:
@@ -115,10 +120,21 @@ class ConvLayer(nnx.Module):
         passes on a TPU), "high", "highest" (exact float32), or a
         `lax.Precision` / `lax.DotAlgorithmPreset`.
       dtype: the compute dtype of the conv (e.g. "bfloat16" for mixed
-        precision; parameters stay float32); None promotes input and kernel.
+        precision); None promotes input and kernel.
+      param_dtype: the dtype the weights (and BN parameters) are stored in,
+        float32 by default; the shape parameters (RotateConv angles, ACU
+        positions) stay float32, where bf16 would round away their small steps.
     """
     self.precision = _validation.precision(precision)
     self.dtype = _validation.compute_dtype(dtype)
+    self.param_dtype = _validation.param_dtype(param_dtype)
+
+  def init_weight(self, rngs: nnx.Rngs, shape: Sequence[int], fan_in: int) -> nnx.Param:
+    """A He-normal weight, drawn in float32 and stored in the layer's param_dtype."""
+    return nnx.Param(he_normal(rngs.params(), shape, fan_in).astype(self.param_dtype))
+
+  def init_bias(self, size: int) -> nnx.Param:
+    return nnx.Param(jnp.zeros((size,), self.param_dtype))
 
   @property
   def numerics(self) -> dict:
@@ -139,7 +155,7 @@ class ConvLayer(nnx.Module):
     branch, a versatile secondary filter or an ACU of a smaller radius crops its input.
     """
     return conv_lib.conv(x, kernel, stride=self.stride, padding=padding, bias=bias, groups=self.groups,
-                         dtype=self.dtype, precision=self.precision, allow_crop=True)
+                         dilation=self.dilation, dtype=self.dtype, precision=self.precision, allow_crop=True)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel, bias = self.effective_kernel()
@@ -151,7 +167,7 @@ class ConvLayer(nnx.Module):
     """The same layer as a plain conv (kernel + bias), equal outputs."""
     kernel, bias = self.effective_kernel()
     return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=self.conv_padding,
-                                 groups=self.groups, **self.numerics)
+                                 groups=self.groups, dilation=self.dilation, **self.numerics)
 
   def weight_count(self) -> int:
     """Stored conv weights (the papers' "weights": no biases, no BN)."""
@@ -168,29 +184,30 @@ class PlainConv(ConvLayer):
   """An ordinary kxk convolution: the baseline kind and the target of deploy."""
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
-               stride: int = 1, padding=None, use_bias: bool = False, groups: int = 1,
+               stride: int = 1, padding=None, use_bias: bool = False, groups: int = 1, dilation: int = 1,
                rngs: nnx.Rngs | None = None, kernel: jax.Array | None = None,
-               bias: jax.Array | None = None, precision=None, dtype=None):
+               bias: jax.Array | None = None, precision=None, dtype=None, param_dtype=None):
     check_layer("PlainConv", in_features, out_features, kernel_size, stride, groups, rngs,
-                needs_rngs=kernel is None)
+                needs_rngs=kernel is None, dilation=dilation)
     self.in_features, self.out_features = in_features, out_features
-    self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
-    self.padding = symmetric_padding(padding, kernel_size)
-    self.set_numerics(precision, dtype)
+    self.kernel_size, self.stride, self.groups, self.dilation = kernel_size, stride, groups, dilation
+    self.padding = symmetric_padding(padding, kernel_size, dilation=dilation)
+    self.set_numerics(precision, dtype, param_dtype)
     if kernel is None:
       fan_in = kernel_size * kernel_size * in_features // groups
       shape = (kernel_size, kernel_size, in_features // groups, out_features)
-      kernel = he_normal(rngs.params(), shape, fan_in)
-      bias = jnp.zeros((out_features,)) if use_bias else None
-    self.kernel = nnx.Param(jnp.asarray(kernel))
-    self.bias = None if bias is None else nnx.Param(jnp.asarray(bias))
+      self.kernel = self.init_weight(rngs, shape, fan_in)
+      self.bias = self.init_bias(out_features) if use_bias else None
+    else:
+      self.kernel = nnx.Param(jnp.asarray(kernel))
+      self.bias = None if bias is None else nnx.Param(jnp.asarray(bias))
 
   @classmethod
-  def from_kernel(cls, kernel, bias=None, *, stride=1, padding=0, groups=1, precision=None,
+  def from_kernel(cls, kernel, bias=None, *, stride=1, padding=0, groups=1, dilation=1, precision=None,
                   dtype=None) -> PlainConv:
     """A plain conv holding a given HWIO kernel (and bias)."""
     kh, kw, cin, cout = kernel.shape
-    layer = cls(cin * groups, cout, kh, stride=stride, padding=0, groups=groups,
+    layer = cls(cin * groups, cout, kh, stride=stride, padding=0, groups=groups, dilation=dilation,
                 kernel=kernel, bias=bias, precision=precision, dtype=dtype)
     layer.padding = padding  # may crop: a deployed ACU of a radius below its nominal k // 2
     return layer

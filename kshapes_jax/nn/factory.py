@@ -54,7 +54,8 @@ class ConvBN(nnx.Module):
   def __init__(self, conv: nnx.Module, rngs: nnx.Rngs):
     self.conv = conv
     self.out_features = conv.out_features
-    self.bn = batch_norm(conv.out_features, rngs, dtype=conv.dtype)  # computes as its conv does
+    # computes as its conv does, its scale and bias stored as the conv's weights
+    self.bn = batch_norm(conv.out_features, rngs, dtype=conv.dtype, param_dtype=conv.param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.bn(self.conv(x))
@@ -66,7 +67,7 @@ class ConvBN(nnx.Module):
       bn = bn._replace(mean=bn.mean - plain.bias[...])
     kernel, bias = fuse_bn(plain.kernel[...], *bn, eps=self.bn.epsilon)
     return PlainConv.from_kernel(kernel, bias, stride=plain.stride, padding=plain.padding,
-                                 groups=plain.groups, **plain.numerics)
+                                 groups=plain.groups, dilation=plain.dilation, **plain.numerics)
 
 
 def conv_bn(kind: str, in_features: int, out_features: int, kernel_size: int = 3, *,

@@ -27,27 +27,30 @@ class RotateConv(ConvLayer):
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = False, version: int = 4,
-               normalize_grad: bool = True, precision=None, dtype=None, rngs: nnx.Rngs):
-    check_layer("RotateConv", in_features, out_features, kernel_size, stride, rngs=rngs)
+               normalize_grad: bool = True, groups: int = 1, dilation: int = 1, precision=None, dtype=None,
+               param_dtype=None, rngs: nnx.Rngs):
+    check_layer("RotateConv", in_features, out_features, kernel_size, stride, groups, rngs, dilation=dilation)
     if kernel_size != 3:
       raise ValueError(f"RotateConv is a 3x3 kernel, got kernel_size = {kernel_size}")
     if version not in (2, 4):
       raise ValueError(f"RotateConv version must be 4 or 2, got {version!r}")
     self.in_features, self.out_features = in_features, out_features
-    self.kernel_size, self.stride = 3, stride
-    self.padding = symmetric_padding(padding, 3)
+    self.kernel_size, self.stride, self.groups, self.dilation = 3, stride, groups, dilation
+    self.padding = symmetric_padding(padding, 3, dilation=dilation)
     self.version = version
     self.normalize_grad = normalize_grad
-    self.set_numerics(precision, dtype)
+    self.set_numerics(precision, dtype, param_dtype)
     taps = 3 if version == 4 else 1
-    # fan-in: every tap sees in_features inputs, 3 taps per line
-    shape = (3, in_features, out_features) if version == 4 else (in_features, out_features)
-    self.weights = nnx.Param(he_normal(rngs.params(), shape, 3 * in_features))
+    cin = in_features // groups
+    # fan-in: every tap sees the group's inputs, 3 taps per line
+    shape = (3, cin, out_features) if version == 4 else (cin, out_features)
+    weights = he_normal(rngs.params(), shape, 3 * cin)
     if taps == 1:  # one shared weight feeds all three taps
-      self.weights[...] = self.weights[...] / math.sqrt(3.0)
+      weights = weights / math.sqrt(3.0)
+    self.weights = nnx.Param(weights.astype(self.param_dtype))
     uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, maxval=180.0)
-    self.angles = Angle(bucketed(uniform, rngs.params(), (in_features, out_features)))
-    self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
+    self.angles = Angle(bucketed(uniform, rngs.params(), (cin, out_features)))
+    self.bias = self.init_bias(out_features) if use_bias else None
 
   def init_from_line_kernel(self, kernel: jax.Array) -> None:
     """Initialises from a pretrained 1x3 or 3x1 kernel (the paper's section III.A.5).
@@ -57,7 +60,7 @@ class RotateConv(ConvLayer):
     w1 = top and w2 = bottom. For version 2 the shared weight is their mean.
     """
     shape = tuple(kernel.shape)
-    io = (self.in_features, self.out_features)
+    io = (self.in_features // self.groups, self.out_features)
     if shape == (1, 3, *io):
       line, angle = kernel[0], 0.0
       w0, w1, w2 = line[1], line[2], line[0]

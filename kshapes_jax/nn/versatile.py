@@ -18,7 +18,7 @@ from kshapes_jax.kernels import (
     spatial_versatile_kernel,
     summed_versatile_kernel,
 )
-from kshapes_jax.nn.base import ConvLayer, check_layer, he_normal, record, symmetric_padding
+from kshapes_jax.nn.base import ConvLayer, check_layer, record, symmetric_padding
 
 VersatileMode = Literal["spatial", "sum", "none"]
 VersatileBias = Literal["separate", "shared"]
@@ -50,14 +50,19 @@ class VersatileConv(ConvLayer):
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = True, mode: VersatileMode = "spatial",
                bias: VersatileBias = "shared", channel_delta: int = 0, channel_stride: int = 1,
-               impl: VersatileImpl = "stacked", precision=None, dtype=None, rngs: nnx.Rngs):
-    check_layer("VersatileConv", in_features, out_features, kernel_size, stride, rngs=rngs)
+               impl: VersatileImpl = "stacked", groups: int = 1, dilation: int = 1, precision=None, dtype=None,
+               param_dtype=None, rngs: nnx.Rngs):
+    check_layer("VersatileConv", in_features, out_features, kernel_size, stride, groups, rngs, dilation=dilation)
+    if groups != 1:
+      raise ValueError("VersatileConv takes groups=1 only: its secondary filters are stacked scale- and "
+                       "window-major on the output axis, which a grouped conv would split across groups, "
+                       f"and its channel windows already slide over the inputs; got groups={groups}")
     if mode not in get_args(VersatileMode):
       raise ValueError(f"mode must be 'spatial', 'sum' or 'none', got {mode!r}")
     if impl not in get_args(VersatileImpl):
       raise ValueError(f"impl must be 'stacked' or 'cropped', got {impl!r}")
     self.impl = impl
-    self.set_numerics(precision, dtype)
+    self.set_numerics(precision, dtype, param_dtype)
     if bias not in get_args(VersatileBias):
       raise ValueError(f"bias must be 'separate' or 'shared', got {bias!r}")
     if not 0 <= channel_delta < in_features:
@@ -72,12 +77,12 @@ class VersatileConv(ConvLayer):
     per_filter = self.scales * self.windows
     self.filters = math.ceil(out_features / per_filter)
     self.in_features, self.out_features = in_features, per_filter * self.filters
-    self.kernel_size, self.stride = kernel_size, stride
-    self.padding = symmetric_padding(padding, kernel_size)
+    self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
+    self.padding = symmetric_padding(padding, kernel_size, dilation=dilation)
     shape = (kernel_size, kernel_size, self.window, self.filters)
-    self.f = nnx.Param(he_normal(rngs.params(), shape, kernel_size * kernel_size * self.window))
+    self.f = self.init_weight(rngs, shape, kernel_size * kernel_size * self.window)
     size = self.filters * (self.windows if bias == "shared" else per_filter)
-    self.bias = nnx.Param(jnp.zeros((size,))) if use_bias else None
+    self.bias = self.init_bias(size) if use_bias else None
 
   def effective_kernel(self):
     f = self.f[...]
@@ -95,10 +100,11 @@ class VersatileConv(ConvLayer):
     f = self.f[...]
     if self.channel_delta:
       f = channel_versatile_kernel(f, self.in_features, self.channel_stride)
-    d = self.kernel_size
-    (top, bottom), (left, right) = conv_lib.resolve_padding(self.padding, x.shape[1:3], (d, d), self.stride)
-    # secondary filter j: the central (d - 2j)^2 crop, read through a window shrunk by j on every side
-    ys = [self.conv(x, f[j:d - j, j:d - j], padding=((top - j, bottom - j), (left - j, right - j)))
+    d, r = self.kernel_size, self.dilation
+    (top, bottom), (left, right) = conv_lib.resolve_padding(self.padding, x.shape[1:3], (d, d), self.stride, r)
+    # secondary filter j: the central (d - 2j)^2 crop, read through a window shrunk by j taps on every side
+    ys = [self.conv(x, f[j:d - j, j:d - j],
+                    padding=((top - r * j, bottom - r * j), (left - r * j, right - r * j)))
           for j in range(self.scales)]
     y = jnp.concatenate(ys, axis=-1)
     _, bias = self.effective_kernel_bias()
