@@ -62,6 +62,9 @@ def layer_factories(c: int) -> dict[str, Callable[[], nnx.Module]]:
       "acu_r2": lambda: knn.ActiveConv(c, c, 3, radius=2, rngs=rngs()),
       "acu_r3": lambda: knn.ActiveConv(c, c, 3, radius=3, rngs=rngs()),
       "acu_gather": lambda: knn.ActiveConv(c, c, 3, radius=2, impl="gather", rngs=rngs()),
+      # the ACU plus per-pixel offsets from a 3x3 conv (and DCNv2 factors): the gather, per pixel
+      "deformable": lambda: knn.DeformableActiveConv(c, c, 3, rngs=rngs()),
+      "deformable_mod": lambda: knn.DeformableActiveConv(c, c, 3, modulation=True, rngs=rngs()),
   }
 
 

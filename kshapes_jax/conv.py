@@ -190,6 +190,7 @@ def active_conv_gather(
     stride: int | Sequence[int] = 1,
     padding: Padding = "SAME",
     radius: int | None = None,
+    modulation: ArrayLike | None = None,
     dtype=None,
     precision: lax.PrecisionLike = None,
 ) -> jax.Array:
@@ -212,6 +213,9 @@ def active_conv_gather(
       as for a (2R + 1)^2 conv (see `output_geometry`).
     radius: R of that grid. None takes `kernels.radius_for_positions`, which
       needs concrete positions: pass it explicitly inside jit.
+    modulation: optional (N, H', W', K) factor on each synapse's sample at
+      each output pixel (the modulated deformable conv of DCNv2, Zhu et al.
+      2019, eq. 3): y = sum_k m_k sum_c w[k, c, o] x_c(centre + p_k).
     dtype: compute dtype of the samples and the weighted sum, as for `conv`
       (positions and their cells stay at >= float32); by default x and the
       weights promoted, to float if both are integers.
@@ -271,6 +275,9 @@ def active_conv_gather(
   fx, fy = fx[..., None], fy[..., None]
   samples = ((1 - fy) * ((1 - fx) * corner(0, 0) + fx * corner(0, 1))
              + fy * ((1 - fx) * corner(1, 0) + fx * corner(1, 1)))
+  if modulation is not None:
+    _validation.require_shape("modulation", modulation, (n, out_h, out_w, k), "(N, H', W', K)")
+    samples = samples * jnp.asarray(modulation, dtype)[:, :, :, None, :, None]
   wg = jnp.asarray(weights, dtype).reshape(k, c, groups, cout // groups)
   y = jnp.einsum("nhwgkc,kcgo->nhwgo", samples, wg, precision=_validation.precision(precision))
   return y.reshape(n, out_h, out_w, cout)

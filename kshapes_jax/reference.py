@@ -240,3 +240,49 @@ def active_conv_grads(
       for n in range(x.shape[0]):
         np.add.at(dx_in[n], (r[inside], c[inside]), bw * d_sample[n][inside])
   return dx_in, dw, dp
+
+
+def deformable_conv(
+    x: np.ndarray,
+    weights: np.ndarray,
+    positions: np.ndarray,
+    modulation: np.ndarray | None = None,
+    *,
+    stride: int = 1,
+    padding="SAME",
+    radius: int = 1,
+) -> np.ndarray:
+  """The ACU forward with a position set per output pixel and an optional factor per synapse and pixel.
+
+  y[n, i, j, o] = sum_k m[n, i, j, k] sum_c w[k, c, o] x_c(centre(i, j) + positions[n, i, j, k]),
+  each sample bilinear over the cell of eq. 9 (as `active_conv`), zeros outside the image.
+
+  Args:
+    x: (N, H, W, C) input.
+    weights: (K, C, O).
+    positions: (N, H', W', K, 2) as (alpha, beta) = (dx, dy), on the grid of a (2R + 1)^2 conv.
+    modulation: (N, H', W', K) or None (all ones).
+    stride, padding, radius: the output grid, as in `active_conv`.
+  """
+  x = np.asarray(x, np.float64)
+  weights = np.asarray(weights, np.float64)
+  positions = np.asarray(positions, np.float64)
+  n, h, w, _ = x.shape
+  rows, cols = _active_geometry(x.shape, radius, stride, padding)
+  batch = np.arange(n)[:, None, None]
+  y = 0.0
+  for k in range(weights.shape[0]):
+    alpha, beta = positions[..., k, 0], positions[..., k, 1]
+    lx = np.where(alpha > 0, np.ceil(alpha) - 1, np.floor(alpha)).astype(int)
+    ly = np.where(beta > 0, np.ceil(beta) - 1, np.floor(beta)).astype(int)
+    fx, fy = (alpha - lx)[..., None], (beta - ly)[..., None]
+    sample = 0.0
+    for oy, ox, bw in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
+      r = rows[None, :, None] + ly + oy
+      c = cols[None, None, :] + lx + ox
+      inside = ((r >= 0) & (r < h) & (c >= 0) & (c < w))[..., None]
+      sample = sample + bw * inside * x[batch, np.clip(r, 0, h - 1), np.clip(c, 0, w - 1)]
+    if modulation is not None:
+      sample = sample * np.asarray(modulation, np.float64)[..., k, None]
+    y = y + np.einsum("nhwc,co->nhwo", sample, weights[k])
+  return np.asarray(y)

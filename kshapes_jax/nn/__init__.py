@@ -3,6 +3,7 @@
 from kshapes_jax.nn.acb import ACBlock, batch_norm
 from kshapes_jax.nn.active import ActiveConv, bucket_radius, initial_positions
 from kshapes_jax.nn.base import ConvLayer, Dense, PlainConv, recording
+from kshapes_jax.nn.deformable import DeformableActiveConv
 from kshapes_jax.nn.factory import CONV_KINDS, ConvBN, conv_bn, make_conv
 from kshapes_jax.nn.rotate import RotateConv
 from kshapes_jax.nn.variables import Angle, Position
@@ -15,6 +16,7 @@ __all__ = [
     "CONV_KINDS",
     "ConvBN",
     "ConvLayer",
+    "DeformableActiveConv",
     "Dense",
     "PlainConv",
     "Position",
