@@ -204,6 +204,9 @@ def test_report_reads_the_runs_and_keeps_the_notes(runs, tmp_path):
   assert "## The papers' claims at a glance" in text
   assert "| `acb` - `acb_baseline` | Table 1, Cifar-quick CIFAR-10 | +1.11 | 1 |" in text
   assert "| 1 / 1 | too few seeds | - |" in text
+  assert "| `acb_ver` - `acb` | Table 4, ResNet-18 ImageNet | -0.36 | 1 | - | 0 / 1 | not run | - |" in text
+  assert "Not run at 1 epochs: `acb_ver`, `acb_bn_sum` (`--epochs acb=1 --rows ...`)." in text
+  assert "| `acb_ver` |" not in text
   # every length on disk: here only the default ones (e1, e2)
   assert "| method vs baseline | paper | 1 epochs | 2 epochs |" in text
   path.write_text(text.replace(report.NOTES[0], report.NOTES[0] + "\nWhat it means.\n"))

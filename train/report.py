@@ -165,9 +165,12 @@ def _header(suite: Suite, notes: str, methods: Sequence[str]) -> list[str]:
 
 def _rows_table(suite: Suite, method: str) -> list[str]:
   """One line per row: parameters, accuracy over seeds, the paper's number, agreement, length, hardware, time."""
-  table = []
+  table, missing = [], []
   for row in suite.rows(method):
     sums, failed = suite.summaries(row.name), suite.failed(row.name)
+    if not sums and not failed:
+      missing.append(f"`{row.name}`")
+      continue
     agree = min((s["deployed_prediction_agreement"] or 0.0 for s in sums), default=float("nan"))
     table.append((f"`{row.name}`", f"{sums[0]['parameters']:,}" if sums else "-",
                   f"{sums[0]['deployed_parameters']:,}" if sums else "-", fmt(_accuracies(suite, row.name)),
@@ -177,9 +180,13 @@ def _rows_table(suite: Suite, method: str) -> list[str]:
                   " / ".join(sorted({f"{s['epochs']:g}" for s in sums})) or f"({suite.length(row.name):g})",
                   " / ".join(sorted({hardware(s) for s in sums})) or "-",
                   f"{np.mean([s['seconds_total'] for s in sums]) / 60:.1f}" if sums else "-"))
-  return markdown_table(("row", "params", "deployed params", "test acc. (%)", "seeds", "paper (%)",
-                         "paper's setting", "deployed = trained (%)", "epochs", "hardware", "min / run"),
-                        table) + [""]
+  lines = markdown_table(("row", "params", "deployed params", "test acc. (%)", "seeds", "paper (%)",
+                          "paper's setting", "deployed = trained (%)", "epochs", "hardware", "min / run"),
+                         table) + [""]
+  if missing:
+    length = suite.epochs[method]
+    lines += [f"Not run at {length:g} epochs: {', '.join(missing)} (`--epochs {method}={length:g} --rows ...`).", ""]
+  return lines
 
 
 def _comparisons(suite: Suite, method: str) -> list[str]:
@@ -188,7 +195,8 @@ def _comparisons(suite: Suite, method: str) -> list[str]:
                         [(f"`{row.name}` - `{row.baseline}`",
                           verdict(_accuracies(suite, row.name), _accuracies(suite, row.baseline),
                                   row.paper_difference), row.comparison)
-                         for row in suite.rows(method) if row.baseline is not None]) + [""]
+                         for row in suite.rows(method) if row.baseline is not None
+                         and _accuracies(suite, row.name) and _accuracies(suite, row.baseline)]) + [""]
 
 
 def _claims(suite: Suite, methods: Sequence[str]) -> list[str]:
@@ -196,10 +204,10 @@ def _claims(suite: Suite, methods: Sequence[str]) -> list[str]:
   table = []
   for row in (r for r in suite.records.values() if r.method in methods and r.paper_difference is not None):
     c = compare(_accuracies(suite, row.name), _accuracies(suite, row.baseline), row.paper_difference)
+    status = "not run" if 0 in c.seeds else c.status.upper() if c.status in ("confirmed", "contradicted") else c.status
     ours = "-" if math.isnan(c.delta) else f"{c.delta:+.2f}" + ("" if math.isnan(c.two_se) else f" +- {c.two_se:.2f}")
     table.append((f"`{row.name}` - `{row.baseline}`", row.comparison, f"{row.paper_difference:+.2f}",
-                  f"{suite.length(row.name):g}", ours, f"{c.seeds[0]} / {c.seeds[1]}", c.status.upper()
-                  if c.status in ("confirmed", "contradicted") else c.status,
+                  f"{suite.length(row.name):g}", ours, f"{c.seeds[0]} / {c.seeds[1]}", status,
                   "-" if c.seeds_needed is None else str(c.seeds_needed)))
   return ["## The papers' claims at a glance", "",
           *markdown_table(("claim", "paper's setting", "paper (points)", "epochs", "ours +- 2 se", "seeds",
