@@ -112,27 +112,25 @@ def precision(value):
       f"lax.DotAlgorithmPreset, got {value!r}")
 
 
+def _floating_dtype(value, message: str) -> np.dtype:
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError as e:
+    raise ValueError(f"{message}, got {value!r}") from e
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{message}, got {value!r}")
+  return dtype
+
+
 def compute_dtype(value):
   """None (promote inputs and parameters) or a floating dtype, as a numpy dtype."""
   if value is None:
     return None
-  try:
-    dtype = jnp.dtype(value)
-  except TypeError as e:
-    raise ValueError(f"dtype must be None or a floating dtype such as 'bfloat16', got {value!r}") from e
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"dtype must be None or a floating dtype such as 'bfloat16', got {value!r}")
-  return dtype
+  return _floating_dtype(value, "dtype must be None or a floating dtype such as 'bfloat16'")
 
 
 def param_dtype(value):
   """The dtype weights are stored in: float32 by default, or another floating dtype."""
   if value is None:
     return jnp.dtype(jnp.float32)
-  try:
-    dtype = jnp.dtype(value)
-  except TypeError as e:
-    raise ValueError(f"param_dtype must be a floating dtype such as 'float32' or 'bfloat16', got {value!r}") from e
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"param_dtype must be a floating dtype such as 'float32' or 'bfloat16', got {value!r}")
-  return dtype
+  return _floating_dtype(value, "param_dtype must be a floating dtype such as 'float32' or 'bfloat16'")

@@ -12,12 +12,6 @@ from kshapes_jax import nn as knn
 from kshapes_jax import reference
 
 
-@pytest.fixture
-def x64():
-  with jax.enable_x64(True):
-    yield
-
-
 def _x(shape=(2, 9, 9, 3), seed=0):
   return jnp.asarray(np.random.default_rng(seed).normal(size=shape))
 

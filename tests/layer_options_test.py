@@ -37,12 +37,6 @@ def np_bn_train(z, bn):
   return (z - mean) / np.sqrt(var + bn.epsilon) * scale + bias
 
 
-@pytest.fixture
-def x64():
-  with jax.enable_x64(True):
-    yield
-
-
 def _x(shape=(2, 11, 11, 4), seed=0):
   return jnp.asarray(np.random.default_rng(seed).normal(size=shape))
 
