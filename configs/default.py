@@ -53,6 +53,7 @@ CONV_OPTIONS = {
     "normalize_grad": bool,  # active, rotate4/rotate2
     "asymmetric": str, "bn": str, "border": bool, "asym_scale_init": float,  # acb
     "mode": str, "bias": str, "channel_delta": int, "channel_stride": int,  # versatile
+    "param_dtype": str,  # every shaped kind: its weights' storage dtype, e.g. "bfloat16"
 }
 
 

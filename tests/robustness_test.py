@@ -217,8 +217,9 @@ def test_conv_options_are_declared_for_every_option_of_every_kind():
   # every keyword a shaped layer takes beyond the shared ones is declared
   import inspect
 
+  # geometry (groups, dilation) is the model's to set with its paddings and widths, not a config option
   shared = {"self", "in_features", "out_features", "kernel_size", "stride", "padding", "use_bias", "rngs",
-            "precision", "dtype", "version", "kernel", "bias", "groups"}
+            "precision", "dtype", "version", "kernel", "bias", "groups", "dilation"}
   for layer in (knn.RotateConv, knn.ACBlock, knn.ActiveConv, knn.VersatileConv):
     missing = set(inspect.signature(layer.__init__).parameters) - shared - set(default.CONV_OPTIONS)
     assert not missing, (layer.__name__, missing)
