@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 _ELEMENTWISE = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "pow": "Pow"}
 _UNARY = {"neg": "Neg", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": "Sigmoid", "abs": "Abs",
@@ -239,4 +239,4 @@ def _pool(g: _Graph, prim: str, x: str, p) -> str:
   return g.node("Transpose", [y], perm=[0, *range(2, rank), 1])
 
 
-__all__ = ["from_jaxpr", "TensorProto"]
+__all__ = ["from_jaxpr"]
