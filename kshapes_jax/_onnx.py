@@ -58,11 +58,10 @@ class _Graph:
     """An int64 shape tensor for dims that may hold the symbolic batch size."""
     if all(_static(d) for d in dims):
       return self.const(np.asarray([int(d) for d in dims], np.int64), "shape")
-    pieces = [self.batch_size() if not _static(d) and _is_batch(d, self.batch) else
-              self.const(np.asarray([int(d)], np.int64), "dim") for d in dims]
     for d in dims:
       if not _static(d) and not _is_batch(d, self.batch):
         raise ValueError(f"ONNX export: a shape dimension {d} other than the batch size is not supported")
+    pieces = [self.const(np.asarray([int(d)], np.int64), "dim") if _static(d) else self.batch_size() for d in dims]
     return self.node("Concat", pieces, axis=0)
 
 

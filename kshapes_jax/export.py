@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,15 +53,12 @@ def forward(model: nnx.Module, normalize: tuple[Sequence[float], Sequence[float]
   return fn
 
 
-def _batch_spec(input_shape: Sequence[int], dtype) -> jax.ShapeDtypeStruct:
+def _batch_spec(input_shape: Sequence[int], normalize) -> jax.ShapeDtypeStruct:
+  """A batch of any size of those images: uint8 pixels with `normalize`, else normalized floats."""
   if len(input_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in input_shape):
     raise ValueError(f"input_shape must be (height, width, channels) of one image, got {tuple(input_shape)}")
   batch, = jax_export.symbolic_shape("batch")
-  return jax.ShapeDtypeStruct((batch, *input_shape), dtype)
-
-
-def _input_dtype(normalize) -> Any:
-  return jnp.uint8 if normalize is not None else jnp.float32
+  return jax.ShapeDtypeStruct((batch, *input_shape), jnp.uint8 if normalize is not None else jnp.float32)
 
 
 def to_jax_export(model: nnx.Module, input_shape: Sequence[int], *,
@@ -76,7 +72,7 @@ def to_jax_export(model: nnx.Module, input_shape: Sequence[int], *,
     normalize: see `forward`.
     platforms: the backends the artifact can run on.
   """
-  spec = _batch_spec(input_shape, _input_dtype(normalize))
+  spec = _batch_spec(input_shape, normalize)
   return jax_export.export(jax.jit(forward(model, normalize)), platforms=tuple(platforms))(spec)
 
 
@@ -110,7 +106,7 @@ def to_onnx(model: nnx.Module, input_shape: Sequence[int], *,
   """
   from kshapes_jax import _onnx  # here: `onnx` is an optional dependency
 
-  spec = _batch_spec(input_shape, _input_dtype(normalize))
+  spec = _batch_spec(input_shape, normalize)
   closed = jax.make_jaxpr(forward(model, normalize))(spec)
   return _onnx.from_jaxpr(closed, spec, opset=opset, name=name)
 

@@ -199,15 +199,21 @@ def _comparisons(suite: Suite, method: str) -> list[str]:
                          and _accuracies(suite, row.name) and _accuracies(suite, row.baseline)]) + [""]
 
 
+def _ours(c: Comparison) -> str:
+  """'+0.20 +- 0.38' (no 2 se under 2 seeds a row), '-' without runs."""
+  if math.isnan(c.delta):
+    return "-"
+  return f"{c.delta:+.2f}" + ("" if math.isnan(c.two_se) else f" +- {c.two_se:.2f}")
+
+
 def _claims(suite: Suite, methods: Sequence[str]) -> list[str]:
   """Every paper's claimed difference in one table: ours, its status and the seeds that would settle it."""
   table = []
   for row in (r for r in suite.records.values() if r.method in methods and r.paper_difference is not None):
     c = compare(_accuracies(suite, row.name), _accuracies(suite, row.baseline), row.paper_difference)
     status = "not run" if 0 in c.seeds else c.status.upper() if c.status in ("confirmed", "contradicted") else c.status
-    ours = "-" if math.isnan(c.delta) else f"{c.delta:+.2f}" + ("" if math.isnan(c.two_se) else f" +- {c.two_se:.2f}")
     table.append((f"`{row.name}` - `{row.baseline}`", row.comparison, f"{row.paper_difference:+.2f}",
-                  f"{suite.length(row.name):g}", ours, f"{c.seeds[0]} / {c.seeds[1]}", status,
+                  f"{suite.length(row.name):g}", _ours(c), f"{c.seeds[0]} / {c.seeds[1]}", status,
                   "-" if c.seeds_needed is None else str(c.seeds_needed)))
   return ["## The papers' claims at a glance", "",
           *markdown_table(("claim", "paper's setting", "paper (points)", "epochs", "ours +- 2 se", "seeds",
@@ -225,8 +231,7 @@ def _by_length(runs: Path, methods: Sequence[str]) -> list[str]:
     cells = []
     for suite in suites:
       c = compare(_accuracies(suite, row.name), _accuracies(suite, row.baseline), row.paper_difference)
-      cells.append("-" if math.isnan(c.delta) else f"{c.delta:+.2f}"
-                   + ("" if math.isnan(c.two_se) else f" +- {c.two_se:.2f}") + f" ({min(c.seeds)})")
+      cells.append(_ours(c) + ("" if math.isnan(c.delta) else f" ({min(c.seeds)})"))
     if any(cell != "-" for cell in cells):
       paper = "-" if row.paper_difference is None else f"{row.paper_difference:+.2f}"
       table.append((f"`{row.name}` - `{row.baseline}`", paper, *cells))

@@ -73,6 +73,11 @@ def core_groups(parallel: int, cores: Sequence[int] | None = None) -> list[list[
   return [cores[i * len(cores) // k:(i + 1) * len(cores) // k] for i in range(k)]
 
 
+def settled(rundir: RunDir) -> bool:
+  """Finished, failed (not retried until its FAILED file is deleted) or being trained by another process."""
+  return rundir.summary_path.exists() or rundir.failed_path.exists() or rundir.holder() is not None
+
+
 def pending(runs: str | Path, rows: Sequence[str], seeds: Sequence[str], lengths: dict[str, float],
             reverse: bool = False) -> list[tuple[str, str, float]]:
   """(row, seed, epochs) of the runs still to train, seed by seed; finished, failed and busy ones left out."""
@@ -80,8 +85,7 @@ def pending(runs: str | Path, rows: Sequence[str], seeds: Sequence[str], lengths
   for seed in seeds:
     for row in reversed(rows) if reverse else rows:
       epochs = lengths[repro_fmnist.ROWS[row].method]
-      rundir = RunDir(workdir(runs, row, seed, epochs))
-      if not (rundir.summary_path.exists() or rundir.failed_path.exists() or rundir.holder()):
+      if not settled(RunDir(workdir(runs, row, seed, epochs))):
         todo.append((row, seed, epochs))
   return todo
 
@@ -113,7 +117,7 @@ class Driver:
     if self.stop.is_set():
       return
     rundir = RunDir(workdir(self.runs, row, seed, epochs))
-    if rundir.summary_path.exists() or rundir.failed_path.exists() or rundir.holder():
+    if settled(rundir):
       return  # another driver took or finished it meanwhile
     with self._lock:
       cores = self._free.pop()

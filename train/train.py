@@ -125,7 +125,7 @@ def train_and_evaluate(config, workdir: str | Path, *, allow_config_change: bool
       agree = summary["deployed_prediction_agreement"]
       print(f"test accuracy {100 * summary['test_accuracy']:.2f}% (deployed: "
             f"{100 * summary['deployed_test_accuracy']:.2f}%, predictions agree on "
-            f"{100 * (agree if agree is not None else float('nan')):.2f}%), "
+            f"{100 * agree:.2f}%), "
             f"{num_params:,} parameters ({summary['deployed_parameters']:,} deployed), "
             f"{summary['seconds_total']:.0f} s; written to {rundir.path}", flush=True)
   return summary

@@ -10,7 +10,7 @@ from flax import nnx
 
 from kshapes_jax import _validation
 from kshapes_jax.kernels import BatchNormParams, acb_kernel, fuse_acb, fuse_bn
-from kshapes_jax.nn.base import ConvLayer, PlainConv, check_layer, record, symmetric_padding
+from kshapes_jax.nn.base import ConvLayer, check_layer, record, symmetric_padding
 
 Asymmetric = Literal["both", "hor", "ver"]  # which asymmetric branches (Table 5 ablations)
 BNMode = Literal["branch", "sum"]  # a BN per branch (the paper), or one after the sum
@@ -216,11 +216,6 @@ class ACBlock(ConvLayer):
         hor, None if hor is None else bn_params(self.hor_bn),
         ver, None if ver is None else bn_params(self.ver_bn),
         eps=self.square_bn.epsilon, hor_row=self.line, ver_col=self.line)
-
-  def deploy(self) -> PlainConv:
-    kernel, bias = self.effective_kernel()
-    return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=self.padding, groups=self.groups,
-                                 dilation=self.dilation, **self.numerics)
 
   def weight_count(self) -> int:
     return sum(int(v[...].size) for v in (self.square, self.hor, self.ver) if v is not None)

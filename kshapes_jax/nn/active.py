@@ -128,12 +128,38 @@ class ActiveConv(ConvLayer):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.impl == "splat":
       return super().__call__(x)
-    y = _grouped(lambda xg, wg, pg: conv_lib.active_conv_gather(
-        xg, wg, pg, stride=self.stride, padding=self.conv_padding, radius=self.radius, **self.numerics),
-        x, self.weights[...], self.all_positions(), self.groups)
+    y = self.gather(x)
+    record(self, x, y)
+    return y
+
+  def gather(self, x: jax.Array, offsets: jax.Array | None = None, modulation: jax.Array | None = None) -> jax.Array:
+    """The literal bilinear gather (`conv.active_conv_gather`) with this layer's weights, grid and bias.
+
+    Args:
+      x: (N, H, W, C) input.
+      offsets: optional (N, H', W', K, 2) per-pixel moves added to the shared positions
+        (`DeformableActiveConv`); one position set and groups=1 only.
+      modulation: optional (N, H', W', K) factors, as for `active_conv_gather`.
+    """
+    positions, weights = self.all_positions(), self.weights[...]
+    if offsets is not None:
+      positions = positions + offsets
+
+    def gather(xg, wg, pg):
+      return conv_lib.active_conv_gather(xg, wg, pg, stride=self.stride, padding=self.conv_padding,
+                                         radius=self.radius, modulation=modulation, **self.numerics)
+
+    if self.groups == 1:
+      y = gather(x, weights, positions)
+    else:  # group g: its inputs, its outputs' weights and (per group of outputs) position sets
+      cin, og = weights.shape[1], weights.shape[2] // self.groups
+      if positions.ndim == 3:  # (G, K, 2), G a multiple of groups (checked at construction)
+        positions = positions.reshape(self.groups, -1, *positions.shape[1:])
+      y = jnp.concatenate([gather(x[..., g * cin:(g + 1) * cin], weights[..., g * og:(g + 1) * og],
+                                  positions if positions.ndim == 2 else positions[g])
+                           for g in range(self.groups)], axis=-1)
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
-    record(self, x, y)
     return y
 
   def deploy(self) -> PlainConv:
@@ -149,17 +175,3 @@ class ActiveConv(ConvLayer):
   def weight_count(self) -> int:
     return int(self.weights[...].size)
 
-
-def _grouped(gather, x: jax.Array, weights: jax.Array, positions: jax.Array, groups: int) -> jax.Array:
-  """The gather conv with feature groups: group g's inputs, weights and (per group of outputs) positions."""
-  if groups == 1:
-    return gather(x, weights, positions)
-  cin, og = weights.shape[1], weights.shape[2] // groups
-  if positions.ndim == 3:  # (G, K, 2), G a multiple of groups (checked at construction)
-    positions = positions.reshape(groups, positions.shape[0] // groups, *positions.shape[1:])
-  outs = []
-  for g in range(groups):
-    pg = positions if positions.ndim == 2 else positions[g]
-    pg = pg[0] if pg.ndim == 3 and pg.shape[0] == 1 else pg
-    outs.append(gather(x[..., g * cin:(g + 1) * cin], weights[..., g * og:(g + 1) * og], pg))
-  return jnp.concatenate(outs, axis=-1)

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kshapes_jax import conv as conv_lib
 from kshapes_jax.nn.active import ActiveConv, PositionInit
 from kshapes_jax.nn.base import PlainConv, record
 
@@ -23,7 +22,7 @@ class DeformableActiveConv(nnx.Module):
   input with the layer's stride and padding (`offsets`), zero at
   initialisation: the layer then IS its ACU (d = 0, m = 1), and learns to
   leave it. The samples are the literal bilinear gather
-  (`conv.active_conv_gather` with per-pixel positions), so offsets may
+  (`ActiveConv.gather` with per-pixel offsets), so offsets may
   reach anywhere; there is no plain-conv form, and `deploy` keeps the layer.
 
   Args (beyond those of ActiveConv):
@@ -55,16 +54,7 @@ class DeformableActiveConv(nnx.Module):
     return offsets, (2 * jax.nn.sigmoid(z[..., 2 * k:]) if self.modulation else None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    offsets, modulation = self.offsets_and_modulation(x)
-    positions = self.acu.all_positions()  # (K, 2) or (G, K, 2)
-    if positions.ndim == 3:
-      raise ValueError("DeformableActiveConv takes one position set (position_groups=1)")
-    acu = self.acu
-    y = conv_lib.active_conv_gather(x, acu.weights[...], positions + offsets, stride=acu.stride,
-                                    padding=acu.conv_padding, radius=acu.radius, modulation=modulation,
-                                    **acu.numerics)
-    if acu.bias is not None:
-      y = y + acu.bias[...].astype(y.dtype)
+    y = self.acu.gather(x, *self.offsets_and_modulation(x))
     record(self, x, y)
     return y
 
