@@ -29,10 +29,14 @@ MODEL_CASES = (
     ("acu_plain", "active_r1", "acu_plain", "active", {"conv_options": {"radius": 1}}, False),
     ("acu_plain", "active_r2", "acu_plain", "active", {}, False),
     ("lenet", "baseline", "lenet", "plain", {}, False),
-    ("lenet", "model3", "lenet", "versatile", {"variant": "model3"}, False),
+    ("lenet", "model3", "lenet", "versatile", {"variant": "model3"}, False),  # impl "auto"
+    ("lenet", "model3_stacked", "lenet", "versatile", {"variant": "model3", "conv_options": {"impl": "stacked"}},
+     False),
     ("lenet", "model3_cropped", "lenet", "versatile", {"variant": "model3", "conv_options": {"impl": "cropped"}},
      False),
     ("lenet", "v2_model1", "lenet", "versatile", {"variant": "v2_model1"}, False),
+    ("lenet", "v2_model1_stacked", "lenet", "versatile",
+     {"variant": "v2_model1", "conv_options": {"impl": "stacked"}}, False),
     ("lenet", "v2_model1_cropped", "lenet", "versatile",
      {"variant": "v2_model1", "conv_options": {"impl": "cropped"}}, False),
     *((f"{net}_224", case, net, conv, kwargs, deployed)
@@ -40,6 +44,7 @@ MODEL_CASES = (
       for case, conv, kwargs, deployed in (
           ("plain", "plain", {}, False), ("rotate4", "rotate4", {}, False), ("rotate2", "rotate2", {}, False),
           ("acb", "acb", {}, False), ("acb_deployed", "acb", {}, True), ("versatile", "versatile", {}, False),
+          ("versatile_stacked", "versatile", {"conv_options": {"impl": "stacked"}}, False),
           ("versatile_cropped", "versatile", {"conv_options": {"impl": "cropped"}}, False),
           ("active", "active", {}, False))),
 )

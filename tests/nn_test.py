@@ -3,6 +3,7 @@
 import functools
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -120,7 +121,7 @@ def test_acblock_gamma_init():
   chex.assert_trees_all_close(block.square_bn.scale[...], jnp.ones(3))
 
 
-@pytest.mark.parametrize("impl", ["stacked", "cropped"])
+@pytest.mark.parametrize("impl", ["stacked", "cropped", "auto"])
 @pytest.mark.parametrize("bias", ["separate", "shared"])
 def test_versatile_spatial_matches_cropped_convs(bias, impl, rng):
   layer = VersatileConv(4, 9, 5, bias=bias, impl=impl, precision=EXACT, rngs=nnx.Rngs(0))
@@ -162,8 +163,31 @@ def test_versatile_cropped_equals_stacked_value_and_gradient(kw, rng, x64):
 
 
 def test_versatile_impl_is_checked():
-  with pytest.raises(ValueError, match="impl must be 'stacked' or 'cropped'"):
+  with pytest.raises(ValueError, match="impl must be 'auto', 'stacked' or 'cropped'"):
     VersatileConv(4, 8, 3, impl="fft", rngs=nnx.Rngs(0))
+
+
+def _convs(layer, x) -> int:
+  return sum(e.primitive.name == "conv_general_dilated" for e in jax.make_jaxpr(layer)(x).eqns)
+
+
+def test_versatile_auto_crops_on_cpu_where_the_work_pays(rng):
+  from kshapes_jax.nn.versatile import CROPPED_MIN_WORK, resolve_impl
+
+  # the rule: in_features x maps of one scale, on CPU only
+  assert resolve_impl("auto", 16, CROPPED_MIN_WORK // 16, "cpu") == "cropped"
+  assert resolve_impl("auto", 16, CROPPED_MIN_WORK // 16 - 1, "cpu") == "stacked"
+  assert resolve_impl("auto", 256, 128, "gpu") == resolve_impl("auto", 256, 128, "tpu") == "stacked"
+  assert resolve_impl("stacked", 256, 128, "cpu") == "stacked"
+  assert resolve_impl("cropped", 1, 1, "gpu") == "cropped"
+  # and the layer follows it on this backend: s convs when cropped, one when stacked
+  big = VersatileConv(32, 32, 3, rngs=nnx.Rngs(0))  # 32 inputs x 16 maps a scale = 512
+  small = VersatileConv(1, 21, 5, rngs=nnx.Rngs(0))  # LeNet conv1: 1 x 7
+  channel = VersatileConv(32, 32, 3, mode="none", channel_delta=16, channel_stride=16, rngs=nnx.Rngs(0))
+  on_cpu = jax.default_backend() == "cpu"
+  assert _convs(big, jnp.zeros((1, 8, 8, 32))) == (2 if on_cpu else 1)
+  assert _convs(small, jnp.zeros((1, 12, 12, 1))) == 1
+  assert _convs(channel, jnp.zeros((1, 8, 8, 32))) == 1  # no scales to crop
 
 
 def test_versatile_sum_and_channel_modes(rng):

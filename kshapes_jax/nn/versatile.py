@@ -22,7 +22,43 @@ from kshapes_jax.nn.base import ConvLayer, check_layer, record, symmetric_paddin
 
 VersatileMode = Literal["spatial", "sum", "none"]
 VersatileBias = Literal["separate", "shared"]
-VersatileImpl = Literal["stacked", "cropped"]
+VersatileImpl = Literal["auto", "stacked", "cropped"]
+
+# Below this many multiply-adds per output pixel and tap of one scale's conv
+# (input channels x its n F maps), the cropped form's extra small convs and
+# concat cost more on CPU than the taps it saves. Issue 17, 1 core, train /
+# eval ms, stacked vs cropped: LeNet conv1 (1 x 7 = 7) 12.8 / 0.70 vs
+# 21.2 / 5.4; 32x32x16 (128) 70.8 / 10.4 vs 84.5 / 14.5; LeNet conv2 (357)
+# 19.0 / 3.3 vs 13.9 / 3.8; 16x16x32 (512) 26.9 / 7.8 vs 23.5 / 6.5;
+# 14x14x256 (32768) 1844 / 660 vs 958 / 369.
+CROPPED_MIN_WORK = 256
+
+
+def resolve_impl(impl: str, in_features: int, maps: int, platform: str | None = None) -> str:
+  """The spatial versatile implementation "auto" stands for on `platform` (default: JAX's default backend).
+
+  "cropped" on CPU where in_features * maps >= CROPPED_MIN_WORK, where the
+  (d - 2j)^2 taps of Proposition 1 beat one conv over the masked stack;
+  "stacked" elsewhere. On GPU "stacked": in issue 17's H100 run the cropped
+  form made whole nets slower (LeNet Model 3 1.50x against 1.08x a plain
+  LeNet, ResNet-50 1.06x against 1.03x); a per-layer GPU rule is still to
+  measure.
+
+  Args:
+    impl: "auto", "stacked" or "cropped".
+    in_features: the layer's input channels.
+    maps: the maps of one scale, n F (n channel windows of F filters).
+    platform: "cpu", "gpu", "tpu", ...
+
+  Raises:
+    ValueError: for an unknown impl.
+  """
+  if impl not in get_args(VersatileImpl):
+    raise ValueError(f"impl must be 'auto', 'stacked' or 'cropped', got {impl!r}")
+  if impl != "auto":
+    return impl
+  platform = jax.default_backend() if platform is None else platform
+  return "cropped" if platform == "cpu" and in_features * maps >= CROPPED_MIN_WORK else "stacked"
 
 
 class VersatileConv(ConvLayer):
@@ -43,14 +79,15 @@ class VersatileConv(ConvLayer):
   `"stacked"` is one conv with the (d, d, I, s*F) masked stack (eq. 3 as
   written); `"cropped"` runs s convs, secondary filter j being the central
   (d - 2j) x (d - 2j) crop of f with the padding reduced by j, so scale j
-  costs (d - 2j)^2 taps, as Proposition 1 counts. Both give the same maps in
+  costs (d - 2j)^2 taps, as Proposition 1 counts; `"auto"` (the default)
+  picks per layer and platform (`resolve_impl`). All give the same maps in
   the same order (j * F + o); `deploy()` always makes the stacked conv.
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
                stride: int = 1, padding=None, use_bias: bool = True, mode: VersatileMode = "spatial",
                bias: VersatileBias = "shared", channel_delta: int = 0, channel_stride: int = 1,
-               impl: VersatileImpl = "stacked", groups: int = 1, dilation: int = 1, precision=None, dtype=None,
+               impl: VersatileImpl = "auto", groups: int = 1, dilation: int = 1, precision=None, dtype=None,
                param_dtype=None, rngs: nnx.Rngs):
     check_layer("VersatileConv", in_features, out_features, kernel_size, stride, groups, rngs, dilation=dilation)
     if groups != 1:
@@ -59,8 +96,7 @@ class VersatileConv(ConvLayer):
                        f"and its channel windows already slide over the inputs; got groups={groups}")
     if mode not in get_args(VersatileMode):
       raise ValueError(f"mode must be 'spatial', 'sum' or 'none', got {mode!r}")
-    if impl not in get_args(VersatileImpl):
-      raise ValueError(f"impl must be 'stacked' or 'cropped', got {impl!r}")
+    resolve_impl(impl, 1, 1)  # checks it
     self.impl = impl
     self.set_numerics(precision, dtype, param_dtype)
     if bias not in get_args(VersatileBias):
@@ -95,7 +131,7 @@ class VersatileConv(ConvLayer):
     return f, self.effective_kernel_bias()[1]
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    if self.impl == "stacked" or self.mode != "spatial":
+    if self.mode != "spatial" or resolve_impl(self.impl, self.in_features, self.windows * self.filters) == "stacked":
       return super().__call__(x)
     f = self.f[...]
     if self.channel_delta:
