@@ -314,3 +314,21 @@ def test_driver_stops_when_a_run_is_interrupted(tmp_path, monkeypatch):
     reproduce.Driver(tmp_path, parallel=1, analyze=False).run_all(todo)
   assert not (reproduce.workdir(tmp_path, "acb", 0, 3.0) / "FAILED").exists()  # resumes next time
   assert not reproduce.workdir(tmp_path, "acb_baseline", 0, 3.0).exists()  # never started
+
+
+def test_stopped_command_exits_130_with_one_line_and_no_traceback(tmp_path, monkeypatch, capsys):
+  from absl import flags
+  from absl.testing import flagsaver
+
+  from train import reproduce
+
+  script = _fake_run(tmp_path, {"acb": 130})
+  monkeypatch.setattr(reproduce, "run_command", lambda row, seed, runs, epochs: [
+      sys.executable, "-c", script, str(reproduce.workdir(runs, row, seed, epochs))])
+  with flagsaver.flagsaver():
+    flags.FLAGS(["reproduce", f"--runs={tmp_path}", "--epochs=3", "--rows=acb,acb_baseline", "--seeds=0",
+                 "--report=", "--noanalyze", f"--workdir={tmp_path}"])  # --workdir: train.main's flags share FLAGS
+    with pytest.raises(SystemExit) as stop:
+      reproduce.main([])
+  assert stop.value.code == 130
+  assert "the same command resumes" in capsys.readouterr().err

@@ -178,7 +178,11 @@ def main(argv):
   if not FLAGS.report_only:
     todo = pending(FLAGS.runs, FLAGS.rows, FLAGS.seeds, lengths, FLAGS.reverse)
     print(f"{len(todo)} runs to train, {FLAGS.parallel} at a time", flush=True)
-    Driver(FLAGS.runs, FLAGS.parallel, FLAGS.pin_cpus, FLAGS.analyze).run_all(todo)
+    try:
+      Driver(FLAGS.runs, FLAGS.parallel, FLAGS.pin_cpus, FLAGS.analyze).run_all(todo)
+    except KeyboardInterrupt:  # the stopped runs saved a checkpoint; no traceback for a planned stop
+      print("stopped: the same command resumes the runs (the report was not rewritten)", file=sys.stderr, flush=True)
+      sys.exit(130)
   if FLAGS.report:
     from train import report  # here: it imports matplotlib and the analyses
     text = report.write_report(FLAGS.runs, FLAGS.report, FLAGS.methods, lengths)
