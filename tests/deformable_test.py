@@ -103,3 +103,8 @@ def test_refusals():
   with pytest.raises(ValueError, match=r"modulation must be \(N, H', W', K\) = \(1, 5, 5, 9\)"):
     conv_lib.active_conv_gather(x, jnp.zeros((9, 2, 3)), jnp.zeros((9, 2)), padding=1, radius=1,
                                 modulation=jnp.ones((1, 5, 5, 4)))
+  offsets = jnp.zeros((1, 5, 5, 9, 2))
+  for kw in (dict(groups=2), dict(position_groups=2)):  # per-pixel offsets would index the wrong axis
+    acu = K.nn.ActiveConv(2, 4, 3, impl="gather", rngs=nnx.Rngs(0), **kw)
+    with pytest.raises(ValueError, match="per-pixel offsets need one position set and groups=1"):
+      acu.gather(x, offsets)

@@ -143,6 +143,9 @@ class ActiveConv(ConvLayer):
     """
     positions, weights = self.all_positions(), self.weights[...]
     if offsets is not None:
+      if self.groups != 1 or self.position_groups != 1:
+        raise ValueError("per-pixel offsets need one position set and groups=1, got "
+                         f"position_groups={self.position_groups}, groups={self.groups}")
       positions = positions + offsets
 
     def gather(xg, wg, pg):

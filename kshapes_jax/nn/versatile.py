@@ -34,6 +34,12 @@ VersatileImpl = Literal["auto", "stacked", "cropped"]
 CROPPED_MIN_WORK = 256
 
 
+def _checked(impl: str) -> str:
+  if impl not in get_args(VersatileImpl):
+    raise ValueError(f"impl must be 'auto', 'stacked' or 'cropped', got {impl!r}")
+  return impl
+
+
 def resolve_impl(impl: str, in_features: int, maps: int, platform: str | None = None) -> str:
   """The spatial versatile implementation "auto" stands for on `platform` (default: JAX's default backend).
 
@@ -53,9 +59,7 @@ def resolve_impl(impl: str, in_features: int, maps: int, platform: str | None = 
   Raises:
     ValueError: for an unknown impl.
   """
-  if impl not in get_args(VersatileImpl):
-    raise ValueError(f"impl must be 'auto', 'stacked' or 'cropped', got {impl!r}")
-  if impl != "auto":
+  if _checked(impl) != "auto":
     return impl
   platform = jax.default_backend() if platform is None else platform
   return "cropped" if platform == "cpu" and in_features * maps >= CROPPED_MIN_WORK else "stacked"
@@ -96,8 +100,7 @@ class VersatileConv(ConvLayer):
                        f"and its channel windows already slide over the inputs; got groups={groups}")
     if mode not in get_args(VersatileMode):
       raise ValueError(f"mode must be 'spatial', 'sum' or 'none', got {mode!r}")
-    resolve_impl(impl, 1, 1)  # checks it
-    self.impl = impl
+    self.impl = _checked(impl)  # resolved when traced: building a layer must not start a backend
     self.set_numerics(precision, dtype, param_dtype)
     if bias not in get_args(VersatileBias):
       raise ValueError(f"bias must be 'separate' or 'shared', got {bias!r}")
