@@ -180,7 +180,7 @@ def test_lengths_parse_and_name_their_folders():
 def test_hardware_of_a_run():
   assert report.hardware({"platform": "cpu", "host_cores": 2}) == "CPU, 2 cores"
   assert report.hardware({"platform": "cpu", "host_cores": 1}) == "CPU, 1 core"
-  assert report.hardware({"platform": "cpu"}) == "CPU"
+  assert report.hardware({"platform": "cpu"}) == "CPU (cores not recorded)"
   assert report.hardware({"platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3"}) == "NVIDIA H100 80GB HBM3"
 
 

@@ -115,10 +115,10 @@ def _accuracies(suite: Suite, row: str) -> list[float]:
 
 
 def hardware(summary: dict) -> str:
-  """What a run trained on: 'NVIDIA H100 80GB HBM3', 'CPU, 2 cores' (older runs: the platform)."""
+  """What a run trained on: 'NVIDIA H100 80GB HBM3', 'CPU, 2 cores' (older runs did not record their cores)."""
   if summary.get("platform") == "cpu":
     cores = summary.get("host_cores")
-    return f"CPU, {cores} core{'s' if cores != 1 else ''}" if cores else "CPU"
+    return f"CPU, {cores} core{'s' if cores != 1 else ''}" if cores else "CPU (cores not recorded)"
   return summary.get("device_kind") or summary.get("platform", "?")
 
 
@@ -144,7 +144,7 @@ def _header(suite: Suite, notes: str, methods: Sequence[str]) -> list[str]:
       "# Reproduction report", "",
       f"Made by `python -m train.reproduce --runs runs/repro{epochs}{only}` (every run, then this file; "
       f"`--parallel K` trains K at once) on {time.strftime('%Y-%m-%d')}; the runs took {seconds / 60:.0f} min "
-      f"of training in total on {', '.join(machines)}. Epochs per method: {lengths}. One row, one seed: "
+      f"of training in total on {'; '.join(machines)}. Epochs per method: {lengths}. One row, one seed: "
       f"`python -m train.main --config configs/repro_fmnist.py:row=ROW,seed=S,epochs=N --workdir "
       f"runs/repro/e{e}/ROW/seedS`; one run's figures: `python -m train.analyze --workdir runs/repro/e{e}/ROW/seedS`.",
       "",
