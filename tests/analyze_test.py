@@ -13,6 +13,7 @@ import pytest
 from configs import repro_fmnist
 from kshapes_jax.analysis import acb
 from train import analyses, analyze, report, train
+from train.analyses.common import KEPT, mean_std
 from train.evaluation import accuracy
 from train.rundir import RunDir
 from train.suite import Suite
@@ -139,7 +140,7 @@ def test_verdict_sentences():
   assert "(a tie: within +-0.25): CONTRADICTED, ours worse" in report.verdict([1.0, 1.1, 1.2], [2.0, 2.1, 2.2], 0.02)
   assert "CONFIRMED, a tie" in report.verdict([1.0, 1.01, 1.02], [1.0, 1.02, 1.01], 0.02)
   assert report.verdict([1.0, 1.1], [1.0, 1.1], None).endswith("not resolved at this n")
-  assert report.mean_std([1.0, 3.0]) == (2.0, pytest.approx(np.sqrt(2.0)))
+  assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(np.sqrt(2.0)))
 
 
 def test_comparison_status_and_the_seeds_that_would_resolve_it():
@@ -193,7 +194,7 @@ def test_report_reads_the_runs_and_keeps_the_notes(runs, tmp_path):
   path = tmp_path / "results" / "REPRODUCTION.md"
   text = report.write_report(suite, path)
   summaries = [json.loads((_wd(suite, "sn_v4", s) / "summary.json").read_text()) for s in ("seed0", "seed1")]
-  mean, std = report.mean_std([100 * s["deployed_test_accuracy"] for s in summaries])
+  mean, std = mean_std([100 * s["deployed_test_accuracy"] for s in summaries])
   epochs = f"{summaries[0]['epochs']:g}"
   assert f"| `sn_v4` | 24,760 | 54,860 | {mean:.2f} +- {std:.2f} | 2 |" in text
   assert f"| 100.00 | {epochs} | {report.hardware(summaries[0])} |" in text
@@ -224,11 +225,64 @@ def test_report_at_other_lengths_reads_their_folders(runs, tmp_path):
   # the same accuracies in both rows: a difference of 0, not resolved, and the seeds -0.30 would need
   accs = [100 * json.loads((_wd(runs, "sn_v4", s) / "summary.json").read_text())["deployed_test_accuracy"]
           for s in ("seed0", "seed1")]
-  std = report.mean_std(accs)[1]
+  std = mean_std(accs)[1]
   needed = max(2, int(np.ceil(report.POWER * 2 * std ** 2 / 0.3 ** 2)))
   ours = f"+0.00 +- {2 * std:.2f}"
   assert f"| `sn_v4` - `sn_v9` | Table I, MNIST | -0.30 | 10 | {ours} | 2 / 2 | not resolved | {needed} |" in text
   assert f"| `sn_v4` - `sn_v9` | -0.30 | {ours} (2) |" in text  # the only length on disk
+
+
+def _without_kept_notes(text: str) -> list[str]:
+  return [line for line in text.splitlines() if line not in (KEPT, "")]
+
+
+def test_the_ledger_keeps_what_the_report_reads_when_the_runs_are_gone(runs, tmp_path):
+  from train import reproduce
+
+  suite = tmp_path / "runs"
+  shutil.copytree(runs, suite)
+  failed = Suite(suite).workdir("acb_hor", "seed0")
+  failed.mkdir(parents=True)
+  (failed / "FAILED").write_text("exit status 3\n")
+  book, path = tmp_path / "ledger", tmp_path / "results" / "REPRODUCTION.md"
+  written = reproduce.analyze_finished(suite, list(repro_fmnist.ROWS), None, repro_fmnist.parse_lengths(""), book)
+  assert sorted(p.relative_to(book).as_posix() for p in written) == [
+      "e1/acb/seed0.json", "e1/acb_baseline/seed0.json", "e1/acb_hor/seed0.json", "e1/acu/seed0.json",
+      "e1/lenet_model3/seed0.json", "e2/sn_v4/seed0.json", "e2/sn_v4/seed1.json"]
+  here = report.write_report(suite, path, ledger=book)
+  assert here == report.write_report(suite, tmp_path / "plain" / "R.md")  # the ledger adds nothing here
+  shutil.rmtree(suite)  # the machine that trained them is gone: the report reads the ledger alone
+  there = report.write_report(suite, path, ledger=book)
+  assert _without_kept_notes(there) == _without_kept_notes(here)
+  assert there.count(KEPT) == 3  # rotate's, the ACU's and versatile's figures stay as they were
+  assert "| `acb_hor` | - | - | - | 0 (1 diverged) |" in there
+  assert reproduce.pending(suite, ["sn_v4", "acb_hor", "acb"], ["0", "1"], repro_fmnist.parse_lengths(""),
+                           ledger_dir=book) == [("acb_hor", "1", 1.0), ("acb", "1", 1.0)]
+
+
+def test_a_row_whose_runs_were_lost_pools_its_aggregate_with_new_seeds(runs, tmp_path):
+  from train import ledger
+
+  path = tmp_path / "old" / "REPRODUCTION.md"
+  lines = report.write_report(runs, path, methods=("rotate",)).splitlines()
+  aggregates = ledger.aggregates_from_report("\n".join(lines), "the old report")
+  assert list(aggregates) == ["sn_v4"]  # the only rotate row with runs here
+  old = aggregates["sn_v4"]
+  accs = [100 * json.loads((_wd(runs, "sn_v4", s) / "summary.json").read_text())["deployed_test_accuracy"]
+          for s in ("seed0", "seed1")]
+  assert old.seeds == ("seed0", "seed1") and old.accuracy.n == 2 and old.parameters == 24_760
+  np.testing.assert_allclose([old.accuracy.mean, old.accuracy.std], mean_std(accs), atol=0.005)
+  book, suite = tmp_path / "ledger", tmp_path / "runs"
+  ledger.write_aggregate(book, "sn_v4", Suite(suite).length("sn_v4"), old)
+  shutil.copytree(_wd(runs, "sn_v4", "seed1"), Suite(suite).workdir("sn_v4", "seed2"))  # a new seed of that row
+  rows = Suite(suite, ledger=book)
+  assert rows.seeds("sn_v4") == ["seed2"] and rows.accuracy("sn_v4").n == 3
+  np.testing.assert_allclose([rows.accuracy("sn_v4").mean, rows.accuracy("sn_v4").std],
+                             mean_std(accs + accs[1:]), atol=0.01)
+  text = report.write_report(suite, path, methods=("rotate",), ledger=book)
+  pooled = rows.accuracy("sn_v4")
+  assert f"| `sn_v4` | 24,760 | 54,860 | {pooled.mean:.2f} +- {pooled.std:.2f} | 3 |" in text
+  assert "Runs lost before the ledger existed" in text and "`sn_v4` seed0, seed1. From the old report." in text
 
 
 def test_reproduce_commands_and_the_busy_check(tmp_path):
@@ -327,7 +381,7 @@ def test_stopped_command_exits_130_with_one_line_and_no_traceback(tmp_path, monk
       sys.executable, "-c", script, str(reproduce.workdir(runs, row, seed, epochs))])
   with flagsaver.flagsaver():
     flags.FLAGS(["reproduce", f"--runs={tmp_path}", "--epochs=3", "--rows=acb,acb_baseline", "--seeds=0",
-                 "--report=", "--noanalyze", f"--workdir={tmp_path}"])  # --workdir: train.main's flags share FLAGS
+                 "--report=", "--noanalyze", f"--ledger={tmp_path / 'ledger'}", f"--workdir={tmp_path}"])  # --workdir: train.main's flags share FLAGS
     with pytest.raises(SystemExit) as stop:
       reproduce.main([])
   assert stop.value.code == 130

@@ -3,7 +3,10 @@
   python -m train.reproduce --runs runs/repro --report_only
 
 Every number in the report is read from the runs (summary.json) or computed
-from their checkpoints by the analyses (train/analyses); the papers' numbers
+from their checkpoints by the analyses (train/analyses), or read from their
+records in the ledger (train/ledger.py) where the runs are not on this
+machine; rows whose runs were lost before the ledger existed add their
+printed aggregate (seeds, mean, std) to their accuracy. The papers' numbers
 and what each row is compared with are the rows' records
 (configs/repro_fmnist.py). Text between the `<!-- notes:start -->` and
 `<!-- notes:end -->` markers of an existing report is kept: it is where
@@ -22,7 +25,8 @@ import numpy as np
 
 from configs import repro_fmnist
 from train import analyses
-from train.analyses.common import fmt, markdown_table, mean_std
+from train.analyses.common import markdown_table
+from train.ledger import Sample
 from train.suite import Suite, lengths_on_disk
 
 NOTES = ("<!-- notes:start -->", "<!-- notes:end -->")
@@ -67,13 +71,16 @@ class Comparison:
     return self.paper is not None and abs(self.paper) < TIE
 
 
-def compare(method: Sequence[float], baseline: Sequence[float], paper: float | None) -> Comparison:
-  """Our difference (method - baseline) over seeds, judged against the paper's."""
-  n1, n0 = len(method), len(baseline)
+def compare(method: Sequence[float] | Sample, baseline: Sequence[float] | Sample,
+            paper: float | None) -> Comparison:
+  """Our difference (method - baseline) over seeds (per-seed values or their statistics), judged
+  against the paper's."""
+  method, baseline = (v if isinstance(v, Sample) else Sample.of(v) for v in (method, baseline))
+  n1, n0 = method.n, baseline.n
   if n1 < 2 or n0 < 2:
-    delta = (mean_std(method)[0] - mean_std(baseline)[0]) if n1 and n0 else math.nan
+    delta = (method.mean - baseline.mean) if n1 and n0 else math.nan
     return Comparison(delta, math.nan, (n1, n0), paper, "too few seeds", None)
-  (m1, s1), (m0, s0) = mean_std(method), mean_std(baseline)
+  (m1, s1), (m0, s0) = (method.mean, method.std), (baseline.mean, baseline.std)
   delta, two_se = m1 - m0, 2 * math.sqrt(s1 ** 2 / n1 + s0 ** 2 / n0)
   resolved = abs(delta) > two_se
   if paper is None:
@@ -89,7 +96,7 @@ def compare(method: Sequence[float], baseline: Sequence[float], paper: float | N
   return Comparison(delta, two_se, (n1, n0), paper, status, needed)
 
 
-def verdict(method: Sequence[float], baseline: Sequence[float], paper: float | None) -> str:
+def verdict(method: Sequence[float] | Sample, baseline: Sequence[float] | Sample, paper: float | None) -> str:
   """One sentence comparing our difference (method - baseline, mean over seeds) with the paper's."""
   c = compare(method, baseline, paper)
   if c.status == "too few seeds":
@@ -109,9 +116,9 @@ def verdict(method: Sequence[float], baseline: Sequence[float], paper: float | N
                                    else "CONTRADICTED, the opposite direction")
 
 
-def _accuracies(suite: Suite, row: str) -> list[float]:
-  """Test accuracy (%) of the deployed network, per finished seed."""
-  return [100 * s["deployed_test_accuracy"] for s in suite.summaries(row)]
+def _fmt(sample: Sample) -> str:
+  """'mean +- std' to 2 decimals, '-' for no seeds."""
+  return "-" if not sample.n else f"{sample.mean:.2f} +- {sample.std:.2f}"
 
 
 def hardware(summary: dict) -> str:
@@ -133,9 +140,11 @@ def length_spec(lengths: dict[str, float]) -> str:
 
 
 def _header(suite: Suite, notes: str, methods: Sequence[str]) -> list[str]:
-  summaries = [s for row in suite.records if suite.records[row].method in methods for s in suite.summaries(row)]
-  seconds = sum(s.get("seconds_total", 0) for s in summaries)
-  machines = sorted({hardware(s) for s in summaries}) or ["-"]
+  rows = [row for row in suite.records if suite.records[row].method in methods]
+  summaries = [s for row in rows for s in suite.summaries(row)]
+  lost = [a for a in map(suite.aggregate, rows) if a is not None]
+  seconds = sum(s.get("seconds_total", 0) for s in summaries) + sum(60 * a.minutes_per_run * a.accuracy.n for a in lost)
+  machines = sorted({hardware(s) for s in summaries} | {h for a in lost for h in a.hardware.split(" / ")}) or ["-"]
   only = "" if set(methods) == set(repro_fmnist.METHODS) else f" --methods {','.join(methods)}"
   spec = length_spec(suite.epochs)
   epochs, e = (f" --epochs {spec}" if spec else ""), "{N}"
@@ -165,27 +174,39 @@ def _header(suite: Suite, notes: str, methods: Sequence[str]) -> list[str]:
 
 def _rows_table(suite: Suite, method: str) -> list[str]:
   """One line per row: parameters, accuracy over seeds, the paper's number, agreement, length, hardware, time."""
-  table, missing = [], []
+  table, missing, lost, sources = [], [], [], []
   for row in suite.rows(method):
-    sums, failed = suite.summaries(row.name), suite.failed(row.name)
-    if not sums and not failed:
+    sums, failed, agg = suite.summaries(row.name), suite.failed(row.name), suite.aggregate(row.name)
+    if not sums and not failed and agg is None:
       missing.append(f"`{row.name}`")
       continue
-    agree = min((s["deployed_prediction_agreement"] or 0.0 for s in sums), default=float("nan"))
-    table.append((f"`{row.name}`", f"{sums[0]['parameters']:,}" if sums else "-",
-                  f"{sums[0]['deployed_parameters']:,}" if sums else "-", fmt(_accuracies(suite, row.name)),
-                  f"{len(sums)}" + (f" ({len(failed)} diverged)" if failed else ""),
+    if agg is not None:
+      lost.append(f"`{row.name}` {', '.join(agg.seeds)}")
+      sources += [] if agg.source in sources else [agg.source]
+    some = sums[0] if sums else None
+    params = some["parameters"] if some else agg.parameters if agg else None
+    deployed = some["deployed_parameters"] if some else agg.deployed_parameters if agg else None
+    agree = [100 * (s["deployed_prediction_agreement"] or 0.0) for s in sums] + ([agg.agreement] if agg else [])
+    minutes = [s["seconds_total"] / 60 for s in sums] + ([agg.minutes_per_run] * agg.accuracy.n if agg else [])
+    table.append((f"`{row.name}`", "-" if params is None else f"{params:,}",
+                  "-" if deployed is None else f"{deployed:,}", _fmt(suite.accuracy(row.name)),
+                  f"{suite.accuracy(row.name).n}" + (f" ({len(failed)} diverged)" if failed else ""),
                   "-" if row.paper is None else f"{row.paper:.2f}", row.setting,
-                  f"{100 * agree:.2f}" if sums else "-",
-                  " / ".join(sorted({f"{s['epochs']:g}" for s in sums})) or f"({suite.length(row.name):g})",
-                  " / ".join(sorted({hardware(s) for s in sums})) or "-",
-                  f"{np.mean([s['seconds_total'] for s in sums]) / 60:.1f}" if sums else "-"))
+                  f"{min(agree):.2f}" if agree else "-",
+                  " / ".join(sorted({f"{s['epochs']:g}" for s in sums} | ({f"{agg.epochs:g}"} if agg else set())))
+                  or f"({suite.length(row.name):g})",
+                  " / ".join(sorted({hardware(s) for s in sums} | (set(agg.hardware.split(" / ")) if agg else set())))
+                  or "-",
+                  f"{np.mean(minutes):.1f}" if minutes else "-"))
   lines = markdown_table(("row", "params", "deployed params", "test acc. (%)", "seeds", "paper (%)",
                           "paper's setting", "deployed = trained (%)", "epochs", "hardware", "min / run"),
                          table) + [""]
   if missing:
     length = suite.epochs[method]
     lines += [f"Not run at {length:g} epochs: {', '.join(missing)} (`--epochs {method}={length:g} --rows ...`).", ""]
+  if lost:
+    lines += [f"Runs lost before the ledger existed, counted from their printed mean and std (no per-seed values; "
+              f"their analyses are not in the tables below): {'; '.join(lost)}. From {'; '.join(sources)}.", ""]
   return lines
 
 
@@ -193,10 +214,10 @@ def _comparisons(suite: Suite, method: str) -> list[str]:
   """Each row against its baseline, next to the paper's difference."""
   return markdown_table(("method vs baseline", "difference (points)", "paper's setting"),
                         [(f"`{row.name}` - `{row.baseline}`",
-                          verdict(_accuracies(suite, row.name), _accuracies(suite, row.baseline),
+                          verdict(suite.accuracy(row.name), suite.accuracy(row.baseline),
                                   row.paper_difference), row.comparison)
                          for row in suite.rows(method) if row.baseline is not None
-                         and _accuracies(suite, row.name) and _accuracies(suite, row.baseline)]) + [""]
+                         and suite.accuracy(row.name).n and suite.accuracy(row.baseline).n]) + [""]
 
 
 def _ours(c: Comparison) -> str:
@@ -210,7 +231,7 @@ def _claims(suite: Suite, methods: Sequence[str]) -> list[str]:
   """Every paper's claimed difference in one table: ours, its status and the seeds that would settle it."""
   table = []
   for row in (r for r in suite.records.values() if r.method in methods and r.paper_difference is not None):
-    c = compare(_accuracies(suite, row.name), _accuracies(suite, row.baseline), row.paper_difference)
+    c = compare(suite.accuracy(row.name), suite.accuracy(row.baseline), row.paper_difference)
     status = "not run" if 0 in c.seeds else c.status.upper() if c.status in ("confirmed", "contradicted") else c.status
     table.append((f"`{row.name}` - `{row.baseline}`", row.comparison, f"{row.paper_difference:+.2f}",
                   f"{suite.length(row.name):g}", _ours(c), f"{c.seeds[0]} / {c.seeds[1]}", status,
@@ -220,28 +241,28 @@ def _claims(suite: Suite, methods: Sequence[str]) -> list[str]:
                            "status", "seeds a row to resolve"), table), ""]
 
 
-def _by_length(runs: Path, methods: Sequence[str]) -> list[str]:
-  """Each comparison at every length that has runs under RUNS (the trend with length)."""
-  lengths = lengths_on_disk(runs)
+def _by_length(runs: Path, methods: Sequence[str], ledger: Path | None) -> list[str]:
+  """Each comparison at every length that has runs under RUNS or in the ledger (the trend with length)."""
+  lengths = lengths_on_disk(runs, ledger)
   if not lengths:
     return []
-  suites = [Suite(runs, epochs=dict.fromkeys(repro_fmnist.METHODS, e)) for e in lengths]
+  suites = [Suite(runs, epochs=dict.fromkeys(repro_fmnist.METHODS, e), ledger=ledger) for e in lengths]
   table = []
   for row in (r for r in repro_fmnist.ROWS.values() if r.method in methods and r.baseline is not None):
     cells = []
     for suite in suites:
-      c = compare(_accuracies(suite, row.name), _accuracies(suite, row.baseline), row.paper_difference)
+      c = compare(suite.accuracy(row.name), suite.accuracy(row.baseline), row.paper_difference)
       cells.append(_ours(c) + ("" if math.isnan(c.delta) else f" ({min(c.seeds)})"))
     if any(cell != "-" for cell in cells):
       paper = "-" if row.paper_difference is None else f"{row.paper_difference:+.2f}"
       table.append((f"`{row.name}` - `{row.baseline}`", paper, *cells))
   return ["## Each difference at every length run", "",
-          "Ours +- 2 se (fewest seeds of the two rows), in points, from every RUNS/eN folder:", "",
+          "Ours +- 2 se (fewest seeds of the two rows), in points, at every length run (RUNS/eN or the ledger):", "",
           *markdown_table(("method vs baseline", "paper", *(f"{e:g} epochs" for e in lengths)), table), ""]
 
 
 def write_report(runs: str | Path, path: str | Path, methods: Sequence[str] = repro_fmnist.METHODS,
-                 epochs: dict[str, float] | None = None) -> str:
+                 epochs: dict[str, float] | None = None, ledger: str | Path | None = None) -> str:
   """Writes the reproduction report to `path` and its figures next to it (folder `repro/`).
 
   Args:
@@ -250,11 +271,12 @@ def write_report(runs: str | Path, path: str | Path, methods: Sequence[str] = re
     methods: the sections to write (default: all), e.g. ("rotate",) for a report of one family.
     epochs: the length of each method's runs the report's tables read (default: repro_fmnist.EPOCHS);
       a table of every difference at every length under RUNS follows them.
+    ledger: the suite's ledger (train/ledger.py): runs not under RUNS are read from it (None: only RUNS).
   """
   unknown = sorted(set(methods) - set(repro_fmnist.METHODS))
   if unknown:
     raise ValueError(f"unknown methods {unknown}; expected some of {list(repro_fmnist.METHODS)}")
-  suite, path = Suite(runs, epochs=epochs), Path(path)
+  suite, path = Suite(runs, epochs=epochs, ledger=ledger), Path(path)
   figures = path.parent / "repro"
   figures.mkdir(parents=True, exist_ok=True)
   notes = ""
@@ -266,7 +288,7 @@ def write_report(runs: str | Path, path: str | Path, methods: Sequence[str] = re
   for method in (m for m in repro_fmnist.METHODS if m in methods):
     lines += [f"## {repro_fmnist.TITLES[method]}", "", *_rows_table(suite, method), *_comparisons(suite, method)]
     lines += analyses.get(method).summarise(suite, figures)
-  lines += _by_length(suite.runs, methods)
+  lines += _by_length(suite.runs, methods, suite.ledger_dir)
   text = "\n".join(lines) + "\n"
   path.write_text(text)
   return text

@@ -13,6 +13,11 @@ diverges) gets a FAILED file, is counted by the report and is not retried
 until that file is deleted. A run another process is training is skipped
 too, so drivers on several machines can share a suite folder.
 
+Each finished or failed run gets its record in the ledger (`--ledger`,
+results/runs: train/ledger.py), which is committed: the report reads the
+runs that are not on this machine from there, and a recorded run is not
+trained again (delete its record to redo it).
+
 `--parallel K` trains K runs at once: on a GPU they share it (memory
 preallocation is off in the runs); on a CPU each run is pinned to its share
 of the cores (`--pin_cpus`). After each run its worker computes the analyses
@@ -34,6 +39,7 @@ from pathlib import Path
 from absl import app, flags
 
 from configs import repro_fmnist
+from train import ledger
 from train.rundir import RunDir
 
 FLAGS = flags.FLAGS
@@ -45,9 +51,12 @@ flags.DEFINE_string("epochs", "", "Length of the runs: N (every method), METHOD=
 flags.DEFINE_integer("parallel", 1, "Runs trained at once.", lower_bound=1)
 flags.DEFINE_bool("pin_cpus", True, "With --parallel K > 1, pin each run to 1/K of this process's cores.")
 flags.DEFINE_string("report", "results/REPRODUCTION.md", "Where the report goes ('' for none).")
+flags.DEFINE_string("ledger", str(ledger.LEDGER), "The runs' records, kept in the repository ('' for none).")
 flags.DEFINE_bool("report_only", False, "Only write the report from the runs already there.")
-flags.DEFINE_bool("analyze", True, "After each run, compute the analyses the report reads of it.")
-flags.DEFINE_bool("analyze_only", False, "Only compute the analyses of the finished runs that lack them.")
+flags.DEFINE_bool("analyze", True, "After each run, compute the analyses the report reads of it and write its "
+                  "record (else the report's step does both).")
+flags.DEFINE_bool("analyze_only", False, "Only compute the analyses of the finished runs that lack them, and "
+                  "write their records.")
 flags.DEFINE_bool("reverse", False, "Take the rows in reverse order (for a second driver).")
 flags.DEFINE_list("methods", list(repro_fmnist.METHODS), "The report's sections (default: all).")
 
@@ -73,19 +82,29 @@ def core_groups(parallel: int, cores: Sequence[int] | None = None) -> list[list[
   return [cores[i * len(cores) // k:(i + 1) * len(cores) // k] for i in range(k)]
 
 
+def recorded(ledger_dir: str | Path | None, row: str, seed: str, epochs: float) -> bool:
+  """Whether the ledger holds that run: its record, or its row's aggregate of lost runs names it."""
+  if not ledger_dir:
+    return False
+  aggregate = ledger.read_aggregate(ledger_dir, row, epochs)
+  return (ledger.record_path(ledger_dir, row, f"seed{seed}", epochs).exists()
+          or (aggregate is not None and f"seed{seed}" in aggregate.seeds))
+
+
 def settled(rundir: RunDir) -> bool:
   """Finished, failed (not retried until its FAILED file is deleted) or being trained by another process."""
   return rundir.summary_path.exists() or rundir.failed_path.exists() or rundir.holder() is not None
 
 
 def pending(runs: str | Path, rows: Sequence[str], seeds: Sequence[str], lengths: dict[str, float],
-            reverse: bool = False) -> list[tuple[str, str, float]]:
-  """(row, seed, epochs) of the runs still to train, seed by seed; finished, failed and busy ones left out."""
+            reverse: bool = False, ledger_dir: str | Path | None = None) -> list[tuple[str, str, float]]:
+  """(row, seed, epochs) of the runs still to train, seed by seed; finished, failed, busy and recorded
+  ones left out."""
   todo = []
   for seed in seeds:
     for row in reversed(rows) if reverse else rows:
       epochs = lengths[repro_fmnist.ROWS[row].method]
-      if not settled(RunDir(workdir(runs, row, seed, epochs))):
+      if not (settled(RunDir(workdir(runs, row, seed, epochs))) or recorded(ledger_dir, row, seed, epochs)):
         todo.append((row, seed, epochs))
   return todo
 
@@ -93,8 +112,9 @@ def pending(runs: str | Path, rows: Sequence[str], seeds: Sequence[str], lengths
 class Driver:
   """Trains the pending runs, `parallel` at a time, each in its own process."""
 
-  def __init__(self, runs: str | Path, parallel: int = 1, pin_cpus: bool = True, analyze: bool = True):
-    self.runs, self.analyze = Path(runs), analyze
+  def __init__(self, runs: str | Path, parallel: int = 1, pin_cpus: bool = True, analyze: bool = True,
+               ledger_dir: str | Path | None = None):
+    self.runs, self.analyze, self.ledger_dir = Path(runs), analyze, ledger_dir
     self.stop = threading.Event()
     pin = pin_cpus and parallel > 1 and hasattr(os, "sched_setaffinity")  # Linux
     self._free = core_groups(parallel) if pin else [None] * parallel
@@ -117,7 +137,7 @@ class Driver:
     if self.stop.is_set():
       return
     rundir = RunDir(workdir(self.runs, row, seed, epochs))
-    if settled(rundir):
+    if settled(rundir) or recorded(self.ledger_dir, row, seed, epochs):
       return  # another driver took or finished it meanwhile
     with self._lock:
       cores = self._free.pop()
@@ -132,9 +152,13 @@ class Driver:
         pass
       elif code:  # a diverged run is a result: the report counts it; the suite goes on
         rundir.failed_path.write_text(f"exit status {code} (3: diverged, see python -m train.main)\n")
-      elif self.analyze:  # the report's analyses of this run, on the cores it trained on
+        if self.ledger_dir:
+          ledger.write(ledger.record_path(self.ledger_dir, row, f"seed{seed}", epochs), None, None,
+                       failed=rundir.failed_path.read_text().strip())
+      elif self.analyze:  # the report's analyses of this run and its record, on the cores it trained on
         self._run([sys.executable, "-m", "train.reproduce", f"--runs={self.runs}", f"--rows={row}",
-                   f"--seeds={seed}", f"--epochs={epochs:g}", "--analyze_only", "--report="], cores)
+                   f"--seeds={seed}", f"--epochs={epochs:g}", "--analyze_only", "--report=",
+                   f"--ledger={self.ledger_dir or ''}"], cores)
     finally:
       with self._lock:
         self._free.append(cores)
@@ -152,15 +176,23 @@ class Driver:
     return proc.wait()
 
 
-def analyze_finished(runs: str | Path, rows: Sequence[str], seeds: Sequence[str], lengths: dict[str, float]) -> None:
-  """Computes (and caches in each run's analysis/) the analyses the report reads of the finished runs."""
+def analyze_finished(runs: str | Path, rows: Sequence[str], seeds: Sequence[str] | None, lengths: dict[str, float],
+                     ledger_dir: str | Path | None = None) -> list[Path]:
+  """Computes (and caches in each run's analysis/) the analyses the report reads of the finished runs
+  on this machine (those seeds, or all for None), and writes their records (finished or failed) to the
+  ledger; returns the records written."""
   from train.suite import Suite  # here: it imports matplotlib and the analyses
 
-  suite = Suite(runs, epochs=lengths)
+  suite, written = Suite(runs, epochs=lengths, ledger=ledger_dir or None), []
   for row in rows:
-    for seed in (f"seed{s}" for s in seeds):
-      if seed in suite.seeds(row):
+    here = [p.name for p in suite.row_dir(row).glob("seed*") if p.is_dir()]
+    for seed in sorted(here) if seeds is None else (f"seed{s}" for s in seeds):
+      if seed in suite.on_disk(row):
         suite.results(row, seed)
+      path = suite.record(row, seed)
+      if path is not None:
+        written.append(path)
+  return written
 
 
 def main(argv):
@@ -173,19 +205,22 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   if FLAGS.analyze_only:
-    analyze_finished(FLAGS.runs, FLAGS.rows, FLAGS.seeds, lengths)
+    analyze_finished(FLAGS.runs, FLAGS.rows, FLAGS.seeds, lengths, FLAGS.ledger)
     return
   if not FLAGS.report_only:
-    todo = pending(FLAGS.runs, FLAGS.rows, FLAGS.seeds, lengths, FLAGS.reverse)
+    todo = pending(FLAGS.runs, FLAGS.rows, FLAGS.seeds, lengths, FLAGS.reverse, FLAGS.ledger)
     print(f"{len(todo)} runs to train, {FLAGS.parallel} at a time", flush=True)
     try:
-      Driver(FLAGS.runs, FLAGS.parallel, FLAGS.pin_cpus, FLAGS.analyze).run_all(todo)
+      Driver(FLAGS.runs, FLAGS.parallel, FLAGS.pin_cpus, FLAGS.analyze, FLAGS.ledger).run_all(todo)
     except KeyboardInterrupt:  # the stopped runs saved a checkpoint; no traceback for a planned stop
       print("stopped: the same command resumes the runs (the report was not rewritten)", file=sys.stderr, flush=True)
       sys.exit(130)
   if FLAGS.report:
     from train import report  # here: it imports matplotlib and the analyses
-    text = report.write_report(FLAGS.runs, FLAGS.report, FLAGS.methods, lengths)
+    if FLAGS.ledger:  # every run on this machine at these lengths is in the ledger before the report reads it
+      written = analyze_finished(FLAGS.runs, list(repro_fmnist.ROWS), None, lengths, FLAGS.ledger)
+      print(f"recorded {len(written)} runs in {FLAGS.ledger}")
+    text = report.write_report(FLAGS.runs, FLAGS.report, FLAGS.methods, lengths, FLAGS.ledger or None)
     print(f"wrote {FLAGS.report} ({len(text.splitlines())} lines)")
 
 

@@ -71,14 +71,15 @@ def magnitude(deployed: nnx.Module) -> tuple[np.ndarray, int]:
 
 def compute(run, *, prune_examples: int = 2000, prune_seeds: int = 3,
             sparsities: Sequence[float] = SPARSITIES, **options) -> dict[str, Any]:
-  """A, the pruning curves (prune_seeds masks per sparsity on the first prune_examples test images;
-  none for prune_seeds=0) and the distorted accuracies, of the deployed net."""
+  """A (trained and at initialisation), the pruning curves (prune_seeds masks per sparsity on the first
+  prune_examples test images; none for prune_seeds=0) and the distorted accuracies, of the deployed net."""
   del options
   deployed = K.deploy(run.model)
   matrix, layers = magnitude(deployed)
+  initial = magnitude(K.deploy(run.initial))[0]
   test = subset(run.dataset.test, prune_examples)
   curves = pruning_curves(deployed, run.dataset, test, sparsities, range(prune_seeds)) if prune_seeds else {}
-  return {"magnitude_matrix": matrix.tolist(), "layers": layers,
+  return {"magnitude_matrix": matrix.tolist(), "initial_magnitude_matrix": initial.tolist(), "layers": layers,
           "sparsities": list(sparsities),
           "pruning": {r: a.tolist() for r, a in curves.items()}, "prune_examples": len(test),
           "distorted": distorted_accuracies(deployed, run.dataset, run.dataset.test)}
@@ -123,7 +124,10 @@ def _magnitude_and_pruning(suite, figures: Path) -> list[str]:
     if not results:
       continue
     matrices[row] = np.mean([r["magnitude_matrix"] for r in results], axis=0)
-    initial[row] = np.mean([magnitude(K.deploy(suite.load(row, s).initial))[0] for s in suite.seeds(row)], axis=0)
+    # older results lack the matrix at initialisation: it is rebuilt from the run
+    initial[row] = np.mean([r["initial_magnitude_matrix"] if "initial_magnitude_matrix" in r else
+                            magnitude(K.deploy(suite.load(row, s).initial))[0]
+                            for s, r in zip(suite.seeds(row), results)], axis=0)
     sparsities = results[0]["sparsities"]
     curves[row] = {region: np.concatenate([np.asarray(r["pruning"][region], np.float64) for r in results])
                    for region in acb.REGIONS}

@@ -36,8 +36,14 @@ def copy(src: Path, dst: Path) -> str:
   return dst.name
 
 
+KEPT = "(figures kept from an earlier report: that run's folder is not on this machine)"
+
+
 def first_seed_figures(suite, row: str, figures: Path, caption: str, names: Sequence[tuple[str, str]]) -> list[str]:
   """Markdown that shows a row's figures of its first finished seed, copied into the report's folder.
+
+  Where no run of the row is on this machine (read from the ledger), the figures already in the
+  report's folder are shown as they are, and said to be kept.
 
   Args:
     suite: the runs.
@@ -46,8 +52,16 @@ def first_seed_figures(suite, row: str, figures: Path, caption: str, names: Sequ
     caption: the line above them; `{seed}` becomes the seed's folder name ('seed0'), `{number}` its number.
     names: (file in the run's analysis/, file in `figures`) per figure.
   """
-  seeds = suite.seeds(row)
-  if not seeds:
-    return []
-  src = suite.analysis_dir(row, seeds[0])
-  return [caption.format(seed=seeds[0], number=seeds[0].removeprefix("seed")), "", *(f"![](repro/{copy(src / a, figures / b)})" for a, b in names), ""]
+  here = suite.on_disk(row)
+  if here:
+    src = suite.analysis_dir(row, here[0])
+    shown, seed, note = [copy(src / a, figures / b) for a, b in names], here[0], []
+  else:
+    aggregate = suite.aggregate(row)
+    seeds = sorted(suite.seeds(row) + (list(aggregate.seeds) if aggregate else []))
+    shown = [b for _, b in names if (figures / b).exists()]
+    if not seeds or not shown:
+      return []
+    seed, note = seeds[0], [KEPT, ""]
+  return [caption.format(seed=seed, number=seed.removeprefix("seed")), "", *note,
+          *(f"![](repro/{name})" for name in shown), ""]

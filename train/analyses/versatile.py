@@ -13,7 +13,7 @@ import kshapes_jax as K
 from kshapes_jax.analysis import versatile
 from kshapes_jax.models.accounting import conv_records
 from train import plots
-from train.analyses.common import markdown_table
+from train.analyses.common import KEPT, markdown_table
 
 NAME = "versatile"
 
@@ -82,14 +82,16 @@ def summarise(suite, figures: Path) -> list[str]:
                   f"{total['multiplications']:,}", f"{pf:.4g}"))
   lines += markdown_table(("row", "weights", "paper", "memory (KB)", "paper", "multiplications", "paper"),
                           table) + [""]
-  panels = []
+  panels, figure = [], figures / "versatile_fig3.png"
   for row in suite.figure_rows(NAME):
-    seeds = suite.seeds(row.name)
-    if seeds:
-      run = suite.load(row.name, seeds[0])
+    here = suite.on_disk(row.name)
+    if here:
+      run = suite.load(row.name, here[0])
       for name, mosaic in first_layer_panels(run.model, run.dataset.image_shape):
         panels.append((f"{row.figure}: {name}", mosaic))
   if panels:
-    plots.plot_filters(panels, figures / "versatile_fig3.png", "first-layer filters, seed 0 (Fig. 3)")
+    plots.plot_filters(panels, figure, "first-layer filters, first seed of each row (Fig. 3)")
     lines += ["![](repro/versatile_fig3.png)", ""]
+  elif figure.exists() and any(suite.seeds(r.name) or suite.aggregate(r.name) for r in suite.figure_rows(NAME)):
+    lines += [KEPT, "", "![](repro/versatile_fig3.png)", ""]
   return lines

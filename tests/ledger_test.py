@@ -1,0 +1,89 @@
+"""train.ledger: pooled statistics, records, aggregates of lost runs, and the driver skipping what is recorded."""
+
+import json
+
+import hypothesis
+import numpy as np
+import pytest
+from hypothesis import strategies as st
+
+from configs import repro_fmnist
+from train import ledger, reproduce
+from train.ledger import Aggregate, Sample
+
+_ACCURACY = st.floats(50.0, 100.0, allow_nan=False)
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(st.lists(_ACCURACY, max_size=6), st.lists(_ACCURACY, max_size=6))
+def test_pooling_two_sets_of_seeds_is_the_statistics_of_all(a, b):
+  pooled, whole = Sample.of(a).pool(Sample.of(b)), Sample.of(a + b)
+  assert pooled.n == whole.n == len(a) + len(b)
+  if whole.n:
+    np.testing.assert_allclose(pooled.mean, whole.mean, rtol=1e-12)
+    np.testing.assert_allclose(pooled.std, whole.std, atol=1e-6)
+  else:
+    assert np.isnan(pooled.mean)
+
+
+def test_sample_of_one_and_none():
+  assert Sample.of([91.5]) == Sample(1, 91.5, 0.0)
+  assert Sample.of([]).n == 0 and np.isnan(Sample.of([]).mean)
+  assert Sample(2, 90.0, 1.0).pool(Sample.of([])) == Sample(2, 90.0, 1.0)
+
+
+def test_records_hold_a_summary_or_a_failure(tmp_path):
+  path = ledger.record_path(tmp_path, "acb", "seed2", 10.0)
+  assert path == tmp_path / "e10" / "acb" / "seed2.json"
+  with pytest.raises(ValueError, match="either"):
+    ledger.write(path, {"x": 1}, None, failed="exit status 3")
+  with pytest.raises(ValueError, match="either"):
+    ledger.write(path, None, None)
+  ledger.write(path, {"deployed_test_accuracy": 0.9}, {"sections": []})
+  ledger.write(ledger.record_path(tmp_path, "acb", "seed3", 10.0), None, None, failed="exit status 3")
+  assert ledger.seeds(tmp_path, "acb", 10.0) == {
+      "seed2": {"summary": {"deployed_test_accuracy": 0.9}, "results": {"sections": []}},
+      "seed3": {"failed": "exit status 3"}}
+  assert ledger.read(path)["summary"]["deployed_test_accuracy"] == 0.9 and ledger.read(tmp_path / "no") is None
+  assert ledger.lengths(tmp_path) == [10.0] and not list(tmp_path.rglob("*.tmp"))
+
+
+def _aggregate(seeds=("seed0", "seed1"), n=2) -> Aggregate:
+  return Aggregate(seeds=seeds, accuracy=Sample(n, 90.5, 0.2), parameters=10, deployed_parameters=20,
+                   agreement=100.0, epochs=10.0, hardware="CPU, 1 core", minutes_per_run=12.0, source="a report")
+
+
+def test_aggregates_round_trip_and_refuse_a_wrong_count(tmp_path):
+  path = ledger.write_aggregate(tmp_path, "sn_v4", 10.0, _aggregate())
+  assert path == tmp_path / "e10" / "sn_v4" / ledger.AGGREGATE
+  assert ledger.read_aggregate(tmp_path, "sn_v4", 10.0) == _aggregate()
+  assert ledger.read_aggregate(tmp_path, "sn_v2", 10.0) is None
+  path.write_text(json.dumps(_aggregate(seeds=("seed0",)).to_json()))
+  with pytest.raises(ValueError, match="1 seeds"):
+    ledger.read_aggregate(tmp_path, "sn_v4", 10.0)
+
+
+def test_aggregates_from_a_report_refuse_what_they_cannot_read():
+  with pytest.raises(ValueError, match="no row tables"):
+    ledger.aggregates_from_report("# A report\n\n| a | b |\n|---|---|\n| 1 | 2 |\n", "s")
+  table = ("| row | params | deployed params | test acc. (%) | seeds | paper (%) | paper's setting | "
+           "deployed = trained (%) | epochs | hardware | min / run |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+  one = "| `acb` | 146,986 | 115,306 | 92.57 +- 0.00 | 1 | 84.24 | CIFAR-10, Table 1 | 99.98 | 10 | CPU, 1 core | 47.6 |\n"
+  got = ledger.aggregates_from_report(table + one + "\nafter\n| x | y |\n", "s")
+  assert got == {"acb": Aggregate(("seed0",), Sample(1, 92.57, 0.0), 146_986, 115_306, 99.98, 10.0, "CPU, 1 core",
+                                  47.6, "s")}
+  with pytest.raises(ValueError, match="diverged"):
+    ledger.aggregates_from_report(table + one.replace("| 1 |", "| 1 (1 diverged) |"), "s")
+
+
+def test_the_driver_never_trains_a_recorded_run_again(tmp_path):
+  runs, book = tmp_path / "runs", tmp_path / "ledger"
+  lengths = repro_fmnist.parse_lengths("10")
+  ledger.write_aggregate(book, "sn_v4", 10.0, _aggregate())
+  ledger.write(ledger.record_path(book, "sn_v9", "seed1", 10.0), {"deployed_test_accuracy": 0.9}, None)
+  ledger.write(ledger.record_path(book, "sn_v9", "seed2", 10.0), None, None, failed="exit status 3")
+  todo = reproduce.pending(runs, ["sn_v9", "sn_v4"], ["0", "1", "2"], lengths, ledger_dir=book)
+  assert todo == [("sn_v9", "0", 10.0), ("sn_v4", "2", 10.0)]
+  # without the ledger (or at another length) every run is to do
+  assert len(reproduce.pending(runs, ["sn_v9", "sn_v4"], ["0", "1", "2"], lengths)) == 6
+  assert len(reproduce.pending(runs, ["sn_v9", "sn_v4"], ["0"], repro_fmnist.parse_lengths("20"), ledger_dir=book)) == 2
