@@ -185,12 +185,18 @@ def test_hardware_of_a_run():
   assert report.hardware({"platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3"}) == "NVIDIA H100 80GB HBM3"
 
 
-def test_report_reads_the_runs_and_keeps_the_notes(runs, tmp_path):
+def _copy_with_a_diverged_run(runs: Path, tmp_path: Path) -> Path:
+  """A copy of the runs in which acb_hor seed0 diverged (its FAILED file)."""
   suite = tmp_path / "runs"
   shutil.copytree(runs, suite)
   failed = Suite(suite).workdir("acb_hor", "seed0")
   failed.mkdir(parents=True)
   (failed / "FAILED").write_text("exit status 3\n")
+  return suite
+
+
+def test_report_reads_the_runs_and_keeps_the_notes(runs, tmp_path):
+  suite = _copy_with_a_diverged_run(runs, tmp_path)
   path = tmp_path / "results" / "REPRODUCTION.md"
   text = report.write_report(suite, path)
   summaries = [json.loads((_wd(suite, "sn_v4", s) / "summary.json").read_text()) for s in ("seed0", "seed1")]
@@ -239,11 +245,7 @@ def _without_kept_notes(text: str) -> list[str]:
 def test_the_ledger_keeps_what_the_report_reads_when_the_runs_are_gone(runs, tmp_path):
   from train import reproduce
 
-  suite = tmp_path / "runs"
-  shutil.copytree(runs, suite)
-  failed = Suite(suite).workdir("acb_hor", "seed0")
-  failed.mkdir(parents=True)
-  (failed / "FAILED").write_text("exit status 3\n")
+  suite = _copy_with_a_diverged_run(runs, tmp_path)
   book, path = tmp_path / "ledger", tmp_path / "results" / "REPRODUCTION.md"
   written = reproduce.analyze_finished(suite, list(repro_fmnist.ROWS), None, repro_fmnist.parse_lengths(""), book)
   assert sorted(p.relative_to(book).as_posix() for p in written) == [
