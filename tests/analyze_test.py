@@ -185,20 +185,22 @@ def test_hardware_of_a_run():
   assert report.hardware({"platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3"}) == "NVIDIA H100 80GB HBM3"
 
 
-def _copy_with_a_diverged_run(runs: Path, tmp_path: Path) -> Path:
-  """A copy of the runs in which acb_hor seed0 diverged (its FAILED file)."""
-  suite = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def reported(runs, tmp_path_factory):
+  """A copy of the runs in which acb_hor seed0 diverged (its FAILED file), and its report (which leaves
+  the analyses cached in the copy): (runs, report path, report text)."""
+  root = tmp_path_factory.mktemp("reported")
+  suite = root / "runs"
   shutil.copytree(runs, suite)
   failed = Suite(suite).workdir("acb_hor", "seed0")
   failed.mkdir(parents=True)
   (failed / "FAILED").write_text("exit status 3\n")
-  return suite
+  path = root / "results" / "REPRODUCTION.md"
+  return suite, path, report.write_report(suite, path)
 
 
-def test_report_reads_the_runs_and_keeps_the_notes(runs, tmp_path):
-  suite = _copy_with_a_diverged_run(runs, tmp_path)
-  path = tmp_path / "results" / "REPRODUCTION.md"
-  text = report.write_report(suite, path)
+def test_report_reads_the_runs_and_keeps_the_notes(reported):
+  suite, path, text = reported
   summaries = [json.loads((_wd(suite, "sn_v4", s) / "summary.json").read_text()) for s in ("seed0", "seed1")]
   mean, std = mean_std([100 * s["deployed_test_accuracy"] for s in summaries])
   epochs = f"{summaries[0]['epochs']:g}"
@@ -242,10 +244,11 @@ def _without_kept_notes(text: str) -> list[str]:
   return [line for line in text.splitlines() if line not in (KEPT, "")]
 
 
-def test_the_ledger_keeps_what_the_report_reads_when_the_runs_are_gone(runs, tmp_path):
+def test_the_ledger_keeps_what_the_report_reads_when_the_runs_are_gone(reported, tmp_path):
   from train import reproduce
 
-  suite = _copy_with_a_diverged_run(runs, tmp_path)
+  suite = tmp_path / "runs"
+  shutil.copytree(reported[0], suite)  # with its analyses
   book, path = tmp_path / "ledger", tmp_path / "results" / "REPRODUCTION.md"
   written = reproduce.analyze_finished(suite, list(repro_fmnist.ROWS), None, repro_fmnist.parse_lengths(""), book)
   assert sorted(p.relative_to(book).as_posix() for p in written) == [
