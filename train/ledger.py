@@ -24,9 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from configs import repro_fmnist
+from train.analyses.common import mean_std
 
 LEDGER = Path("results/runs")
 AGGREGATE = "aggregate.json"
@@ -54,11 +53,6 @@ def write(path: Path, summary: dict[str, Any] | None, results: dict[str, Any] | 
   tmp.replace(path)  # a reader never sees half a record
 
 
-def read(path: Path) -> dict[str, Any] | None:
-  """A run's record, None where there is none."""
-  return json.loads(path.read_text()) if path.exists() else None
-
-
 def seeds(ledger: str | Path, row: str, epochs: float) -> dict[str, dict[str, Any]]:
   """{'seed0': record, ...}: the row's recorded runs at that length."""
   return {p.stem: json.loads(p.read_text()) for p in sorted(row_dir(ledger, row, epochs).glob("seed*.json"))}
@@ -80,10 +74,9 @@ class Sample:
 
   @classmethod
   def of(cls, values: Sequence[float]) -> Sample:
-    v = np.asarray(values, np.float64)
-    if not v.size:
+    if not len(values):
       return cls(0, math.nan, 0.0)
-    return cls(int(v.size), float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0)
+    return cls(len(values), *mean_std(values))
 
   def pool(self, other: Sample) -> Sample:
     """The statistics of both sets of seeds together (exact, from the two sums of squares)."""
