@@ -3,6 +3,10 @@
 import pathlib
 import runpy
 
+import pytest
+
+from kshapes_jax.models import list_models
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -19,12 +23,26 @@ def test_quickstart_runs(capsys):
   assert gap < 1e-4
 
 
-def test_readme_parameter_table_is_the_commands_output():
-  from kshapes_jax.models.table import parameter_table
+def _readme_parameter_table() -> list[str]:
   readme = (ROOT / "README.md").read_text()
   start, end = "<!-- param-table:start -->\n", "\n<!-- param-table:end -->"
-  shown = readme[readme.index(start) + len(start):readme.index(end)]
-  assert shown == parameter_table()
+  return readme[readme.index(start) + len(start):readme.index(end)].split("\n")
+
+
+def test_readme_parameter_table_has_the_header_and_one_row_per_model():
+  from kshapes_jax.models.table import table_header
+  shown = _readme_parameter_table()
+  assert "\n".join(shown[:2]) == table_header()
+  assert [line.split(" | ")[0].removeprefix("| ") for line in shown[2:]] == list_models()
+
+
+# resnet110 traces for ~50 s (parameter_row says why): its row runs with -m slow
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if name == "resnet110" else name
+    for name in list_models()])
+def test_readme_parameter_row_is_the_commands_output(name):
+  from kshapes_jax.models.table import parameter_row
+  assert _readme_parameter_table()[2 + list_models().index(name)] == parameter_row(name)
 
 
 def test_readme_optimizer_snippet_runs_on_a_model():
