@@ -49,7 +49,7 @@ def batch_norm(features: int, rngs: nnx.Rngs, scale_init: float = 1.0, dtype=Non
   bn = nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=_validation.compute_dtype(dtype),
                      param_dtype=_validation.param_dtype(param_dtype), rngs=rngs)
   if scale_init != 1.0:
-    bn.scale[...] = jnp.full((features,), scale_init, bn.scale[...].dtype)
+    bn.scale.set_value(jnp.full((features,), scale_init, bn.scale[...].dtype))  # see stacked_batch_norm
   return bn
 
 
@@ -78,8 +78,10 @@ def stacked_batch_norm(z: jax.Array, bns: list[nnx.BatchNorm]) -> jax.Array:
   start = 0
   for bn in bns:
     n = bn.num_features
-    bn.mean[...] = jax.lax.stop_gradient(bn.momentum * bn.mean[...] + (1 - bn.momentum) * mean[start:start + n])
-    bn.var[...] = jax.lax.stop_gradient(bn.momentum * bn.var[...] + (1 - bn.momentum) * var[start:start + n])
+    # set_value, not `[...] =`: under a trace that probes `.sharding`, whose error
+    # message walks the whole trace (jax-ml/jax#40041), quadratic in the model's depth
+    bn.mean.set_value(jax.lax.stop_gradient(bn.momentum * bn.mean[...] + (1 - bn.momentum) * mean[start:start + n]))
+    bn.var.set_value(jax.lax.stop_gradient(bn.momentum * bn.var[...] + (1 - bn.momentum) * var[start:start + n]))
     start += n
   mean, var = (jnp.asarray(a, jnp.result_type(z, a)) for a in (mean, var))
   mul = jax.lax.rsqrt(var + first.epsilon) * scale
