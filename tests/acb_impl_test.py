@@ -102,6 +102,8 @@ def test_tracing_a_stacked_training_step_never_builds_a_tracer_origin_message(mo
   """
   from jax._src.interpreters import partial_eval
 
+  if not hasattr(partial_eval.DynamicJaxprTracer, "_origin_msg"):
+    pytest.skip("this JAX builds no origin messages (private API gone)")
   built = []
   original = partial_eval.DynamicJaxprTracer._origin_msg
   monkeypatch.setattr(partial_eval.DynamicJaxprTracer, "_origin_msg",
