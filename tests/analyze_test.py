@@ -13,7 +13,7 @@ import pytest
 from configs import repro_fmnist
 from kshapes_jax.analysis import acb
 from train import analyses, analyze, report, train
-from train.analyses.common import KEPT, mean_std
+from train.analyses.common import KEPT, fmt, mean_std
 from train.evaluation import accuracy
 from train.rundir import RunDir
 from train.suite import Suite
@@ -141,6 +141,8 @@ def test_verdict_sentences():
   assert "CONFIRMED, a tie" in report.verdict([1.0, 1.01, 1.02], [1.0, 1.02, 1.01], 0.02)
   assert report.verdict([1.0, 1.1], [1.0, 1.1], None).endswith("not resolved at this n")
   assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(np.sqrt(2.0)))
+  # an analysis cell shows a spread only where there is one
+  assert (fmt([1.0, 3.0]), fmt([1.1]), fmt([])) == ("2.00 +- 1.41", "1.10 (1 seed)", "-")
 
 
 def test_comparison_status_and_the_seeds_that_would_resolve_it():

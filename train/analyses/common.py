@@ -22,9 +22,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def fmt(values: Sequence[float]) -> str:
-  """'mean +- std' to 2 decimals, '-' for none."""
+  """'mean +- std' to 2 decimals, 'value (1 seed)' for one (no spread to show), '-' for none."""
   if not values:
     return "-"
+  if len(values) == 1:
+    return f"{values[0]:.2f} (1 seed)"
   m, s = mean_std(values)
   return f"{m:.2f} +- {s:.2f}"
 
