@@ -11,9 +11,9 @@ from flax import nnx
 import kshapes_jax as K
 from bench.timing import compile_timed, run_interleaved
 from kshapes_jax import optim
-from train.evaluation import make_eval_step
-from train.state import TrainState
-from train.step import make_train_step
+from train.trainer.evaluation import make_eval_step
+from train.trainer.state import TrainState
+from train.trainer.step import make_train_step
 
 # (group, case name, model, conv kind, extra create kwargs, deployed?); the first case of a group is its base
 MODEL_CASES = (
@@ -60,7 +60,7 @@ def _model(name, conv, kwargs, deployed, num_classes):
 
 
 def _cases_for(model, batch, shape, rng):
-  """(train Timed args, eval Timed args) built the way train.train_and_evaluate builds them."""
+  """(train Timed args, eval Timed args) built the way trainer.train_and_evaluate builds them."""
   stats = dict(mean=(0.5,) * shape[-1], std=(0.25,) * shape[-1])
   labels = optim.param_labels(model)
   tx = optim.sgd(labels, 0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from train.input_pipeline import DEBIAN_FASHION_MNIST
+from train.trainer.input_pipeline import DEBIAN_FASHION_MNIST
 
 
 def parse_arg(arg: str | None, choices: dict[str, tuple[str, ...]]) -> dict[str, str]:

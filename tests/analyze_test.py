@@ -1,5 +1,6 @@
-"""train.analyze and train.report on tiny real runs (synthetic data): files, numbers that must agree, the CLI."""
+"""train.analyze and train.reproduce.report on tiny real runs (synthetic data): files, numbers that must agree, the CLI."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,12 +13,14 @@ import pytest
 
 from configs import repro_fmnist
 from kshapes_jax.analysis import acb
-from train import analyses, analyze, report, train
-from train.analyses.common import KEPT, fmt, mean_std
-from train.evaluation import accuracy
-from train.rundir import RunDir
-from train.suite import Suite
-from train.trained_run import load_run
+from train import analyze, trainer
+from train.reproduce import layout, report, rows
+from train.analyze.common import KEPT, fmt, mean_std
+from train.trainer.evaluation import accuracy
+from train.trainer.rundir import RunDir
+from train.reproduce.suite import Suite
+from train.trainer.summary import Summary
+from train.trainer.trained_run import load_run
 
 # one xdist worker trains the module's runs once (pytest runs with --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("analyze_runs")
@@ -43,8 +46,8 @@ def runs(tmp_path_factory):
   """RUNS/eN/ROW/seed0 for a few rows of the suite, 6 steps each; sn_v4 also at seed 1."""
   root = tmp_path_factory.mktemp("runs")
   for row in ROWS:
-    train.train_and_evaluate(_config(row), _wd(root, row, "seed0"))
-  train.train_and_evaluate(_config("sn_v4", 1), _wd(root, "sn_v4", "seed1"))
+    trainer.train_and_evaluate(_config(row), _wd(root, row, "seed0"))
+  trainer.train_and_evaluate(_config("sn_v4", 1), _wd(root, "sn_v4", "seed1"))
   return root
 
 
@@ -55,9 +58,9 @@ def _is_png(path: Path) -> bool:
 def test_load_run_restores_the_trained_model(runs):
   run = load_run(_wd(runs, "acb", "seed0"))
   assert run.step == 6 and run.steps == [2, 4, 6]
-  summary = json.loads((_wd(runs, "acb", "seed0") / "summary.json").read_text())
+  summary = RunDir(_wd(runs, "acb", "seed0")).read_summary()
   # the restored model (eval mode, fused ACBs) scores what the trainer reported
-  assert accuracy(run.model, run.dataset, run.dataset.test, 32) == summary["test_accuracy"]
+  assert accuracy(run.model, run.dataset, run.dataset.test, 32) == summary.test_accuracy
   with pytest.raises(FileNotFoundError, match="no checkpoint of step 5"):
     load_run(_wd(runs, "acb", "seed0"), step=5)
   with pytest.raises(FileNotFoundError, match="config.json"):
@@ -78,7 +81,7 @@ def test_rotate_section(runs):
 def test_acu_section_follows_the_positions_through_the_checkpoints(runs):
   results = analyze.analyze(_wd(runs, "acu", "seed0"))
   assert results["sections"] == ["active"] and results["active"]["checkpoint_steps"] == [0, 2, 4, 6]
-  steps, traj = analyses.active.position_trajectories(load_run(_wd(runs, "acu", "seed0")))
+  steps, traj = analyze.active.position_trajectories(load_run(_wd(runs, "acu", "seed0")))
   assert steps == [0, 2, 4, 6] and len(traj) == 6
   first = next(iter(traj.values()))
   assert first.shape == (4, 9, 2)
@@ -92,22 +95,22 @@ def test_acu_section_follows_the_positions_through_the_checkpoints(runs):
 def test_acnet_section_numbers_agree_with_the_trainer(runs):
   workdir = _wd(runs, "acb", "seed0")
   results = analyze.analyze(workdir, prune_examples=40, prune_seeds=2)["acb"]
-  summary = json.loads((workdir / "summary.json").read_text())
-  assert results["distorted"]["original"] == summary["deployed_test_accuracy"]
+  summary = RunDir(workdir).read_summary()
+  assert results["distorted"]["original"] == summary.deployed_test_accuracy
   a = np.asarray(results["magnitude_matrix"])
   assert a.shape == (5, 5) and a.max() <= 1.0 and a.min() > 0
   # sparsity 0 is the unpruned net on the same 40 images, for every region and mask
   run = load_run(workdir)
-  unpruned = accuracy(run.model, run.dataset, analyses.acb.subset(run.dataset.test, 40), 32)
+  unpruned = accuracy(run.model, run.dataset, analyze.acb.subset(run.dataset.test, 40), 32)
   for region, curve in results["pruning"].items():
     curve = np.asarray(curve, np.float64)
-    assert curve.shape == (2, len(analyses.acb.SPARSITIES))
+    assert curve.shape == (2, len(analyze.acb.SPARSITIES))
     np.testing.assert_array_equal(curve[:, 0], unpruned)
-    held = np.asarray(analyses.acb.SPARSITIES) <= acb.region_mask(5, region).mean()
+    held = np.asarray(analyze.acb.SPARSITIES) <= acb.region_mask(5, region).mean()
     assert np.all(np.isnan(curve[:, ~held])) and not np.any(np.isnan(curve[:, held]))
   assert _is_png(workdir / "analysis" / "acnet_pruning.png")
   # a plain baseline asks for the section explicitly (by its former name too)
-  assert analyze.analyze(_wd(runs, "acb_baseline", "seed0"), sections=["acnet"], prune_seeds=0)["acb"]["pruning"] == {}
+  assert analyze.analyze(_wd(runs, "acb_baseline", "seed0"), sections=["acb"], prune_seeds=0)["acb"]["pruning"] == {}
   with pytest.raises(ValueError, match="unknown analysis 'fig7'"):
     analyze.analyze(workdir, sections=["acb", "fig7"])
 
@@ -164,27 +167,29 @@ def test_comparison_status_and_the_seeds_that_would_resolve_it():
 
 
 def test_lengths_parse_and_name_their_folders():
-  assert repro_fmnist.parse_lengths("") == repro_fmnist.EPOCHS
-  assert repro_fmnist.parse_lengths("10") == dict.fromkeys(repro_fmnist.METHODS, 10.0)
-  assert repro_fmnist.parse_lengths("10, rotate=20") == {**dict.fromkeys(repro_fmnist.METHODS, 10.0), "rotate": 20.0}
-  assert repro_fmnist.parse_lengths("acb=2.5") == {**repro_fmnist.EPOCHS, "acb": 2.5}
+  assert rows.parse_lengths("") == repro_fmnist.EPOCHS
+  assert rows.parse_lengths("10") == dict.fromkeys(rows.METHODS, 10.0)
+  assert rows.parse_lengths("10, rotate=20") == {**dict.fromkeys(rows.METHODS, 10.0), "rotate": 20.0}
+  assert rows.parse_lengths("acb=2.5") == {**repro_fmnist.EPOCHS, "acb": 2.5}
   for bad, match in (("acnet=10", "unknown method 'acnet'"), ("0", "positive"), ("ten", "positive"),
                      ("acb=-1", "positive")):
     with pytest.raises(ValueError, match=match):
-      repro_fmnist.parse_lengths(bad)
-  assert [repro_fmnist.length_dir(e) for e in (10.0, 2.5, 1)] == ["e10", "e2.5", "e1"]
-  assert [repro_fmnist.dir_length(n) for n in ("e10", "e2.5", "ex", "seed0", "e0", "einf")] == [10, 2.5, None,
+      rows.parse_lengths(bad)
+  assert [layout.length_dir(e) for e in (10.0, 2.5, 1)] == ["e10", "e2.5", "e1"]
+  assert [layout.dir_length(n) for n in ("e10", "e2.5", "ex", "seed0", "e0", "einf")] == [10, 2.5, None,
                                                                                                 None, None, None]
-  assert report.length_spec(repro_fmnist.parse_lengths("10")) == "10"
+  assert report.length_spec(rows.parse_lengths("10")) == "10"
   assert report.length_spec(repro_fmnist.EPOCHS) == ""
   assert report.length_spec({**repro_fmnist.EPOCHS, "acb": 10.0}) == "acb=10"
 
 
-def test_hardware_of_a_run():
-  assert report.hardware({"platform": "cpu", "host_cores": 2}) == "CPU, 2 cores"
-  assert report.hardware({"platform": "cpu", "host_cores": 1}) == "CPU, 1 core"
-  assert report.hardware({"platform": "cpu"}) == "CPU (cores not recorded)"
-  assert report.hardware({"platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3"}) == "NVIDIA H100 80GB HBM3"
+def test_hardware_of_a_run(runs):
+  summary = RunDir(_wd(runs, "sn_v4", "seed0")).read_summary()
+  assert dataclasses.replace(summary, platform="cpu", host_cores=2).hardware == "CPU, 2 cores"
+  assert dataclasses.replace(summary, platform="cpu", host_cores=1).hardware == "CPU, 1 core"
+  assert dataclasses.replace(summary, platform="cpu", host_cores=None).hardware == "CPU (cores not recorded)"
+  gpu = dataclasses.replace(summary, platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
+  assert gpu.hardware == "NVIDIA H100 80GB HBM3"
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +212,7 @@ def test_report_reads_the_runs_and_keeps_the_notes(reported):
   mean, std = mean_std([100 * s["deployed_test_accuracy"] for s in summaries])
   epochs = f"{summaries[0]['epochs']:g}"
   assert f"| `sn_v4` | 24,760 | 54,860 | {mean:.2f} +- {std:.2f} | 2 |" in text
-  assert f"| 100.00 | {epochs} | {report.hardware(summaries[0])} |" in text
+  assert f"| 100.00 | {epochs} | {Summary.from_json(summaries[0]).hardware} |" in text
   assert "| `acb_hor` | - | - | - | 0 (1 diverged) |" in text and "| (1) | - | - |" in text
   for name in ("rotate_fig5_sn_v4.png", "acu_positions.png", "acnet_pruning_acb.png", "versatile_fig3.png"):
     assert _is_png(path.parent / "repro" / name) and f"repro/{name}" in text
@@ -247,12 +252,12 @@ def _without_kept_notes(text: str) -> list[str]:
 
 
 def test_the_ledger_keeps_what_the_report_reads_when_the_runs_are_gone(reported, tmp_path):
-  from train import reproduce
+  from train.reproduce import driver
 
   suite = tmp_path / "runs"
   shutil.copytree(reported[0], suite)  # with its analyses
   book, path = tmp_path / "ledger", tmp_path / "results" / "REPRODUCTION.md"
-  written = reproduce.analyze_finished(suite, list(repro_fmnist.ROWS), None, repro_fmnist.parse_lengths(""), book)
+  written = driver.analyze_finished(suite, list(rows.ROWS), None, rows.parse_lengths(""), book)
   assert sorted(p.relative_to(book).as_posix() for p in written) == [
       "e1/acb/seed0.json", "e1/acb_baseline/seed0.json", "e1/acb_hor/seed0.json", "e1/acu/seed0.json",
       "e1/lenet_model3/seed0.json", "e2/sn_v4/seed0.json", "e2/sn_v4/seed1.json"]
@@ -263,12 +268,12 @@ def test_the_ledger_keeps_what_the_report_reads_when_the_runs_are_gone(reported,
   assert _without_kept_notes(there) == _without_kept_notes(here)
   assert there.count(KEPT) == 3  # rotate's, the ACU's and versatile's figures stay as they were
   assert "| `acb_hor` | - | - | - | 0 (1 diverged) |" in there
-  assert reproduce.pending(suite, ["sn_v4", "acb_hor", "acb"], ["0", "1"], repro_fmnist.parse_lengths(""),
+  assert driver.pending(suite, ["sn_v4", "acb_hor", "acb"], ["0", "1"], rows.parse_lengths(""),
                            ledger_dir=book) == [("acb_hor", "1", 1.0), ("acb", "1", 1.0)]
 
 
 def test_a_row_whose_runs_were_lost_pools_its_aggregate_with_new_seeds(runs, tmp_path):
-  from train import ledger
+  from train.reproduce import ledger
 
   path = tmp_path / "old" / "REPRODUCTION.md"
   lines = report.write_report(runs, path, methods=("rotate",)).splitlines()
@@ -282,20 +287,20 @@ def test_a_row_whose_runs_were_lost_pools_its_aggregate_with_new_seeds(runs, tmp
   book, suite = tmp_path / "ledger", tmp_path / "runs"
   ledger.write_aggregate(book, "sn_v4", Suite(suite).length("sn_v4"), old)
   shutil.copytree(_wd(runs, "sn_v4", "seed1"), Suite(suite).workdir("sn_v4", "seed2"))  # a new seed of that row
-  rows = Suite(suite, ledger=book)
-  assert rows.seeds("sn_v4") == ["seed2"] and rows.accuracy("sn_v4").n == 3
-  np.testing.assert_allclose([rows.accuracy("sn_v4").mean, rows.accuracy("sn_v4").std],
+  pooled_suite = Suite(suite, ledger=book)
+  assert pooled_suite.seeds("sn_v4") == ["seed2"] and pooled_suite.accuracy("sn_v4").n == 3
+  np.testing.assert_allclose([pooled_suite.accuracy("sn_v4").mean, pooled_suite.accuracy("sn_v4").std],
                              mean_std(accs + accs[1:]), atol=0.01)
   text = report.write_report(suite, path, methods=("rotate",), ledger=book)
-  pooled = rows.accuracy("sn_v4")
+  pooled = pooled_suite.accuracy("sn_v4")
   assert f"| `sn_v4` | 24,760 | 54,860 | {pooled.mean:.2f} +- {pooled.std:.2f} | 3 |" in text
   assert "Runs lost before the ledger existed" in text and "`sn_v4` seed0, seed1. From the old report." in text
 
 
 def test_reproduce_commands_and_the_busy_check(tmp_path):
-  from train import reproduce
+  from train.reproduce import driver
 
-  cmd = reproduce.run_command("acb_hor", 2, "runs/repro", 10.0)
+  cmd = driver.run_command("acb_hor", 2, "runs/repro", 10.0)
   assert cmd[1:] == ["-m", "train.main", "--config=configs/repro_fmnist.py:row=acb_hor,seed=2,epochs=10",
                      "--workdir=runs/repro/e10/acb_hor/seed2"]
   assert repro_fmnist.get_config("row=acb_hor,seed=2,epochs=10").num_epochs == 10
@@ -339,57 +344,58 @@ def _fake_run(tmp_path: Path, exit_for: dict[str, int]) -> str:
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pins cores on Linux")
 def test_driver_trains_runs_at_once_pinned_and_never_redoes_one(tmp_path, monkeypatch):
-  from train import reproduce
+  from train.reproduce import driver
 
   script = _fake_run(tmp_path, {"acb_hor": 3})
-  monkeypatch.setattr(reproduce, "run_command", lambda row, seed, runs, epochs: [
-      sys.executable, "-c", script, str(reproduce.workdir(runs, row, seed, epochs))])
-  lengths = repro_fmnist.parse_lengths("3")
-  rows = ["acb", "acb_baseline", "acb_hor"]
-  todo = reproduce.pending(tmp_path, rows, ["0", "1"], lengths)
-  assert todo == [(r, s, 3.0) for s in "01" for r in rows]
-  groups = reproduce.core_groups(2)
-  reproduce.Driver(tmp_path, parallel=2, analyze=False).run_all(todo)
-  done = [json.loads((reproduce.workdir(tmp_path, r, s, 3.0) / "summary.json").read_text())
-          for s in "01" for r in rows[:2]]
+  monkeypatch.setattr(driver, "run_command", lambda row, seed, runs, epochs: [
+      sys.executable, "-c", script, str(layout.run_dir(runs, row, seed, epochs))])
+  lengths = rows.parse_lengths("3")
+  names = ["acb", "acb_baseline", "acb_hor"]
+  todo = driver.pending(tmp_path, names, ["0", "1"], lengths)
+  assert todo == [(r, s, 3.0) for s in "01" for r in names]
+  groups = driver.core_groups(2)
+  driver.Driver(tmp_path, parallel=2, analyze=False).run_all(todo)
+  done = [json.loads((layout.run_dir(tmp_path, r, s, 3.0) / "summary.json").read_text())
+          for s in "01" for r in names[:2]]
   assert all(d["prealloc"] == "false" for d in done)
   if len(groups) == 2:  # each run on its half of the cores, two at a time
     assert all(d["cores"] in groups for d in done)
     first, second = done[0], done[1]
     assert first["start"] < second["end"] and second["start"] < first["end"]
-  assert (reproduce.workdir(tmp_path, "acb_hor", 0, 3.0) / "FAILED").read_text().startswith("exit status 3")
-  assert reproduce.pending(tmp_path, rows, ["0", "1"], lengths) == []  # finished and failed runs are not redone
-  assert reproduce.pending(tmp_path, rows, ["0"], repro_fmnist.parse_lengths("4"))[0] == ("acb", "0", 4.0)
-  assert reproduce.core_groups(3, [0, 1, 2, 3, 4, 5, 6]) == [[0, 1], [2, 3], [4, 5, 6]]
-  assert reproduce.core_groups(4, [0, 1]) == [[0], [1]]
+  assert (layout.run_dir(tmp_path, "acb_hor", 0, 3.0) / "FAILED").read_text().startswith("exit status 3")
+  assert driver.pending(tmp_path, names, ["0", "1"], lengths) == []  # finished and failed runs are not redone
+  assert driver.pending(tmp_path, names, ["0"], rows.parse_lengths("4"))[0] == ("acb", "0", 4.0)
+  assert driver.core_groups(3, [0, 1, 2, 3, 4, 5, 6]) == [[0, 1], [2, 3], [4, 5, 6]]
+  assert driver.core_groups(4, [0, 1]) == [[0], [1]]
 
 
 def test_driver_stops_when_a_run_is_interrupted(tmp_path, monkeypatch):
-  from train import reproduce
+  from train.reproduce import driver
 
   script = _fake_run(tmp_path, {"acb": 130})
-  monkeypatch.setattr(reproduce, "run_command", lambda row, seed, runs, epochs: [
-      sys.executable, "-c", script, str(reproduce.workdir(runs, row, seed, epochs))])
-  todo = reproduce.pending(tmp_path, ["acb", "acb_baseline"], ["0"], repro_fmnist.parse_lengths("3"))
+  monkeypatch.setattr(driver, "run_command", lambda row, seed, runs, epochs: [
+      sys.executable, "-c", script, str(layout.run_dir(runs, row, seed, epochs))])
+  todo = driver.pending(tmp_path, ["acb", "acb_baseline"], ["0"], rows.parse_lengths("3"))
   with pytest.raises(KeyboardInterrupt):
-    reproduce.Driver(tmp_path, parallel=1, analyze=False).run_all(todo)
-  assert not (reproduce.workdir(tmp_path, "acb", 0, 3.0) / "FAILED").exists()  # resumes next time
-  assert not reproduce.workdir(tmp_path, "acb_baseline", 0, 3.0).exists()  # never started
+    driver.Driver(tmp_path, parallel=1, analyze=False).run_all(todo)
+  assert not (layout.run_dir(tmp_path, "acb", 0, 3.0) / "FAILED").exists()  # resumes next time
+  assert not layout.run_dir(tmp_path, "acb_baseline", 0, 3.0).exists()  # never started
 
 
 def test_stopped_command_exits_130_with_one_line_and_no_traceback(tmp_path, monkeypatch, capsys):
   from absl import flags
   from absl.testing import flagsaver
 
-  from train import reproduce
+  from train.reproduce import driver
 
   script = _fake_run(tmp_path, {"acb": 130})
-  monkeypatch.setattr(reproduce, "run_command", lambda row, seed, runs, epochs: [
-      sys.executable, "-c", script, str(reproduce.workdir(runs, row, seed, epochs))])
+  monkeypatch.setattr(driver, "run_command", lambda row, seed, runs, epochs: [
+      sys.executable, "-c", script, str(layout.run_dir(runs, row, seed, epochs))])
+  driver.define_flags()
   with flagsaver.flagsaver():
     flags.FLAGS(["reproduce", f"--runs={tmp_path}", "--epochs=3", "--rows=acb,acb_baseline", "--seeds=0",
-                 "--report=", "--noanalyze", f"--ledger={tmp_path / 'ledger'}", f"--workdir={tmp_path}"])  # --workdir: train.main's flags share FLAGS
+                 "--report=", "--noanalyze", f"--ledger={tmp_path / 'ledger'}"])
     with pytest.raises(SystemExit) as stop:
-      reproduce.main([])
+      driver.main([])
   assert stop.value.code == 130
   assert "the same command resumes" in capsys.readouterr().err

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kshapes_jax import models
-from train import experiment, input_pipeline, programs
+from kshapes_jax import models, nn
+from train.trainer import experiment, input_pipeline, settings
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common"))
+EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common", "datasets"))
 
 
 def _choices(module):
@@ -46,13 +46,13 @@ def test_config_loads_checks_and_documents_its_command(name):
   assert f"--config configs/{name}.py" in module.__doc__, "the docstring gives the command"
   for arg in _choices(module):
     config = module.get_config(arg)
-    experiment.check_config(config)
+    checked = settings.read(config)
     h, w, c, _ = input_pipeline.DATASETS[config.data.name]
     spec = models.spec(config.model)
     if spec.input_shape[:2] != (h, w):  # a model that adapts to the images (e.g. Cifar-quick on 28x28)
       split = input_pipeline.Split(np.zeros((2, h, w, c), np.uint8), np.zeros(2, np.int32))
       dataset = input_pipeline.Dataset(config.data.name, split, split, 10, (0.5,) * c, (0.25,) * c)
-      model = nnx.eval_shape(lambda: experiment.build_model(config, dataset))  # raises ConfigError if it cannot
+      model = nnx.eval_shape(lambda: experiment.build_model(checked, dataset))  # raises ConfigError if it cannot
       assert model is not None, (name, arg)
 
 
@@ -91,27 +91,29 @@ def test_repro_acu_rows_can_bucket_or_do_not_ask_to():
   for row in ("acu", "acu_no_warmup", "acu_no_normgrad"):
     config = repro_fmnist.get_config(f"row={row}")
     model = models.create(config.model, conv=config.conv, in_channels=1, **config.model_kwargs,
-                          conv_options=experiment.conv_options(config))
+                          conv_options=dict(settings.read(config).conv_options))
     if config.acu_radius_every_steps:
-      programs.check_bucketing(model)  # raises for ACUs it cannot bucket
+      nn.check_bucketable(model)  # raises for ACUs it cannot bucket
     else:
       assert row == "acu_no_normgrad"
 
 
 def test_repro_rows_are_their_experiments_with_the_suites_data_and_length():
   from configs import repro_fmnist
-  from train import analyses
+  from train import analyze
+  from train.reproduce import rows
 
-  for row in repro_fmnist.ROWS.values():
-    assert row.method in repro_fmnist.METHODS and row.method in analyses.ANALYSES
-    assert row.baseline is None or row.baseline in repro_fmnist.ROWS
-    assert all(analyses.get(name).NAME == name for name in row.analyses)
-    module, _, arg = row.experiment.partition(":")
+  assert list(rows.ROWS) == list(repro_fmnist.ROWS)  # every config row has its record, in the config's order
+  for row in rows.ROWS.values():
+    assert row.method in rows.METHODS and row.method in analyze.ANALYSES
+    assert row.baseline is None or row.baseline in rows.ROWS
+    assert all(analyze.get(name).NAME == name for name in row.analyses)
+    module, _, arg = repro_fmnist.ROWS[row.name].experiment.partition(":")
     original = importlib.import_module(f"configs.{module}").get_config(arg)
     c = row.config(seed=3, epochs=4)
     assert (c.model, c.conv, c.seed, c.num_epochs, c.num_steps) == (original.model, original.conv, 3, 4.0, 0)
     assert (c.data.name, c.data.augment, c.batch_size) == ("fashion_mnist", "none", original.batch_size)
-    changed = {key.split(".")[-1] for key in row.overrides}
+    changed = {key.split(".")[-1] for key in repro_fmnist.ROWS[row.name].overrides}
     for key in ("learning_rate", "schedule", "momentum", "nesterov", "weight_decay", "warmup_epochs", "factor"):
       assert key in changed or c.optim[key] == original.optim[key], (row.name, key)
     if row.method == "active" and "position_warmup_steps" not in changed:

@@ -2,7 +2,7 @@
 
 import os
 
-from train import determinism
+from train.trainer import determinism
 
 # What `python -m train.main` asks for: deterministic GPU ops, so the resume tests that run
 # in this process hold on a GPU. XLA reads the flag when JAX starts its backend, which no

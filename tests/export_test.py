@@ -97,12 +97,12 @@ def test_refusals():
 
 def test_cli_exports_a_trained_run_and_checks_the_files(tmp_path):
   from configs import default
-  from train import train
+  from train import trainer
 
   c = default.get_config()
   c.data.update(train_size=64, test_size=48)
   c.update(batch_size=16, eval_batch_size=16, num_steps=4, log_every_steps=1, progress=False, conv="acb")
-  train.train_and_evaluate(c, tmp_path / "run")
+  trainer.train_and_evaluate(c, tmp_path / "run")
   done = subprocess.run([sys.executable, "-m", "train.export", f"--workdir={tmp_path / 'run'}", "--format=both"],
                         cwd=REPO, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]

@@ -7,11 +7,11 @@ import struct
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from train import input_pipeline as ip
+from train.trainer import input_pipeline as ip
+from train.trainer.settings import DataSettings
 
 
 def _write_idx(path, array, compress):
@@ -31,10 +31,9 @@ def _idx_dir(tmp_path, rng, compress=True, n_train=30, n_test=12):
 
 
 def _data(**kw):
-  base = dict(name="mnist", source="synthetic", data_dir="", augment="none", train_size=40, test_size=20,
-              seed=0)
+  base = dict(name="mnist", source="synthetic", data_dir="", augment="none", train_size=40, test_size=20)
   base.update(kw)
-  return ml_collections.ConfigDict(base)
+  return DataSettings(**base)
 
 
 @pytest.mark.parametrize("compress", [True, False])

@@ -1,4 +1,4 @@
-"""train.ledger: pooled statistics, records, aggregates of lost runs, and the driver skipping what is recorded."""
+"""train.reproduce.ledger: pooled statistics, records, aggregates of lost runs, and the driver skipping what is recorded."""
 
 import json
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from configs import repro_fmnist
-from train import ledger, reproduce
-from train.ledger import Aggregate, Sample
+from train.reproduce import driver, layout, ledger, rows
+from train.trainer.summary import Summary
+from train.reproduce.ledger import Aggregate, Sample
 
 _ACCURACY = st.floats(50.0, 100.0, allow_nan=False)
 
@@ -32,20 +32,29 @@ def test_sample_of_one_and_none():
   assert Sample(2, 90.0, 1.0).pool(Sample.of([])) == Sample(2, 90.0, 1.0)
 
 
+def _summary(accuracy: float) -> Summary:
+  """A run's summary with that deployed test accuracy (the rest as a small CPU run's)."""
+  return Summary(model="sn", conv="plain", dataset="fashion_mnist", source="idx", seed=0, steps=10, epochs=1.0,
+                 devices=1, platform="cpu", device_kind="cpu", host_cores=1, precision="default", dtype="float32",
+                 deterministic=True, parameters=10, deployed_parameters=10, test_accuracy=accuracy, test_loss=0.5,
+                 deployed_test_accuracy=accuracy, deployed_test_loss=0.5, deployed_prediction_agreement=1.0,
+                 test_examples=100, acu_radii=[], final_train_loss=0.5, seconds_total=1.0, workdir="w")
+
+
 def test_records_hold_a_summary_or_a_failure(tmp_path):
-  path = ledger.record_path(tmp_path, "acb", "seed2", 10.0)
+  path = layout.record_path(tmp_path, "acb", "seed2", 10.0)
   assert path == tmp_path / "e10" / "acb" / "seed2.json"
   with pytest.raises(ValueError, match="either"):
-    ledger.write(path, {"x": 1}, None, failed="exit status 3")
+    ledger.write(path, _summary(0.9), None, failed="exit status 3")
   with pytest.raises(ValueError, match="either"):
     ledger.write(path, None, None)
-  ledger.write(path, {"deployed_test_accuracy": 0.9}, {"sections": []})
-  ledger.write(ledger.record_path(tmp_path, "acb", "seed3", 10.0), None, None, failed="exit status 3")
+  ledger.write(path, _summary(0.9), {"sections": []})
+  ledger.write(layout.record_path(tmp_path, "acb", "seed3", 10.0), None, None, failed="exit status 3")
   assert ledger.seeds(tmp_path, "acb", 10.0) == {
-      "seed2": {"summary": {"deployed_test_accuracy": 0.9}, "results": {"sections": []}},
+      "seed2": {"summary": _summary(0.9).to_json(), "results": {"sections": []}},
       "seed3": {"failed": "exit status 3"}}
   assert json.loads(path.read_text())["summary"]["deployed_test_accuracy"] == 0.9
-  assert ledger.lengths(tmp_path) == [10.0] and not list(tmp_path.rglob("*.tmp"))
+  assert layout.lengths(tmp_path) == [10.0] and not list(tmp_path.rglob("*.tmp"))
 
 
 def _aggregate(seeds=("seed0", "seed1"), n=2) -> Aggregate:
@@ -55,7 +64,7 @@ def _aggregate(seeds=("seed0", "seed1"), n=2) -> Aggregate:
 
 def test_aggregates_round_trip_and_refuse_a_wrong_count(tmp_path):
   path = ledger.write_aggregate(tmp_path, "sn_v4", 10.0, _aggregate())
-  assert path == tmp_path / "e10" / "sn_v4" / ledger.AGGREGATE
+  assert path == tmp_path / "e10" / "sn_v4" / layout.AGGREGATE
   assert ledger.read_aggregate(tmp_path, "sn_v4", 10.0) == _aggregate()
   assert ledger.read_aggregate(tmp_path, "sn_v2", 10.0) is None
   path.write_text(json.dumps(_aggregate(seeds=("seed0",)).to_json()))
@@ -78,12 +87,12 @@ def test_aggregates_from_a_report_refuse_what_they_cannot_read():
 
 def test_the_driver_never_trains_a_recorded_run_again(tmp_path):
   runs, book = tmp_path / "runs", tmp_path / "ledger"
-  lengths = repro_fmnist.parse_lengths("10")
+  lengths = rows.parse_lengths("10")
   ledger.write_aggregate(book, "sn_v4", 10.0, _aggregate())
-  ledger.write(ledger.record_path(book, "sn_v9", "seed1", 10.0), {"deployed_test_accuracy": 0.9}, None)
-  ledger.write(ledger.record_path(book, "sn_v9", "seed2", 10.0), None, None, failed="exit status 3")
-  todo = reproduce.pending(runs, ["sn_v9", "sn_v4"], ["0", "1", "2"], lengths, ledger_dir=book)
+  ledger.write(layout.record_path(book, "sn_v9", "seed1", 10.0), _summary(0.9), None)
+  ledger.write(layout.record_path(book, "sn_v9", "seed2", 10.0), None, None, failed="exit status 3")
+  todo = driver.pending(runs, ["sn_v9", "sn_v4"], ["0", "1", "2"], lengths, ledger_dir=book)
   assert todo == [("sn_v9", "0", 10.0), ("sn_v4", "2", 10.0)]
   # without the ledger (or at another length) every run is to do
-  assert len(reproduce.pending(runs, ["sn_v9", "sn_v4"], ["0", "1", "2"], lengths)) == 6
-  assert len(reproduce.pending(runs, ["sn_v9", "sn_v4"], ["0"], repro_fmnist.parse_lengths("20"), ledger_dir=book)) == 2
+  assert len(driver.pending(runs, ["sn_v9", "sn_v4"], ["0", "1", "2"], lengths)) == 6
+  assert len(driver.pending(runs, ["sn_v9", "sn_v4"], ["0"], rows.parse_lengths("20"), ledger_dir=book)) == 2

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train import trained_run
+from train.trainer import trained_run
+from train.trainer.summary import Summary
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.xdist_group("multihost")
@@ -23,7 +24,8 @@ _DRIVER = textwrap.dedent("""
     import json, os, signal, sys, time
     sys.path.insert(0, {repo!r})
     from configs import default
-    from train import input_pipeline, train
+    from train import trainer
+    from train.trainer import input_pipeline
 
     workdir, overrides, kill_at = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
     config = default.get_config()
@@ -40,8 +42,8 @@ _DRIVER = textwrap.dedent("""
           os.kill(os.getpid(), signal.SIGKILL)
         return batch(self, step)
       input_pipeline.Batches.batch = killing
-    summary = train.train_and_evaluate(config, workdir)
-    print("SUMMARY " + json.dumps(summary), flush=True)
+    summary = trainer.train_and_evaluate(config, workdir)
+    print("SUMMARY " + json.dumps(summary.to_json()), flush=True)
 """)
 
 _OVERRIDES = {"data.train_size": 64, "data.test_size": 40, "batch_size": 16, "eval_batch_size": 16,
@@ -96,8 +98,8 @@ def _metrics(workdir: Path) -> list[dict]:
           for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _summary(output: str) -> dict:
-  return json.loads(next(line for line in output.splitlines() if line.startswith("SUMMARY "))[8:])
+def _summary(output: str) -> Summary:
+  return Summary.from_json(json.loads(next(line for line in output.splitlines() if line.startswith("SUMMARY "))[8:]))
 
 
 def test_two_processes_train_save_resume_after_kill_and_match_one_process(tmp_path):
@@ -119,9 +121,9 @@ def test_two_processes_train_save_resume_after_kill_and_match_one_process(tmp_pa
     assert code == 0, out[-3000:]
   assert f"resumed from step {max(saved)}" in done[0][1]
   two = _summary(done[0][1])
-  assert _summary(done[1][1])["test_loss"] == two["test_loss"]  # every process computes the same summary
-  assert two["devices"] == 2 and two["steps"] == 8
-  assert two["deployed_prediction_agreement"] == 1.0 and two["test_examples"] == 40
+  assert _summary(done[1][1]).test_loss == two.test_loss  # every process computes the same summary
+  assert two.devices == 2 and two.steps == 8
+  assert two.deployed_prediction_agreement == 1.0 and two.test_examples == 40
 
   # the same trajectory as one process: the same global batches, the same sharded step
   a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
@@ -129,7 +131,7 @@ def test_two_processes_train_save_resume_after_kill_and_match_one_process(tmp_pa
   for ma, mb in zip(a, b):
     for key in ma:
       np.testing.assert_allclose(mb[key], ma[key], rtol=1e-5, atol=1e-6, err_msg=key)
-  np.testing.assert_allclose(two["test_loss"], one["test_loss"], rtol=1e-5)
+  np.testing.assert_allclose(two.test_loss, one["test_loss"], rtol=1e-5)
   step_a, state_a = trained_run.load_state(tmp_path / "one")
   step_b, state_b = trained_run.load_state(tmp_path / "two")
   assert step_a == step_b == 8

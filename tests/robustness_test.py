@@ -25,9 +25,11 @@ from flax import nnx
 import kshapes_jax as K
 from kshapes_jax import conv as conv_lib
 from kshapes_jax import kernels, nn as knn
-from train import experiment, input_pipeline, logger, train, trained_run
-from train.failures import one_line
-from train.rundir import CheckpointError, RunDir, RunDirError
+from train import trainer
+from train.trainer import experiment, input_pipeline, logger, trained_run
+from train.cli import one_line
+from train.trainer.checkpoints import CheckpointError
+from train.trainer.rundir import RunDir, RunDirError
 from train_test import REPO, small_config
 
 X = jnp.ones((1, 6, 6, 2))
@@ -193,8 +195,8 @@ CONFIG_ERRORS = [
 @pytest.mark.parametrize("overrides, message", CONFIG_ERRORS, ids=[str(c[0]) for c in CONFIG_ERRORS])
 def test_bad_config_values_fail_before_the_data_loads(tmp_path, monkeypatch, overrides, message):
   monkeypatch.setattr(input_pipeline, "load", lambda *_: pytest.fail("the data was loaded"))
-  with pytest.raises(train.ConfigError, match=message):
-    train.train_and_evaluate(small_config(**overrides), tmp_path)
+  with pytest.raises(trainer.ConfigError, match=message):
+    trainer.train_and_evaluate(small_config(**overrides), tmp_path)
 
 
 def test_unknown_config_keys_are_refused(tmp_path):
@@ -202,8 +204,8 @@ def test_unknown_config_keys_are_refused(tmp_path):
   with config.unlocked():
     config.lr = 0.1
     config.optim.lr_multipliers["angles"] = 2.0  # a free-form block: its keys are labels
-  with pytest.raises(train.ConfigError, match=r"unknown config key\(s\) \['lr'\]"):
-    train.train_and_evaluate(config, tmp_path)
+  with pytest.raises(trainer.ConfigError, match=r"unknown config key\(s\) \['lr'\]"):
+    trainer.train_and_evaluate(config, tmp_path)
 
 
 def test_conv_options_are_declared_for_every_option_of_every_kind():
@@ -229,7 +231,7 @@ def test_conv_options_are_declared_for_every_option_of_every_kind():
 
 
 def _train(workdir, **overrides):
-  return train.train_and_evaluate(small_config(**overrides), workdir)
+  return trainer.train_and_evaluate(small_config(**overrides), workdir)
 
 
 def _damage(step_dir: Path, how: str) -> None:
@@ -261,10 +263,10 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_befo
   clean = _train(tmp_path / "clean", num_steps=8, checkpoint_every_steps=2, keep_checkpoints=10)
   _train(tmp_path / "run", num_steps=6, checkpoint_every_steps=2, keep_checkpoints=10)
   rundir = RunDir(tmp_path / "run")
-  assert rundir.checkpoint_steps() == [2, 4, 6]
+  assert rundir.checkpoints.steps() == [2, 4, 6]
   _damage(rundir.checkpoint_dir / "6", how)
   with pytest.raises(CheckpointError, match="checkpoint 6 in .* is damaged"):
-    rundir.restore(jax.device_put(experiment.build(small_config()).initial_state()), step=6)
+    rundir.checkpoints.restore(jax.device_put(experiment.build(small_config()).initial_state()), step=6)
   resumed = _train(tmp_path / "run", num_steps=8, checkpoint_every_steps=2, keep_checkpoints=10)
   assert (rundir.damaged_dir / "6").is_dir()  # kept aside, not deleted
   assert resumed["test_loss"] == clean["test_loss"]
@@ -279,10 +281,10 @@ def test_restore_says_which_step_is_damaged_and_when_all_are(tmp_path, capsys):
   like = jax.device_put(experiment.build(small_config()).initial_state())
   said = []
   with pytest.raises(CheckpointError, match=r"every checkpoint in .* is damaged \(steps \[4, 2\]\)"):
-    RunDir(tmp_path).restore(like, say=said.append)
+    RunDir(tmp_path).checkpoints.restore(like, say=said.append)
   assert said[0].startswith("checkpoint 4 is damaged (its arrays or history do not match the checksum")
   assert said[0].endswith("trying step 2")
-  assert RunDir(tmp_path).checkpoint_steps() == [2, 4]  # a reader moves nothing
+  assert RunDir(tmp_path).checkpoints.steps() == [2, 4]  # a reader moves nothing
 
 
 def test_a_resume_that_changes_what_the_state_means_is_refused_naming_the_keys(tmp_path):
@@ -291,21 +293,21 @@ def test_a_resume_that_changes_what_the_state_means_is_refused_naming_the_keys(t
                            ({"batch_size": 8}, "batch_size (16 -> 8)"),
                            ({"optim.name": "adamw"}, "optim.name ('sgd' -> 'adamw')"),
                            ({"data.train_size": 32}, "data.train_size (64 -> 32)")]:
-    with pytest.raises(train.ConfigError, match="holds checkpoints of another config: " + _re(named)):
-      train.train_and_evaluate(small_config(num_steps=4, **overrides), tmp_path)
+    with pytest.raises(trainer.ConfigError, match="holds checkpoints of another config: " + _re(named)):
+      trainer.train_and_evaluate(small_config(num_steps=4, **overrides), tmp_path)
   # what does not change the state's meaning resumes: a longer run, another learning rate, the data moved
-  summary = train.train_and_evaluate(small_config(num_steps=4, **{"optim.learning_rate": 0.01,
+  summary = trainer.train_and_evaluate(small_config(num_steps=4, **{"optim.learning_rate": 0.01,
                                                                   "data.data_dir": "/elsewhere"}), tmp_path)
-  assert summary["steps"] == 4
+  assert summary.steps == 4
 
 
 def test_allow_config_change_resumes_if_the_arrays_fit_and_otherwise_says_which_do_not(tmp_path):
   _train(tmp_path, num_steps=2)
-  summary = train.train_and_evaluate(small_config(num_steps=4, seed=3), tmp_path, allow_config_change=True)
-  assert summary["steps"] == 4
+  summary = trainer.train_and_evaluate(small_config(num_steps=4, seed=3), tmp_path, allow_config_change=True)
+  assert summary.steps == 4
   with pytest.raises(CheckpointError, match=r"checkpoint 4 holds a state of another structure than this "
                                             r"config's: .*params/convs/0/(angles|weights)/value is not saved"):
-    train.train_and_evaluate(small_config(num_steps=6, conv="rotate4"), tmp_path, allow_config_change=True)
+    trainer.train_and_evaluate(small_config(num_steps=6, conv="rotate4"), tmp_path, allow_config_change=True)
 
 
 def _re(text: str) -> str:
@@ -358,13 +360,13 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
 def test_a_finite_but_huge_loss_stops_the_run_like_a_nan(tmp_path):
   # lr = 3: without the bound the epoch losses are 1.5e7, 3.8, 2.8, 3.1e14, ... every number finite,
   # and the run ended at chance accuracy with exit 0 and only garbage checkpoints
-  with pytest.raises(train.TrainingDiverged, match=r"diverged at step 1 .* or its loss exceeded 2303 "
+  with pytest.raises(trainer.TrainingDiverged, match=r"diverged at step 1 .* or its loss exceeded 2303 "
                                                    r"\(max_loss_factor 1000 x ln\(classes\)\); stopped. No checkpoint"):
     _train(tmp_path / "fresh", num_steps=40, checkpoint_every_steps=2, **{"optim.learning_rate": 3.0})
-  assert not RunDir(tmp_path / "fresh").checkpoint_steps()
+  assert not RunDir(tmp_path / "fresh").checkpoints.steps()
   # from a good checkpoint (the learning rate is not part of the state's meaning)
   _train(tmp_path / "run", num_steps=4, checkpoint_every_steps=2)
-  with pytest.raises(train.TrainingDiverged, match=r"The last good checkpoint is step \d+") as info:
+  with pytest.raises(trainer.TrainingDiverged, match=r"The last good checkpoint is step \d+") as info:
     _train(tmp_path / "run", num_steps=40, checkpoint_every_steps=2, **{"optim.learning_rate": 3.0})
   bad = int(str(info.value).split("at step ")[1].split()[0])
   step, state = trained_run.load_state(tmp_path / "run")
@@ -373,9 +375,9 @@ def test_a_finite_but_huge_loss_stops_the_run_like_a_nan(tmp_path):
 
 
 def test_max_loss_factor_zero_turns_the_bound_off(tmp_path):
-  with pytest.raises(train.TrainingDiverged, match="diverged at step 0"):
+  with pytest.raises(trainer.TrainingDiverged, match="diverged at step 0"):
     _train(tmp_path / "tiny", num_steps=2, max_loss_factor=1e-4)
-  assert _train(tmp_path / "off", num_steps=2, max_loss_factor=0.0)["steps"] == 2
+  assert _train(tmp_path / "off", num_steps=2, max_loss_factor=0.0).steps == 2
 
 
 # ------------------------------------------------------------------ stops: SIGTERM at the worst moments
@@ -429,7 +431,7 @@ def test_sigterm_while_an_epoch_is_logged_or_saved_loses_nothing(tmp_path, monke
     calls = []
     monkeypatch.setattr(logger.MetricsLogger, "step",
                         lambda self, *a: (calls.append(1), kill() if len(calls) == 7 else None, step(self, *a))[2])
-  with pytest.raises(train.TrainingStopped) as info:
+  with pytest.raises(trainer.TrainingStopped) as info:
     _train(tmp_path / "stopped", **_RUN)
   assert info.value.signum == signal.SIGTERM
   monkeypatch.undo()
@@ -444,7 +446,7 @@ def test_sigterm_at_ten_random_moments_then_resume_equals_the_uninterrupted_run(
   _train(tmp_path / "clean", **_RUN)
   duration = time.perf_counter() - t0
   rng = random.Random(14)
-  run_loop = train.Loop.run
+  run_loop = trainer.loop.Loop.run
   stopped_at = []
   for trial in range(10):
     delay = rng.uniform(0.0, 0.6 * duration)
@@ -458,13 +460,13 @@ def test_sigterm_at_ten_random_moments_then_resume_equals_the_uninterrupted_run(
         timer.cancel()
 
     workdir = tmp_path / f"trial{trial}"
-    monkeypatch.setattr(train.Loop, "run", run)
+    monkeypatch.setattr(trainer.loop.Loop, "run", run)
     try:
       _train(workdir, **_RUN)
       stopped_at.append(None)
-    except train.TrainingStopped as e:
+    except trainer.TrainingStopped as e:
       stopped_at.append(str(e).split("step ")[1].split(";")[0])
-    monkeypatch.setattr(train.Loop, "run", run_loop)
+    monkeypatch.setattr(trainer.loop.Loop, "run", run_loop)
     _train(workdir, **_RUN)
     _assert_same_run(workdir, tmp_path / "clean")
   print("SIGTERM trials stopped at steps:", stopped_at)
@@ -543,6 +545,6 @@ def test_sigterm_to_the_command_exits_143_with_a_checkpoint(tmp_path):
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err[-3000:]
-  step = RunDir(tmp_path).latest_step()
+  step = RunDir(tmp_path).checkpoints.latest_step()
   assert step and f"training stopped at step {step}" in err
   assert not (tmp_path / "LOCK").read_text()

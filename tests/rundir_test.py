@@ -11,10 +11,11 @@ import pytest
 from flax import nnx
 
 from kshapes_jax import models, nn as knn
-from train import experiment, programs, train
-from train.rundir import RunDir
-from train.state import EpochSums, TrainState
-from train.trained_run import load_run, load_state
+from train import trainer
+from train.trainer import experiment, programs
+from train.trainer.rundir import RunDir
+from train.trainer.state import EpochSums, TrainState
+from train.trainer.trained_run import load_run, load_state
 from train_test import small_config
 
 # A run trained by the trainer as it was before TrainState and RunDir (commit d265bff): an ACU
@@ -29,13 +30,13 @@ def test_a_run_made_before_the_redesign_restores_and_resumes(tmp_path):
   step, state = load_state(workdir)
   assert step == 6 and state.radii_list() == before["acu_radii"] == [2] * 6
   run = load_run(workdir)
-  assert [layer.radius for _, layer in programs.acu_convs(run.model)] == before["acu_radii"]
+  assert [layer.radius for _, layer in knn.active_convs(run.model)] == before["acu_radii"]
   # the finished run resumes as a no-op and evaluates to the numbers it wrote then
   config = RunDir(workdir).read_config()
-  summary = train.train_and_evaluate(config, workdir)
-  assert summary["steps"] == 6
-  assert summary["test_accuracy"] == before["test_accuracy"]
-  np.testing.assert_allclose(summary["test_loss"], before["test_loss"], rtol=1e-6)
+  summary = trainer.train_and_evaluate(config, workdir)
+  assert summary.steps == 6
+  assert summary.test_accuracy == before["test_accuracy"]
+  np.testing.assert_allclose(summary.test_loss, before["test_loss"], rtol=1e-6)
   assert [m["epoch"] for m in RunDir(workdir).read_metrics()] == [1, 2]
 
 
@@ -58,37 +59,37 @@ def test_rundir_saves_lists_and_restores_into_the_trainers_state(tmp_path):
   exp = experiment.build(small_config())
   state = jax.device_put(exp.initial_state())
   rundir = RunDir(tmp_path, keep_checkpoints=2)
-  assert rundir.checkpoint_steps() == [] and rundir.read_summary() is None and rundir.read_metrics() == []
+  assert rundir.checkpoints.steps() == [] and rundir.read_summary() is None and rundir.read_metrics() == []
   for step in (1, 2, 3):
-    rundir.save(step, state.replace(step=np.int32(step)), [{"epoch": step}])
-  rundir.wait()
-  assert rundir.checkpoint_steps() == [2, 3]  # keep_checkpoints
-  restored, history = RunDir(tmp_path).restore(state)
+    rundir.checkpoints.save(step, state.replace(step=np.int32(step)), [{"epoch": step}])
+  rundir.checkpoints.wait()
+  assert rundir.checkpoints.steps() == [2, 3]  # keep_checkpoints
+  restored, history = RunDir(tmp_path).checkpoints.restore(state)
   assert int(restored.step) == 3 and history == [{"epoch": 3}]
   with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 1 .* saved: \[2, 3\]"):
-    RunDir(tmp_path).restore(state, step=1)
+    RunDir(tmp_path).checkpoints.restore(state, step=1)
   with pytest.raises(FileNotFoundError, match="config.json not found"):
     RunDir(tmp_path).read_config()
 
 
 def test_program_cache_sets_radii_on_copies_never_on_the_model():
   exp = experiment.build(small_config(conv="active"))
-  before = [layer.radius for _, layer in programs.acu_convs(exp.model)]
+  before = [layer.radius for _, layer in knn.active_convs(exp.model)]
   cache = programs.ProgramCache(exp.model, exp.tx, exp.dataset, augment="none", seed=0, eval_batch_size=16,
-                                mesh=train.data_mesh())
+                                mesh=trainer.data_mesh())
   small = cache([1] * len(before))
   assert cache([1] * len(before)) is small  # compiled once
-  assert [layer.radius for _, layer in programs.acu_convs(exp.model)] == before == [2] * 4
-  radii = [layer.radius for _, layer in programs.acu_convs(nnx.merge(small.eval_graphdef, nnx.state(exp.model)))]
+  assert [layer.radius for _, layer in knn.active_convs(exp.model)] == before == [2] * 4
+  radii = [layer.radius for _, layer in knn.active_convs(nnx.merge(small.eval_graphdef, nnx.state(exp.model)))]
   assert radii == [1] * 4
   with pytest.raises(ValueError, match="one radius per ActiveConv"):
-    programs.with_radii(exp.model, [1])
+    knn.with_radii(exp.model, [1])
 
 
 def test_bucketing_refuses_acus_it_cannot_bound(tmp_path):
   config = small_config(conv="active", acu_radius_every_steps=2, **{"conv_options.impl": "gather"})
-  with pytest.raises(train.ConfigError, match="needs splat ACUs with the normalized gradient"):
-    train.train_and_evaluate(config, tmp_path)
+  with pytest.raises(trainer.ConfigError, match="needs splat ACUs with the normalized gradient"):
+    trainer.train_and_evaluate(config, tmp_path)
 
 
 @pytest.mark.parametrize("padding", ["SAME", (1, 1), 1.0, True])

@@ -13,7 +13,9 @@ import pytest
 
 from configs import default
 from kshapes_jax import nn as knn
-from train import input_pipeline, train, trained_run
+from train import trainer
+from train.trainer import input_pipeline, trained_run
+from train.trainer.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,12 +46,12 @@ def _positions(state, layer):
 def test_every_conv_kind_trains_and_deploys(tmp_path, conv):
   # exact float32, so that the deployed net's loss is the trained one's to 1e-4 on a GPU too
   config = small_config(conv=conv, precision="highest", **{"optim.position_warmup_steps": 2})
-  summary = train.train_and_evaluate(config, tmp_path)
-  assert summary["steps"] == 4 and summary["test_examples"] == 40
+  summary = trainer.train_and_evaluate(config, tmp_path)
+  assert summary.steps == 4 and summary.test_examples == 40
   # deploy(model) is the same network: same accuracy, same predictions
-  assert summary["deployed_test_accuracy"] == summary["test_accuracy"]
-  assert summary["deployed_prediction_agreement"] == 1.0
-  assert abs(summary["deployed_test_loss"] - summary["test_loss"]) < 1e-4
+  assert summary.deployed_test_accuracy == summary.test_accuracy
+  assert summary.deployed_prediction_agreement == 1.0
+  assert abs(summary.deployed_test_loss - summary.test_loss) < 1e-4
   for name in ("summary.json", "metrics.jsonl", "learning_curve.png"):
     assert (tmp_path / name).stat().st_size > 0
   assert json.loads((tmp_path / "summary.json").read_text())["conv"] == conv
@@ -67,17 +69,17 @@ def test_tfds_mock_data_run_with_cifar_augmentation(tmp_path):
   config = small_config(model="cifar_quick", conv="acb", **{"data.name": "cifar10", "data.source": "tfds",
                                                             "data.augment": "cifar"})
   with tfds.testing.mock_data(num_examples=48):
-    summary = train.train_and_evaluate(config, tmp_path)
-  assert summary["dataset"] == "cifar10" and summary["test_examples"] == 48
-  assert summary["deployed_test_accuracy"] == summary["test_accuracy"]
+    summary = trainer.train_and_evaluate(config, tmp_path)
+  assert summary.dataset == "cifar10" and summary.test_examples == 48
+  assert summary.deployed_test_accuracy == summary.test_accuracy
 
 
 def test_resume_is_a_no_op_once_finished_and_continues_a_longer_run(tmp_path):
-  first = train.train_and_evaluate(small_config(num_steps=4), tmp_path)
-  again = train.train_and_evaluate(small_config(num_steps=4), tmp_path)
+  first = trainer.train_and_evaluate(small_config(num_steps=4), tmp_path)
+  again = trainer.train_and_evaluate(small_config(num_steps=4), tmp_path)
   assert again["test_loss"] == first["test_loss"]
-  longer = train.train_and_evaluate(small_config(num_steps=8), tmp_path)
-  fresh = train.train_and_evaluate(small_config(num_steps=8), tmp_path / "fresh")
+  longer = trainer.train_and_evaluate(small_config(num_steps=8), tmp_path)
+  fresh = trainer.train_and_evaluate(small_config(num_steps=8), tmp_path / "fresh")
   assert longer["test_loss"] == fresh["test_loss"]
   assert _metrics(tmp_path) == _metrics(tmp_path / "fresh")
 
@@ -86,7 +88,8 @@ _DRIVER = textwrap.dedent("""
     import json, os, signal, sys
     sys.path.insert(0, {repo!r})
     from configs import default
-    from train import input_pipeline, train, trained_run
+    from train import trainer
+    from train.trainer import input_pipeline, trained_run
 
     workdir, overrides, kill_at = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
     config = default.get_config()
@@ -98,7 +101,7 @@ _DRIVER = textwrap.dedent("""
           os.kill(os.getpid(), signal.SIGKILL)
         return batch(self, step)
       input_pipeline.Batches.batch = killing
-    train.train_and_evaluate(config, workdir)
+    trainer.train_and_evaluate(config, workdir)
 """)
 
 
@@ -160,16 +163,16 @@ def test_four_devices_follow_the_one_device_trajectory(tmp_path):
   assert len(m1) == len(m4) == 4  # 2 steps per epoch
   for a, b in zip(m1, m4):
     np.testing.assert_allclose([a["train_loss"], a["test_loss"]], [b["train_loss"], b["test_loss"]], rtol=2e-4)
-  s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
-  s4 = json.loads((tmp_path / "four" / "summary.json").read_text())
-  assert s4["devices"] == 4 and abs(s1["test_accuracy"] - s4["test_accuracy"]) <= 1 / 40
+  s1 = RunDir(tmp_path / "one").read_summary()
+  s4 = RunDir(tmp_path / "four").read_summary()
+  assert s4.devices == 4 and abs(s1.test_accuracy - s4.test_accuracy) <= 1 / 40
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   config = small_config(num_steps=20, checkpoint_every_steps=1, **{"optim.learning_rate": 1e8,
                                                                    "optim.weight_decay": 0.0})
-  with pytest.raises(train.TrainingDiverged, match="diverged at step .* NaN or inf") as info:
-    train.train_and_evaluate(config, tmp_path)
+  with pytest.raises(trainer.TrainingDiverged, match="diverged at step .* NaN or inf") as info:
+    trainer.train_and_evaluate(config, tmp_path)
   bad = int(str(info.value).split("at step ")[1].split()[0])
   step, state = _final_state(tmp_path)
   assert step <= bad
@@ -192,21 +195,21 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     (dict(model="sn", **{"data.name": "cifar10"}), r"cannot take cifar10 images of shape \(32, 32, 3\)"),
 ])
 def test_bad_configs_fail_fast_with_a_readable_message(tmp_path, overrides, match):
-  with pytest.raises(train.ConfigError, match=match):
-    train.train_and_evaluate(small_config(**overrides), tmp_path)
+  with pytest.raises(trainer.ConfigError, match=match):
+    trainer.train_and_evaluate(small_config(**overrides), tmp_path)
   assert not (tmp_path / "checkpoints").exists()
 
 
 def test_batch_must_split_over_devices(tmp_path, monkeypatch):
   monkeypatch.setattr(jax, "device_count", lambda: 3)
-  with pytest.raises(train.ConfigError, match="multiple of the 3 devices"):
-    train.check_config(small_config())
+  with pytest.raises(trainer.ConfigError, match="multiple of the 3 devices"):
+    trainer.check_config(small_config())
 
 
 def test_missing_data_fails_before_compiling(tmp_path):
   config = small_config(**{"data.name": "fashion_mnist", "data.source": "idx", "data.data_dir": "/nonexistent"})
   with pytest.raises(input_pipeline.DataError, match="apt-get install -y dataset-fashion-mnist"):
-    train.train_and_evaluate(config, tmp_path)
+    trainer.train_and_evaluate(config, tmp_path)
   assert not (tmp_path / "checkpoints").exists()
 
 
@@ -226,13 +229,13 @@ def test_command_line_trains_and_reports(tmp_path):
 def test_extent_bucketing_keeps_3x3_while_frozen_and_matches_the_fixed_radius(tmp_path):
   # exact float32: the 3x3 and 5x5 kernels then give the same sums on any backend
   common = {"conv": "active", "num_steps": 6, "optim.position_warmup_steps": 4, "precision": "highest"}
-  fixed = train.train_and_evaluate(small_config(**common), tmp_path / "fixed")
-  short = train.train_and_evaluate(small_config(acu_radius_every_steps=2, **dict(common, num_steps=4)),
+  fixed = trainer.train_and_evaluate(small_config(**common), tmp_path / "fixed")
+  short = trainer.train_and_evaluate(small_config(acu_radius_every_steps=2, **dict(common, num_steps=4)),
                                    tmp_path / "short")
-  assert short["acu_radii"] == [1, 1, 1, 1]  # frozen lattice: a 3x3 conv is enough
-  bucketed = train.train_and_evaluate(small_config(acu_radius_every_steps=2, **common), tmp_path / "bucketed")
-  assert fixed["acu_radii"] == [2, 2, 2, 2]
-  assert bucketed["acu_radii"] == [2, 2, 2, 2]  # moving corners need R = 2 (the layers' cap)
+  assert short.acu_radii == [1, 1, 1, 1]  # frozen lattice: a 3x3 conv is enough
+  bucketed = trainer.train_and_evaluate(small_config(acu_radius_every_steps=2, **common), tmp_path / "bucketed")
+  assert fixed.acu_radii == [2, 2, 2, 2]
+  assert bucketed.acu_radii == [2, 2, 2, 2]  # moving corners need R = 2 (the layers' cap)
   for a, b in zip(_metrics(tmp_path / "fixed"), _metrics(tmp_path / "bucketed")):
     np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
     np.testing.assert_allclose(a["test_loss"], b["test_loss"], rtol=1e-5)
@@ -254,10 +257,10 @@ def test_bucket_radius():
 @pytest.mark.parametrize("conv", knn.CONV_KINDS)
 def test_mixed_precision_is_a_config_switch(tmp_path, conv):
   """dtype=bfloat16: bf16 convs, float32 parameters, optimizer state and loss; it trains and deploys."""
-  summary = train.train_and_evaluate(small_config(conv=conv, dtype="bfloat16", num_steps=6), tmp_path)
-  assert np.isfinite(summary["test_loss"]) and np.isfinite(summary["final_train_loss"])
+  summary = trainer.train_and_evaluate(small_config(conv=conv, dtype="bfloat16", num_steps=6), tmp_path)
+  assert np.isfinite(summary.test_loss) and np.isfinite(summary.final_train_loss)
   # the deployed net computes in bf16 too: its predictions may differ in a near tie, not more
-  assert summary["deployed_prediction_agreement"] >= 0.9
+  assert summary.deployed_prediction_agreement >= 0.9
   _, state = _final_state(tmp_path)
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
   assert all(x.dtype in (np.float32, np.int32) for x in jax.tree.leaves(state.opt_state))
@@ -270,17 +273,17 @@ def test_mixed_precision_is_a_config_switch(tmp_path, conv):
     (dict(dtype="int8"), "config.dtype must be"),
 ])
 def test_bad_numerics_fail_fast(tmp_path, overrides, match):
-  with pytest.raises(train.ConfigError, match=match):
-    train.train_and_evaluate(small_config(**overrides), tmp_path)
+  with pytest.raises(trainer.ConfigError, match=match):
+    trainer.train_and_evaluate(small_config(**overrides), tmp_path)
 
 
 def test_deterministic_ops_are_requested_before_jax_starts():
-  from train import determinism
+  from train.trainer import determinism
 
   assert determinism.with_flag("") == determinism.FLAG
   assert determinism.with_flag("--a=1") == f"--a=1 {determinism.FLAG}"
   assert determinism.with_flag("--xla_gpu_deterministic_ops=false") == "--xla_gpu_deterministic_ops=false"
-  code = ("import os; from train import determinism; import jax; "
+  code = ("import os; from train.trainer import determinism; import jax; "
           "print(determinism.request(True), os.environ['XLA_FLAGS']); print(jax.numpy.ones(2).sum())")
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
@@ -295,8 +298,8 @@ def test_deterministic_ops_are_requested_before_jax_starts():
 def test_adamw_is_a_config_switch_and_keeps_the_papers_rules(tmp_path):
   config = small_config(conv="active", num_steps=6, **{"optim.name": "adamw", "optim.learning_rate": 1e-2,
                                                        "optim.position_warmup_steps": 4})
-  summary = train.train_and_evaluate(config, tmp_path)
-  assert np.isfinite(summary["test_loss"])
+  summary = trainer.train_and_evaluate(config, tmp_path)
+  assert np.isfinite(summary.test_loss)
   _, state = _final_state(tmp_path)
   start = np.asarray(knn.initial_positions(9, "lattice"))[1:]
   moved = np.abs(_positions(state, 1) - start)

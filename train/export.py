@@ -19,12 +19,19 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
+from train import cli
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Workdir of a run of python -m train.main.", required=True)
-flags.DEFINE_enum("format", "onnx", ["onnx", "jax", "both"], "What to write.")
-flags.DEFINE_string("out", "", "Output folder (default WORKDIR/export).")
-flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
-flags.DEFINE_integer("check_images", 2000, "Test images the written files are checked on (0: all).")
+
+
+def define_flags() -> None:
+  """Defines the command's flags on absl's FLAGS (those another command defined already are shared)."""
+  cli.define_once(flags.DEFINE_string, "workdir", None, "Workdir of a run of python -m train.main.")
+  cli.define_once(flags.DEFINE_enum, "format", "onnx", ["onnx", "jax", "both"], "What to write.")
+  cli.define_once(flags.DEFINE_string, "out", "", "Output folder (default WORKDIR/export).")
+  cli.define_once(flags.DEFINE_integer, "step", None, "Checkpoint step to export (default: the latest).")
+  cli.define_once(flags.DEFINE_integer, "check_images", 2000, "Test images the written files are checked on (0: all).")
+
 
 SUFFIX = {"jax": ".jaxexport", "onnx": ".onnx"}
 
@@ -38,7 +45,7 @@ def export_run(workdir: str | Path, formats: tuple[str, ...] = ("onnx",), out: s
     checked), "max_abs_diff" (of the logits)}.
   """
   import kshapes_jax as K
-  from train.trained_run import load_run
+  from train.trainer.trained_run import load_run
 
   run = load_run(workdir, step)
   shipped = K.deploy(run.model)
@@ -96,4 +103,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
+  flags.mark_flags_as_required(["workdir"])
   app.run(main)

@@ -27,15 +27,20 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from train.failures import exit_status, one_line
+from train import cli
+from train.cli import exit_status, one_line
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (get_config() -> ConfigDict).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots and the summary.")
-_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    "allow_config_change", False, "Resume a workdir whose checkpoints were made by a config that differs in "
-    "model, conv, optimizer, batch size, seed or data.")
-_DEBUG = flags.DEFINE_bool("debug", False, "On a failure, show the traceback instead of one error: line.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defines the command's flags on absl's FLAGS (those another command defined already are shared)."""
+  cli.define_once(config_flags.DEFINE_config_file, "config", None, "Training config file (get_config() -> ConfigDict).",
+                                  lock_config=True)
+  cli.define_once(flags.DEFINE_string, "workdir", None, "Directory for checkpoints, metrics, plots and the summary.")
+  cli.define_once(flags.DEFINE_bool, "allow_config_change", False, "Resume a workdir whose checkpoints were made by a config "
+                    "that differs in model, conv, optimizer, batch size, seed or data.")
+  cli.define_once(flags.DEFINE_bool, "debug", False, "On a failure, show the traceback instead of one error: line.")
 
 
 def _fail(e: BaseException, status: int) -> None:
@@ -69,19 +74,19 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO, and a failed one at ERROR
-    logging.set_verbosity(logging.WARNING if _DEBUG.value else logging.FATAL)  # before our error: line
-  from train import train  # after flag parsing: --help stays fast
+    logging.set_verbosity(logging.WARNING if FLAGS.debug else logging.FATAL)  # before our error: line
+  from train import trainer  # after flag parsing: --help stays fast
 
   try:
-    config = _CONFIG.value
+    config = FLAGS.config
     config.get("model")  # config_flags defers a file that cannot be read to the first use
   except Exception as e:
-    if _DEBUG.value:
+    if FLAGS.debug:
       raise
     _fail(flags.Error(f"the config file cannot be loaded: {one_line(e)}"), 2)
   try:
-    train.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except train.TrainingStopped as e:
+    trainer.train_and_evaluate(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
+  except trainer.TrainingStopped as e:
     print(f"stopped: {e}", file=sys.stderr)
     sys.exit(128 + e.signum)
   except KeyboardInterrupt as e:
@@ -89,13 +94,14 @@ def main(argv) -> None:
           file=sys.stderr)
     sys.exit(130)
   except Exception as e:
-    if _DEBUG.value:
+    if FLAGS.debug:
       raise
     _fail(e, exit_status(e))
 
 
 def run() -> None:
-  """Entry point of the `kshapes-train` console script."""
+  """Entry point of the `kshapes-train` console script and of python -m train.main."""
+  define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=parse_flags)
 

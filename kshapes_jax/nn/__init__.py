@@ -1,7 +1,17 @@
 """Flax NNX layers: parameters held here, kernels built by kshapes_jax.kernels."""
 
 from kshapes_jax.nn.acb import ACBlock, batch_norm
-from kshapes_jax.nn.active import ActiveConv, bucket_radius, initial_positions
+from kshapes_jax.nn.active import (
+    ActiveConv,
+    active_convs,
+    active_radii,
+    bucket_radius,
+    bucketed_radii,
+    check_bucketable,
+    initial_positions,
+    sgd_position_margin,
+    with_radii,
+)
 from kshapes_jax.nn.base import ConvLayer, Dense, PlainConv, recording
 from kshapes_jax.nn.deformable import DeformableActiveConv
 from kshapes_jax.nn.factory import CONV_KINDS, ConvBN, conv_bn, make_conv
@@ -23,9 +33,15 @@ __all__ = [
     "RotateConv",
     "VersatileConv",
     "batch_norm",
+    "active_convs",
+    "active_radii",
     "bucket_radius",
+    "bucketed_radii",
+    "check_bucketable",
     "conv_bn",
     "initial_positions",
     "make_conv",
     "recording",
+    "sgd_position_margin",
+    "with_radii",
 ]

@@ -178,3 +178,70 @@ class ActiveConv(ConvLayer):
   def weight_count(self) -> int:
     return int(self.weights[...].size)
 
+
+
+# ---------------------------------------------------------------- extent bucketing of a model's ACUs
+
+
+def active_convs(model: nnx.Module) -> list[tuple[tuple, ActiveConv]]:
+  """(path, layer) of every ActiveConv of a model, in a fixed order (the order of a radius list)."""
+  return [(path, m) for path, m in nnx.iter_modules(model) if isinstance(m, ActiveConv)]
+
+
+def active_radii(model: nnx.Module) -> list[int]:
+  """Each ActiveConv's radius, in `active_convs` order."""
+  return [layer.radius for _, layer in active_convs(model)]
+
+
+def with_radii(model: nnx.Module, radii: list[int] | tuple[int, ...]) -> nnx.Module:
+  """A copy of `model` whose ActiveConvs (in `active_convs` order) have these radii; `model` is unchanged.
+
+  Raises:
+    ValueError: unless there is one radius per ActiveConv.
+  """
+  copy = nnx.clone(model)
+  layers = active_convs(copy)
+  if len(layers) != len(radii):
+    raise ValueError(f"expected one radius per ActiveConv ({len(layers)}), got {len(radii)}")
+  for (_, layer), r in zip(layers, radii):
+    layer.radius = int(r)
+  return copy
+
+
+def check_bucketable(model: nnx.Module) -> None:
+  """ValueError, naming the layer, unless every ACU is a splat ACU with the normalized gradient.
+
+  Bucketing bounds a synapse's move by the unit-length normalized gradient (eq. 15-16), and only
+  the splat path has a radius that sets the conv's size.
+  """
+  for path, layer in active_convs(model):
+    if layer.impl != "splat" or not layer.normalize_grad:
+      raise ValueError(f"extent bucketing needs splat ACUs with the normalized gradient; "
+                       f"{'/'.join(map(str, path))} has impl={layer.impl!r}, normalize_grad={layer.normalize_grad}")
+
+
+def sgd_position_margin(step: int, every: int, warmup: int, learning_rate: float, momentum: float) -> float:
+  """How far (pixels) SGD can move a synapse from `step` to the next bucketing check.
+
+  With the normalized gradient (a unit vector per synapse) and momentum m, one step moves a
+  coordinate by at most learning_rate / (1 - m) (Nesterov included), where learning_rate is the
+  positions' (the schedule's top times their multiplier); while they are frozen (the first `warmup`
+  steps) they do not move. The next check is the next multiple of `every`, or the warm-up's end.
+  """
+  next_check = (step // every + 1) * every
+  if step < warmup:
+    next_check = min(next_check, warmup)
+  moving = max(0, next_check - max(step, warmup))
+  return moving * learning_rate / (1 - momentum)
+
+
+def bucketed_radii(model: nnx.Module, params: nnx.State, margin: float) -> list[int]:
+  """Each ACU's radius that holds its positions in `params` moved by up to `margin`, capped at the
+  layer's own radius (so nothing is clipped that the fixed-radius model would not clip)."""
+  radii = []
+  for path, layer in active_convs(model):
+    node = params
+    for key in path:
+      node = node[key]
+    radii.append(bucket_radius(np.asarray(node["positions"].get_value()), margin, layer.max_radius))
+  return radii

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from configs import repro_fmnist
-from train import analyses
-from train.analyses.common import markdown_table
-from train.ledger import Sample
-from train.suite import Suite, lengths_on_disk
+from train import analyze
+from train.analyze.common import markdown_table
+from train.reproduce.ledger import Sample
+from train.reproduce import rows
+from train.reproduce.suite import Suite, lengths_on_disk
 
 NOTES = ("<!-- notes:start -->", "<!-- notes:end -->")
 
@@ -121,14 +122,6 @@ def _fmt(sample: Sample) -> str:
   return "-" if not sample.n else f"{sample.mean:.2f} +- {sample.std:.2f}"
 
 
-def hardware(summary: dict) -> str:
-  """What a run trained on: 'NVIDIA H100 80GB HBM3', 'CPU, 2 cores' (older runs did not record their cores)."""
-  if summary.get("platform") == "cpu":
-    cores = summary.get("host_cores")
-    return f"CPU, {cores} core{'s' if cores != 1 else ''}" if cores else "CPU (cores not recorded)"
-  return summary.get("device_kind") or summary.get("platform", "?")
-
-
 def length_spec(lengths: dict[str, float]) -> str:
   """The --epochs value that gives these lengths ('' for the defaults)."""
   changed = {m: e for m, e in lengths.items() if e != repro_fmnist.EPOCHS.get(m)}
@@ -140,15 +133,15 @@ def length_spec(lengths: dict[str, float]) -> str:
 
 
 def _header(suite: Suite, notes: str, methods: Sequence[str]) -> list[str]:
-  rows = [row for row in suite.records if suite.records[row].method in methods]
-  summaries = [s for row in rows for s in suite.summaries(row)]
-  lost = [a for a in map(suite.aggregate, rows) if a is not None]
-  seconds = sum(s.get("seconds_total", 0) for s in summaries) + sum(60 * a.minutes_per_run * a.accuracy.n for a in lost)
-  machines = sorted({hardware(s) for s in summaries} | {h for a in lost for h in a.hardware.split(" / ")}) or ["-"]
-  only = "" if set(methods) == set(repro_fmnist.METHODS) else f" --methods {','.join(methods)}"
+  names = [row for row in suite.records if suite.records[row].method in methods]
+  summaries = [s for row in names for s in suite.summaries(row)]
+  lost = [a for a in map(suite.aggregate, names) if a is not None]
+  seconds = sum(s.seconds_total for s in summaries) + sum(60 * a.minutes_per_run * a.accuracy.n for a in lost)
+  machines = sorted({s.hardware for s in summaries} | {h for a in lost for h in a.hardware.split(" / ")}) or ["-"]
+  only = "" if set(methods) == set(rows.METHODS) else f" --methods {','.join(methods)}"
   spec = length_spec(suite.epochs)
   epochs, e = (f" --epochs {spec}" if spec else ""), "{N}"
-  lengths = ", ".join(f"{m} {suite.epochs[m]:g}" for m in repro_fmnist.METHODS if m in methods)
+  lengths = ", ".join(f"{m} {suite.epochs[m]:g}" for m in rows.METHODS if m in methods)
   return [
       "# Reproduction report", "",
       f"Made by `python -m train.reproduce --runs runs/repro{epochs}{only}` (every run, then this file; "
@@ -184,18 +177,18 @@ def _rows_table(suite: Suite, method: str) -> list[str]:
       lost.append(f"`{row.name}` {', '.join(agg.seeds)}")
       sources += [] if agg.source in sources else [agg.source]
     some = sums[0] if sums else None
-    params = some["parameters"] if some else agg.parameters if agg else None
-    deployed = some["deployed_parameters"] if some else agg.deployed_parameters if agg else None
-    agree = [100 * (s["deployed_prediction_agreement"] or 0.0) for s in sums] + ([agg.agreement] if agg else [])
-    minutes = [s["seconds_total"] / 60 for s in sums] + ([agg.minutes_per_run] * agg.accuracy.n if agg else [])
+    params = some.parameters if some else agg.parameters if agg else None
+    deployed = some.deployed_parameters if some else agg.deployed_parameters if agg else None
+    agree = [100 * s.deployed_prediction_agreement for s in sums] + ([agg.agreement] if agg else [])
+    minutes = [s.seconds_total / 60 for s in sums] + ([agg.minutes_per_run] * agg.accuracy.n if agg else [])
     table.append((f"`{row.name}`", "-" if params is None else f"{params:,}",
                   "-" if deployed is None else f"{deployed:,}", _fmt(suite.accuracy(row.name)),
                   f"{suite.accuracy(row.name).n}" + (f" ({len(failed)} diverged)" if failed else ""),
                   "-" if row.paper is None else f"{row.paper:.2f}", row.setting,
                   f"{min(agree):.2f}" if agree else "-",
-                  " / ".join(sorted({f"{s['epochs']:g}" for s in sums} | ({f"{agg.epochs:g}"} if agg else set())))
+                  " / ".join(sorted({f"{s.epochs:g}" for s in sums} | ({f"{agg.epochs:g}"} if agg else set())))
                   or f"({suite.length(row.name):g})",
-                  " / ".join(sorted({hardware(s) for s in sums} | (set(agg.hardware.split(" / ")) if agg else set())))
+                  " / ".join(sorted({s.hardware for s in sums} | (set(agg.hardware.split(" / ")) if agg else set())))
                   or "-",
                   f"{np.mean(minutes):.1f}" if minutes else "-"))
   lines = markdown_table(("row", "params", "deployed params", "test acc. (%)", "seeds", "paper (%)",
@@ -246,9 +239,9 @@ def _by_length(runs: Path, methods: Sequence[str], ledger: Path | None) -> list[
   lengths = lengths_on_disk(runs, ledger)
   if not lengths:
     return []
-  suites = [Suite(runs, epochs=dict.fromkeys(repro_fmnist.METHODS, e), ledger=ledger) for e in lengths]
+  suites = [Suite(runs, epochs=dict.fromkeys(rows.METHODS, e), ledger=ledger) for e in lengths]
   table = []
-  for row in (r for r in repro_fmnist.ROWS.values() if r.method in methods and r.baseline is not None):
+  for row in (r for r in rows.ROWS.values() if r.method in methods and r.baseline is not None):
     cells = []
     for suite in suites:
       c = compare(suite.accuracy(row.name), suite.accuracy(row.baseline), row.paper_difference)
@@ -261,7 +254,7 @@ def _by_length(runs: Path, methods: Sequence[str], ledger: Path | None) -> list[
           *markdown_table(("method vs baseline", "paper", *(f"{e:g} epochs" for e in lengths)), table), ""]
 
 
-def write_report(runs: str | Path, path: str | Path, methods: Sequence[str] = repro_fmnist.METHODS,
+def write_report(runs: str | Path, path: str | Path, methods: Sequence[str] = rows.METHODS,
                  epochs: dict[str, float] | None = None, ledger: str | Path | None = None) -> str:
   """Writes the reproduction report to `path` and its figures next to it (folder `repro/`).
 
@@ -273,9 +266,9 @@ def write_report(runs: str | Path, path: str | Path, methods: Sequence[str] = re
       a table of every difference at every length under RUNS follows them.
     ledger: the suite's ledger (train/ledger.py): runs not under RUNS are read from it (None: only RUNS).
   """
-  unknown = sorted(set(methods) - set(repro_fmnist.METHODS))
+  unknown = sorted(set(methods) - set(rows.METHODS))
   if unknown:
-    raise ValueError(f"unknown methods {unknown}; expected some of {list(repro_fmnist.METHODS)}")
+    raise ValueError(f"unknown methods {unknown}; expected some of {list(rows.METHODS)}")
   suite, path = Suite(runs, epochs=epochs, ledger=ledger), Path(path)
   figures = path.parent / "repro"
   figures.mkdir(parents=True, exist_ok=True)
@@ -285,9 +278,9 @@ def write_report(runs: str | Path, path: str | Path, methods: Sequence[str] = re
     if NOTES[0] in old and NOTES[1] in old:
       notes = old[old.index(NOTES[0]) + len(NOTES[0]):old.index(NOTES[1])]
   lines = _header(suite, notes, methods) + _claims(suite, methods)
-  for method in (m for m in repro_fmnist.METHODS if m in methods):
-    lines += [f"## {repro_fmnist.TITLES[method]}", "", *_rows_table(suite, method), *_comparisons(suite, method)]
-    lines += analyses.get(method).summarise(suite, figures)
+  for method in (m for m in rows.METHODS if m in methods):
+    lines += [f"## {rows.TITLES[method]}", "", *_rows_table(suite, method), *_comparisons(suite, method)]
+    lines += analyze.get(method).summarise(suite, figures)
   lines += _by_length(suite.runs, methods, suite.ledger_dir)
   text = "\n".join(lines) + "\n"
   path.write_text(text)

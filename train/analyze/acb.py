@@ -15,9 +15,9 @@ from flax import nnx
 
 import kshapes_jax as K
 from kshapes_jax.analysis import acb
-from train import input_pipeline, plots
-from train.analyses.common import fmt, markdown_table
-from train.evaluation import accuracy
+from train.trainer import input_pipeline, plots
+from train.analyze.common import fmt, markdown_table
+from train.trainer.evaluation import accuracy
 
 NAME = "acb"
 SPARSITIES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.45, 0.6)

@@ -38,41 +38,44 @@ from pathlib import Path
 
 from absl import app, flags
 
+from train import cli
+
 from configs import repro_fmnist
-from train import ledger
-from train.rundir import RunDir
+from train.reproduce import layout, ledger
+from train.reproduce.rows import METHODS, ROWS, parse_lengths
+from train.trainer.rundir import RunDir
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("runs", "runs/repro", "Folder of the runs (RUNS/eN/ROW/seedS).")
-flags.DEFINE_list("rows", list(repro_fmnist.ROWS), "Rows of configs/repro_fmnist.py to run.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of each row.")
-flags.DEFINE_string("epochs", "", "Length of the runs: N (every method), METHOD=N,... or N,METHOD=M; "
-                    f"methods not named keep {repro_fmnist.EPOCHS}.")
-flags.DEFINE_integer("parallel", 1, "Runs trained at once.", lower_bound=1)
-flags.DEFINE_bool("pin_cpus", True, "With --parallel K > 1, pin each run to 1/K of this process's cores.")
-flags.DEFINE_string("report", "results/REPRODUCTION.md", "Where the report goes ('' for none).")
-flags.DEFINE_string("ledger", str(ledger.LEDGER), "The runs' records, kept in the repository ('' for none).")
-flags.DEFINE_bool("report_only", False, "Only write the report from the runs already there.")
-flags.DEFINE_bool("analyze", True, "After each run, compute the analyses the report reads of it and write its "
-                  "record (else the report's step does both).")
-flags.DEFINE_bool("analyze_only", False, "Only compute the analyses of the finished runs that lack them, and "
-                  "write their records.")
-flags.DEFINE_bool("reverse", False, "Take the rows in reverse order (for a second driver).")
-flags.DEFINE_list("methods", list(repro_fmnist.METHODS), "The report's sections (default: all).")
+
+
+def define_flags() -> None:
+  """Defines the command's flags on absl's FLAGS (those another command defined already are shared)."""
+  cli.define_once(flags.DEFINE_string, "runs", "runs/repro", "Folder of the runs (RUNS/eN/ROW/seedS).")
+  cli.define_once(flags.DEFINE_list, "rows", list(repro_fmnist.ROWS), "Rows of configs/repro_fmnist.py to run.")
+  cli.define_once(flags.DEFINE_list, "seeds", ["0", "1", "2"], "Seeds of each row.")
+  cli.define_once(flags.DEFINE_string, "epochs", "", "Length of the runs: N (every method), METHOD=N,... or N,METHOD=M; "
+                      f"methods not named keep {repro_fmnist.EPOCHS}.")
+  cli.define_once(flags.DEFINE_integer, "parallel", 1, "Runs trained at once.", lower_bound=1)
+  cli.define_once(flags.DEFINE_bool, "pin_cpus", True, "With --parallel K > 1, pin each run to 1/K of this process's cores.")
+  cli.define_once(flags.DEFINE_string, "report", "results/REPRODUCTION.md", "Where the report goes ('' for none).")
+  cli.define_once(flags.DEFINE_string, "ledger", str(ledger.LEDGER), "The runs' records, kept in the repository ('' for none).")
+  cli.define_once(flags.DEFINE_bool, "report_only", False, "Only write the report from the runs already there.")
+  cli.define_once(flags.DEFINE_bool, "analyze", True, "After each run, compute the analyses the report reads of it and write its "
+                    "record (else the report's step does both).")
+  cli.define_once(flags.DEFINE_bool, "analyze_only", False, "Only compute the analyses of the finished runs that lack them, and "
+                    "write their records.")
+  cli.define_once(flags.DEFINE_bool, "reverse", False, "Take the rows in reverse order (for a second driver).")
+  cli.define_once(flags.DEFINE_list, "methods", list(METHODS), "The report's sections (default: all).")
+
 
 # exit statuses of train.main: Ctrl-C / SIGTERM (it saved a checkpoint), workdir taken or unusable
 _STOPPED, _NOT_A_RESULT = (130, 143), 4
 
 
-def workdir(runs: str | Path, row: str, seed: int | str, epochs: float) -> Path:
-  """RUNS/eN/ROW/seedS."""
-  return Path(runs) / repro_fmnist.length_dir(epochs) / row / f"seed{seed}"
-
-
 def run_command(row: str, seed: int | str, runs: str | Path, epochs: float) -> list[str]:
   """The one command that trains (or resumes) one row at one seed and length."""
   return [sys.executable, "-m", "train.main", f"--config=configs/repro_fmnist.py:row={row},seed={seed},"
-          f"epochs={epochs:g}", f"--workdir={workdir(runs, row, seed, epochs)}"]
+          f"epochs={epochs:g}", f"--workdir={layout.run_dir(runs, row, seed, epochs)}"]
 
 
 def core_groups(parallel: int, cores: Sequence[int] | None = None) -> list[list[int]]:
@@ -87,8 +90,8 @@ def recorded(ledger_dir: str | Path | None, row: str, seed: str, epochs: float) 
   if not ledger_dir:
     return False
   aggregate = ledger.read_aggregate(ledger_dir, row, epochs)
-  return (ledger.record_path(ledger_dir, row, f"seed{seed}", epochs).exists()
-          or (aggregate is not None and f"seed{seed}" in aggregate.seeds))
+  return (layout.record_path(ledger_dir, row, seed, epochs).exists()
+          or (aggregate is not None and layout.seed_name(seed) in aggregate.seeds))
 
 
 def settled(rundir: RunDir) -> bool:
@@ -103,8 +106,8 @@ def pending(runs: str | Path, rows: Sequence[str], seeds: Sequence[str], lengths
   todo = []
   for seed in seeds:
     for row in reversed(rows) if reverse else rows:
-      epochs = lengths[repro_fmnist.ROWS[row].method]
-      if not (settled(RunDir(workdir(runs, row, seed, epochs))) or recorded(ledger_dir, row, seed, epochs)):
+      epochs = lengths[ROWS[row].method]
+      if not (settled(RunDir(layout.run_dir(runs, row, seed, epochs))) or recorded(ledger_dir, row, seed, epochs)):
         todo.append((row, seed, epochs))
   return todo
 
@@ -136,7 +139,7 @@ class Driver:
   def _one(self, row: str, seed: str, epochs: float) -> None:
     if self.stop.is_set():
       return
-    rundir = RunDir(workdir(self.runs, row, seed, epochs))
+    rundir = RunDir(layout.run_dir(self.runs, row, seed, epochs))
     if settled(rundir) or recorded(self.ledger_dir, row, seed, epochs):
       return  # another driver took or finished it meanwhile
     with self._lock:
@@ -153,7 +156,7 @@ class Driver:
       elif code:  # a diverged run is a result: the report counts it; the suite goes on
         rundir.failed_path.write_text(f"exit status {code} (3: diverged, see python -m train.main)\n")
         if self.ledger_dir:
-          ledger.write(ledger.record_path(self.ledger_dir, row, f"seed{seed}", epochs), None, None,
+          ledger.write(layout.record_path(self.ledger_dir, row, seed, epochs), None, None,
                        failed=rundir.failed_path.read_text().strip())
       elif self.analyze:  # the report's analyses of this run and its record, on the cores it trained on
         self._run([sys.executable, "-m", "train.reproduce", f"--runs={self.runs}", f"--rows={row}",
@@ -181,7 +184,7 @@ def analyze_finished(runs: str | Path, rows: Sequence[str], seeds: Sequence[str]
   """Computes (and caches in each run's analysis/) the analyses the report reads of the finished runs
   on this machine (those seeds, or all for None), and writes their records (finished or failed) to the
   ledger; returns the records written."""
-  from train.suite import Suite  # here: it imports matplotlib and the analyses
+  from train.reproduce.suite import Suite  # here: it imports matplotlib and the analyses
 
   suite, written = Suite(runs, epochs=lengths, ledger=ledger_dir or None), []
   for row in rows:
@@ -201,7 +204,7 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"unknown rows {unknown}; expected some of {list(repro_fmnist.ROWS)}")
   try:
-    lengths = repro_fmnist.parse_lengths(FLAGS.epochs)
+    lengths = parse_lengths(FLAGS.epochs)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   if FLAGS.analyze_only:
@@ -216,7 +219,7 @@ def main(argv):
       print("stopped: the same command resumes the runs (the report was not rewritten)", file=sys.stderr, flush=True)
       sys.exit(130)
   if FLAGS.report:
-    from train import report  # here: it imports matplotlib and the analyses
+    from train.reproduce import report  # here: it imports matplotlib and the analyses
     if FLAGS.ledger:  # every run on this machine at these lengths is in the ledger before the report reads it
       written = analyze_finished(FLAGS.runs, list(repro_fmnist.ROWS), None, lengths, FLAGS.ledger)
       print(f"recorded {len(written)} runs in {FLAGS.ledger}")
@@ -224,5 +227,7 @@ def main(argv):
     print(f"wrote {FLAGS.report} ({len(text.splitlines())} lines)")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """python -m train.reproduce."""
+  define_flags()
   app.run(main)

@@ -8,10 +8,12 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from train import experiment, input_pipeline
-from train.programs import with_radii
-from train.rundir import RunDir
-from train.state import TrainState
+import kshapes_jax as K
+
+from train.trainer import experiment, input_pipeline
+from train.trainer.rundir import RunDir
+from train.trainer.settings import Settings, read
+from train.trainer.state import TrainState
 
 
 @dataclasses.dataclass
@@ -20,16 +22,16 @@ class TrainedRun:
 
   Attributes:
     rundir: its directory.
-    config: its config (config.json).
+    settings: its config (config.json), checked.
     dataset: its data, loaded as the trainer loaded it.
     model: the trained model at `step`, eval mode, with the ACU radii the run had there.
-    initial: the same model at initialisation (config.seed), eval mode.
+    initial: the same model at initialisation (settings.seed), eval mode.
     step: the checkpoint's step.
     steps: every saved checkpoint's step.
   """
 
   rundir: RunDir
-  config: object
+  settings: Settings
   dataset: input_pipeline.Dataset
   model: nnx.Module
   initial: nnx.Module
@@ -44,7 +46,7 @@ class TrainedRun:
 
   def model_at(self, step: int) -> nnx.Module:
     """The trained model at another saved step (eval mode)."""
-    return _model(self.graphdef, self.rundir.restore(self.template, step)[0])
+    return _model(self.graphdef, self.rundir.checkpoints.restore(self.template, step)[0])
 
 
 def load_run(workdir: str | Path, step: int | None = None) -> TrainedRun:
@@ -54,15 +56,15 @@ def load_run(workdir: str | Path, step: int | None = None) -> TrainedRun:
     FileNotFoundError: when workdir has no config.json or no such checkpoint.
   """
   rundir = RunDir(workdir)
-  config = rundir.read_config()
-  step = rundir.checkpoint_step(step)
-  exp = experiment.build(config)
+  settings = read(rundir.read_config())
+  step = rundir.checkpoints.find(step)
+  exp = experiment.build(settings)
   initial = nnx.clone(exp.model)
   initial.eval()
   template = jax.device_put(exp.initial_state())
   graphdef = nnx.split(exp.model, nnx.Param, ...)[0]
-  model = _model(graphdef, rundir.restore(template, step)[0])
-  return TrainedRun(rundir, config, exp.dataset, model, initial, step, rundir.checkpoint_steps(), template,
+  model = _model(graphdef, rundir.checkpoints.restore(template, step)[0])
+  return TrainedRun(rundir, settings, exp.dataset, model, initial, step, rundir.checkpoints.steps(), template,
                     graphdef)
 
 
@@ -71,12 +73,12 @@ def load_state(workdir: str | Path, step: int | None = None) -> tuple[int, Train
   state the run's config builds, on the default device."""
   rundir = RunDir(workdir)
   template = jax.device_put(experiment.build(rundir.read_config()).initial_state())
-  state, _ = rundir.restore(template, step)
+  state, _ = rundir.checkpoints.restore(template, step)
   return int(state.step), state
 
 
 def _model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
   """The model a restored state holds, with its ACU radii, in eval mode."""
-  model = with_radii(nnx.merge(graphdef, state.params, state.rest), state.radii_list())
+  model = K.nn.with_radii(nnx.merge(graphdef, state.params, state.rest), state.radii_list())
   model.eval()
   return model

@@ -12,15 +12,15 @@ from flax import nnx
 import kshapes_jax as K
 from kshapes_jax.analysis import versatile
 from kshapes_jax.models.accounting import conv_records
-from train import plots
-from train.analyses.common import KEPT, markdown_table
+from train.trainer import plots
+from train.analyze.common import KEPT, markdown_table
 
 NAME = "versatile"
 
 
 def applies(run) -> bool:
   return (any(isinstance(m, K.nn.VersatileConv) for _, m in nnx.iter_modules(run.model))
-          or run.config.model == "lenet")
+          or run.settings.model == "lenet")
 
 
 def first_conv(model: nnx.Module, input_shape: tuple[int, int, int]) -> K.nn.ConvLayer:

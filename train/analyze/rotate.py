@@ -10,8 +10,8 @@ from flax import nnx
 
 import kshapes_jax as K
 from kshapes_jax.analysis import rotate
-from train import plots
-from train.analyses.common import first_seed_figures, fmt, markdown_table
+from train.trainer import plots
+from train.analyze.common import first_seed_figures, fmt, markdown_table
 
 NAME = "rotate"
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import jax
 
-from train import plots
-from train.rundir import RunDir
-from train.state import EpochSums
+from train.trainer import plots
+from train.trainer.rundir import RunDir
+from train.trainer.state import EpochSums
 
 
 class MetricsLogger:

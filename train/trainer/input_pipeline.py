@@ -22,26 +22,18 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-# name -> (height, width, channels, classes)
-DATASETS = {
-    "mnist": (28, 28, 1, 10),
-    "fashion_mnist": (28, 28, 1, 10),
-    "cifar10": (32, 32, 3, 10),
-    "cifar100": (32, 32, 3, 100),
-    "svhn_cropped": (32, 32, 3, 10),
-}
-# name -> training examples of the full dataset
-TRAIN_EXAMPLES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000,
-                  "svhn_cropped": 73257}
-SOURCES = ("tfds", "idx", "npz", "synthetic")
+from configs.datasets import DATASETS, DEBIAN_FASHION_MNIST, SOURCES
+
+if TYPE_CHECKING:
+  from train.trainer.settings import DataSettings
+
 Augment = Literal["none", "cifar"]  # "cifar": pad-4 crop and flip
-DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
 class DataError(ValueError):
@@ -252,23 +244,24 @@ def synthetic_splits(shape: tuple[int, int, int], num_classes: int, train_size: 
   return make(train_size), make(test_size)
 
 
-def load(config) -> Dataset:
+def load(data: DataSettings, seed: int = 0) -> Dataset:
   """Loads the dataset a config's `data` block names; fails with a how-to message.
 
-  Config keys: `name` (see DATASETS), `source` (tfds, idx, npz, synthetic),
-  `data_dir` (for tfds: its data_dir; for idx/npz: the directory holding
-  the files), and for synthetic data `train_size`, `test_size`.
+  Args:
+    data: `name` (see DATASETS), `source` (tfds, idx, npz, synthetic), `data_dir` (for tfds:
+      its data_dir; for idx/npz: the directory holding the files), and for synthetic data
+      `train_size`, `test_size`.
+    seed: synthetic data is drawn from it.
   """
-  name, source = config.name, config.source
+  name, source = data.name, data.source
   if name not in DATASETS:
     raise DataError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
   if source not in SOURCES:
     raise DataError(f"unknown data source {source!r}; expected one of {list(SOURCES)}")
   h, w, c, classes = DATASETS[name]
-  data_dir = config.get("data_dir") or None
+  data_dir = data.data_dir or None
   if source == "synthetic":
-    train, test = synthetic_splits((h, w, c), classes, config.get("train_size", 512),
-                                   config.get("test_size", 256), config.get("seed", 0))
+    train, test = synthetic_splits((h, w, c), classes, data.train_size, data.test_size, seed)
   elif source in ("idx", "npz"):
     if data_dir is None and name == "fashion_mnist" and source == "idx":
       data_dir = DEBIAN_FASHION_MNIST

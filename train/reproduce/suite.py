@@ -1,11 +1,11 @@
 """The runs of the reproduction suite (RUNS/eN/ROW/seedS on disk, or their records), read through the rows.
 
-A suite's runs at one length are under RUNS/eN (N epochs, `repro_fmnist.length_dir`);
+A suite's runs at one length are under RUNS/eN (N epochs, train/reproduce/layout.py);
 a `Suite` reads each method's rows at the length it is given. A run whose folder is
 not on this machine is read from its record in the ledger (train/ledger.py); a row
 whose runs were lost before records existed adds its aggregate to its accuracy.
 
-The suite driver (`train.reproduce`) and the report (`train.report`) both
+The suite driver (`train.reproduce`) and the report (`train.reproduce.report`) both
 read the runs through `Suite`; each analysis module's `summarise` gets one.
 """
 
@@ -16,16 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from configs import repro_fmnist
-from train import analyze, ledger
-from train.rundir import RunDir
-from train.trained_run import TrainedRun, load_run
+from train import analyze
+from train.reproduce import layout, ledger
+from train.reproduce.rows import ROWS, Row
+from train.trainer.rundir import RunDir
+from train.trainer.summary import Summary
+from train.trainer.trained_run import TrainedRun, load_run
 
 
 def lengths_on_disk(runs: str | Path, ledger_dir: str | Path | None = None) -> list[float]:
   """The lengths (epochs) that have a folder under RUNS (or records in the ledger), shortest first."""
-  found = (repro_fmnist.dir_length(p.name) for p in Path(runs).glob("e*") if p.is_dir())
-  recorded = ledger.lengths(ledger_dir) if ledger_dir is not None else []
-  return sorted({e for e in found if e is not None} | set(recorded))
+  recorded = layout.lengths(ledger_dir) if ledger_dir is not None else []
+  return sorted(set(layout.lengths(runs)) | set(recorded))
 
 
 class Suite:
@@ -33,17 +35,17 @@ class Suite:
 
   Args:
     runs: the suite's folder (RUNS).
-    rows: the rows' records (default: configs/repro_fmnist.py's).
+    rows: the rows' records (default: rows.ROWS).
     epochs: the length of each method's runs (default: repro_fmnist.EPOCHS); a method's
       rows are read from RUNS/eN with N its length.
     ledger: the suite's ledger, RUNS' records (None: only the runs on disk are read).
   """
 
-  def __init__(self, runs: str | Path, rows: dict[str, repro_fmnist.Row] | None = None,
+  def __init__(self, runs: str | Path, rows: dict[str, Row] | None = None,
                epochs: dict[str, float] | None = None, ledger: str | Path | None = None):
     self.runs = Path(runs)
     self.ledger_dir = None if ledger is None else Path(ledger)
-    self.records = repro_fmnist.ROWS if rows is None else rows
+    self.records = ROWS if rows is None else rows
     self.epochs = {**repro_fmnist.EPOCHS, **(epochs or {})}
     self._loaded: dict[tuple[str, str], TrainedRun] = {}
 
@@ -53,24 +55,25 @@ class Suite:
 
   def row_dir(self, row: str) -> Path:
     """RUNS/eN/ROW: the row's seeds at its length."""
-    return self.runs / repro_fmnist.length_dir(self.length(row)) / row
+    return layout.row_dir(self.runs, row, self.length(row))
 
-  def rows(self, method: str) -> list[repro_fmnist.Row]:
+  def rows(self, method: str) -> list[Row]:
     """The rows of a method, in suite order."""
     return [r for r in self.records.values() if r.method == method]
 
-  def analysed_rows(self, analysis: str) -> list[repro_fmnist.Row]:
+  def analysed_rows(self, analysis: str) -> list[Row]:
     """The rows the report reads that analysis of."""
     return [r for r in self.records.values() if analysis in r.analyses]
 
-  def figure_rows(self, analysis: str) -> list[repro_fmnist.Row]:
+  def figure_rows(self, analysis: str) -> list[Row]:
     """The rows whose figures of that analysis the report shows (analysed rows with a label;
     for an analysis no row asks for, the method's rows with a label)."""
     rows = self.analysed_rows(analysis) or self.rows(analysis)
     return [r for r in rows if r.figure is not None]
 
   def workdir(self, row: str, seed: str) -> Path:
-    return self.row_dir(row) / seed
+    """RUNS/eN/ROW/seedS."""
+    return layout.run_dir(self.runs, row, seed, self.length(row))
 
   def analysis_dir(self, row: str, seed: str) -> Path:
     return RunDir(self.workdir(row, seed)).analysis_dir
@@ -96,16 +99,16 @@ class Suite:
     found = set(self.on_disk(row)) | {s for s, r in self.recorded(row).items() if r.get("summary")}
     return sorted(found - lost)
 
-  def summary(self, row: str, seed: str) -> dict[str, Any]:
+  def summary(self, row: str, seed: str) -> Summary:
     """A finished run's summary, from its folder where that is here, else from its record."""
-    return RunDir(self.workdir(row, seed)).read_summary() or self.recorded(row)[seed]["summary"]
+    return RunDir(self.workdir(row, seed)).read_summary() or Summary.from_json(self.recorded(row)[seed]["summary"])
 
-  def summaries(self, row: str) -> list[dict[str, Any]]:
+  def summaries(self, row: str) -> list[Summary]:
     return [self.summary(row, s) for s in self.seeds(row)]
 
   def accuracy(self, row: str) -> ledger.Sample:
     """Deployed test accuracy (%) over the row's seeds, pooled with its aggregate."""
-    ours = ledger.Sample.of([100 * s["deployed_test_accuracy"] for s in self.summaries(row)])
+    ours = ledger.Sample.of([100 * s.deployed_test_accuracy for s in self.summaries(row)])
     return ours.pool(a.accuracy) if (a := self.aggregate(row)) else ours
 
   def failed(self, row: str) -> list[str]:
@@ -151,7 +154,7 @@ class Suite:
     if self.ledger_dir is None:
       return None
     rundir = RunDir(self.workdir(row, seed))
-    path = ledger.record_path(self.ledger_dir, row, seed, self.length(row))
+    path = layout.record_path(self.ledger_dir, row, seed, self.length(row))
     if rundir.summary_path.exists():
       ledger.write(path, rundir.read_summary(), self.results(row, seed))
     elif rundir.failed_path.exists():

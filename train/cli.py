@@ -1,11 +1,24 @@
-"""How a failure is told on the command line: one line, and an exit status by kind."""
+"""What the commands share: their flags defined once a process, and a failure told as one line with an
+exit status by kind."""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
+from typing import Any
 
 from absl import flags
+
+
+def define_once(define: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> None:
+  """Defines an absl flag unless this process has it (the commands share workdir, out and step).
+
+  No module defines flags at import: each command's `define_flags` calls this before it parses
+  its arguments, so modules of several commands import together.
+  """
+  if name not in flags.FLAGS:
+    define(name, *args, **kwargs)
 
 
 def os_failure(e: BaseException) -> tuple[str, str | None] | None:
@@ -37,12 +50,12 @@ def one_line(e: BaseException) -> str:
 
 
 def exit_status(e: BaseException) -> int:
-  from train import input_pipeline, train  # noqa: PLC0415 (train imports JAX: not at --help)
+  from train import trainer  # noqa: PLC0415 (the trainer imports JAX: not at --help)
 
-  if isinstance(e, (train.ConfigError, input_pipeline.DataError, flags.Error)):
+  if isinstance(e, (trainer.ConfigError, trainer.DataError, flags.Error)):
     return 2
-  if isinstance(e, train.TrainingDiverged):
+  if isinstance(e, trainer.TrainingDiverged):
     return 3
-  if isinstance(e, (train.RunDirError, train.CheckpointError)) or os_failure(e) is not None:
+  if isinstance(e, (trainer.RunDirError, trainer.CheckpointError)) or os_failure(e) is not None:
     return 4
   return 1

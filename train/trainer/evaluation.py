@@ -15,8 +15,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import kshapes_jax as K
-from train import input_pipeline
-from train.step import shard
+from train.trainer import input_pipeline
+from train.trainer.step import shard
 
 
 def make_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequence[float]):

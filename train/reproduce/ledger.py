@@ -24,29 +24,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from configs import repro_fmnist
-from train.analyses.common import mean_std
+from train.analyze.common import mean_std
+from train.reproduce import layout
+from train.trainer.summary import Summary
 
 LEDGER = Path("results/runs")
-AGGREGATE = "aggregate.json"
 
 
-def row_dir(ledger: str | Path, row: str, epochs: float) -> Path:
-  """LEDGER/eN/ROW."""
-  return Path(ledger) / repro_fmnist.length_dir(epochs) / row
-
-
-def record_path(ledger: str | Path, row: str, seed: str, epochs: float) -> Path:
-  """LEDGER/eN/ROW/seedS.json ('seed' is the run folder's name, 'seed0')."""
-  return row_dir(ledger, row, epochs) / f"{seed}.json"
-
-
-def write(path: Path, summary: dict[str, Any] | None, results: dict[str, Any] | None,
+def write(path: Path, summary: Summary | None, results: dict[str, Any] | None,
           failed: str | None = None) -> None:
   """Writes one run's record (a finished run's summary and analyses, or a failed run's reason)."""
   if (summary is None) == (failed is None):
     raise ValueError("a record holds either a finished run's summary or a failed run's reason")
-  record = {"summary": summary, "results": results} if failed is None else {"failed": failed}
+  record = {"summary": summary.to_json(), "results": results} if summary is not None else {"failed": failed}
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp")
   tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
@@ -55,7 +45,7 @@ def write(path: Path, summary: dict[str, Any] | None, results: dict[str, Any] | 
 
 def seeds(ledger: str | Path, row: str, epochs: float) -> dict[str, dict[str, Any]]:
   """{'seed0': record, ...}: the row's recorded runs at that length."""
-  return {p.stem: json.loads(p.read_text()) for p in sorted(row_dir(ledger, row, epochs).glob("seed*.json"))}
+  return {p.stem: json.loads(p.read_text()) for p in sorted(layout.row_dir(ledger, row, epochs).glob("seed*.json"))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,29 +122,23 @@ class Aggregate:
 
 
 def read_aggregate(ledger: str | Path, row: str, epochs: float) -> Aggregate | None:
-  path = row_dir(ledger, row, epochs) / AGGREGATE
+  path = layout.aggregate_path(ledger, row, epochs)
   return Aggregate.from_json(json.loads(path.read_text())) if path.exists() else None
 
 
 def write_aggregate(ledger: str | Path, row: str, length: float, aggregate: Aggregate) -> Path:
   """Keeps a row's aggregate in the suite's folder of that length (LEDGER/eN/ROW/aggregate.json)."""
-  path = row_dir(ledger, row, length) / AGGREGATE
+  path = layout.aggregate_path(ledger, row, length)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(aggregate.to_json(), indent=1) + "\n")
   return path
-
-
-def lengths(ledger: str | Path) -> list[float]:
-  """The lengths (epochs) that have records, shortest first."""
-  found = (repro_fmnist.dir_length(p.name) for p in Path(ledger).glob("e*") if p.is_dir())
-  return sorted(e for e in found if e is not None)
 
 
 _ROW_HEADER = ("row", "params", "deployed params", "test acc. (%)", "seeds")
 
 
 def aggregates_from_report(markdown: str, source: str) -> dict[str, Aggregate]:
-  """The rows of a report written by train.report, read back from its row tables as Aggregates.
+  """The rows of a report written by train.reproduce.report, read back from its row tables as Aggregates.
 
   For runs that were lost: what the report printed of each row (its first `seeds` seeds, 'seed0'
   up, as the suite driver trains them). Rows with a diverged seed are refused, since the report

@@ -1,11 +1,13 @@
 """The training loop: `train_and_evaluate(config, workdir)` wires the named parts of a run.
 
-  experiment.build      the checked config made concrete: data, model, optimizer, length
-  TrainState            what the jitted step carries (train/state.py)
-  RunDir                config.json, metrics.jsonl, checkpoints, summary.json (train/rundir.py)
-  ProgramCache          the compiled step and evaluator per ACU radius set (train/programs.py)
-  MetricsLogger         the bar, the epoch lines, metrics.jsonl and the plot (train/logger.py)
-  final_evaluation      the trained model and deploy(model) on the test set (train/evaluation.py)
+  settings.read         the config checked once into typed Settings (settings.py)
+  experiment.build      the settings made concrete: data, model, optimizer, length (experiment.py)
+  TrainState            what the jitted step carries (state.py)
+  RunDir                config.json, metrics.jsonl, checkpoints, summary.json (rundir.py, checkpoints.py)
+  ProgramCache          the compiled step and evaluator per ACU radius set (programs.py)
+  MetricsLogger         the bar, the epoch lines, metrics.jsonl and the plot (logger.py)
+  final_evaluation      the trained model and deploy(model) on the test set (evaluation.py)
+  Summary               what summary.json holds (summary.py)
 
 A second call with the same workdir resumes from the latest checkpoint; the
 batches and augmentation are functions of the step, so the resumed run is
@@ -23,7 +25,10 @@ import threading
 import time
 from pathlib import Path
 from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
+
+import ml_collections
 
 import jax
 import numpy as np
@@ -31,14 +36,16 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import kshapes_jax as K
-from train import determinism, experiment, input_pipeline
-from train.evaluation import final_evaluation
-from train.experiment import ConfigError, Experiment, check_config  # noqa: F401 (the trainer's API)
-from train.logger import MetricsLogger, Throughput
-from train.programs import BucketingError, ProgramCache, Programs, acu_convs, bucketed_radii, check_bucketing
-from train.rundir import CheckpointError, RunDir, RunDirError  # noqa: F401 (the trainer's API)
-from train.state import EpochSums, TrainState
-from train.step import shard
+from train.trainer import determinism, experiment, input_pipeline
+from train.trainer.evaluation import final_evaluation
+from train.trainer.experiment import Experiment
+from train.trainer.logger import MetricsLogger, Throughput
+from train.trainer.programs import ProgramCache, Programs
+from train.trainer.rundir import RunDir
+from train.trainer.state import EpochSums, TrainState
+from train.trainer.settings import ConfigError, Settings, config_changes, read
+from train.trainer.step import shard
+from train.trainer.summary import Summary
 
 
 class TrainingDiverged(RuntimeError):
@@ -58,17 +65,18 @@ def data_mesh() -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def train_and_evaluate(config, workdir: str | Path, *, allow_config_change: bool = False) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str | Path, *,
+                       allow_config_change: bool = False) -> Summary:
   """Trains config's model on its dataset in workdir (resuming if it holds checkpoints).
 
   Args:
-    config: the run's config (see configs/default.py).
+    config: the run's config (configs/default.py lists the keys and their defaults).
     workdir: its directory; one run at a time (WORKDIR/LOCK).
     allow_config_change: resume even when the config changes what the checkpoint's state
       means (model, conv, optimizer, batch size, seed, data); its arrays must still fit.
 
   Returns:
-    The summary that is also written to workdir/summary.json.
+    The run's summary, also written to workdir/summary.json.
 
   Raises:
     ConfigError: for a config that cannot run, or that differs from the checkpoint's it
@@ -80,54 +88,50 @@ def train_and_evaluate(config, workdir: str | Path, *, allow_config_change: bool
       checkpoints keep the last good state.
     TrainingStopped: on SIGTERM or Ctrl-C, after saving a checkpoint to resume from.
   """
-  deterministic = determinism.request(config.get("deterministic", True))
-  if config.get("distributed", False):
+  settings = read(config)
+  deterministic = determinism.request(settings.deterministic)
+  if settings.distributed:
     initialize_distributed()
   t_start = time.perf_counter()
-  check_config(config)
-  experiment.check_keys(config)
-  rundir = RunDir(workdir, keep_checkpoints=config.keep_checkpoints)
+  rundir = RunDir(workdir, keep_checkpoints=settings.keep_checkpoints)
   writer = jax.process_index() == 0
   say = (lambda m: print(m, flush=True)) if writer else (lambda m: None)
   with rundir.locked(say) if writer else contextlib.nullcontext(), _closed_on_error(rundir):
-    check_resume(rundir, config, allow_config_change, say)
-    exp = experiment.build(config)
-    bucketing = bool(config.acu_radius_every_steps) and _check_bucketing(exp)
+    check_resume(rundir, settings, allow_config_change, say)
+    exp = experiment.build(settings)
+    bucketing = bool(settings.acu_radius_every_steps) and _check_bucketing(exp)
     mesh = data_mesh()
     state, history = restore_or_start(exp, rundir, mesh, say)
     if writer:
-      rundir.write_config(config)
-    title = f"{config.model} / {config.conv} on {exp.dataset.name}"
-    logger = MetricsLogger(rundir, title, history, config.progress)
+      rundir.write_config(settings)
+    title = f"{settings.model} / {settings.conv} on {exp.dataset.name}"
+    logger = MetricsLogger(rundir, title, history, settings.progress)
     num_params = K.models.count_params(exp.model)
     logger.say(f"{title}: {num_params:,} parameters, {exp.steps_per_epoch} steps/epoch, {exp.total_steps} steps, "
                f"{jax.device_count()} device(s) ({jax.devices()[0].platform})")
-    programs = ProgramCache(exp.model, exp.tx, exp.dataset, augment=config.data.augment, seed=config.seed,
-                            eval_batch_size=config.eval_batch_size, mesh=mesh, max_loss=max_loss(exp))
+    programs = ProgramCache(exp.model, exp.tx, exp.dataset, augment=settings.data.augment, seed=settings.seed,
+                            eval_batch_size=settings.eval_batch_size, mesh=mesh,
+                            max_loss=settings.max_loss(exp.dataset.num_classes))
     state, current = Loop(exp, programs, rundir, logger, mesh, bucketing).run(state)
     final = final_evaluation(current.eval_graphdef, state.params, state.rest, exp.dataset,
-                             config.eval_batch_size, mesh, current.evaluate)
-    rundir.close()
+                             settings.eval_batch_size, mesh, current.evaluate)
+    rundir.checkpoints.close()
     steps = int(state.step)
-    summary = {
-        "model": config.model, "conv": config.conv, "dataset": exp.dataset.name, "source": config.data.source,
-        "seed": config.seed, "steps": steps, "epochs": steps / exp.steps_per_epoch,
-        "devices": jax.device_count(), "platform": jax.devices()[0].platform,
-        "device_kind": jax.devices()[0].device_kind, "host_cores": _cores(),
-        "precision": config.get("precision", "default"), "dtype": config.get("dtype", "float32"),
-        "deterministic": deterministic, "parameters": num_params, **final,
-        "acu_radii": state.radii_list(),
-        "final_train_loss": logger.history[-1]["train_loss"] if logger.history else None,
-        "seconds_total": time.perf_counter() - t_start, "workdir": str(rundir.path),
-    }
+    summary = Summary(
+        model=settings.model, conv=settings.conv, dataset=exp.dataset.name, source=settings.data.source,
+        seed=settings.seed, steps=steps, epochs=steps / exp.steps_per_epoch, devices=jax.device_count(),
+        platform=jax.devices()[0].platform, device_kind=jax.devices()[0].device_kind, host_cores=_cores(),
+        precision=settings.precision, dtype=settings.dtype, deterministic=deterministic, parameters=num_params,
+        **final, acu_radii=state.radii_list(),
+        final_train_loss=logger.history[-1]["train_loss"] if logger.history else None,
+        seconds_total=time.perf_counter() - t_start, workdir=str(rundir.path))
     if writer:
       rundir.write_summary(summary)
-      agree = summary["deployed_prediction_agreement"]
-      print(f"test accuracy {100 * summary['test_accuracy']:.2f}% (deployed: "
-            f"{100 * summary['deployed_test_accuracy']:.2f}%, predictions agree on "
-            f"{100 * agree:.2f}%), "
-            f"{num_params:,} parameters ({summary['deployed_parameters']:,} deployed), "
-            f"{summary['seconds_total']:.0f} s; written to {rundir.path}", flush=True)
+      print(f"test accuracy {100 * summary.test_accuracy:.2f}% (deployed: "
+            f"{100 * summary.deployed_test_accuracy:.2f}%, predictions agree on "
+            f"{100 * summary.deployed_prediction_agreement:.2f}%), "
+            f"{num_params:,} parameters ({summary.deployed_parameters:,} deployed), "
+            f"{summary.seconds_total:.0f} s; written to {rundir.path}", flush=True)
   return summary
 
 
@@ -155,20 +159,14 @@ def _closed_on_error(rundir: RunDir):
     yield
   except BaseException:
     with contextlib.suppress(Exception):
-      rundir.close()
+      rundir.checkpoints.close()
     raise
 
 
-def max_loss(exp: Experiment) -> float:
-  """The training loss beyond which a run counts as diverged: max_loss_factor x ln(classes)."""
-  factor = exp.config.get("max_loss_factor", 0.0)
-  return factor * math.log(max(exp.dataset.num_classes, 2)) if factor > 0 else math.inf
-
-
-def check_resume(rundir: RunDir, config, allow_config_change: bool, say: Callable[[str], None]) -> None:
-  """ConfigError, naming the keys, when config changes what the workdir's checkpoints mean."""
-  saved = rundir.saved_config()
-  changes = experiment.config_changes(saved, config) if saved is not None else []
+def check_resume(rundir: RunDir, settings: Settings, allow_config_change: bool, say: Callable[[str], None]) -> None:
+  """ConfigError, naming the keys, when the settings change what the workdir's checkpoints mean."""
+  saved = rundir.checkpoints.saved_config()
+  changes = config_changes(saved, settings) if saved is not None else []
   if not changes:
     return
   if not allow_config_change:
@@ -180,10 +178,10 @@ def check_resume(rundir: RunDir, config, allow_config_change: bool, say: Callabl
 def _check_bucketing(exp: Experiment) -> bool:
   """Whether the model has ACUs to bucket; ConfigError if they cannot be."""
   try:
-    check_bucketing(exp.model)
-  except BucketingError as e:
-    raise ConfigError(str(e)) from e
-  return bool(acu_convs(exp.model))
+    K.nn.check_bucketable(exp.model)
+  except ValueError as e:
+    raise ConfigError(f"acu_radius_every_steps: {e}") from e
+  return bool(K.nn.active_convs(exp.model))
 
 
 def restore_or_start(exp: Experiment, rundir: RunDir, mesh: jax.sharding.Mesh,
@@ -193,9 +191,9 @@ def restore_or_start(exp: Experiment, rundir: RunDir, mesh: jax.sharding.Mesh,
   A damaged checkpoint is set aside (WORKDIR/damaged_checkpoints) and the one before it tried.
   """
   state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
-  if rundir.latest_step() is None:
+  if rundir.checkpoints.latest_step() is None:
     return state, []
-  state, history = rundir.restore(state, set_aside=jax.process_index() == 0, say=say)
+  state, history = rundir.checkpoints.restore(state, set_aside=jax.process_index() == 0, say=say)
   say(f"resumed from step {int(state.step)} ({rundir.checkpoint_dir})")
   return state, history
 
@@ -205,7 +203,7 @@ class Loop:
 
   def __init__(self, exp: Experiment, programs: ProgramCache, rundir: RunDir, logger: MetricsLogger,
                mesh: jax.sharding.Mesh, bucketing: bool):
-    self.exp, self.config, self.programs = exp, exp.config, programs
+    self.exp, self.settings, self.programs = exp, exp.settings, programs
     self.rundir, self.logger, self.bucketing = rundir, logger, bucketing
     self.replicated, self.data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
@@ -215,10 +213,10 @@ class Loop:
     A stop request is honoured between two steps, never inside one: the checkpoint then holds
     a state and a history that agree (a stop while an epoch was being logged lost that epoch).
     """
-    config, exp = self.config, self.exp
+    settings, exp = self.settings, self.exp
     start = step = int(state.step)
     current = self.programs(state.radii_list())
-    batches = input_pipeline.Batches(exp.dataset.train, config.batch_size, config.seed,
+    batches = input_pipeline.Batches(exp.dataset.train, settings.batch_size, settings.seed,
                                      process_index=jax.process_index(), process_count=jax.process_count())
     throughput, whole, stop = Throughput(), True, _StopRequest(self.logger.say)
     try:
@@ -230,12 +228,12 @@ class Loop:
           state, current = self.rebucket(state, current, step)
           state, loss = current.train_step(state, shard(batch, self.data))
           step += 1
-          throughput.add(config.batch_size, loss)
+          throughput.add(settings.batch_size, loss)
           self.log_step(state, step, loss, throughput)
           if step % exp.steps_per_epoch == 0 or step == exp.total_steps:
             state = self.end_epoch(state, step, current, throughput.rate())
             throughput.reset()
-          if step % config.checkpoint_every_steps == 0:
+          if step % settings.checkpoint_every_steps == 0:
             self.save(state, step)
           whole = True
     finally:
@@ -243,19 +241,21 @@ class Loop:
         if whole and step > start:  # a step cut short (an error, a second Ctrl-C) is not saved
           self.save(state, step)
       finally:
-        self.rundir.wait()
+        self.rundir.checkpoints.wait()
     if step < exp.total_steps:
-      self.rundir.close()
+      self.rundir.checkpoints.close()
       self.logger.say(f"stopped at step {step}; a checkpoint was saved to resume from")
       raise TrainingStopped(f"training stopped at step {step}; run the same command to resume", stop.signum)
     return state, current
 
   def rebucket(self, state: TrainState, current: Programs, step: int) -> tuple[TrainState, Programs]:
     """At a bucketing check: the radii the ACUs need next, and their programs."""
-    every, warmup = self.config.acu_radius_every_steps, self.config.optim.position_warmup_steps
-    if not self.bucketing or not (step % every == 0 or step == warmup):
+    o, every = self.settings.optim, self.settings.acu_radius_every_steps
+    if not self.bucketing or not (step % every == 0 or step == o.position_warmup_steps):
       return state, current
-    radii = bucketed_radii(self.config, self.exp.model, state.params, step)
+    margin = K.nn.sgd_position_margin(step, every, o.position_warmup_steps,
+                                      o.learning_rate * o.lr_multipliers.get("positions", 1.0), o.momentum)
+    radii = K.nn.bucketed_radii(self.exp.model, state.params, margin)
     if radii == state.radii_list():
       return state, current
     self.logger.say(f"step {step}: ACU radii -> {radii}")
@@ -263,7 +263,7 @@ class Loop:
     return state, self.programs(radii)
 
   def log_step(self, state: TrainState, step: int, loss: jax.Array, throughput: Throughput) -> None:
-    logged = step % self.config.log_every_steps == 0 or step == self.exp.total_steps
+    logged = step % self.settings.log_every_steps == 0 or step == self.exp.total_steps
     if logged:
       self.check_finite(state)
     self.logger.step(loss if logged else None, state.sums if logged else None, throughput.rate(),
@@ -276,7 +276,7 @@ class Loop:
     record = {"epoch": math.ceil(step / self.exp.steps_per_epoch), "step": step, "train_loss": loss,
               "train_accuracy": acc, "learning_rate": float(self.exp.schedule(step - 1)),
               "images_per_s": images_per_s}
-    if record["epoch"] % self.config.eval_every_epochs == 0 or step == self.exp.total_steps:
+    if record["epoch"] % self.settings.eval_every_epochs == 0 or step == self.exp.total_steps:
       test = current.evaluate(state.params, state.rest, self.exp.dataset.test)
       record.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
     self.logger.epoch(record)
@@ -284,20 +284,20 @@ class Loop:
 
   def save(self, state: TrainState, step: int) -> None:
     self.check_finite(state)
-    self.rundir.save(step, state, self.logger.history, self.config)
+    self.rundir.checkpoints.save(step, state, self.logger.history, self.settings.to_dict())
 
   def check_finite(self, state: TrainState) -> None:
     """Raises TrainingDiverged once a step's loss or parameters were not finite, or the loss too large."""
     bad = int(state.bad_step)
     if bad < 0:
       return
-    self.rundir.wait()
-    last = self.rundir.latest_step()
+    self.rundir.checkpoints.wait()
+    last = self.rundir.checkpoints.latest_step()
     bound = self.programs.max_loss
     raise TrainingDiverged(
         f"the training diverged at step {bad} (epoch {bad // self.exp.steps_per_epoch + 1}): its loss or "
         f"parameters became NaN or inf" + (f", or its loss exceeded {bound:.4g} (max_loss_factor "
-                                           f"{self.config.max_loss_factor:g} x ln(classes))"
+                                           f"{self.settings.max_loss_factor:g} x ln(classes))"
                                            if math.isfinite(bound) else "")
         + "; stopped. "
         + (f"The last good checkpoint is step {last} in {self.rundir.checkpoint_dir}. "

@@ -11,8 +11,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from train import input_pipeline
-from train.state import TrainState
+from train.trainer import input_pipeline
+from train.trainer.state import TrainState
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, mean: Sequence[float],

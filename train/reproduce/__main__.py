@@ -1,0 +1,6 @@
+"""python -m train.reproduce: the reproduction suite's driver (train/reproduce/driver.py)."""
+
+from train.reproduce import driver
+
+if __name__ == "__main__":
+  driver.run()

@@ -1,0 +1,237 @@
+"""A run's checkpoints: orbax save, verified restore (checksum, structure) and damaged ones set aside.
+
+  checkpoints/STEP/   orbax: `state` (the TrainState as a dict), `history` (the metrics) and
+                      `meta` (a SHA-256 of both and the config that made them)
+
+`RunDir.checkpoints` (train/trainer/rundir.py) is the one instance of a run's directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from train.trainer.state import TrainState
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be restored: damaged, or holding a state of another structure."""
+
+
+def _host(x) -> np.ndarray:
+  """A state leaf on the host; a replicated array of a multi-host mesh through this host's copy."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = x.addressable_data(0)
+  return np.asarray(jax.device_get(x))
+
+
+def _path(keys) -> str:
+  """A leaf's path as orbax's metadata and our trees both spell it: params/convs/0/kernel/value."""
+  return "/".join(re.findall(r"\w+", jax.tree_util.keystr(keys)))
+
+
+def checksum(state_tree: dict[str, Any], history: list[dict[str, Any]]) -> str:
+  """SHA-256 of every array (path, dtype, shape, bytes) and of the history, on the host."""
+  digest = hashlib.sha256()
+  for keys, leaf in jax.tree_util.tree_flatten_with_path(state_tree)[0]:
+    value = np.ascontiguousarray(_host(leaf))
+    digest.update(f"{_path(keys)}:{value.dtype.str}:{value.shape}".encode())
+    digest.update(value.tobytes())
+  digest.update(json.dumps(history, sort_keys=True).encode())
+  return digest.hexdigest()
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
+
+class Checkpoints:
+  """A run's checkpoints: orbax saves of the TrainState and history with their checksum and config.
+
+  Args:
+    directory: where the checkpoints are (WORKDIR/checkpoints).
+    damaged_dir: where damaged ones are set aside (WORKDIR/damaged_checkpoints).
+    keep: how many to keep when saving (None: all).
+    config_path: the run's config.json, the config of a checkpoint saved before configs were saved
+      with them.
+  """
+
+  def __init__(self, directory: Path, damaged_dir: Path, keep: int | None = None, config_path: Path | None = None):
+    self.directory, self.damaged_dir, self.config_path = directory, damaged_dir, config_path
+    self._keep = keep
+    self._manager: ocp.CheckpointManager | None = None
+
+  def _orbax(self, create: bool = False) -> ocp.CheckpointManager:
+    if self._manager is None:
+      handlers = {"state": ocp.StandardCheckpointHandler(), "history": ocp.JsonCheckpointHandler(),
+                  "meta": ocp.JsonCheckpointHandler()}
+      self._manager = ocp.CheckpointManager(
+          self.directory, item_handlers=handlers,
+          options=ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=create))
+    return self._manager
+
+  def steps(self) -> list[int]:
+    """The steps of the saved checkpoints, ascending."""
+    if not self.directory.exists():
+      return []
+    return sorted(self._orbax().all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.steps()
+    return steps[-1] if steps else None
+
+  def find(self, step: int | None = None) -> int:
+    """`step` if it was saved (default: the latest); FileNotFoundError, with the saved steps, if not."""
+    steps = self.steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoints in {self.directory}")
+    if step is None:
+      return steps[-1]
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory}; saved: {steps}")
+    return step
+
+  def save(self, step: int, state: TrainState, history: list[dict[str, Any]],
+           config: dict[str, Any] | None = None) -> None:
+    """Saves state, history and their checksum (and the config) as checkpoint `step`.
+
+    Asynchronous; a step saved already is kept.
+    """
+    manager = self._orbax(create=True)
+    if manager.latest_step() == step:
+      return
+    tree = state.to_tree()
+    meta = {"checksum": checksum(tree, history),
+            "config": config}
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                               history=ocp.args.JsonSave(history), meta=ocp.args.JsonSave(meta)))
+
+  def saved_config(self, step: int | None = None) -> dict[str, Any] | None:
+    """The config checkpoint `step` (default: the latest) was saved with; config.json for a
+    checkpoint from before configs were saved with them (the fallback_config file); None without checkpoints."""
+    if not self.steps():
+      return None
+    step = self.find(step)
+    if (self.directory / str(step) / "meta").exists():
+      with contextlib.suppress(Exception):  # a damaged meta: the restore will say so
+        meta = self._orbax().restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        if meta.get("config") is not None:
+          return meta["config"]
+    return json.loads(self.config_path.read_text()) if self.config_path and self.config_path.exists() else None
+
+  def restore(self, like: TrainState, step: int | None = None, *, set_aside: bool = False,
+              say: Callable[[str], None] = print) -> tuple[TrainState, list[dict[str, Any]]]:
+    """A verified checkpoint into the structure, dtypes and shardings of `like`.
+
+    Args:
+      like: a state of the structure to restore into.
+      step: that checkpoint only; None: the latest intact one, trying older ones when a newer
+        one is damaged (unreadable, or its arrays or history differ from its checksum).
+      set_aside: move each damaged checkpoint to WORKDIR/damaged_checkpoints (the trainer does,
+        so that it saves anew; readers leave the directory as it is).
+      say: where the damage is reported.
+
+    Raises:
+      FileNotFoundError: when there is no such checkpoint.
+      CheckpointError: when the checkpoint (every one, for step None) is damaged, or holds a
+        state of another structure than `like` (one line naming the differing arrays).
+    """
+    steps = [self.find(step)] if step is not None else self.steps()[::-1]
+    if not steps:
+      raise FileNotFoundError(f"no checkpoints in {self.directory}")
+    damaged = []
+    for s in steps:
+      try:
+        return self._restore_verified(like, s)
+      except _Damaged as e:
+        if step is not None:
+          raise CheckpointError(f"checkpoint {s} in {self.directory} is damaged: {e}") from e
+        where = self._set_aside(s) if set_aside else None
+        damaged.append(s)
+        say(f"checkpoint {s} is damaged ({e})" + (f"; moved to {where}" if where else "")
+            + (f"; trying step {steps[len(damaged)]}" if len(damaged) < len(steps) else ""))
+    raise CheckpointError(f"every checkpoint in {self.directory} is damaged (steps {damaged})"
+                          + (f"; they are in {self.damaged_dir}, and a new run starts from step 0"
+                             if set_aside else ""))
+
+  def _restore_verified(self, like: TrainState, step: int) -> tuple[TrainState, list[dict[str, Any]]]:
+    manager = self._orbax()
+    has_meta = (self.directory / str(step) / "meta").exists()
+    try:
+      saved = manager.item_metadata(step)["state"]
+      saved = {_path(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    except Exception as e:  # orbax raises many types for a damaged file
+      raise _Damaged(_first_line(e)) from e
+    if not saved:
+      raise _Damaged("its array metadata is missing")
+    _check_structure(like.to_tree(), saved, step)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            like.to_tree())
+    items = dict(state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore())
+    if has_meta:
+      items["meta"] = ocp.args.JsonRestore()
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
+      tree, history = restored.state, list(restored.history)
+    except Exception as e:
+      raise _Damaged(_first_line(e)) from e
+    if has_meta and checksum(tree, history) != restored.meta.get("checksum"):
+      raise _Damaged("its arrays or history do not match the checksum saved with them")
+    return TrainState.from_tree(tree), history
+
+  def _set_aside(self, step: int) -> Path:
+    """Moves checkpoint `step` out of the manager's sight, under a name not used yet."""
+    self.close()
+    self.damaged_dir.mkdir(exist_ok=True)
+    target, n = self.damaged_dir / str(step), 1
+    while target.exists():
+      target, n = self.damaged_dir / f"{step}-{n}", n + 1
+    shutil.move(str(self.directory / str(step)), target)
+    return target
+
+  def wait(self) -> None:
+    """Blocks until every save has been written."""
+    if self._manager is not None:
+      self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    if self._manager is not None:
+      self._manager.close()
+      self._manager = None
+
+
+class _Damaged(Exception):
+  """A checkpoint that cannot be read or does not match its checksum (the message says which)."""
+
+
+def _check_structure(tree: dict[str, Any], saved: dict[str, Any], step: int) -> None:
+  """CheckpointError, one line, when checkpoint `step` holds other arrays than the state to restore."""
+  want = {_path(k): (tuple(v.shape), np.dtype(v.dtype)) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  have = {p: (tuple(m.shape), np.dtype(m.dtype)) for p, m in saved.items()}
+  if want == have:
+    return
+  def describe(p):
+    if p not in want:
+      return f"{p} is saved but not in this model"
+    if p not in have:
+      return f"{p} is not saved"
+    return f"{p}: saved {have[p][0]} {have[p][1]}, now {want[p][0]} {want[p][1]}"
+
+  # the model's arrays first: they say what changed; the optimizer's follow from them
+  paths = sorted((p for p in want.keys() | have.keys() if want.get(p) != have.get(p)),
+                 key=lambda p: (not p.startswith("params/"), p))
+  diffs = [describe(p) for p in paths]
+  more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+  raise CheckpointError(f"checkpoint {step} holds a state of another structure than this config's: "
+                        f"{'; '.join(diffs[:3])}{more}")

@@ -1,0 +1,109 @@
+"""What a config asks for, checked and built: the data, the model, the optimizer and the step-0 state.
+
+The trainer and `train.analyze` both build a run from its config through
+these functions, so a restored run is the trained one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+import kshapes_jax as K
+from kshapes_jax import optim
+from train.trainer import input_pipeline
+from train.trainer.settings import ConfigError, OptimSettings, Settings, read
+from train.trainer.state import TrainState
+
+
+def build_model(settings: Settings, dataset: input_pipeline.Dataset) -> nnx.Module:
+  """The config's model for the dataset's classes and channels; checks the input shape."""
+  kwargs = dict(settings.model_kwargs)
+  if settings.conv_options:
+    kwargs["conv_options"] = dict(settings.conv_options)
+  spec = K.models.spec(settings.model)
+  if dataset.image_shape[-1] != spec.input_shape[-1]:
+    kwargs["in_channels"] = dataset.image_shape[-1]
+  if spec.takes_image_size and dataset.image_shape[:2] != spec.input_shape[:2]:
+    kwargs["image_size"] = dataset.image_shape[0]
+  try:
+    model = K.models.create(settings.model, conv=settings.conv, num_classes=dataset.num_classes,
+                            rngs=nnx.Rngs(settings.seed), precision=settings.precision, dtype=settings.dtype,
+                            **kwargs)
+    nnx.eval_shape(lambda m: m(jnp.zeros((2, *dataset.image_shape))), model)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{settings.model} (conv={settings.conv}) cannot take {dataset.name} images of shape "
+                      f"{dataset.image_shape} (it is built for {spec.input_shape}): {e}") from e
+  return model
+
+
+def make_optimizer(o: OptimSettings, labels: dict, steps_per_epoch: int, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The config's optimizer (optim.name: sgd or adamw) with the papers' per-label rules; (tx, schedule)."""
+  schedule = optim.make_schedule(
+      o.schedule, o.learning_rate, total_steps,
+      boundaries=[round(b * steps_per_epoch) for b in o.boundaries], factor=o.factor,
+      warmup_steps=round(o.warmup_epochs * steps_per_epoch))
+  rules = dict(weight_decay=o.weight_decay, decay_labels=tuple(o.decay_labels),
+               lr_multipliers=dict(o.lr_multipliers), freeze_steps=o.position_warmup_steps,
+               angle_eps=o.angle_eps if o.angle_eps >= 0 else None)
+  if o.name == "adamw":
+    return optim.adamw(labels, schedule, b1=o.b1, b2=o.b2, **rules), schedule
+  return optim.sgd(labels, schedule, momentum=o.momentum, nesterov=o.nesterov, **rules), schedule
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """A config made concrete.
+
+  Attributes:
+    settings: the checked config.
+    dataset: its data, in memory.
+    model: its model at initialisation (settings.seed), train mode.
+    tx: the optimizer with the papers' per-label rules.
+    schedule: the learning rate per step.
+    steps_per_epoch: full batches per epoch (the last incomplete one is dropped).
+    total_steps: the length of the run.
+  """
+
+  settings: Settings
+  dataset: input_pipeline.Dataset
+  model: nnx.Module
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  steps_per_epoch: int
+  total_steps: int
+
+  def initial_state(self) -> TrainState:
+    """The TrainState at step 0 (host arrays)."""
+    _, params, rest = nnx.split(self.model, nnx.Param, ...)
+    return TrainState.create(self.tx, params, rest, K.nn.active_radii(self.model))
+
+
+def build(config: Settings | ml_collections.ConfigDict | Mapping[str, Any],
+          dataset: input_pipeline.Dataset | None = None) -> Experiment:
+  """Reads and checks the config (unless given Settings), loads its data (unless given) and builds
+  its model and optimizer.
+
+  Raises:
+    ConfigError: for a config that cannot run (before anything is compiled).
+    input_pipeline.DataError: for a dataset that is missing, with how to get it.
+  """
+  settings = config if isinstance(config, Settings) else read(config)
+  dataset = input_pipeline.load(settings.data, settings.seed) if dataset is None else dataset
+  steps_per_epoch = input_pipeline.Batches(dataset.train, settings.batch_size, settings.seed).steps_per_epoch
+  total_steps = (settings.num_steps if settings.num_steps > 0
+                 else math.ceil(settings.num_epochs * steps_per_epoch))
+  model = build_model(settings, dataset)
+  model.train()
+  tx, schedule = make_optimizer(settings.optim, optim.param_labels(model), steps_per_epoch, total_steps)
+  return Experiment(settings, dataset, model, tx, schedule, steps_per_epoch, total_steps)
