@@ -36,10 +36,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _device() -> dict:
   """The default JAX backend of a fresh process, as the tests will see it."""
-  code = ("import json, jax; d = jax.devices()[0]; "
-          "print(json.dumps({'platform': d.platform, 'device': d.device_kind, 'count': jax.device_count(), "
-          "'jax_version': jax.__version__}))")
-  run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=REPO)
+  code = (
+    "import json, jax; d = jax.devices()[0]; "
+    "print(json.dumps({'platform': d.platform, 'device': d.device_kind, "
+    "'count': jax.device_count(), 'jax_version': jax.__version__}))"
+  )
+  run = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=REPO
+  )
   if run.returncode != 0:
     raise SystemExit(f"error: JAX could not start: {run.stderr.strip().splitlines()[-1:]}")
   return json.loads(run.stdout.strip().splitlines()[-1])
@@ -65,11 +69,15 @@ def junit_outcome(path: Path) -> dict:
 
 def markdown(result: dict) -> str:
   t = result["tests"]
-  lines = [f"GPU check on {result['device']} ({result['platform']}, {result['device_count']} device(s)), "
-           f"JAX {result['jax_version']}, {result['date']}.", "",
-           f"Tests (`pytest -n {result['workers']}`, default markers): **{t['passed']} passed, "
-           f"{t['failures'] + t['errors']} failed**, {t['skipped']} skipped, in {result['test_seconds']:.0f} s.",
-           ""]
+  lines = [
+    f"GPU check on {result['device']} ({result['platform']}, {result['device_count']} device(s)), "
+    f"JAX {result['jax_version']}, {result['date']}.",
+    "",
+    f"Tests (`pytest -n {result['workers']}`, default markers): **{t['passed']} passed, "
+    f"{t['failures'] + t['errors']} failed**, {t['skipped']} skipped, in "
+    f"{result['test_seconds']:.0f} s.",
+    "",
+  ]
   if t["failed"]:
     lines += ["| failed test | message |", "|---|---|"]
     lines += [f"| `{f['test']}` | {f['message'].replace('|', '/')} |" for f in t["failed"]]
@@ -80,44 +88,95 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                      help="pytest-xdist workers sharing the GPU")
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--workers",
+    type=int,
+    default=min(8, os.cpu_count() or 1),
+    help="pytest-xdist workers sharing the GPU",
+  )
   parser.add_argument("--skip-bench", action="store_true", help="only the tests")
-  parser.add_argument("--allow-cpu", action="store_true", help="run even if JAX finds no GPU (a dry run)")
+  parser.add_argument(
+    "--allow-cpu", action="store_true", help="run even if JAX finds no GPU (a dry run)"
+  )
   parser.add_argument("--out", default="results")
-  parser.add_argument("--bench-args", default="", help="extra arguments for bench.run, e.g. '--quick'")
+  parser.add_argument(
+    "--bench-args", default="", help="extra arguments for bench.run, e.g. '--quick'"
+  )
   args = parser.parse_args(argv)
 
   os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
   device = _device()
   if device["platform"] != "gpu" and not args.allow_cpu:
-    print(f"error: JAX's default backend is {device['platform']!r} ({device['device']}), not a GPU; install "
-          "JAX with CUDA (pip install -U 'jax[cuda13]') or pass --allow-cpu for a dry run", file=sys.stderr)
+    print(
+      f"error: JAX's default backend is {device['platform']!r} ({device['device']}), not a GPU; "
+      "install "
+      "JAX with CUDA (pip install -U 'jax[cuda13]') or pass --allow-cpu for a dry run",
+      file=sys.stderr,
+    )
     return 2
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   report = out / "gpu-check-junit.xml"
   print(f"tests on {device['device']} with {args.workers} workers ...", flush=True)
   start = time.perf_counter()
-  subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(args.workers),
-                  f"--junitxml={report}"], cwd=REPO, check=False)
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "pytest",
+      "-q",
+      "-p",
+      "no:cacheprovider",
+      "-n",
+      str(args.workers),
+      f"--junitxml={report}",
+    ],
+    cwd=REPO,
+    check=False,
+  )
   test_seconds = time.perf_counter() - start
   if not report.exists():
-    print("error: pytest wrote no report (it failed before running the tests); see its output above",
-          file=sys.stderr)
+    print(
+      "error: pytest wrote no report (it failed before running the tests); see its output above",
+      file=sys.stderr,
+    )
     return 1
   outcome = junit_outcome(report)
   report.unlink()
-  result = {"platform": device["platform"], "device": device["device"], "device_count": device["count"],
-            "jax_version": device["jax_version"], "date": datetime.date.today().isoformat(),
-            "workers": args.workers, "test_seconds": test_seconds, "tests": outcome, "bench": None}
+  result = {
+    "platform": device["platform"],
+    "device": device["device"],
+    "device_count": device["count"],
+    "jax_version": device["jax_version"],
+    "date": datetime.date.today().isoformat(),
+    "workers": args.workers,
+    "test_seconds": test_seconds,
+    "tests": outcome,
+    "bench": None,
+  }
   if not args.skip_bench:
     platform = "gpu" if device["platform"] == "gpu" else "cpu"
-    bench = subprocess.run([sys.executable, "-m", "bench.run", "--platform", platform, "--out", str(out),
-                            *args.bench_args.split()], cwd=REPO, check=False)
-    result["bench"] = (f"`python -m bench.run --platform {platform}` exit {bench.returncode}; tables in "
-                       f"bench-{platform}.md")
+    bench = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "bench.run",
+        "--platform",
+        platform,
+        "--out",
+        str(out),
+        *args.bench_args.split(),
+      ],
+      cwd=REPO,
+      check=False,
+    )
+    result["bench"] = (
+      f"`python -m bench.run --platform {platform}` exit {bench.returncode}; tables in "
+      f"bench-{platform}.md"
+    )
   (out / "gpu-check.json").write_text(json.dumps(result, indent=1) + "\n")
   (out / "gpu-check.md").write_text(markdown(result))
   print(markdown(result))

@@ -21,21 +21,30 @@ from bench.timing import compile_timed, run_interleaved
 from kshapes_jax import nn as knn
 
 SHAPES = ((32, 16), (16, 32), (8, 64))  # (H = W, channels) of ResNet-20's three stages
-BASE = {"acb": "conv_bn", "acb_branches": "conv_bn", "acb_stacked": "conv_bn"}  # acb_deployed is a plain conv
+BASE = {
+  "acb": "conv_bn",
+  "acb_branches": "conv_bn",
+  "acb_stacked": "conv_bn",
+}  # acb_deployed is a plain conv
 
 
 def set_ratios(rows: list[dict]) -> list[dict]:
-  """Sets each row's base, train_ratio and eval_ratio from the times of its base kind at the same shape."""
+  """Sets each row's base, train_ratio and eval_ratio from the times of its base kind at the same
+  shape."""
   times = {(r["shape"], r["kind"]): r for r in rows}
   for r in rows:
     r["base"] = BASE.get(r["kind"], "plain")
     base = times[(r["shape"], r["base"])]
-    r["train_ratio"], r["eval_ratio"] = r["train_ms"] / base["train_ms"], r["eval_ms"] / base["eval_ms"]
+    r["train_ratio"], r["eval_ratio"] = (
+      r["train_ms"] / base["train_ms"],
+      r["eval_ms"] / base["eval_ms"],
+    )
   return rows
 
 
 def layer_factories(c: int) -> dict[str, Callable[[], nnx.Module]]:
   """Every kind as a c -> c 3x3 layer (same output count as the plain conv)."""
+
   def rngs():
     return nnx.Rngs(0)
 
@@ -45,26 +54,27 @@ def layer_factories(c: int) -> dict[str, Callable[[], nnx.Module]]:
     return block.deploy()
 
   return {
-      "plain": lambda: knn.PlainConv(c, c, 3, rngs=rngs()),
-      "rotate4": lambda: knn.RotateConv(c, c, version=4, rngs=rngs()),
-      "rotate2": lambda: knn.RotateConv(c, c, version=2, rngs=rngs()),
-      "conv_bn": lambda: knn.conv_bn("plain", c, c, 3, rngs=rngs()),
-      "acb": lambda: knn.ACBlock(c, c, 3, rngs=rngs()),  # impl "auto"
-      "acb_branches": lambda: knn.ACBlock(c, c, 3, impl="branches", rngs=rngs()),
-      "acb_stacked": lambda: knn.ACBlock(c, c, 3, impl="stacked", rngs=rngs()),
-      "acb_deployed": deployed_acb,
-      # 3x3: s = 2 nested filters, so c / 2 primary filters give c maps
-      "versatile_spatial": lambda: knn.VersatileConv(c, c, 3, mode="spatial", rngs=rngs()),
-      # c^ = c / 2, g = c / 2: n = 2 windows, c / 2 filters give c maps
-      "versatile_channel": lambda: knn.VersatileConv(c, c, 3, mode="none", channel_delta=c // 2,
-                                                     channel_stride=c // 2, rngs=rngs()),
-      "acu_r1": lambda: knn.ActiveConv(c, c, 3, radius=1, rngs=rngs()),
-      "acu_r2": lambda: knn.ActiveConv(c, c, 3, radius=2, rngs=rngs()),
-      "acu_r3": lambda: knn.ActiveConv(c, c, 3, radius=3, rngs=rngs()),
-      "acu_gather": lambda: knn.ActiveConv(c, c, 3, radius=2, impl="gather", rngs=rngs()),
-      # the ACU plus per-pixel offsets from a 3x3 conv (and DCNv2 factors): the gather, per pixel
-      "deformable": lambda: knn.DeformableActiveConv(c, c, 3, rngs=rngs()),
-      "deformable_mod": lambda: knn.DeformableActiveConv(c, c, 3, modulation=True, rngs=rngs()),
+    "plain": lambda: knn.PlainConv(c, c, 3, rngs=rngs()),
+    "rotate4": lambda: knn.RotateConv(c, c, version=4, rngs=rngs()),
+    "rotate2": lambda: knn.RotateConv(c, c, version=2, rngs=rngs()),
+    "conv_bn": lambda: knn.conv_bn("plain", c, c, 3, rngs=rngs()),
+    "acb": lambda: knn.ACBlock(c, c, 3, rngs=rngs()),  # impl "auto"
+    "acb_branches": lambda: knn.ACBlock(c, c, 3, impl="branches", rngs=rngs()),
+    "acb_stacked": lambda: knn.ACBlock(c, c, 3, impl="stacked", rngs=rngs()),
+    "acb_deployed": deployed_acb,
+    # 3x3: s = 2 nested filters, so c / 2 primary filters give c maps
+    "versatile_spatial": lambda: knn.VersatileConv(c, c, 3, mode="spatial", rngs=rngs()),
+    # c^ = c / 2, g = c / 2: n = 2 windows, c / 2 filters give c maps
+    "versatile_channel": lambda: knn.VersatileConv(
+      c, c, 3, mode="none", channel_delta=c // 2, channel_stride=c // 2, rngs=rngs()
+    ),
+    "acu_r1": lambda: knn.ActiveConv(c, c, 3, radius=1, rngs=rngs()),
+    "acu_r2": lambda: knn.ActiveConv(c, c, 3, radius=2, rngs=rngs()),
+    "acu_r3": lambda: knn.ActiveConv(c, c, 3, radius=3, rngs=rngs()),
+    "acu_gather": lambda: knn.ActiveConv(c, c, 3, radius=2, impl="gather", rngs=rngs()),
+    # the ACU plus per-pixel offsets from a 3x3 conv (and DCNv2 factors): the gather, per pixel
+    "deformable": lambda: knn.DeformableActiveConv(c, c, 3, rngs=rngs()),
+    "deformable_mod": lambda: knn.DeformableActiveConv(c, c, 3, modulation=True, rngs=rngs()),
   }
 
 
@@ -79,6 +89,7 @@ def _steps(layer: nnx.Module):
     def loss(params, x):
       y = nnx.merge(graphdef, params, jax.tree.map(lambda v: v, rest))(x)
       return jnp.sum(y * cotangent)
+
     return jax.grad(loss, argnums=(0, 1))(params, x)
 
   def eval_fn(params, rest, x):
@@ -87,9 +98,11 @@ def _steps(layer: nnx.Module):
   return train_fn, eval_fn, params, rest
 
 
-def bench_layers(batch: int, reps: int, shapes=SHAPES, kinds: list[str] | None = None,
-                 log=print) -> list[dict]:
-  """Times every kind at every shape; ratios are against its base kind (`BASE`, else "plain") at the same shape."""
+def bench_layers(
+  batch: int, reps: int, shapes=SHAPES, kinds: list[str] | None = None, log=print
+) -> list[dict]:
+  """Times every kind at every shape; ratios are against its base kind (`BASE`, else "plain") at the
+  same shape."""
   rows = []
   rng = np.random.default_rng(0)
   for hw, c in shapes:
@@ -110,11 +123,23 @@ def bench_layers(batch: int, reps: int, shapes=SHAPES, kinds: list[str] | None =
       eval_cases.append(compile_timed(name, eval_fn, (params, rest, x)))
     run_interleaved(train_cases, reps, rewarm=True)
     run_interleaved(eval_cases, reps, rewarm=True)
-    shape_rows = set_ratios([{"shape": f"{hw}x{hw}x{c}", "kind": t.name, "train_ms": t.median_ms,
-                              "eval_ms": e.median_ms, "compile_train_s": t.compile_s}
-                             for t, e in zip(train_cases, eval_cases)])
+    shape_rows = set_ratios(
+      [
+        {
+          "shape": f"{hw}x{hw}x{c}",
+          "kind": t.name,
+          "train_ms": t.median_ms,
+          "eval_ms": e.median_ms,
+          "compile_train_s": t.compile_s,
+        }
+        for t, e in zip(train_cases, eval_cases)
+      ]
+    )
     for r in shape_rows:
-      log(f"  layer {r['shape']:>9} {r['kind']:<18} train {r['train_ms']:8.2f} ms ({r['train_ratio']:5.2f}x "
-          f"{r['base']})  eval {r['eval_ms']:8.2f} ms ({r['eval_ratio']:5.2f}x)")
+      log(
+        f"  layer {r['shape']:>9} {r['kind']:<18} train {r['train_ms']:8.2f} ms "
+        f"({r['train_ratio']:5.2f}x "
+        f"{r['base']})  eval {r['eval_ms']:8.2f} ms ({r['eval_ratio']:5.2f}x)"
+      )
     rows += shape_rows
   return rows

@@ -1,7 +1,7 @@
-"""Whole-model cases: the training system's own jitted train step (SGD with the papers' rules) and eval step."""
+"""Whole-model cases: the training system's own jitted train step (SGD with the papers' rules) and
+eval step."""
 
 from __future__ import annotations
-
 
 import jax
 import jax.numpy as jnp
@@ -15,38 +15,70 @@ from train.trainer.evaluation import make_eval_step
 from train.trainer.state import TrainState
 from train.trainer.step import make_train_step
 
-# (group, case name, model, conv kind, extra create kwargs, deployed?); the first case of a group is its base
+# (group, case name, model, conv kind, extra create kwargs, deployed?); the first case of a group is
+# its base
 MODEL_CASES = (
-    ("resnet20", "plain", "resnet20", "plain", {}, False),
-    ("resnet20", "rotate4", "resnet20", "rotate4", {}, False),
-    ("resnet20", "rotate2", "resnet20", "rotate2", {}, False),
-    ("resnet56", "plain", "resnet56", "plain", {}, False),
-    ("resnet56", "acb", "resnet56", "acb", {}, False),  # impl "auto"
-    ("resnet56", "acb_branches", "resnet56", "acb", {"conv_options": {"impl": "branches"}}, False),
-    ("resnet56", "acb_stacked", "resnet56", "acb", {"conv_options": {"impl": "stacked"}}, False),
-    ("resnet56", "acb_deployed", "resnet56", "acb", {}, True),
-    ("acu_plain", "plain", "acu_plain", "plain", {}, False),
-    ("acu_plain", "active_r1", "acu_plain", "active", {"conv_options": {"radius": 1}}, False),
-    ("acu_plain", "active_r2", "acu_plain", "active", {}, False),
-    ("lenet", "baseline", "lenet", "plain", {}, False),
-    ("lenet", "model3", "lenet", "versatile", {"variant": "model3"}, False),  # impl "auto"
-    ("lenet", "model3_stacked", "lenet", "versatile", {"variant": "model3", "conv_options": {"impl": "stacked"}},
-     False),
-    ("lenet", "model3_cropped", "lenet", "versatile", {"variant": "model3", "conv_options": {"impl": "cropped"}},
-     False),
-    ("lenet", "v2_model1", "lenet", "versatile", {"variant": "v2_model1"}, False),
-    ("lenet", "v2_model1_stacked", "lenet", "versatile",
-     {"variant": "v2_model1", "conv_options": {"impl": "stacked"}}, False),
-    ("lenet", "v2_model1_cropped", "lenet", "versatile",
-     {"variant": "v2_model1", "conv_options": {"impl": "cropped"}}, False),
-    *((f"{net}_224", case, net, conv, kwargs, deployed)
-      for net in ("resnet18", "resnet50")
-      for case, conv, kwargs, deployed in (
-          ("plain", "plain", {}, False), ("rotate4", "rotate4", {}, False), ("rotate2", "rotate2", {}, False),
-          ("acb", "acb", {}, False), ("acb_deployed", "acb", {}, True), ("versatile", "versatile", {}, False),
-          ("versatile_stacked", "versatile", {"conv_options": {"impl": "stacked"}}, False),
-          ("versatile_cropped", "versatile", {"conv_options": {"impl": "cropped"}}, False),
-          ("active", "active", {}, False))),
+  ("resnet20", "plain", "resnet20", "plain", {}, False),
+  ("resnet20", "rotate4", "resnet20", "rotate4", {}, False),
+  ("resnet20", "rotate2", "resnet20", "rotate2", {}, False),
+  ("resnet56", "plain", "resnet56", "plain", {}, False),
+  ("resnet56", "acb", "resnet56", "acb", {}, False),  # impl "auto"
+  ("resnet56", "acb_branches", "resnet56", "acb", {"conv_options": {"impl": "branches"}}, False),
+  ("resnet56", "acb_stacked", "resnet56", "acb", {"conv_options": {"impl": "stacked"}}, False),
+  ("resnet56", "acb_deployed", "resnet56", "acb", {}, True),
+  ("acu_plain", "plain", "acu_plain", "plain", {}, False),
+  ("acu_plain", "active_r1", "acu_plain", "active", {"conv_options": {"radius": 1}}, False),
+  ("acu_plain", "active_r2", "acu_plain", "active", {}, False),
+  ("lenet", "baseline", "lenet", "plain", {}, False),
+  ("lenet", "model3", "lenet", "versatile", {"variant": "model3"}, False),  # impl "auto"
+  (
+    "lenet",
+    "model3_stacked",
+    "lenet",
+    "versatile",
+    {"variant": "model3", "conv_options": {"impl": "stacked"}},
+    False,
+  ),
+  (
+    "lenet",
+    "model3_cropped",
+    "lenet",
+    "versatile",
+    {"variant": "model3", "conv_options": {"impl": "cropped"}},
+    False,
+  ),
+  ("lenet", "v2_model1", "lenet", "versatile", {"variant": "v2_model1"}, False),
+  (
+    "lenet",
+    "v2_model1_stacked",
+    "lenet",
+    "versatile",
+    {"variant": "v2_model1", "conv_options": {"impl": "stacked"}},
+    False,
+  ),
+  (
+    "lenet",
+    "v2_model1_cropped",
+    "lenet",
+    "versatile",
+    {"variant": "v2_model1", "conv_options": {"impl": "cropped"}},
+    False,
+  ),
+  *(
+    (f"{net}_224", case, net, conv, kwargs, deployed)
+    for net in ("resnet18", "resnet50")
+    for case, conv, kwargs, deployed in (
+      ("plain", "plain", {}, False),
+      ("rotate4", "rotate4", {}, False),
+      ("rotate2", "rotate2", {}, False),
+      ("acb", "acb", {}, False),
+      ("acb_deployed", "acb", {}, True),
+      ("versatile", "versatile", {}, False),
+      ("versatile_stacked", "versatile", {"conv_options": {"impl": "stacked"}}, False),
+      ("versatile_cropped", "versatile", {"conv_options": {"impl": "cropped"}}, False),
+      ("active", "active", {}, False),
+    )
+  ),
 )
 GPU_ONLY = ("resnet18_224", "resnet50_224")  # ImageNet-size nets: minutes per step on 2 CPU cores
 
@@ -77,8 +109,13 @@ def _cases_for(model, batch, shape, rng):
   return (train_step, state, batch_arrays), (eval_step, *copy, eval_batch)
 
 
-def bench_models(batch: int, reps: int, groups: list[str] | None = None, log=print,
-                 imagenet_batch: int | None = None) -> list[dict]:
+def bench_models(
+  batch: int,
+  reps: int,
+  groups: list[str] | None = None,
+  log=print,
+  imagenet_batch: int | None = None,
+) -> list[dict]:
   """Times every case; ratios are against the first case of its group.
 
   groups=None runs every group, except the GPU_ONLY ones on a CPU; the
@@ -104,11 +141,26 @@ def bench_models(batch: int, reps: int, groups: list[str] | None = None, log=pri
     run_interleaved(eval_cases, reps)
     base_t, base_e = train_cases[0].median_ms, eval_cases[0].median_ms
     for t, e, (name, conv, count) in zip(train_cases, eval_cases, meta):
-      rows.append({"group": group, "case": t.name, "model": name, "conv": conv, "parameters": count,
-                   "train_ms": t.median_ms, "eval_ms": e.median_ms, "train_ratio": t.median_ms / base_t,
-                   "eval_ratio": e.median_ms / base_e, "compile_train_s": t.compile_s,
-                   "batch": size, "images_per_s": size / (t.median_ms / 1e3)})
-      log(f"  model {group:<10} {t.name:<13} train {t.median_ms:8.1f} ms ({t.median_ms / base_t:5.2f}x)"
-          f"  eval {e.median_ms:7.1f} ms ({e.median_ms / base_e:5.2f}x)  compile {t.compile_s:5.1f} s")
+      rows.append(
+        {
+          "group": group,
+          "case": t.name,
+          "model": name,
+          "conv": conv,
+          "parameters": count,
+          "train_ms": t.median_ms,
+          "eval_ms": e.median_ms,
+          "train_ratio": t.median_ms / base_t,
+          "eval_ratio": e.median_ms / base_e,
+          "compile_train_s": t.compile_s,
+          "batch": size,
+          "images_per_s": size / (t.median_ms / 1e3),
+        }
+      )
+      log(
+        f"  model {group:<10} {t.name:<13} train {t.median_ms:8.1f} ms "
+        f"({t.median_ms / base_t:5.2f}x)"
+        f"  eval {e.median_ms:7.1f} ms ({e.median_ms / base_e:5.2f}x)  compile {t.compile_s:5.1f} s"
+      )
   jax.clear_caches()
   return rows

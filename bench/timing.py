@@ -1,4 +1,5 @@
-"""Timing helpers: compile time, and interleaved medians so that machine noise hits every case alike."""
+"""Timing helpers: compile time, and interleaved medians so that machine noise hits every case
+alike."""
 
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def compile_timed(name: str, fn: Callable, args: Sequence, donate: bool = False)
   return Timed(name, compiled, list(args), compile_s=time.perf_counter() - start)
 
 
-def run_interleaved(cases: Sequence[Timed], reps: int, warmup: int = 2, carry: bool = False,
-                    rewarm: bool = False) -> None:
+def run_interleaved(
+  cases: Sequence[Timed], reps: int, warmup: int = 2, carry: bool = False, rewarm: bool = False
+) -> None:
   """Runs every case `warmup` times, then `reps` rounds of one call each, in a shuffled order.
 
   Interleaving spreads slow phases of a noisy machine over all cases instead
@@ -47,6 +49,7 @@ def run_interleaved(cases: Sequence[Timed], reps: int, warmup: int = 2, carry: b
   (for short cases, where refilling the caches after another case is a large
   part of one call).
   """
+
   def call(case: Timed):
     out = case.fn(*case.args)
     jax.block_until_ready(out)
@@ -77,8 +80,16 @@ def warm_machine(seconds: float = 5.0) -> None:
 
   x = jnp.ones((64, 32, 32, 16))
   k = jnp.ones((3, 3, 16, 16)) * 0.01
-  step = jax.jit(jax.grad(lambda k, x: jnp.sum(jax.lax.conv_general_dilated(
-      x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)))
+  step = jax.jit(
+    jax.grad(
+      lambda k, x: jnp.sum(
+        jax.lax.conv_general_dilated(
+          x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        ** 2
+      )
+    )
+  )
   end = time.perf_counter() + seconds
   while time.perf_counter() < end:
     jax.block_until_ready(step(k, x))

@@ -1,4 +1,5 @@
-"""The peer a user would compare with: CIFAR ResNets' train step written plainly in PyTorch, on our device.
+"""The peer a user would compare with: CIFAR ResNets' train step written plainly in PyTorch, on our
+device.
 
 The same networks as `kshapes_jax.models.resnet20` / `resnet56` (3 stages of n
 basic blocks, 16/32/64 channels, option-A shortcuts: stride-2 subsampling and
@@ -58,7 +59,7 @@ def _build(torch, depth: int, acb: bool, classes: int = 10):
 
     def forward(self, x):
       y = self.two(F.relu(self.one(x)))
-      s = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+      s = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
       if self.extra:
         s = F.pad(s, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
       return F.relu(y + s)
@@ -83,9 +84,11 @@ def _build(torch, depth: int, acb: bool, classes: int = 10):
   return ResNet()
 
 
-def bench_torch(model: str, case: str, batch: int, reps: int, device: str = "cpu",
-                threads: int | None = None) -> dict | None:
-  """Median train-step and eval times of the PyTorch ResNet; None if torch (or its device) is missing."""
+def bench_torch(
+  model: str, case: str, batch: int, reps: int, device: str = "cpu", threads: int | None = None
+) -> dict | None:
+  """Median train-step and eval times of the PyTorch ResNet; None if torch (or its device) is
+  missing."""
   try:
     import torch
   except ImportError:
@@ -114,8 +117,14 @@ def bench_torch(model: str, case: str, batch: int, reps: int, device: str = "cpu
     with torch.no_grad():
       return net(x).argmax(-1).sum().item()
 
-  result = {"model": model, "case": case, "torch_version": torch.__version__, "device": device,
-            "threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in net.parameters())}
+  result = {
+    "model": model,
+    "case": case,
+    "torch_version": torch.__version__,
+    "device": device,
+    "threads": torch.get_num_threads(),
+    "parameters": sum(p.numel() for p in net.parameters()),
+  }
   for name, fn in (("train", train_step), ("eval", eval_step)):
     net.train(name == "train")
     for _ in range(3):
@@ -129,8 +138,11 @@ def bench_torch(model: str, case: str, batch: int, reps: int, device: str = "cpu
   return result
 
 
-def bench_peers(models: list[dict], batch: int, reps: int, device: str = "cpu", log=print) -> list[dict] | None:
-  """The PEER_CASES in PyTorch, each with the ratio of ours (a row of `models` with its group and case) to it."""
+def bench_peers(
+  models: list[dict], batch: int, reps: int, device: str = "cpu", log=print
+) -> list[dict] | None:
+  """The PEER_CASES in PyTorch, each with the ratio of ours (a row of `models` with its group and
+  case) to it."""
   rows = []
   for model, case in PEER_CASES:
     peer = bench_torch(model, case, batch, reps, device)
@@ -141,7 +153,11 @@ def bench_peers(models: list[dict], batch: int, reps: int, device: str = "cpu", 
       peer["ours_over_theirs_train"] = ours["train_ms"] / peer["train_ms"]
       peer["ours_over_theirs_eval"] = ours["eval_ms"] / peer["eval_ms"]
     rows.append(peer)
-    log(f"  torch {model:<9} {case:<6} train {peer['train_ms']:8.1f} ms  eval {peer['eval_ms']:7.1f} ms", flush=True)
+    log(
+      f"  torch {model:<9} {case:<6} train {peer['train_ms']:8.1f} ms  eval {peer['eval_ms']:7.1f} "
+      "ms",
+      flush=True,
+    )
   plain = {r["model"]: r for r in rows if r["case"] == "plain"}
   for r in rows:
     r["train_ratio"] = r["train_ms"] / plain[r["model"]]["train_ms"]

@@ -1,4 +1,5 @@
-"""ACNet on CIFAR-10/100 (Tables 1-2): Cifar-quick, VGG-16, ResNet-56, WRN-16-8, DenseNet-40, base vs ACB.
+"""ACNet on CIFAR-10/100 (Tables 1-2): Cifar-quick, VGG-16, ResNet-56, WRN-16-8, DenseNet-40, base
+vs ACB.
 
   python -m train.main --config configs/acnet_cifar.py:model=resnet56,data=cifar10,conv=acb \
       --workdir runs/acnet_r56_c10_acb --config.data.data_dir=$TFDS_DIR
@@ -21,20 +22,37 @@ from configs import common, default
 
 
 def get_config(arg: str | None = None):
-  a = common.parse_arg(arg, {"model": ("cifar_quick", "vgg16", "resnet56", "wrn16_8", "densenet40"),
-                             "data": ("cifar10", "cifar100"), "conv": ("acb", "plain")})
+  a = common.parse_arg(
+    arg,
+    {
+      "model": ("cifar_quick", "vgg16", "resnet56", "wrn16_8", "densenet40"),
+      "data": ("cifar10", "cifar100"),
+      "conv": ("acb", "plain"),
+    },
+  )
   c = default.get_config()
   c.model, c.conv = a["model"], a["conv"]
   common.cifar_data(c, a["data"])
   c.batch_size = 128
   if a["model"] == "wrn16_8":
     c.num_epochs = 200.0
-    c.optim.update(learning_rate=0.1, schedule="staircase", boundaries=(60.0, 120.0, 160.0), factor=0.2,
-                   nesterov=True, weight_decay=5e-4)
+    c.optim.update(
+      learning_rate=0.1,
+      schedule="staircase",
+      boundaries=(60.0, 120.0, 160.0),
+      factor=0.2,
+      nesterov=True,
+      weight_decay=5e-4,
+    )
   else:
     c.num_epochs = 160.0
-    c.optim.update(learning_rate=0.1, schedule="staircase", boundaries=(80.0, 120.0, 144.0), factor=0.1,
-                   weight_decay=1e-4)
+    c.optim.update(
+      learning_rate=0.1,
+      schedule="staircase",
+      boundaries=(80.0, 120.0, 144.0),
+      factor=0.1,
+      weight_decay=1e-4,
+    )
   c.checkpoint_every_steps = 2000
   c.log_every_steps = 50
   return c

@@ -1,4 +1,5 @@
-"""Active Convolution Unit on CIFAR-10/100: the plain network (Table 2) and pre-activation residual ones (Table 3).
+"""Active Convolution Unit on CIFAR-10/100: the plain network (Table 2) and pre-activation residual
+ones (Table 3).
 
   python -m train.main --config configs/acu_cifar.py:model=acu_plain,data=cifar10,conv=active \
       --workdir runs/acu_plain_c10 --config.data.data_dir=$TFDS_DIR
@@ -26,16 +27,24 @@ MODELS = ("acu_plain", "preact_resnet32", "preact_resnet47_bottleneck")
 
 
 def get_config(arg: str | None = None):
-  a = common.parse_arg(arg, {"model": MODELS, "data": ("cifar10", "cifar100"), "conv": ("active", "plain")})
+  a = common.parse_arg(
+    arg, {"model": MODELS, "data": ("cifar10", "cifar100"), "conv": ("active", "plain")}
+  )
   c = default.get_config()
   c.model, c.conv = a["model"], a["conv"]
   common.cifar_data(c, a["data"])
   c.batch_size = 64
   steps_per_epoch = 50000 // 64
   c.num_steps = 64000
-  c.optim.update(learning_rate=0.1, schedule="staircase", nesterov=True, weight_decay=1e-4,
-                 boundaries=(32000 / steps_per_epoch, 48000 / steps_per_epoch),
-                 lr_multipliers={"positions": 0.01}, position_warmup_steps=10000)
+  c.optim.update(
+    learning_rate=0.1,
+    schedule="staircase",
+    nesterov=True,
+    weight_decay=1e-4,
+    boundaries=(32000 / steps_per_epoch, 48000 / steps_per_epoch),
+    lr_multipliers={"positions": 0.01},
+    position_warmup_steps=10000,
+  )
   c.acu_radius_every_steps = 100  # 3x3 convs during the warm-up; R = 2 (5x5) once positions move
   c.checkpoint_every_steps = 2000
   c.log_every_steps = 50

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from train.trainer.input_pipeline import DEBIAN_FASHION_MNIST
+from configs.datasets import DEBIAN_FASHION_MNIST
 
 
 def parse_arg(arg: str | None, choices: dict[str, tuple[str, ...]]) -> dict[str, str]:
@@ -18,7 +18,9 @@ def parse_arg(arg: str | None, choices: dict[str, tuple[str, ...]]) -> dict[str,
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = item.partition("=")
     if not sep or key not in choices:
-      raise ValueError(f"config argument {item!r}: expected key=value with key in {sorted(choices)}")
+      raise ValueError(
+        f"config argument {item!r}: expected key=value with key in {sorted(choices)}"
+      )
     if value not in choices[key]:
       raise ValueError(f"config argument {key}={value!r}: expected one of {list(choices[key])}")
     out[key] = value
@@ -27,8 +29,9 @@ def parse_arg(arg: str | None, choices: dict[str, tuple[str, ...]]) -> dict[str,
 
 def cifar_data(config, name: str) -> None:
   """A 32x32 dataset through TFDS; CIFAR gets pad-4 crop + flip augmentation, SVHN none."""
-  config.data.update(name=name, source="tfds", data_dir="",
-                     augment="none" if name == "svhn_cropped" else "cifar")
+  config.data.update(
+    name=name, source="tfds", data_dir="", augment="none" if name == "svhn_cropped" else "cifar"
+  )
   config.eval_batch_size = 500
 
 

@@ -1,4 +1,5 @@
-"""The datasets the configs name: their shapes, classes and sizes, and where Debian puts Fashion-MNIST.
+"""The datasets the configs name: their shapes, classes and sizes, and where Debian puts
+Fashion-MNIST.
 
 The trainer's input pipeline (train/trainer/input_pipeline.py) reads them from here, so a config
 can count its steps without importing the trainer.
@@ -6,15 +7,20 @@ can count its steps without importing the trainer.
 
 # name -> (height, width, channels, classes)
 DATASETS = {
-    "mnist": (28, 28, 1, 10),
-    "fashion_mnist": (28, 28, 1, 10),
-    "cifar10": (32, 32, 3, 10),
-    "cifar100": (32, 32, 3, 100),
-    "svhn_cropped": (32, 32, 3, 10),
+  "mnist": (28, 28, 1, 10),
+  "fashion_mnist": (28, 28, 1, 10),
+  "cifar10": (32, 32, 3, 10),
+  "cifar100": (32, 32, 3, 100),
+  "svhn_cropped": (32, 32, 3, 10),
 }
 # name -> training examples of the full dataset
-TRAIN_EXAMPLES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000,
-                  "svhn_cropped": 73257}
+TRAIN_EXAMPLES = {
+  "mnist": 60000,
+  "fashion_mnist": 60000,
+  "cifar10": 50000,
+  "cifar100": 50000,
+  "svhn_cropped": 73257,
+}
 # where data.source reads from: tfds (tfds.data_source), idx / npz (a local directory), synthetic
 SOURCES = ("tfds", "idx", "npz", "synthetic")
 # Debian's dataset-fashion-mnist installs the IDX files here

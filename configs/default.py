@@ -45,21 +45,34 @@ Keys:
 
 import ml_collections
 
-
 # Every option a conv kind takes, typed, unset: so that `--config.conv_options.radius=3` parses
 # (a locked config refuses new keys). Only the set ones reach the layers.
 CONV_OPTIONS = {
-    "radius": int, "synapses": int, "init": str, "position_groups": int, "impl": str,  # active (impl: also versatile)
-    "normalize_grad": bool,  # active, rotate4/rotate2
-    "asymmetric": str, "bn": str, "border": bool, "asym_scale_init": float,  # acb
-    "mode": str, "bias": str, "channel_delta": int, "channel_stride": int,  # versatile
-    "param_dtype": str,  # every shaped kind: its weights' storage dtype, e.g. "bfloat16"
+  "radius": int,
+  "synapses": int,
+  "init": str,
+  "position_groups": int,
+  "impl": str,  # active (impl: also versatile)
+  "normalize_grad": bool,  # active, rotate4/rotate2
+  "asymmetric": str,
+  "bn": str,
+  "border": bool,
+  "asym_scale_init": float,  # acb
+  "mode": str,
+  "bias": str,
+  "channel_delta": int,
+  "channel_stride": int,  # versatile
+  "param_dtype": str,  # every shaped kind: its weights' storage dtype, e.g. "bfloat16"
 }
 
 
 def conv_options() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
-      {name: ml_collections.FieldReference(None, field_type=kind) for name, kind in CONV_OPTIONS.items()})
+    {
+      name: ml_collections.FieldReference(None, field_type=kind)
+      for name, kind in CONV_OPTIONS.items()
+    }
+  )
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -72,16 +85,34 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.precision = "default"
   c.dtype = "float32"
   c.deterministic = True
-  c.data = ml_collections.ConfigDict(dict(
-      name="mnist", source="synthetic", data_dir="", augment="none", train_size=512, test_size=256))
+  c.data = ml_collections.ConfigDict(
+    dict(
+      name="mnist", source="synthetic", data_dir="", augment="none", train_size=512, test_size=256
+    )
+  )
   c.batch_size = 64
   c.eval_batch_size = 256
   c.num_epochs = 1.0
   c.num_steps = 0
-  c.optim = ml_collections.ConfigDict(dict(
-      name="sgd", b1=0.9, b2=0.999, learning_rate=0.05, schedule="constant", boundaries=(), factor=0.1, warmup_epochs=0.0,
-      momentum=0.9, nesterov=False, weight_decay=5e-4, decay_labels=("weights",),
-      lr_multipliers={"positions": 0.01}, position_warmup_steps=0, angle_eps=1.0))
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      name="sgd",
+      b1=0.9,
+      b2=0.999,
+      learning_rate=0.05,
+      schedule="constant",
+      boundaries=(),
+      factor=0.1,
+      warmup_epochs=0.0,
+      momentum=0.9,
+      nesterov=False,
+      weight_decay=5e-4,
+      decay_labels=("weights",),
+      lr_multipliers={"positions": 0.01},
+      position_warmup_steps=0,
+      angle_eps=1.0,
+    )
+  )
   c.max_loss_factor = 1000.0
   c.acu_radius_every_steps = 0
   c.checkpoint_every_steps = 1000

@@ -1,6 +1,8 @@
-"""The reproduction suite on Fashion-MNIST (results/REPRODUCTION.md): one row of one paper's table per run.
+"""The reproduction suite on Fashion-MNIST (results/REPRODUCTION.md): one row of one paper's table
+per run.
 
-  python -m train.main --config configs/repro_fmnist.py:row=sn_v4,seed=0,epochs=10 --workdir runs/repro/e10/sn_v4/seed0
+  python -m train.main --config configs/repro_fmnist.py:row=sn_v4,seed=0,epochs=10 \
+      --workdir runs/repro/e10/sn_v4/seed0
   python -m train.reproduce --runs runs/repro          # every row x seeds 0-2, then the report
 
 Each row's config is the experiment config it is built from
@@ -34,7 +36,7 @@ from configs import common
 from configs.datasets import TRAIN_EXAMPLES
 
 # Epochs of each method (the methods: rotate, versatile, active, acb).
-EPOCHS = {"rotate": 2, "versatile": 1, "active": 1, "acb": 1}
+EPOCHS: dict[str, float] = {"rotate": 2, "versatile": 1, "active": 1, "acb": 1}
 DATA = "fashion_mnist"
 
 
@@ -63,35 +65,40 @@ _RAW_GRAD = {"conv_options.normalize_grad": False}
 
 # The suite's rows, in its order.
 ROWS: dict[str, RowConfig] = {
-    "sn_v9": RowConfig("rotate", _SN + "9"),
-    "sn_v4": RowConfig("rotate", _SN + "4"),
-    "sn_v2": RowConfig("rotate", _SN + "2"),
-    # ours: the angles not trained (a fixed random line per kernel), and the raw angle gradient
-    # (at the shared lr the angles then move ~0.001 deg in a run)
-    "sn_v4_frozen": RowConfig("rotate", _SN + "4", _FROZEN),
-    "sn_v2_frozen": RowConfig("rotate", _SN + "2", _FROZEN),
-    "sn_v4_raw_grad": RowConfig("rotate", _SN + "4", _RAW_GRAD),
-    "sn_v2_raw_grad": RowConfig("rotate", _SN + "2", _RAW_GRAD),
-    "lenet_baseline": RowConfig("versatile", _LENET + "baseline"),
-    "lenet_model1": RowConfig("versatile", _LENET + "model1"),
-    "lenet_model2": RowConfig("versatile", _LENET + "model2"),
-    "lenet_model3": RowConfig("versatile", _LENET + "model3"),
-    "lenet_v2_model1": RowConfig("versatile", _LENET + "v2_model1"),
-    "lenet_v2_model3": RowConfig("versatile", _LENET + "v2_model3"),
-    "acu_baseline": RowConfig("active", _ACU + "plain", _QUARTER),
-    "acu": RowConfig("active", _ACU + "active", _QUARTER),
-    "acu_no_warmup": RowConfig("active", _ACU + "active", {**_QUARTER, "optim.position_warmup_steps": 0}),
-    "acu_no_normgrad": RowConfig("active", _ACU + "active", {**_QUARTER, "conv_options.normalize_grad": False}),
-    "acb_baseline": RowConfig("acb", _ACB + "plain"),
-    "acb": RowConfig("acb", _ACB + "acb"),
-    "acb_hor": RowConfig("acb", _ACB + "acb", {"conv_options.asymmetric": "hor"}),
-    "acb_ver": RowConfig("acb", _ACB + "acb", {"conv_options.asymmetric": "ver"}),
-    "acb_bn_sum": RowConfig("acb", _ACB + "acb", {"conv_options.bn": "sum"}),
+  "sn_v9": RowConfig("rotate", _SN + "9"),
+  "sn_v4": RowConfig("rotate", _SN + "4"),
+  "sn_v2": RowConfig("rotate", _SN + "2"),
+  # ours: the angles not trained (a fixed random line per kernel), and the raw angle gradient
+  # (at the shared lr the angles then move ~0.001 deg in a run)
+  "sn_v4_frozen": RowConfig("rotate", _SN + "4", _FROZEN),
+  "sn_v2_frozen": RowConfig("rotate", _SN + "2", _FROZEN),
+  "sn_v4_raw_grad": RowConfig("rotate", _SN + "4", _RAW_GRAD),
+  "sn_v2_raw_grad": RowConfig("rotate", _SN + "2", _RAW_GRAD),
+  "lenet_baseline": RowConfig("versatile", _LENET + "baseline"),
+  "lenet_model1": RowConfig("versatile", _LENET + "model1"),
+  "lenet_model2": RowConfig("versatile", _LENET + "model2"),
+  "lenet_model3": RowConfig("versatile", _LENET + "model3"),
+  "lenet_v2_model1": RowConfig("versatile", _LENET + "v2_model1"),
+  "lenet_v2_model3": RowConfig("versatile", _LENET + "v2_model3"),
+  "acu_baseline": RowConfig("active", _ACU + "plain", _QUARTER),
+  "acu": RowConfig("active", _ACU + "active", _QUARTER),
+  "acu_no_warmup": RowConfig(
+    "active", _ACU + "active", {**_QUARTER, "optim.position_warmup_steps": 0}
+  ),
+  "acu_no_normgrad": RowConfig(
+    "active", _ACU + "active", {**_QUARTER, "conv_options.normalize_grad": False}
+  ),
+  "acb_baseline": RowConfig("acb", _ACB + "plain"),
+  "acb": RowConfig("acb", _ACB + "acb"),
+  "acb_hor": RowConfig("acb", _ACB + "acb", {"conv_options.asymmetric": "hor"}),
+  "acb_ver": RowConfig("acb", _ACB + "acb", {"conv_options.asymmetric": "ver"}),
+  "acb_bn_sum": RowConfig("acb", _ACB + "acb", {"conv_options.bn": "sum"}),
 }
 
 
 def row_config(row: str, seed: int = 0, epochs: float | None = None) -> ml_collections.ConfigDict:
-  """A row's experiment config with the suite's data, length and checkpoints, then the row's overrides."""
+  """A row's experiment config with the suite's data, length and checkpoints, then the row's
+  overrides."""
   r = ROWS[row]
   module, _, arg = r.experiment.partition(":")
   c = importlib.import_module(f"configs.{module}").get_config(arg)
@@ -105,7 +112,9 @@ def row_config(row: str, seed: int = 0, epochs: float | None = None) -> ml_colle
   _shorten(c, float(epochs or EPOCHS[r.method]), before)
   c.update_from_flattened_dict(r.overrides)
   if c.conv_options.get("normalize_grad") is False:
-    c.acu_radius_every_steps = 0  # bucketing bounds the move by the unit gradient; fixed 5x5 instead
+    c.acu_radius_every_steps = (
+      0  # bucketing bounds the move by the unit gradient; fixed 5x5 instead
+    )
   # Every checkpoint is kept: the ACU movement plot (Fig. 6) reads them.
   steps_per_epoch = TRAIN_EXAMPLES[DATA] // c.batch_size
   c.checkpoint_every_steps = steps_per_epoch // 8 if r.method == "active" else steps_per_epoch
@@ -122,7 +131,8 @@ def _length(c: ml_collections.ConfigDict) -> tuple[float, int]:
 
 
 def _shorten(c: ml_collections.ConfigDict, epochs: float, before: tuple[float, int]) -> None:
-  """Sets the run to `epochs`; the lr boundaries and the position warm-up keep their fraction of it."""
+  """Sets the run to `epochs`; the lr boundaries and the position warm-up keep their fraction of
+  it."""
   old_epochs, old_steps = before
   c.num_steps, c.num_epochs = 0, epochs
   # 6 digits: 32000 / 781 of 64000 / 781 epochs is a half, not 0.49999999999999994
@@ -132,7 +142,8 @@ def _shorten(c: ml_collections.ConfigDict, epochs: float, before: tuple[float, i
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """'row=NAME[,seed=S][,epochs=E]' -> that row's config."""
-  numbers, kept = {"seed": 0, "epochs": None}, []
+  numbers: dict[str, Any] = {"seed": 0, "epochs": None}
+  kept = []
   for item in filter(None, (arg or "").split(",")):
     key, _, value = item.partition("=")
     if key in numbers:  # any number, so not a choice of parse_arg

@@ -21,15 +21,22 @@ VERSIONS = {"9": "plain", "4": "rotate4", "2": "rotate2"}
 
 
 def get_config(arg: str | None = None):
-  a = common.parse_arg(arg, {"data": ("cifar10", "cifar100", "svhn_cropped"), "version": ("4", "9", "2")})
+  a = common.parse_arg(
+    arg, {"data": ("cifar10", "cifar100", "svhn_cropped"), "version": ("4", "9", "2")}
+  )
   c = default.get_config()
   c.model, c.conv = "densenet40", VERSIONS[a["version"]]
   c.model_kwargs.update(DENSENET40_ROTATECONV)
   common.cifar_data(c, a["data"])
   c.batch_size = 64
   c.num_epochs = 40.0 if a["data"] == "svhn_cropped" else 300.0
-  c.optim.update(learning_rate=0.1, schedule="staircase", nesterov=True, weight_decay=1e-4,
-                 boundaries=(0.5 * c.num_epochs, 0.75 * c.num_epochs))
+  c.optim.update(
+    learning_rate=0.1,
+    schedule="staircase",
+    nesterov=True,
+    weight_decay=1e-4,
+    boundaries=(0.5 * c.num_epochs, 0.75 * c.num_epochs),
+  )
   c.checkpoint_every_steps = 2000
   c.log_every_steps = 50
   return c

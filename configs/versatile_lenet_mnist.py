@@ -1,6 +1,7 @@
 """Versatile filters, LeNet on MNIST (Tables 2-3): baseline, Model 1/2/3, v2 Model 1/3.
 
-  python -m train.main --config configs/versatile_lenet_mnist.py:variant=model3 --workdir runs/vf_model3
+  python -m train.main --config configs/versatile_lenet_mnist.py:variant=model3 \
+      --workdir runs/vf_model3
   python -m train.main --config configs/versatile_lenet_mnist.py:variant=model3,data=fashion_mnist \
       --workdir runs/vf_fmnist_model3      # offline: Debian's dataset-fashion-mnist
 

@@ -14,13 +14,38 @@ from typing import Any
 import jax
 import numpy as np
 import onnx
+from jax.extend import core as jax_core
 from onnx import helper, numpy_helper
 
-_ELEMENTWISE = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "pow": "Pow"}
-_UNARY = {"neg": "Neg", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": "Sigmoid", "abs": "Abs",
-          "sqrt": "Sqrt", "floor": "Floor", "ceil": "Ceil"}
-_INLINED = {"jit": "jaxpr", "pjit": "jaxpr", "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
-            "closed_call": "call_jaxpr", "remat": "jaxpr", "checkpoint": "jaxpr"}
+_ELEMENTWISE = {
+  "add": "Add",
+  "sub": "Sub",
+  "mul": "Mul",
+  "div": "Div",
+  "max": "Max",
+  "min": "Min",
+  "pow": "Pow",
+}
+_UNARY = {
+  "neg": "Neg",
+  "exp": "Exp",
+  "log": "Log",
+  "tanh": "Tanh",
+  "logistic": "Sigmoid",
+  "abs": "Abs",
+  "sqrt": "Sqrt",
+  "floor": "Floor",
+  "ceil": "Ceil",
+}
+_INLINED = {
+  "jit": "jaxpr",
+  "pjit": "jaxpr",
+  "custom_jvp_call": "call_jaxpr",
+  "custom_vjp_call": "call_jaxpr",
+  "closed_call": "call_jaxpr",
+  "remat": "jaxpr",
+  "checkpoint": "jaxpr",
+}
 _INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -60,8 +85,13 @@ class _Graph:
       return self.const(np.asarray([int(d) for d in dims], np.int64), "shape")
     for d in dims:
       if not _static(d) and not _is_batch(d, self.batch):
-        raise ValueError(f"ONNX export: a shape dimension {d} other than the batch size is not supported")
-    pieces = [self.const(np.asarray([int(d)], np.int64), "dim") if _static(d) else self.batch_size() for d in dims]
+        raise ValueError(
+          f"ONNX export: a shape dimension {d} other than the batch size is not supported"
+        )
+    pieces = [
+      self.const(np.asarray([int(d)], np.int64), "dim") if _static(d) else self.batch_size()
+      for d in dims
+    ]
     return self.node("Concat", pieces, axis=0)
 
 
@@ -80,8 +110,9 @@ def _onnx_dtype(dtype) -> int:
   return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
-def from_jaxpr(closed: jax.extend.core.ClosedJaxpr, spec: jax.ShapeDtypeStruct, *, opset: int, name: str
-               ) -> onnx.ModelProto:
+def from_jaxpr(
+  closed: jax_core.ClosedJaxpr, spec: jax.ShapeDtypeStruct, *, opset: int, name: str
+) -> onnx.ModelProto:
   """The ONNX model of a one-input jaxpr whose input is `spec` (batch dimension symbolic)."""
   batch = spec.shape[0]
   g = _Graph("images", batch)
@@ -93,11 +124,20 @@ def from_jaxpr(closed: jax.extend.core.ClosedJaxpr, spec: jax.ShapeDtypeStruct, 
   for i, var in enumerate(closed.jaxpr.outvars):
     out_name = "logits" if i == 0 else f"output_{i}"
     g.nodes.append(helper.make_node("Identity", [_read(g, env, var)], [out_name]))
-    outputs.append(helper.make_tensor_value_info(out_name, _onnx_dtype(var.aval.dtype),
-                                                 [d if _static(d) else "batch" for d in var.aval.shape]))
-  inputs = [helper.make_tensor_value_info("images", _onnx_dtype(spec.dtype), ["batch", *spec.shape[1:]])]
+    outputs.append(
+      helper.make_tensor_value_info(
+        out_name,
+        _onnx_dtype(var.aval.dtype),
+        [d if _static(d) else "batch" for d in var.aval.shape],
+      )
+    )
+  inputs = [
+    helper.make_tensor_value_info("images", _onnx_dtype(spec.dtype), ["batch", *spec.shape[1:]])
+  ]
   graph = helper.make_graph(g.nodes, name, inputs, outputs, g.initializers)
-  model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="kshapes_jax")
+  model = helper.make_model(
+    graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="kshapes_jax"
+  )
   onnx.checker.check_model(model)
   return model
 
@@ -163,25 +203,37 @@ def _translate(g: _Graph, prim: str, eqn, inputs: list[str]) -> str:
     if any(interior != 0 or lo < 0 or hi < 0 for lo, hi, interior in config):
       raise ValueError("ONNX export: only non-negative, non-interior padding is supported")
     pads = [lo for lo, _, _ in config] + [hi for _, hi, _ in config]
-    return g.node("Pad", [inputs[0], g.const(np.asarray(pads, np.int64), "pads"), inputs[1]], mode="constant")
+    return g.node(
+      "Pad", [inputs[0], g.const(np.asarray(pads, np.int64), "pads"), inputs[1]], mode="constant"
+    )
   if prim == "slice":
     shape, starts, limits = aval_in[0].shape, p["start_indices"], p["limit_indices"]
     strides = p["strides"] or (1,) * len(starts)
-    ends = [_INT64_MAX if not _static(lim) and not _static(d) and _is_batch(lim, g.batch) else lim
-            for lim, d in zip(limits, shape)]
+    ends = [
+      _INT64_MAX if not _static(lim) and not _static(d) and _is_batch(lim, g.batch) else lim
+      for lim, d in zip(limits, shape)
+    ]
     if not all(_static(e) for e in ends):
       raise ValueError("ONNX export: a slice ending inside the batch dimension is not supported")
-    return g.node("Slice", [inputs[0], g.const(np.asarray(starts, np.int64), "starts"),
-                            g.const(np.asarray(ends, np.int64), "ends"),
-                            g.const(np.arange(len(starts), dtype=np.int64), "axes"),
-                            g.const(np.asarray(strides, np.int64), "steps")])
+    return g.node(
+      "Slice",
+      [
+        inputs[0],
+        g.const(np.asarray(starts, np.int64), "starts"),
+        g.const(np.asarray(ends, np.int64), "ends"),
+        g.const(np.arange(len(starts), dtype=np.int64), "axes"),
+        g.const(np.asarray(strides, np.int64), "steps"),
+      ],
+    )
   if prim == "dot_general":
     return _matmul(g, inputs, aval_in, p["dimension_numbers"])
   if prim == "conv_general_dilated":
     return _conv(g, inputs, p)
   if prim in ("reduce_window_max", "reduce_window_sum"):
     return _pool(g, prim, inputs[0], p)
-  raise ValueError(f"ONNX export: the primitive {prim!r} is not supported (a deployed CNN should not need it)")
+  raise ValueError(
+    f"ONNX export: the primitive {prim!r} is not supported (a deployed CNN should not need it)"
+  )
 
 
 def _broadcast(g: _Graph, x: str, in_shape, out_shape, dims) -> str:
@@ -190,8 +242,10 @@ def _broadcast(g: _Graph, x: str, in_shape, out_shape, dims) -> str:
   for src, dst in enumerate(dims):
     ranked[dst] = in_shape[src]
   y = x if tuple(ranked) == tuple(in_shape) else g.node("Reshape", [x, g.shape(ranked)])
-  if all(_static(a) and _static(b) and a == b or (not _static(a) and not _static(b))
-         for a, b in zip(ranked, out_shape)):
+  if all(
+    _static(a) and _static(b) and a == b or (not _static(a) and not _static(b))
+    for a, b in zip(ranked, out_shape)
+  ):
     return y
   return g.node("Expand", [y, g.shape(out_shape)])
 
@@ -200,8 +254,10 @@ def _matmul(g: _Graph, inputs: list[str], avals, dimension_numbers) -> str:
   (lc, rc), (lb, rb) = dimension_numbers
   lhs, rhs = avals
   if lb or rb or len(rhs.shape) != 2 or tuple(lc) != (len(lhs.shape) - 1,):
-    raise ValueError(f"ONNX export: dot_general {dimension_numbers} on {lhs.shape} x {rhs.shape} is not a "
-                     "matmul of the last axis with a matrix")
+    raise ValueError(
+      f"ONNX export: dot_general {dimension_numbers} on {lhs.shape} x {rhs.shape} is not a "
+      "matmul of the last axis with a matrix"
+    )
   right = inputs[1] if tuple(rc) == (0,) else g.node("Transpose", [inputs[1]], perm=[1, 0])
   return g.node("MatMul", [inputs[0], right])
 
@@ -209,12 +265,20 @@ def _matmul(g: _Graph, inputs: list[str], avals, dimension_numbers) -> str:
 def _conv(g: _Graph, inputs: list[str], p) -> str:
   dn = p["dimension_numbers"]
   if any(d != 1 for d in p["lhs_dilation"]) or p["batch_group_count"] != 1:
-    raise ValueError("ONNX export: transposed (lhs-dilated) or batch-grouped convolutions are not supported")
+    raise ValueError(
+      "ONNX export: transposed (lhs-dilated) or batch-grouped convolutions are not supported"
+    )
   x = g.node("Transpose", [inputs[0]], perm=list(dn.lhs_spec))  # -> N, C, spatial
   w = g.node("Transpose", [inputs[1]], perm=list(dn.rhs_spec))  # -> O, I, spatial
   pads = [lo for lo, _ in p["padding"]] + [hi for _, hi in p["padding"]]
-  y = g.node("Conv", [x, w], strides=list(p["window_strides"]), pads=pads,
-             dilations=list(p["rhs_dilation"]), group=int(p["feature_group_count"]))
+  y = g.node(
+    "Conv",
+    [x, w],
+    strides=list(p["window_strides"]),
+    pads=pads,
+    dilations=list(p["rhs_dilation"]),
+    group=int(p["feature_group_count"]),
+  )
   back = [0] * len(dn.out_spec)
   for k, dim in enumerate(dn.out_spec):
     back[dim] = k
@@ -224,16 +288,24 @@ def _conv(g: _Graph, inputs: list[str], p) -> str:
 def _pool(g: _Graph, prim: str, x: str, p) -> str:
   window, strides, padding = p["window_dimensions"], p["window_strides"], p["padding"]
   rank = len(window)
-  if (window[0], window[-1], strides[0], strides[-1]) != (1, 1, 1, 1) or padding[0] != (0, 0) \
-      or padding[-1] != (0, 0) or any(d != 1 for d in (*p["base_dilation"], *p["window_dilation"])):
-    raise ValueError("ONNX export: only pools over the spatial axes of NHWC, undilated, are supported")
+  if (
+    (window[0], window[-1], strides[0], strides[-1]) != (1, 1, 1, 1)
+    or padding[0] != (0, 0)
+    or padding[-1] != (0, 0)
+    or any(d != 1 for d in (*p["base_dilation"], *p["window_dilation"]))
+  ):
+    raise ValueError(
+      "ONNX export: only pools over the spatial axes of NHWC, undilated, are supported"
+    )
   nchw = g.node("Transpose", [x], perm=[0, rank - 1, *range(1, rank - 1)])
   kernel, step = list(window[1:-1]), list(strides[1:-1])
   pads = [lo for lo, _ in padding[1:-1]] + [hi for _, hi in padding[1:-1]]
   if prim == "reduce_window_max":
     y = g.node("MaxPool", [nchw], kernel_shape=kernel, strides=step, pads=pads)
   else:  # a windowed sum: the mean over the window with the zero padding counted, times its size
-    y = g.node("AveragePool", [nchw], kernel_shape=kernel, strides=step, pads=pads, count_include_pad=1)
+    y = g.node(
+      "AveragePool", [nchw], kernel_shape=kernel, strides=step, pads=pads, count_include_pad=1
+    )
     y = g.node("Mul", [y, g.const(np.asarray(np.prod(kernel), np.float32), "area")])
   return g.node("Transpose", [y], perm=[0, *range(2, rank), 1])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +31,7 @@ def require_rank(name: str, x, ranks: int | Sequence[int], layout: str) -> tuple
 def require_shape(name: str, x, expected: Sequence[int | None], layout: str) -> tuple[int, ...]:
   """Checks a full shape; None in `expected` accepts any size on that axis."""
   shape = shape_of(name, x)
-  ok = len(shape) == len(expected) and all(
-      e is None or s == e for s, e in zip(shape, expected))
+  ok = len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
   if not ok:
     want = "(" + ", ".join("?" if e is None else str(e) for e in expected) + ")"
     raise ValueError(f"{name} must be {layout} = {want}, got shape {shape}")
@@ -58,7 +58,7 @@ def positive_int(name: str, value, minimum: int = 1) -> int:
   return int(value)
 
 
-def pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
+def pair(name: str, value: Any) -> tuple[int, int]:
   """Normalises an int or a pair of positive ints (strides, dilations)."""
   values = (value, value) if is_int(value) else value
   try:
@@ -75,7 +75,9 @@ def require_rngs(layer: str, rngs) -> None:
   from flax import nnx
 
   if not isinstance(rngs, nnx.Rngs):
-    raise ValueError(f"{layer} needs rngs=nnx.Rngs(seed) to draw its initial parameters, got {rngs!r}")
+    raise ValueError(
+      f"{layer} needs rngs=nnx.Rngs(seed) to draw its initial parameters, got {rngs!r}"
+    )
 
 
 def floating(dtype) -> np.dtype:
@@ -86,12 +88,17 @@ def floating(dtype) -> np.dtype:
 
 
 # lax's names: "bfloat16" / "tensorfloat32" / "float32" are DEFAULT / HIGH / HIGHEST
-_PRECISION_NAMES = {"default": None, "high": lax.Precision.HIGH, "highest": lax.Precision.HIGHEST,
-                    "bfloat16": lax.Precision.DEFAULT, "tensorfloat32": lax.Precision.HIGH,
-                    "float32": lax.Precision.HIGHEST}
+_PRECISION_NAMES = {
+  "default": None,
+  "high": lax.Precision.HIGH,
+  "highest": lax.Precision.HIGHEST,
+  "bfloat16": lax.Precision.DEFAULT,
+  "tensorfloat32": lax.Precision.HIGH,
+  "float32": lax.Precision.HIGHEST,
+}
 
 
-def precision(value):
+def precision(value: Any) -> lax.PrecisionLike:
   """Normalises a conv / matmul precision to what lax takes, and keeps it hashable.
 
   None or "default" -> None (the backend's default: TF32 on a GPU, bf16
@@ -106,13 +113,15 @@ def precision(value):
     return _PRECISION_NAMES[value.lower()]
   if isinstance(value, tuple) and len(value) == 2:
     pair = tuple(precision(v) for v in value)
-    return tuple(lax.Precision.DEFAULT if p is None else p for p in pair)
+    lhs, rhs = (lax.Precision.DEFAULT if p is None else p for p in pair)
+    return cast(lax.PrecisionLike, (lhs, rhs))
   raise ValueError(
-      f"precision must be None, 'default', 'high', 'highest', a lax.Precision, a pair of them or a "
-      f"lax.DotAlgorithmPreset, got {value!r}")
+    f"precision must be None, 'default', 'high', 'highest', a lax.Precision, a pair of them or a "
+    f"lax.DotAlgorithmPreset, got {value!r}"
+  )
 
 
-def _floating_dtype(value, message: str) -> np.dtype:
+def _floating_dtype(value: Any, message: str) -> np.dtype:
   try:
     dtype = jnp.dtype(value)
   except TypeError as e:
@@ -122,15 +131,17 @@ def _floating_dtype(value, message: str) -> np.dtype:
   return dtype
 
 
-def compute_dtype(value):
+def compute_dtype(value: Any) -> np.dtype | None:
   """None (promote inputs and parameters) or a floating dtype, as a numpy dtype."""
   if value is None:
     return None
   return _floating_dtype(value, "dtype must be None or a floating dtype such as 'bfloat16'")
 
 
-def param_dtype(value):
+def param_dtype(value: Any) -> np.dtype:
   """The dtype weights are stored in: float32 by default, or another floating dtype."""
   if value is None:
     return jnp.dtype(jnp.float32)
-  return _floating_dtype(value, "param_dtype must be a floating dtype such as 'float32' or 'bfloat16'")
+  return _floating_dtype(
+    value, "param_dtype must be a floating dtype such as 'float32' or 'bfloat16'"
+  )

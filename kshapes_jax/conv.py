@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,13 +32,13 @@ _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
 def resolve_padding(
-    padding: Padding,
-    input_hw: Sequence[int],
-    kernel_hw: Sequence[int],
-    stride: int | Sequence[int] = 1,
-    dilation: int | Sequence[int] = 1,
-    *,
-    allow_crop: bool = False,
+  padding: Padding,
+  input_hw: Sequence[int],
+  kernel_hw: Sequence[int],
+  stride: int | Sequence[int] = 1,
+  dilation: int | Sequence[int] = 1,
+  *,
+  allow_crop: bool = False,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
   """Explicit ((top, bottom), (left, right)) padding, as lax would apply it.
 
@@ -61,17 +62,20 @@ def resolve_padding(
   dilation = _validation.pair("dilation", dilation)
   if isinstance(padding, str):
     if padding.upper() not in ("SAME", "VALID"):
-      raise ValueError(f"padding must be 'SAME', 'VALID', an int or ((t, b), (l, r)), got {padding!r}")
+      raise ValueError(
+        f"padding must be 'SAME', 'VALID', an int or ((t, b), (l, r)), got {padding!r}"
+      )
     extent = [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation)]
-    pads = lax.padtype_to_pads(tuple(input_hw), extent, stride, padding.upper())
-    return tuple((int(lo), int(hi)) for lo, hi in pads)  # type: ignore[return-value]
+    same_or_valid = lax.padtype_to_pads(tuple(input_hw), extent, stride, padding.upper())
+    return tuple((int(lo), int(hi)) for lo, hi in same_or_valid)  # type: ignore[return-value]
   low = -math.inf if allow_crop else 0
-  message = (f"padding must be 'SAME', 'VALID', an int{'' if allow_crop else ' >= 0'} or ((t, b), (l, r)) of "
-             f"them, got {padding!r}")
-  if _validation.is_int(padding):
-    padding = ((padding, padding), (padding, padding))
+  message = (
+    f"padding must be 'SAME', 'VALID', an int{'' if allow_crop else ' >= 0'} or "
+    f"((t, b), (l, r)) of them, got {padding!r}"
+  )
+  spec: Any = ((padding, padding), (padding, padding)) if _validation.is_int(padding) else padding
   try:
-    pads = tuple((lo, hi) for lo, hi in padding)
+    pads = tuple((lo, hi) for lo, hi in spec)
   except (TypeError, ValueError) as e:
     raise ValueError(message) from e
   if len(pads) != 2:
@@ -83,17 +87,17 @@ def resolve_padding(
 
 
 def conv(
-    x: ArrayLike,
-    kernel: ArrayLike,
-    *,
-    stride: int | Sequence[int] = 1,
-    padding: Padding = "SAME",
-    dilation: int | Sequence[int] = 1,
-    groups: int = 1,
-    bias: ArrayLike | None = None,
-    dtype=None,
-    precision: lax.PrecisionLike = None,
-    allow_crop: bool = False,
+  x: ArrayLike,
+  kernel: ArrayLike,
+  *,
+  stride: int | Sequence[int] = 1,
+  padding: Padding = "SAME",
+  dilation: int | Sequence[int] = 1,
+  groups: int = 1,
+  bias: ArrayLike | None = None,
+  dtype=None,
+  precision: lax.PrecisionLike = None,
+  allow_crop: bool = False,
 ) -> jax.Array:
   """One 2-D convolution, NHWC input and HWIO kernel.
 
@@ -128,18 +132,24 @@ def conv(
     raise ValueError(f"groups = {groups!r} must be a positive int dividing C = {c} and O = {co}")
   if ci * groups != c:
     raise ValueError(
-        f"kernel has {ci} input channels per group but x has C = {c} channels in {groups} "
-        f"group(s): expected kernel shape ({kh}, {kw}, {c // groups}, O)")
+      f"kernel has {ci} input channels per group but x has C = {c} channels in {groups} "
+      f"group(s): expected kernel shape ({kh}, {kw}, {c // groups}, O)"
+    )
   stride = _validation.pair("stride", stride)
   dilation = _validation.pair("dilation", dilation)
   pads = resolve_padding(padding, (h, w), (kh, kw), stride, dilation, allow_crop=allow_crop)
   precision = _validation.precision(precision)
   dtype = jnp.result_type(x, kernel) if dtype is None else _validation.compute_dtype(dtype)
   y = lax.conv_general_dilated(
-      jnp.asarray(x, dtype), jnp.asarray(kernel, dtype),
-      window_strides=stride, padding=pads, rhs_dilation=dilation,
-      dimension_numbers=_DIMENSION_NUMBERS, feature_group_count=groups,
-      precision=precision)
+    jnp.asarray(x, dtype),
+    jnp.asarray(kernel, dtype),
+    window_strides=stride,
+    padding=pads,
+    rhs_dilation=dilation,
+    dimension_numbers=_DIMENSION_NUMBERS,
+    feature_group_count=groups,
+    precision=precision,
+  )
   if bias is not None:
     _validation.require_shape("bias", bias, (co,), "(O,)")
     y = y + jnp.asarray(bias, dtype)
@@ -147,10 +157,10 @@ def conv(
 
 
 def output_geometry(
-    input_hw: Sequence[int],
-    radius: int,
-    stride: int | Sequence[int] = 1,
-    padding: Padding = "SAME",
+  input_hw: Sequence[int],
+  radius: int,
+  stride: int | Sequence[int] = 1,
+  padding: Padding = "SAME",
 ) -> tuple[tuple[int, int], tuple[int, int]]:
   """Output size and the input pixel under output (0, 0)'s kernel centre.
 
@@ -178,21 +188,22 @@ def output_geometry(
   out_w = (w + left + right - size) // stride[1] + 1
   if out_h < 1 or out_w < 1:
     raise ValueError(
-        f"input {tuple(input_hw)} is too small for a {size}x{size} kernel with padding {padding!r}")
+      f"input {tuple(input_hw)} is too small for a {size}x{size} kernel with padding {padding!r}"
+    )
   return (out_h, out_w), (radius - top, radius - left)
 
 
 def active_conv_gather(
-    x: ArrayLike,
-    weights: ArrayLike,
-    positions: ArrayLike,
-    *,
-    stride: int | Sequence[int] = 1,
-    padding: Padding = "SAME",
-    radius: int | None = None,
-    modulation: ArrayLike | None = None,
-    dtype=None,
-    precision: lax.PrecisionLike = None,
+  x: ArrayLike,
+  weights: ArrayLike,
+  positions: ArrayLike,
+  *,
+  stride: int | Sequence[int] = 1,
+  padding: Padding = "SAME",
+  radius: int | None = None,
+  modulation: ArrayLike | None = None,
+  dtype=None,
+  precision: lax.PrecisionLike = None,
 ) -> jax.Array:
   """The literal ACU of eq. 5-9: bilinear samples at the synapses, then a sum.
 
@@ -231,25 +242,34 @@ def active_conv_gather(
   n, h, w, c = _validation.require_rank("x", x, 4, "(N, H, W, C)")
   k, wc, cout = _validation.require_rank("weights", weights, 3, "(K, C, O)")
   if wc != c:
-    raise ValueError(f"weights must be (K, C, O) with C = {c} input channels, got shape {(k, wc, cout)}")
-  p_shape = _validation.require_rank(
-      "positions", positions, (2, 3, 5), "(K, 2), (G, K, 2) or (N, H', W', K, 2)")
-  if p_shape[-2:] != (k, 2):
     raise ValueError(
-        f"positions must end in (K, 2) with K = {k} synapses, got shape {p_shape}")
-  radius = _active.radius_for_positions(positions) if radius is None else _active.check_radius(radius)
+      f"weights must be (K, C, O) with C = {c} input channels, got shape {(k, wc, cout)}"
+    )
+  p_shape = _validation.require_rank(
+    "positions", positions, (2, 3, 5), "(K, 2), (G, K, 2) or (N, H', W', K, 2)"
+  )
+  if p_shape[-2:] != (k, 2):
+    raise ValueError(f"positions must end in (K, 2) with K = {k} synapses, got shape {p_shape}")
+  radius = (
+    _active.radius_for_positions(positions) if radius is None else _active.check_radius(radius)
+  )
   stride = _validation.pair("stride", stride)
   (out_h, out_w), (row0, col0) = output_geometry((h, w), radius, stride, padding)
   if len(p_shape) == 5 and p_shape[:3] != (n, out_h, out_w):
     raise ValueError(
-        f"per-pixel positions must be (N, H', W', K, 2) = ({n}, {out_h}, {out_w}, {k}, 2), "
-        f"got shape {p_shape}")
+      f"per-pixel positions must be (N, H', W', K, 2) = ({n}, {out_h}, {out_w}, {k}, 2), "
+      f"got shape {p_shape}"
+    )
   groups = p_shape[0] if len(p_shape) == 3 else 1
   if cout % groups:
     raise ValueError(f"{groups} position groups do not divide the {cout} output channels")
 
   # integer samples would round the bilinear weights to 0
-  dtype = _validation.floating(jnp.result_type(x, weights)) if dtype is None else _validation.compute_dtype(dtype)
+  dtype = (
+    _validation.floating(jnp.result_type(x, weights))
+    if dtype is None
+    else _validation.compute_dtype(dtype)
+  )
   x = jnp.asarray(x, dtype)
   # Cells and fractions at >= float32 even for bf16 compute: a bf16 position
   # would move the synapse (1.3 -> 1.296875).
@@ -273,8 +293,9 @@ def active_conv_gather(
     return jnp.where(inside[..., None], vals, 0)  # (N, H', W', G, K, C)
 
   fx, fy = fx[..., None], fy[..., None]
-  samples = ((1 - fy) * ((1 - fx) * corner(0, 0) + fx * corner(0, 1))
-             + fy * ((1 - fx) * corner(1, 0) + fx * corner(1, 1)))
+  samples = (1 - fy) * ((1 - fx) * corner(0, 0) + fx * corner(0, 1)) + fy * (
+    (1 - fx) * corner(1, 0) + fx * corner(1, 1)
+  )
   if modulation is not None:
     _validation.require_shape("modulation", modulation, (n, out_h, out_w, k), "(N, H', W', K)")
     samples = samples * jnp.asarray(modulation, dtype)[:, :, :, None, :, None]

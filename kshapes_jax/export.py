@@ -1,4 +1,5 @@
-"""Ship a deployed model out of Python training code: a serialized `jax.export` artifact or an ONNX file.
+"""Ship a deployed model out of Python training code: a serialized `jax.export` artifact or an ONNX
+file.
 
   shipped = kshapes_jax.deploy(model)                       # plain convs, BN folded, eval mode
   kshapes_jax.export.save_jax(shipped, (28, 28, 1), "sn.jaxexport")
@@ -33,8 +34,9 @@ __all__ = ["forward", "to_jax_export", "save_jax", "load_jax", "to_onnx", "save_
 ONNX_OPSET = 17
 
 
-def forward(model: nnx.Module, normalize: tuple[Sequence[float], Sequence[float]] | None = None
-            ) -> Callable[[jax.Array], jax.Array]:
+def forward(
+  model: nnx.Module, normalize: tuple[Sequence[float], Sequence[float]] | None = None
+) -> Callable[[jax.Array], jax.Array]:
   """The model's eval forward pass as a pure function of a batch (its weights closed over).
 
   Args:
@@ -56,14 +58,22 @@ def forward(model: nnx.Module, normalize: tuple[Sequence[float], Sequence[float]
 def _batch_spec(input_shape: Sequence[int], normalize) -> jax.ShapeDtypeStruct:
   """A batch of any size of those images: uint8 pixels with `normalize`, else normalized floats."""
   if len(input_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in input_shape):
-    raise ValueError(f"input_shape must be (height, width, channels) of one image, got {tuple(input_shape)}")
-  batch, = jax_export.symbolic_shape("batch")
-  return jax.ShapeDtypeStruct((batch, *input_shape), jnp.uint8 if normalize is not None else jnp.float32)
+    raise ValueError(
+      f"input_shape must be (height, width, channels) of one image, got {tuple(input_shape)}"
+    )
+  (batch,) = jax_export.symbolic_shape("batch")
+  return jax.ShapeDtypeStruct(
+    (batch, *input_shape), jnp.uint8 if normalize is not None else jnp.float32
+  )
 
 
-def to_jax_export(model: nnx.Module, input_shape: Sequence[int], *,
-                  normalize: tuple[Sequence[float], Sequence[float]] | None = None,
-                  platforms: Sequence[str] = ("cpu", "cuda")) -> jax_export.Exported:
+def to_jax_export(
+  model: nnx.Module,
+  input_shape: Sequence[int],
+  *,
+  normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+  platforms: Sequence[str] = ("cpu", "cuda"),
+) -> jax_export.Exported:
   """`jax.export` of the model's forward pass for a batch of any size of (H, W, C) images.
 
   Args:
@@ -84,13 +94,19 @@ def save_jax(model: nnx.Module, input_shape: Sequence[int], path: str | Path, **
 
 
 def load_jax(path: str | Path) -> Callable[[jax.typing.ArrayLike], jax.Array]:
-  """The function a `save_jax` file holds: batch -> logits (no kshapes_jax or Flax needed to run it)."""
+  """The function a `save_jax` file holds: batch -> logits (no kshapes_jax or Flax needed to run
+  it)."""
   return jax_export.deserialize(bytearray(Path(path).read_bytes())).call
 
 
-def to_onnx(model: nnx.Module, input_shape: Sequence[int], *,
-            normalize: tuple[Sequence[float], Sequence[float]] | None = None, opset: int = ONNX_OPSET,
-            name: str = "kshapes_jax"):
+def to_onnx(
+  model: nnx.Module,
+  input_shape: Sequence[int],
+  *,
+  normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+  opset: int = ONNX_OPSET,
+  name: str = "kshapes_jax",
+):
   """The model's forward pass as an ONNX ModelProto with a symbolic batch dimension.
 
   Args:
@@ -116,4 +132,3 @@ def save_onnx(model: nnx.Module, input_shape: Sequence[int], path: str | Path, *
   path = Path(path)
   path.write_bytes(to_onnx(model, input_shape, **kwargs).SerializeToString())
   return path
-

@@ -1,10 +1,12 @@
-"""Weights from and to the papers' official PyTorch modules, as plain arrays keyed as they name them.
+"""Weights from and to the papers' official PyTorch modules, as plain arrays keyed as they name
+them.
 
   layer = kshapes_jax.nn.ACBlock(64, 64, 3, padding=1, rngs=nnx.Rngs(0))
   layer = load_acblock(layer, torch_state_dict)          # ACNet's acb.ACBlock (training form)
   state = acblock_state_dict(layer)                      # and back: {name: np.ndarray}
 
-  layer = kshapes_jax.nn.VersatileConv(64, 128, 3, padding=1, bias="separate", channel_delta=1, rngs=...)
+  layer = kshapes_jax.nn.VersatileConv(64, 128, 3, padding=1, bias="separate", channel_delta=1,
+                                       rngs=...)
   layer = load_vconv2d(layer, torch_state_dict)          # Versatile-Filters' vcnn.VConv2d
 
 The functions take any mapping of names to arrays (a torch state_dict's
@@ -74,8 +76,10 @@ def load_acblock(layer: ACBlock, state: Mapping[str, Any], prefix: str = "") -> 
       configured unlike the official block.
   """
   if layer.bn_mode != "branch" or layer.border:
-    raise ValueError("the official ACBlock has a BN per branch and its asymmetric kernels at the centre: "
-                     f"expected bn='branch', border=False, got bn={layer.bn_mode!r}, border={layer.border}")
+    raise ValueError(
+      "the official ACBlock has a BN per branch and its asymmetric kernels at the centre: "
+      f"expected bn='branch', border=False, got bn={layer.bn_mode!r}, border={layer.border}"
+    )
   copy = nnx.clone(layer)
   k, i, o = layer.kernel_size, layer.in_features, layer.out_features
   what = f"ACBlock({i}, {o}, {k})"
@@ -83,7 +87,9 @@ def load_acblock(layer: ACBlock, state: Mapping[str, Any], prefix: str = "") -> 
     param = getattr(copy, name)
     if param is None:
       if f"{prefix}{name}_conv.weight" in state:
-        raise ValueError(f"{what}: the state dict has a {name} branch; the layer has none (asymmetric=...)")
+        raise ValueError(
+          f"{what}: the state dict has a {name} branch; the layer has none (asymmetric=...)"
+        )
       continue
     _set(param, _our_kernel(_array(state, f"{prefix}{name}_conv.weight", shape, what)))
     bn = getattr(copy, f"{name}_bn")
@@ -95,7 +101,9 @@ def load_acblock(layer: ACBlock, state: Mapping[str, Any], prefix: str = "") -> 
 def acblock_state_dict(layer: ACBlock, prefix: str = "") -> dict[str, np.ndarray]:
   """The official ACBlock's state dict of an ACBlock (bn='branch'): float32 arrays, OIHW kernels."""
   if layer.bn_mode != "branch" or layer.border:
-    raise ValueError("only an ACBlock with bn='branch' and border=False has an official counterpart")
+    raise ValueError(
+      "only an ACBlock with bn='branch' and border=False has an official counterpart"
+    )
   out: dict[str, np.ndarray] = {}
   for name in ("square", "hor", "ver"):
     param = getattr(layer, name)
@@ -110,13 +118,19 @@ def acblock_state_dict(layer: ACBlock, prefix: str = "") -> dict[str, np.ndarray
 
 
 def _check_vconv(layer: VersatileConv) -> None:
-  if (layer.mode, layer.bias_mode, layer.channel_delta, layer.channel_stride) != ("spatial", "separate", 1, 1) \
-      or layer.bias is None:
-    raise ValueError("the official VConv2d is spatial and channel versatile with c - c^ = 1, g = 1 and a bias "
-                     "per output map: expected mode='spatial', bias='separate', channel_delta=1, "
-                     f"channel_stride=1, use_bias=True; got mode={layer.mode!r}, bias={layer.bias_mode!r}, "
-                     f"channel_delta={layer.channel_delta}, channel_stride={layer.channel_stride}, "
-                     f"use_bias={layer.bias is not None}")
+  if (layer.mode, layer.bias_mode, layer.channel_delta, layer.channel_stride) != (
+    "spatial",
+    "separate",
+    1,
+    1,
+  ) or layer.bias is None:
+    raise ValueError(
+      "the official VConv2d is spatial and channel versatile with c - c^ = 1, g = 1 and a bias "
+      "per output map: expected mode='spatial', bias='separate', channel_delta=1, "
+      f"channel_stride=1, use_bias=True; got mode={layer.mode!r}, bias={layer.bias_mode!r}, "
+      f"channel_delta={layer.channel_delta}, channel_stride={layer.channel_stride}, "
+      f"use_bias={layer.bias is not None}"
+    )
 
 
 def load_vconv2d(layer: VersatileConv, state: Mapping[str, Any], prefix: str = "") -> VersatileConv:
@@ -141,8 +155,9 @@ def load_vconv2d(layer: VersatileConv, state: Mapping[str, Any], prefix: str = "
   k, c, f = layer.kernel_size, layer.in_features, layer.filters
   what = f"VConv2d({c}, {layer.out_features}, {k})"
   weight = _array(state, f"{prefix}weight", (f, c, k, k), what)
-  _set(copy.f, _our_kernel(weight[:, :layer.window]))
-  _set(copy.bias, _array(state, f"{prefix}bias", (layer.out_features,), what))
+  _set(copy.f, _our_kernel(weight[:, : layer.window]))
+  if copy.bias is not None:  # _check_vconv: a VConv2d has its bias
+    _set(copy.bias, _array(state, f"{prefix}bias", (layer.out_features,), what))
   return copy
 
 
@@ -151,4 +166,5 @@ def vconv2d_state_dict(layer: VersatileConv, prefix: str = "") -> dict[str, np.n
   _check_vconv(layer)
   weight = _torch_kernel(layer.f.get_value())  # (F, c^, k, k)
   weight = np.concatenate([weight, np.zeros_like(weight[:, :1])], axis=1)
-  return {f"{prefix}weight": weight, f"{prefix}bias": np.asarray(layer.bias.get_value())}
+  bias = np.zeros(layer.out_features) if layer.bias is None else np.asarray(layer.bias.get_value())
+  return {f"{prefix}weight": weight, f"{prefix}bias": bias}

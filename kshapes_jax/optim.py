@@ -75,8 +75,10 @@ def param_labels(model: nnx.Module) -> nnx.State:
     return "weights"
 
   return jax.tree_util.tree_map_with_path(
-      lambda path, var: jax.tree.map(lambda _: label(path, var), var),
-      params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    lambda path, var: jax.tree.map(lambda _: label(path, var), var),
+    params,
+    is_leaf=lambda x: isinstance(x, nnx.Variable),
+  )
 
 
 def _check_labels(labels: Any, known: Sequence[str], what: str) -> None:
@@ -86,7 +88,8 @@ def _check_labels(labels: Any, known: Sequence[str], what: str) -> None:
 
 
 class FreezeState(NamedTuple):
-  count: jax.Array
+  # the name shadows tuple.count; it is the checkpointed state's key, so it stays
+  count: jax.Array  # type: ignore[assignment]
 
 
 def freeze(labels: Any, frozen: Sequence[str], steps: int) -> optax.GradientTransformation:
@@ -114,7 +117,8 @@ def freeze(labels: Any, frozen: Sequence[str], steps: int) -> optax.GradientTran
     del params
     live = state.count >= steps
     updates = jax.tree.map(
-        lambda u, lab: jnp.where(live, u, jnp.zeros_like(u)) if lab in frozen else u, updates, labels)
+      lambda u, lab: jnp.where(live, u, jnp.zeros_like(u)) if lab in frozen else u, updates, labels
+    )
     return updates, FreezeState(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init, update)
@@ -155,7 +159,9 @@ def project_angle_updates(labels: Any, eps: float) -> optax.GradientTransformati
 
   def update(updates, state, params=None):
     if params is None:
-      raise ValueError("project_angle_updates needs the current params: call update(g, state, params)")
+      raise ValueError(
+        "project_angle_updates needs the current params: call update(g, state, params)"
+      )
 
     def one(u, p, lab):
       if lab != "angles":
@@ -167,8 +173,16 @@ def project_angle_updates(labels: Any, eps: float) -> optax.GradientTransformati
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
-def make_schedule(kind: Schedule, base_lr: float, total_steps: int, *, boundaries: Sequence[int] = (),
-                  factor: float = 0.1, warmup_steps: int = 0, end_lr: float = 0.0) -> optax.Schedule:
+def make_schedule(
+  kind: Schedule,
+  base_lr: float,
+  total_steps: int,
+  *,
+  boundaries: Sequence[int] = (),
+  factor: float = 0.1,
+  warmup_steps: int = 0,
+  end_lr: float = 0.0,
+) -> optax.Schedule:
   """Learning-rate schedules of the papers.
 
   Args:
@@ -194,8 +208,9 @@ def make_schedule(kind: Schedule, base_lr: float, total_steps: int, *, boundarie
   elif kind == "staircase":
     schedule = optax.piecewise_constant_schedule(base_lr, {b: factor for b in boundaries})
   elif kind == "cosine":
-    schedule = optax.cosine_decay_schedule(base_lr, max(total_steps - warmup_steps, 1),
-                                           alpha=end_lr / base_lr)
+    schedule = optax.cosine_decay_schedule(
+      base_lr, max(total_steps - warmup_steps, 1), alpha=end_lr / base_lr
+    )
   else:
     raise ValueError(f"schedule must be 'constant', 'staircase' or 'cosine', got {kind!r}")
   if warmup_steps:
@@ -204,11 +219,17 @@ def make_schedule(kind: Schedule, base_lr: float, total_steps: int, *, boundarie
   return schedule
 
 
-def with_shape_rules(base: optax.GradientTransformation | Sequence[optax.GradientTransformation], labels: Any, *,
-                     weight_decay: float = 0.0, decay_labels: Sequence[str] = ("weights",),
-                     lr_multipliers: Mapping[str, float] | None = None,
-                     frozen_labels: Sequence[str] = ("positions",), freeze_steps: int = 0,
-                     angle_eps: float | None = 1.0) -> optax.GradientTransformation:
+def with_shape_rules(
+  base: optax.GradientTransformation | Sequence[optax.GradientTransformation],
+  labels: Any,
+  *,
+  weight_decay: float = 0.0,
+  decay_labels: Sequence[str] = ("weights",),
+  lr_multipliers: Mapping[str, float] | None = None,
+  frozen_labels: Sequence[str] = ("positions",),
+  freeze_steps: int = 0,
+  angle_eps: float | None = 1.0,
+) -> optax.GradientTransformation:
   """Any optax optimizer with the papers' per-label rules around it.
 
   The chain: freeze (ACU warm-up, first, so the base's moments never see the
@@ -253,11 +274,19 @@ def decay_mask(labels: Any, decay_labels: Sequence[str] = ("weights",)) -> Any:
   return jax.tree.map(lambda lab: lab in tuple(decay_labels), labels)
 
 
-def sgd(labels: Any, learning_rate: float | optax.Schedule, *, momentum: float = 0.9,
-        nesterov: bool = False, weight_decay: float = 0.0,
-        decay_labels: Sequence[str] = ("weights",), lr_multipliers: Mapping[str, float] | None = None,
-        frozen_labels: Sequence[str] = ("positions",), freeze_steps: int = 0,
-        angle_eps: float | None = 1.0) -> optax.GradientTransformation:
+def sgd(
+  labels: Any,
+  learning_rate: float | optax.Schedule,
+  *,
+  momentum: float = 0.9,
+  nesterov: bool = False,
+  weight_decay: float = 0.0,
+  decay_labels: Sequence[str] = ("weights",),
+  lr_multipliers: Mapping[str, float] | None = None,
+  frozen_labels: Sequence[str] = ("positions",),
+  freeze_steps: int = 0,
+  angle_eps: float | None = 1.0,
+) -> optax.GradientTransformation:
   """SGD with the papers' per-label rules: `with_shape_rules` around (Nesterov) momentum SGD.
 
   Args:
@@ -273,16 +302,34 @@ def sgd(labels: Any, learning_rate: float | optax.Schedule, *, momentum: float =
   if not 0 <= momentum < 1:
     raise ValueError(f"momentum must be in [0, 1), got {momentum}")
   base = ([optax.trace(decay=momentum, nesterov=nesterov)] if momentum else []) + [
-      optax.scale_by_learning_rate(learning_rate)]
-  return with_shape_rules(base, labels, weight_decay=weight_decay, decay_labels=decay_labels,
-                          lr_multipliers=lr_multipliers, frozen_labels=frozen_labels, freeze_steps=freeze_steps,
-                          angle_eps=angle_eps)
+    optax.scale_by_learning_rate(learning_rate)
+  ]
+  return with_shape_rules(
+    base,
+    labels,
+    weight_decay=weight_decay,
+    decay_labels=decay_labels,
+    lr_multipliers=lr_multipliers,
+    frozen_labels=frozen_labels,
+    freeze_steps=freeze_steps,
+    angle_eps=angle_eps,
+  )
 
 
-def adamw(labels: Any, learning_rate: float | optax.Schedule, *, b1: float = 0.9, b2: float = 0.999,
-          eps: float = 1e-8, weight_decay: float = 1e-4, decay_labels: Sequence[str] = ("weights",),
-          lr_multipliers: Mapping[str, float] | None = None, frozen_labels: Sequence[str] = ("positions",),
-          freeze_steps: int = 0, angle_eps: float | None = 1.0) -> optax.GradientTransformation:
+def adamw(
+  labels: Any,
+  learning_rate: float | optax.Schedule,
+  *,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 1e-4,
+  decay_labels: Sequence[str] = ("weights",),
+  lr_multipliers: Mapping[str, float] | None = None,
+  frozen_labels: Sequence[str] = ("positions",),
+  freeze_steps: int = 0,
+  angle_eps: float | None = 1.0,
+) -> optax.GradientTransformation:
   """AdamW with the papers' per-label rules; its decoupled decay is masked to `decay_labels`.
 
   Args:
@@ -293,7 +340,19 @@ def adamw(labels: Any, learning_rate: float | optax.Schedule, *, b1: float = 0.9
     decay_labels, lr_multipliers, frozen_labels, freeze_steps, angle_eps:
       see `with_shape_rules`.
   """
-  base = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                     mask=decay_mask(labels, decay_labels))
-  return with_shape_rules(base, labels, lr_multipliers=lr_multipliers, frozen_labels=frozen_labels,
-                          freeze_steps=freeze_steps, angle_eps=angle_eps)
+  base = optax.adamw(
+    learning_rate,
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    weight_decay=weight_decay,
+    mask=decay_mask(labels, decay_labels),
+  )
+  return with_shape_rules(
+    base,
+    labels,
+    lr_multipliers=lr_multipliers,
+    frozen_labels=frozen_labels,
+    freeze_steps=freeze_steps,
+    angle_eps=angle_eps,
+  )

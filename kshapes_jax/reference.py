@@ -27,14 +27,14 @@ import numpy as np
 # RotateConv directions, written out: angle in degrees -> (row, col) offset
 # from the centre of the 3x3 kernel. Row grows downwards.
 ROTATE_DIRECTIONS = {
-    0: (0, 1),      # right
-    45: (-1, 1),    # up-right
-    90: (-1, 0),    # up
-    135: (-1, -1),  # up-left
-    180: (0, -1),   # left
-    225: (1, -1),   # down-left
-    270: (1, 0),    # down
-    315: (1, 1),    # down-right
+  0: (0, 1),  # right
+  45: (-1, 1),  # up-right
+  90: (-1, 0),  # up
+  135: (-1, -1),  # up-left
+  180: (0, -1),  # left
+  225: (1, -1),  # down-left
+  270: (1, 0),  # down
+  315: (1, 1),  # down-right
 }
 
 
@@ -75,7 +75,7 @@ def rotate_kernel(weights: np.ndarray, angles: np.ndarray) -> np.ndarray:
 
 
 def rotate_kernel_grads(
-    weights: np.ndarray, angles: np.ndarray, kernel_grad: np.ndarray
+  weights: np.ndarray, angles: np.ndarray, kernel_grad: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
   """Eq. 5 (v4) and eq. 9 (v2): d loss / d weights and d loss / d angles.
 
@@ -159,24 +159,23 @@ def _pixels(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 def _synapse(x, rows, cols, alpha, beta):
   """The neighbours Q^{ab} (eq. 9), the bilinear sample (eq. 6), fractions (eq. 7), cell."""
   lx, dx = _cell(alpha)  # alpha: horizontal, along columns (the paper's m)
-  ly, dy = _cell(beta)   # beta: vertical, along rows (the paper's n)
+  ly, dy = _cell(beta)  # beta: vertical, along rows (the paper's n)
   q11 = _pixels(x, rows + ly, cols + lx)
   q21 = _pixels(x, rows + ly, cols + lx + 1)
   q12 = _pixels(x, rows + ly + 1, cols + lx)
   q22 = _pixels(x, rows + ly + 1, cols + lx + 1)
-  sample = (q11 * (1 - dx) * (1 - dy) + q21 * dx * (1 - dy)
-            + q12 * (1 - dx) * dy + q22 * dx * dy)
+  sample = q11 * (1 - dx) * (1 - dy) + q21 * dx * (1 - dy) + q12 * (1 - dx) * dy + q22 * dx * dy
   return (q11, q21, q12, q22), sample, (dx, dy), (lx, ly)
 
 
 def active_conv(
-    x: np.ndarray,
-    weights: np.ndarray,
-    positions: np.ndarray,
-    *,
-    stride: int = 1,
-    padding="SAME",
-    radius: int = 1,
+  x: np.ndarray,
+  weights: np.ndarray,
+  positions: np.ndarray,
+  *,
+  stride: int = 1,
+  padding="SAME",
+  radius: int = 1,
 ) -> np.ndarray:
   """The ACU forward of eq. 5-9, shared positions (K, 2) = (alpha, beta).
 
@@ -194,14 +193,14 @@ def active_conv(
 
 
 def active_conv_grads(
-    x: np.ndarray,
-    weights: np.ndarray,
-    positions: np.ndarray,
-    out_grad: np.ndarray,
-    *,
-    stride: int = 1,
-    padding="SAME",
-    radius: int = 1,
+  x: np.ndarray,
+  weights: np.ndarray,
+  positions: np.ndarray,
+  out_grad: np.ndarray,
+  *,
+  stride: int = 1,
+  padding="SAME",
+  radius: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Eq. 10, 12-13 and 14: d loss / d (input, weights, positions).
 
@@ -227,13 +226,17 @@ def active_conv_grads(
     (q11, q21, q12, q22), sample, (fx, fy), (lx, ly) = _synapse(x, rows, cols, alpha, beta)
     dw[k] = np.einsum("nhwc,nhwo->co", sample, g)  # eq. 10
     d_alpha = (1 - fy) * (q21 - q11) + fy * (q22 - q12)  # eq. 12, per channel
-    d_beta = (1 - fx) * (q12 - q11) + fx * (q22 - q21)   # eq. 13, per channel
+    d_beta = (1 - fx) * (q12 - q11) + fx * (q22 - q21)  # eq. 13, per channel
     dp[k, 0] = np.einsum("nhwc,co,nhwo->", d_alpha, weights[k], g)
     dp[k, 1] = np.einsum("nhwc,co,nhwo->", d_beta, weights[k], g)
     # Eq. 14: d y / d sample = w_k, then each sample's bilinear weights.
     d_sample = np.einsum("nhwo,co->nhwc", g, weights[k])
-    for (oy, ox), bw in (((0, 0), (1 - fx) * (1 - fy)), ((0, 1), fx * (1 - fy)),
-                         ((1, 0), (1 - fx) * fy), ((1, 1), fx * fy)):
+    for (oy, ox), bw in (
+      ((0, 0), (1 - fx) * (1 - fy)),
+      ((0, 1), fx * (1 - fy)),
+      ((1, 0), (1 - fx) * fy),
+      ((1, 1), fx * fy),
+    ):
       r = (rows + ly + oy)[:, None] + 0 * cols[None, :]
       c = (cols + lx + ox)[None, :] + 0 * rows[:, None]
       inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
@@ -243,16 +246,17 @@ def active_conv_grads(
 
 
 def deformable_conv(
-    x: np.ndarray,
-    weights: np.ndarray,
-    positions: np.ndarray,
-    modulation: np.ndarray | None = None,
-    *,
-    stride: int = 1,
-    padding="SAME",
-    radius: int = 1,
+  x: np.ndarray,
+  weights: np.ndarray,
+  positions: np.ndarray,
+  modulation: np.ndarray | None = None,
+  *,
+  stride: int = 1,
+  padding="SAME",
+  radius: int = 1,
 ) -> np.ndarray:
-  """The ACU forward with a position set per output pixel and an optional factor per synapse and pixel.
+  """The ACU forward with a position set per output pixel and an optional factor per synapse and
+  pixel.
 
   y[n, i, j, o] = sum_k m[n, i, j, k] sum_c w[k, c, o] x_c(centre(i, j) + positions[n, i, j, k]),
   each sample bilinear over the cell of eq. 9 (as `active_conv`), zeros outside the image.
@@ -276,8 +280,13 @@ def deformable_conv(
     lx = np.where(alpha > 0, np.ceil(alpha) - 1, np.floor(alpha)).astype(int)
     ly = np.where(beta > 0, np.ceil(beta) - 1, np.floor(beta)).astype(int)
     fx, fy = (alpha - lx)[..., None], (beta - ly)[..., None]
-    sample = 0.0
-    for oy, ox, bw in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
+    sample: np.ndarray | float = 0.0
+    for oy, ox, bw in (
+      (0, 0, (1 - fx) * (1 - fy)),
+      (0, 1, fx * (1 - fy)),
+      (1, 0, (1 - fx) * fy),
+      (1, 1, fx * fy),
+    ):
       r = rows[None, :, None] + ly + oy
       c = cols[None, None, :] + lx + ox
       inside = ((r >= 0) & (r < h) & (c >= 0) & (c < w))[..., None]

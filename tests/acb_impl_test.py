@@ -1,4 +1,5 @@
-"""ACBlock's training implementations ("branches", "stacked") are the same block: value, gradient, statistics."""
+"""ACBlock's training implementations ("branches", "stacked") are the same block: value, gradient,
+statistics."""
 
 import chex
 import hypothesis
@@ -15,7 +16,8 @@ from kshapes_jax.nn.acb import resolve_impl
 
 
 def _train_step(block: ACBlock, x: jax.Array):
-  """(loss, gradient w.r.t. parameters and input, updated BN statistics) of one training call, in float64."""
+  """(loss, gradient w.r.t. parameters and input, updated BN statistics) of one training call, in
+  float64."""
   graphdef, params, rest = nnx.split(block, nnx.Param, ...)
   params, rest = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (params, rest))
 
@@ -30,9 +32,15 @@ def _train_step(block: ACBlock, x: jax.Array):
 
 @hypothesis.settings(max_examples=10, deadline=None)
 @hypothesis.given(
-    asymmetric=st.sampled_from(["both", "hor", "ver"]), border=st.booleans(), bn=st.sampled_from(["branch", "sum"]),
-    k=st.sampled_from([3, 5]), stride=st.sampled_from([1, 2]), pad_shift=st.sampled_from([0, -1]),
-    size=st.tuples(st.integers(5, 9), st.integers(5, 9)), seed=st.integers(0, 2**16))
+  asymmetric=st.sampled_from(["both", "hor", "ver"]),
+  border=st.booleans(),
+  bn=st.sampled_from(["branch", "sum"]),
+  k=st.sampled_from([3, 5]),
+  stride=st.sampled_from([1, 2]),
+  pad_shift=st.sampled_from([0, -1]),
+  size=st.tuples(st.integers(5, 9), st.integers(5, 9)),
+  seed=st.integers(0, 2**16),
+)
 def test_stacked_equals_branches(asymmetric, border, bn, k, stride, pad_shift, size, seed):
   """For every option: the same outputs, gradients (parameters and input) and running statistics."""
   with jax.enable_x64(True):
@@ -40,19 +48,34 @@ def test_stacked_equals_branches(asymmetric, border, bn, k, stride, pad_shift, s
 
 
 def _check_stacked_equals_branches(asymmetric, border, bn, k, stride, pad_shift, size, seed):
-  padding = k // 2 + pad_shift  # also a cropping padding, where the branches' own paddings go negative
+  padding = (
+    k // 2 + pad_shift
+  )  # also a cropping padding, where the branches' own paddings go negative
   x = jnp.asarray(np.random.default_rng(seed).normal(size=(2, *size, 3)))
   runs = []
   for impl in ("branches", "stacked"):
-    block = ACBlock(3, 4, k, stride=stride, padding=padding, asymmetric=asymmetric, border=border, bn=bn,
-                    asym_scale_init=0.7, impl=impl, rngs=nnx.Rngs(seed))
+    block = ACBlock(
+      3,
+      4,
+      k,
+      stride=stride,
+      padding=padding,
+      asymmetric=asymmetric,
+      border=border,
+      bn=bn,
+      asym_scale_init=0.7,
+      impl=impl,
+      rngs=nnx.Rngs(seed),
+    )
     runs.append(_train_step(block, x))
   (v1, y1, g1, s1), (v2, y2, g2, s2) = runs
   chex.assert_trees_all_close(y1, y2, rtol=1e-11, atol=1e-11)
   chex.assert_trees_all_close(v1, v2, rtol=1e-11, atol=1e-11)
   chex.assert_trees_all_close(g1, g2, rtol=1e-10, atol=1e-10)
   chex.assert_trees_all_close(s1, s2, rtol=1e-12, atol=1e-12)
-  assert any(float(jnp.abs(s - 1).max()) > 1e-3 for s in jax.tree.leaves(s1)), "statistics were not updated"
+  assert any(float(jnp.abs(s - 1).max()) > 1e-3 for s in jax.tree.leaves(s1)), (
+    "statistics were not updated"
+  )
 
 
 def test_stacked_equals_branches_in_bfloat16_compute(rng):
@@ -64,13 +87,19 @@ def test_stacked_equals_branches_in_bfloat16_compute(rng):
     assert y.dtype == jnp.bfloat16
     outs.append((y, nnx.state(block, nnx.BatchStat)))
   # bfloat16 sums in another order: a few units in its last place (1/128 relative)
-  chex.assert_trees_all_close(outs[0][0].astype(jnp.float32), outs[1][0].astype(jnp.float32), rtol=0.05, atol=0.05)
+  chex.assert_trees_all_close(
+    outs[0][0].astype(jnp.float32), outs[1][0].astype(jnp.float32), rtol=0.05, atol=0.05
+  )
   chex.assert_trees_all_close(outs[0][1], outs[1][1], rtol=1e-2, atol=1e-2)
 
 
 def test_impl_does_not_change_parameters_or_checkpoints():
-  trees = [nnx.state(K.models.create("cifar_quick", conv="acb", conv_options={"impl": impl}, rngs=nnx.Rngs(0)))
-           for impl in ("auto", "branches", "stacked")]
+  trees = [
+    nnx.state(
+      K.models.create("cifar_quick", conv="acb", conv_options={"impl": impl}, rngs=nnx.Rngs(0))
+    )
+    for impl in ("auto", "branches", "stacked")
+  ]
   for tree in trees[1:]:
     chex.assert_trees_all_equal(tree, trees[0])
 
@@ -82,7 +111,8 @@ def test_auto_is_stacked_and_unknown_impls_are_refused():
 
 
 def test_a_partly_frozen_block_runs_its_branches(rng):
-  """One BN on running statistics (a user freezing it): stacked cannot share statistics, so it falls back."""
+  """One BN on running statistics (a user freezing it): stacked cannot share statistics, so it falls
+  back."""
   x = jnp.asarray(rng.normal(size=(2, 6, 6, 3)), jnp.float32)
   outs = []
   for impl in ("branches", "stacked"):
@@ -90,7 +120,9 @@ def test_a_partly_frozen_block_runs_its_branches(rng):
     block.hor_bn.use_running_average = True
     outs.append((block(x), nnx.state(block, nnx.BatchStat)))
   chex.assert_trees_all_close(outs[0], outs[1], rtol=1e-6, atol=1e-6)
-  chex.assert_trees_all_equal(outs[1][1]["hor_bn"], nnx.state(ACBlock(3, 4, rngs=nnx.Rngs(0)), nnx.BatchStat)["hor_bn"])
+  chex.assert_trees_all_equal(
+    outs[1][1]["hor_bn"], nnx.state(ACBlock(3, 4, rngs=nnx.Rngs(0)), nnx.BatchStat)["hor_bn"]
+  )
 
 
 def test_tracing_a_stacked_training_step_never_builds_a_tracer_origin_message(monkeypatch):
@@ -106,8 +138,9 @@ def test_tracing_a_stacked_training_step_never_builds_a_tracer_origin_message(mo
     pytest.skip("this JAX builds no origin messages (private API gone)")
   built = []
   original = partial_eval.DynamicJaxprTracer._origin_msg
-  monkeypatch.setattr(partial_eval.DynamicJaxprTracer, "_origin_msg",
-                      lambda self: built.append(1) or original(self))
+  monkeypatch.setattr(
+    partial_eval.DynamicJaxprTracer, "_origin_msg", lambda self: built.append(1) or original(self)
+  )
   block = ACBlock(4, 6, 3, impl="stacked", rngs=nnx.Rngs(0))
   with jax.enable_x64(True):
     *_, stats = jax.jit(lambda x: _train_step(block, x))(jnp.ones((2, 7, 7, 4)))

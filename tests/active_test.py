@@ -10,10 +10,10 @@ from jax.test_util import check_grads
 from kshapes_jax import reference
 from kshapes_jax.conv import active_conv_gather, conv
 from kshapes_jax.kernels import (
-    active_kernel,
-    bilinear_cell,
-    lattice_positions,
-    radius_for_positions,
+  active_kernel,
+  bilinear_cell,
+  lattice_positions,
+  radius_for_positions,
 )
 
 
@@ -89,7 +89,8 @@ def test_3x3_lattice_is_a_plain_3x3_conv(stride, padding, x64, rng):
   y_plain = conv(x, plain, stride=stride, padding=padding)
   g = rng.normal(size=y_plain.shape)
   dx_plain, dk_plain = jax.grad(
-      lambda x, k: jnp.sum(conv(x, k, stride=stride, padding=padding) * g), argnums=(0, 1))(x, plain)
+    lambda x, k: jnp.sum(conv(x, k, stride=stride, padding=padding) * g), argnums=(0, 1)
+  )(x, plain)
   dw_plain = np.stack([dk_plain[1 + dy, 1 + dx] for dx, dy in p.astype(int)])
   ref_dp = reference.active_conv_grads(x, w, p, g, stride=stride, padding=padding, radius=1)[2]
   for fn in (splat, gather):
@@ -120,11 +121,13 @@ def test_per_group_positions(x64, rng):
   y = splat(x, w, p, 2, 1, "SAME")
   # each group equals the shared-position ACU restricted to its output channels
   for gi in range(3):
-    part = reference.active_conv(x, w[..., 2 * gi:2 * gi + 2], p[gi], radius=2)
-    np.testing.assert_allclose(y[..., 2 * gi:2 * gi + 2], part, rtol=1e-10, atol=1e-12)
+    part = reference.active_conv(x, w[..., 2 * gi : 2 * gi + 2], p[gi], radius=2)
+    np.testing.assert_allclose(y[..., 2 * gi : 2 * gi + 2], part, rtol=1e-10, atol=1e-12)
   np.testing.assert_allclose(gather(x, w, p, 2, 1, "SAME"), y, rtol=1e-10, atol=1e-12)
   g = rng.normal(size=y.shape)
-  for a, b in zip(_grads(splat, x, w, p, g, 2, 1, "SAME"), _grads(gather, x, w, p, g, 2, 1, "SAME")):
+  for a, b in zip(
+    _grads(splat, x, w, p, g, 2, 1, "SAME"), _grads(gather, x, w, p, g, 2, 1, "SAME")
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-11)
 
 
@@ -153,8 +156,13 @@ def test_check_grads_away_from_lattice(x64, rng):
   w = rng.normal(size=(3, 2, 2))
   p = _random_positions(rng, 3, 2)
   check_grads(lambda w, p: active_kernel(w, p, 2), (w, p), order=2, modes=("fwd", "rev"), eps=1e-4)
-  check_grads(lambda x, w, p: gather(x, w, p, 2, 1, "SAME"), (x, w, p), order=2,
-              modes=("fwd", "rev"), eps=1e-4)
+  check_grads(
+    lambda x, w, p: gather(x, w, p, 2, 1, "SAME"),
+    (x, w, p),
+    order=2,
+    modes=("fwd", "rev"),
+    eps=1e-4,
+  )
 
 
 def test_radius_helper():
@@ -174,7 +182,9 @@ def test_radius_too_small_raises_on_host_and_clips_in_jit(rng):
   with pytest.raises(ValueError, match="too small"):
     jax.grad(lambda w: active_kernel(w, p, 1).sum())(w)  # positions concrete: checked
   clipped = jax.jit(active_kernel, static_argnums=2)(w, p, 1)
-  chex.assert_trees_all_close(clipped, active_kernel(w, np.array([[0, 0], [1, -0.5]], np.float32), 1))
+  chex.assert_trees_all_close(
+    clipped, active_kernel(w, np.array([[0, 0], [1, -0.5]], np.float32), 1)
+  )
 
 
 def test_splat_kernel_by_hand():
@@ -205,18 +215,35 @@ def test_jit_vmap_grad_and_bf16(rng):
   chex.assert_trees_all_close(g16.astype(jnp.float32), y32, atol=0.15, rtol=0.05)
 
 
-@pytest.mark.parametrize("call, match", [
+@pytest.mark.parametrize(
+  "call, match",
+  [
     (lambda: active_kernel(np.zeros((9, 2)), np.zeros((9, 2)), 1), r"weights must be \(K, I, O\)"),
     (lambda: active_kernel(np.zeros((9, 2, 3)), np.zeros((8, 2)), 1), "K = 9"),
     (lambda: active_kernel(np.zeros((9, 2, 3)), np.zeros((2, 9, 2)), 1), "do not divide"),
     (lambda: active_kernel(np.zeros((9, 2, 3)), np.zeros((9, 2)), 0), "radius must be"),
-    (lambda: active_conv_gather(np.zeros((1, 4, 4, 2)), np.zeros((9, 3, 1)), np.zeros((9, 2))), "C = 2"),
-    (lambda: active_conv_gather(np.zeros((4, 4, 2)), np.zeros((9, 2, 1)), np.zeros((9, 2))), r"\(N, H, W, C\)"),
-    (lambda: active_conv_gather(np.zeros((1, 4, 4, 2)), np.zeros((9, 2, 1)), np.zeros((1, 3, 4, 9, 2))),
-     r"\(1, 4, 4, 9, 2\)"),
-    (lambda: active_conv_gather(np.zeros((1, 2, 2, 1)), np.zeros((1, 1, 1)), np.zeros((1, 2)),
-                                padding="VALID"), "too small"),
-])
+    (
+      lambda: active_conv_gather(np.zeros((1, 4, 4, 2)), np.zeros((9, 3, 1)), np.zeros((9, 2))),
+      "C = 2",
+    ),
+    (
+      lambda: active_conv_gather(np.zeros((4, 4, 2)), np.zeros((9, 2, 1)), np.zeros((9, 2))),
+      r"\(N, H, W, C\)",
+    ),
+    (
+      lambda: active_conv_gather(
+        np.zeros((1, 4, 4, 2)), np.zeros((9, 2, 1)), np.zeros((1, 3, 4, 9, 2))
+      ),
+      r"\(1, 4, 4, 9, 2\)",
+    ),
+    (
+      lambda: active_conv_gather(
+        np.zeros((1, 2, 2, 1)), np.zeros((1, 1, 1)), np.zeros((1, 2)), padding="VALID"
+      ),
+      "too small",
+    ),
+  ],
+)
 def test_bad_input_raises(call, match):
   with pytest.raises(ValueError, match=match):
     call()

@@ -13,13 +13,17 @@ from kshapes_jax.analysis import acb, active, rotate, versatile
 
 
 def test_wrap_angles_takes_lines_modulo_180():
-  np.testing.assert_allclose(rotate.wrap_angles([-45.0, 0.0, 180.0, 225.0, 359.0, -1e-20]),
-                             [135.0, 0.0, 0.0, 45.0, 179.0, 0.0])
+  np.testing.assert_allclose(
+    rotate.wrap_angles([-45.0, 0.0, 180.0, 225.0, 359.0, -1e-20]),
+    [135.0, 0.0, 0.0, 45.0, 179.0, 0.0],
+  )
 
 
 def test_axial_difference_ignores_the_sign_of_lines():
-  np.testing.assert_allclose(rotate.axial_difference([170.0, 10.0, 90.0, 0.0], [10.0, 200.0, 0.0, 45.0]),
-                             [20.0, 10.0, 90.0, 45.0])
+  np.testing.assert_allclose(
+    rotate.axial_difference([170.0, 10.0, 90.0, 0.0], [10.0, 200.0, 0.0, 45.0]),
+    [20.0, 10.0, 90.0, 45.0],
+  )
 
 
 def test_angles_along_channels_pick_the_column_and_the_row():
@@ -42,7 +46,9 @@ def test_angle_histogram_counts_every_angle_in_its_bin():
 def test_axial_concentration_is_one_for_one_line_and_zero_for_a_star():
   assert rotate.axial_concentration([30.0, 210.0, -150.0]) == pytest.approx(1.0)
   assert rotate.axial_concentration([0.0, 45.0, 90.0, 135.0]) == pytest.approx(0.0, abs=1e-12)
-  assert rotate.axial_concentration([0.0, 90.0]) == pytest.approx(0.0, abs=1e-12)  # perpendicular lines cancel
+  assert rotate.axial_concentration([0.0, 90.0]) == pytest.approx(
+    0.0, abs=1e-12
+  )  # perpendicular lines cancel
 
 
 def test_rotate_layers_reads_every_rotateconv():
@@ -64,7 +70,9 @@ def test_with_origin_puts_synapse_zero_first():
 
 
 def test_displacement_is_the_distance_from_the_start():
-  traj = active.trajectories([[[0.0, 0.0], [1.0, 1.0]], [[3.0, 4.0], [1.0, 1.0]], [[0.0, 1.0], [1.0, 3.0]]])
+  traj = active.trajectories(
+    [[[0.0, 0.0], [1.0, 1.0]], [[3.0, 4.0], [1.0, 1.0]], [[0.0, 1.0], [1.0, 3.0]]]
+  )
   np.testing.assert_allclose(active.displacement(traj), [[0, 0], [5, 0], [1, 2]])
   with pytest.raises(ValueError, match="one shape"):
     active.trajectories([np.zeros((2, 2)), np.zeros((3, 2))])
@@ -82,7 +90,9 @@ def test_active_layers_reads_positions_with_the_origin():
   name, positions = layers[0]
   assert name == "convs/0/conv"
   # the 3x3 lattice at initialisation, origin first
-  np.testing.assert_allclose(np.sort(positions, axis=0), np.sort(np.asarray(K.kernels.lattice_positions(3)), axis=0))
+  np.testing.assert_allclose(
+    np.sort(positions, axis=0), np.sort(np.asarray(K.kernels.lattice_positions(3)), axis=0)
+  )
   np.testing.assert_array_equal(positions[0], [0, 0])
 
 
@@ -153,9 +163,13 @@ def test_distortions_move_pixels_where_table_4_says():
   x = np.arange(2 * 3 * 3 * 1).reshape(2, 3, 3, 1)
   img = x[0, :, :, 0]  # [[0,1,2],[3,4,5],[6,7,8]]
   np.testing.assert_array_equal(acb.distort(x, "original"), x)
-  np.testing.assert_array_equal(acb.distort(x, "rotate90")[0, :, :, 0], [[2, 5, 8], [1, 4, 7], [0, 3, 6]])
+  np.testing.assert_array_equal(
+    acb.distort(x, "rotate90")[0, :, :, 0], [[2, 5, 8], [1, 4, 7], [0, 3, 6]]
+  )
   np.testing.assert_array_equal(acb.distort(x, "rotate180")[0, :, :, 0], img[::-1, ::-1])
-  np.testing.assert_array_equal(acb.distort(x, "flip_ud")[0, :, :, 0], [[6, 7, 8], [3, 4, 5], [0, 1, 2]])
+  np.testing.assert_array_equal(
+    acb.distort(x, "flip_ud")[0, :, :, 0], [[6, 7, 8], [3, 4, 5], [0, 1, 2]]
+  )
   # 180 = up-down flip followed by a left-right flip (the paper's remark)
   np.testing.assert_array_equal(acb.distort(x, "rotate180"), acb.distort(x, "flip_ud")[:, :, ::-1])
   with pytest.raises(ValueError, match="kind"):
@@ -178,8 +192,11 @@ def test_an_acb_with_only_horizontal_kernels_commutes_with_up_down_flips():
 
 def test_cost_table_matches_table_2_of_the_versatile_paper():
   for variant, weights, flops in (("baseline", 4.3e5, 22.93e5), ("model3", 2.2e5, 12.00e5)):
-    model = (K.models.create("lenet") if variant == "baseline" else
-             K.models.create("lenet", conv="versatile", variant=variant))
+    model = (
+      K.models.create("lenet")
+      if variant == "baseline"
+      else K.models.create("lenet", conv="versatile", variant=variant)
+    )
     rows = versatile.cost_table(model, (28, 28, 1))
     total = rows[-1]
     assert total["layer"] == "total"
@@ -200,7 +217,9 @@ def test_secondary_filters_are_the_nested_masks_times_the_primary():
   s = versatile.secondary_filters(f)
   chex.assert_shape(s, (3, 5, 5, 1, 1))
   np.testing.assert_array_equal(s[0], f)
-  assert (s[1, :, :, 0, 0] != 0).sum() == 9 and s[1, 1:4, 1:4, 0, 0].tolist() == f[1:4, 1:4, 0, 0].tolist()
+  assert (s[1, :, :, 0, 0] != 0).sum() == 9 and s[1, 1:4, 1:4, 0, 0].tolist() == f[
+    1:4, 1:4, 0, 0
+  ].tolist()
   assert (s[2, :, :, 0, 0] != 0).sum() == 1 and s[2, 2, 2, 0, 0] == 13
 
 

@@ -1,4 +1,5 @@
-"""The benchmark harness: timing plumbing, target verdicts, the README's copy of the committed table.
+"""The benchmark harness: timing plumbing, target verdicts, the README's copy of the committed
+table.
 
 Speed itself is never asserted here (benchmarks are not tests); these only
 check that the harness measures what it says and reports it faithfully.
@@ -20,7 +21,9 @@ def test_every_layer_kind_gives_the_plain_number_of_maps():
 
 
 def test_layer_bench_runs_and_reports_ratios_to_plain():
-  rows = layers.bench_layers(2, 1, shapes=((8, 16),), kinds=["rotate4", "acu_r1"], log=lambda *_: None)
+  rows = layers.bench_layers(
+    2, 1, shapes=((8, 16),), kinds=["rotate4", "acu_r1"], log=lambda *_: None
+  )
   assert [r["kind"] for r in rows] == ["plain", "rotate4", "acu_r1"]
   assert rows[0]["train_ratio"] == 1.0 and rows[0]["eval_ratio"] == 1.0
   for r in rows:
@@ -41,27 +44,47 @@ def test_interleaved_runs_carry_the_state():
 
 
 def test_targets_are_judged_against_the_measured_ratio():
-  lay = [{"kind": "acu_r1", "train_ratio": 1.21}, {"kind": "acu_r1", "train_ratio": 1.0},
-         {"kind": "acu_gather", "train_ratio": 2.0}]
-  mod = [{"group": "resnet20", "case": "rotate4", "train_ratio": 1.02},
-         {"group": "resnet20", "case": "rotate2", "train_ratio": 1.08},
-         {"group": "lenet", "case": "model3", "train_ratio": 0.9},
-         {"group": "lenet", "case": "model3_cropped", "train_ratio": 0.6}]
+  lay = [
+    {"kind": "acu_r1", "train_ratio": 1.21},
+    {"kind": "acu_r1", "train_ratio": 1.0},
+    {"kind": "acu_gather", "train_ratio": 2.0},
+  ]
+  mod = [
+    {"group": "resnet20", "case": "rotate4", "train_ratio": 1.02},
+    {"group": "resnet20", "case": "rotate2", "train_ratio": 1.08},
+    {"group": "lenet", "case": "model3", "train_ratio": 0.9},
+    {"group": "lenet", "case": "model3_cropped", "train_ratio": 0.6},
+  ]
   peers = [{"model": "resnet20", "case": "plain", "ours_over_theirs_train": 1.5}]
   got = {t["key"]: (t["measured"], t["met"]) for t in run.evaluate_targets(lay, mod, peers, "cpu")}
   assert got["rotate"] == (1.08, False)  # the worse of the two versions
   assert got["acu_r1"][0] == pytest.approx(1.1) and got["acu_r1"][1]  # geometric mean
   assert got["acu_gather"] == (2.0, True)
-  assert got["versatile"] == (0.9, False)  # the default (impl "auto"), not the better of the designs
+  assert got["versatile"] == (
+    0.9,
+    False,
+  )  # the default (impl "auto"), not the better of the designs
   assert got["acb"] == (None, None)
   assert got["torch"] == (1.5, False)
   assert "versatile_imagenet" not in got  # a GPU-only target
   gpu = {t["key"]: t for t in run.evaluate_targets(lay, mod, peers, "gpu")}
   assert gpu["torch"]["target"] is None and gpu["torch"]["met"] is None  # reported only
   assert gpu["versatile"]["target"] == 1.0 and gpu["versatile"]["met"]  # 0.9 <= 1.0
-  assert "report" in run.markdown({"device": "d", "platform": "gpu", "cpu_count": 1, "jax_version": "0", "batch": 1,
-                                   "model_batch": 1, "reps": 1, "date": "t", "layers": [], "models": [],
-                                   "targets": list(gpu.values())})
+  assert "report" in run.markdown(
+    {
+      "device": "d",
+      "platform": "gpu",
+      "cpu_count": 1,
+      "jax_version": "0",
+      "batch": 1,
+      "model_batch": 1,
+      "reps": 1,
+      "date": "t",
+      "layers": [],
+      "models": [],
+      "targets": list(gpu.values()),
+    }
+  )
 
 
 def test_readme_shows_the_committed_cpu_results():
@@ -69,7 +92,7 @@ def test_readme_shows_the_committed_cpu_results():
   assert table.exists(), "run python -m bench.run and commit results/"
   readme = (ROOT / "README.md").read_text()
   start, end = "<!-- bench:start -->\n", "<!-- bench:end -->"
-  assert readme[readme.index(start) + len(start):readme.index(end)] == table.read_text()
+  assert readme[readme.index(start) + len(start) : readme.index(end)] == table.read_text()
 
 
 def test_bucketed_run_ratio_weights_the_two_radii_by_steps():
@@ -77,9 +100,11 @@ def test_bucketed_run_ratio_weights_the_two_radii_by_steps():
   assert run.bucketed_run_ratio(None, 2.0) is None
 
 
-_JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="1" failures="1"
- skipped="1" tests="5"><testcase classname="tests.conv_test" name="test_a"/>
-<testcase classname="tests.conv_test" name="test_b"><failure message="AssertionError: 3e-4 &gt; 1e-5">long</failure></testcase>
+_JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites>
+<testsuite name="pytest" errors="1" failures="1" skipped="1" tests="5">
+<testcase classname="tests.conv_test" name="test_a"/>
+<testcase classname="tests.conv_test" name="test_b">
+<failure message="AssertionError: 3e-4 &gt; 1e-5">long</failure></testcase>
 <testcase classname="tests.nn_test" name="test_c[x]"><error message="boom"/></testcase>
 <testcase classname="tests.nn_test" name="test_d"><skipped message="no torch"/></testcase>
 <testcase classname="tests.nn_test" name="test_e"/></testsuite></testsuites>"""
@@ -91,11 +116,30 @@ def test_gpu_check_reads_the_test_outcome(tmp_path):
   path = tmp_path / "junit.xml"
   path.write_text(_JUNIT)
   outcome = gpu_check.junit_outcome(path)
-  assert (outcome["passed"], outcome["failures"], outcome["errors"], outcome["skipped"]) == (2, 1, 1, 1)
-  assert [f["test"] for f in outcome["failed"]] == ["tests/conv_test.py::test_b", "tests/nn_test.py::test_c[x]"]
+  assert (outcome["passed"], outcome["failures"], outcome["errors"], outcome["skipped"]) == (
+    2,
+    1,
+    1,
+    1,
+  )
+  assert [f["test"] for f in outcome["failed"]] == [
+    "tests/conv_test.py::test_b",
+    "tests/nn_test.py::test_c[x]",
+  ]
   assert outcome["failed"][0]["message"] == "AssertionError: 3e-4 > 1e-5"
-  md = gpu_check.markdown({"device": "H100", "platform": "gpu", "device_count": 1, "jax_version": "0",
-                           "date": "today", "workers": 8, "test_seconds": 61.0, "tests": outcome, "bench": None})
+  md = gpu_check.markdown(
+    {
+      "device": "H100",
+      "platform": "gpu",
+      "device_count": 1,
+      "jax_version": "0",
+      "date": "today",
+      "workers": 8,
+      "test_seconds": 61.0,
+      "tests": outcome,
+      "bench": None,
+    }
+  )
   assert "**2 passed, 2 failed**, 1 skipped" in md and "`tests/nn_test.py::test_c[x]` | boom" in md
 
 
@@ -103,15 +147,21 @@ def test_gpu_check_refuses_to_run_without_a_gpu(capsys, monkeypatch):
   from bench import gpu_check
 
   monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # main sets it; restored after
-  monkeypatch.setattr(gpu_check, "_device", lambda: {"platform": "cpu", "device": "cpu", "count": 1,
-                                                     "jax_version": "0"})
+  monkeypatch.setattr(
+    gpu_check,
+    "_device",
+    lambda: {"platform": "cpu", "device": "cpu", "count": 1, "jax_version": "0"},
+  )
   assert gpu_check.main(["--skip-bench"]) == 2
   assert "not a GPU" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("model, case", [("resnet20", "plain"), ("resnet56", "plain"), ("resnet56", "acb")])
+@pytest.mark.parametrize(
+  "model, case", [("resnet20", "plain"), ("resnet56", "plain"), ("resnet56", "acb")]
+)
 def test_torch_peer_is_our_network(model, case):
-  """The PyTorch peer has exactly our parameter count (convs, BNs per ACB branch, the classifier)."""
+  """The PyTorch peer has exactly our parameter count (convs, BNs per ACB branch, the
+  classifier)."""
   torch = pytest.importorskip("torch")
   from flax import nnx
 

@@ -1,5 +1,6 @@
 """Every experiment config loads for every documented choice and passes the config checks."""
 
+import functools
 import importlib
 import itertools
 from pathlib import Path
@@ -12,7 +13,9 @@ from kshapes_jax import models, nn
 from train.trainer import experiment, input_pipeline, settings
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common", "datasets"))
+EXPERIMENTS = sorted(
+  p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common", "datasets")
+)
 
 
 def _choices(module):
@@ -36,8 +39,10 @@ def _choices(module):
   finally:
     common.parse_arg = original
   keys = sorted(captured)
-  return [",".join(f"{k}={v}" for k, v in zip(keys, values))
-          for values in itertools.product(*(captured[k] for k in keys))]
+  return [
+    ",".join(f"{k}={v}" for k, v in zip(keys, values))
+    for values in itertools.product(*(captured[k] for k in keys))
+  ]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -49,10 +54,14 @@ def test_config_loads_checks_and_documents_its_command(name):
     checked = settings.read(config)
     h, w, c, _ = input_pipeline.DATASETS[config.data.name]
     spec = models.spec(config.model)
-    if spec.input_shape[:2] != (h, w):  # a model that adapts to the images (e.g. Cifar-quick on 28x28)
+    if spec.input_shape[:2] != (
+      h,
+      w,
+    ):  # a model that adapts to the images (e.g. Cifar-quick on 28x28)
       split = input_pipeline.Split(np.zeros((2, h, w, c), np.uint8), np.zeros(2, np.int32))
       dataset = input_pipeline.Dataset(config.data.name, split, split, 10, (0.5,) * c, (0.25,) * c)
-      model = nnx.eval_shape(lambda: experiment.build_model(checked, dataset))  # raises ConfigError if it cannot
+      # raises ConfigError if it cannot
+      model = nnx.eval_shape(functools.partial(experiment.build_model, checked, dataset))
       assert model is not None, (name, arg)
 
 
@@ -90,8 +99,13 @@ def test_repro_acu_rows_can_bucket_or_do_not_ask_to():
 
   for row in ("acu", "acu_no_warmup", "acu_no_normgrad"):
     config = repro_fmnist.get_config(f"row={row}")
-    model = models.create(config.model, conv=config.conv, in_channels=1, **config.model_kwargs,
-                          conv_options=dict(settings.read(config).conv_options))
+    model = models.create(
+      config.model,
+      conv=config.conv,
+      in_channels=1,
+      **config.model_kwargs,
+      conv_options=dict(settings.read(config).conv_options),
+    )
     if config.acu_radius_every_steps:
       nn.check_bucketable(model)  # raises for ACUs it cannot bucket
     else:
@@ -103,7 +117,9 @@ def test_repro_rows_are_their_experiments_with_the_suites_data_and_length():
   from train import analyze
   from train.reproduce import rows
 
-  assert list(rows.ROWS) == list(repro_fmnist.ROWS)  # every config row has its record, in the config's order
+  assert list(rows.ROWS) == list(
+    repro_fmnist.ROWS
+  )  # every config row has its record, in the config's order
   for row in rows.ROWS.values():
     assert row.method in rows.METHODS and row.method in analyze.ANALYSES
     assert row.baseline is None or row.baseline in rows.ROWS
@@ -111,10 +127,28 @@ def test_repro_rows_are_their_experiments_with_the_suites_data_and_length():
     module, _, arg = repro_fmnist.ROWS[row.name].experiment.partition(":")
     original = importlib.import_module(f"configs.{module}").get_config(arg)
     c = row.config(seed=3, epochs=4)
-    assert (c.model, c.conv, c.seed, c.num_epochs, c.num_steps) == (original.model, original.conv, 3, 4.0, 0)
-    assert (c.data.name, c.data.augment, c.batch_size) == ("fashion_mnist", "none", original.batch_size)
+    assert (c.model, c.conv, c.seed, c.num_epochs, c.num_steps) == (
+      original.model,
+      original.conv,
+      3,
+      4.0,
+      0,
+    )
+    assert (c.data.name, c.data.augment, c.batch_size) == (
+      "fashion_mnist",
+      "none",
+      original.batch_size,
+    )
     changed = {key.split(".")[-1] for key in repro_fmnist.ROWS[row.name].overrides}
-    for key in ("learning_rate", "schedule", "momentum", "nesterov", "weight_decay", "warmup_epochs", "factor"):
+    for key in (
+      "learning_rate",
+      "schedule",
+      "momentum",
+      "nesterov",
+      "weight_decay",
+      "warmup_epochs",
+      "factor",
+    ):
       assert key in changed or c.optim[key] == original.optim[key], (row.name, key)
     if row.method == "active" and "position_warmup_steps" not in changed:
       # the paper's milestones keep their fraction of the run: lr / 10 at 1/2 and 3/4, warm-up 10/64

@@ -44,6 +44,7 @@ if os.environ.get("CI"):
 def _randomize(module, rng):
   """Non-trivial BN statistics and affine terms, and ACU positions, so deploy has work."""
   from kshapes_jax.nn import ActiveConv
+
   for _, m in nnx.iter_modules(module):
     if isinstance(m, nnx.BatchNorm):
       c = m.mean[...].shape[0]

@@ -25,22 +25,29 @@ def _direct_conv(x, k, stride, pads):
   out = 0
   for i in range(kh):
     for j in range(kw):
-      patch = x[:, i:i + (oh - 1) * stride + 1:stride, j:j + (ow - 1) * stride + 1:stride]
+      patch = x[:, i : i + (oh - 1) * stride + 1 : stride, j : j + (ow - 1) * stride + 1 : stride]
       out = out + patch @ k[i, j]
   return out
 
 
-@pytest.mark.parametrize("padding, pads", [
+@pytest.mark.parametrize(
+  "padding, pads",
+  [
     ("VALID", ((0, 0), (0, 0))),
     (1, ((1, 1), (1, 1))),
     (((2, 0), (0, 1)), ((2, 0), (0, 1))),
-])
+  ],
+)
 def test_conv_matches_a_direct_loop(padding, pads, x64, rng):
   x = rng.normal(size=(2, 7, 6, 3))
   k = rng.normal(size=(3, 3, 3, 4))
   for stride in (1, 2):
-    np.testing.assert_allclose(conv(x, k, stride=stride, padding=padding),
-                               _direct_conv(x, k, stride, pads), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+      conv(x, k, stride=stride, padding=padding),
+      _direct_conv(x, k, stride, pads),
+      rtol=1e-10,
+      atol=1e-12,
+    )
 
 
 def test_same_padding_is_laxs(rng):
@@ -55,7 +62,10 @@ def test_groups_bias_and_dtype(rng):
   k = jnp.asarray(rng.normal(size=(3, 3, 2, 6)), jnp.float32)
   b = jnp.arange(6, dtype=jnp.float32)
   y = conv(x, k, groups=2, bias=b, precision=lax.Precision.HIGHEST)
-  halves = [conv(x[..., :2], k[..., :3], precision="highest"), conv(x[..., 2:], k[..., 3:], precision="highest")]
+  halves = [
+    conv(x[..., :2], k[..., :3], precision="highest"),
+    conv(x[..., 2:], k[..., 3:], precision="highest"),
+  ]
   chex.assert_trees_all_close(y, jnp.concatenate(halves, -1) + b, rtol=1e-5, atol=1e-5)
   y16 = conv(x, k, groups=2, dtype=jnp.bfloat16)
   assert y16.dtype == jnp.bfloat16
@@ -65,14 +75,26 @@ def test_groups_bias_and_dtype(rng):
   chex.assert_trees_all_close(y_default, y - b, rtol=2e-3, atol=2e-2)
 
 
-@pytest.mark.parametrize("call, match", [
+@pytest.mark.parametrize(
+  "call, match",
+  [
     (lambda: conv(np.zeros((5, 5, 4)), np.zeros((3, 3, 4, 1))), r"x must be \(N, H, W, C\)"),
-    (lambda: conv(np.zeros((1, 5, 5, 4)), np.zeros((3, 3, 3, 1))), r"expected kernel shape \(3, 3, 4, O\)"),
+    (
+      lambda: conv(np.zeros((1, 5, 5, 4)), np.zeros((3, 3, 3, 1))),
+      r"expected kernel shape \(3, 3, 4, O\)",
+    ),
     (lambda: conv(np.zeros((1, 5, 5, 4)), np.zeros((3, 3, 2, 3)), groups=2), "groups = 2"),
-    (lambda: conv(np.zeros((1, 5, 5, 4)), np.zeros((3, 3, 4, 2)), padding="FULL"), "padding must be"),
+    (
+      lambda: conv(np.zeros((1, 5, 5, 4)), np.zeros((3, 3, 4, 2)), padding="FULL"),
+      "padding must be",
+    ),
     (lambda: conv(np.zeros((1, 5, 5, 4)), np.zeros((3, 3, 4, 2)), stride=0), "stride must be"),
-    (lambda: conv(np.zeros((1, 5, 5, 4)), np.zeros((3, 3, 4, 2)), bias=np.zeros(3)), r"bias must be \(O,\)"),
-])
+    (
+      lambda: conv(np.zeros((1, 5, 5, 4)), np.zeros((3, 3, 4, 2)), bias=np.zeros(3)),
+      r"bias must be \(O,\)",
+    ),
+  ],
+)
 def test_bad_input_raises(call, match):
   with pytest.raises(ValueError, match=match):
     call()
@@ -109,8 +131,11 @@ def _fusion_error(stats):
   exact = functools.partial(conv, precision="highest")
   fused = exact(_X, kernel, padding=1, bias=bias)
   bn = lambda y, b: (y - b.mean) * jax.lax.rsqrt(b.var + 1e-5) * b.scale + b.bias
-  branches = (bn(exact(_X, _K, padding=1), bns[0]) + bn(exact(_X, _H, padding=((0, 0), (1, 1))), bns[1])
-              + bn(exact(_X, _V, padding=((1, 1), (0, 0))), bns[2]))
+  branches = (
+    bn(exact(_X, _K, padding=1), bns[0])
+    + bn(exact(_X, _H, padding=((0, 0), (1, 1))), bns[1])
+    + bn(exact(_X, _V, padding=((1, 1), (0, 0))), bns[2])
+  )
   return jnp.max(jnp.abs(fused - branches) / (1 + jnp.abs(branches)))
 
 

@@ -26,22 +26,28 @@ def test_quickstart_runs(capsys):
 def _readme_parameter_table() -> list[str]:
   readme = (ROOT / "README.md").read_text()
   start, end = "<!-- param-table:start -->\n", "\n<!-- param-table:end -->"
-  return readme[readme.index(start) + len(start):readme.index(end)].split("\n")
+  return readme[readme.index(start) + len(start) : readme.index(end)].split("\n")
 
 
 def test_readme_parameter_table_has_the_header_and_one_row_per_model():
   from kshapes_jax.models.table import table_header
+
   shown = _readme_parameter_table()
   assert "\n".join(shown[:2]) == table_header()
   assert [line.split(" | ")[0].removeprefix("| ") for line in shown[2:]] == list_models()
 
 
 # resnet110 traces for ~50 s (parameter_row says why): its row runs with -m slow
-@pytest.mark.parametrize("name", [
+@pytest.mark.parametrize(
+  "name",
+  [
     pytest.param(name, marks=pytest.mark.slow) if name == "resnet110" else name
-    for name in list_models()])
+    for name in list_models()
+  ],
+)
 def test_readme_parameter_row_is_the_commands_output(name):
   from kshapes_jax.models.table import parameter_row
+
   assert _readme_parameter_table()[2 + list_models().index(name)] == parameter_row(name)
 
 
@@ -56,12 +62,17 @@ def test_readme_optimizer_snippet_runs_on_a_model():
   from kshapes_jax import models
 
   readme = (ROOT / "README.md").read_text()
-  snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
-                 if "optim.param_labels(model)" in block)
+  snippet = next(
+    block
+    for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+    if "optim.param_labels(model)" in block
+  )
   scope = {"model": models.create("sn", conv="active", rngs=nnx.Rngs(0))}
   exec(snippet, scope)
   params = nnx.state(scope["model"], nnx.Param)
-  updates, _ = scope["tx"].update(jax.tree.map(jnp.ones_like, params), scope["tx"].init(params), params)
+  updates, _ = scope["tx"].update(
+    jax.tree.map(jnp.ones_like, params), scope["tx"].init(params), params
+  )
   moved = optax.apply_updates(params, updates)
   # warm-up: the positions stay, the weights move
   assert jnp.array_equal(moved["convs"][1]["positions"][...], params["convs"][1]["positions"][...])

@@ -1,5 +1,6 @@
-"""kshapes_jax.export and train.export: a deployed net of every conv kind, written as a jax.export artifact
-and as ONNX, reloaded (jax.export.deserialize, onnxruntime) and run on real Fashion-MNIST test images."""
+"""kshapes_jax.export and train.export: a deployed net of every conv kind, written as a jax.export
+artifact and as ONNX, reloaded (jax.export.deserialize, onnxruntime) and run on real Fashion-MNIST
+test images."""
 
 import subprocess
 import sys
@@ -18,7 +19,9 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 REPO = Path(__file__).resolve().parents[1]
-_DATA = np.load(REPO / "tests" / "data" / "fashion_mnist_test96.npz")  # the first 96 test images, uint8
+_DATA = np.load(
+  REPO / "tests" / "data" / "fashion_mnist_test96.npz"
+)  # the first 96 test images, uint8
 IMAGES = _DATA["images"]
 NORMALIZE = ((0.286,), (0.353,))  # Fashion-MNIST's train-set channel mean and std
 
@@ -48,7 +51,9 @@ def _check(logits: np.ndarray, reference: np.ndarray) -> None:
 def test_every_conv_kind_round_trips_through_jax_export_and_onnx(tmp_path, conv):
   model = K.models.create("sn", conv=conv, rngs=nnx.Rngs(0))
   model.train()
-  model(jnp.asarray((IMAGES.astype(np.float32) / 255 - 0.286) / 0.353))  # BN statistics of real images
+  model(
+    jnp.asarray((IMAGES.astype(np.float32) / 255 - 0.286) / 0.353)
+  )  # BN statistics of real images
   shipped = K.deploy(model)
   reference = _reference(shipped, IMAGES, NORMALIZE)
 
@@ -66,10 +71,18 @@ def test_every_conv_kind_round_trips_through_jax_export_and_onnx(tmp_path, conv)
   _check(run(IMAGES[:1]), reference[:1])
 
 
-@pytest.mark.parametrize("name,conv", [("resnet20", "acb"), ("cifar_quick", "versatile"), ("acu_plain", "active"),
-                                       ("lenet", "versatile")])
+@pytest.mark.parametrize(
+  "name,conv",
+  [
+    ("resnet20", "acb"),
+    ("cifar_quick", "versatile"),
+    ("acu_plain", "active"),
+    ("lenet", "versatile"),
+  ],
+)
 def test_zoo_nets_round_trip_through_onnx(tmp_path, name, conv):
-  # option-A shortcuts (strided slice, channel pad), average and max pools, the ACU net, float inputs
+  # option-A shortcuts (strided slice, channel pad), average and max pools, the ACU net, float
+  # inputs
   model = K.models.create(name, conv=conv, rngs=nnx.Rngs(1))
   x = (IMAGES.astype(np.float32) / 255 - 0.286) / 0.353
   x = x if K.models.spec(name).input_shape[-1] == 1 else _to_cifar(x)
@@ -79,7 +92,10 @@ def test_zoo_nets_round_trip_through_onnx(tmp_path, name, conv):
   reference = _reference(shipped, x)
   run = _session(K.export.save_onnx(shipped, x.shape[1:], tmp_path / "m.onnx"))
   _check(run(x), reference)
-  _check(np.asarray(K.export.load_jax(K.export.save_jax(shipped, x.shape[1:], tmp_path / "m.jax"))(x)), reference)
+  _check(
+    np.asarray(K.export.load_jax(K.export.save_jax(shipped, x.shape[1:], tmp_path / "m.jax"))(x)),
+    reference,
+  )
 
 
 def test_refusals():
@@ -101,14 +117,29 @@ def test_cli_exports_a_trained_run_and_checks_the_files(tmp_path):
 
   c = default.get_config()
   c.data.update(train_size=64, test_size=48)
-  c.update(batch_size=16, eval_batch_size=16, num_steps=4, log_every_steps=1, progress=False, conv="acb")
+  c.update(
+    batch_size=16, eval_batch_size=16, num_steps=4, log_every_steps=1, progress=False, conv="acb"
+  )
   trainer.train_and_evaluate(c, tmp_path / "run")
-  done = subprocess.run([sys.executable, "-m", "train.export", f"--workdir={tmp_path / 'run'}", "--format=both"],
-                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  done = subprocess.run(
+    [sys.executable, "-m", "train.export", f"--workdir={tmp_path / 'run'}", "--format=both"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   for suffix in ("jaxexport", "onnx"):
     assert (tmp_path / "run" / "export" / f"model.{suffix}").stat().st_size > 10_000
-  assert done.stdout.count("predictions agree with the deployed model on 100.00% of the test images") == 2
-  bad = subprocess.run([sys.executable, "-m", "train.export", f"--workdir={tmp_path / 'none'}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert (
+    done.stdout.count("predictions agree with the deployed model on 100.00% of the test images")
+    == 2
+  )
+  bad = subprocess.run(
+    [sys.executable, "-m", "train.export", f"--workdir={tmp_path / 'none'}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert bad.returncode != 0 and "config.json" in (bad.stderr + bad.stdout)

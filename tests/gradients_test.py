@@ -20,7 +20,9 @@ def _pullback(positions, cotangent):
 
 
 # XLA flushes subnormals to zero, so those count as a zero gradient: leave them out.
-@hypothesis.given(hnp.arrays(np.float64, (5, 2), elements=st.floats(-1e3, 1e3, allow_subnormal=False)))
+@hypothesis.given(
+  hnp.arrays(np.float64, (5, 2), elements=st.floats(-1e3, 1e3, allow_subnormal=False))
+)
 @hypothesis.settings(max_examples=100, deadline=None)
 def test_each_synapse_gradient_becomes_unit_or_stays_zero(cotangent):
   with jax.enable_x64(True):
@@ -48,7 +50,8 @@ def test_inside_a_layer_only_the_positions_are_normalized(rng):
   w = jnp.asarray(rng.normal(size=(4, 3, 2)), jnp.float32)
   p = jnp.asarray(rng.uniform(-0.9, 0.9, size=(4, 2)), jnp.float32)
   loss = lambda w, p, norm: jnp.sum(
-      conv(x, active_kernel(w, normalize_position_grad(p) if norm else p, 1)) ** 2)
+    conv(x, active_kernel(w, normalize_position_grad(p) if norm else p, 1)) ** 2
+  )
   dw_n, dp_n = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(w, p, True)
   dw, dp = jax.grad(loss, argnums=(0, 1))(w, p, False)
   chex.assert_trees_all_close(dw_n, dw, rtol=1e-6)
@@ -63,7 +66,9 @@ def test_rejects_a_last_axis_other_than_two():
     normalize_position_grad(np.zeros((4, 3)))
 
 
-@hypothesis.given(hnp.arrays(np.float64, (3, 4), elements=st.floats(-1e3, 1e3, allow_subnormal=False)))
+@hypothesis.given(
+  hnp.arrays(np.float64, (3, 4), elements=st.floats(-1e3, 1e3, allow_subnormal=False))
+)
 @hypothesis.settings(max_examples=100, deadline=None)
 def test_a_layers_angle_gradient_becomes_unit_rms_or_stays_zero(cotangent):
   with jax.enable_x64(True):
@@ -83,16 +88,22 @@ def test_angle_gradient_identity_forward_tiny_and_zero(rng):
   _, vjp = jax.vjp(normalize_angle_grad, a)
   chex.assert_trees_all_equal(vjp(jnp.zeros_like(a))[0], jnp.zeros_like(a))
   tiny = vjp(jnp.full((3, 4), 1e-30))[0]  # still unit RMS: a flat loss does not stop the angles
-  chex.assert_trees_all_close(jnp.sqrt(jnp.mean(tiny ** 2)), 1.0, rtol=1e-5)
+  chex.assert_trees_all_close(jnp.sqrt(jnp.mean(tiny**2)), 1.0, rtol=1e-5)
 
 
 def test_inside_rotate_conv_only_the_angles_are_normalized(rng):
   x = jnp.asarray(rng.normal(size=(2, 6, 6, 3)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(3, 3, 4)), jnp.float32)
-  a = jnp.asarray(rng.uniform(1, 44, size=(3, 4)) + 45 * rng.integers(0, 4, size=(3, 4)), jnp.float32)
-  loss = lambda w, a, norm: jnp.sum(conv(x, rotate_kernel(w, normalize_angle_grad(a) if norm else a),
-                                         padding=1, precision="highest") ** 2)
+  a = jnp.asarray(
+    rng.uniform(1, 44, size=(3, 4)) + 45 * rng.integers(0, 4, size=(3, 4)), jnp.float32
+  )
+  loss = lambda w, a, norm: jnp.sum(
+    conv(
+      x, rotate_kernel(w, normalize_angle_grad(a) if norm else a), padding=1, precision="highest"
+    )
+    ** 2
+  )
   dw_n, da_n = jax.grad(loss, argnums=(0, 1))(w, a, True)
   dw, da = jax.grad(loss, argnums=(0, 1))(w, a, False)
   chex.assert_trees_all_close(dw_n, dw, rtol=1e-6)
-  chex.assert_trees_all_close(da_n, da / jnp.sqrt(jnp.mean(da ** 2)), rtol=1e-5)
+  chex.assert_trees_all_close(da_n, da / jnp.sqrt(jnp.mean(da**2)), rtol=1e-5)

@@ -25,13 +25,17 @@ def _write_idx(path, array, compress):
 
 def _idx_dir(tmp_path, rng, compress=True, n_train=30, n_test=12):
   for prefix, n in (("train", n_train), ("t10k", n_test)):
-    _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), compress)
+    _write_idx(
+      tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), compress
+    )
     _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)), compress)
   return tmp_path
 
 
 def _data(**kw):
-  base = dict(name="mnist", source="synthetic", data_dir="", augment="none", train_size=40, test_size=20)
+  base = dict(
+    name="mnist", source="synthetic", data_dir="", augment="none", train_size=40, test_size=20
+  )
   base.update(kw)
   return DataSettings(**base)
 
@@ -66,8 +70,11 @@ def test_load_idx_directory(tmp_path, rng):
 
 def test_load_npz_directory(tmp_path, rng):
   for name, n in (("train", 20), ("test", 8)):
-    np.savez(tmp_path / f"{name}.npz", image=rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8),
-             label=rng.integers(0, 100, (n,)))
+    np.savez(
+      tmp_path / f"{name}.npz",
+      image=rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8),
+      label=rng.integers(0, 100, (n,)),
+    )
   ds = ip.load(_data(name="cifar100", source="npz", data_dir=str(tmp_path)))
   chex.assert_shape(ds.train.images, (20, 32, 32, 3))
   assert ds.num_classes == 100 and len(ds.mean) == 3
@@ -82,19 +89,27 @@ def test_load_tfds_under_mock_data():
   assert ds.train.labels.max() < 10
 
 
-@pytest.mark.skipif(not os.path.isdir(ip.DEBIAN_FASHION_MNIST), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+  not os.path.isdir(ip.DEBIAN_FASHION_MNIST), reason="dataset-fashion-mnist not installed"
+)
 def test_debian_fashion_mnist_is_the_default_idx_directory():
   ds = ip.load(_data(name="fashion_mnist", source="idx"))
   assert len(ds.train) == 60000 and len(ds.test) == 10000
   assert sorted(np.bincount(ds.test.labels)) == [1000] * 10
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(name="fashion_mnist", source="idx", data_dir="/nonexistent"), "apt-get install -y dataset-fashion-mnist"),
+@pytest.mark.parametrize(
+  "kw, match",
+  [
+    (
+      dict(name="fashion_mnist", source="idx", data_dir="/nonexistent"),
+      "apt-get install -y dataset-fashion-mnist",
+    ),
     (dict(name="cifar10", source="npz", data_dir="/nonexistent"), "does not exist"),
     (dict(name="imagenet"), "unknown dataset 'imagenet'"),
     (dict(source="web"), "unknown data source 'web'"),
-])
+  ],
+)
 def test_missing_or_unknown_data_says_what_to_do(kw, match):
   with pytest.raises(ip.DataError, match=match):
     ip.load(_data(**kw))
@@ -120,7 +135,7 @@ def test_batches_are_a_function_of_the_step():
   for step in (0, 5, 6, 13):
     np.testing.assert_array_equal(b.batch(step)["image"], again.batch(step)["image"])
   # an epoch visits distinct examples; a new epoch reshuffles
-  seen = np.concatenate([b.permutation(0)[i * 8:(i + 1) * 8] for i in range(6)])
+  seen = np.concatenate([b.permutation(0)[i * 8 : (i + 1) * 8] for i in range(6)])
   assert len(set(seen.tolist())) == 48
   assert not np.array_equal(b.permutation(0), b.permutation(1))
   assert not np.array_equal(ip.Batches(train, 8, seed=8).permutation(0), b.permutation(0))
@@ -133,8 +148,12 @@ def test_batches_are_a_function_of_the_step():
 def test_process_slices_make_up_the_global_batch():
   train, _ = ip.synthetic_splits((4, 4, 1), 3, 40, 5)
   whole = ip.Batches(train, 8, seed=1).batch(3)
-  parts = [ip.Batches(train, 8, seed=1, process_index=i, process_count=2).batch(3) for i in range(2)]
-  np.testing.assert_array_equal(np.sort(np.concatenate([p["label"] for p in parts])), np.sort(whole["label"]))
+  parts = [
+    ip.Batches(train, 8, seed=1, process_index=i, process_count=2).batch(3) for i in range(2)
+  ]
+  np.testing.assert_array_equal(
+    np.sort(np.concatenate([p["label"] for p in parts])), np.sort(whole["label"])
+  )
   with pytest.raises(ip.DataError, match="must divide among 3 processes"):
     ip.Batches(train, 8, seed=1, process_count=3)
   with pytest.raises(ip.DataError, match="larger than the 40 training examples"):
@@ -154,16 +173,24 @@ def test_preprocess_normalises_and_augments_like_pad_crop_flip(rng):
   images = jnp.asarray(rng.integers(0, 256, (6, 32, 32, 3)), jnp.uint8)
   mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
   plain = ip.preprocess(images, None, mean=mean, std=std)
-  np.testing.assert_allclose(plain, (np.asarray(images) / 255 - mean) / np.asarray(std), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    plain, (np.asarray(images) / 255 - mean) / np.asarray(std), rtol=1e-5, atol=1e-6
+  )
   key = jax.random.key(3)
   aug = np.asarray(ip.preprocess(images, key, mean=mean, std=std, augment="cifar"))
-  jitted = jax.jit(lambda x, k: ip.preprocess(x, k, mean=mean, std=std, augment="cifar"))(images, key)
+  jitted = jax.jit(lambda x, k: ip.preprocess(x, k, mean=mean, std=std, augment="cifar"))(
+    images, key
+  )
   np.testing.assert_allclose(jitted, aug, atol=1e-6)  # same crops and flips under jit
   padded = np.pad(np.asarray(plain), ((0, 0), (4, 4), (4, 4), (0, 0)))
   for n in range(6):
-    candidates = [c[:, ::-1] if flip else c
-                  for i in range(9) for j in range(9) for flip in (False, True)
-                  for c in [padded[n, i:i + 32, j:j + 32]]]
+    candidates = [
+      c[:, ::-1] if flip else c
+      for i in range(9)
+      for j in range(9)
+      for flip in (False, True)
+      for c in [padded[n, i : i + 32, j : j + 32]]
+    ]
     assert any(np.array_equal(aug[n], c) for c in candidates), f"example {n} is not a flipped crop"
   assert not np.array_equal(aug, np.asarray(plain))
   with pytest.raises(ValueError, match="augment must be"):

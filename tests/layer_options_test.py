@@ -1,4 +1,5 @@
-"""groups, dilation and param_dtype on the shaped layers, against a NumPy conv written out here (float64)."""
+"""groups, dilation and param_dtype on the shaped layers, against a NumPy conv written out here
+(float64)."""
 
 import jax
 import jax.numpy as jnp
@@ -11,23 +12,27 @@ from kshapes_jax import nn as knn
 
 
 def np_conv(x, kernel, pads, *, stride=1, groups=1, dilation=1):
-  """NHWC x HWIO convolution in NumPy: feature groups, taps `dilation` apart, ((t, b), (l, r)) pads (< 0 crops)."""
+  """NHWC x HWIO convolution in NumPy: feature groups, taps `dilation` apart, ((t, b), (l, r)) pads
+  (< 0 crops)."""
   x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
-  (t, b), (l, r) = pads
-  x = np.pad(x, ((0, 0), (max(t, 0), max(b, 0)), (max(l, 0), max(r, 0)), (0, 0)))
-  x = x[:, -min(t, 0):x.shape[1] + min(b, 0), -min(l, 0):x.shape[2] + min(r, 0)]
+  (top, bottom), (left, right) = pads
+  x = np.pad(x, ((0, 0), (max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0)), (0, 0)))
+  x = x[:, -min(top, 0) : x.shape[1] + min(bottom, 0), -min(left, 0) : x.shape[2] + min(right, 0)]
   kh, kw, cin, o = kernel.shape
   span_h, span_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1
   ho, wo = (x.shape[1] - span_h) // stride + 1, (x.shape[2] - span_w) // stride + 1
   og = o // groups
   out = np.zeros((x.shape[0], ho, wo, o))
   for g in range(groups):
-    xg = x[..., g * cin:(g + 1) * cin]
+    xg = x[..., g * cin : (g + 1) * cin]
     for i in range(kh):
       for j in range(kw):
-        patch = xg[:, i * dilation:i * dilation + stride * (ho - 1) + 1:stride,
-                   j * dilation:j * dilation + stride * (wo - 1) + 1:stride]
-        out[..., g * og:(g + 1) * og] += patch @ kernel[i, j, :, g * og:(g + 1) * og]
+        patch = xg[
+          :,
+          i * dilation : i * dilation + stride * (ho - 1) + 1 : stride,
+          j * dilation : j * dilation + stride * (wo - 1) + 1 : stride,
+        ]
+        out[..., g * og : (g + 1) * og] += patch @ kernel[i, j, :, g * og : (g + 1) * og]
   return out
 
 
@@ -46,16 +51,30 @@ def _same(pad):
 
 
 # every kind with the options its math allows (the others are refused: test_refusals)
-_OPTIONS = [(kind, g, d, s) for kind in ("plain", "rotate4", "rotate2", "active", "versatile")
-            for g, d, s in ((2, 1, 1), (1, 2, 1), (2, 2, 2), (4, 1, 2))
-            if not (kind == "active" and d > 1 or kind == "versatile" and g > 1)]
+_OPTIONS = [
+  (kind, g, d, s)
+  for kind in ("plain", "rotate4", "rotate2", "active", "versatile")
+  for g, d, s in ((2, 1, 1), (1, 2, 1), (2, 2, 2), (4, 1, 2))
+  if not (kind == "active" and d > 1 or kind == "versatile" and g > 1)
+]
 
 
 @pytest.mark.parametrize("kind,groups,dilation,stride", _OPTIONS)
 def test_grouped_and_dilated_layers_are_their_kernel_convolved(x64, kind, groups, dilation, stride):
   x = _x()
-  layer = knn.make_conv(kind, 4, 8, 3, stride=stride, groups=groups, dilation=dilation, use_bias=True,
-                        precision="highest", param_dtype="float64", rngs=nnx.Rngs(1))
+  layer = knn.make_conv(
+    kind,
+    4,
+    8,
+    3,
+    stride=stride,
+    groups=groups,
+    dilation=dilation,
+    use_bias=True,
+    precision="highest",
+    param_dtype="float64",
+    rngs=nnx.Rngs(1),
+  )
   if getattr(layer, "bias", None) is not None:
     layer.bias.set_value(jnp.arange(layer.bias.get_value().size, dtype=jnp.float64) / 10)
   kernel, bias = layer.effective_kernel()
@@ -65,23 +84,56 @@ def test_grouped_and_dilated_layers_are_their_kernel_convolved(x64, kind, groups
   np.testing.assert_allclose(layer(x), expected, rtol=1e-10, atol=1e-10)
   np.testing.assert_allclose(K.deploy(layer)(x), expected, rtol=1e-10, atol=1e-10)
   if kind == "active":  # the literal gather, group by group
-    gather = knn.ActiveConv(4, 8, 3, stride=stride, groups=groups, use_bias=True, impl="gather",
-                            precision="highest", param_dtype="float64", rngs=nnx.Rngs(1))
+    gather = knn.ActiveConv(
+      4,
+      8,
+      3,
+      stride=stride,
+      groups=groups,
+      use_bias=True,
+      impl="gather",
+      precision="highest",
+      param_dtype="float64",
+      rngs=nnx.Rngs(1),
+    )
     gather.bias.set_value(layer.bias.get_value())
     np.testing.assert_allclose(gather(x), expected, rtol=1e-10, atol=1e-10)
   if kind == "versatile":  # the s cropped convs, their paddings shrunk by `dilation` per scale
-    cropped = knn.VersatileConv(4, 8, 3, stride=stride, dilation=dilation, impl="cropped", precision="highest",
-                                param_dtype="float64", rngs=nnx.Rngs(1))
+    cropped = knn.VersatileConv(
+      4,
+      8,
+      3,
+      stride=stride,
+      dilation=dilation,
+      impl="cropped",
+      precision="highest",
+      param_dtype="float64",
+      rngs=nnx.Rngs(1),
+    )
     cropped.bias.set_value(layer.bias.get_value())
     np.testing.assert_allclose(cropped(x), expected, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("groups,dilation,stride", [(1, 1, 1), (2, 1, 1), (1, 2, 1), (2, 2, 2), (4, 3, 1)])
+@pytest.mark.parametrize(
+  "groups,dilation,stride", [(1, 1, 1), (2, 1, 1), (1, 2, 1), (2, 2, 2), (4, 3, 1)]
+)
 @pytest.mark.parametrize("impl", ["branches", "stacked"])
-def test_acb_with_groups_and_dilation_trains_and_fuses_as_its_branches(x64, groups, dilation, stride, impl):
+def test_acb_with_groups_and_dilation_trains_and_fuses_as_its_branches(
+  x64, groups, dilation, stride, impl
+):
   x = _x((3, 12, 12, 4), seed=groups + dilation)
-  layer = knn.ACBlock(4, 8, 3, stride=stride, groups=groups, dilation=dilation, impl=impl, precision="highest",
-                      param_dtype="float64", rngs=nnx.Rngs(2))
+  layer = knn.ACBlock(
+    4,
+    8,
+    3,
+    stride=stride,
+    groups=groups,
+    dilation=dilation,
+    impl=impl,
+    precision="highest",
+    param_dtype="float64",
+    rngs=nnx.Rngs(2),
+  )
   for i, bn in enumerate((layer.square_bn, layer.hor_bn, layer.ver_bn)):
     bn.scale.set_value(jnp.linspace(0.5, 1.5, 8) + i)
     bn.bias.set_value(jnp.linspace(-1, 1, 8) * (i + 1))
@@ -91,21 +143,33 @@ def test_acb_with_groups_and_dilation_trains_and_fuses_as_its_branches(x64, grou
   hor[1:2] = np.asarray(layer.hor.get_value())
   ver[:, 1:2] = np.asarray(layer.ver.get_value())
   pad = _same(dilation)
-  branches = [np_conv(x, k, pad, stride=stride, groups=groups, dilation=dilation)
-              for k in (layer.square.get_value(), hor, ver)]
-  expected = sum(np_bn_train(z, bn) for z, bn in zip(branches, (layer.square_bn, layer.hor_bn, layer.ver_bn)))
+  branches = [
+    np_conv(x, k, pad, stride=stride, groups=groups, dilation=dilation)
+    for k in (layer.square.get_value(), hor, ver)
+  ]
+  expected = sum(
+    np_bn_train(z, bn) for z, bn in zip(branches, (layer.square_bn, layer.hor_bn, layer.ver_bn))
+  )
   np.testing.assert_allclose(layer(x), expected, rtol=1e-9, atol=1e-9)
   for z, bn in zip(branches, (layer.square_bn, layer.hor_bn, layer.ver_bn)):  # running statistics
-    np.testing.assert_allclose(bn.mean.get_value(), 0.1 * z.mean(axis=(0, 1, 2)), rtol=1e-6)  # float32 statistics
+    np.testing.assert_allclose(
+      bn.mean.get_value(), 0.1 * z.mean(axis=(0, 1, 2)), rtol=1e-6
+    )  # float32 statistics
   layer.eval()
   kernel, bias = layer.effective_kernel()
-  fused = np_conv(x, kernel, pad, stride=stride, groups=groups, dilation=dilation) + np.asarray(bias)
+  fused = np_conv(x, kernel, pad, stride=stride, groups=groups, dilation=dilation) + np.asarray(
+    bias
+  )
   np.testing.assert_allclose(layer(x), fused, rtol=1e-9, atol=1e-9)
   np.testing.assert_allclose(K.deploy(layer)(x), fused, rtol=1e-9, atol=1e-9)
   f64 = lambda v: np.asarray(v.get_value(), np.float64)
-  eval_branches = sum((z - f64(bn.mean)) / np.sqrt(f64(bn.var) + bn.epsilon) * f64(bn.scale) + f64(bn.bias)
-                      for z, bn in zip(branches, (layer.square_bn, layer.hor_bn, layer.ver_bn)))
-  np.testing.assert_allclose(fused, eval_branches, rtol=1e-6, atol=1e-6)  # the fusion reads float32 statistics
+  eval_branches = sum(
+    (z - f64(bn.mean)) / np.sqrt(f64(bn.var) + bn.epsilon) * f64(bn.scale) + f64(bn.bias)
+    for z, bn in zip(branches, (layer.square_bn, layer.hor_bn, layer.ver_bn))
+  )
+  np.testing.assert_allclose(
+    fused, eval_branches, rtol=1e-6, atol=1e-6
+  )  # the fusion reads float32 statistics
 
 
 @pytest.mark.parametrize("kind", sorted(knn.CONV_KINDS))
@@ -128,14 +192,18 @@ def test_param_dtype_stores_the_weights_and_bn_in_it(kind):
   assert K.deploy(layer)(x).dtype == jnp.bfloat16
   # the float32 default keeps the same initial values: param_dtype only rounds them
   ref = knn.conv_bn(kind, 4, 6, 3, rngs=nnx.Rngs(0))
-  for a, b in zip(jax.tree.leaves(nnx.state(layer, nnx.Param)), jax.tree.leaves(nnx.state(ref, nnx.Param))):
+  for a, b in zip(
+    jax.tree.leaves(nnx.state(layer, nnx.Param)), jax.tree.leaves(nnx.state(ref, nnx.Param))
+  ):
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b), rtol=1e-2, atol=1e-2)
 
 
 def test_refusals():
   with pytest.raises(ValueError, match="VersatileConv takes groups=1 only"):
     knn.VersatileConv(4, 8, 3, groups=2, rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="ActiveConv learns where its synapses are, so it takes no dilation"):
+  with pytest.raises(
+    ValueError, match="ActiveConv learns where its synapses are, so it takes no dilation"
+  ):
     knn.ActiveConv(4, 8, 3, dilation=2, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="groups=3 must divide in_features=4"):
     knn.ACBlock(4, 6, 3, groups=3, rngs=nnx.Rngs(0))

@@ -1,4 +1,5 @@
-"""train.reproduce.ledger: pooled statistics, records, aggregates of lost runs, and the driver skipping what is recorded."""
+"""train.reproduce.ledger: pooled statistics, records, aggregates of lost runs, and the driver
+skipping what is recorded."""
 
 import json
 
@@ -8,8 +9,8 @@ import pytest
 from hypothesis import strategies as st
 
 from train.reproduce import driver, layout, ledger, rows
-from train.trainer.summary import Summary
 from train.reproduce.ledger import Aggregate, Sample
+from train.trainer.summary import Summary
 
 _ACCURACY = st.floats(50.0, 100.0, allow_nan=False)
 
@@ -34,11 +35,34 @@ def test_sample_of_one_and_none():
 
 def _summary(accuracy: float) -> Summary:
   """A run's summary with that deployed test accuracy (the rest as a small CPU run's)."""
-  return Summary(model="sn", conv="plain", dataset="fashion_mnist", source="idx", seed=0, steps=10, epochs=1.0,
-                 devices=1, platform="cpu", device_kind="cpu", host_cores=1, precision="default", dtype="float32",
-                 deterministic=True, parameters=10, deployed_parameters=10, test_accuracy=accuracy, test_loss=0.5,
-                 deployed_test_accuracy=accuracy, deployed_test_loss=0.5, deployed_prediction_agreement=1.0,
-                 test_examples=100, acu_radii=[], final_train_loss=0.5, seconds_total=1.0, workdir="w")
+  return Summary(
+    model="sn",
+    conv="plain",
+    dataset="fashion_mnist",
+    source="idx",
+    seed=0,
+    steps=10,
+    epochs=1.0,
+    devices=1,
+    platform="cpu",
+    device_kind="cpu",
+    host_cores=1,
+    precision="default",
+    dtype="float32",
+    deterministic=True,
+    parameters=10,
+    deployed_parameters=10,
+    test_accuracy=accuracy,
+    test_loss=0.5,
+    deployed_test_accuracy=accuracy,
+    deployed_test_loss=0.5,
+    deployed_prediction_agreement=1.0,
+    test_examples=100,
+    acu_radii=[],
+    final_train_loss=0.5,
+    seconds_total=1.0,
+    workdir="w",
+  )
 
 
 def test_records_hold_a_summary_or_a_failure(tmp_path):
@@ -49,17 +73,29 @@ def test_records_hold_a_summary_or_a_failure(tmp_path):
   with pytest.raises(ValueError, match="either"):
     ledger.write(path, None, None)
   ledger.write(path, _summary(0.9), {"sections": []})
-  ledger.write(layout.record_path(tmp_path, "acb", "seed3", 10.0), None, None, failed="exit status 3")
+  ledger.write(
+    layout.record_path(tmp_path, "acb", "seed3", 10.0), None, None, failed="exit status 3"
+  )
   assert ledger.seeds(tmp_path, "acb", 10.0) == {
-      "seed2": {"summary": _summary(0.9).to_json(), "results": {"sections": []}},
-      "seed3": {"failed": "exit status 3"}}
+    "seed2": {"summary": _summary(0.9).to_json(), "results": {"sections": []}},
+    "seed3": {"failed": "exit status 3"},
+  }
   assert json.loads(path.read_text())["summary"]["deployed_test_accuracy"] == 0.9
   assert layout.lengths(tmp_path) == [10.0] and not list(tmp_path.rglob("*.tmp"))
 
 
 def _aggregate(seeds=("seed0", "seed1"), n=2) -> Aggregate:
-  return Aggregate(seeds=seeds, accuracy=Sample(n, 90.5, 0.2), parameters=10, deployed_parameters=20,
-                   agreement=100.0, epochs=10.0, hardware="CPU, 1 core", minutes_per_run=12.0, source="a report")
+  return Aggregate(
+    seeds=seeds,
+    accuracy=Sample(n, 90.5, 0.2),
+    parameters=10,
+    deployed_parameters=20,
+    agreement=100.0,
+    epochs=10.0,
+    hardware="CPU, 1 core",
+    minutes_per_run=12.0,
+    source="a report",
+  )
 
 
 def test_aggregates_round_trip_and_refuse_a_wrong_count(tmp_path):
@@ -75,12 +111,21 @@ def test_aggregates_round_trip_and_refuse_a_wrong_count(tmp_path):
 def test_aggregates_from_a_report_refuse_what_they_cannot_read():
   with pytest.raises(ValueError, match="no row tables"):
     ledger.aggregates_from_report("# A report\n\n| a | b |\n|---|---|\n| 1 | 2 |\n", "s")
-  table = ("| row | params | deployed params | test acc. (%) | seeds | paper (%) | paper's setting | "
-           "deployed = trained (%) | epochs | hardware | min / run |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
-  one = "| `acb` | 146,986 | 115,306 | 92.57 +- 0.00 | 1 | 84.24 | CIFAR-10, Table 1 | 99.98 | 10 | CPU, 1 core | 47.6 |\n"
+  table = (
+    "| row | params | deployed params | test acc. (%) | seeds | paper (%) | paper's setting | "
+    "deployed = trained (%) | epochs | hardware | min / run "
+    "|\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+  )
+  one = (
+    "| `acb` | 146,986 | 115,306 | 92.57 +- 0.00 | 1 | 84.24 | CIFAR-10, Table 1 | 99.98 | 10 "
+    "| CPU, 1 core | 47.6 |\n"
+  )
   got = ledger.aggregates_from_report(table + one + "\nafter\n| x | y |\n", "s")
-  assert got == {"acb": Aggregate(("seed0",), Sample(1, 92.57, 0.0), 146_986, 115_306, 99.98, 10.0, "CPU, 1 core",
-                                  47.6, "s")}
+  assert got == {
+    "acb": Aggregate(
+      ("seed0",), Sample(1, 92.57, 0.0), 146_986, 115_306, 99.98, 10.0, "CPU, 1 core", 47.6, "s"
+    )
+  }
   with pytest.raises(ValueError, match="diverged"):
     ledger.aggregates_from_report(table + one.replace("| 1 |", "| 1 (1 diverged) |"), "s")
 
@@ -95,4 +140,28 @@ def test_the_driver_never_trains_a_recorded_run_again(tmp_path):
   assert todo == [("sn_v9", "0", 10.0), ("sn_v4", "2", 10.0)]
   # without the ledger (or at another length) every run is to do
   assert len(driver.pending(runs, ["sn_v9", "sn_v4"], ["0", "1", "2"], lengths)) == 6
-  assert len(driver.pending(runs, ["sn_v9", "sn_v4"], ["0"], rows.parse_lengths("20"), ledger_dir=book)) == 2
+  assert (
+    len(driver.pending(runs, ["sn_v9", "sn_v4"], ["0"], rows.parse_lengths("20"), ledger_dir=book))
+    == 2
+  )
+
+
+def test_the_committed_report_regenerates_from_the_committed_ledger(tmp_path):
+  """results/REPRODUCTION.md is remade byte for byte (but its date) from results/runs alone."""
+  import re
+  import shutil
+  from pathlib import Path
+
+  from train.reproduce import report
+
+  results = Path(__file__).resolve().parents[1] / "results"
+  committed = (results / "REPRODUCTION.md").read_text()
+  out = tmp_path / "results" / "REPRODUCTION.md"
+  shutil.copytree(results / "repro", out.parent / "repro")  # the figures it keeps
+  shutil.copy(results / "REPRODUCTION.md", out)  # its notes
+  spec = re.search(r"python -m train\.reproduce --runs runs/repro --epochs (\S+)`", committed)
+  text = report.write_report(
+    tmp_path / "no_runs", out, epochs=rows.parse_lengths(spec[1]), ledger=results / "runs"
+  )
+  undated = lambda t: re.sub(r" on \d{4}-\d{2}-\d{2};", " on DATE;", t)
+  assert undated(text) == undated(committed)

@@ -16,15 +16,20 @@ def _count(name, **kwargs):
 
 
 def _close(got, paper, tol=0.03):
-  assert abs(got - paper) <= tol * paper, f"{got} vs the paper's {paper} ({(got - paper) / paper:+.1%})"
+  assert abs(got - paper) <= tol * paper, (
+    f"{got} vs the paper's {paper} ({(got - paper) / paper:+.1%})"
+  )
 
 
-@pytest.mark.parametrize("name, counts, kwargs", [
+@pytest.mark.parametrize(
+  "name, counts, kwargs",
+  [
     ("sn", (55e3, 25e3, 13e3), {}),
     ("resnet20", (271e3, 122e3, 63e3), {}),
     ("resnet44", (657e3, 294e3, 148e3), {}),
     ("densenet40", (1.9e6, 0.86e6, 0.43e6), DENSENET40_ROTATECONV),
-])
+  ],
+)
 def test_rotateconv_table1_parameter_counts(name, counts, kwargs):
   for kind, paper in zip(("plain", "rotate4", "rotate2"), counts):
     _close(_count(name, conv=kind, **kwargs), paper)
@@ -36,16 +41,21 @@ def test_densenet40_of_huang_et_al_is_not_table1s():
   assert 1.0e6 < _count("densenet40") < 1.05e6
 
 
-@pytest.mark.parametrize("variant, weights, memory_kb, flops", [
+@pytest.mark.parametrize(
+  "variant, weights, memory_kb, flops",
+  [
     ("baseline", 4.3e5, 1681.6, 22.93e5),
     ("model1", 4.3e5, 1681.6, 22.93e5),
     ("model2", 2.2e5, 852.0, 12.00e5),
     ("model3", 2.2e5, 852.0, 12.00e5),
     ("v2_model1", 1.18e5, 460.5, 12.17e5),
     ("v2_model3", 0.79e5, 309.1, 12.12e5),
-])
+  ],
+)
 def test_versatile_lenet_tables_2_and_3(variant, weights, memory_kb, flops):
-  model = create("lenet") if variant == "baseline" else create("lenet", conv="versatile", variant=variant)
+  model = (
+    create("lenet") if variant == "baseline" else create("lenet", conv="versatile", variant=variant)
+  )
   cost = model_cost(model, (28, 28, 1))
   _close(cost.weights, weights)
   _close(cost.memory_bytes / 1024, memory_kb)
@@ -72,7 +82,9 @@ def test_acu_plain_network_adds_exactly_96_parameters():
   assert _count("acu_plain", conv="active") - _count("acu_plain") == 96
 
 
-@pytest.mark.parametrize("name, weights, flops", [("alexnet", 6.1e7, 0.7e9), ("resnet50", 2.6e7, 4.1e9)])
+@pytest.mark.parametrize(
+  "name, weights, flops", [("alexnet", 6.1e7, 0.7e9), ("resnet50", 2.6e7, 4.1e9)]
+)
 def test_imagenet_accounting_matches_versatile_table1(name, weights, flops):
   cost = model_cost(create(name), spec(name).input_shape)
   _close(cost.weights, weights)
@@ -90,7 +102,9 @@ def test_standard_counts_of_the_other_networks():
 # DenseNet-40 compiles a new conv for each of its 36 widths; a 3-layer-per-block
 # DenseNet runs the same code. The ImageNet ResNets end in global pooling, so
 # 64x64 inputs exercise every layer.
-_BUILD = {"densenet40": lambda kind: DenseNet(13, 12, kind, 10, rngs=nnx.Rngs(0), precision="highest")}
+_BUILD = {
+  "densenet40": lambda kind: DenseNet(13, 12, kind, 10, rngs=nnx.Rngs(0), precision="highest")
+}
 _INPUT = {"resnet18": (64, 64, 3), "resnet50": (64, 64, 3)}
 CASES = [(name, kind) for name in list_models() for kind in spec(name).kinds]
 

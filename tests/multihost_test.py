@@ -1,5 +1,5 @@
-"""Multi-host training: two processes on localhost (jax.distributed, gloo on the CPU) train, save, are
-killed, resume, and follow a one-process run on the same two devices."""
+"""Multi-host training: two processes on localhost (jax.distributed, gloo on the CPU) train, save,
+are killed, resume, and follow a one-process run on the same two devices."""
 
 import json
 import os
@@ -30,12 +30,14 @@ _DRIVER = textwrap.dedent("""
     workdir, overrides, kill_at = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
     config = default.get_config()
     config.update_from_flattened_dict(overrides)
-    if kill_at >= 0:  # kill -9 while the loader prepares that step's batch, once a checkpoint is on disk
+    # kill -9 while the loader prepares that step's batch, once a checkpoint is on disk
+    if kill_at >= 0:
       batch = input_pipeline.Batches.batch
       def killing(self, step):
         if step == kill_at:
           saved = os.path.join(workdir, "checkpoints")
-          for _ in range(600):  # the saves are asynchronous: wait (at most 60 s) for one to be committed
+          for _ in range(600):  # the saves are asynchronous: wait (at most 60 s) for one to be
+          committed
             if any(name.isdigit() for name in os.listdir(saved)):
               break
             time.sleep(0.1)
@@ -46,9 +48,17 @@ _DRIVER = textwrap.dedent("""
     print("SUMMARY " + json.dumps(summary.to_json()), flush=True)
 """)
 
-_OVERRIDES = {"data.train_size": 64, "data.test_size": 40, "batch_size": 16, "eval_batch_size": 16,
-              "log_every_steps": 1, "progress": False, "num_steps": 8, "checkpoint_every_steps": 2,
-              "conv": "rotate4"}
+_OVERRIDES = {
+  "data.train_size": 64,
+  "data.test_size": 40,
+  "batch_size": 16,
+  "eval_batch_size": 16,
+  "log_every_steps": 1,
+  "progress": False,
+  "num_steps": 8,
+  "checkpoint_every_steps": 2,
+  "conv": "rotate4",
+}
 
 
 def _free_port() -> int:
@@ -72,11 +82,21 @@ def _launch(tmp_path: Path, workdir: Path, processes: int, kill_at: int = -1, de
   for i in range(processes):
     env = _env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     if processes > 1:
-      env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
-                 JAX_PROCESS_ID=str(i))
-    procs.append(subprocess.Popen([sys.executable, str(driver), str(workdir), json.dumps(overrides), str(kill_at)],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  start_new_session=True))
+      env.update(
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+        JAX_NUM_PROCESSES=str(processes),
+        JAX_PROCESS_ID=str(i),
+      )
+    procs.append(
+      subprocess.Popen(
+        [sys.executable, str(driver), str(workdir), json.dumps(overrides), str(kill_at)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+      )
+    )
   return procs
 
 
@@ -94,17 +114,21 @@ def _finish(procs, timeout: float = 300) -> list[tuple[int, str]]:
 
 
 def _metrics(workdir: Path) -> list[dict]:
-  return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
-          for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [
+    {k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines()
+  ]
 
 
 def _summary(output: str) -> Summary:
-  return Summary.from_json(json.loads(next(line for line in output.splitlines() if line.startswith("SUMMARY "))[8:]))
+  return Summary.from_json(
+    json.loads(next(line for line in output.splitlines() if line.startswith("SUMMARY "))[8:])
+  )
 
 
 def test_two_processes_train_save_resume_after_kill_and_match_one_process(tmp_path):
   # the reference: one process with the same two devices
-  (code, out), = _finish(_launch(tmp_path, tmp_path / "one", processes=1, devices=2))
+  ((code, out),) = _finish(_launch(tmp_path, tmp_path / "one", processes=1, devices=2))
   assert code == 0, out[-3000:]
   one = _summary(out)
   assert one["devices"] == 2
@@ -112,7 +136,9 @@ def test_two_processes_train_save_resume_after_kill_and_match_one_process(tmp_pa
   # two processes, killed (-9, both) while preparing step 5: checkpoints at 2 and 4 are on disk
   killed = _finish(_launch(tmp_path, tmp_path / "two", processes=2, kill_at=5), timeout=120)
   assert killed[0][0] == -signal.SIGKILL, killed[0][1][-3000:]
-  saved = sorted(int(p.name) for p in (tmp_path / "two" / "checkpoints").iterdir() if p.name.isdigit())
+  saved = sorted(
+    int(p.name) for p in (tmp_path / "two" / "checkpoints").iterdir() if p.name.isdigit()
+  )
   assert saved and max(saved) < 8, saved
 
   # both resume from it and finish

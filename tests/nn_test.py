@@ -12,18 +12,17 @@ from flax import nnx
 from kshapes_jax import reference
 from kshapes_jax.conv import conv
 from kshapes_jax.nn import (
-    ACBlock,
-    ActiveConv,
-    Angle,
-    ConvBN,
-    PlainConv,
-    Position,
-    RotateConv,
-    VersatileConv,
-    conv_bn,
-    make_conv,
+  ACBlock,
+  ActiveConv,
+  Angle,
+  ConvBN,
+  PlainConv,
+  Position,
+  RotateConv,
+  VersatileConv,
+  conv_bn,
+  make_conv,
 )
-
 
 # Every layer here is compared with an independent float32 construction: both pin HIGHEST,
 # or a GPU would compare two TF32 convs (3e-4 to 3e-3 apart).
@@ -38,11 +37,15 @@ def _x(rng, shape=(2, 9, 8, 4)):
 @pytest.mark.parametrize("version", [4, 2])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_rotate_conv_matches_numpy_kernel(version, stride, rng):
-  layer = RotateConv(4, 6, stride=stride, version=version, use_bias=True, precision=EXACT, rngs=nnx.Rngs(0))
+  layer = RotateConv(
+    4, 6, stride=stride, version=version, use_bias=True, precision=EXACT, rngs=nnx.Rngs(0)
+  )
   layer.bias[...] = jnp.arange(6, dtype=jnp.float32)
   x = _x(rng)
   kernel = reference.rotate_kernel(np.asarray(layer.weights[...]), np.asarray(layer.angles[...]))
-  expected = exact_conv(x, jnp.asarray(kernel, jnp.float32), stride=stride, padding=1) + layer.bias[...]
+  expected = (
+    exact_conv(x, jnp.asarray(kernel, jnp.float32), stride=stride, padding=1) + layer.bias[...]
+  )
   chex.assert_trees_all_close(layer(x), expected, rtol=1e-5, atol=1e-5)
   assert isinstance(layer.angles, Angle)
   assert np.all((layer.angles[...] >= 0) & (layer.angles[...] < 180))
@@ -56,8 +59,9 @@ def test_rotate_conv_init_from_line_kernels(rng):
   chex.assert_trees_all_close(layer.effective_kernel()[0], expected, atol=1e-6)
   ver = jnp.asarray(rng.normal(size=(3, 1, 3, 2)), jnp.float32)
   layer.init_from_line_kernel(ver)
-  chex.assert_trees_all_close(layer.effective_kernel()[0], jnp.zeros((3, 3, 3, 2)).at[:, 1].set(ver[:, 0]),
-                              atol=1e-6)
+  chex.assert_trees_all_close(
+    layer.effective_kernel()[0], jnp.zeros((3, 3, 3, 2)).at[:, 1].set(ver[:, 0]), atol=1e-6
+  )
   with pytest.raises(ValueError, match=r"\(1, 3, 3, 2\) or \(3, 1, 3, 2\)"):
     layer.init_from_line_kernel(jnp.zeros((3, 3, 3, 2)))
 
@@ -71,7 +75,9 @@ def _bn_train(y):
 @pytest.mark.parametrize("asymmetric", ["both", "hor", "ver"])
 @pytest.mark.parametrize("border", [False, True])
 def test_acblock_train_forward_is_three_bn_branches(asymmetric, border, rng):
-  block = ACBlock(4, 6, stride=2, asymmetric=asymmetric, border=border, precision=EXACT, rngs=nnx.Rngs(1))
+  block = ACBlock(
+    4, 6, stride=2, asymmetric=asymmetric, border=border, precision=EXACT, rngs=nnx.Rngs(1)
+  )
   x = _x(rng)
   # independent: each branch as a kxk conv with the small kernel zero-embedded
   k, line = 3, 2 if border else 1
@@ -87,7 +93,9 @@ def test_acblock_train_forward_is_three_bn_branches(asymmetric, border, rng):
 @pytest.mark.parametrize("asymmetric", ["both", "ver"])
 @pytest.mark.parametrize("border", [False, True])
 def test_acblock_eval_is_the_branches_on_running_statistics(asymmetric, border, rng, randomize):
-  block = ACBlock(4, 6, stride=2, asymmetric=asymmetric, border=border, precision=EXACT, rngs=nnx.Rngs(1))
+  block = ACBlock(
+    4, 6, stride=2, asymmetric=asymmetric, border=border, precision=EXACT, rngs=nnx.Rngs(1)
+  )
   randomize(block, rng)
   block.eval()
   x = _x(rng)
@@ -97,13 +105,20 @@ def test_acblock_eval_is_the_branches_on_running_statistics(asymmetric, border, 
     branches.append((jnp.zeros((k, k, 4, 6)).at[line].set(block.hor[...][0]), block.hor_bn))
   if block.ver is not None:
     branches.append((jnp.zeros((k, k, 4, 6)).at[:, line].set(block.ver[...][:, 0]), block.ver_bn))
-  expected = sum((exact_conv(x, b, stride=2, padding=1) - bn.mean[...]) / jnp.sqrt(bn.var[...] + 1e-5)
-                 * bn.scale[...] + bn.bias[...] for b, bn in branches)
+  expected = sum(
+    (exact_conv(x, b, stride=2, padding=1) - bn.mean[...])
+    / jnp.sqrt(bn.var[...] + 1e-5)
+    * bn.scale[...]
+    + bn.bias[...]
+    for b, bn in branches
+  )
   chex.assert_trees_all_close(block(x), expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("options", [dict(), dict(border=True), dict(bn="sum"), dict(asymmetric="hor"),
-                                     dict(asym_scale_init=1 / 3)])
+@pytest.mark.parametrize(
+  "options",
+  [dict(), dict(border=True), dict(bn="sum"), dict(asymmetric="hor"), dict(asym_scale_init=1 / 3)],
+)
 @pytest.mark.parametrize("k", [3, 5])
 def test_acblock_deploy_equals_eval(options, k, rng, randomize):
   block = ACBlock(4, 6, k, stride=2, precision=EXACT, rngs=nnx.Rngs(2), **options)
@@ -130,14 +145,23 @@ def test_versatile_spatial_matches_cropped_convs(bias, impl, rng):
   layer.bias[...] = b
   x = _x(rng)
   f = layer.f[...]
-  parts = [exact_conv(x, f[i:5 - i, i:5 - i], padding=2 - i) for i in range(3)]
+  parts = [exact_conv(x, f[i : 5 - i, i : 5 - i], padding=2 - i) for i in range(3)]
   bias_full = jnp.tile(b, 3) if bias == "shared" else b
-  chex.assert_trees_all_close(layer(x), jnp.concatenate(parts, -1) + bias_full, rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(
+    layer(x), jnp.concatenate(parts, -1) + bias_full, rtol=1e-5, atol=1e-5
+  )
 
 
-@pytest.mark.parametrize("kw", [dict(kernel_size=5), dict(kernel_size=3, stride=2), dict(kernel_size=4, padding=0),
-                                dict(kernel_size=5, padding="SAME", stride=2),
-                                dict(kernel_size=5, channel_delta=2, channel_stride=1, bias="separate")])
+@pytest.mark.parametrize(
+  "kw",
+  [
+    dict(kernel_size=5),
+    dict(kernel_size=3, stride=2),
+    dict(kernel_size=4, padding=0),
+    dict(kernel_size=5, padding="SAME", stride=2),
+    dict(kernel_size=5, channel_delta=2, channel_stride=1, bias="separate"),
+  ],
+)
 def test_versatile_cropped_equals_stacked_value_and_gradient(kw, rng, x64):
   import jax
 
@@ -183,7 +207,9 @@ def test_versatile_auto_crops_on_cpu_where_the_work_pays(rng):
   # and the layer follows it on this backend: s convs when cropped, one when stacked
   big = VersatileConv(32, 32, 3, rngs=nnx.Rngs(0))  # 32 inputs x 16 maps a scale = 512
   small = VersatileConv(1, 21, 5, rngs=nnx.Rngs(0))  # LeNet conv1: 1 x 7
-  channel = VersatileConv(32, 32, 3, mode="none", channel_delta=16, channel_stride=16, rngs=nnx.Rngs(0))
+  channel = VersatileConv(
+    32, 32, 3, mode="none", channel_delta=16, channel_stride=16, rngs=nnx.Rngs(0)
+  )
   on_cpu = jax.default_backend() == "cpu"
   assert _convs(big, jnp.zeros((1, 8, 8, 32))) == (2 if on_cpu else 1)
   assert _convs(small, jnp.zeros((1, 12, 12, 1))) == 1
@@ -194,20 +220,35 @@ def test_versatile_sum_and_channel_modes(rng):
   x = _x(rng)
   layer = VersatileConv(4, 6, 3, mode="sum", use_bias=False, precision=EXACT, rngs=nnx.Rngs(0))
   f = layer.f[...]
-  chex.assert_trees_all_close(layer(x), exact_conv(x, f, padding=1) + exact_conv(x, f[1:2, 1:2], padding=0),
-                              rtol=1e-5, atol=1e-5)
-  layer = VersatileConv(4, 8, 3, channel_delta=2, channel_stride=1, mode="none", use_bias=False,
-                        precision=EXACT, rngs=nnx.Rngs(0))
+  chex.assert_trees_all_close(
+    layer(x),
+    exact_conv(x, f, padding=1) + exact_conv(x, f[1:2, 1:2], padding=0),
+    rtol=1e-5,
+    atol=1e-5,
+  )
+  layer = VersatileConv(
+    4,
+    8,
+    3,
+    channel_delta=2,
+    channel_stride=1,
+    mode="none",
+    use_bias=False,
+    precision=EXACT,
+    rngs=nnx.Rngs(0),
+  )
   assert (layer.windows, layer.filters, layer.f[...].shape[2]) == (3, 3, 2)
   f = layer.f[...]
-  loop = [exact_conv(x[..., i:i + 2], f, padding=1) for i in range(3)]
+  loop = [exact_conv(x[..., i : i + 2], f, padding=1) for i in range(3)]
   chex.assert_trees_all_close(layer(x), jnp.concatenate(loop, -1), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["splat", "gather"])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_active_conv_matches_reference(impl, groups, rng):
-  layer = ActiveConv(4, 6, stride=2, impl=impl, position_groups=groups, radius=2, precision=EXACT, rngs=nnx.Rngs(0))
+  layer = ActiveConv(
+    4, 6, stride=2, impl=impl, position_groups=groups, radius=2, precision=EXACT, rngs=nnx.Rngs(0)
+  )
   assert isinstance(layer.positions, Position)
   shape = layer.positions[...].shape
   layer.positions[...] = jnp.asarray(rng.uniform(-1.8, 1.8, shape), jnp.float32)
@@ -218,7 +259,9 @@ def test_active_conv_matches_reference(impl, groups, rng):
   p = p.reshape(groups, 9, 2)
   for g in range(groups):
     cols = slice(g * 6 // groups, (g + 1) * 6 // groups)
-    expected = reference.active_conv(np.asarray(x), w[..., cols], p[g], stride=2, padding=2, radius=2)
+    expected = reference.active_conv(
+      np.asarray(x), w[..., cols], p[g], stride=2, padding=2, radius=2
+    )
     np.testing.assert_allclose(y[..., cols], expected, rtol=1e-4, atol=1e-4)
   np.testing.assert_array_equal(p[:, 0], 0.0)  # synapse 0 is the fixed origin
 
@@ -230,7 +273,9 @@ def test_active_conv_lattice_init_is_a_3x3_conv_and_deploys_to_one(rng):
   assert plain.kernel[...].shape == (3, 3, 4, 6)  # the smallest radius that holds the lattice
   chex.assert_trees_all_close(plain(x), layer(x), rtol=1e-5, atol=1e-5)
   circle = ActiveConv(4, 6, init="circle", synapses=7, radius=1, precision=EXACT, rngs=nnx.Rngs(0))
-  np.testing.assert_allclose(np.linalg.norm(np.asarray(circle.all_positions())[1:], axis=-1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(
+    np.linalg.norm(np.asarray(circle.all_positions())[1:], axis=-1), 1.0, rtol=1e-6
+  )
 
 
 def test_active_conv_position_gradient_is_normalized(rng):

@@ -39,10 +39,15 @@ def test_param_labels_name_every_kind():
   model = Mixed(nnx.Rngs(0))
   got = {"/".join(map(str, path)): lab for path, (_, lab) in _labelled(model).items()}
   assert got == {
-      "rot/weights": "weights", "rot/angles": "angles", "rot/bias": "bias",
-      "acu/conv/weights": "weights", "acu/conv/positions": "positions",
-      "acu/bn/scale": "bn", "acu/bn/bias": "bn",
-      "fc/kernel": "weights", "fc/bias": "bias",
+    "rot/weights": "weights",
+    "rot/angles": "angles",
+    "rot/bias": "bias",
+    "acu/conv/weights": "weights",
+    "acu/conv/positions": "positions",
+    "acu/bn/scale": "bn",
+    "acu/bn/bias": "bn",
+    "fc/kernel": "weights",
+    "fc/bias": "bias",
   }
 
 
@@ -79,8 +84,15 @@ def test_position_learning_rate_is_a_hundredth_and_follows_the_schedule():
 
 def test_positions_are_frozen_during_warm_up_and_momentum_does_not_carry_it():
   model = Mixed(nnx.Rngs(0))
-  tx = optim.sgd(optim.param_labels(model), 1.0, momentum=0.9, nesterov=True, freeze_steps=3,
-                 lr_multipliers={}, angle_eps=None)
+  tx = optim.sgd(
+    optim.param_labels(model),
+    1.0,
+    momentum=0.9,
+    nesterov=True,
+    freeze_steps=3,
+    lr_multipliers={},
+    angle_eps=None,
+  )
   ups = [_by_label(model, u) for u in _ones_update(model, tx, steps=5)]
   for step in range(3):
     assert np.all(ups[step]["positions"][0] == 0)
@@ -115,20 +127,25 @@ def test_angle_projection_keeps_each_step_in_the_previous_sector_plus_eps(rng):
 
 
 def _angle_steps(model, tx, rng, steps: int, scale: float):
-  """Applies `steps` updates of random gradients (std `scale`); yields (angle grads, old angles, new angles)."""
+  """Applies `steps` updates of random gradients (std `scale`); yields (angle grads, old angles, new
+  angles)."""
   params = nnx.state(model, nnx.Param)
   state = tx.init(params)
   for _ in range(steps):
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, scale, p.shape), p.dtype), params)
     updates, state = tx.update(grads, state, params)
     new = optax.apply_updates(params, updates)
-    yield (np.asarray(grads["rot"]["angles"][...]), np.asarray(params["rot"]["angles"][...], np.float64),
-           np.asarray(new["rot"]["angles"][...], np.float64))
+    yield (
+      np.asarray(grads["rot"]["angles"][...]),
+      np.asarray(params["rot"]["angles"][...], np.float64),
+      np.asarray(new["rot"]["angles"][...], np.float64),
+    )
     params = new
 
 
 def _assert_within_sector(old_a, new_a, eps) -> float:
-  """Eq. 6 as a bound: the (unwrapped) move stays within [low - eps, low + 45 + eps]; returns the largest move."""
+  """Eq. 6 as a bound: the (unwrapped) move stays within [low - eps, low + 45 + eps]; returns the
+  largest move."""
   low = old_a - np.mod(old_a, 45.0)
   unwrapped = old_a + (np.mod(new_a - old_a + 90, 180) - 90)
   assert np.all(unwrapped >= low - eps - 1e-4) and np.all(unwrapped <= low + 45 + eps + 1e-4)
@@ -150,8 +167,11 @@ def test_small_angle_steps_are_plain_sgd():
 
 def test_schedules():
   stair = optim.make_schedule("staircase", 0.1, 100, boundaries=[50, 75])
-  np.testing.assert_allclose([float(stair(s)) for s in (0, 49, 50, 74, 75, 99)],
-                             [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+  np.testing.assert_allclose(
+    [float(stair(s)) for s in (0, 49, 50, 74, 75, 99)],
+    [0.1, 0.1, 0.01, 0.01, 0.001, 0.001],
+    rtol=1e-6,
+  )
   cos = optim.make_schedule("cosine", 0.2, 100, warmup_steps=10)
   assert float(cos(0)) == 0.0
   np.testing.assert_allclose(float(cos(10)), 0.2, rtol=1e-6)
@@ -159,7 +179,9 @@ def test_schedules():
   assert float(optim.make_schedule("constant", 0.3, 5)(4)) == pytest.approx(0.3)
 
 
-@pytest.mark.parametrize("call, match", [
+@pytest.mark.parametrize(
+  "call, match",
+  [
     (lambda: optim.make_schedule("linear", 0.1, 10), "schedule must be"),
     (lambda: optim.make_schedule("staircase", 0.1, 10, boundaries=[5, 3]), "increasing"),
     (lambda: optim.make_schedule("cosine", -1.0, 10), "learning rate"),
@@ -168,7 +190,8 @@ def test_schedules():
     (lambda: optim.project_angle_updates({}, -1.0), "eps"),
     (lambda: optim.sgd({}, 0.1, momentum=1.5), "momentum"),
     (lambda: optim.sgd({}, 0.1, decay_labels=("kernel",)), "unknown parameter label 'kernel'"),
-])
+  ],
+)
 def test_bad_arguments_raise(call, match):
   with pytest.raises(ValueError, match=match):
     call()
@@ -177,12 +200,16 @@ def test_bad_arguments_raise(call, match):
 def test_labels_work_with_optax_multi_transform():
   model = Mixed(nnx.Rngs(0))
   labels = optim.param_labels(model)
-  tx = optax.multi_transform({lab: optax.sgd(0.1) if lab != "positions" else optax.set_to_zero()
-                              for lab in optim.LABELS}, labels)
+  tx = optax.multi_transform(
+    {lab: optax.sgd(0.1) if lab != "positions" else optax.set_to_zero() for lab in optim.LABELS},
+    labels,
+  )
   params = nnx.state(model, nnx.Param)
   updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
-  counts = Counter((lab, bool(np.all(np.asarray(u) == 0)))
-                   for u, lab in zip(jax.tree.leaves(updates), jax.tree.leaves(labels)))
+  counts = Counter(
+    (lab, bool(np.all(np.asarray(u) == 0)))
+    for u, lab in zip(jax.tree.leaves(updates), jax.tree.leaves(labels))
+  )
   assert counts[("positions", True)] == 1 and counts[("weights", False)] == 3
 
 
@@ -197,7 +224,8 @@ def test_synapse_zero_is_not_a_parameter():
 
 
 def _adam_like(labels, **rules):
-  """optim.adamw with no decay and no bias correction quirks: a unit gradient gives a step of -lr."""
+  """optim.adamw with no decay and no bias correction quirks: a unit gradient gives a step of
+  -lr."""
   return optim.adamw(labels, 0.1, weight_decay=0.0, **rules)
 
 
@@ -207,7 +235,9 @@ def test_sgd_is_with_shape_rules_around_momentum_sgd_with_the_same_state_layout(
   params = nnx.state(model, nnx.Param)
   kw = dict(weight_decay=1e-4, freeze_steps=2, angle_eps=1.0)
   ours = optim.sgd(labels, 0.1, momentum=0.9, nesterov=True, **kw)
-  hand = optim.with_shape_rules([optax.trace(0.9, nesterov=True), optax.scale_by_learning_rate(0.1)], labels, **kw)
+  hand = optim.with_shape_rules(
+    [optax.trace(0.9, nesterov=True), optax.scale_by_learning_rate(0.1)], labels, **kw
+  )
   # one flat chain: checkpoints saved before with_shape_rules existed keep restoring
   assert len(ours.init(params)) == 6
   chex.assert_trees_all_equal_structs(ours.init(params), hand.init(params))
@@ -234,8 +264,8 @@ def test_positions_frozen_under_adamw_and_its_moments_start_after_the_warm_up():
   for step in range(3):
     assert np.all(ups[step]["positions"][0] == 0) and np.all(ups[step]["weights"][0] != 0)
   # Adam saw zeros for 3 steps: m = (1 - 0.9) g, bias-corrected over 4 steps, v likewise
-  m = (1 - 0.9) / (1 - 0.9 ** 4)
-  v = (1 - 0.999) / (1 - 0.999 ** 4)
+  m = (1 - 0.9) / (1 - 0.9**4)
+  v = (1 - 0.999) / (1 - 0.999**4)
   np.testing.assert_allclose(ups[3]["positions"][0], -0.1 * m / (np.sqrt(v) + 1e-8), rtol=1e-4)
 
 
@@ -257,6 +287,8 @@ def test_angle_projection_holds_around_any_optimizer(rng, base):
   eps = 2.0
   inner = optax.adamw(30.0, weight_decay=0.0) if base == "adamw" else optax.lamb(30.0)
   tx = optim.with_shape_rules(inner, labels, angle_eps=eps)
-  moved = max(_assert_within_sector(old_a, new_a, eps)
-              for _, old_a, new_a in _angle_steps(model, tx, rng, steps=10, scale=1.0))
+  moved = max(
+    _assert_within_sector(old_a, new_a, eps)
+    for _, old_a, new_a in _angle_steps(model, tx, rng, steps=10, scale=1.0)
+  )
   assert moved > eps  # the base's steps were large: the projection did the bounding

@@ -1,4 +1,5 @@
-"""The precision policy, read off the jaxprs: exact kernel builders, `precision` and `dtype` everywhere.
+"""The precision policy, read off the jaxprs: exact kernel builders, `precision` and `dtype`
+everywhere.
 
 A CPU computes float32 convolutions and matmuls in float32 whatever their
 precision says, so CI cannot see the TF32 rounding a GPU applies at DEFAULT
@@ -20,7 +21,11 @@ from kshapes_jax import gradients, kernels
 from kshapes_jax.kernels import BatchNormParams
 
 CONTRACTIONS = ("dot_general", "conv_general_dilated")
-EXACT = (lax.Precision.HIGHEST, lax.DotAlgorithmPreset.F32_F32_F32, lax.DotAlgorithmPreset.F64_F64_F64)
+EXACT = (
+  lax.Precision.HIGHEST,
+  lax.DotAlgorithmPreset.F32_F32_F32,
+  lax.DotAlgorithmPreset.F64_F64_F64,
+)
 
 
 def _sub_jaxprs(value):
@@ -53,8 +58,9 @@ def _exact(precision) -> bool:
 
 def inexact_float32(jaxpr) -> list:
   """The float32 contractions that a GPU would run at TF32 (or a TPU in bf16 passes)."""
-  return [c for c in contractions(jaxpr)
-          if any(d == jnp.float32 for d in c[1]) and not _exact(c[2])]
+  return [
+    c for c in contractions(jaxpr) if any(d == jnp.float32 for d in c[1]) and not _exact(c[2])
+  ]
 
 
 def _value_and_grad_jaxprs(fn, args):
@@ -66,7 +72,9 @@ def _value_and_grad_jaxprs(fn, args):
     for i, a in zip(floats, float_args):
       full[i] = a
     out = jax.tree.leaves(fn(*full))
-    return sum(jnp.sum(o * jnp.cos(jnp.arange(o.size, dtype=o.dtype).reshape(o.shape))) for o in out)
+    return sum(
+      jnp.sum(o * jnp.cos(jnp.arange(o.size, dtype=o.dtype).reshape(o.shape))) for o in out
+    )
 
   float_args = [args[i] for i in floats]
   forward = jax.make_jaxpr(fn)(*args)
@@ -88,52 +96,92 @@ def _builder_cases(rng):
   """name -> (function, args) for every array function of kernels/, plus the ACU gradient rule."""
   i, o, k = 4, 6, 9
   return {
-      "rotate_kernel": [(kernels.rotate_kernel, (_f32(rng, 3, i, o), _f32(rng, i, o, low=-200, high=200))),
-                        (kernels.rotate_kernel, (_f32(rng, i, o), _f32(rng, i, o, low=0, high=180)))],
-      "wrap_angles": [(kernels.wrap_angles, (_f32(rng, i, o, low=-400, high=400),))],
-      "with_origin": [(kernels.with_origin, (_f32(rng, k - 1, 2, low=-2, high=2),))],
-      "project_angles": [(lambda u, p: kernels.project_angles(u, p, 1.0),
-                          (_f32(rng, i, o, low=0, high=180), _f32(rng, i, o, low=0, high=180)))],
-      "fuse_bn": [(kernels.fuse_bn, (_f32(rng, 3, 3, i, o), *_bn(rng, o)))],
-      "acb_kernel": [(kernels.acb_kernel, (_f32(rng, 3, 3, i, o), _f32(rng, 1, 3, i, o), _f32(rng, 3, 1, i, o)))],
-      "fuse_acb": [(lambda s, h, v, *bns: kernels.fuse_acb(s, BatchNormParams(*bns[:4]), h, BatchNormParams(*bns[4:8]),
-                                                          v, BatchNormParams(*bns[8:])),
-                    (_f32(rng, 3, 3, i, o), _f32(rng, 1, 3, i, o), _f32(rng, 3, 1, i, o),
-                     *_bn(rng, o), *_bn(rng, o), *_bn(rng, o)))],
-      "spatial_versatile_kernel": [(kernels.spatial_versatile_kernel, (_f32(rng, 5, 5, i, o),))],
-      "channel_versatile_kernel": [(lambda f: kernels.channel_versatile_kernel(f, 8, 2), (_f32(rng, 3, 3, i, o),))],
-      "spatial_channel_versatile_kernel": [
-          (lambda f: kernels.spatial_channel_versatile_kernel(f, 8, 2), (_f32(rng, 3, 3, i, o),))],
-      "summed_versatile_kernel": [(kernels.summed_versatile_kernel, (_f32(rng, 5, 5, i, o),))],
-      "active_kernel": [(lambda w, p: kernels.active_kernel(w, p, 2), (_f32(rng, k, i, o), _f32(rng, k, 2, low=-2, high=2))),
-                        (lambda w, p: kernels.active_kernel(w, p, 2),
-                         (_f32(rng, k, i, o), _f32(rng, 3, k, 2, low=-2, high=2)))],
-      "bilinear_cell": [(kernels.bilinear_cell, (_f32(rng, k, 2, low=-2, high=2),))],
-      "clip_positions": [(lambda p: kernels.clip_positions(p, 1), (_f32(rng, k, 2, low=-2, high=2),))],
-      "lattice_positions": [(lambda: kernels.lattice_positions(5, 1.5), ())],
-      "versatile_masks": [(lambda: kernels.versatile_masks(5), ())],
-      "normalize_angle_grad": [(lambda w, a: kernels.rotate_kernel(w, gradients.normalize_angle_grad(a)),
-                                (_f32(rng, 3, i, o), _f32(rng, i, o, low=0, high=180)))],
-      "normalize_position_grad": [(lambda w, p: kernels.active_kernel(w, gradients.normalize_position_grad(p), 2),
-                                   (_f32(rng, k, i, o), _f32(rng, k, 2, low=-2, high=2)))],
+    "rotate_kernel": [
+      (kernels.rotate_kernel, (_f32(rng, 3, i, o), _f32(rng, i, o, low=-200, high=200))),
+      (kernels.rotate_kernel, (_f32(rng, i, o), _f32(rng, i, o, low=0, high=180))),
+    ],
+    "wrap_angles": [(kernels.wrap_angles, (_f32(rng, i, o, low=-400, high=400),))],
+    "with_origin": [(kernels.with_origin, (_f32(rng, k - 1, 2, low=-2, high=2),))],
+    "project_angles": [
+      (
+        lambda u, p: kernels.project_angles(u, p, 1.0),
+        (_f32(rng, i, o, low=0, high=180), _f32(rng, i, o, low=0, high=180)),
+      )
+    ],
+    "fuse_bn": [(kernels.fuse_bn, (_f32(rng, 3, 3, i, o), *_bn(rng, o)))],
+    "acb_kernel": [
+      (kernels.acb_kernel, (_f32(rng, 3, 3, i, o), _f32(rng, 1, 3, i, o), _f32(rng, 3, 1, i, o)))
+    ],
+    "fuse_acb": [
+      (
+        lambda s, h, v, *bns: kernels.fuse_acb(
+          s, BatchNormParams(*bns[:4]), h, BatchNormParams(*bns[4:8]), v, BatchNormParams(*bns[8:])
+        ),
+        (
+          _f32(rng, 3, 3, i, o),
+          _f32(rng, 1, 3, i, o),
+          _f32(rng, 3, 1, i, o),
+          *_bn(rng, o),
+          *_bn(rng, o),
+          *_bn(rng, o),
+        ),
+      )
+    ],
+    "spatial_versatile_kernel": [(kernels.spatial_versatile_kernel, (_f32(rng, 5, 5, i, o),))],
+    "channel_versatile_kernel": [
+      (lambda f: kernels.channel_versatile_kernel(f, 8, 2), (_f32(rng, 3, 3, i, o),))
+    ],
+    "spatial_channel_versatile_kernel": [
+      (lambda f: kernels.spatial_channel_versatile_kernel(f, 8, 2), (_f32(rng, 3, 3, i, o),))
+    ],
+    "summed_versatile_kernel": [(kernels.summed_versatile_kernel, (_f32(rng, 5, 5, i, o),))],
+    "active_kernel": [
+      (
+        lambda w, p: kernels.active_kernel(w, p, 2),
+        (_f32(rng, k, i, o), _f32(rng, k, 2, low=-2, high=2)),
+      ),
+      (
+        lambda w, p: kernels.active_kernel(w, p, 2),
+        (_f32(rng, k, i, o), _f32(rng, 3, k, 2, low=-2, high=2)),
+      ),
+    ],
+    "bilinear_cell": [(kernels.bilinear_cell, (_f32(rng, k, 2, low=-2, high=2),))],
+    "clip_positions": [
+      (lambda p: kernels.clip_positions(p, 1), (_f32(rng, k, 2, low=-2, high=2),))
+    ],
+    "lattice_positions": [(lambda: kernels.lattice_positions(5, 1.5), ())],
+    "versatile_masks": [(lambda: kernels.versatile_masks(5), ())],
+    "normalize_angle_grad": [
+      (
+        lambda w, a: kernels.rotate_kernel(w, gradients.normalize_angle_grad(a)),
+        (_f32(rng, 3, i, o), _f32(rng, i, o, low=0, high=180)),
+      )
+    ],
+    "normalize_position_grad": [
+      (
+        lambda w, p: kernels.active_kernel(w, gradients.normalize_position_grad(p), 2),
+        (_f32(rng, k, i, o), _f32(rng, k, 2, low=-2, high=2)),
+      )
+    ],
   }
 
 
 # kernels.__all__ entries that are not array functions, with the reason
 NOT_BUILDERS = {
-    "BatchNormParams": "a NamedTuple",
-    "channel_windows": "int arithmetic on the host",
-    "check_positions_within": "a host-side check",
-    "check_radius": "a host-side check",
-    "lattice_offsets": "NumPy constants",
-    "radius_for_positions": "a host-side int",
+  "BatchNormParams": "a NamedTuple",
+  "channel_windows": "int arithmetic on the host",
+  "check_positions_within": "a host-side check",
+  "check_radius": "a host-side check",
+  "lattice_offsets": "NumPy constants",
+  "radius_for_positions": "a host-side int",
 }
 
 
 def test_the_builder_cases_cover_every_public_kernel_function(rng):
   cases = set(_builder_cases(rng)) - {"normalize_position_grad", "normalize_angle_grad"}
   assert cases | set(NOT_BUILDERS) == set(kernels.__all__), (
-      "a new kernels/ function needs a case in _builder_cases (or a reason in NOT_BUILDERS)")
+    "a new kernels/ function needs a case in _builder_cases (or a reason in NOT_BUILDERS)"
+  )
   assert not cases & set(NOT_BUILDERS)
 
 
@@ -157,7 +205,10 @@ def test_the_audit_catches_a_default_precision_contraction(rng):
   exact = lambda a, b: jnp.einsum("ij,jk->ik", a, b, precision="highest")
   assert inexact_float32(jax.make_jaxpr(exact)(a, b)) == []
   x = _f32(rng, 1, 6, 6, 5)
-  assert len(inexact_float32(jax.make_jaxpr(lambda x, k: K.conv.conv(x, k))(x, _f32(rng, 3, 3, 5, 2)))) == 1
+  assert (
+    len(inexact_float32(jax.make_jaxpr(lambda x, k: K.conv.conv(x, k))(x, _f32(rng, 3, 3, 5, 2))))
+    == 1
+  )
 
 
 def _abstract_model(name, kind, **kw):
@@ -173,16 +224,33 @@ def _forward_jaxpr(model, x, train):
 
 
 # Every kind in one model, and every model file's plumbing with its plain and one shaped kind.
-MODEL_KINDS = sorted({("resnet20", kind) for kind in K.nn.CONV_KINDS}
-                     | {(name, kind) for name in ("sn", "lenet", "cifar_quick", "acu_plain", "preact_resnet32",
-                                                  "densenet40", "vgg16", "resnet18", "alexnet")
-                        for kind in ("plain", K.models.spec(name).kinds[-1])})
+MODEL_KINDS = sorted(
+  {("resnet20", kind) for kind in K.nn.CONV_KINDS}
+  | {
+    (name, kind)
+    for name in (
+      "sn",
+      "lenet",
+      "cifar_quick",
+      "acu_plain",
+      "preact_resnet32",
+      "densenet40",
+      "vgg16",
+      "resnet18",
+      "alexnet",
+    )
+    for kind in ("plain", K.models.spec(name).kinds[-1])
+  }
+)
 
 
 def _computes_in(found, dtype) -> bool:
   """Every conv, and every matmul that is not an exact float32 kernel builder, computes in dtype."""
-  return all(all(d == dtype for d in dtypes) for name, dtypes, p in found
-             if name == "conv_general_dilated" or not _exact(p) or jnp.float32 not in dtypes)
+  return all(
+    all(d == dtype for d in dtypes)
+    for name, dtypes, p in found
+    if name == "conv_general_dilated" or not _exact(p) or jnp.float32 not in dtypes
+  )
 
 
 @pytest.mark.parametrize("name, kind", MODEL_KINDS)
@@ -190,8 +258,12 @@ def test_precision_and_dtype_reach_every_layer_of_every_model(name, kind):
   model, x = _abstract_model(name, kind, precision="highest", dtype="bfloat16")
   found = list(contractions(_forward_jaxpr(model, x, train=True)))
   assert found
-  assert all(_exact(p) for _, _, p in found), f"a conv or dense layer of {name}/{kind} ignores precision"
-  assert _computes_in(found, jnp.bfloat16), f"a conv or dense layer of {name}/{kind} does not compute in bfloat16"
+  assert all(_exact(p) for _, _, p in found), (
+    f"a conv or dense layer of {name}/{kind} ignores precision"
+  )
+  assert _computes_in(found, jnp.bfloat16), (
+    f"a conv or dense layer of {name}/{kind} does not compute in bfloat16"
+  )
   params = jax.tree.leaves(nnx.state(model, nnx.Param))
   assert all(p.dtype == jnp.float32 for p in params)  # mixed precision: float32 parameters
   found = list(contractions(_forward_jaxpr(model, x, train=False)))  # ACBlock's fused path
@@ -202,7 +274,9 @@ def test_precision_and_dtype_reach_every_layer_of_every_model(name, kind):
 def test_the_deployed_model_keeps_the_policy(kind):
   model = K.models.create("acu_plain", conv=kind, precision="highest", dtype="bfloat16", width=0.25)
   deployed = K.deploy(model)
-  found = list(contractions(_forward_jaxpr(deployed, jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32), False)))
+  found = list(
+    contractions(_forward_jaxpr(deployed, jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32), False))
+  )
   assert found and all(_exact(p) for _, _, p in found) and _computes_in(found, jnp.bfloat16)
 
 
@@ -236,8 +310,9 @@ def test_unknown_precision_or_dtype_is_a_clear_error(bad):
 def test_mixed_precision_layers_follow_their_float32_twin(rng, kind):
   """bf16 compute, float32 parameters: the outputs are bf16 and close to the float32 layer's."""
   options = {"impl": "gather"} if kind == "active" else {}
-  make = lambda dtype: K.nn.conv_bn(kind, 8, 16, 3, rngs=nnx.Rngs(0), dtype=dtype, precision="highest",
-                                    **options)
+  make = lambda dtype: K.nn.conv_bn(
+    kind, 8, 16, 3, rngs=nnx.Rngs(0), dtype=dtype, precision="highest", **options
+  )
   x = _f32(rng, 2, 10, 10, 8)
   full, half = make(None), make("bfloat16")
   y32, y16 = full(x), half(x)
@@ -246,7 +321,9 @@ def test_mixed_precision_layers_follow_their_float32_twin(rng, kind):
   # bf16 keeps 8 significant bits: a relative error of a few 2^-8 after a conv and a BN
   assert float(jnp.max(jnp.abs(y16.astype(jnp.float32) - y32))) < 0.05 * scale
   grads = nnx.grad(lambda m: jnp.sum(m(x).astype(jnp.float32) ** 2))(half)
-  assert all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+  assert all(
+    g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads)
+  )
   assert math.isfinite(float(jnp.sum(y16.astype(jnp.float32))))
 
 
@@ -255,7 +332,14 @@ def test_lax_precision_names_and_pairs_are_accepted(rng):
 
   assert _validation.precision("float32") == lax.Precision.HIGHEST
   assert _validation.precision("tensorfloat32") == lax.Precision.HIGH
-  assert _validation.precision(("highest", "default")) == (lax.Precision.HIGHEST, lax.Precision.DEFAULT)
+  assert _validation.precision(("highest", "default")) == (
+    lax.Precision.HIGHEST,
+    lax.Precision.DEFAULT,
+  )
   x, k = _f32(rng, 1, 6, 6, 5), _f32(rng, 3, 3, 5, 2)
-  found = list(contractions(jax.make_jaxpr(lambda x, k: K.conv.conv(x, k, precision=("highest", "highest")))(x, k)))
+  found = list(
+    contractions(
+      jax.make_jaxpr(lambda x, k: K.conv.conv(x, k, precision=("highest", "highest")))(x, k)
+    )
+  )
   assert [p for _, _, p in found] == [(lax.Precision.HIGHEST, lax.Precision.HIGHEST)]

@@ -1,4 +1,5 @@
-"""Learned shapes are found: a student trained through the project's optimizer recovers a teacher's angles.
+"""Learned shapes are found: a student trained through the project's optimizer recovers a teacher's
+angles.
 
 Each test trains the shape parameters themselves (with the weights) through
 `optim.sgd(optim.param_labels(student), ...)`, the defaults a user gets, on
@@ -17,9 +18,16 @@ from flax import nnx
 from kshapes_jax import kernels, nn, optim
 
 
-def _fit(student: nnx.Module, teacher: nnx.Module, tx: optax.GradientTransformation, steps: int, rng,
-         batch: int = 32) -> nnx.State:
-  """Trains the student's parameters on the teacher's outputs (mean squared error); its final params."""
+def _fit(
+  student: nnx.Module,
+  teacher: nnx.Module,
+  tx: optax.GradientTransformation,
+  steps: int,
+  rng,
+  batch: int = 32,
+) -> nnx.State:
+  """Trains the student's parameters on the teacher's outputs (mean squared error); its final
+  params."""
   x = jnp.asarray(rng.normal(size=(batch, 12, 12, student.in_features)), jnp.float32)
   y = teacher(x)
   graphdef, params = nnx.split(student, nnx.Param)
@@ -36,13 +44,16 @@ def _fit(student: nnx.Module, teacher: nnx.Module, tx: optax.GradientTransformat
   return params
 
 
-def _distill(student: nn.RotateConv, teacher: nn.RotateConv, rng, steps: int = 400, lr: float = 0.05):
+def _distill(
+  student: nn.RotateConv, teacher: nn.RotateConv, rng, steps: int = 400, lr: float = 0.05
+):
   tx = optim.sgd(optim.param_labels(student), lr, momentum=0.9)
   return np.asarray(_fit(student, teacher, tx, steps, rng)["angles"].get_value())
 
 
 def _student_of(version: int, seed: int, normalize_grad: bool = True):
-  """A teacher with angles in [15, 165) and a student with its weights and angles moved by up to +-12 deg.
+  """A teacher with angles in [15, 165) and a student with its weights and angles moved by up to
+  +-12 deg.
 
   The angles stay away from 0/180: there eq. 3's theta mod 180 hands w1's
   side to w2 (v4's kernel jumps), so no gradient leads across.
@@ -82,7 +93,9 @@ def test_without_the_normalized_gradient_the_angles_do_not_move():
   student, teacher, target, _, rng = _student_of(4, 0, normalize_grad=False)
   start = np.asarray(student.angles[...])
   angles = _distill(student, teacher, rng)
-  assert np.max(np.abs(angles - start)) < 0.5  # what the issue measured: the default left them in place
+  assert (
+    np.max(np.abs(angles - start)) < 0.5
+  )  # what the issue measured: the default left them in place
   assert np.mean(_error(angles, target) < 1.0) < 0.2
 
 
@@ -104,7 +117,9 @@ def test_rotate2_sector_boundary_repels_a_line_from_the_neighbour_sector():
   thetas = jnp.linspace(45.05, 89.95, 899)
   best = float(thetas[jnp.argmin(jax.vmap(distance)(thetas))])
   assert abs(best - 45 * (1 + f_star)) < 0.06
-  assert float(jax.grad(distance)(jnp.float32(45.5))) < 0  # at the boundary, descent moves away from it
+  assert (
+    float(jax.grad(distance)(jnp.float32(45.5))) < 0
+  )  # at the boundary, descent moves away from it
 
 
 @pytest.mark.parametrize("target", ["dilated by 0.6", "one synapse moved"])
@@ -119,14 +134,20 @@ def test_acu_student_on_the_lattice_finds_the_teachers_positions(target):
   so from the exact lattice an outward target is not seen.
   """
   lattice = np.asarray(nn.initial_positions(9, "lattice"))[1:]
-  goal = 0.6 * lattice if target == "dilated by 0.6" else lattice + np.array([[0.5, 0.2]] + [[0, 0]] * 7)
+  goal = (
+    0.6 * lattice if target == "dilated by 0.6" else lattice + np.array([[0.5, 0.2]] + [[0, 0]] * 7)
+  )
   rng = np.random.default_rng(0)
   teacher = nn.ActiveConv(6, 6, radius=2, rngs=nnx.Rngs(0))
   teacher.positions[...] = jnp.asarray(goal, jnp.float32)
   student = nn.ActiveConv(6, 6, radius=2, rngs=nnx.Rngs(0))  # on the lattice, the teacher's weights
   steps = 300
-  tx = optim.sgd(optim.param_labels(student), optim.make_schedule("cosine", 1.0, steps), momentum=0.9,
-                 lr_multipliers={"positions": 0.01, "weights": 0.0})
+  tx = optim.sgd(
+    optim.param_labels(student),
+    optim.make_schedule("cosine", 1.0, steps),
+    momentum=0.9,
+    lr_multipliers={"positions": 0.01, "weights": 0.0},
+  )
   params = _fit(student, teacher, tx, steps, rng, batch=16)
   found = np.asarray(params["positions"].get_value())
   # 1e-3 px: the normalized step ends at ~lr(t) x 0.01 with the cosine at 0; bilinear weights then

@@ -21,16 +21,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from train_test import REPO, small_config
 
 import kshapes_jax as K
 from kshapes_jax import conv as conv_lib
-from kshapes_jax import kernels, nn as knn
+from kshapes_jax import kernels
+from kshapes_jax import nn as knn
 from train import trainer
-from train.trainer import experiment, input_pipeline, logger, trained_run
 from train.cli import one_line
+from train.trainer import experiment, input_pipeline, logger, trained_run
 from train.trainer.checkpoints import CheckpointError
 from train.trainer.rundir import RunDir, RunDirError
-from train_test import REPO, small_config
 
 X = jnp.ones((1, 6, 6, 2))
 RNGS = nnx.Rngs(0)
@@ -39,52 +40,145 @@ BN = kernels.BatchNormParams(jnp.ones(2), jnp.zeros(2), jnp.zeros(2), jnp.ones(2
 # ------------------------------------------------------------------ the library: input -> message
 
 LIBRARY_ERRORS = [
-    ("conv(stride=1.5)", lambda: conv_lib.conv(X, jnp.ones((3, 3, 2, 2)), stride=1.5),
-     r"stride must be a positive int or a pair of them, got 1.5"),
-    ("conv(padding=-1)", lambda: conv_lib.conv(X, jnp.ones((3, 3, 2, 2)), padding=-1),
-     r"padding must be .* an int >= 0 .* got -1"),
-    ("conv(padding=((0, -1), (0, 0)))", lambda: conv_lib.conv(X, jnp.ones((3, 3, 2, 2)), padding=((0, -1), (0, 0))),
-     r"padding must be .* got \(\(0, -1\), \(0, 0\)\)"),
-    ("conv(padding=True)", lambda: conv_lib.conv(X, jnp.ones((3, 3, 2, 2)), padding=True),
-     r"padding must be .* got True"),
-    ("conv(groups=True)", lambda: conv_lib.conv(X, jnp.ones((3, 3, 2, 2)), groups=True), r"groups = True"),
-    ("PlainConv(k=-3)", lambda: knn.PlainConv(2, 2, -3, rngs=RNGS), r"PlainConv kernel_size must be an int >= 1"),
-    ("PlainConv(out=-8)", lambda: knn.PlainConv(2, -8, rngs=RNGS), r"PlainConv out_features must be an int >= 1"),
-    ("PlainConv(in=4.5)", lambda: knn.PlainConv(4.5, 2, rngs=RNGS), r"PlainConv in_features must be an int >= 1"),
-    ("PlainConv(no rngs)", lambda: knn.PlainConv(2, 2), r"PlainConv needs rngs=nnx.Rngs\(seed\)"),
-    ("PlainConv(padding=-1)", lambda: knn.PlainConv(2, 2, padding=-1, rngs=RNGS), r"padding must be .* got -1"),
-    ("PlainConv(stride=0)", lambda: knn.PlainConv(2, 2, stride=0, rngs=RNGS), r"PlainConv stride must be"),
-    ("ACBlock(padding=True)", lambda: knn.ACBlock(2, 2, padding=True, rngs=RNGS), r"ACBlock padding must be an int"),
-    ("RotateConv(out=0)", lambda: knn.RotateConv(2, 0, rngs=RNGS), r"RotateConv out_features must be an int >= 1"),
-    ("VersatileConv(no rngs)", lambda: knn.VersatileConv(2, 4, rngs=None), r"VersatileConv needs rngs"),
-    ("ActiveConv(synapses=0)", lambda: knn.ActiveConv(2, 2, synapses=0, rngs=RNGS),
-     r"ActiveConv synapses must be an int >= 1, got 0"),
-    ("ActiveConv(synapses=-1)", lambda: knn.ActiveConv(2, 2, synapses=-1, rngs=RNGS), r"synapses must be an int >= 1"),
-    ("ActiveConv(position_groups=0)", lambda: knn.ActiveConv(2, 2, position_groups=0, rngs=RNGS),
-     r"ActiveConv position_groups must be an int >= 1, got 0"),
-    ("ActiveConv(radius=True)", lambda: knn.ActiveConv(2, 2, radius=True, rngs=RNGS), r"radius must be an int >= 1"),
-    ("ActiveConv(radius=100000)", lambda: knn.ActiveConv(2, 2, radius=100000, rngs=RNGS),
-     r"radius 100000 gives a \(200001\)\^2 x 4 kernel"),
-    ("create(num_classes=-5)", lambda: K.models.create("sn", num_classes=-5), r"num_classes must be an int >= 1"),
-    ("create(num_classes=0)", lambda: K.models.create("sn", num_classes=0), r"num_classes must be an int >= 1, got 0"),
-    ("create(rngs=0)", lambda: K.models.create("sn", rngs=0), r"sn needs rngs=nnx.Rngs"),
-    ("active_kernel(radius=100000)", lambda: kernels.active_kernel(jnp.ones((9, 2, 3)), jnp.zeros((9, 2)), 100000),
-     r"radius 100000 gives .* more than the 2\^31 - 1 elements"),
-    ("active_kernel(radius=True)", lambda: kernels.active_kernel(jnp.ones((9, 2, 3)), jnp.zeros((9, 2)), True),
-     r"radius must be an int >= 1, got True"),
-    ("active_conv_gather(radius=False)",
-     lambda: conv_lib.active_conv_gather(X, jnp.ones((9, 2, 2)), jnp.zeros((9, 2)), radius=False),
-     r"radius must be an int >= 1, got False"),
-    ("fuse_bn(var=-1)", lambda: kernels.fuse_bn(jnp.ones((3, 3, 1, 2)), *BN._replace(var=-jnp.ones(2))),
-     r"var must be > -eps .* got min -1.0"),
-    ("fuse_acb(eps=-1)", lambda: kernels.fuse_acb(jnp.ones((3, 3, 1, 2)), BN, eps=-1.0),
-     r"eps must be a finite float >= 0, got -1.0"),
-    ("fuse_bn(eps=nan)", lambda: kernels.fuse_bn(jnp.ones((3, 3, 1, 2)), *BN, eps=float("nan")), r"eps must be"),
+  (
+    "conv(stride=1.5)",
+    lambda: conv_lib.conv(X, jnp.ones((3, 3, 2, 2)), stride=1.5),
+    r"stride must be a positive int or a pair of them, got 1.5",
+  ),
+  (
+    "conv(padding=-1)",
+    lambda: conv_lib.conv(X, jnp.ones((3, 3, 2, 2)), padding=-1),
+    r"padding must be .* an int >= 0 .* got -1",
+  ),
+  (
+    "conv(padding=((0, -1), (0, 0)))",
+    lambda: conv_lib.conv(X, jnp.ones((3, 3, 2, 2)), padding=((0, -1), (0, 0))),
+    r"padding must be .* got \(\(0, -1\), \(0, 0\)\)",
+  ),
+  (
+    "conv(padding=True)",
+    lambda: conv_lib.conv(X, jnp.ones((3, 3, 2, 2)), padding=True),
+    r"padding must be .* got True",
+  ),
+  (
+    "conv(groups=True)",
+    lambda: conv_lib.conv(X, jnp.ones((3, 3, 2, 2)), groups=True),
+    r"groups = True",
+  ),
+  (
+    "PlainConv(k=-3)",
+    lambda: knn.PlainConv(2, 2, -3, rngs=RNGS),
+    r"PlainConv kernel_size must be an int >= 1",
+  ),
+  (
+    "PlainConv(out=-8)",
+    lambda: knn.PlainConv(2, -8, rngs=RNGS),
+    r"PlainConv out_features must be an int >= 1",
+  ),
+  (
+    "PlainConv(in=4.5)",
+    lambda: knn.PlainConv(4.5, 2, rngs=RNGS),
+    r"PlainConv in_features must be an int >= 1",
+  ),
+  ("PlainConv(no rngs)", lambda: knn.PlainConv(2, 2), r"PlainConv needs rngs=nnx.Rngs\(seed\)"),
+  (
+    "PlainConv(padding=-1)",
+    lambda: knn.PlainConv(2, 2, padding=-1, rngs=RNGS),
+    r"padding must be .* got -1",
+  ),
+  (
+    "PlainConv(stride=0)",
+    lambda: knn.PlainConv(2, 2, stride=0, rngs=RNGS),
+    r"PlainConv stride must be",
+  ),
+  (
+    "ACBlock(padding=True)",
+    lambda: knn.ACBlock(2, 2, padding=True, rngs=RNGS),
+    r"ACBlock padding must be an int",
+  ),
+  (
+    "RotateConv(out=0)",
+    lambda: knn.RotateConv(2, 0, rngs=RNGS),
+    r"RotateConv out_features must be an int >= 1",
+  ),
+  (
+    "VersatileConv(no rngs)",
+    lambda: knn.VersatileConv(2, 4, rngs=None),
+    r"VersatileConv needs rngs",
+  ),
+  (
+    "ActiveConv(synapses=0)",
+    lambda: knn.ActiveConv(2, 2, synapses=0, rngs=RNGS),
+    r"ActiveConv synapses must be an int >= 1, got 0",
+  ),
+  (
+    "ActiveConv(synapses=-1)",
+    lambda: knn.ActiveConv(2, 2, synapses=-1, rngs=RNGS),
+    r"synapses must be an int >= 1",
+  ),
+  (
+    "ActiveConv(position_groups=0)",
+    lambda: knn.ActiveConv(2, 2, position_groups=0, rngs=RNGS),
+    r"ActiveConv position_groups must be an int >= 1, got 0",
+  ),
+  (
+    "ActiveConv(radius=True)",
+    lambda: knn.ActiveConv(2, 2, radius=True, rngs=RNGS),
+    r"radius must be an int >= 1",
+  ),
+  (
+    "ActiveConv(radius=100000)",
+    lambda: knn.ActiveConv(2, 2, radius=100000, rngs=RNGS),
+    r"radius 100000 gives a \(200001\)\^2 x 4 kernel",
+  ),
+  (
+    "create(num_classes=-5)",
+    lambda: K.models.create("sn", num_classes=-5),
+    r"num_classes must be an int >= 1",
+  ),
+  (
+    "create(num_classes=0)",
+    lambda: K.models.create("sn", num_classes=0),
+    r"num_classes must be an int >= 1, got 0",
+  ),
+  ("create(rngs=0)", lambda: K.models.create("sn", rngs=0), r"sn needs rngs=nnx.Rngs"),
+  (
+    "active_kernel(radius=100000)",
+    lambda: kernels.active_kernel(jnp.ones((9, 2, 3)), jnp.zeros((9, 2)), 100000),
+    r"radius 100000 gives .* more than the 2\^31 - 1 elements",
+  ),
+  (
+    "active_kernel(radius=True)",
+    lambda: kernels.active_kernel(jnp.ones((9, 2, 3)), jnp.zeros((9, 2)), True),
+    r"radius must be an int >= 1, got True",
+  ),
+  (
+    "active_conv_gather(radius=False)",
+    lambda: conv_lib.active_conv_gather(X, jnp.ones((9, 2, 2)), jnp.zeros((9, 2)), radius=False),
+    r"radius must be an int >= 1, got False",
+  ),
+  (
+    "fuse_bn(var=-1)",
+    lambda: kernels.fuse_bn(jnp.ones((3, 3, 1, 2)), *BN._replace(var=-jnp.ones(2))),
+    r"var must be > -eps .* got min -1.0",
+  ),
+  (
+    "fuse_acb(eps=-1)",
+    lambda: kernels.fuse_acb(jnp.ones((3, 3, 1, 2)), BN, eps=-1.0),
+    r"eps must be a finite float >= 0, got -1.0",
+  ),
+  (
+    "fuse_bn(eps=nan)",
+    lambda: kernels.fuse_bn(jnp.ones((3, 3, 1, 2)), *BN, eps=float("nan")),
+    r"eps must be",
+  ),
 ]
 
 
 @pytest.mark.parametrize("case, call, message", LIBRARY_ERRORS, ids=[c[0] for c in LIBRARY_ERRORS])
-def test_library_rejects_what_it_cannot_mean_with_a_message_naming_the_argument(case, call, message):
+def test_library_rejects_what_it_cannot_mean_with_a_message_naming_the_argument(
+  case, call, message
+):
   with pytest.raises(ValueError, match=message):
     call()
 
@@ -133,42 +227,61 @@ def test_npz_float_images_in_0_1_are_scaled_not_zeroed(tmp_path, rng):
   np.testing.assert_array_equal(train_split.images, pixels.astype(np.uint8))
 
 
-@pytest.mark.parametrize("images, message", [
-    (np.full((4, 28, 28), 300, np.int32), r"int32 images span \[300, 300\]; integers must lie in \[0, 255\]"),
-    (np.full((4, 28, 28), -1.0, np.float32), r"float32 images span \[-1.0, -1.0\]; floats must lie in \[0, 1\]"),
+@pytest.mark.parametrize(
+  "images, message",
+  [
+    (
+      np.full((4, 28, 28), 300, np.int32),
+      r"int32 images span \[300, 300\]; integers must lie in \[0, 255\]",
+    ),
+    (
+      np.full((4, 28, 28), -1.0, np.float32),
+      r"float32 images span \[-1.0, -1.0\]; floats must lie in \[0, 1\]",
+    ),
     (np.full((4, 28, 28), np.nan, np.float32), r"images hold NaN or inf"),
-    (np.zeros((4, 28, 28), bool), r"images must be uint8, integers in \[0, 255\] or floats in \[0, 1\], got bool"),
-])
-def test_npz_images_that_a_cast_would_corrupt_are_refused_naming_the_file(tmp_path, images, message):
+    (
+      np.zeros((4, 28, 28), bool),
+      r"images must be uint8, integers in \[0, 255\] or floats in \[0, 1\], got bool",
+    ),
+  ],
+)
+def test_npz_images_that_a_cast_would_corrupt_are_refused_naming_the_file(
+  tmp_path, images, message
+):
   _write_npz(tmp_path, images, np.zeros(4, np.int64))
   with pytest.raises(input_pipeline.DataError, match=str(tmp_path / "train.npz") + ".*" + message):
     input_pipeline.load_npz_dir(tmp_path)
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
-  header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+  header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+    int(n).to_bytes(4, "big") for n in array.shape
+  )
   return header + array.astype(np.uint8).tobytes()
 
 
-@pytest.mark.parametrize("damage, message", [
+@pytest.mark.parametrize(
+  "damage, message",
+  [
     ("truncated_gzip", r"cannot be read \(EOFError"),
     ("crc", r"cannot be read \(BadGzipFile: CRC check failed"),
     ("not_gzip", r"cannot be read \(BadGzipFile: Not a gzipped file"),
     ("truncated_body", r"header says \(5, 28, 28\) but the file holds 3000 values"),
     ("truncated_header", r"truncated IDX header"),
-])
+  ],
+)
 def test_damaged_idx_files_name_the_file(tmp_path, damage, message):
   data = gzip.compress(_idx_bytes(np.zeros((5, 28, 28))))
   raw = _idx_bytes(np.zeros((5, 28, 28)))
   path = tmp_path / "train-images-idx3-ubyte.gz"
   if damage == "truncated_gzip":
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
   elif damage == "crc":
     path.write_bytes(data[:-8] + bytes([data[-8] ^ 1]) + data[-7:])
   elif damage == "not_gzip":
     path.write_bytes(raw)
   elif damage == "truncated_body":
-    path.write_bytes(gzip.compress(raw[:16 + 3000]))
+    path.write_bytes(gzip.compress(raw[: 16 + 3000]))
   else:
     path.write_bytes(gzip.compress(raw[:9]))
   with pytest.raises(input_pipeline.DataError, match=str(path) + r".*" + message):
@@ -178,21 +291,32 @@ def test_damaged_idx_files_name_the_file(tmp_path, damage, message):
 # ------------------------------------------------------------------ configs: input -> message
 
 CONFIG_ERRORS = [
-    ({"conv": "plain", "conv_options.radius": 3}, r"conv_options.radius does not apply to conv 'plain'"),
-    ({"conv": "acb", "conv_options.normalize_grad": False},
-     r"conv_options.normalize_grad does not apply to conv 'acb'; it takes \['asym_scale_init', 'asymmetric'"),
-    ({"optim.momentum": 5.0}, r"optim.momentum must be a number in \[0, 1\), got 5.0"),
-    ({"optim.weight_decay": -1.0}, r"optim.weight_decay must be a number in \[0, inf\), got -1.0"),
-    ({"optim.learning_rate": float("nan")}, r"optim.learning_rate must be a number in \(0, inf\), got nan"),
-    ({"optim.boundaries": (20, 10)}, r"optim.boundaries must be epochs >= 0 in increasing order"),
-    ({"data.train_size": 0}, r"data.train_size must be an int in \[1, inf\), got 0"),
-    ({"seed": -1}, r"seed must be an int in \[0, 4294967295\], got -1"),
-    ({"num_steps": -3}, r"num_steps must be an int in \[0, inf\), got -3"),
-    ({"max_loss_factor": -1.0}, r"max_loss_factor must be a number in \[0, inf\)"),
+  (
+    {"conv": "plain", "conv_options.radius": 3},
+    r"conv_options.radius does not apply to conv 'plain'",
+  ),
+  (
+    {"conv": "acb", "conv_options.normalize_grad": False},
+    r"conv_options.normalize_grad does not apply to conv 'acb'; it takes \['asym_scale_init', "
+    r"'asymmetric'",
+  ),
+  ({"optim.momentum": 5.0}, r"optim.momentum must be a number in \[0, 1\), got 5.0"),
+  ({"optim.weight_decay": -1.0}, r"optim.weight_decay must be a number in \[0, inf\), got -1.0"),
+  (
+    {"optim.learning_rate": float("nan")},
+    r"optim.learning_rate must be a number in \(0, inf\), got nan",
+  ),
+  ({"optim.boundaries": (20, 10)}, r"optim.boundaries must be epochs >= 0 in increasing order"),
+  ({"data.train_size": 0}, r"data.train_size must be an int in \[1, inf\), got 0"),
+  ({"seed": -1}, r"seed must be an int in \[0, 4294967295\], got -1"),
+  ({"num_steps": -3}, r"num_steps must be an int in \[0, inf\), got -3"),
+  ({"max_loss_factor": -1.0}, r"max_loss_factor must be a number in \[0, inf\)"),
 ]
 
 
-@pytest.mark.parametrize("overrides, message", CONFIG_ERRORS, ids=[str(c[0]) for c in CONFIG_ERRORS])
+@pytest.mark.parametrize(
+  "overrides, message", CONFIG_ERRORS, ids=[str(c[0]) for c in CONFIG_ERRORS]
+)
 def test_bad_config_values_fail_before_the_data_loads(tmp_path, monkeypatch, overrides, message):
   monkeypatch.setattr(input_pipeline, "load", lambda *_: pytest.fail("the data was loaded"))
   with pytest.raises(trainer.ConfigError, match=message):
@@ -212,16 +336,31 @@ def test_conv_options_are_declared_for_every_option_of_every_kind():
   from configs import default
 
   config = default.get_config()
-  for kind in knn.CONV_KINDS:
-    for name, kind_type in default.CONV_OPTIONS.items():
-      assert config.conv_options[name] is None
-      assert kind_type in (int, str, bool, float)
+  for name, kind_type in default.CONV_OPTIONS.items():
+    assert config.conv_options[name] is None
+    assert kind_type in (int, str, bool, float)
   # every keyword a shaped layer takes beyond the shared ones is declared
   import inspect
 
-  # geometry (groups, dilation) is the model's to set with its paddings and widths, not a config option
-  shared = {"self", "in_features", "out_features", "kernel_size", "stride", "padding", "use_bias", "rngs",
-            "precision", "dtype", "version", "kernel", "bias", "groups", "dilation"}
+  # geometry (groups, dilation) is the model's to set with its paddings and widths, not a config
+  # option
+  shared = {
+    "self",
+    "in_features",
+    "out_features",
+    "kernel_size",
+    "stride",
+    "padding",
+    "use_bias",
+    "rngs",
+    "precision",
+    "dtype",
+    "version",
+    "kernel",
+    "bias",
+    "groups",
+    "dilation",
+  }
   for layer in (knn.RotateConv, knn.ACBlock, knn.ActiveConv, knn.VersatileConv):
     missing = set(inspect.signature(layer.__init__).parameters) - shared - set(default.CONV_OPTIONS)
     assert not missing, (layer.__name__, missing)
@@ -236,7 +375,9 @@ def _train(workdir, **overrides):
 
 def _damage(step_dir: Path, how: str) -> None:
   state = step_dir / "state"
-  data_files = sorted(p for p in state.rglob("*") if p.is_file() and p.parent.name == "d")  # ocdbt's data
+  data_files = sorted(
+    p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"
+  )  # ocdbt's data
   if how == "bit_flip":  # in the array bytes; the file still parses
     target = max(data_files, key=lambda p: p.stat().st_size)
     raw = bytearray(target.read_bytes())
@@ -247,7 +388,7 @@ def _damage(step_dir: Path, how: str) -> None:
       p.unlink()
   elif how == "data_truncated":
     for p in data_files:
-      p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 3])
+      p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 3])
   elif how == "metadata_missing":
     (state / "_METADATA").unlink()
   elif how == "history_garbled":
@@ -257,8 +398,17 @@ def _damage(step_dir: Path, how: str) -> None:
     step_dir.mkdir()
 
 
-@pytest.mark.parametrize("how", ["bit_flip", "data_deleted", "data_truncated", "metadata_missing",
-                                 "history_garbled", "empty_step_dir"])
+@pytest.mark.parametrize(
+  "how",
+  [
+    "bit_flip",
+    "data_deleted",
+    "data_truncated",
+    "metadata_missing",
+    "history_garbled",
+    "empty_step_dir",
+  ],
+)
 def test_a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(tmp_path, how):
   clean = _train(tmp_path / "clean", num_steps=8, checkpoint_every_steps=2, keep_checkpoints=10)
   _train(tmp_path / "run", num_steps=6, checkpoint_every_steps=2, keep_checkpoints=10)
@@ -266,7 +416,9 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_befo
   assert rundir.checkpoints.steps() == [2, 4, 6]
   _damage(rundir.checkpoint_dir / "6", how)
   with pytest.raises(CheckpointError, match="checkpoint 6 in .* is damaged"):
-    rundir.checkpoints.restore(jax.device_put(experiment.build(small_config()).initial_state()), step=6)
+    rundir.checkpoints.restore(
+      jax.device_put(experiment.build(small_config()).initial_state()), step=6
+    )
   resumed = _train(tmp_path / "run", num_steps=8, checkpoint_every_steps=2, keep_checkpoints=10)
   assert (rundir.damaged_dir / "6").is_dir()  # kept aside, not deleted
   assert resumed["test_loss"] == clean["test_loss"]
@@ -280,34 +432,52 @@ def test_restore_says_which_step_is_damaged_and_when_all_are(tmp_path, capsys):
     _damage(rundir.checkpoint_dir / str(step), "bit_flip")
   like = jax.device_put(experiment.build(small_config()).initial_state())
   said = []
-  with pytest.raises(CheckpointError, match=r"every checkpoint in .* is damaged \(steps \[4, 2\]\)"):
+  with pytest.raises(
+    CheckpointError, match=r"every checkpoint in .* is damaged \(steps \[4, 2\]\)"
+  ):
     RunDir(tmp_path).checkpoints.restore(like, say=said.append)
-  assert said[0].startswith("checkpoint 4 is damaged (its arrays or history do not match the checksum")
+  assert said[0].startswith(
+    "checkpoint 4 is damaged (its arrays or history do not match the checksum"
+  )
   assert said[0].endswith("trying step 2")
   assert RunDir(tmp_path).checkpoints.steps() == [2, 4]  # a reader moves nothing
 
 
 def test_a_resume_that_changes_what_the_state_means_is_refused_naming_the_keys(tmp_path):
   _train(tmp_path, num_steps=2)
-  for overrides, named in [({"conv": "rotate4"}, "conv ('plain' -> 'rotate4')"),
-                           ({"batch_size": 8}, "batch_size (16 -> 8)"),
-                           ({"optim.name": "adamw"}, "optim.name ('sgd' -> 'adamw')"),
-                           ({"data.train_size": 32}, "data.train_size (64 -> 32)")]:
-    with pytest.raises(trainer.ConfigError, match="holds checkpoints of another config: " + _re(named)):
+  for overrides, named in [
+    ({"conv": "rotate4"}, "conv ('plain' -> 'rotate4')"),
+    ({"batch_size": 8}, "batch_size (16 -> 8)"),
+    ({"optim.name": "adamw"}, "optim.name ('sgd' -> 'adamw')"),
+    ({"data.train_size": 32}, "data.train_size (64 -> 32)"),
+  ]:
+    with pytest.raises(
+      trainer.ConfigError, match="holds checkpoints of another config: " + _re(named)
+    ):
       trainer.train_and_evaluate(small_config(num_steps=4, **overrides), tmp_path)
-  # what does not change the state's meaning resumes: a longer run, another learning rate, the data moved
-  summary = trainer.train_and_evaluate(small_config(num_steps=4, **{"optim.learning_rate": 0.01,
-                                                                  "data.data_dir": "/elsewhere"}), tmp_path)
+  # what does not change the state's meaning resumes: a longer run, another learning rate, the data
+  # moved
+  summary = trainer.train_and_evaluate(
+    small_config(num_steps=4, **{"optim.learning_rate": 0.01, "data.data_dir": "/elsewhere"}),
+    tmp_path,
+  )
   assert summary.steps == 4
 
 
 def test_allow_config_change_resumes_if_the_arrays_fit_and_otherwise_says_which_do_not(tmp_path):
   _train(tmp_path, num_steps=2)
-  summary = trainer.train_and_evaluate(small_config(num_steps=4, seed=3), tmp_path, allow_config_change=True)
+  summary = trainer.train_and_evaluate(
+    small_config(num_steps=4, seed=3), tmp_path, allow_config_change=True
+  )
   assert summary.steps == 4
-  with pytest.raises(CheckpointError, match=r"checkpoint 4 holds a state of another structure than this "
-                                            r"config's: .*params/convs/0/(angles|weights)/value is not saved"):
-    trainer.train_and_evaluate(small_config(num_steps=6, conv="rotate4"), tmp_path, allow_config_change=True)
+  with pytest.raises(
+    CheckpointError,
+    match=r"checkpoint 4 holds a state of another structure than this "
+    r"config's: .*params/convs/0/(angles|weights)/value is not saved",
+  ):
+    trainer.train_and_evaluate(
+      small_config(num_steps=6, conv="rotate4"), tmp_path, allow_config_change=True
+    )
 
 
 def _re(text: str) -> str:
@@ -329,8 +499,9 @@ time.sleep(60)
 
 
 def test_a_second_run_on_a_workdir_is_refused_while_the_first_lives(tmp_path):
-  holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path / "LOCK")], stdout=subprocess.PIPE,
-                            text=True)
+  holder = subprocess.Popen(
+    [sys.executable, "-c", _HOLDER, str(tmp_path / "LOCK")], stdout=subprocess.PIPE, text=True
+  )
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(RunDirError, match=rf"{tmp_path} is in use by pid {holder.pid} on testhost"):
@@ -343,8 +514,10 @@ def test_a_second_run_on_a_workdir_is_refused_while_the_first_lives(tmp_path):
   said = []
   with RunDir(tmp_path).locked(said.append):
     assert (tmp_path / "LOCK").read_text() == f"pid {os.getpid()} on {os.uname().nodename}"
-  assert said == [f"taking over {tmp_path / 'LOCK'}, left by pid {holder.pid} on testhost, which is no longer "
-                  "running"]
+  assert said == [
+    f"taking over {tmp_path / 'LOCK'}, left by pid {holder.pid} on testhost, which is no longer "
+    "running"
+  ]
   assert (tmp_path / "LOCK").read_text() == ""  # released
 
 
@@ -360,13 +533,20 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
 def test_a_finite_but_huge_loss_stops_the_run_like_a_nan(tmp_path):
   # lr = 3: without the bound the epoch losses are 1.5e7, 3.8, 2.8, 3.1e14, ... every number finite,
   # and the run ended at chance accuracy with exit 0 and only garbage checkpoints
-  with pytest.raises(trainer.TrainingDiverged, match=r"diverged at step 1 .* or its loss exceeded 2303 "
-                                                   r"\(max_loss_factor 1000 x ln\(classes\)\); stopped. No checkpoint"):
-    _train(tmp_path / "fresh", num_steps=40, checkpoint_every_steps=2, **{"optim.learning_rate": 3.0})
+  with pytest.raises(
+    trainer.TrainingDiverged,
+    match=r"diverged at step 1 .* or its loss exceeded 2303 "
+    r"\(max_loss_factor 1000 x ln\(classes\)\); stopped. No checkpoint",
+  ):
+    _train(
+      tmp_path / "fresh", num_steps=40, checkpoint_every_steps=2, **{"optim.learning_rate": 3.0}
+    )
   assert not RunDir(tmp_path / "fresh").checkpoints.steps()
   # from a good checkpoint (the learning rate is not part of the state's meaning)
   _train(tmp_path / "run", num_steps=4, checkpoint_every_steps=2)
-  with pytest.raises(trainer.TrainingDiverged, match=r"The last good checkpoint is step \d+") as info:
+  with pytest.raises(
+    trainer.TrainingDiverged, match=r"The last good checkpoint is step \d+"
+  ) as info:
     _train(tmp_path / "run", num_steps=40, checkpoint_every_steps=2, **{"optim.learning_rate": 3.0})
   bad = int(str(info.value).split("at step ")[1].split()[0])
   step, state = trained_run.load_state(tmp_path / "run")
@@ -380,11 +560,14 @@ def test_max_loss_factor_zero_turns_the_bound_off(tmp_path):
   assert _train(tmp_path / "off", num_steps=2, max_loss_factor=0.0).steps == 2
 
 
-# ------------------------------------------------------------------ stops: SIGTERM at the worst moments
+# ------------------------------------------------------------------ stops: SIGTERM at the worst
+# moments
 
 
 def _clean_metrics(workdir):
-  return [{k: v for k, v in m.items() if k != "images_per_s"} for m in RunDir(workdir).read_metrics()]
+  return [
+    {k: v for k, v in m.items() if k != "images_per_s"} for m in RunDir(workdir).read_metrics()
+  ]
 
 
 def _assert_same_run(a, b):
@@ -408,7 +591,9 @@ def sigterm_is_caught():
 
 
 @pytest.mark.parametrize("where", ["epoch_line", "checkpoint", "mid_epoch"])
-def test_sigterm_while_an_epoch_is_logged_or_saved_loses_nothing(tmp_path, monkeypatch, sigterm_is_caught, where):
+def test_sigterm_while_an_epoch_is_logged_or_saved_loses_nothing(
+  tmp_path, monkeypatch, sigterm_is_caught, where
+):
   """The failure of the review: a SIGTERM after a step and before its epoch line was appended."""
   _train(tmp_path / "clean", **_RUN)
   fired = []
@@ -420,17 +605,26 @@ def test_sigterm_while_an_epoch_is_logged_or_saved_loses_nothing(tmp_path, monke
 
   if where == "epoch_line":
     epoch = logger.MetricsLogger.epoch
-    monkeypatch.setattr(logger.MetricsLogger, "epoch", lambda self, r: (kill() if r["epoch"] == 2 else None,
-                                                                       epoch(self, r))[1])
+    monkeypatch.setattr(
+      logger.MetricsLogger,
+      "epoch",
+      lambda self, r: (kill() if r["epoch"] == 2 else None, epoch(self, r))[1],
+    )
   elif where == "checkpoint":
     save = RunDir.save
-    monkeypatch.setattr(RunDir, "save", lambda self, step, *a, **k: (kill() if step == 10 else None,
-                                                                     save(self, step, *a, **k))[1])
+    monkeypatch.setattr(
+      RunDir,
+      "save",
+      lambda self, step, *a, **k: (kill() if step == 10 else None, save(self, step, *a, **k))[1],
+    )
   else:
     step = logger.MetricsLogger.step
     calls = []
-    monkeypatch.setattr(logger.MetricsLogger, "step",
-                        lambda self, *a: (calls.append(1), kill() if len(calls) == 7 else None, step(self, *a))[2])
+    monkeypatch.setattr(
+      logger.MetricsLogger,
+      "step",
+      lambda self, *a: (calls.append(1), kill() if len(calls) == 7 else None, step(self, *a))[2],
+    )
   with pytest.raises(trainer.TrainingStopped) as info:
     _train(tmp_path / "stopped", **_RUN)
   assert info.value.signum == signal.SIGTERM
@@ -440,8 +634,9 @@ def test_sigterm_while_an_epoch_is_logged_or_saved_loses_nothing(tmp_path, monke
 
 
 @pytest.mark.slow
-def test_sigterm_at_ten_random_moments_then_resume_equals_the_uninterrupted_run(tmp_path, monkeypatch,
-                                                                              sigterm_is_caught):
+def test_sigterm_at_ten_random_moments_then_resume_equals_the_uninterrupted_run(
+  tmp_path, monkeypatch, sigterm_is_caught
+):
   t0 = time.perf_counter()
   _train(tmp_path / "clean", **_RUN)
   duration = time.perf_counter() - t0
@@ -475,9 +670,15 @@ def test_sigterm_at_ten_random_moments_then_resume_equals_the_uninterrupted_run(
 
 # ------------------------------------------------------------------ the command line: one line each
 
+
 def _cli(*args, cwd=REPO):
-  return subprocess.run([sys.executable, "-m", "train.main", *args], cwd=cwd, capture_output=True, text=True,
-                        timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", "train.main", *args],
+    cwd=cwd,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def test_one_error_line_names_an_os_error_anywhere_in_the_chain():
@@ -495,48 +696,121 @@ def test_command_line_failures_are_one_error_line(tmp_path):
   (tmp_path / "broken.py").write_text("def get_config(:\n")
   (tmp_path / "a_file").write_text("")
   cases = [
-      (["--config", str(tmp_path / "missing.py"), "--workdir", str(tmp_path / "w")], 2, "No such file"),
-      (["--config", str(tmp_path / "broken.py"), "--workdir", str(tmp_path / "w")], 2,
-       "the config file cannot be loaded: SyntaxError"),
-      (["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.lr=0.1"], 2,
-       "unknown config key 'optim.lr'"),
-      (["--config", default, "--workdir", str(tmp_path / "w"), "--config.num_steps=abc"], 2,
-       "flag --config.num_steps=abc"),
-      (["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.momentum=5.0"], 2,
-       "optim.momentum must be a number in [0, 1)"),
-      (["--config", default, "--workdir", str(tmp_path / "a_file")], 4, "exists and is not a directory"),
-      (["--config", default, "--workdir", str(tmp_path / "w"), "--config.data.source=idx",
-        "--config.data.name=fashion_mnist", "--config.data.data_dir=/nonexistent"], 2, "does not exist"),
+    (
+      ["--config", str(tmp_path / "missing.py"), "--workdir", str(tmp_path / "w")],
+      2,
+      "No such file",
+    ),
+    (
+      ["--config", str(tmp_path / "broken.py"), "--workdir", str(tmp_path / "w")],
+      2,
+      "the config file cannot be loaded: SyntaxError",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.lr=0.1"],
+      2,
+      "unknown config key 'optim.lr'",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "w"), "--config.num_steps=abc"],
+      2,
+      "flag --config.num_steps=abc",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.momentum=5.0"],
+      2,
+      "optim.momentum must be a number in [0, 1)",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "a_file")],
+      4,
+      "exists and is not a directory",
+    ),
+    (
+      [
+        "--config",
+        default,
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.data.source=idx",
+        "--config.data.name=fashion_mnist",
+        "--config.data.data_dir=/nonexistent",
+      ],
+      2,
+      "does not exist",
+    ),
   ]
   for args, status, message in cases:
     run = _cli(*args)
     lines = run.stderr.strip().splitlines()
-    assert run.returncode == status and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (
-        args, run.returncode, run.stderr[-3000:])
-  debug = _cli("--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.momentum=5.0", "--debug")
+    assert (
+      run.returncode == status
+      and len(lines) == 1
+      and lines[0].startswith("error: ")
+      and message in lines[0]
+    ), (args, run.returncode, run.stderr[-3000:])
+  debug = _cli(
+    "--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.momentum=5.0", "--debug"
+  )
   assert "Traceback" in debug.stderr
 
 
 def test_the_readmes_conv_option_parses_and_trains(tmp_path):
-  run = _cli("--config", str(REPO / "configs/default.py"), "--workdir", str(tmp_path), "--config.conv=active",
-             "--config.conv_options.radius=3", "--config.num_steps=1", "--config.data.train_size=64",
-             "--config.progress=False")
+  run = _cli(
+    "--config",
+    str(REPO / "configs/default.py"),
+    "--workdir",
+    str(tmp_path),
+    "--config.conv=active",
+    "--config.conv_options.radius=3",
+    "--config.num_steps=1",
+    "--config.data.train_size=64",
+    "--config.progress=False",
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   assert json.loads((tmp_path / "config.json").read_text())["conv_options"]["radius"] == 3
-  assert json.loads((tmp_path / "summary.json").read_text())["acu_radii"] == [3] * 4  # sn's four ACUs
-  again = _cli("--config", str(REPO / "configs/default.py"), "--workdir", str(tmp_path), "--config.conv=active",
-               "--config.num_steps=2", "--config.data.train_size=64", "--config.progress=False")
+  assert (
+    json.loads((tmp_path / "summary.json").read_text())["acu_radii"] == [3] * 4
+  )  # sn's four ACUs
+  again = _cli(
+    "--config",
+    str(REPO / "configs/default.py"),
+    "--workdir",
+    str(tmp_path),
+    "--config.conv=active",
+    "--config.num_steps=2",
+    "--config.data.train_size=64",
+    "--config.progress=False",
+  )
   assert again.returncode == 2
-  assert again.stderr.strip() == (f"error: {tmp_path} holds checkpoints of another config: conv_options.radius "
-                                  "(3 -> None). Use another --workdir, or pass --allow_config_change to resume "
-                                  "them anyway")
+  assert again.stderr.strip() == (
+    f"error: {tmp_path} holds checkpoints of another config: conv_options.radius "
+    "(3 -> None). Use another --workdir, or pass --allow_config_change to resume "
+    "them anyway"
+  )
 
 
 def test_sigterm_to_the_command_exits_143_with_a_checkpoint(tmp_path):
-  proc = subprocess.Popen([sys.executable, "-m", "train.main", "--config", str(REPO / "configs/default.py"),
-                           "--workdir", str(tmp_path), "--config.num_steps=100000", "--config.data.train_size=64",
-                           "--config.batch_size=16", "--config.progress=False", "--config.log_every_steps=1"],
-                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "train.main",
+      "--config",
+      str(REPO / "configs/default.py"),
+      "--workdir",
+      str(tmp_path),
+      "--config.num_steps=100000",
+      "--config.data.train_size=64",
+      "--config.batch_size=16",
+      "--config.progress=False",
+      "--config.log_every_steps=1",
+    ],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   line = proc.stdout.readline()  # the title line: the loop is about to start
   assert "parameters" in line, line + proc.stderr.read()
   deadline = time.time() + 120

@@ -25,14 +25,17 @@ def _line(w0, w1, w2, one, two):
   return k
 
 
-@pytest.mark.parametrize("angle, one, two", [
-    (0.0, (1, 2), (1, 0)),      # horizontal, w1 right
-    (45.0, (0, 2), (2, 0)),     # w1 up-right
-    (90.0, (0, 1), (2, 1)),     # vertical, w1 up
-    (135.0, (0, 0), (2, 2)),    # w1 up-left
-    (180.0, (1, 2), (1, 0)),    # wraps to 0
-    (-45.0, (0, 0), (2, 2)),    # == 135
-])
+@pytest.mark.parametrize(
+  "angle, one, two",
+  [
+    (0.0, (1, 2), (1, 0)),  # horizontal, w1 right
+    (45.0, (0, 2), (2, 0)),  # w1 up-right
+    (90.0, (0, 1), (2, 1)),  # vertical, w1 up
+    (135.0, (0, 0), (2, 2)),  # w1 up-left
+    (180.0, (1, 2), (1, 0)),  # wraps to 0
+    (-45.0, (0, 0), (2, 2)),  # == 135
+  ],
+)
 def test_lattice_angles_give_hand_written_lines(angle, one, two):
   w = np.array([0.5, 2.0, -3.0], np.float32)
   k = rotate_kernel(w[:, None, None], np.full((1, 1), angle, np.float32))
@@ -56,8 +59,9 @@ def test_between_lattice_angles_split_linearly():
 def test_value_matches_reference(version, rng):
   w = rng.normal(size=(3, 4, 5) if version == "v4" else (4, 5)).astype(np.float32)
   theta = rng.uniform(-200, 400, size=(4, 5)).astype(np.float32)
-  np.testing.assert_allclose(rotate_kernel(w, theta), reference.rotate_kernel(w, theta),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    rotate_kernel(w, theta), reference.rotate_kernel(w, theta), rtol=1e-5, atol=1e-5
+  )
 
 
 def _grads(w, theta, kernel_grad):
@@ -128,12 +132,15 @@ def test_jit_vmap_and_bf16(rng):
   chex.assert_trees_all_close(k16.astype(jnp.float32), rotate_kernel(w[0], theta[0]), atol=0.1)
 
 
-@pytest.mark.parametrize("w_shape, a_shape, match", [
+@pytest.mark.parametrize(
+  "w_shape, a_shape, match",
+  [
     ((4, 2, 3), (2, 3), r"\(3, I, O\)"),
     ((3, 2, 3), (3, 2), r"angles must be \(I, O\)"),
     ((2, 3, 3, 1), (2, 3), r"rank 4"),
     ((2, 3), (2,), r"angles must be"),
-])
+  ],
+)
 def test_bad_shapes_raise(w_shape, a_shape, match):
   with pytest.raises(ValueError, match=match):
     rotate_kernel(np.zeros(w_shape), np.zeros(a_shape))

@@ -1,4 +1,5 @@
-"""The run directory, the typed train state and the program cache: one owner each, nothing changed behind."""
+"""The run directory, the typed train state and the program cache: one owner each, nothing changed
+behind."""
 
 import json
 import shutil
@@ -9,14 +10,15 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from train_test import small_config
 
-from kshapes_jax import models, nn as knn
+from kshapes_jax import models
+from kshapes_jax import nn as knn
 from train import trainer
 from train.trainer import experiment, programs
 from train.trainer.rundir import RunDir
 from train.trainer.state import EpochSums, TrainState
 from train.trainer.trained_run import load_run, load_state
-from train_test import small_config
 
 # A run trained by the trainer as it was before TrainState and RunDir (commit d265bff): an ACU
 # net with extent bucketing (radii in the state), synthetic data, 6 steps, its final checkpoint.
@@ -50,7 +52,9 @@ def test_train_state_keeps_the_checkpoint_layout():
   again = TrainState.from_tree(tree)
   chex_equal = jax.tree.map(np.array_equal, jax.tree.leaves(again), jax.tree.leaves(state))
   assert all(chex_equal) and again.radii_list() == [1, 2]
-  assert "radii" not in TrainState.create(tx, params, {}).to_tree()  # orbax cannot save an empty array
+  assert (
+    "radii" not in TrainState.create(tx, params, {}).to_tree()
+  )  # orbax cannot save an empty array
   sums = EpochSums.zeros().add(np.float32(2.0), np.int32(3), 4)
   assert sums.means() == (2.0, 0.75)
 
@@ -59,7 +63,11 @@ def test_rundir_saves_lists_and_restores_into_the_trainers_state(tmp_path):
   exp = experiment.build(small_config())
   state = jax.device_put(exp.initial_state())
   rundir = RunDir(tmp_path, keep_checkpoints=2)
-  assert rundir.checkpoints.steps() == [] and rundir.read_summary() is None and rundir.read_metrics() == []
+  assert (
+    rundir.checkpoints.steps() == []
+    and rundir.read_summary() is None
+    and rundir.read_metrics() == []
+  )
   for step in (1, 2, 3):
     rundir.checkpoints.save(step, state.replace(step=np.int32(step)), [{"epoch": step}])
   rundir.checkpoints.wait()
@@ -75,12 +83,22 @@ def test_rundir_saves_lists_and_restores_into_the_trainers_state(tmp_path):
 def test_program_cache_sets_radii_on_copies_never_on_the_model():
   exp = experiment.build(small_config(conv="active"))
   before = [layer.radius for _, layer in knn.active_convs(exp.model)]
-  cache = programs.ProgramCache(exp.model, exp.tx, exp.dataset, augment="none", seed=0, eval_batch_size=16,
-                                mesh=trainer.data_mesh())
+  cache = programs.ProgramCache(
+    exp.model,
+    exp.tx,
+    exp.dataset,
+    augment="none",
+    seed=0,
+    eval_batch_size=16,
+    mesh=trainer.data_mesh(),
+  )
   small = cache([1] * len(before))
   assert cache([1] * len(before)) is small  # compiled once
   assert [layer.radius for _, layer in knn.active_convs(exp.model)] == before == [2] * 4
-  radii = [layer.radius for _, layer in knn.active_convs(nnx.merge(small.eval_graphdef, nnx.state(exp.model)))]
+  radii = [
+    layer.radius
+    for _, layer in knn.active_convs(nnx.merge(small.eval_graphdef, nnx.state(exp.model)))
+  ]
   assert radii == [1] * 4
   with pytest.raises(ValueError, match="one radius per ActiveConv"):
     knn.with_radii(exp.model, [1])

@@ -46,8 +46,9 @@ def install() -> None:
   for prim in (_lax.dot_general_p, _convolution.conv_general_dilated_p):
     entry = mlir._platform_specific_lowerings["cpu"].get(prim) or mlir._lowerings[prim]  # noqa: SLF001
     original = entry.rule
-    emulated = mlir.lower_fun(lambda *a, _p=prim, **kw: _round_tf32(*a, _prim=_p, **kw),
-                              multiple_results=False)
+    emulated = mlir.lower_fun(
+      lambda *a, _p=prim, **kw: _round_tf32(*a, _prim=_p, **kw), multiple_results=False
+    )
 
     def rule(ctx, lhs, rhs, *, precision, _original=original, _emulated=emulated, **params):
       float32 = all(a.dtype == jnp.float32 for a in ctx.avals_in)

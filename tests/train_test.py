@@ -1,4 +1,5 @@
-"""The training system end to end: every conv kind, TFDS mock data, kill -9 resume, 4 devices, failures."""
+"""The training system end to end: every conv kind, TFDS mock data, kill -9 resume, 4 devices,
+failures."""
 
 import json
 import os
@@ -66,8 +67,11 @@ def test_every_conv_kind_trains_and_deploys(tmp_path, conv):
 
 def test_tfds_mock_data_run_with_cifar_augmentation(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
-  config = small_config(model="cifar_quick", conv="acb", **{"data.name": "cifar10", "data.source": "tfds",
-                                                            "data.augment": "cifar"})
+  config = small_config(
+    model="cifar_quick",
+    conv="acb",
+    **{"data.name": "cifar10", "data.source": "tfds", "data.augment": "cifar"},
+  )
   with tfds.testing.mock_data(num_examples=48):
     summary = trainer.train_and_evaluate(config, tmp_path)
   assert summary.dataset == "cifar10" and summary.test_examples == 48
@@ -111,14 +115,28 @@ def _run(tmp_path, workdir, overrides, kill_at=-1, devices=1):
   env = dict(os.environ)
   if devices > 1:  # CPU devices: on a GPU machine the run would otherwise see its one GPU
     flags = env.get("XLA_FLAGS", "")
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip())
-  return subprocess.run([sys.executable, str(driver), str(workdir), json.dumps(overrides), str(kill_at)],
-                        env=env, capture_output=True, text=True, timeout=600)
+    env.update(
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip(),
+    )
+  return subprocess.run(
+    [sys.executable, str(driver), str(workdir), json.dumps(overrides), str(kill_at)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def _overrides(**kw):
-  base = {"data.train_size": 64, "data.test_size": 40, "batch_size": 16, "eval_batch_size": 16,
-          "log_every_steps": 1, "progress": False}
+  base = {
+    "data.train_size": 64,
+    "data.test_size": 40,
+    "batch_size": 16,
+    "eval_batch_size": 16,
+    "log_every_steps": 1,
+    "progress": False,
+  }
   base.update(kw)
   return base
 
@@ -127,7 +145,9 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run_bitwise(tmp_path):
   overrides = _overrides(num_steps=12, checkpoint_every_steps=3, conv="rotate4")
   killed = _run(tmp_path, tmp_path / "killed", overrides, kill_at=8)
   assert killed.returncode == -9, killed.stderr[-2000:]
-  saved = sorted(int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.isdigit())
+  saved = sorted(
+    int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.isdigit()
+  )
   assert saved and max(saved) < 12, saved
   resumed = _run(tmp_path, tmp_path / "killed", overrides)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -143,17 +163,24 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run_bitwise(tmp_path):
   assert len(leaves_a) == len(leaves_b) > 10
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(x, y)
+
   def summary(d):
-    return {k: v for k, v in json.loads((d / "summary.json").read_text()).items()
-            if k not in ("seconds_total", "workdir")}
+    return {
+      k: v
+      for k, v in json.loads((d / "summary.json").read_text()).items()
+      if k not in ("seconds_total", "workdir")
+    }
 
   assert summary(tmp_path / "killed") == summary(tmp_path / "clean")
 
 
 def test_four_devices_follow_the_one_device_trajectory(tmp_path):
-  overrides = _overrides(model="cifar_quick", conv="active", num_steps=8, **{"data.name": "cifar10",
-                                                                            "data.augment": "cifar",
-                                                                            "data.train_size": 32})
+  overrides = _overrides(
+    model="cifar_quick",
+    conv="active",
+    num_steps=8,
+    **{"data.name": "cifar10", "data.augment": "cifar", "data.train_size": 32},
+  )
   one = _run(tmp_path, tmp_path / "one", overrides, devices=1)
   four = _run(tmp_path, tmp_path / "four", overrides, devices=4)
   assert one.returncode == 0, one.stderr[-2000:]
@@ -162,15 +189,20 @@ def test_four_devices_follow_the_one_device_trajectory(tmp_path):
   m1, m4 = _metrics(tmp_path / "one"), _metrics(tmp_path / "four")
   assert len(m1) == len(m4) == 4  # 2 steps per epoch
   for a, b in zip(m1, m4):
-    np.testing.assert_allclose([a["train_loss"], a["test_loss"]], [b["train_loss"], b["test_loss"]], rtol=2e-4)
+    np.testing.assert_allclose(
+      [a["train_loss"], a["test_loss"]], [b["train_loss"], b["test_loss"]], rtol=2e-4
+    )
   s1 = RunDir(tmp_path / "one").read_summary()
   s4 = RunDir(tmp_path / "four").read_summary()
   assert s4.devices == 4 and abs(s1.test_accuracy - s4.test_accuracy) <= 1 / 40
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-  config = small_config(num_steps=20, checkpoint_every_steps=1, **{"optim.learning_rate": 1e8,
-                                                                   "optim.weight_decay": 0.0})
+  config = small_config(
+    num_steps=20,
+    checkpoint_every_steps=1,
+    **{"optim.learning_rate": 1e8, "optim.weight_decay": 0.0},
+  )
   with pytest.raises(trainer.TrainingDiverged, match="diverged at step .* NaN or inf") as info:
     trainer.train_and_evaluate(config, tmp_path)
   bad = int(str(info.value).split("at step ")[1].split()[0])
@@ -180,7 +212,9 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   assert f"last good checkpoint is step {step}" in str(info.value)
 
 
-@pytest.mark.parametrize("overrides, match", [
+@pytest.mark.parametrize(
+  "overrides, match",
+  [
     (dict(model="resnet21"), "unknown model 'resnet21'"),
     (dict(model="lenet", conv="rotate4"), "does not apply to lenet"),
     ({"data.name": "imagenet"}, "unknown dataset"),
@@ -188,12 +222,19 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     ({"data.augment": "mixup"}, "data.augment"),
     ({"optim.schedule": "linear"}, "optim.schedule"),
     ({"optim.name": "lamb"}, "optim.name must be one of"),
-    ({"optim.name": "adamw", "conv": "active", "acu_radius_every_steps": 2}, "needs optim.name='sgd'"),
+    (
+      {"optim.name": "adamw", "conv": "active", "acu_radius_every_steps": 2},
+      "needs optim.name='sgd'",
+    ),
     ({"optim.decay_labels": ("kernel",)}, "unknown parameter label 'kernel'"),
     (dict(batch_size=0), "batch_size must be an int >= 1"),
     (dict(num_steps=0, num_epochs=0.0), "num_epochs > 0 or num_steps > 0"),
-    (dict(model="sn", **{"data.name": "cifar10"}), r"cannot take cifar10 images of shape \(32, 32, 3\)"),
-])
+    (
+      dict(model="sn", **{"data.name": "cifar10"}),
+      r"cannot take cifar10 images of shape \(32, 32, 3\)",
+    ),
+  ],
+)
 def test_bad_configs_fail_fast_with_a_readable_message(tmp_path, overrides, match):
   with pytest.raises(trainer.ConfigError, match=match):
     trainer.train_and_evaluate(small_config(**overrides), tmp_path)
@@ -207,33 +248,70 @@ def test_batch_must_split_over_devices(tmp_path, monkeypatch):
 
 
 def test_missing_data_fails_before_compiling(tmp_path):
-  config = small_config(**{"data.name": "fashion_mnist", "data.source": "idx", "data.data_dir": "/nonexistent"})
+  config = small_config(
+    **{"data.name": "fashion_mnist", "data.source": "idx", "data.data_dir": "/nonexistent"}
+  )
   with pytest.raises(input_pipeline.DataError, match="apt-get install -y dataset-fashion-mnist"):
     trainer.train_and_evaluate(config, tmp_path)
   assert not (tmp_path / "checkpoints").exists()
 
 
 def test_command_line_trains_and_reports(tmp_path):
-  run = subprocess.run([sys.executable, "-m", "train.main", "--config", str(REPO / "configs/default.py"),
-                        "--workdir", str(tmp_path), "--config.num_steps=2", "--config.data.train_size=64",
-                        "--config.progress=False"],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
+  run = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "train.main",
+      "--config",
+      str(REPO / "configs/default.py"),
+      "--workdir",
+      str(tmp_path),
+      "--config.num_steps=2",
+      "--config.data.train_size=64",
+      "--config.progress=False",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert run.returncode == 0, run.stderr[-2000:]
   assert "test accuracy" in run.stdout and "deployed" in run.stdout
-  bad = subprocess.run([sys.executable, "-m", "train.main", "--config", str(REPO / "configs/default.py"),
-                        "--workdir", str(tmp_path / "bad"), "--config.model=resnet21"],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
+  bad = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "train.main",
+      "--config",
+      str(REPO / "configs/default.py"),
+      "--workdir",
+      str(tmp_path / "bad"),
+      "--config.model=resnet21",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert bad.returncode == 2 and "error: unknown model 'resnet21'" in bad.stderr
 
 
 def test_extent_bucketing_keeps_3x3_while_frozen_and_matches_the_fixed_radius(tmp_path):
   # exact float32: the 3x3 and 5x5 kernels then give the same sums on any backend
-  common = {"conv": "active", "num_steps": 6, "optim.position_warmup_steps": 4, "precision": "highest"}
+  common = {
+    "conv": "active",
+    "num_steps": 6,
+    "optim.position_warmup_steps": 4,
+    "precision": "highest",
+  }
   fixed = trainer.train_and_evaluate(small_config(**common), tmp_path / "fixed")
-  short = trainer.train_and_evaluate(small_config(acu_radius_every_steps=2, **dict(common, num_steps=4)),
-                                   tmp_path / "short")
+  short = trainer.train_and_evaluate(
+    small_config(acu_radius_every_steps=2, **dict(common, num_steps=4)), tmp_path / "short"
+  )
   assert short.acu_radii == [1, 1, 1, 1]  # frozen lattice: a 3x3 conv is enough
-  bucketed = trainer.train_and_evaluate(small_config(acu_radius_every_steps=2, **common), tmp_path / "bucketed")
+  bucketed = trainer.train_and_evaluate(
+    small_config(acu_radius_every_steps=2, **common), tmp_path / "bucketed"
+  )
   assert fixed.acu_radii == [2, 2, 2, 2]
   assert bucketed.acu_radii == [2, 2, 2, 2]  # moving corners need R = 2 (the layers' cap)
   for a, b in zip(_metrics(tmp_path / "fixed"), _metrics(tmp_path / "bucketed")):
@@ -256,8 +334,11 @@ def test_bucket_radius():
 
 @pytest.mark.parametrize("conv", knn.CONV_KINDS)
 def test_mixed_precision_is_a_config_switch(tmp_path, conv):
-  """dtype=bfloat16: bf16 convs, float32 parameters, optimizer state and loss; it trains and deploys."""
-  summary = trainer.train_and_evaluate(small_config(conv=conv, dtype="bfloat16", num_steps=6), tmp_path)
+  """dtype=bfloat16: bf16 convs, float32 parameters, optimizer state and loss; it trains and
+  deploys."""
+  summary = trainer.train_and_evaluate(
+    small_config(conv=conv, dtype="bfloat16", num_steps=6), tmp_path
+  )
   assert np.isfinite(summary.test_loss) and np.isfinite(summary.final_train_loss)
   # the deployed net computes in bf16 too: its predictions may differ in a near tie, not more
   assert summary.deployed_prediction_agreement >= 0.9
@@ -268,10 +349,13 @@ def test_mixed_precision_is_a_config_switch(tmp_path, conv):
   assert config["dtype"] == "bfloat16" and config["precision"] == "default"
 
 
-@pytest.mark.parametrize("overrides, match", [
+@pytest.mark.parametrize(
+  "overrides, match",
+  [
     (dict(precision="tf32"), "config.precision: precision must be"),
     (dict(dtype="int8"), "config.dtype must be"),
-])
+  ],
+)
 def test_bad_numerics_fail_fast(tmp_path, overrides, match):
   with pytest.raises(trainer.ConfigError, match=match):
     trainer.train_and_evaluate(small_config(**overrides), tmp_path)
@@ -282,28 +366,53 @@ def test_deterministic_ops_are_requested_before_jax_starts():
 
   assert determinism.with_flag("") == determinism.FLAG
   assert determinism.with_flag("--a=1") == f"--a=1 {determinism.FLAG}"
-  assert determinism.with_flag("--xla_gpu_deterministic_ops=false") == "--xla_gpu_deterministic_ops=false"
-  code = ("import os; from train.trainer import determinism; import jax; "
-          "print(determinism.request(True), os.environ['XLA_FLAGS']); print(jax.numpy.ones(2).sum())")
+  assert (
+    determinism.with_flag("--xla_gpu_deterministic_ops=false")
+    == "--xla_gpu_deterministic_ops=false"
+  )
+  code = (
+    "import os; from train.trainer import determinism; import jax; "
+    "print(determinism.request(True), os.environ['XLA_FLAGS']); print(jax.numpy.ones(2).sum())"
+  )
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  run = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+  )
   assert run.returncode == 0, run.stderr[-2000:]
   assert run.stdout.split("\n")[0] == f"True {determinism.FLAG}"
-  off = subprocess.run([sys.executable, "-c", code.replace("request(True)", "request(False)").replace(
-      ", os.environ['XLA_FLAGS']", ", os.environ.get('XLA_FLAGS')")], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=120)
+  off = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      code.replace("request(True)", "request(False)").replace(
+        ", os.environ['XLA_FLAGS']", ", os.environ.get('XLA_FLAGS')"
+      ),
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert off.stdout.split("\n")[0] == "False None"
 
 
 def test_adamw_is_a_config_switch_and_keeps_the_papers_rules(tmp_path):
-  config = small_config(conv="active", num_steps=6, **{"optim.name": "adamw", "optim.learning_rate": 1e-2,
-                                                       "optim.position_warmup_steps": 4})
+  config = small_config(
+    conv="active",
+    num_steps=6,
+    **{"optim.name": "adamw", "optim.learning_rate": 1e-2, "optim.position_warmup_steps": 4},
+  )
   summary = trainer.train_and_evaluate(config, tmp_path)
   assert np.isfinite(summary.test_loss)
   _, state = _final_state(tmp_path)
   start = np.asarray(knn.initial_positions(9, "lattice"))[1:]
   moved = np.abs(_positions(state, 1) - start)
-  # frozen for 4 steps, then 2 Adam steps of at most ~lr x 0.01 each (normalized gradient, unit moments)
+  # frozen for 4 steps, then 2 Adam steps of at most ~lr x 0.01 each (normalized gradient, unit
+  # moments)
   assert 0 < moved.max() <= 2 * 1e-2 * 0.01 * 1.01
-  assert {"mu", "nu"} <= {getattr(k, "name", None) for path, _ in
-                          jax.tree_util.tree_flatten_with_path(state.opt_state)[0] for k in path}
+  assert {"mu", "nu"} <= {
+    getattr(k, "name", None)
+    for path, _ in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
+    for k in path
+  }

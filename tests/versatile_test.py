@@ -8,12 +8,12 @@ import pytest
 
 from kshapes_jax.conv import conv
 from kshapes_jax.kernels import (
-    channel_versatile_kernel,
-    channel_windows,
-    spatial_channel_versatile_kernel,
-    spatial_versatile_kernel,
-    summed_versatile_kernel,
-    versatile_masks,
+  channel_versatile_kernel,
+  channel_windows,
+  spatial_channel_versatile_kernel,
+  spatial_versatile_kernel,
+  summed_versatile_kernel,
+  versatile_masks,
 )
 
 
@@ -24,7 +24,7 @@ def test_masks_are_nested_rings_with_the_papers_counts(d):
   chex.assert_shape(masks, (s, d, d))
   for i in range(1, s + 1):  # eq. 2, 1-indexed
     assert masks[i - 1].sum() == (d - 2 * i + 2) ** 2
-    inner = masks[i - 1][i - 1:d + 1 - i, i - 1:d + 1 - i]
+    inner = masks[i - 1][i - 1 : d + 1 - i, i - 1 : d + 1 - i]
     assert inner.size == (d - 2 * i + 2) ** 2 and inner.all()
     if i > 1:
       assert np.all(masks[i - 1] <= masks[i - 2])
@@ -38,7 +38,7 @@ def test_spatial_stack_equals_s_separate_cropped_convs(x64, rng):
   for stride in (1, 2):
     y = conv(x, spatial_versatile_kernel(f), stride=stride, padding=2)
     # the official code's way: crop the filter to (d - 2i + 2)^2, pad less
-    parts = [conv(x, f[i:d - i, i:d - i], stride=stride, padding=2 - i) for i in range(3)]
+    parts = [conv(x, f[i : d - i, i : d - i], stride=stride, padding=2 - i) for i in range(3)]
     np.testing.assert_allclose(y, np.concatenate(parts, axis=-1), rtol=1e-10, atol=1e-12)
 
 
@@ -59,7 +59,7 @@ def test_channel_windows_equal_an_explicit_loop(cin, window, stride, x64, rng):
   n = channel_windows(cin, window, stride)
   assert n == (cin - window) // stride + 1
   y = conv(x, channel_versatile_kernel(f, cin, stride), padding=1)
-  loop = [conv(x[..., i * stride:i * stride + window], f, padding=1) for i in range(n)]
+  loop = [conv(x[..., i * stride : i * stride + window], f, padding=1) for i in range(n)]
   np.testing.assert_allclose(y, np.concatenate(loop, axis=-1), rtol=1e-10, atol=1e-12)
 
 
@@ -71,7 +71,7 @@ def test_spatial_and_channel_order_is_scale_window_filter(x64, rng):
   expected = []
   for s in range(2):  # the official loop nest: scale, then window start
     for start in range(2):
-      expected.append(conv(x[..., start:start + 4], f[s:3 - s, s:3 - s], padding=1 - s))
+      expected.append(conv(x[..., start : start + 4], f[s : 3 - s, s : 3 - s], padding=1 - s))
   np.testing.assert_allclose(y, np.concatenate(expected, axis=-1), rtol=1e-10, atol=1e-12)
 
 
@@ -83,13 +83,19 @@ def test_compose_with_jit_vmap_grad_and_bf16(rng):
   chex.assert_shape(kc, (3, 3, 3, 5, 4))
   # the gradient of the summed kernel is the mask sum
   g = jax.grad(lambda f: summed_versatile_kernel(f).sum())(f[0])
-  chex.assert_trees_all_close(g, jnp.broadcast_to(versatile_masks(3).sum(0)[:, :, None, None], g.shape))
+  chex.assert_trees_all_close(
+    g, jnp.broadcast_to(versatile_masks(3).sum(0)[:, :, None, None], g.shape)
+  )
   g = jax.grad(lambda f: spatial_versatile_kernel(f).sum())(f[0])
-  chex.assert_trees_all_close(g, jnp.broadcast_to(versatile_masks(3).sum(0)[:, :, None, None], g.shape))
+  chex.assert_trees_all_close(
+    g, jnp.broadcast_to(versatile_masks(3).sum(0)[:, :, None, None], g.shape)
+  )
   assert spatial_versatile_kernel(f[0].astype(jnp.bfloat16)).dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("call, match", [
+@pytest.mark.parametrize(
+  "call, match",
+  [
     (lambda: versatile_masks(0), "positive int"),
     (lambda: spatial_versatile_kernel(np.zeros((3, 5, 1, 1))), "square"),
     (lambda: spatial_versatile_kernel(np.zeros((3, 3, 1))), r"\(d, d, I, O\)"),
@@ -97,7 +103,8 @@ def test_compose_with_jit_vmap_grad_and_bf16(rng):
     (lambda: channel_versatile_kernel(np.zeros((3, 3, 5, 1)), 4, 1), r"c\^ < c"),
     (lambda: channel_versatile_kernel(np.zeros((3, 3, 4, 1)), 9, 2), "does not tile"),
     (lambda: channel_versatile_kernel(np.zeros((3, 3, 4, 1)), 8, 0), "stride must be a positive"),
-])
+  ],
+)
 def test_bad_input_raises(call, match):
   with pytest.raises(ValueError, match=match):
     call()

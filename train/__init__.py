@@ -1,1 +1,2 @@
-"""The kshapes-jax training system: `python -m train.main --config configs/<experiment>.py --workdir DIR`."""
+"""The kshapes-jax training system: `python -m train.main --config configs/<experiment>.py --workdir
+DIR`."""

@@ -1,5 +1,5 @@
-"""What the commands share: their flags defined once a process, and a failure told as one line with an
-exit status by kind."""
+"""What the commands share: their flags defined once a process, and a failure told as one line with
+an exit status by kind."""
 
 from __future__ import annotations
 
@@ -28,8 +28,10 @@ def os_failure(e: BaseException) -> tuple[str, str | None] | None:
   while cause is not None:
     text = str(cause)
     code = re.search(r"os_error_code='(\d+)'", text)
-    if (isinstance(cause, OSError) and cause.strerror) or code:
-      what = cause.strerror if isinstance(cause, OSError) and cause.strerror else os.strerror(int(code[1]))
+    what = cause.strerror if isinstance(cause, OSError) and cause.strerror else None
+    if what is None and code is not None:
+      what = os.strerror(int(code[1]))
+    if what is not None:
       where = getattr(cause, "filename", None) or next(iter(re.findall(r'"(/[^"]+)"', text)), None)
       return what, where
     cause = cause.__cause__ or cause.__context__
@@ -44,7 +46,7 @@ def one_line(e: BaseException) -> str:
   lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
   if any(line.startswith("Traceback (most recent call last)") for line in lines):
     # a wrapped traceback (config_flags puts get_config's into its message): where, then what
-    head = lines[:next(i for i, line in enumerate(lines) if line.startswith("Traceback"))]
+    head = lines[: next(i for i, line in enumerate(lines) if line.startswith("Traceback"))]
     lines = head + lines[-1:]
   return " ".join(lines) or type(e).__name__
 

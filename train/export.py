@@ -1,7 +1,7 @@
-"""Ships a trained run: its deployed network as a serialized jax.export artifact and/or an ONNX file.
+"""Ships a trained run: its deployed network as a jax.export artifact and/or an ONNX file.
 
-  python -m train.export --workdir runs/quickstart                   # -> runs/quickstart/export/model.onnx
-  python -m train.export --workdir runs/quickstart --format jax      # -> .../export/model.jaxexport
+  python -m train.export --workdir runs/quickstart       # -> runs/quickstart/export/model.onnx
+  python -m train.export --workdir runs/quickstart --format jax   # -> .../model.jaxexport
   python -m train.export --workdir DIR --format both --step 2000 --out /tmp/ship
 
 The files take a batch of any size of the images as the dataset stores
@@ -25,19 +25,32 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """Defines the command's flags on absl's FLAGS (those another command defined already are shared)."""
+  """Defines the command's flags on absl's FLAGS (those another command defined already are
+  shared)."""
   cli.define_once(flags.DEFINE_string, "workdir", None, "Workdir of a run of python -m train.main.")
   cli.define_once(flags.DEFINE_enum, "format", "onnx", ["onnx", "jax", "both"], "What to write.")
   cli.define_once(flags.DEFINE_string, "out", "", "Output folder (default WORKDIR/export).")
-  cli.define_once(flags.DEFINE_integer, "step", None, "Checkpoint step to export (default: the latest).")
-  cli.define_once(flags.DEFINE_integer, "check_images", 2000, "Test images the written files are checked on (0: all).")
+  cli.define_once(
+    flags.DEFINE_integer, "step", None, "Checkpoint step to export (default: the latest)."
+  )
+  cli.define_once(
+    flags.DEFINE_integer,
+    "check_images",
+    2000,
+    "Test images the written files are checked on (0: all).",
+  )
 
 
 SUFFIX = {"jax": ".jaxexport", "onnx": ".onnx"}
 
 
-def export_run(workdir: str | Path, formats: tuple[str, ...] = ("onnx",), out: str | Path | None = None,
-               step: int | None = None, check_images: int = 2000) -> dict[str, dict]:
+def export_run(
+  workdir: str | Path,
+  formats: tuple[str, ...] = ("onnx",),
+  out: str | Path | None = None,
+  step: int | None = None,
+  check_images: int = 2000,
+) -> dict[str, dict]:
   """Writes the run's deployed model in each format and checks each file against it.
 
   Returns:
@@ -53,26 +66,33 @@ def export_run(workdir: str | Path, formats: tuple[str, ...] = ("onnx",), out: s
   shape = run.dataset.image_shape
   out = Path(out) if out else Path(workdir) / "export"
   out.mkdir(parents=True, exist_ok=True)
-  images = run.dataset.test.images[:check_images or None]
+  images = run.dataset.test.images[: check_images or None]
   reference = _batched(K.export.forward(shipped, normalize), images)
   results = {}
   for fmt in formats:
     path = out / f"model{SUFFIX[fmt]}"
     if fmt == "jax":
       K.export.save_jax(shipped, shape, path, normalize=normalize)
-      predict = K.export.load_jax(path)
+      predict: Callable | None = K.export.load_jax(path)
     else:
       K.export.save_onnx(shipped, shape, path, normalize=normalize)
       predict = _onnxruntime(path)
     logits = _batched(predict, images) if predict is not None else None
-    results[fmt] = {"path": str(path), "bytes": path.stat().st_size,
-                    "agreement": None if logits is None else float(np.mean(logits.argmax(-1) == reference.argmax(-1))),
-                    "max_abs_diff": None if logits is None else float(np.max(np.abs(logits - reference)))}
+    results[fmt] = {
+      "path": str(path),
+      "bytes": path.stat().st_size,
+      "agreement": None
+      if logits is None
+      else float(np.mean(logits.argmax(-1) == reference.argmax(-1))),
+      "max_abs_diff": None if logits is None else float(np.max(np.abs(logits - reference))),
+    }
   return results
 
 
 def _batched(fn: Callable, images: np.ndarray, batch: int = 500) -> np.ndarray:
-  return np.concatenate([np.asarray(fn(images[i:i + batch])) for i in range(0, len(images), batch)])
+  return np.concatenate(
+    [np.asarray(fn(images[i : i + batch])) for i in range(0, len(images), batch)]
+  )
 
 
 def _onnxruntime(path: Path) -> Callable | None:
@@ -90,12 +110,15 @@ def main(argv):
   formats = ("jax", "onnx") if FLAGS.format == "both" else (FLAGS.format,)
   results = export_run(FLAGS.workdir, formats, FLAGS.out or None, FLAGS.step, FLAGS.check_images)
   failed = False
-  for fmt, r in results.items():
+  for r in results.values():
     if r["agreement"] is None:
       check = "not checked (pip install onnxruntime to check it)"
     else:
-      check = (f"predictions agree with the deployed model on {100 * r['agreement']:.2f}% of the test images, "
-               f"logits within {r['max_abs_diff']:.2e}")
+      check = (
+        f"predictions agree with the deployed model on {100 * r['agreement']:.2f}% of the test "
+        "images, "
+        f"logits within {r['max_abs_diff']:.2e}"
+      )
       failed |= r["agreement"] < 0.999
     print(f"wrote {r['path']} ({r['bytes'] / 1e6:.2f} MB): {check}")
   if failed:

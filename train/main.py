@@ -34,19 +34,43 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """Defines the command's flags on absl's FLAGS (those another command defined already are shared)."""
-  cli.define_once(config_flags.DEFINE_config_file, "config", None, "Training config file (get_config() -> ConfigDict).",
-                                  lock_config=True)
-  cli.define_once(flags.DEFINE_string, "workdir", None, "Directory for checkpoints, metrics, plots and the summary.")
-  cli.define_once(flags.DEFINE_bool, "allow_config_change", False, "Resume a workdir whose checkpoints were made by a config "
-                    "that differs in model, conv, optimizer, batch size, seed or data.")
-  cli.define_once(flags.DEFINE_bool, "debug", False, "On a failure, show the traceback instead of one error: line.")
+  """Defines the command's flags on absl's FLAGS (those another command defined already are
+  shared)."""
+  cli.define_once(
+    config_flags.DEFINE_config_file,
+    "config",
+    None,
+    "Training config file (get_config() -> ConfigDict).",
+    lock_config=True,
+  )
+  cli.define_once(
+    flags.DEFINE_string,
+    "workdir",
+    None,
+    "Directory for checkpoints, metrics, plots and the summary.",
+  )
+  cli.define_once(
+    flags.DEFINE_bool,
+    "allow_config_change",
+    False,
+    "Resume a workdir whose checkpoints were made by a config "
+    "that differs in model, conv, optimizer, batch size, seed or data.",
+  )
+  cli.define_once(
+    flags.DEFINE_bool,
+    "debug",
+    False,
+    "On a failure, show the traceback instead of one error: line.",
+  )
 
 
 def _fail(e: BaseException, status: int) -> None:
   known = status != 1
-  print(f"error: {one_line(e) if known else f'{type(e).__name__}: {one_line(e)}'}"
-        + ("" if known else " (--debug shows the traceback)"), file=sys.stderr)
+  print(
+    f"error: {one_line(e) if known else f'{type(e).__name__}: {one_line(e)}'}"
+    + ("" if known else " (--debug shows the traceback)"),
+    file=sys.stderr,
+  )
   sys.exit(status)
 
 
@@ -62,8 +86,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
     culprit = [a for a in overrides if a.split(".")[-1] == key]
     if isinstance(e, (AttributeError, KeyError)) and culprit:  # a locked config refuses new keys
-      message = (f"unknown config key {culprit[0][len('--config.'):]!r} ({culprit[0]}); the config file "
-                 "lists the keys (configs/default.py documents them)")
+      message = (
+        f"unknown config key {culprit[0][len('--config.') :]!r} ({culprit[0]}); the config file "
+        "lists the keys (configs/default.py documents them)"
+      )
     elif not isinstance(e, flags.Error):
       message = f"the config file cannot be loaded: {type(e).__name__}: {message}"
     _fail(flags.Error(message), 2)
@@ -73,8 +99,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO, and a failed one at ERROR
-    logging.set_verbosity(logging.WARNING if FLAGS.debug else logging.FATAL)  # before our error: line
+  if not flags.FLAGS[
+    "verbosity"
+  ].present:  # orbax logs every save at INFO, and a failed one at ERROR
+    logging.set_verbosity(
+      logging.WARNING if FLAGS.debug else logging.FATAL
+    )  # before our error: line
   from train import trainer  # after flag parsing: --help stays fast
 
   try:
@@ -90,8 +120,10 @@ def main(argv) -> None:
     print(f"stopped: {e}", file=sys.stderr)
     sys.exit(128 + e.signum)
   except KeyboardInterrupt as e:
-    print(f"stopped: {e or 'interrupted'}; run the same command to resume from the latest checkpoint",
-          file=sys.stderr)
+    print(
+      f"stopped: {e or 'interrupted'}; run the same command to resume from the latest checkpoint",
+      file=sys.stderr,
+    )
     sys.exit(130)
   except Exception as e:
     if FLAGS.debug:

@@ -7,6 +7,4 @@ PNGs and a markdown report for a trained run.
 
 from kshapes_jax.analysis import acb, active, rotate, versatile
 
-acnet = acb  # the module's name before it took its method's
-
 __all__ = ["acb", "active", "rotate", "versatile"]

@@ -1,4 +1,5 @@
-"""ACNet's analyses (Ding et al., section 4.3-4.4): kernel skeletons, magnitude matrix, pruning, distorted inputs.
+"""ACNet's analyses (Ding et al., section 4.3-4.4): kernel skeletons, magnitude matrix, pruning,
+distorted inputs.
 
 They read the DEPLOYED network (`kshapes_jax.deploy`), where every ACB is one
 kxk conv with its BNs folded in, as the paper does.
@@ -20,7 +21,8 @@ DISTORTIONS = ("original", "rotate90", "rotate180", "flip_ud")
 
 
 def skeleton_mask(k: int) -> np.ndarray:
-  """(k, k) bool: the central row and column (the "skeleton" an ACB adds its 1xk and kx1 kernels to)."""
+  """(k, k) bool: the central row and column (the "skeleton" an ACB adds its 1xk and kx1 kernels
+  to)."""
   if not isinstance(k, (int, np.integer)) or k < 1 or k % 2 == 0:
     raise ValueError(f"k must be an odd positive kernel size, got {k!r}")
   mask = np.zeros((k, k), bool)
@@ -76,7 +78,8 @@ def magnitude_matrix(kernels: Sequence[ArrayLike]) -> np.ndarray:
 
 
 def pruning_mask(shape: Sequence[int], sparsity: float, region: str, seed: int) -> np.ndarray:
-  """A keep-mask zeroing exactly round(sparsity * size) weights, drawn uniformly from a region (Fig. 5).
+  """A keep-mask zeroing exactly round(sparsity * size) weights, drawn uniformly from a region (Fig.
+  5).
 
   Args:
     shape: the (k, k, I, O) kernel shape.
@@ -101,15 +104,18 @@ def pruning_mask(shape: Sequence[int], sparsity: float, region: str, seed: int) 
   candidates = np.flatnonzero(allowed)
   n = int(round(sparsity * np.prod(shape)))
   if n > candidates.size:
-    raise ValueError(f"sparsity {sparsity} needs {n} zeros but the {region} of a {shape} kernel hold only "
-                     f"{candidates.size} ({candidates.size / np.prod(shape):.3f} of the weights)")
+    raise ValueError(
+      f"sparsity {sparsity} needs {n} zeros but the {region} of a {shape} kernel hold only "
+      f"{candidates.size} ({candidates.size / np.prod(shape):.3f} of the weights)"
+    )
   keep = np.ones(int(np.prod(shape)), bool)
   keep[np.random.default_rng(seed).choice(candidates, n, replace=False)] = False
   return keep.reshape(shape)
 
 
 def square_convs(model: nnx.Module) -> list[tuple[str, PlainConv]]:
-  """(path, layer) of every plain conv with a square kernel larger than 1x1 (a deployed model's kxk layers)."""
+  """(path, layer) of every plain conv with a square kernel larger than 1x1 (a deployed model's kxk
+  layers)."""
   out = []
   for path, m in nnx.iter_modules(model):
     if isinstance(m, PlainConv):
@@ -127,7 +133,9 @@ def prune(model: nnx.Module, sparsity: float, region: str, seed: int) -> nnx.Mod
   copy = nnx.clone(model)
   convs = square_convs(copy)
   if not convs:
-    raise ValueError("the model has no kxk plain convs to prune; pass a deployed model (kshapes_jax.deploy)")
+    raise ValueError(
+      "the model has no kxk plain convs to prune; pass a deployed model (kshapes_jax.deploy)"
+    )
   for i, (_, layer) in enumerate(convs):
     kernel = layer.kernel[...]
     mask = pruning_mask(kernel.shape, sparsity, region, seed + 1000 * i)
@@ -136,7 +144,8 @@ def prune(model: nnx.Module, sparsity: float, region: str, seed: int) -> nnx.Mod
 
 
 def distort(images: ArrayLike, kind: str) -> np.ndarray:
-  """The distortions of Table 4 on NHWC images: "original", "rotate90" (counter-clockwise), "rotate180", "flip_ud"."""
+  """The distortions of Table 4 on NHWC images: "original", "rotate90" (counter-clockwise),
+  "rotate180", "flip_ud"."""
   x = np.asarray(images)
   if x.ndim != 4:
     raise ValueError(f"images must be NHWC, got shape {x.shape}")

@@ -1,4 +1,5 @@
-"""Active Convolution Unit: learned synapse positions and their movement (Jeon and Kim, Fig. 5, 6, 9).
+"""Active Convolution Unit: learned synapse positions and their movement (Jeon and Kim, Fig. 5, 6,
+9).
 
 Positions are (dx, dy) = (alpha, beta) in pixels (x to the right, y down),
 synapse 0 at the origin; a layer's learned parameter holds synapses 1..K-1.
@@ -17,8 +18,9 @@ from kshapes_jax.nn.active import ActiveConv
 
 
 def with_origin(positions: ArrayLike) -> np.ndarray:
-  """The learned (..., K - 1, 2) positions with synapse 0 = (0, 0) put first, in float64: (..., K, 2)."""
-  return kernels.with_origin(np.asarray(positions, np.float64))
+  """The learned (..., K - 1, 2) positions with synapse 0 = (0, 0) put first, in float64: (..., K,
+  2)."""
+  return np.asarray(kernels.with_origin(np.asarray(positions, np.float64)))
 
 
 def trajectories(snapshots: Sequence[ArrayLike]) -> np.ndarray:
@@ -54,5 +56,8 @@ def extent(positions: ArrayLike) -> float:
 
 def active_layers(model: nnx.Module) -> list[tuple[str, np.ndarray]]:
   """(path, (K, 2) or (G, K, 2) positions with the origin) of every ActiveConv in `model`."""
-  return [("/".join(map(str, path)), with_origin(m.positions[...]))
-          for path, m in nnx.iter_modules(model) if isinstance(m, ActiveConv)]
+  return [
+    ("/".join(map(str, path)), with_origin(m.positions[...]))
+    for path, m in nnx.iter_modules(model)
+    if isinstance(m, ActiveConv)
+  ]

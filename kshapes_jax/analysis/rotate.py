@@ -17,17 +17,21 @@ from kshapes_jax.nn.rotate import RotateConv
 def _angles_2d(angles: ArrayLike) -> np.ndarray:
   a = np.asarray(angles, np.float64)
   if a.ndim != 2:
-    raise ValueError(f"angles must be (I, O) degrees (one per input x output channel), got shape {a.shape}")
+    raise ValueError(
+      f"angles must be (I, O) degrees (one per input x output channel), got shape {a.shape}"
+    )
   return a
 
 
 def wrap_angles(angles: ArrayLike) -> np.ndarray:
-  """Angles in degrees taken modulo 180, in [0, 180) (the kernel's theta mod 180, eq. 3), in float64."""
-  return kernels.wrap_angles(np.asarray(angles, np.float64))
+  """Angles in degrees taken modulo 180, in [0, 180) (the kernel's theta mod 180, eq. 3), in
+  float64."""
+  return np.asarray(kernels.wrap_angles(np.asarray(angles, np.float64)))
 
 
 def axial_difference(a: ArrayLike, b: ArrayLike) -> np.ndarray:
-  """The angle between lines at a and b degrees, in [0, 90] (lines have no sign: 170 vs 10 is 20)."""
+  """The angle between lines at a and b degrees, in [0, 90] (lines have no sign: 170 vs 10 is
+  20)."""
   d = wrap_angles(np.asarray(a, np.float64) - np.asarray(b, np.float64))
   return np.minimum(d, 180.0 - d)
 
@@ -49,7 +53,8 @@ def angles_along_inputs(angles: ArrayLike, output_channel: int = 0) -> np.ndarra
 
 
 def angles_along_outputs(angles: ArrayLike, input_channel: int = 0) -> np.ndarray:
-  """Fig. 5(b): the O angles {theta_(i, 1)} with which the outputs read one input channel, mod 180."""
+  """Fig. 5(b): the O angles {theta_(i, 1)} with which the outputs read one input channel, mod
+  180."""
   a = _angles_2d(angles)
   if not 0 <= input_channel < a.shape[0]:
     raise ValueError(f"input_channel must be in [0, {a.shape[0]}), got {input_channel}")
@@ -83,5 +88,8 @@ def axial_concentration(angles: ArrayLike) -> float:
 
 def rotate_layers(model: nnx.Module) -> list[tuple[str, np.ndarray]]:
   """(path, (I, O) angles in degrees) of every RotateConv in `model`, in order."""
-  return [("/".join(map(str, path)), np.asarray(m.angles[...]))
-          for path, m in nnx.iter_modules(model) if isinstance(m, RotateConv)]
+  return [
+    ("/".join(map(str, path)), np.asarray(m.angles[...]))
+    for path, m in nnx.iter_modules(model)
+    if isinstance(m, RotateConv)
+  ]

@@ -1,4 +1,5 @@
-"""Versatile filters: cost per layer (Wang et al., Tables 2-4, Proposition 1) and the filters of Fig. 3."""
+"""Versatile filters: cost per layer (Wang et al., Tables 2-4, Proposition 1) and the filters of
+Fig. 3."""
 
 from __future__ import annotations
 
@@ -22,15 +23,29 @@ def cost_table(model: nnx.Module, input_shape: tuple[int, int, int]) -> list[dic
     layer "total".
   """
   cost = model_cost(model, input_shape)
-  rows = [dict(layer=f"{i}: {c.name}", weights=c.weights, memory_kb=4 * c.weights / 1024,
-               multiplications=c.multiplications) for i, c in enumerate(cost.layers)]
-  rows.append(dict(layer="total", weights=cost.weights, memory_kb=cost.memory_bytes / 1024,
-                   multiplications=cost.multiplications))
+  rows = [
+    dict(
+      layer=f"{i}: {c.name}",
+      weights=c.weights,
+      memory_kb=4 * c.weights / 1024,
+      multiplications=c.multiplications,
+    )
+    for i, c in enumerate(cost.layers)
+  ]
+  rows.append(
+    dict(
+      layer="total",
+      weights=cost.weights,
+      memory_kb=cost.memory_bytes / 1024,
+      multiplications=cost.multiplications,
+    )
+  )
   return rows
 
 
 def secondary_filters(f: ArrayLike) -> np.ndarray:
-  """The s nested secondary filters M_i o f of primary filters f (eq. 2): (d, d, I, O) -> (s, d, d, I, O)."""
+  """The s nested secondary filters M_i o f of primary filters f (eq. 2): (d, d, I, O) -> (s, d, d,
+  I, O)."""
   f = np.asarray(f)
   if f.ndim != 4 or f.shape[0] != f.shape[1]:
     raise ValueError(f"f must be square primary filters (d, d, I, O), got shape {f.shape}")
@@ -63,5 +78,5 @@ def filter_mosaic(kernel: ArrayLike, columns: int = 10, pad: int = 1) -> np.ndar
   out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), np.nan)
   for o in range(n):
     r, c = divmod(o, cols)
-    out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = k[:, :, o]
+    out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = k[:, :, o]
   return out

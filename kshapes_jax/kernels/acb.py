@@ -34,12 +34,12 @@ class BatchNormParams(NamedTuple):
 
 
 def fuse_bn(
-    kernel: ArrayLike,
-    scale: ArrayLike,
-    bias: ArrayLike,
-    mean: ArrayLike,
-    var: ArrayLike,
-    eps: float = 1e-5,
+  kernel: ArrayLike,
+  scale: ArrayLike,
+  bias: ArrayLike,
+  mean: ArrayLike,
+  var: ArrayLike,
+  eps: float = 1e-5,
 ) -> tuple[jax.Array, jax.Array]:
   """Folds an eval-mode batch normalisation into the conv kernel before it.
 
@@ -65,24 +65,31 @@ def fuse_bn(
   out = shape[-1]
   for name, value in (("scale", scale), ("bias", bias), ("mean", mean), ("var", var)):
     _validation.require_shape(name, value, (out,), "(O,) with O the kernel's output channels")
-  if not isinstance(eps, (int, float, np.floating)) or isinstance(eps, bool) or not 0 <= eps < math.inf:
+  if (
+    not isinstance(eps, (int, float, np.floating))
+    or isinstance(eps, bool)
+    or not 0 <= eps < math.inf
+  ):
     raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
   concrete_var = _validation.concrete_or_none(var)
   if concrete_var is not None and not np.all(concrete_var + eps > 0):  # also NaN
-    raise ValueError(f"var must be > -eps (a variance, >= 0), got min {float(np.min(concrete_var))} with eps={eps}: "
-                     "its 1/sqrt(var + eps) would be NaN or inf")
+    raise ValueError(
+      f"var must be > -eps (a variance, >= 0), got min {float(np.min(concrete_var))} with "
+      f"eps={eps}: "
+      "its 1/sqrt(var + eps) would be NaN or inf"
+    )
   kernel = jnp.asarray(kernel)
   factor = jnp.asarray(scale) * jax.lax.rsqrt(jnp.asarray(var) + eps)
   return kernel * factor, jnp.asarray(bias) - jnp.asarray(mean) * factor
 
 
 def acb_kernel(
-    square: ArrayLike,
-    hor: ArrayLike | None = None,
-    ver: ArrayLike | None = None,
-    *,
-    hor_row: int | None = None,
-    ver_col: int | None = None,
+  square: ArrayLike,
+  hor: ArrayLike | None = None,
+  ver: ArrayLike | None = None,
+  *,
+  hor_row: int | None = None,
+  ver_col: int | None = None,
 ) -> jax.Array:
   """Adds the asymmetric kernels onto the skeleton of the square one (eq. 6).
 
@@ -117,25 +124,29 @@ def acb_kernel(
       raise ValueError(f"{name} must be in [0, {k}), got {idx}")
   out = jnp.asarray(square)
   if hor is not None:
-    _validation.require_shape("hor", hor, (1, k, *shape[2:]), "(1, k, I, O) matching the square kernel")
+    _validation.require_shape(
+      "hor", hor, (1, k, *shape[2:]), "(1, k, I, O) matching the square kernel"
+    )
     out = out.at[hor_row].add(jnp.asarray(hor, out.dtype)[0])
   if ver is not None:
-    _validation.require_shape("ver", ver, (k, 1, *shape[2:]), "(k, 1, I, O) matching the square kernel")
+    _validation.require_shape(
+      "ver", ver, (k, 1, *shape[2:]), "(k, 1, I, O) matching the square kernel"
+    )
     out = out.at[:, ver_col].add(jnp.asarray(ver, out.dtype)[:, 0])
   return out
 
 
 def fuse_acb(
-    square: ArrayLike,
-    square_bn: BatchNormParams,
-    hor: ArrayLike | None = None,
-    hor_bn: BatchNormParams | None = None,
-    ver: ArrayLike | None = None,
-    ver_bn: BatchNormParams | None = None,
-    *,
-    eps: float = 1e-5,
-    hor_row: int | None = None,
-    ver_col: int | None = None,
+  square: ArrayLike,
+  square_bn: BatchNormParams,
+  hor: ArrayLike | None = None,
+  hor_bn: BatchNormParams | None = None,
+  ver: ArrayLike | None = None,
+  ver_bn: BatchNormParams | None = None,
+  *,
+  eps: float = 1e-5,
+  hor_row: int | None = None,
+  ver_col: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Fuses a whole ACB, BN per branch, into one kxk kernel and bias (eq. 6-7).
 
@@ -158,7 +169,7 @@ def fuse_acb(
     ValueError: on bad shapes, an even k, or a branch given without its BN.
   """
   kernel, bias = fuse_bn(square, *square_bn, eps=eps)
-  fused = {}
+  fused: dict[str, jax.Array | None] = {}
   for name, k_, bn in (("hor", hor, hor_bn), ("ver", ver, ver_bn)):
     if k_ is None:
       fused[name] = None

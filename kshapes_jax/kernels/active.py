@@ -94,7 +94,9 @@ def with_origin(positions: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
     ValueError: when the last axis is not (alpha, beta).
   """
   if positions.ndim < 2 or positions.shape[-1] != 2:
-    raise ValueError(f"positions must be (..., K - 1, 2) as (alpha, beta), got shape {positions.shape}")
+    raise ValueError(
+      f"positions must be (..., K - 1, 2) as (alpha, beta), got shape {positions.shape}"
+    )
   xp = np if isinstance(positions, np.ndarray) else jnp
   origin = xp.zeros((*positions.shape[:-2], 1, 2), positions.dtype)
   return xp.concatenate([origin, positions], axis=-2)
@@ -122,7 +124,8 @@ def radius_for_positions(positions: ArrayLike) -> int:
   value = _validation.concrete_or_none(positions)
   if value is None:
     raise ValueError(
-        "radius_for_positions needs concrete positions; inside jit pass a static radius")
+      "radius_for_positions needs concrete positions; inside jit pass a static radius"
+    )
   if not np.all(np.isfinite(value)):
     raise ValueError("positions must be finite")
   if value.size == 0:
@@ -143,8 +146,10 @@ def check_radius(radius: int, channels: int = 1) -> int:
   """
   radius = _validation.positive_int("radius", radius)
   if (2 * radius + 1) ** 2 * max(channels, 1) > MAX_KERNEL_ELEMENTS:
-    raise ValueError(f"radius {radius} gives a ({2 * radius + 1})^2 x {channels} kernel, more than the "
-                     f"2^31 - 1 elements XLA can index; positions within R need only radius R")
+    raise ValueError(
+      f"radius {radius} gives a ({2 * radius + 1})^2 x {channels} kernel, more than the "
+      f"2^31 - 1 elements XLA can index; positions within R need only radius R"
+    )
   return radius
 
 
@@ -156,8 +161,9 @@ def check_positions_within(positions: ArrayLike, radius: int) -> None:
   needed = radius_for_positions(positions)
   if needed > radius:
     raise ValueError(
-        f"radius {radius} is too small for these positions: max |p| = "
-        f"{float(np.max(np.abs(np.asarray(positions)))):.4g} needs radius >= {needed}")
+      f"radius {radius} is too small for these positions: max |p| = "
+      f"{float(np.max(np.abs(np.asarray(positions)))):.4g} needs radius >= {needed}"
+    )
 
 
 def clip_positions(positions: ArrayLike, radius: int) -> jax.Array:
@@ -205,7 +211,8 @@ def active_kernel(weights: ArrayLike, positions: ArrayLike, radius: int) -> jax.
   p_shape = _validation.require_rank("positions", positions, (2, 3), "(K, 2) or (G, K, 2)")
   if p_shape[-2:] != (k, 2):
     raise ValueError(
-        f"positions must be (K, 2) or (G, K, 2) with K = {k} synapses, got shape {p_shape}")
+      f"positions must be (K, 2) or (G, K, 2) with K = {k} synapses, got shape {p_shape}"
+    )
   groups = p_shape[0] if len(p_shape) == 3 else 1
   if cout % groups:
     raise ValueError(f"{groups} position groups do not divide the {cout} output channels")

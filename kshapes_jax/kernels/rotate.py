@@ -22,8 +22,9 @@ from kshapes_jax import _validation
 # Direction phi = 45 * d is the neighbour (row, col) = centre + (-round(sin phi),
 # round(cos phi)): 0 = right, 45 = up-right, 90 = up, 135 = up-left, ...
 _DIRECTION_OFFSETS = tuple(
-    (-int(round(np.sin(np.deg2rad(45 * d)))), int(round(np.cos(np.deg2rad(45 * d)))))
-    for d in range(8))
+  (-int(round(np.sin(np.deg2rad(45 * d)))), int(round(np.cos(np.deg2rad(45 * d)))))
+  for d in range(8)
+)
 
 
 def _cell_directions() -> tuple[int, ...]:
@@ -94,13 +95,15 @@ def rotate_kernel(weights: ArrayLike, angles: ArrayLike) -> jax.Array:
   directions = jnp.arange(8)
   d = directions[:, None, None]
   # Weight of every direction, (8, I, O): the "small" and "big" sides of w1 and w2.
-  spread = (
-      w1 * ((1 - f) * (d == sector) + f * (d == sector + 1))
-      + w2 * ((1 - f) * (d == sector + 4) + f * (d == (sector + 5) % 8)))
+  spread = w1 * ((1 - f) * (d == sector) + f * (d == sector + 1)) + w2 * (
+    (1 - f) * (d == sector + 4) + f * (d == (sector + 5) % 8)
+  )
   # Every cell holds exactly one direction (or the centre), so the kernel is a
   # static rearrangement: no contraction, hence exact in its dtype on every backend (a
   # one-hot einsum would run at TF32 on a GPU).
-  values = [spread[d] for d in range(8)] + [jnp.broadcast_to(w0, spread.shape[1:]).astype(spread.dtype)]
+  values = [spread[d] for d in range(8)] + [
+    jnp.broadcast_to(w0, spread.shape[1:]).astype(spread.dtype)
+  ]
   return jnp.stack([values[d] for d in _CELL_DIRECTIONS]).reshape(3, 3, *spread.shape[1:])
 
 
@@ -135,4 +138,4 @@ def project_angles(updated: ArrayLike, previous: ArrayLike, eps: float) -> jax.A
   new = updated - shift
   low = prev - jnp.mod(prev, 45.0)
   new = jnp.clip(new, low - eps, low + 45.0 + eps)
-  return wrap_angles(new)
+  return jnp.asarray(wrap_angles(new))

@@ -98,12 +98,14 @@ def channel_windows(in_channels: int, window: int, stride: int) -> int:
       raise ValueError(f"{name} must be a positive int, got {v!r}")
   if window >= in_channels:
     raise ValueError(
-        f"channel versatile filters need c^ < c: the filter has c^ = {window} input "
-        f"channels but the layer has c = {in_channels}")
+      f"channel versatile filters need c^ < c: the filter has c^ = {window} input "
+      f"channels but the layer has c = {in_channels}"
+    )
   if (in_channels - window) % stride:
     raise ValueError(
-        f"channel stride g = {stride} does not tile the channels: c - c^ = "
-        f"{in_channels} - {window} = {in_channels - window} is not a multiple of g")
+      f"channel stride g = {stride} does not tile the channels: c - c^ = "
+      f"{in_channels} - {window} = {in_channels - window} is not a multiple of g"
+    )
   return (in_channels - window) // stride + 1
 
 
@@ -128,8 +130,9 @@ def channel_versatile_kernel(f: ArrayLike, in_channels: int, stride: int) -> jax
   window = shape[2]
   n = channel_windows(in_channels, window, stride)
   f = jnp.asarray(f)
-  pads = [((0, 0), (0, 0), (i * stride, in_channels - window - i * stride), (0, 0))
-          for i in range(n)]
+  pads = [
+    ((0, 0), (0, 0), (i * stride, in_channels - window - i * stride), (0, 0)) for i in range(n)
+  ]
   return jnp.concatenate([jnp.pad(f, p) for p in pads], axis=-1)
 
 

@@ -5,12 +5,12 @@ from kshapes_jax.models.accounting import LayerCost, ModelCost, model_cost
 from kshapes_jax.models.registry import ModelSpec, count_params, create, list_models, spec
 
 __all__ = [
-    "LayerCost",
-    "ModelCost",
-    "ModelSpec",
-    "count_params",
-    "create",
-    "list_models",
-    "model_cost",
-    "spec",
+  "LayerCost",
+  "ModelCost",
+  "ModelSpec",
+  "count_params",
+  "create",
+  "list_models",
+  "model_cost",
+  "spec",
 ]

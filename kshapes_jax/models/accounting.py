@@ -25,7 +25,7 @@ class ModelCost:
   @property
   def weights(self) -> int:
     """Conv/linear weights, no biases or BN (the versatile paper's "Weights")."""
-    return sum(l.weights for l in self.layers)
+    return sum(layer.weights for layer in self.layers)
 
   @property
   def memory_bytes(self) -> int:
@@ -35,7 +35,7 @@ class ModelCost:
   @property
   def multiplications(self) -> int:
     """Multiplications per example in one forward (the paper's "FLOPs", Proposition 1)."""
-    return sum(l.multiplications for l in self.layers)
+    return sum(layer.multiplications for layer in self.layers)
 
 
 def conv_records(model: nnx.Module, input_shape: tuple[int, int, int]) -> list:
@@ -57,6 +57,9 @@ def model_cost(model: nnx.Module, input_shape: tuple[int, int, int]) -> ModelCos
   Every conv layer and `nn.Dense` reports its stored weights and its
   multiplications (Proposition 1 for versatile layers, dense otherwise).
   """
-  return ModelCost(tuple(
+  return ModelCost(
+    tuple(
       LayerCost(type(layer).__name__, layer.weight_count(), layer.multiplications(out_shape))
-      for layer, _, out_shape in conv_records(model, input_shape)))
+      for layer, _, out_shape in conv_records(model, input_shape)
+    )
+  )

@@ -8,9 +8,7 @@ from flax import nnx
 
 from kshapes_jax.models.layers import avg_pool, global_avg_pool, layer_options
 from kshapes_jax.models.registry import register
-from kshapes_jax.nn import Dense, PlainConv, batch_norm, make_conv
-
-KINDS = ("plain", "rotate4", "rotate2", "acb", "versatile", "active")
+from kshapes_jax.nn import KINDS, Dense, PlainConv, batch_norm, make_conv
 
 
 class Transition(nnx.Module):
@@ -41,8 +39,20 @@ class DenseNet(nnx.Module):
   the 1x1 conv: 1.86M / 0.85M / 0.44M (`DENSENET40_ROTATECONV`).
   """
 
-  def __init__(self, depth=40, growth=12, conv="plain", num_classes=10, *, rngs, stem=16,
-               transition_conv=True, conv_options=None, precision=None, dtype=None):
+  def __init__(
+    self,
+    depth=40,
+    growth=12,
+    conv="plain",
+    num_classes=10,
+    *,
+    rngs,
+    stem=16,
+    transition_conv=True,
+    conv_options=None,
+    precision=None,
+    dtype=None,
+  ):
     if (depth - 4) % 3:
       raise ValueError(f"DenseNet depth must be 3n + 4, got {depth}")
     options, num = layer_options(conv_options, precision, dtype)
@@ -77,8 +87,9 @@ class DenseNet(nnx.Module):
 DENSENET40_ROTATECONV = dict(growth=17, stem=34, transition_conv=False)
 
 
-@register("densenet40", kinds=KINDS, input_shape=(32, 32, 3),
-          paper="RotateConv Table I; ACNet Table 1-2")
+@register(
+  "densenet40", kinds=KINDS, input_shape=(32, 32, 3), paper="RotateConv Table I; ACNet Table 1-2"
+)
 def densenet40(conv, num_classes, rngs, growth=12, **kw):
   """Huang et al.'s DenseNet-40; `**DENSENET40_ROTATECONV` for RotateConv's Table I counts."""
   return DenseNet(40, growth, conv, num_classes, rngs=rngs, **kw)

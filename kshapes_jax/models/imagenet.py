@@ -7,9 +7,7 @@ from flax import nnx
 
 from kshapes_jax.models.layers import global_avg_pool, layer_options, max_pool
 from kshapes_jax.models.registry import register
-from kshapes_jax.nn import Dense, conv_bn
-
-KINDS = ("plain", "rotate4", "rotate2", "acb", "versatile", "active")
+from kshapes_jax.nn import KINDS, Dense, conv_bn
 
 
 class Bottleneck(nnx.Module):
@@ -26,7 +24,9 @@ class Bottleneck(nnx.Module):
       self.convs = nnx.List([first, mid, last])
     out = self.convs[-1].out_features
     changed = stride != 1 or cin != out
-    self.shortcut = conv_bn("plain", cin, out, 1, stride=stride, padding=0, rngs=rngs, **num) if changed else None
+    self.shortcut = (
+      conv_bn("plain", cin, out, 1, stride=stride, padding=0, rngs=rngs, **num) if changed else None
+    )
     self.out_features = out
 
   def __call__(self, x):
@@ -42,17 +42,31 @@ class Bottleneck(nnx.Module):
 class ImageNetResNet(nnx.Module):
   """ResNet-18 (basic units) or ResNet-50 (bottlenecks) for 224x224 inputs."""
 
-  def __init__(self, layers, expansion, conv="plain", num_classes=1000, *, rngs, conv_options=None,
-               precision=None, dtype=None):
+  def __init__(
+    self,
+    layers,
+    expansion,
+    conv="plain",
+    num_classes=1000,
+    *,
+    rngs,
+    conv_options=None,
+    precision=None,
+    dtype=None,
+  ):
     options, num = layer_options(conv_options, precision, dtype)
     # a kind that is 3x3 only (RotateConv) leaves the 7x7 stem plain
     stem_kind = conv if conv in ("plain", "versatile", "acb", "active") else "plain"
-    self.stem = conv_bn(stem_kind, 3, 64, 7, stride=2, rngs=rngs, **(options if stem_kind == conv else num))
+    self.stem = conv_bn(
+      stem_kind, 3, 64, 7, stride=2, rngs=rngs, **(options if stem_kind == conv else num)
+    )
     c = self.stem.out_features
     self.blocks = nnx.List()
     for stage, (count, width) in enumerate(zip(layers, (64, 128, 256, 512))):
       for i in range(count):
-        block = Bottleneck(conv, c, width, 2 if (stage > 0 and i == 0) else 1, expansion, rngs, options, num)
+        block = Bottleneck(
+          conv, c, width, 2 if (stage > 0 and i == 0) else 1, expansion, rngs, options, num
+        )
         self.blocks.append(block)
         c = block.out_features
     self.fc = Dense(c, num_classes, rngs=rngs, **num)
@@ -64,12 +78,24 @@ class ImageNetResNet(nnx.Module):
     return self.fc(global_avg_pool(x))
 
 
-@register("resnet18", kinds=KINDS, input_shape=(224, 224, 3), paper="ACNet Table 3 (accounting)", num_classes=1000)
+@register(
+  "resnet18",
+  kinds=KINDS,
+  input_shape=(224, 224, 3),
+  paper="ACNet Table 3 (accounting)",
+  num_classes=1000,
+)
 def resnet18(conv, num_classes, rngs, **kw):
   return ImageNetResNet((2, 2, 2, 2), 1, conv, num_classes, rngs=rngs, **kw)
 
 
-@register("resnet50", kinds=KINDS, input_shape=(224, 224, 3), paper="Versatile Table 1/4 (accounting)", num_classes=1000)
+@register(
+  "resnet50",
+  kinds=KINDS,
+  input_shape=(224, 224, 3),
+  paper="Versatile Table 1/4 (accounting)",
+  num_classes=1000,
+)
 def resnet50(conv, num_classes, rngs, **kw):
   return ImageNetResNet((3, 4, 6, 3), 4, conv, num_classes, rngs=rngs, **kw)
 
@@ -83,17 +109,29 @@ class AlexNet(nnx.Module):
   weights). Kinds replace the ungrouped kxk convs.
   """
 
-  def __init__(self, conv="plain", num_classes=1000, *, rngs, conv_options=None, precision=None, dtype=None):
+  def __init__(
+    self, conv="plain", num_classes=1000, *, rngs, conv_options=None, precision=None, dtype=None
+  ):
     options, num = layer_options(conv_options, precision, dtype)
     grouped = lambda cin, cout, k: conv_bn("plain", cin, cout, k, rngs=rngs, groups=2, **num)
-    self.convs = nnx.List([
-        conv_bn(conv if conv in ("plain", "versatile", "acb", "active") else "plain", 3, 96, 11,
-                stride=4, padding=2, rngs=rngs, **options),
+    self.convs = nnx.List(
+      [
+        conv_bn(
+          conv if conv in ("plain", "versatile", "acb", "active") else "plain",
+          3,
+          96,
+          11,
+          stride=4,
+          padding=2,
+          rngs=rngs,
+          **options,
+        ),
         grouped(96, 256, 5),
         conv_bn(conv, 256, 384, 3, rngs=rngs, **options),
         grouped(384, 384, 3),
         grouped(384, 256, 3),
-    ])
+      ]
+    )
     self.fc1 = Dense(6 * 6 * 256, 4096, rngs=rngs, **num)
     self.fc2 = Dense(4096, 4096, rngs=rngs, **num)
     self.fc3 = Dense(4096, num_classes, rngs=rngs, **num)
@@ -108,7 +146,12 @@ class AlexNet(nnx.Module):
     return self.fc3(x)
 
 
-@register("alexnet", kinds=("plain", "acb", "versatile", "active"), input_shape=(224, 224, 3),
-          paper="Versatile Table 1/4; ACNet Table 3 (accounting)", num_classes=1000)
+@register(
+  "alexnet",
+  kinds=("plain", "acb", "versatile", "active"),
+  input_shape=(224, 224, 3),
+  paper="Versatile Table 1/4; ACNet Table 3 (accounting)",
+  num_classes=1000,
+)
 def alexnet(conv, num_classes, rngs, **kw):
   return AlexNet(conv, num_classes, rngs=rngs, **kw)

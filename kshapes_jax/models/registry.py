@@ -27,12 +27,21 @@ class ModelSpec:
 _MODELS: dict[str, ModelSpec] = {}
 
 
-def register(name: str, *, kinds: tuple[str, ...], input_shape: tuple[int, int, int], paper: str,
-             num_classes: int = 10, takes_image_size: bool = False):
+def register(
+  name: str,
+  *,
+  kinds: tuple[str, ...],
+  input_shape: tuple[int, int, int],
+  paper: str,
+  num_classes: int = 10,
+  takes_image_size: bool = False,
+):
   """Decorator adding a builder `fn(conv, num_classes, rngs, **kw)` under `name`."""
+
   def wrap(fn):
     _MODELS[name] = ModelSpec(name, fn, kinds, input_shape, paper, num_classes, takes_image_size)
     return fn
+
   return wrap
 
 
@@ -46,8 +55,16 @@ def list_models() -> list[str]:
   return sorted(_MODELS)
 
 
-def create(name: str, *, conv: str = "plain", num_classes: int | None = None, rngs: nnx.Rngs | None = None,
-           precision=None, dtype=None, **kwargs) -> nnx.Module:
+def create(
+  name: str,
+  *,
+  conv: str = "plain",
+  num_classes: int | None = None,
+  rngs: nnx.Rngs | None = None,
+  precision=None,
+  dtype=None,
+  **kwargs,
+) -> nnx.Module:
   """Builds the named model with the named conv kind.
 
   Args:
@@ -74,11 +91,19 @@ def create(name: str, *, conv: str = "plain", num_classes: int | None = None, rn
   precision, dtype = _validation.precision(precision), _validation.compute_dtype(dtype)
   if conv not in s.kinds:
     raise ValueError(f"conv kind {conv!r} does not apply to {name}; it takes {list(s.kinds)}")
-  num_classes = s.num_classes if num_classes is None else _validation.positive_int("num_classes", num_classes)
+  num_classes = (
+    s.num_classes if num_classes is None else _validation.positive_int("num_classes", num_classes)
+  )
   if rngs is not None:
     _validation.require_rngs(name, rngs)
-  return s.build(conv=conv, num_classes=num_classes, rngs=rngs or nnx.Rngs(0),
-                 precision=precision, dtype=dtype, **kwargs)
+  return s.build(
+    conv=conv,
+    num_classes=num_classes,
+    rngs=rngs or nnx.Rngs(0),
+    precision=precision,
+    dtype=dtype,
+    **kwargs,
+  )
 
 
 def count_params(model: nnx.Module) -> int:

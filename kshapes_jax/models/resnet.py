@@ -8,14 +8,14 @@ from flax import nnx
 
 from kshapes_jax.models.layers import global_avg_pool, layer_options
 from kshapes_jax.models.registry import register
-from kshapes_jax.nn import Dense, PlainConv, batch_norm, conv_bn, make_conv
-
-KINDS = ("plain", "rotate4", "rotate2", "acb", "versatile", "active")
+from kshapes_jax.nn import KINDS, Dense, PlainConv, batch_norm, conv_bn, make_conv
 
 
 def _option_a(x: jax.Array, out_features: int, stride: int) -> jax.Array:
   """Parameter-free shortcut: subsample, then zero-pad the new channels (option A)."""
-  if stride > 1:  # a strided slice, not x[:, ::s, ::s] (a gather once the batch is symbolic, for export)
+  if (
+    stride > 1
+  ):  # a strided slice, not x[:, ::s, ::s] (a gather once the batch is symbolic, for export)
     x = jax.lax.slice(x, (0,) * x.ndim, x.shape, (1, stride, stride, 1))
   extra = out_features - x.shape[-1]
   if extra > 0:
@@ -42,8 +42,17 @@ class CifarResNet(nnx.Module):
   Every 3x3 conv, the first included, is of the chosen kind.
   """
 
-  def __init__(self, depth, conv="plain", num_classes=10, *, rngs, conv_options=None, precision=None,
-               dtype=None):
+  def __init__(
+    self,
+    depth,
+    conv="plain",
+    num_classes=10,
+    *,
+    rngs,
+    conv_options=None,
+    precision=None,
+    dtype=None,
+  ):
     if (depth - 2) % 6:
       raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
     n = (depth - 2) // 6
@@ -66,13 +75,21 @@ class CifarResNet(nnx.Module):
 
 
 for _depth in (20, 32, 44, 56, 110):
-  register(f"resnet{_depth}", kinds=KINDS, input_shape=(32, 32, 3),
-           paper="RotateConv Table I (20, 44); ACNet Table 1-2 (56)")(
-               lambda conv, num_classes, rngs, _d=_depth, **kw: CifarResNet(_d, conv, num_classes, rngs=rngs, **kw))
+  register(
+    f"resnet{_depth}",
+    kinds=KINDS,
+    input_shape=(32, 32, 3),
+    paper="RotateConv Table I (20, 44); ACNet Table 1-2 (56)",
+  )(
+    lambda conv, num_classes, rngs, _d=_depth, **kw: CifarResNet(
+      _d, conv, num_classes, rngs=rngs, **kw
+    )
+  )
 
 
 def _preact_conv(conv, cin, cout, k, stride, rngs, options, num):
-  """A conv inside a pre-activation unit (no BN after it, except ACB's own); 1x1 convs stay plain."""
+  """A conv inside a pre-activation unit (no BN after it, except ACB's own); 1x1 convs stay
+  plain."""
   if k == 1:
     return make_conv("plain", cin, cout, k, stride=stride, rngs=rngs, **num)
   return make_conv(conv, cin, cout, k, stride=stride, rngs=rngs, **options)
@@ -81,9 +98,14 @@ def _preact_conv(conv, cin, cout, k, stride, rngs, options, num):
 class PreActBlock(nnx.Module):
   """BN-ReLU-conv x2 (basic) or x3 with a 1x1-3x3-1x1 bottleneck; projection shortcut on change."""
 
-  def __init__(self, conv, cin, width, stride, bottleneck, rngs, options, num, expansion=4, dropout=0.0):
-    shapes = ([(1, width, 1), (3, width, stride), (1, width * expansion, 1)] if bottleneck
-              else [(3, width, stride), (3, width, 1)])
+  def __init__(
+    self, conv, cin, width, stride, bottleneck, rngs, options, num, expansion=4, dropout=0.0
+  ):
+    shapes = (
+      [(1, width, 1), (3, width, stride), (1, width * expansion, 1)]
+      if bottleneck
+      else [(3, width, stride), (3, width, 1)]
+    )
     self.bns = nnx.List()
     self.convs = nnx.List()
     c = cin
@@ -94,7 +116,9 @@ class PreActBlock(nnx.Module):
       c = layer.out_features
     self.out_features = c
     changed = stride != 1 or cin != c
-    self.shortcut = PlainConv(cin, c, 1, stride=stride, padding=0, rngs=rngs, **num) if changed else None
+    self.shortcut = (
+      PlainConv(cin, c, 1, stride=stride, padding=0, rngs=rngs, **num) if changed else None
+    )
 
   def __call__(self, x):
     pre = jax.nn.relu(self.bns[0](x))
@@ -114,16 +138,28 @@ class PreActResNet(nnx.Module):
   convs inside the units ("we changed all conv3 layers").
   """
 
-  def __init__(self, blocks, widths, bottleneck, conv="plain", num_classes=10, *, rngs,
-               conv_options=None, precision=None, dtype=None):
+  def __init__(
+    self,
+    blocks,
+    widths,
+    bottleneck,
+    conv="plain",
+    num_classes=10,
+    *,
+    rngs,
+    conv_options=None,
+    precision=None,
+    dtype=None,
+  ):
     options, num = layer_options(conv_options, precision, dtype)
     self.stem = PlainConv(3, 16, 3, rngs=rngs, **num)
     cin = 16
     self.blocks = nnx.List()
     for stage, width in enumerate(widths):
       for i in range(blocks):
-        block = PreActBlock(conv, cin, width, 2 if (stage > 0 and i == 0) else 1, bottleneck,
-                            rngs, options, num)
+        block = PreActBlock(
+          conv, cin, width, 2 if (stage > 0 and i == 0) else 1, bottleneck, rngs, options, num
+        )
         self.blocks.append(block)
         cin = block.out_features
     self.bn = batch_norm(cin, rngs, dtype=dtype)
@@ -141,8 +177,12 @@ def preact_resnet32(conv, num_classes, rngs, **kw):
   return PreActResNet(5, (16, 32, 64), False, conv, num_classes, rngs=rngs, **kw)
 
 
-@register("preact_resnet47_bottleneck", kinds=KINDS, input_shape=(32, 32, 3),
-          paper="ACU Table 3 (bottleneck)")
+@register(
+  "preact_resnet47_bottleneck",
+  kinds=KINDS,
+  input_shape=(32, 32, 3),
+  paper="ACU Table 3 (bottleneck)",
+)
 def preact_resnet47(conv, num_classes, rngs, **kw):
   return PreActResNet(5, (16, 32, 64), True, conv, num_classes, rngs=rngs, **kw)
 

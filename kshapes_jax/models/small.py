@@ -1,4 +1,5 @@
-"""The papers' small networks: SN (RotateConv), LeNet (versatile), Cifar-quick (ACNet), ACU plain."""
+"""The papers' small networks: SN (RotateConv), LeNet (versatile), Cifar-quick (ACNet), ACU
+plain."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ from flax import nnx
 
 from kshapes_jax.models.layers import avg_pool, global_avg_pool, layer_options, max_pool
 from kshapes_jax.models.registry import register
-from kshapes_jax.nn import Dense, PlainConv, conv_bn, make_conv
-
-ALL_KINDS = ("plain", "rotate4", "rotate2", "acb", "versatile", "active")
+from kshapes_jax.nn import KINDS, Dense, PlainConv, conv_bn, make_conv
 
 
 def _conv(kind, cin, cout, k, rngs, options, **kw):
@@ -28,8 +27,17 @@ class SimpleNet(nnx.Module):
   parameters for versions 9 / 4 / 2 (Table I).
   """
 
-  def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=1, conv_options=None,
-               precision=None, dtype=None):
+  def __init__(
+    self,
+    conv="plain",
+    num_classes=10,
+    *,
+    rngs,
+    in_channels=1,
+    conv_options=None,
+    precision=None,
+    dtype=None,
+  ):
     options, num = layer_options(conv_options, precision, dtype)
     self.convs = nnx.List()
     cin = in_channels
@@ -47,19 +55,19 @@ class SimpleNet(nnx.Module):
     return self.fc(x.reshape(x.shape[0], -1))
 
 
-@register("sn", kinds=ALL_KINDS, input_shape=(28, 28, 1), paper="RotateConv Table I")
+@register("sn", kinds=KINDS, input_shape=(28, 28, 1), paper="RotateConv Table I")
 def sn(conv, num_classes, rngs, **kw):
   return SimpleNet(conv, num_classes, rngs=rngs, **kw)
 
 
 # The versatile paper's LeNet variants: (mode, bias, c - c^, g) per swapped layer.
 LENET_VARIANTS = {
-    "baseline": None,
-    "model1": dict(mode="sum"),                         # eq. 4
-    "model2": dict(mode="spatial", bias="separate"),    # eq. 3, b_1..b_s
-    "model3": dict(mode="spatial", bias="shared"),      # eq. 3, shared bias
-    "v2_model1": dict(mode="spatial", bias="shared", channel_delta=1, channel_stride=1),
-    "v2_model3": dict(mode="spatial", bias="shared", channel_delta=2, channel_stride=1),
+  "baseline": None,
+  "model1": dict(mode="sum"),  # eq. 4
+  "model2": dict(mode="spatial", bias="separate"),  # eq. 3, b_1..b_s
+  "model3": dict(mode="spatial", bias="shared"),  # eq. 3, shared bias
+  "v2_model1": dict(mode="spatial", bias="shared", channel_delta=1, channel_stride=1),
+  "v2_model3": dict(mode="spatial", bias="shared", channel_delta=2, channel_stride=1),
 }
 
 
@@ -73,13 +81,25 @@ class LeNet(nnx.Module):
   channels and is not representable by eq. 8.)
   """
 
-  def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=1, variant=None,
-               conv_options=None, precision=None, dtype=None):
+  def __init__(
+    self,
+    conv="plain",
+    num_classes=10,
+    *,
+    rngs,
+    in_channels=1,
+    variant=None,
+    conv_options=None,
+    precision=None,
+    dtype=None,
+  ):
     options, num = layer_options(conv_options, precision, dtype)
     if conv == "versatile":
       variant = variant or "model3"
       if variant not in LENET_VARIANTS or LENET_VARIANTS[variant] is None:
-        raise ValueError(f"versatile LeNet variant must be one of {sorted(LENET_VARIANTS)[1:]}, got {variant!r}")
+        raise ValueError(
+          f"versatile LeNet variant must be one of {sorted(LENET_VARIANTS)[1:]}, got {variant!r}"
+        )
       options = {**LENET_VARIANTS[variant], **options}
     channel = {k: options.pop(k) for k in ("channel_delta", "channel_stride") if k in options}
     self.convs = nnx.List()
@@ -98,8 +118,12 @@ class LeNet(nnx.Module):
     return self.classifier(x).reshape(x.shape[0], -1)
 
 
-@register("lenet", kinds=("plain", "versatile"), input_shape=(28, 28, 1),
-          paper="Versatile filters Table 2/3")
+@register(
+  "lenet",
+  kinds=("plain", "versatile"),
+  input_shape=(28, 28, 1),
+  paper="Versatile filters Table 2/3",
+)
 def lenet(conv, num_classes, rngs, **kw):
   return LeNet(conv, num_classes, rngs=rngs, **kw)
 
@@ -113,8 +137,18 @@ class CifarQuick(nnx.Module):
   28x28x1 Fashion-MNIST (28 -> 14 -> 7 -> 3).
   """
 
-  def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=3, image_size=32, conv_options=None,
-               precision=None, dtype=None):
+  def __init__(
+    self,
+    conv="plain",
+    num_classes=10,
+    *,
+    rngs,
+    in_channels=3,
+    image_size=32,
+    conv_options=None,
+    precision=None,
+    dtype=None,
+  ):
     options, num = layer_options(conv_options, precision, dtype)
     self.convs = nnx.List()
     cin = in_channels
@@ -126,7 +160,9 @@ class CifarQuick(nnx.Module):
     for _ in range(3):  # Caffe's 3/2 pools round up
       side = -(-(side - 3) // 2) + 1
     if side < 1:
-      raise ValueError(f"Cifar-quick needs images of at least 3x3 pixels; got image_size={image_size}")
+      raise ValueError(
+        f"Cifar-quick needs images of at least 3x3 pixels; got image_size={image_size}"
+      )
     self.fc1 = Dense(cin * side * side, 64, rngs=rngs, **num)
     self.fc2 = Dense(64, num_classes, rngs=rngs, **num)
 
@@ -139,8 +175,13 @@ class CifarQuick(nnx.Module):
     return self.fc2(x)
 
 
-@register("cifar_quick", kinds=("plain", "acb", "versatile", "active"), input_shape=(32, 32, 3),
-          paper="ACNet Table 1/2", takes_image_size=True)
+@register(
+  "cifar_quick",
+  kinds=("plain", "acb", "versatile", "active"),
+  input_shape=(32, 32, 3),
+  paper="ACNet Table 1/2",
+  takes_image_size=True,
+)
 def cifar_quick(conv, num_classes, rngs, **kw):
   return CifarQuick(conv, num_classes, rngs=rngs, **kw)
 
@@ -156,13 +197,25 @@ class ACUPlainNet(nnx.Module):
   runs that must fit a small machine; the net takes any image size.
   """
 
-  def __init__(self, conv="plain", num_classes=10, *, rngs, in_channels=3, width=1.0, conv_options=None,
-               precision=None, dtype=None):
+  def __init__(
+    self,
+    conv="plain",
+    num_classes=10,
+    *,
+    rngs,
+    in_channels=3,
+    width=1.0,
+    conv_options=None,
+    precision=None,
+    dtype=None,
+  ):
     options, num = layer_options(conv_options, precision, dtype)
     if width <= 0:
       raise ValueError(f"width must be positive, got {width}")
+
     def ch(n):
       return max(1, round(n * width))
+
     self.conv0 = conv_bn("plain", in_channels, ch(16), 1, rngs=rngs, **num)
     self.convs = nnx.List()
     cin = ch(16)
@@ -181,6 +234,6 @@ class ACUPlainNet(nnx.Module):
     return self.score(global_avg_pool(x))
 
 
-@register("acu_plain", kinds=ALL_KINDS, input_shape=(32, 32, 3), paper="ACU Table 1-2")
+@register("acu_plain", kinds=KINDS, input_shape=(32, 32, 3), paper="ACU Table 1-2")
 def acu_plain(conv, num_classes, rngs, **kw):
   return ACUPlainNet(conv, num_classes, rngs=rngs, **kw)

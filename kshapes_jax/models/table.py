@@ -1,9 +1,11 @@
 """Markdown table of parameter counts, every model x conv kind.
 
-  python -m kshapes_jax.models.table
+python -m kshapes_jax.models.table
 """
 
 from __future__ import annotations
+
+import functools
 
 from flax import nnx
 
@@ -26,12 +28,12 @@ def parameter_row(name: str) -> str:
 
   Built from shapes only (no compute). Tracing is quadratic in the model's size
   under JAX 0.10 (NNX probes each traced value's `.sharding`, whose error message
-  walks the whole trace: jax-ml/jax#40041), so resnet110 x acb takes ~30 s.
+  walks the whole trace: jax-ml/jax#40041), so the deepest models are slow to count.
   """
   cells = []
   for kind in CONV_KINDS:
     if kind in spec(name).kinds:
-      model = nnx.eval_shape(lambda: create(name, conv=kind))
+      model = nnx.eval_shape(functools.partial(create, name, conv=kind))
       cells.append(_human(count_params(model)))
     else:
       cells.append("-")

@@ -7,17 +7,25 @@ from flax import nnx
 
 from kshapes_jax.models.layers import layer_options, max_pool
 from kshapes_jax.models.registry import register
-from kshapes_jax.nn import Dense, conv_bn
+from kshapes_jax.nn import KINDS, Dense, conv_bn
 
-KINDS = ("plain", "rotate4", "rotate2", "acb", "versatile", "active")
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
 class VGG(nnx.Module):
   """VGG-16 with BN for 32x32 inputs; classifier 512 -> 512 -> classes."""
 
-  def __init__(self, conv="plain", num_classes=10, *, rngs, conv_options=None, plan=VGG16, precision=None,
-               dtype=None):
+  def __init__(
+    self,
+    conv="plain",
+    num_classes=10,
+    *,
+    rngs,
+    conv_options=None,
+    plan=VGG16,
+    precision=None,
+    dtype=None,
+  ):
     options, num = layer_options(conv_options, precision, dtype)
     self.plan = tuple(plan)
     self.convs = nnx.List()

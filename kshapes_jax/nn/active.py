@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,9 @@ from kshapes_jax.kernels import active_kernel, clip_positions, lattice_offsets, 
 from kshapes_jax.nn.base import ConvLayer, PlainConv, check_layer, record, symmetric_padding
 from kshapes_jax.nn.variables import Position
 
-ActiveImpl = Literal["splat", "gather"]  # effective kernel + one conv, or the literal bilinear gather
+ActiveImpl = Literal[
+  "splat", "gather"
+]  # effective kernel + one conv, or the literal bilinear gather
 PositionInit = Literal["lattice", "circle"]  # where the synapses start
 
 
@@ -72,15 +74,38 @@ class ActiveConv(ConvLayer):
   output grid does not depend on R.
   """
 
-  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
-               stride: int = 1, padding=None, use_bias: bool = False, synapses: int | None = None,
-               init: PositionInit = "lattice", position_groups: int = 1, radius: int | None = None,
-               impl: ActiveImpl = "splat", normalize_grad: bool = True, groups: int = 1, dilation: int = 1,
-               precision=None, dtype=None, param_dtype=None, rngs: nnx.Rngs):
-    check_layer("ActiveConv", in_features, out_features, kernel_size, stride, groups, rngs, dilation=dilation)
+  padding: int  # the nominal conv's, on every side (the radius' padding derives from it)
+
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int = 3,
+    *,
+    stride: int = 1,
+    padding=None,
+    use_bias: bool = False,
+    synapses: int | None = None,
+    init: PositionInit = "lattice",
+    position_groups: int = 1,
+    radius: int | None = None,
+    impl: ActiveImpl = "splat",
+    normalize_grad: bool = True,
+    groups: int = 1,
+    dilation: int = 1,
+    precision=None,
+    dtype=None,
+    param_dtype=None,
+    rngs: nnx.Rngs,
+  ):
+    check_layer(
+      "ActiveConv", in_features, out_features, kernel_size, stride, groups, rngs, dilation=dilation
+    )
     if dilation != 1:
-      raise ValueError("ActiveConv learns where its synapses are, so it takes no dilation: a dilated start "
-                       f"is positions scaled by it (init='lattice' then multiply); got dilation={dilation}")
+      raise ValueError(
+        "ActiveConv learns where its synapses are, so it takes no dilation: a dilated start "
+        f"is positions scaled by it (init='lattice' then multiply); got dilation={dilation}"
+      )
     # defaults: the kxk lattice it replaces, with one ring of room to move
     synapses = kernel_size * kernel_size if synapses is None else synapses
     radius = kernel_size // 2 + 1 if radius is None else radius
@@ -92,18 +117,27 @@ class ActiveConv(ConvLayer):
     if out_features % position_groups:
       raise ValueError(f"position_groups={position_groups} must divide out_features={out_features}")
     if position_groups > 1 and position_groups % groups:
-      raise ValueError(f"position_groups={position_groups} must be a multiple of groups={groups}, so that "
-                       "each feature group has its own position sets")
+      raise ValueError(
+        f"position_groups={position_groups} must be a multiple of groups={groups}, so that "
+        "each feature group has its own position sets"
+      )
     self.in_features, self.out_features = in_features, out_features
     self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
     self.padding = symmetric_padding(padding, kernel_size, int_only_for="ActiveConv")
     # radius may be lowered later by extent bucketing; max_radius is what was asked for
-    self.radius, self.max_radius, self.impl, self.normalize_grad = radius, radius, impl, normalize_grad
+    self.radius, self.max_radius, self.impl, self.normalize_grad = (
+      radius,
+      radius,
+      impl,
+      normalize_grad,
+    )
     self.synapses, self.position_groups = synapses, position_groups
     self.set_numerics(precision, dtype, param_dtype)
     start = initial_positions(synapses, init)
     if np.max(np.abs(start)) > radius:
-      raise ValueError(f"radius {radius} does not hold the initial positions (max |p| = {np.max(np.abs(start))})")
+      raise ValueError(
+        f"radius {radius} does not hold the initial positions (max |p| = {np.max(np.abs(start))})"
+      )
     shape = (synapses - 1, 2) if position_groups == 1 else (position_groups, synapses - 1, 2)
     self.positions = Position(jnp.asarray(np.broadcast_to(start[1:], shape)))
     cin = in_features // groups
@@ -115,7 +149,7 @@ class ActiveConv(ConvLayer):
     p = self.positions[...]
     if self.normalize_grad:
       p = normalize_position_grad(p)
-    return kernels.with_origin(p)
+    return jnp.asarray(kernels.with_origin(p))
 
   @property
   def conv_padding(self):
@@ -132,8 +166,11 @@ class ActiveConv(ConvLayer):
     record(self, x, y)
     return y
 
-  def gather(self, x: jax.Array, offsets: jax.Array | None = None, modulation: jax.Array | None = None) -> jax.Array:
-    """The literal bilinear gather (`conv.active_conv_gather`) with this layer's weights, grid and bias.
+  def gather(
+    self, x: jax.Array, offsets: jax.Array | None = None, modulation: jax.Array | None = None
+  ) -> jax.Array:
+    """The literal bilinear gather (`conv.active_conv_gather`) with this layer's weights, grid and
+    bias.
 
     Args:
       x: (N, H, W, C) input.
@@ -144,13 +181,23 @@ class ActiveConv(ConvLayer):
     positions, weights = self.all_positions(), self.weights[...]
     if offsets is not None:
       if self.groups != 1 or self.position_groups != 1:
-        raise ValueError("per-pixel offsets need one position set and groups=1, got "
-                         f"position_groups={self.position_groups}, groups={self.groups}")
+        raise ValueError(
+          "per-pixel offsets need one position set and groups=1, got "
+          f"position_groups={self.position_groups}, groups={self.groups}"
+        )
       positions = positions + offsets
 
     def gather(xg, wg, pg):
-      return conv_lib.active_conv_gather(xg, wg, pg, stride=self.stride, padding=self.conv_padding,
-                                         radius=self.radius, modulation=modulation, **self.numerics)
+      return conv_lib.active_conv_gather(
+        xg,
+        wg,
+        pg,
+        stride=self.stride,
+        padding=self.conv_padding,
+        radius=self.radius,
+        modulation=modulation,
+        **self.numerics,
+      )
 
     if self.groups == 1:
       y = gather(x, weights, positions)
@@ -158,9 +205,17 @@ class ActiveConv(ConvLayer):
       cin, og = weights.shape[1], weights.shape[2] // self.groups
       if positions.ndim == 3:  # (G, K, 2), G a multiple of groups (checked at construction)
         positions = positions.reshape(self.groups, -1, *positions.shape[1:])
-      y = jnp.concatenate([gather(x[..., g * cin:(g + 1) * cin], weights[..., g * og:(g + 1) * og],
-                                  positions if positions.ndim == 2 else positions[g])
-                           for g in range(self.groups)], axis=-1)
+      y = jnp.concatenate(
+        [
+          gather(
+            x[..., g * cin : (g + 1) * cin],
+            weights[..., g * og : (g + 1) * og],
+            positions if positions.ndim == 2 else positions[g],
+          )
+          for g in range(self.groups)
+        ],
+        axis=-1,
+      )
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     return y
@@ -172,15 +227,16 @@ class ActiveConv(ConvLayer):
     kernel = active_kernel(self.weights[...], positions, radius)
     padding = self.padding + radius - self.kernel_size // 2
     bias = None if self.bias is None else self.bias[...]
-    return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=padding, groups=self.groups,
-                                 **self.numerics)
+    return PlainConv.from_kernel(
+      kernel, bias, stride=self.stride, padding=padding, groups=self.groups, **self.numerics
+    )
 
   def weight_count(self) -> int:
     return int(self.weights[...].size)
 
 
-
-# ---------------------------------------------------------------- extent bucketing of a model's ACUs
+# ---------------------------------------------------------------- extent bucketing of a model's
+# ACUs
 
 
 def active_convs(model: nnx.Module) -> list[tuple[tuple, ActiveConv]]:
@@ -194,7 +250,8 @@ def active_radii(model: nnx.Module) -> list[int]:
 
 
 def with_radii(model: nnx.Module, radii: list[int] | tuple[int, ...]) -> nnx.Module:
-  """A copy of `model` whose ActiveConvs (in `active_convs` order) have these radii; `model` is unchanged.
+  """A copy of `model` whose ActiveConvs (in `active_convs` order) have these radii; `model` is
+  unchanged.
 
   Raises:
     ValueError: unless there is one radius per ActiveConv.
@@ -216,11 +273,15 @@ def check_bucketable(model: nnx.Module) -> None:
   """
   for path, layer in active_convs(model):
     if layer.impl != "splat" or not layer.normalize_grad:
-      raise ValueError(f"extent bucketing needs splat ACUs with the normalized gradient; "
-                       f"{'/'.join(map(str, path))} has impl={layer.impl!r}, normalize_grad={layer.normalize_grad}")
+      raise ValueError(
+        f"extent bucketing needs splat ACUs with the normalized gradient; "
+        f"{'/'.join(map(str, path))} has impl={layer.impl!r}, normalize_grad={layer.normalize_grad}"
+      )
 
 
-def sgd_position_margin(step: int, every: int, warmup: int, learning_rate: float, momentum: float) -> float:
+def sgd_position_margin(
+  step: int, every: int, warmup: int, learning_rate: float, momentum: float
+) -> float:
   """How far (pixels) SGD can move a synapse from `step` to the next bucketing check.
 
   With the normalized gradient (a unit vector per synapse) and momentum m, one step moves a
@@ -240,7 +301,7 @@ def bucketed_radii(model: nnx.Module, params: nnx.State, margin: float) -> list[
   layer's own radius (so nothing is clipped that the fixed-radius model would not clip)."""
   radii = []
   for path, layer in active_convs(model):
-    node = params
+    node: Any = params
     for key in path:
       node = node[key]
     radii.append(bucket_radius(np.asarray(node["positions"].get_value()), margin, layer.max_radius))

@@ -6,15 +6,20 @@ import contextlib
 import contextvars
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax import lax
 
 from kshapes_jax import _validation
 from kshapes_jax import conv as conv_lib
 
-_RECORDS: contextvars.ContextVar[list | None] = contextvars.ContextVar("kshapes_records", default=None)
+_RECORDS: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+  "kshapes_records", default=None
+)
 
 
 @contextlib.contextmanager
@@ -37,9 +42,9 @@ def record(layer: nnx.Module, x: jax.Array, y: jax.Array) -> None:
 def bucketed(sample, key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
   """`sample(key, (m,), dtype)` for m the next power of two, cut to `shape`.
 
-  XLA compiles the random-bit generator once per shape (about 0.3 s each on a
-  CPU), so building a model with 40 differently shaped layers took minutes;
-  drawing in power-of-two sizes bounds that to a few compiles per process.
+  XLA compiles the random-bit generator once per shape, so a model with many
+  differently shaped layers would compile it once per layer; drawing in
+  power-of-two sizes bounds that to a few compiles per process.
   """
   n = math.prod(shape)
   size = 1 << max(n - 1, 0).bit_length()
@@ -51,8 +56,18 @@ def he_normal(key: jax.Array, shape: Sequence[int], fan_in: int, dtype=jnp.float
   return bucketed(jax.random.normal, key, shape, dtype) * math.sqrt(2.0 / max(fan_in, 1))
 
 
-def check_layer(layer: str, in_features, out_features, kernel_size, stride, groups=1, rngs=None, *,
-                needs_rngs: bool = True, dilation=1) -> None:
+def check_layer(
+  layer: str,
+  in_features,
+  out_features,
+  kernel_size,
+  stride,
+  groups=1,
+  rngs=None,
+  *,
+  needs_rngs: bool = True,
+  dilation=1,
+) -> None:
   """The arguments every conv layer shares, each a ValueError naming it when it cannot be meant."""
   _validation.positive_int(f"{layer} in_features", in_features)
   _validation.positive_int(f"{layer} out_features", out_features)
@@ -61,14 +76,19 @@ def check_layer(layer: str, in_features, out_features, kernel_size, stride, grou
   _validation.positive_int(f"{layer} groups", groups)
   _validation.positive_int(f"{layer} dilation", dilation)
   if in_features % groups or out_features % groups:
-    raise ValueError(f"{layer} groups={groups} must divide in_features={in_features} and "
-                     f"out_features={out_features}")
+    raise ValueError(
+      f"{layer} groups={groups} must divide in_features={in_features} and "
+      f"out_features={out_features}"
+    )
   if needs_rngs:
     _validation.require_rngs(layer, rngs)
 
 
-def symmetric_padding(padding, kernel_size: int, *, int_only_for: str | None = None, dilation: int = 1):
-  """None -> dilation * (k // 2) on every side (the papers' "same" for odd k, PyTorch-style at stride 2).
+def symmetric_padding(
+  padding, kernel_size: int, *, int_only_for: str | None = None, dilation: int = 1
+):
+  """None -> dilation * (k // 2) on every side (the papers' "same" for odd k, PyTorch-style at
+  stride 2).
 
   Args:
     padding: None, an int, or anything `conv.conv` takes ("SAME", pairs).
@@ -83,9 +103,13 @@ def symmetric_padding(padding, kernel_size: int, *, int_only_for: str | None = N
   """
   padding = dilation * (kernel_size // 2) if padding is None else padding
   if int_only_for is not None and not _validation.is_int(padding):
-    raise ValueError(f"{int_only_for} padding must be an int (of its nominal {kernel_size}x{kernel_size} conv), "
-                     f"got {padding!r}")
-  conv_lib.resolve_padding(padding, (kernel_size, kernel_size), (kernel_size, kernel_size))  # >= 0, well formed
+    raise ValueError(
+      f"{int_only_for} padding must be an int (of its nominal {kernel_size}x{kernel_size} conv), "
+      f"got {padding!r}"
+    )
+  conv_lib.resolve_padding(
+    padding, (kernel_size, kernel_size), (kernel_size, kernel_size)
+  )  # >= 0, well formed
   return padding
 
 
@@ -105,12 +129,12 @@ class ConvLayer(nnx.Module):
   out_features: int
   kernel_size: int
   stride: int
-  padding: object
+  padding: conv_lib.Padding
   groups: int = 1
   dilation: int = 1
-  precision: object = None
-  dtype: object = None
-  param_dtype: object = jnp.dtype(jnp.float32)
+  precision: lax.PrecisionLike = None
+  dtype: np.dtype | None = None
+  param_dtype: np.dtype = np.dtype(np.float32)
 
   def set_numerics(self, precision=None, dtype=None, param_dtype=None) -> None:
     """Sets, at construction, how the conv computes.
@@ -148,14 +172,26 @@ class ConvLayer(nnx.Module):
   def effective_kernel(self) -> tuple[jax.Array, jax.Array | None]:
     raise NotImplementedError
 
-  def conv(self, x: jax.Array, kernel: jax.Array, *, padding, bias: jax.Array | None = None) -> jax.Array:
+  def conv(
+    self, x: jax.Array, kernel: jax.Array, *, padding, bias: jax.Array | None = None
+  ) -> jax.Array:
     """`conv_lib.conv` with this layer's stride, groups, dtype and precision.
 
     A padding derived from the layer's (checked, >= 0) one may be negative: an ACB
     branch, a versatile secondary filter or an ACU of a smaller radius crops its input.
     """
-    return conv_lib.conv(x, kernel, stride=self.stride, padding=padding, bias=bias, groups=self.groups,
-                         dilation=self.dilation, dtype=self.dtype, precision=self.precision, allow_crop=True)
+    return conv_lib.conv(
+      x,
+      kernel,
+      stride=self.stride,
+      padding=padding,
+      bias=bias,
+      groups=self.groups,
+      dilation=self.dilation,
+      dtype=self.dtype,
+      precision=self.precision,
+      allow_crop=True,
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel, bias = self.effective_kernel()
@@ -166,8 +202,15 @@ class ConvLayer(nnx.Module):
   def deploy(self) -> PlainConv:
     """The same layer as a plain conv (kernel + bias), equal outputs."""
     kernel, bias = self.effective_kernel()
-    return PlainConv.from_kernel(kernel, bias, stride=self.stride, padding=self.conv_padding,
-                                 groups=self.groups, dilation=self.dilation, **self.numerics)
+    return PlainConv.from_kernel(
+      kernel,
+      bias,
+      stride=self.stride,
+      padding=self.conv_padding,
+      groups=self.groups,
+      dilation=self.dilation,
+      **self.numerics,
+    )
 
   def weight_count(self) -> int:
     """Stored conv weights (the papers' "weights": no biases, no BN)."""
@@ -183,17 +226,47 @@ class ConvLayer(nnx.Module):
 class PlainConv(ConvLayer):
   """An ordinary kxk convolution: the baseline kind and the target of deploy."""
 
-  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
-               stride: int = 1, padding=None, use_bias: bool = False, groups: int = 1, dilation: int = 1,
-               rngs: nnx.Rngs | None = None, kernel: jax.Array | None = None,
-               bias: jax.Array | None = None, precision=None, dtype=None, param_dtype=None):
-    check_layer("PlainConv", in_features, out_features, kernel_size, stride, groups, rngs,
-                needs_rngs=kernel is None, dilation=dilation)
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int = 3,
+    *,
+    stride: int = 1,
+    padding=None,
+    use_bias: bool = False,
+    groups: int = 1,
+    dilation: int = 1,
+    rngs: nnx.Rngs | None = None,
+    kernel: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    precision=None,
+    dtype=None,
+    param_dtype=None,
+  ):
+    check_layer(
+      "PlainConv",
+      in_features,
+      out_features,
+      kernel_size,
+      stride,
+      groups,
+      rngs,
+      needs_rngs=kernel is None,
+      dilation=dilation,
+    )
     self.in_features, self.out_features = in_features, out_features
-    self.kernel_size, self.stride, self.groups, self.dilation = kernel_size, stride, groups, dilation
+    self.kernel_size, self.stride, self.groups, self.dilation = (
+      kernel_size,
+      stride,
+      groups,
+      dilation,
+    )
     self.padding = symmetric_padding(padding, kernel_size, dilation=dilation)
     self.set_numerics(precision, dtype, param_dtype)
     if kernel is None:
+      if rngs is None:
+        raise ValueError("PlainConv needs rngs= to draw its kernel (or kernel= to take one)")
       fan_in = kernel_size * kernel_size * in_features // groups
       shape = (kernel_size, kernel_size, in_features // groups, out_features)
       self.kernel = self.init_weight(rngs, shape, fan_in)
@@ -203,12 +276,24 @@ class PlainConv(ConvLayer):
       self.bias = None if bias is None else nnx.Param(jnp.asarray(bias))
 
   @classmethod
-  def from_kernel(cls, kernel, bias=None, *, stride=1, padding=0, groups=1, dilation=1, precision=None,
-                  dtype=None) -> PlainConv:
+  def from_kernel(
+    cls, kernel, bias=None, *, stride=1, padding=0, groups=1, dilation=1, precision=None, dtype=None
+  ) -> PlainConv:
     """A plain conv holding a given HWIO kernel (and bias)."""
     kh, kw, cin, cout = kernel.shape
-    layer = cls(cin * groups, cout, kh, stride=stride, padding=0, groups=groups, dilation=dilation,
-                kernel=kernel, bias=bias, precision=precision, dtype=dtype)
+    layer = cls(
+      cin * groups,
+      cout,
+      kh,
+      stride=stride,
+      padding=0,
+      groups=groups,
+      dilation=dilation,
+      kernel=kernel,
+      bias=bias,
+      precision=precision,
+      dtype=dtype,
+    )
     layer.padding = padding  # may crop: a deployed ACU of a radius below its nominal k // 2
     return layer
 
@@ -229,14 +314,28 @@ class Dense(nnx.Linear):
   `ConvLayer.set_numerics`); parameters stay float32.
   """
 
-  def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs, precision=None,
-               dtype=None, **kwargs):
-    super().__init__(in_features, out_features, rngs=rngs, precision=_validation.precision(precision),
-                     dtype=_validation.compute_dtype(dtype), **kwargs)
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    rngs: nnx.Rngs,
+    precision=None,
+    dtype=None,
+    **kwargs,
+  ):
+    super().__init__(
+      in_features,
+      out_features,
+      rngs=rngs,
+      precision=cast(Any, _validation.precision(precision)),  # flax's PrecisionLike is narrower
+      dtype=_validation.compute_dtype(dtype),
+      **kwargs,
+    )
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    y = super().__call__(x)
-    record(self, x, y)
+  def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+    y = super().__call__(inputs, out_sharding=out_sharding)
+    record(self, inputs, y)
     return y
 
   def weight_count(self) -> int:

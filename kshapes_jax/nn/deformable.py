@@ -1,4 +1,5 @@
-"""DeformableActiveConv: the ACU's shared synapse positions plus offsets predicted per pixel from the input."""
+"""DeformableActiveConv: the ACU's shared synapse positions plus offsets predicted per pixel from
+the input."""
 
 from __future__ import annotations
 
@@ -29,29 +30,68 @@ class DeformableActiveConv(nnx.Module):
     modulation: also predict a factor per synapse and pixel.
   """
 
-  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *, stride: int = 1,
-               padding=None, use_bias: bool = False, synapses: int | None = None,
-               init: PositionInit = "lattice", modulation: bool = False, normalize_grad: bool = True,
-               precision=None, dtype=None, param_dtype=None, rngs: nnx.Rngs):
-    self.acu = ActiveConv(in_features, out_features, kernel_size, stride=stride, padding=padding,
-                          use_bias=use_bias, synapses=synapses, init=init, impl="gather",
-                          normalize_grad=normalize_grad, precision=precision, dtype=dtype,
-                          param_dtype=param_dtype, rngs=rngs)
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int = 3,
+    *,
+    stride: int = 1,
+    padding=None,
+    use_bias: bool = False,
+    synapses: int | None = None,
+    init: PositionInit = "lattice",
+    modulation: bool = False,
+    normalize_grad: bool = True,
+    precision=None,
+    dtype=None,
+    param_dtype=None,
+    rngs: nnx.Rngs,
+  ):
+    self.acu = ActiveConv(
+      in_features,
+      out_features,
+      kernel_size,
+      stride=stride,
+      padding=padding,
+      use_bias=use_bias,
+      synapses=synapses,
+      init=init,
+      impl="gather",
+      normalize_grad=normalize_grad,
+      precision=precision,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
     self.in_features, self.out_features = in_features, out_features
     self.kernel_size, self.stride, self.modulation = kernel_size, stride, modulation
     k = self.acu.synapses
     maps = (3 if modulation else 2) * k
-    self.offsets = PlainConv(in_features, maps, kernel_size, stride=stride, padding=self.acu.padding,
-                             use_bias=True, precision=precision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.offsets = PlainConv(
+      in_features,
+      maps,
+      kernel_size,
+      stride=stride,
+      padding=self.acu.padding,
+      use_bias=True,
+      precision=precision,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
     self.offsets.kernel.set_value(jnp.zeros_like(self.offsets.kernel.get_value()))
 
   def offsets_and_modulation(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-    """(N, H', W', K, 2) offsets (dx, dy) and the (N, H', W', K) factors (None without modulation)."""
+    """(N, H', W', K, 2) offsets (dx, dy) and the (N, H', W', K) factors (None without
+    modulation)."""
     z = self.offsets(x)
-    z = z.astype(jnp.promote_types(z.dtype, jnp.float32))  # positions at >= float32, as in the gather
+    z = z.astype(
+      jnp.promote_types(z.dtype, jnp.float32)
+    )  # positions at >= float32, as in the gather
     k = self.acu.synapses
-    offsets = z[..., :2 * k].reshape(*z.shape[:3], k, 2)
-    return offsets, (2 * jax.nn.sigmoid(z[..., 2 * k:]) if self.modulation else None)
+    offsets = z[..., : 2 * k].reshape(*z.shape[:3], k, 2)
+    return offsets, (2 * jax.nn.sigmoid(z[..., 2 * k :]) if self.modulation else None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = self.acu.gather(x, *self.offsets_and_modulation(x))
@@ -69,4 +109,5 @@ class DeformableActiveConv(nnx.Module):
     """The samples' weighted sum (K x C x O per pixel) plus the offset conv."""
     per_pixel = self.acu.synapses * self.in_features * self.out_features
     return int(out_shape[1] * out_shape[2] * per_pixel) + self.offsets.multiplications(
-        (*out_shape[:3], self.offsets.out_features))
+      (*out_shape[:3], self.offsets.out_features)
+    )

@@ -3,30 +3,44 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 from flax import nnx
 
+from kshapes_jax.conv import Padding
 from kshapes_jax.kernels import fuse_bn
-from kshapes_jax.nn.acb import ACBlock, batch_norm, bn_params
+from kshapes_jax.nn.acb import ACBlock
 from kshapes_jax.nn.active import ActiveConv
-from kshapes_jax.nn.base import PlainConv
+from kshapes_jax.nn.base import ConvLayer, PlainConv
+from kshapes_jax.nn.batchnorm import batch_norm, bn_params
 from kshapes_jax.nn.rotate import RotateConv
 from kshapes_jax.nn.versatile import VersatileConv
 
-CONV_KINDS = {
-    "plain": PlainConv,
-    "rotate4": functools.partial(RotateConv, version=4),
-    "rotate2": functools.partial(RotateConv, version=2),
-    "acb": ACBlock,
-    "versatile": VersatileConv,
-    "active": ActiveConv,
+CONV_KINDS: dict[str, Callable[..., ConvLayer]] = {
+  "plain": PlainConv,
+  "rotate4": functools.partial(RotateConv, version=4),
+  "rotate2": functools.partial(RotateConv, version=2),
+  "acb": ACBlock,
+  "versatile": VersatileConv,
+  "active": ActiveConv,
 }
+# The conv kinds by name, in the order tables list them.
+KINDS = tuple(CONV_KINDS)
 
 
-def make_conv(kind: str, in_features: int, out_features: int, kernel_size: int = 3, *,
-              stride: int = 1, padding=None, use_bias: bool = False, rngs: nnx.Rngs,
-              **options) -> nnx.Module:
+def make_conv(
+  kind: str,
+  in_features: int,
+  out_features: int,
+  kernel_size: int = 3,
+  *,
+  stride: int = 1,
+  padding: Padding | None = None,
+  use_bias: bool = False,
+  rngs: nnx.Rngs,
+  **options,
+) -> ConvLayer:
   """A conv layer of the named kind; every kind takes the same arguments.
 
   Args:
@@ -44,14 +58,22 @@ def make_conv(kind: str, in_features: int, out_features: int, kernel_size: int =
   """
   if kind not in CONV_KINDS:
     raise ValueError(f"unknown conv kind {kind!r}; expected one of {sorted(CONV_KINDS)}")
-  return CONV_KINDS[kind](in_features, out_features, kernel_size, stride=stride, padding=padding,
-                          use_bias=use_bias, rngs=rngs, **options)
+  return CONV_KINDS[kind](
+    in_features,
+    out_features,
+    kernel_size,
+    stride=stride,
+    padding=padding,
+    use_bias=use_bias,
+    rngs=rngs,
+    **options,
+  )
 
 
 class ConvBN(nnx.Module):
   """conv -> BN, the unit a kind swaps in; deploy folds the BN into the conv."""
 
-  def __init__(self, conv: nnx.Module, rngs: nnx.Rngs):
+  def __init__(self, conv: ConvLayer, rngs: nnx.Rngs):
     self.conv = conv
     self.out_features = conv.out_features
     # computes as its conv does, its scale and bias stored as the conv's weights
@@ -66,12 +88,28 @@ class ConvBN(nnx.Module):
     if plain.bias is not None:  # BN(conv + b) is BN with its mean moved by b
       bn = bn._replace(mean=bn.mean - plain.bias[...])
     kernel, bias = fuse_bn(plain.kernel[...], *bn, eps=self.bn.epsilon)
-    return PlainConv.from_kernel(kernel, bias, stride=plain.stride, padding=plain.padding,
-                                 groups=plain.groups, dilation=plain.dilation, **plain.numerics)
+    return PlainConv.from_kernel(
+      kernel,
+      bias,
+      stride=plain.stride,
+      padding=plain.padding,
+      groups=plain.groups,
+      dilation=plain.dilation,
+      **plain.numerics,
+    )
 
 
-def conv_bn(kind: str, in_features: int, out_features: int, kernel_size: int = 3, *,
-            stride: int = 1, padding=None, rngs: nnx.Rngs, **options) -> nnx.Module:
+def conv_bn(
+  kind: str,
+  in_features: int,
+  out_features: int,
+  kernel_size: int = 3,
+  *,
+  stride: int = 1,
+  padding: Padding | None = None,
+  rngs: nnx.Rngs,
+  **options,
+) -> nnx.Module:
   """conv + BN of the named kind; for "acb" the ACBlock, which holds its BNs.
 
   1x1 convs are always plain: no kind changes a 1x1 kernel.
@@ -79,8 +117,17 @@ def conv_bn(kind: str, in_features: int, out_features: int, kernel_size: int = 3
   if kernel_size == 1:
     kind = "plain"
   if kind == "acb":
-    return ACBlock(in_features, out_features, kernel_size, stride=stride, padding=padding,
-                   rngs=rngs, **options)
-  conv = make_conv(kind, in_features, out_features, kernel_size, stride=stride, padding=padding,
-                   rngs=rngs, **options)
+    return ACBlock(
+      in_features, out_features, kernel_size, stride=stride, padding=padding, rngs=rngs, **options
+    )
+  conv = make_conv(
+    kind,
+    in_features,
+    out_features,
+    kernel_size,
+    stride=stride,
+    padding=padding,
+    rngs=rngs,
+    **options,
+  )
   return ConvBN(conv, rngs)

@@ -25,11 +25,27 @@ class RotateConv(ConvLayer):
   learning rate; False gives the raw gradient (angles then barely move).
   """
 
-  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
-               stride: int = 1, padding=None, use_bias: bool = False, version: int = 4,
-               normalize_grad: bool = True, groups: int = 1, dilation: int = 1, precision=None, dtype=None,
-               param_dtype=None, rngs: nnx.Rngs):
-    check_layer("RotateConv", in_features, out_features, kernel_size, stride, groups, rngs, dilation=dilation)
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int = 3,
+    *,
+    stride: int = 1,
+    padding=None,
+    use_bias: bool = False,
+    version: int = 4,
+    normalize_grad: bool = True,
+    groups: int = 1,
+    dilation: int = 1,
+    precision=None,
+    dtype=None,
+    param_dtype=None,
+    rngs: nnx.Rngs,
+  ):
+    check_layer(
+      "RotateConv", in_features, out_features, kernel_size, stride, groups, rngs, dilation=dilation
+    )
     if kernel_size != 3:
       raise ValueError(f"RotateConv is a 3x3 kernel, got kernel_size = {kernel_size}")
     if version not in (2, 4):
@@ -68,7 +84,9 @@ class RotateConv(ConvLayer):
       line, angle = kernel[:, 0], 90.0
       w0, w1, w2 = line[1], line[0], line[2]
     else:
-      raise ValueError(f"expected a (1, 3, {io[0]}, {io[1]}) or (3, 1, {io[0]}, {io[1]}) kernel, got {shape}")
+      raise ValueError(
+        f"expected a (1, 3, {io[0]}, {io[1]}) or (3, 1, {io[0]}, {io[1]}) kernel, got {shape}"
+      )
     weights = jnp.stack([w0, w1, w2]) if self.version == 4 else (w0 + w1 + w2) / 3
     self.weights[...] = weights.astype(self.weights[...].dtype)
     self.angles[...] = jnp.full(io, angle, self.angles[...].dtype)

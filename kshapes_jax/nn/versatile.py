@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import math
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from kshapes_jax import conv as conv_lib
-
 from kshapes_jax.kernels import (
-    channel_versatile_kernel,
-    channel_windows,
-    spatial_versatile_kernel,
-    summed_versatile_kernel,
+  channel_versatile_kernel,
+  channel_windows,
+  spatial_versatile_kernel,
+  summed_versatile_kernel,
 )
 from kshapes_jax.nn.base import ConvLayer, check_layer, record, symmetric_padding
 
@@ -26,11 +24,8 @@ VersatileImpl = Literal["auto", "stacked", "cropped"]
 
 # Below this many multiply-adds per output pixel and tap of one scale's conv
 # (input channels x its n F maps), the cropped form's extra small convs and
-# concat cost more on CPU than the taps it saves. Issue 17, 1 core, train /
-# eval ms, stacked vs cropped: LeNet conv1 (1 x 7 = 7) 12.8 / 0.70 vs
-# 21.2 / 5.4; 32x32x16 (128) 70.8 / 10.4 vs 84.5 / 14.5; LeNet conv2 (357)
-# 19.0 / 3.3 vs 13.9 / 3.8; 16x16x32 (512) 26.9 / 7.8 vs 23.5 / 6.5;
-# 14x14x256 (32768) 1844 / 660 vs 958 / 369.
+# concat cost more on CPU than the taps it saves (the CPU layer benchmarks,
+# results/bench-cpu.md, put the crossover between 128 and 357).
 CROPPED_MIN_WORK = 256
 
 
@@ -41,14 +36,13 @@ def _checked(impl: str) -> str:
 
 
 def resolve_impl(impl: str, in_features: int, maps: int, platform: str | None = None) -> str:
-  """The spatial versatile implementation "auto" stands for on `platform` (default: JAX's default backend).
+  """The spatial versatile implementation "auto" stands for on `platform` (default: JAX's default
+  backend).
 
   "cropped" on CPU where in_features * maps >= CROPPED_MIN_WORK, where the
   (d - 2j)^2 taps of Proposition 1 beat one conv over the masked stack;
-  "stacked" elsewhere. On GPU "stacked": in issue 17's H100 run the cropped
-  form made whole nets slower (LeNet Model 3 1.50x against 1.08x a plain
-  LeNet, ResNet-50 1.06x against 1.03x); a per-layer GPU rule is still to
-  measure.
+  "stacked" elsewhere, GPU and TPU included: there the cropped form made
+  whole networks slower in the benchmarks (README, Speed).
 
   Args:
     impl: "auto", "stacked" or "cropped".
@@ -88,16 +82,43 @@ class VersatileConv(ConvLayer):
   the same order (j * F + o); `deploy()` always makes the stacked conv.
   """
 
-  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *,
-               stride: int = 1, padding=None, use_bias: bool = True, mode: VersatileMode = "spatial",
-               bias: VersatileBias = "shared", channel_delta: int = 0, channel_stride: int = 1,
-               impl: VersatileImpl = "auto", groups: int = 1, dilation: int = 1, precision=None, dtype=None,
-               param_dtype=None, rngs: nnx.Rngs):
-    check_layer("VersatileConv", in_features, out_features, kernel_size, stride, groups, rngs, dilation=dilation)
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int = 3,
+    *,
+    stride: int = 1,
+    padding=None,
+    use_bias: bool = True,
+    mode: VersatileMode = "spatial",
+    bias: VersatileBias = "shared",
+    channel_delta: int = 0,
+    channel_stride: int = 1,
+    impl: VersatileImpl = "auto",
+    groups: int = 1,
+    dilation: int = 1,
+    precision=None,
+    dtype=None,
+    param_dtype=None,
+    rngs: nnx.Rngs,
+  ):
+    check_layer(
+      "VersatileConv",
+      in_features,
+      out_features,
+      kernel_size,
+      stride,
+      groups,
+      rngs,
+      dilation=dilation,
+    )
     if groups != 1:
-      raise ValueError("VersatileConv takes groups=1 only: its secondary filters are stacked scale- and "
-                       "window-major on the output axis, which a grouped conv would split across groups, "
-                       f"and its channel windows already slide over the inputs; got groups={groups}")
+      raise ValueError(
+        "VersatileConv takes groups=1 only: its secondary filters are stacked scale- and "
+        "window-major on the output axis, which a grouped conv would split across groups, "
+        f"and its channel windows already slide over the inputs; got groups={groups}"
+      )
     if mode not in get_args(VersatileMode):
       raise ValueError(f"mode must be 'spatial', 'sum' or 'none', got {mode!r}")
     self.impl = _checked(impl)  # resolved when traced: building a layer must not start a backend
@@ -106,8 +127,9 @@ class VersatileConv(ConvLayer):
       raise ValueError(f"bias must be 'separate' or 'shared', got {bias!r}")
     if not 0 <= channel_delta < in_features:
       raise ValueError(
-          f"channel versatile filters need c^ < c with c^ >= 1: channel_delta = c - c^ = "
-          f"{channel_delta} must be in [0, {in_features})")
+        f"channel versatile filters need c^ < c with c^ >= 1: channel_delta = c - c^ = "
+        f"{channel_delta} must be in [0, {in_features})"
+      )
     self.mode, self.bias_mode = mode, bias
     self.channel_delta, self.channel_stride = channel_delta, channel_stride
     self.window = in_features - channel_delta
@@ -134,17 +156,28 @@ class VersatileConv(ConvLayer):
     return f, self.effective_kernel_bias()[1]
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    if self.mode != "spatial" or resolve_impl(self.impl, self.in_features, self.windows * self.filters) == "stacked":
+    if (
+      self.mode != "spatial"
+      or resolve_impl(self.impl, self.in_features, self.windows * self.filters) == "stacked"
+    ):
       return super().__call__(x)
     f = self.f[...]
     if self.channel_delta:
       f = channel_versatile_kernel(f, self.in_features, self.channel_stride)
     d, r = self.kernel_size, self.dilation
-    (top, bottom), (left, right) = conv_lib.resolve_padding(self.padding, x.shape[1:3], (d, d), self.stride, r)
-    # secondary filter j: the central (d - 2j)^2 crop, read through a window shrunk by j taps on every side
-    ys = [self.conv(x, f[j:d - j, j:d - j],
-                    padding=((top - r * j, bottom - r * j), (left - r * j, right - r * j)))
-          for j in range(self.scales)]
+    (top, bottom), (left, right) = conv_lib.resolve_padding(
+      self.padding, x.shape[1:3], (d, d), self.stride, r
+    )
+    # secondary filter j: the central (d - 2j)^2 crop, read through a window shrunk by j taps on
+    # every side
+    ys = [
+      self.conv(
+        x,
+        f[j : d - j, j : d - j],
+        padding=((top - r * j, bottom - r * j), (left - r * j, right - r * j)),
+      )
+      for j in range(self.scales)
+    ]
     y = jnp.concatenate(ys, axis=-1)
     _, bias = self.effective_kernel_bias()
     if bias is not None:
@@ -167,6 +200,10 @@ class VersatileConv(ConvLayer):
   def multiplications(self, out_shape) -> int:
     """Proposition 1: scale i costs (d - 2i + 2)^2 c^ per output pixel and map."""
     d = self.kernel_size
-    taps = sum((d - 2 * i + 2) ** 2 for i in range(1, self.scales + 1)) if self.mode == "spatial" else d * d
+    taps = (
+      sum((d - 2 * i + 2) ** 2 for i in range(1, self.scales + 1))
+      if self.mode == "spatial"
+      else d * d
+    )
     per_pixel = taps * self.window * self.windows * self.filters
     return int(out_shape[1] * out_shape[2] * per_pixel)

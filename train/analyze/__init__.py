@@ -8,7 +8,8 @@ Each module has the same small interface:
   render(run, results, out, title)      its figures (PNG, into out) and markdown lines
   summarise(suite, figures)             the reproduction report's section over the rows
 
-`analyze(workdir)` (python -m train.analyze) runs them on one run; `train.reproduce.report` asks each for its
+`analyze(workdir)` (python -m train.analyze) runs them on one run; `train.reproduce.report` asks
+each for its
 section of the reproduction report.
 """
 

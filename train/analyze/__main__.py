@@ -7,8 +7,8 @@ Sections, one module of train/analyze each (default: those the run's layers call
   rotate     RotateConv angles: per-layer histograms, Fig. 5 (a) and (b) of the last layer
   active     ACU positions per layer (Fig. 5/9), their movement over the saved checkpoints (Fig. 6)
   acb        ACNet, of the DEPLOYED net: magnitude matrix A (eq. 9-10, Fig. 6), accuracy vs sparsity
-             pruned at corners / skeleton / globally (Fig. 5), accuracy on rotated / flipped inputs (Table 4);
-             automatic for ACB runs, ask for it for their plain baselines
+             pruned at corners / skeleton / globally (Fig. 5), accuracy on rotated / flipped inputs
+             (Table 4); automatic for ACB runs, ask for it for their plain baselines
   versatile  weights / memory / multiplications per layer (Tables 2-4), first-layer filters (Fig. 3)
 
 The run's config.json rebuilds the model; the latest checkpoint (or --step) fills it.
@@ -20,30 +20,46 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from train import cli
-
-from train import analyze
+from train import analyze, cli
 from train.trainer.input_pipeline import DataError
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """Defines the command's flags on absl's FLAGS (those another command defined already are shared)."""
+  """Defines the command's flags on absl's FLAGS (those another command defined already are
+  shared)."""
   cli.define_once(flags.DEFINE_string, "workdir", None, "Workdir of a run of python -m train.main.")
   cli.define_once(flags.DEFINE_string, "out", "", "Output folder (default WORKDIR/analysis).")
-  cli.define_once(flags.DEFINE_list, "sections", [], f"Some of {list(analyze.ANALYSES)} (default: those the run's layers call for).")
-  cli.define_once(flags.DEFINE_integer, "step", None, "Checkpoint step to analyse (default: the latest).")
-  cli.define_once(flags.DEFINE_integer, "prune_examples", 2000, "acb: test images per pruned evaluation (0: all).")
-  cli.define_once(flags.DEFINE_integer, "prune_seeds", 3, "acb: random masks per sparsity (0: no pruning curves).")
+  cli.define_once(
+    flags.DEFINE_list,
+    "sections",
+    [],
+    f"Some of {list(analyze.ANALYSES)} (default: those the run's layers call for).",
+  )
+  cli.define_once(
+    flags.DEFINE_integer, "step", None, "Checkpoint step to analyse (default: the latest)."
+  )
+  cli.define_once(
+    flags.DEFINE_integer, "prune_examples", 2000, "acb: test images per pruned evaluation (0: all)."
+  )
+  cli.define_once(
+    flags.DEFINE_integer, "prune_seeds", 3, "acb: random masks per sparsity (0: no pruning curves)."
+  )
 
 
 def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   try:
-    results = analyze.analyze(FLAGS.workdir, FLAGS.out or None, FLAGS.sections or None, FLAGS.step,
-                              prune_examples=FLAGS.prune_examples, prune_seeds=FLAGS.prune_seeds)
+    results = analyze.analyze(
+      FLAGS.workdir,
+      FLAGS.out or None,
+      FLAGS.sections or None,
+      FLAGS.step,
+      prune_examples=FLAGS.prune_examples,
+      prune_seeds=FLAGS.prune_seeds,
+    )
   except (FileNotFoundError, ValueError, DataError) as e:
     raise app.UsageError(str(e)) from e
   out = FLAGS.out or str(Path(FLAGS.workdir) / "analysis")

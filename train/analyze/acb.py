@@ -1,5 +1,6 @@
-"""ACNet (Ding et al.) on the DEPLOYED net: magnitude matrix A (eq. 9-10, Fig. 6), accuracy vs sparsity
-pruned at corners / skeleton / globally (Fig. 5), accuracy on rotated / flipped inputs (Table 4).
+"""ACNet (Ding et al.) on the DEPLOYED net: magnitude matrix A (eq. 9-10, Fig. 6), accuracy vs
+sparsity pruned at corners / skeleton / globally (Fig. 5), accuracy on rotated / flipped inputs
+(Table 4).
 
 It applies to ACB runs by itself; their plain baselines ask for it by name.
 """
@@ -15,8 +16,8 @@ from flax import nnx
 
 import kshapes_jax as K
 from kshapes_jax.analysis import acb
-from train.trainer import input_pipeline, plots
 from train.analyze.common import fmt, markdown_table
+from train.trainer import input_pipeline, plots
 from train.trainer.evaluation import accuracy
 
 NAME = "acb"
@@ -29,14 +30,22 @@ def applies(run) -> bool:
 
 def subset(split: input_pipeline.Split, n: int) -> input_pipeline.Split:
   """The first n examples (all if n <= 0)."""
-  return split if n <= 0 or n >= len(split) else input_pipeline.Split(split.images[:n], split.labels[:n])
+  return (
+    split if n <= 0 or n >= len(split) else input_pipeline.Split(split.images[:n], split.labels[:n])
+  )
 
 
-def pruning_curves(deployed: nnx.Module, dataset: input_pipeline.Dataset, split: input_pipeline.Split,
-                   sparsities: Sequence[float] = SPARSITIES, seeds: Sequence[int] = (0, 1, 2),
-                   regions: Sequence[str] = acb.REGIONS, batch_size: int = 1000) -> dict[str, np.ndarray]:
-  """Accuracy of the pruned deployed net (Fig. 5): {region: (len(seeds), len(sparsities))}, NaN where
-  the region cannot hold that sparsity."""
+def pruning_curves(
+  deployed: nnx.Module,
+  dataset: input_pipeline.Dataset,
+  split: input_pipeline.Split,
+  sparsities: Sequence[float] = SPARSITIES,
+  seeds: Sequence[int] = (0, 1, 2),
+  regions: Sequence[str] = acb.REGIONS,
+  batch_size: int = 1000,
+) -> dict[str, np.ndarray]:
+  """Accuracy of the pruned deployed net (Fig. 5): {region: (len(seeds), len(sparsities))}, NaN
+  where the region cannot hold that sparsity."""
   k = acb.square_convs(deployed)[0][1].kernel[...].shape[0]
   out = {}
   for region in regions:
@@ -49,16 +58,30 @@ def pruning_curves(deployed: nnx.Module, dataset: input_pipeline.Dataset, split:
         acc[:, j] = accuracy(deployed, dataset, split, batch_size)
         continue
       for i, seed in enumerate(seeds):
-        acc[i, j] = accuracy(acb.prune(deployed, sparsity, region, seed), dataset, split, batch_size)
+        acc[i, j] = accuracy(
+          acb.prune(deployed, sparsity, region, seed), dataset, split, batch_size
+        )
     out[region] = acc
   return out
 
 
-def distorted_accuracies(model: nnx.Module, dataset: input_pipeline.Dataset, split: input_pipeline.Split,
-                         batch_size: int = 1000) -> dict[str, float]:
-  """Table 4: accuracy on the original, 90-degree rotated, 180-degree rotated and up-down flipped split."""
-  return {kind: accuracy(model, dataset, input_pipeline.Split(acb.distort(split.images, kind), split.labels),
-                         batch_size) for kind in acb.DISTORTIONS}
+def distorted_accuracies(
+  model: nnx.Module,
+  dataset: input_pipeline.Dataset,
+  split: input_pipeline.Split,
+  batch_size: int = 1000,
+) -> dict[str, float]:
+  """Table 4: accuracy on the original, 90-degree rotated, 180-degree rotated and up-down flipped
+  split."""
+  return {
+    kind: accuracy(
+      model,
+      dataset,
+      input_pipeline.Split(acb.distort(split.images, kind), split.labels),
+      batch_size,
+    )
+    for kind in acb.DISTORTIONS
+  }
 
 
 def magnitude(deployed: nnx.Module) -> tuple[np.ndarray, int]:
@@ -69,20 +92,36 @@ def magnitude(deployed: nnx.Module) -> tuple[np.ndarray, int]:
   return acb.magnitude_matrix([layer.kernel[...] for _, layer in convs]), len(convs)
 
 
-def compute(run, *, prune_examples: int = 2000, prune_seeds: int = 3,
-            sparsities: Sequence[float] = SPARSITIES, **options) -> dict[str, Any]:
-  """A (trained and at initialisation), the pruning curves (prune_seeds masks per sparsity on the first
-  prune_examples test images; none for prune_seeds=0) and the distorted accuracies, of the deployed net."""
+def compute(
+  run,
+  *,
+  prune_examples: int = 2000,
+  prune_seeds: int = 3,
+  sparsities: Sequence[float] = SPARSITIES,
+  **options,
+) -> dict[str, Any]:
+  """A (trained and at initialisation), the pruning curves (prune_seeds masks per sparsity on the
+  first prune_examples test images; none for prune_seeds=0) and the distorted accuracies, of the
+  deployed net."""
   del options
   deployed = K.deploy(run.model)
   matrix, layers = magnitude(deployed)
   initial = magnitude(K.deploy(run.initial))[0]
   test = subset(run.dataset.test, prune_examples)
-  curves = pruning_curves(deployed, run.dataset, test, sparsities, range(prune_seeds)) if prune_seeds else {}
-  return {"magnitude_matrix": matrix.tolist(), "initial_magnitude_matrix": initial.tolist(), "layers": layers,
-          "sparsities": list(sparsities),
-          "pruning": {r: a.tolist() for r, a in curves.items()}, "prune_examples": len(test),
-          "distorted": distorted_accuracies(deployed, run.dataset, run.dataset.test)}
+  curves = (
+    pruning_curves(deployed, run.dataset, test, sparsities, range(prune_seeds))
+    if prune_seeds
+    else {}
+  )
+  return {
+    "magnitude_matrix": matrix.tolist(),
+    "initial_magnitude_matrix": initial.tolist(),
+    "layers": layers,
+    "sparsities": list(sparsities),
+    "pruning": {r: a.tolist() for r, a in curves.items()},
+    "prune_examples": len(test),
+    "distorted": distorted_accuracies(deployed, run.dataset, run.dataset.test),
+  }
 
 
 def render(run, results: dict[str, Any], out: Path, title: str) -> list[str]:
@@ -94,60 +133,123 @@ def render(run, results: dict[str, Any], out: Path, title: str) -> list[str]:
   plots.plot_magnitude(matrix, out / "acnet_magnitude.png", f"A over {results['layers']} layers")
   seeds = len(next(iter(curves.values()))) if curves else 0
   if curves:
-    plots.plot_pruning(sparsities, curves, out / "acnet_pruning.png",
-                       f"{title}\n{n} test images, mean +- std over {seeds} masks")
-  prune_rows = [(r, *("-" if np.all(np.isnan(col)) else f"{100 * np.nanmean(col):.2f} +- {100 * np.nanstd(col):.2f}"
-                      for col in a.T)) for r, a in curves.items()]
-  return ["## ACNet (deployed network)", "", "Average kernel magnitude matrix A (eq. 9-10):", "",
-          *markdown_table([""] * matrix.shape[1], [[f"{v:.3f}" for v in row] for row in matrix]), "",
-          "![A](acnet_magnitude.png)", "",
-          *([f"Accuracy (%) vs sparsity of every kxk layer, {n} test images, {seeds} masks:", "",
-             *markdown_table(("region", *(f"{100 * s:g}%" for s in sparsities)), prune_rows), "",
-             "![pruning](acnet_pruning.png)", ""] if curves else []),
-          "Accuracy (%) on distorted test images (Table 4):", "",
-          *markdown_table(acb.DISTORTIONS, [[f"{100 * distorted[k]:.2f}" for k in acb.DISTORTIONS]]), ""]
+    plots.plot_pruning(
+      sparsities,
+      curves,
+      out / "acnet_pruning.png",
+      f"{title}\n{n} test images, mean +- std over {seeds} masks",
+    )
+  prune_rows = [
+    (
+      r,
+      *(
+        "-"
+        if np.all(np.isnan(col))
+        else f"{100 * np.nanmean(col):.2f} +- {100 * np.nanstd(col):.2f}"
+        for col in a.T
+      ),
+    )
+    for r, a in curves.items()
+  ]
+  return [
+    "## ACNet (deployed network)",
+    "",
+    "Average kernel magnitude matrix A (eq. 9-10):",
+    "",
+    *markdown_table([""] * matrix.shape[1], [[f"{v:.3f}" for v in row] for row in matrix]),
+    "",
+    "![A](acnet_magnitude.png)",
+    "",
+    *(
+      [
+        f"Accuracy (%) vs sparsity of every kxk layer, {n} test images, {seeds} masks:",
+        "",
+        *markdown_table(("region", *(f"{100 * s:g}%" for s in sparsities)), prune_rows),
+        "",
+        "![pruning](acnet_pruning.png)",
+        "",
+      ]
+      if curves
+      else []
+    ),
+    "Accuracy (%) on distorted test images (Table 4):",
+    "",
+    *markdown_table(acb.DISTORTIONS, [[f"{100 * distorted[k]:.2f}" for k in acb.DISTORTIONS]]),
+    "",
+  ]
 
 
 def _skeleton_line(row: str, when: str, a: np.ndarray) -> str:
   k = a.shape[0]
   skeleton = acb.skeleton_mask(k)
-  return (f"- `{row}` {when}: centre {a[k // 2, k // 2]:.3f}, skeleton mean {a[skeleton].mean():.3f}, "
-          f"other positions mean {a[~skeleton].mean():.3f}, corners "
-          f"{np.mean([a[0, 0], a[0, -1], a[-1, 0], a[-1, -1]]):.3f}")
+  return (
+    f"- `{row}` {when}: centre {a[k // 2, k // 2]:.3f}, skeleton mean {a[skeleton].mean():.3f}, "
+    f"other positions mean {a[~skeleton].mean():.3f}, corners "
+    f"{np.mean([a[0, 0], a[0, -1], a[-1, 0], a[-1, -1]]):.3f}"
+  )
 
 
 def _magnitude_and_pruning(suite, figures: Path) -> list[str]:
-  """A (trained and at initialisation) and the pruning curves of the rows whose figures the report shows."""
-  matrices, initial, curves, sparsities = {}, {}, {}, None
+  """A (trained and at initialisation) and the pruning curves of the rows whose figures the report
+  shows."""
+  matrices, initial, curves = {}, {}, {}
+  sparsities: list[float] = []
   for row in (r.name for r in suite.figure_rows(NAME)):
     results = [suite.results(row, s)[NAME] for s in suite.seeds(row)]
     if not results:
       continue
     matrices[row] = np.mean([r["magnitude_matrix"] for r in results], axis=0)
-    # older results lack the matrix at initialisation: it is rebuilt from the run
-    initial[row] = np.mean([r["initial_magnitude_matrix"] if "initial_magnitude_matrix" in r else
-                            magnitude(K.deploy(suite.load(row, s).initial))[0]
-                            for s, r in zip(suite.seeds(row), results)], axis=0)
+    initial[row] = np.mean([r["initial_magnitude_matrix"] for r in results], axis=0)
     sparsities = results[0]["sparsities"]
-    curves[row] = {region: np.concatenate([np.asarray(r["pruning"][region], np.float64) for r in results])
-                   for region in acb.REGIONS}
-    plots.plot_magnitude(matrices[row], figures / f"acnet_magnitude_{row}.png",
-                         f"A, {row}, mean of {len(results)} seeds")
-    plots.plot_pruning(sparsities, curves[row], figures / f"acnet_pruning_{row}.png",
-                       f"{row}: {len(results)} seeds x masks, {results[0]['prune_examples']} test images")
+    curves[row] = {
+      region: np.concatenate([np.asarray(r["pruning"][region], np.float64) for r in results])
+      for region in acb.REGIONS
+    }
+    plots.plot_magnitude(
+      matrices[row],
+      figures / f"acnet_magnitude_{row}.png",
+      f"A, {row}, mean of {len(results)} seeds",
+    )
+    plots.plot_pruning(
+      sparsities,
+      curves[row],
+      figures / f"acnet_pruning_{row}.png",
+      f"{row}: {len(results)} seeds x masks, {results[0]['prune_examples']} test images",
+    )
   if not matrices:
     return []
-  lines = ["Average kernel magnitude matrix A of the deployed 5x5 layers (eq. 9-10), mean over seeds; "
-           "the paper's Fig. 6 (ResNet-56, 3x3): centre 1.000, skeleton above 0.666 and corners below 0.400 "
-           "for ACNet.", ""]
+  lines = [
+    "Average kernel magnitude matrix A of the deployed 5x5 layers (eq. 9-10), mean over seeds; "
+    "the paper's Fig. 6 (ResNet-56, 3x3): centre 1.000, skeleton above 0.666 and corners below "
+    "0.400 "
+    "for ACNet.",
+    "",
+  ]
   for row, m in matrices.items():
-    lines += [_skeleton_line(row, "trained", m), _skeleton_line(row, "at initialisation (same seeds)", initial[row])]
+    lines += [
+      _skeleton_line(row, "trained", m),
+      _skeleton_line(row, "at initialisation (same seeds)", initial[row]),
+    ]
   lines += ["", " ".join(f"![](repro/acnet_magnitude_{row}.png)" for row in matrices), ""]
-  lines += ["Accuracy (%) after pruning a fraction of every 5x5 layer's weights at random in a region "
-            "(Fig. 5), mean +- std over seeds x 3 masks:", ""]
-  table = [(f"`{row}`", region, *("-" if np.all(np.isnan(col)) else
-                                  f"{100 * np.nanmean(col):.1f} +- {100 * np.nanstd(col):.1f}" for col in acc.T))
-           for row, c in curves.items() for region, acc in c.items()]
+  lines += [
+    "Accuracy (%) after pruning a fraction of every 5x5 layer's weights at random in a region "
+    "(Fig. 5), mean +- std over seeds x 3 masks:",
+    "",
+  ]
+  table = [
+    (
+      f"`{row}`",
+      region,
+      *(
+        "-"
+        if np.all(np.isnan(col))
+        else f"{100 * np.nanmean(col):.1f} +- {100 * np.nanstd(col):.1f}"
+        for col in acc.T
+      ),
+    )
+    for row, c in curves.items()
+    for region, acc in c.items()
+  ]
   lines += markdown_table(("row", "region", *(f"{100 * s:g}%" for s in sparsities)), table) + [""]
   return lines + [" ".join(f"![](repro/acnet_pruning_{row}.png)" for row in curves), ""]
 
@@ -158,10 +260,20 @@ def summarise(suite, figures: Path) -> list[str]:
   for row in suite.analysed_rows(NAME):
     results = [suite.results(row.name, s)[NAME] for s in suite.seeds(row.name)]
     if results:
-      table.append((f"`{row.name}`", *(fmt([100 * r["distorted"][k] for r in results]) for k in acb.DISTORTIONS),
-                    " / ".join(f"{v:.2f}" for v in row.paper_distorted)))
+      table.append(
+        (
+          f"`{row.name}`",
+          *(fmt([100 * r["distorted"][k] for r in results]) for k in acb.DISTORTIONS),
+          " / ".join(f"{v:.2f}" for v in row.paper_distorted),
+        )
+      )
   if table:
-    lines += ["Accuracy (%) on the whole test set rotated or flipped (Table 4; the paper's numbers are ResNet-18 "
-              "on ImageNet, trained with left-right flips; ours had no augmentation):", "",
-              *markdown_table(("row", *acb.DISTORTIONS, "paper: original / 90 / 180 / flip"), table), ""]
+    lines += [
+      "Accuracy (%) on the whole test set rotated or flipped (Table 4; the paper's numbers are "
+      "ResNet-18 "
+      "on ImageNet, trained with left-right flips; ours had no augmentation):",
+      "",
+      *markdown_table(("row", *acb.DISTORTIONS, "paper: original / 90 / 180 / flip"), table),
+      "",
+    ]
   return lines

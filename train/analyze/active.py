@@ -1,4 +1,5 @@
-"""Active Convolution Unit (Jeon and Kim): learned positions per layer (Fig. 5/9) and their movement (Fig. 6)."""
+"""Active Convolution Unit (Jeon and Kim): learned positions per layer (Fig. 5/9) and their movement
+(Fig. 6)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from flax import nnx
 
 import kshapes_jax as K
 from kshapes_jax.analysis import active
-from train.trainer import plots
 from train.analyze.common import first_seed_figures, fmt, markdown_table
+from train.trainer import plots
 
 NAME = "active"
 
@@ -40,29 +41,50 @@ def compute(run, **options) -> dict[str, Any]:
   if not layers:
     raise ValueError("section active: the model has no ActiveConv layers")
   steps, traj = position_trajectories(run)
-  return {"extent": {n: active.extent(p) for n, p in layers},
-          "max_moved": {n: float(active.displacement(t)[-1].max()) for n, t in traj.items()},
-          "checkpoint_steps": steps, "positions": {n: p.tolist() for n, p in layers},
-          "trajectories": {n: t.tolist() for n, t in traj.items()}}
+  return {
+    "extent": {n: active.extent(p) for n, p in layers},
+    "max_moved": {n: float(active.displacement(t)[-1].max()) for n, t in traj.items()},
+    "checkpoint_steps": steps,
+    "positions": {n: p.tolist() for n, p in layers},
+    "trajectories": {n: t.tolist() for n, t in traj.items()},
+  }
 
 
 def render(run, results: dict[str, Any], out: Path, title: str) -> list[str]:
   layers = active.active_layers(run.model)
   steps = results["checkpoint_steps"]
-  plots.plot_positions(layers, out / "acu_positions.png", f"{title}: learned positions (ACU Fig. 5)")
-  plots.plot_movement(steps, {n: np.asarray(t) for n, t in results["trajectories"].items()},
-                      out / "acu_movement.png", title)
+  plots.plot_positions(
+    layers, out / "acu_positions.png", f"{title}: learned positions (ACU Fig. 5)"
+  )
+  plots.plot_movement(
+    steps,
+    {n: np.asarray(t) for n, t in results["trajectories"].items()},
+    out / "acu_movement.png",
+    title,
+  )
   rows = [(n, f"{results['extent'][n]:.3f}", f"{results['max_moved'][n]:.3f}") for n, _ in layers]
-  return ["## ACU positions", "",
-          f"Checkpoints read for the movement: {len(steps)} (steps {steps[0]}..{steps[-1]}).", "",
-          *markdown_table(("layer", "extent max|alpha|,|beta| (px)", f"largest move since step {steps[0]} (px)"),
-                          rows),
-          "", "![positions](acu_positions.png)", "", "![movement](acu_movement.png)", ""]
+  return [
+    "## ACU positions",
+    "",
+    f"Checkpoints read for the movement: {len(steps)} (steps {steps[0]}..{steps[-1]}).",
+    "",
+    *markdown_table(
+      ("layer", "extent max|alpha|,|beta| (px)", f"largest move since step {steps[0]} (px)"), rows
+    ),
+    "",
+    "![positions](acu_positions.png)",
+    "",
+    "![movement](acu_movement.png)",
+    "",
+  ]
 
 
 def summarise(suite, figures: Path) -> list[str]:
-  lines = ["Learned positions: extent max(|alpha|, |beta|) per ACU layer (px; 1 = the 3x3 lattice), "
-           "mean +- std over seeds:", ""]
+  lines = [
+    "Learned positions: extent max(|alpha|, |beta|) per ACU layer (px; 1 = the 3x3 lattice), "
+    "mean +- std over seeds:",
+    "",
+  ]
   table, header = [], None
   for row in suite.analysed_rows(NAME):
     per_seed = [suite.results(row.name, s)[NAME]["extent"] for s in suite.seeds(row.name)]
@@ -74,7 +96,10 @@ def summarise(suite, figures: Path) -> list[str]:
     lines += markdown_table(("row", *header), table) + [""]
   for row in suite.figure_rows(NAME):
     lines += first_seed_figures(
-        suite, row.name, figures,
-        f"`{row.name}` seed {{number}}: learned positions (Fig. 5) and their movement (Fig. 6):",
-        [("acu_positions.png", "acu_positions.png"), ("acu_movement.png", "acu_movement.png")])
+      suite,
+      row.name,
+      figures,
+      f"`{row.name}` seed {{number}}: learned positions (Fig. 5) and their movement (Fig. 6):",
+      [("acu_positions.png", "acu_positions.png"), ("acu_movement.png", "acu_movement.png")],
+    )
   return lines

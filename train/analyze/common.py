@@ -1,4 +1,5 @@
-"""Small helpers the analyses share: markdown tables, mean +- std, copying a run's figure into the report."""
+"""Small helpers the analyses share: markdown tables, mean +- std, copying a run's figure into the
+report."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import numpy as np
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-  return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-          *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
+  return [
+    "| " + " | ".join(header) + " |",
+    "|" + "---|" * len(header),
+    *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
+  ]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -41,8 +45,11 @@ def copy(src: Path, dst: Path) -> str:
 KEPT = "(figures kept from an earlier report: that run's folder is not on this machine)"
 
 
-def first_seed_figures(suite, row: str, figures: Path, caption: str, names: Sequence[tuple[str, str]]) -> list[str]:
-  """Markdown that shows a row's figures of its first finished seed, copied into the report's folder.
+def first_seed_figures(
+  suite, row: str, figures: Path, caption: str, names: Sequence[tuple[str, str]]
+) -> list[str]:
+  """Markdown that shows a row's figures of its first finished seed, copied into the report's
+  folder.
 
   Where no run of the row is on this machine (read from the ledger), the figures already in the
   report's folder are shown as they are, and said to be kept.
@@ -51,7 +58,8 @@ def first_seed_figures(suite, row: str, figures: Path, caption: str, names: Sequ
     suite: the runs.
     row: the row's name.
     figures: the report's figure folder.
-    caption: the line above them; `{seed}` becomes the seed's folder name ('seed0'), `{number}` its number.
+    caption: the line above them; `{seed}` becomes the seed's folder name ('seed0'), `{number}`
+      its number.
     names: (file in the run's analysis/, file in `figures`) per figure.
   """
   here = suite.on_disk(row)
@@ -65,5 +73,10 @@ def first_seed_figures(suite, row: str, figures: Path, caption: str, names: Sequ
     if not seeds or not shown:
       return []
     seed, note = seeds[0], [KEPT, ""]
-  return [caption.format(seed=seed, number=seed.removeprefix("seed")), "", *note,
-          *(f"![](repro/{name})" for name in shown), ""]
+  return [
+    caption.format(seed=seed, number=seed.removeprefix("seed")),
+    "",
+    *note,
+    *(f"![](repro/{name})" for name in shown),
+    "",
+  ]

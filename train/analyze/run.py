@@ -1,4 +1,5 @@
-"""`analyze(workdir)`: the papers' analyses of one trained run, as PNGs, report.md and results.json."""
+"""`analyze(workdir)`: the papers' analyses of one trained run, as PNGs, report.md and
+results.json."""
 
 from __future__ import annotations
 
@@ -11,16 +12,23 @@ from train.analyze.sections import get, names_for
 from train.trainer.trained_run import load_run
 
 
-def analyze(workdir: str | Path, out: str | Path | None = None, sections: Sequence[str] | None = None,
-            step: int | None = None, **options) -> dict[str, Any]:
-  """Writes the analyses of a run to `out` (default workdir/analysis): PNGs, report.md, results.json.
+def analyze(
+  workdir: str | Path,
+  out: str | Path | None = None,
+  sections: Sequence[str] | None = None,
+  step: int | None = None,
+  **options,
+) -> dict[str, Any]:
+  """Writes the analyses of a run to `out` (default workdir/analysis): PNGs, report.md,
+  results.json.
 
   Args:
     workdir: the run's workdir.
     out: where to write.
     sections: names of train/analyze modules (default: those the run's layers call for).
     step: the checkpoint (default: the latest).
-    **options: passed to every analysis' compute (e.g. acb's prune_examples, prune_seeds, sparsities).
+    **options: passed to every analysis' compute (e.g. acb's prune_examples, prune_seeds,
+      sparsities).
 
   Returns:
     The numbers of the report (also in out/results.json).
@@ -35,13 +43,21 @@ def analyze(workdir: str | Path, out: str | Path | None = None, sections: Sequen
   out = Path(out) if out else run.rundir.analysis_dir
   out.mkdir(parents=True, exist_ok=True)
   title = f"{run.settings.model} / {run.settings.conv} on {run.dataset.name}, step {run.step}"
-  lines = [f"# Analysis of {run.workdir}", "", f"{title}. Written by `python -m train.analyze`.", ""]
-  results: dict[str, Any] = {"workdir": str(run.workdir), "step": run.step, "sections": [m.NAME for m in modules],
-                             "options": options}
+  lines = [
+    f"# Analysis of {run.workdir}",
+    "",
+    f"{title}. Written by `python -m train.analyze`.",
+    "",
+  ]
+  results: dict[str, Any] = {
+    "workdir": str(run.workdir),
+    "step": run.step,
+    "sections": [m.NAME for m in modules],
+    "options": options,
+  }
   for module in modules:
     results[module.NAME] = module.compute(run, **options)
     lines += module.render(run, results[module.NAME], out, title)
   (out / "report.md").write_text("\n".join(lines))
   (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
   return results
-

@@ -1,6 +1,5 @@
 """The analyses by name: one module of train/analyze per method."""
 
-
 from __future__ import annotations
 
 from types import ModuleType

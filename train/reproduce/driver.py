@@ -1,9 +1,10 @@
 """Runs the reproduction suite (configs/repro_fmnist.py) and writes results/REPRODUCTION.md.
 
-  python -m train.reproduce --runs runs/repro                 # every row x seeds 0,1,2 at EPOCHS, then the report
-  python -m train.reproduce --runs runs/repro --epochs 20 --parallel 4      # 20 epochs, 4 runs at once
-  python -m train.reproduce --runs runs/repro --epochs 10,rotate=20 --rows acb,acb_baseline --seeds 0
-  python -m train.reproduce --runs runs/repro --epochs 10 --report_only     # the report from the runs there
+  python -m train.reproduce --runs runs/repro           # every row x seeds 0,1,2, then the report
+  python -m train.reproduce --runs runs/repro --epochs 20 --parallel 4    # 4 runs at once
+  python -m train.reproduce --runs runs/repro --epochs 10,rotate=20 --rows acb,acb_baseline \
+      --seeds 0
+  python -m train.reproduce --runs runs/repro --epochs 10 --report_only   # the runs there
 
 Each run is `python -m train.main --config configs/repro_fmnist.py:row=ROW,seed=S,epochs=N
 --workdir RUNS/eN/ROW/seedS` in its own process, so runs of different lengths
@@ -38,9 +39,8 @@ from pathlib import Path
 
 from absl import app, flags
 
-from train import cli
-
 from configs import repro_fmnist
+from train import cli
 from train.reproduce import layout, ledger
 from train.reproduce.rows import METHODS, ROWS, parse_lengths
 from train.trainer.rundir import RunDir
@@ -49,23 +49,60 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """Defines the command's flags on absl's FLAGS (those another command defined already are shared)."""
-  cli.define_once(flags.DEFINE_string, "runs", "runs/repro", "Folder of the runs (RUNS/eN/ROW/seedS).")
-  cli.define_once(flags.DEFINE_list, "rows", list(repro_fmnist.ROWS), "Rows of configs/repro_fmnist.py to run.")
+  """Defines the command's flags on absl's FLAGS (those another command defined already are
+  shared)."""
+  cli.define_once(
+    flags.DEFINE_string, "runs", "runs/repro", "Folder of the runs (RUNS/eN/ROW/seedS)."
+  )
+  cli.define_once(
+    flags.DEFINE_list, "rows", list(repro_fmnist.ROWS), "Rows of configs/repro_fmnist.py to run."
+  )
   cli.define_once(flags.DEFINE_list, "seeds", ["0", "1", "2"], "Seeds of each row.")
-  cli.define_once(flags.DEFINE_string, "epochs", "", "Length of the runs: N (every method), METHOD=N,... or N,METHOD=M; "
-                      f"methods not named keep {repro_fmnist.EPOCHS}.")
+  cli.define_once(
+    flags.DEFINE_string,
+    "epochs",
+    "",
+    "Length of the runs: N (every method), METHOD=N,... or N,METHOD=M; "
+    f"methods not named keep {repro_fmnist.EPOCHS}.",
+  )
   cli.define_once(flags.DEFINE_integer, "parallel", 1, "Runs trained at once.", lower_bound=1)
-  cli.define_once(flags.DEFINE_bool, "pin_cpus", True, "With --parallel K > 1, pin each run to 1/K of this process's cores.")
-  cli.define_once(flags.DEFINE_string, "report", "results/REPRODUCTION.md", "Where the report goes ('' for none).")
-  cli.define_once(flags.DEFINE_string, "ledger", str(ledger.LEDGER), "The runs' records, kept in the repository ('' for none).")
-  cli.define_once(flags.DEFINE_bool, "report_only", False, "Only write the report from the runs already there.")
-  cli.define_once(flags.DEFINE_bool, "analyze", True, "After each run, compute the analyses the report reads of it and write its "
-                    "record (else the report's step does both).")
-  cli.define_once(flags.DEFINE_bool, "analyze_only", False, "Only compute the analyses of the finished runs that lack them, and "
-                    "write their records.")
-  cli.define_once(flags.DEFINE_bool, "reverse", False, "Take the rows in reverse order (for a second driver).")
-  cli.define_once(flags.DEFINE_list, "methods", list(METHODS), "The report's sections (default: all).")
+  cli.define_once(
+    flags.DEFINE_bool,
+    "pin_cpus",
+    True,
+    "With --parallel K > 1, pin each run to 1/K of this process's cores.",
+  )
+  cli.define_once(
+    flags.DEFINE_string, "report", "results/REPRODUCTION.md", "Where the report goes ('' for none)."
+  )
+  cli.define_once(
+    flags.DEFINE_string,
+    "ledger",
+    str(ledger.LEDGER),
+    "The runs' records, kept in the repository ('' for none).",
+  )
+  cli.define_once(
+    flags.DEFINE_bool, "report_only", False, "Only write the report from the runs already there."
+  )
+  cli.define_once(
+    flags.DEFINE_bool,
+    "analyze",
+    True,
+    "After each run, compute the analyses the report reads of it and write its "
+    "record (else the report's step does both).",
+  )
+  cli.define_once(
+    flags.DEFINE_bool,
+    "analyze_only",
+    False,
+    "Only compute the analyses of the finished runs that lack them, and write their records.",
+  )
+  cli.define_once(
+    flags.DEFINE_bool, "reverse", False, "Take the rows in reverse order (for a second driver)."
+  )
+  cli.define_once(
+    flags.DEFINE_list, "methods", list(METHODS), "The report's sections (default: all)."
+  )
 
 
 # exit statuses of train.main: Ctrl-C / SIGTERM (it saved a checkpoint), workdir taken or unusable
@@ -74,15 +111,20 @@ _STOPPED, _NOT_A_RESULT = (130, 143), 4
 
 def run_command(row: str, seed: int | str, runs: str | Path, epochs: float) -> list[str]:
   """The one command that trains (or resumes) one row at one seed and length."""
-  return [sys.executable, "-m", "train.main", f"--config=configs/repro_fmnist.py:row={row},seed={seed},"
-          f"epochs={epochs:g}", f"--workdir={layout.run_dir(runs, row, seed, epochs)}"]
+  return [
+    sys.executable,
+    "-m",
+    "train.main",
+    f"--config=configs/repro_fmnist.py:row={row},seed={seed},epochs={epochs:g}",
+    f"--workdir={layout.run_dir(runs, row, seed, epochs)}",
+  ]
 
 
 def core_groups(parallel: int, cores: Sequence[int] | None = None) -> list[list[int]]:
   """This process's cores split into `parallel` groups (fewer when there are fewer cores)."""
   cores = sorted(os.sched_getaffinity(0)) if cores is None else list(cores)
   k = min(parallel, len(cores))
-  return [cores[i * len(cores) // k:(i + 1) * len(cores) // k] for i in range(k)]
+  return [cores[i * len(cores) // k : (i + 1) * len(cores) // k] for i in range(k)]
 
 
 def recorded(ledger_dir: str | Path | None, row: str, seed: str, epochs: float) -> bool:
@@ -90,24 +132,35 @@ def recorded(ledger_dir: str | Path | None, row: str, seed: str, epochs: float) 
   if not ledger_dir:
     return False
   aggregate = ledger.read_aggregate(ledger_dir, row, epochs)
-  return (layout.record_path(ledger_dir, row, seed, epochs).exists()
-          or (aggregate is not None and layout.seed_name(seed) in aggregate.seeds))
+  return layout.record_path(ledger_dir, row, seed, epochs).exists() or (
+    aggregate is not None and layout.seed_name(seed) in aggregate.seeds
+  )
 
 
 def settled(rundir: RunDir) -> bool:
-  """Finished, failed (not retried until its FAILED file is deleted) or being trained by another process."""
+  """Finished, failed (not retried until its FAILED file is deleted) or being trained by another
+  process."""
   return rundir.summary_path.exists() or rundir.failed_path.exists() or rundir.holder() is not None
 
 
-def pending(runs: str | Path, rows: Sequence[str], seeds: Sequence[str], lengths: dict[str, float],
-            reverse: bool = False, ledger_dir: str | Path | None = None) -> list[tuple[str, str, float]]:
-  """(row, seed, epochs) of the runs still to train, seed by seed; finished, failed, busy and recorded
-  ones left out."""
+def pending(
+  runs: str | Path,
+  rows: Sequence[str],
+  seeds: Sequence[str],
+  lengths: dict[str, float],
+  reverse: bool = False,
+  ledger_dir: str | Path | None = None,
+) -> list[tuple[str, str, float]]:
+  """(row, seed, epochs) of the runs still to train, seed by seed; finished, failed, busy and
+  recorded ones left out."""
   todo = []
   for seed in seeds:
     for row in reversed(rows) if reverse else rows:
       epochs = lengths[ROWS[row].method]
-      if not (settled(RunDir(layout.run_dir(runs, row, seed, epochs))) or recorded(ledger_dir, row, seed, epochs)):
+      if not (
+        settled(RunDir(layout.run_dir(runs, row, seed, epochs)))
+        or recorded(ledger_dir, row, seed, epochs)
+      ):
         todo.append((row, seed, epochs))
   return todo
 
@@ -115,12 +168,18 @@ def pending(runs: str | Path, rows: Sequence[str], seeds: Sequence[str], lengths
 class Driver:
   """Trains the pending runs, `parallel` at a time, each in its own process."""
 
-  def __init__(self, runs: str | Path, parallel: int = 1, pin_cpus: bool = True, analyze: bool = True,
-               ledger_dir: str | Path | None = None):
+  def __init__(
+    self,
+    runs: str | Path,
+    parallel: int = 1,
+    pin_cpus: bool = True,
+    analyze: bool = True,
+    ledger_dir: str | Path | None = None,
+  ):
     self.runs, self.analyze, self.ledger_dir = Path(runs), analyze, ledger_dir
     self.stop = threading.Event()
     pin = pin_cpus and parallel > 1 and hasattr(os, "sched_setaffinity")  # Linux
-    self._free = core_groups(parallel) if pin else [None] * parallel
+    self._free: list[list[int] | None] = list(core_groups(parallel)) if pin else [None] * parallel
     self._lock = threading.Lock()
 
   def run_all(self, todo: Sequence[tuple[str, str, float]]) -> None:
@@ -130,7 +189,9 @@ class Driver:
       try:
         for future in futures:
           future.result()
-      except KeyboardInterrupt:  # the runs got the Ctrl-C too and save; the queued ones do not start
+      except (
+        KeyboardInterrupt
+      ):  # the runs got the Ctrl-C too and save; the queued ones do not start
         self.stop.set()
         raise
     if self.stop.is_set():
@@ -146,22 +207,45 @@ class Driver:
       cores = self._free.pop()
     try:
       cmd = run_command(row, seed, self.runs, epochs)
-      print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}" + (f" (cores {cores})" if cores else ""),
-            flush=True)
+      print(
+        f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}"
+        + (f" (cores {cores})" if cores else ""),
+        flush=True,
+      )
       code = self._run(cmd, cores)
       if code in _STOPPED:
         self.stop.set()
       elif code == _NOT_A_RESULT:
         pass
       elif code:  # a diverged run is a result: the report counts it; the suite goes on
-        rundir.failed_path.write_text(f"exit status {code} (3: diverged, see python -m train.main)\n")
+        rundir.failed_path.write_text(
+          f"exit status {code} (3: diverged, see python -m train.main)\n"
+        )
         if self.ledger_dir:
-          ledger.write(layout.record_path(self.ledger_dir, row, seed, epochs), None, None,
-                       failed=rundir.failed_path.read_text().strip())
-      elif self.analyze:  # the report's analyses of this run and its record, on the cores it trained on
-        self._run([sys.executable, "-m", "train.reproduce", f"--runs={self.runs}", f"--rows={row}",
-                   f"--seeds={seed}", f"--epochs={epochs:g}", "--analyze_only", "--report=",
-                   f"--ledger={self.ledger_dir or ''}"], cores)
+          ledger.write(
+            layout.record_path(self.ledger_dir, row, seed, epochs),
+            None,
+            None,
+            failed=rundir.failed_path.read_text().strip(),
+          )
+      elif (
+        self.analyze
+      ):  # the report's analyses of this run and its record, on the cores it trained on
+        self._run(
+          [
+            sys.executable,
+            "-m",
+            "train.reproduce",
+            f"--runs={self.runs}",
+            f"--rows={row}",
+            f"--seeds={seed}",
+            f"--epochs={epochs:g}",
+            "--analyze_only",
+            "--report=",
+            f"--ledger={self.ledger_dir or ''}",
+          ],
+          cores,
+        )
     finally:
       with self._lock:
         self._free.append(cores)
@@ -179,11 +263,16 @@ class Driver:
     return proc.wait()
 
 
-def analyze_finished(runs: str | Path, rows: Sequence[str], seeds: Sequence[str] | None, lengths: dict[str, float],
-                     ledger_dir: str | Path | None = None) -> list[Path]:
-  """Computes (and caches in each run's analysis/) the analyses the report reads of the finished runs
-  on this machine (those seeds, or all for None), and writes their records (finished or failed) to the
-  ledger; returns the records written."""
+def analyze_finished(
+  runs: str | Path,
+  rows: Sequence[str],
+  seeds: Sequence[str] | None,
+  lengths: dict[str, float],
+  ledger_dir: str | Path | None = None,
+) -> list[Path]:
+  """Computes (and caches in each run's analysis/) the analyses the report reads of the finished
+  runs on this machine (those seeds, or all for None), and writes their records (finished or failed)
+  to the ledger; returns the records written."""
   from train.reproduce.suite import Suite  # here: it imports matplotlib and the analyses
 
   suite, written = Suite(runs, epochs=lengths, ledger=ledger_dir or None), []
@@ -215,15 +304,26 @@ def main(argv):
     print(f"{len(todo)} runs to train, {FLAGS.parallel} at a time", flush=True)
     try:
       Driver(FLAGS.runs, FLAGS.parallel, FLAGS.pin_cpus, FLAGS.analyze, FLAGS.ledger).run_all(todo)
-    except KeyboardInterrupt:  # the stopped runs saved a checkpoint; no traceback for a planned stop
-      print("stopped: the same command resumes the runs (the report was not rewritten)", file=sys.stderr, flush=True)
+    except (
+      KeyboardInterrupt
+    ):  # the stopped runs saved a checkpoint; no traceback for a planned stop
+      print(
+        "stopped: the same command resumes the runs (the report was not rewritten)",
+        file=sys.stderr,
+        flush=True,
+      )
       sys.exit(130)
   if FLAGS.report:
     from train.reproduce import report  # here: it imports matplotlib and the analyses
-    if FLAGS.ledger:  # every run on this machine at these lengths is in the ledger before the report reads it
+
+    if (
+      FLAGS.ledger
+    ):  # every run on this machine at these lengths is in the ledger before the report reads it
       written = analyze_finished(FLAGS.runs, list(repro_fmnist.ROWS), None, lengths, FLAGS.ledger)
       print(f"recorded {len(written)} runs in {FLAGS.ledger}")
-    text = report.write_report(FLAGS.runs, FLAGS.report, FLAGS.methods, lengths, FLAGS.ledger or None)
+    text = report.write_report(
+      FLAGS.runs, FLAGS.report, FLAGS.methods, lengths, FLAGS.ledger or None
+    )
     print(f"wrote {FLAGS.report} ({len(text.splitlines())} lines)")
 
 

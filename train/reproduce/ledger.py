@@ -31,12 +31,17 @@ from train.trainer.summary import Summary
 LEDGER = Path("results/runs")
 
 
-def write(path: Path, summary: Summary | None, results: dict[str, Any] | None,
-          failed: str | None = None) -> None:
+def write(
+  path: Path, summary: Summary | None, results: dict[str, Any] | None, failed: str | None = None
+) -> None:
   """Writes one run's record (a finished run's summary and analyses, or a failed run's reason)."""
   if (summary is None) == (failed is None):
     raise ValueError("a record holds either a finished run's summary or a failed run's reason")
-  record = {"summary": summary.to_json(), "results": results} if summary is not None else {"failed": failed}
+  record = (
+    {"summary": summary.to_json(), "results": results}
+    if summary is not None
+    else {"failed": failed}
+  )
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp")
   tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
@@ -45,7 +50,10 @@ def write(path: Path, summary: Summary | None, results: dict[str, Any] | None,
 
 def seeds(ledger: str | Path, row: str, epochs: float) -> dict[str, dict[str, Any]]:
   """{'seed0': record, ...}: the row's recorded runs at that length."""
-  return {p.stem: json.loads(p.read_text()) for p in sorted(layout.row_dir(ledger, row, epochs).glob("seed*.json"))}
+  return {
+    p.stem: json.loads(p.read_text())
+    for p in sorted(layout.row_dir(ledger, row, epochs).glob("seed*.json"))
+  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,25 +84,28 @@ class Sample:
       return other
     n = self.n + other.n
     mean = (self.n * self.mean + other.n * other.mean) / n
-    m2 = ((self.n - 1) * self.std ** 2 + (other.n - 1) * other.std ** 2
-          + self.n * other.n / n * (self.mean - other.mean) ** 2)
+    m2 = (
+      (self.n - 1) * self.std**2
+      + (other.n - 1) * other.std**2
+      + self.n * other.n / n * (self.mean - other.mean) ** 2
+    )
     return Sample(n, mean, math.sqrt(m2 / (n - 1)))
 
 
 @dataclasses.dataclass(frozen=True)
 class Aggregate:
-  """What is left of a row whose runs were lost before records existed: the report's printed columns.
+  """What is left of a row whose runs were lost before records existed: the report's printed
+  columns.
 
   Attributes:
     seeds: the run folders it summarises ('seed0', ...); not trained again.
     accuracy: deployed test accuracy (%) over those seeds, as printed (2 decimals).
     parameters: trained parameters.
     deployed_parameters: parameters once deployed.
-    agreement: the lowest share (%) of test predictions the deployed net shared with the trained one.
-    epochs: the runs' length.
-    hardware: what they trained on, as printed.
-    minutes_per_run: mean wall minutes of one run.
-    source: where the numbers were read (a file at a commit) and why the runs are gone.
+    agreement: the lowest share (%) of test predictions the deployed net shared with the trained
+    one. epochs: the runs' length. hardware: what they trained on, as printed. minutes_per_run: mean
+    wall minutes of one run. source: where the numbers were read (a file at a commit) and why the
+    runs are gone.
   """
 
   seeds: tuple[str, ...]
@@ -138,7 +149,8 @@ _ROW_HEADER = ("row", "params", "deployed params", "test acc. (%)", "seeds")
 
 
 def aggregates_from_report(markdown: str, source: str) -> dict[str, Aggregate]:
-  """The rows of a report written by train.reproduce.report, read back from its row tables as Aggregates.
+  """The rows of a report written by train.reproduce.report, read back from its row tables as
+  Aggregates.
 
   For runs that were lost: what the report printed of each row (its first `seeds` seeds, 'seed0'
   up, as the suite driver trains them). Rows with a diverged seed are refused, since the report
@@ -153,7 +165,9 @@ def aggregates_from_report(markdown: str, source: str) -> dict[str, Aggregate]:
   """
   out, header = {}, None
   for line in markdown.splitlines():
-    cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
+    cells = (
+      [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
+    )
     if cells is None:
       header = None
     elif tuple(cells[:5]) == _ROW_HEADER:
@@ -162,15 +176,24 @@ def aggregates_from_report(markdown: str, source: str) -> dict[str, Aggregate]:
       r = dict(zip(header, cells))
       name = r["row"].strip("`")
       if not r["seeds"].isdigit():
-        raise ValueError(f"row {name}: seeds {r['seeds']!r} is not a plain count (a diverged seed?)")
+        raise ValueError(
+          f"row {name}: seeds {r['seeds']!r} is not a plain count (a diverged seed?)"
+        )
       n = int(r["seeds"])
       mean, std = (float(v) for v in r["test acc. (%)"].split("+-"))
       out[name] = Aggregate(
-          seeds=tuple(f"seed{i}" for i in range(n)), accuracy=Sample(n, mean, std if n > 1 else 0.0),
-          parameters=int(r["params"].replace(",", "")),
-          deployed_parameters=int(r["deployed params"].replace(",", "")),
-          agreement=float(r["deployed = trained (%)"]), epochs=float(r["epochs"]), hardware=r["hardware"],
-          minutes_per_run=float(r["min / run"]), source=source)
+        seeds=tuple(f"seed{i}" for i in range(n)),
+        accuracy=Sample(n, mean, std if n > 1 else 0.0),
+        parameters=int(r["params"].replace(",", "")),
+        deployed_parameters=int(r["deployed params"].replace(",", "")),
+        agreement=float(r["deployed = trained (%)"]),
+        epochs=float(r["epochs"]),
+        hardware=r["hardware"],
+        minutes_per_run=float(r["min / run"]),
+        source=source,
+      )
   if not out:
-    raise ValueError("no row tables (a header starting with " + " | ".join(_ROW_HEADER) + ") in the text")
+    raise ValueError(
+      "no row tables (a header starting with " + " | ".join(_ROW_HEADER) + ") in the text"
+    )
   return out

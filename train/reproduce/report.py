@@ -26,8 +26,8 @@ import numpy as np
 from configs import repro_fmnist
 from train import analyze
 from train.analyze.common import markdown_table
-from train.reproduce.ledger import Sample
 from train.reproduce import rows
+from train.reproduce.ledger import Sample
 from train.reproduce.suite import Suite, lengths_on_disk
 
 NOTES = ("<!-- notes:start -->", "<!-- notes:end -->")
@@ -72,8 +72,9 @@ class Comparison:
     return self.paper is not None and abs(self.paper) < TIE
 
 
-def compare(method: Sequence[float] | Sample, baseline: Sequence[float] | Sample,
-            paper: float | None) -> Comparison:
+def compare(
+  method: Sequence[float] | Sample, baseline: Sequence[float] | Sample, paper: float | None
+) -> Comparison:
   """Our difference (method - baseline) over seeds (per-seed values or their statistics), judged
   against the paper's."""
   method, baseline = (v if isinstance(v, Sample) else Sample.of(v) for v in (method, baseline))
@@ -82,22 +83,37 @@ def compare(method: Sequence[float] | Sample, baseline: Sequence[float] | Sample
     delta = (method.mean - baseline.mean) if n1 and n0 else math.nan
     return Comparison(delta, math.nan, (n1, n0), paper, "too few seeds", None)
   (m1, s1), (m0, s0) = (method.mean, method.std), (baseline.mean, baseline.std)
-  delta, two_se = m1 - m0, 2 * math.sqrt(s1 ** 2 / n1 + s0 ** 2 / n0)
+  delta, two_se = m1 - m0, 2 * math.sqrt(s1**2 / n1 + s0**2 / n0)
   resolved = abs(delta) > two_se
   if paper is None:
-    return Comparison(delta, two_se, (n1, n0), None, "resolved" if resolved else "not resolved", None)
+    return Comparison(
+      delta, two_se, (n1, n0), None, "resolved" if resolved else "not resolved", None
+    )
   tie = abs(paper) < TIE
   if tie:
-    status = ("confirmed" if abs(delta) + two_se <= TIE_MARGIN else
-              "contradicted" if abs(delta) - two_se > TIE_MARGIN else "not resolved")
+    status = (
+      "confirmed"
+      if abs(delta) + two_se <= TIE_MARGIN
+      else "contradicted"
+      if abs(delta) - two_se > TIE_MARGIN
+      else "not resolved"
+    )
   else:
-    status = "not resolved" if not resolved else "confirmed" if (delta > 0) == (paper > 0) else "contradicted"
+    status = (
+      "not resolved"
+      if not resolved
+      else "confirmed"
+      if (delta > 0) == (paper > 0)
+      else "contradicted"
+    )
   target = TIE_MARGIN if tie else abs(paper)
-  needed = max(2, math.ceil(POWER * (s1 ** 2 + s0 ** 2) / target ** 2))
+  needed = max(2, math.ceil(POWER * (s1**2 + s0**2) / target**2))
   return Comparison(delta, two_se, (n1, n0), paper, status, needed)
 
 
-def verdict(method: Sequence[float] | Sample, baseline: Sequence[float] | Sample, paper: float | None) -> str:
+def verdict(
+  method: Sequence[float] | Sample, baseline: Sequence[float] | Sample, paper: float | None
+) -> str:
   """One sentence comparing our difference (method - baseline, mean over seeds) with the paper's."""
   c = compare(method, baseline, paper)
   if c.status == "too few seeds":
@@ -109,12 +125,23 @@ def verdict(method: Sequence[float] | Sample, baseline: Sequence[float] | Sample
   if c.status == "not resolved":
     return f"{ours} vs {claim}: not resolved; ~{c.seeds_needed} seeds a row would resolve it"
   if c.tie:
-    return f"{ours} vs {claim}: " + ("CONFIRMED, a tie" if c.status == "confirmed" else
-                                     f"CONTRADICTED, ours {'better' if c.delta > 0 else 'worse'}")
-  size = ("size agrees" if abs(c.delta - paper) <= c.two_se else
-          "ours larger" if abs(c.delta) > abs(paper) else "ours smaller")
-  return f"{ours} vs {claim}: " + (f"CONFIRMED, same direction ({size})" if c.status == "confirmed"
-                                   else "CONTRADICTED, the opposite direction")
+    return f"{ours} vs {claim}: " + (
+      "CONFIRMED, a tie"
+      if c.status == "confirmed"
+      else f"CONTRADICTED, ours {'better' if c.delta > 0 else 'worse'}"
+    )
+  size = (
+    "size agrees"
+    if abs(c.delta - paper) <= c.two_se
+    else "ours larger"
+    if abs(c.delta) > abs(paper)
+    else "ours smaller"
+  )
+  return f"{ours} vs {claim}: " + (
+    f"CONFIRMED, same direction ({size})"
+    if c.status == "confirmed"
+    else "CONTRADICTED, the opposite direction"
+  )
 
 
 def _fmt(sample: Sample) -> str:
@@ -136,37 +163,57 @@ def _header(suite: Suite, notes: str, methods: Sequence[str]) -> list[str]:
   names = [row for row in suite.records if suite.records[row].method in methods]
   summaries = [s for row in names for s in suite.summaries(row)]
   lost = [a for a in map(suite.aggregate, names) if a is not None]
-  seconds = sum(s.seconds_total for s in summaries) + sum(60 * a.minutes_per_run * a.accuracy.n for a in lost)
-  machines = sorted({s.hardware for s in summaries} | {h for a in lost for h in a.hardware.split(" / ")}) or ["-"]
+  seconds = sum(s.seconds_total for s in summaries) + sum(
+    60 * a.minutes_per_run * a.accuracy.n for a in lost
+  )
+  machines = sorted(
+    {s.hardware for s in summaries} | {h for a in lost for h in a.hardware.split(" / ")}
+  ) or ["-"]
   only = "" if set(methods) == set(rows.METHODS) else f" --methods {','.join(methods)}"
   spec = length_spec(suite.epochs)
   epochs, e = (f" --epochs {spec}" if spec else ""), "{N}"
   lengths = ", ".join(f"{m} {suite.epochs[m]:g}" for m in rows.METHODS if m in methods)
   return [
-      "# Reproduction report", "",
-      f"Made by `python -m train.reproduce --runs runs/repro{epochs}{only}` (every run, then this file; "
-      f"`--parallel K` trains K at once) on {time.strftime('%Y-%m-%d')}; the runs took {seconds / 60:.0f} min "
-      f"of training in total on {'; '.join(machines)}. Epochs per method: {lengths}. One row, one seed: "
-      f"`python -m train.main --config configs/repro_fmnist.py:row=ROW,seed=S,epochs=N --workdir "
-      f"runs/repro/e{e}/ROW/seedS`; one run's figures: `python -m train.analyze --workdir runs/repro/e{e}/ROW/seedS`.",
-      "",
-      "Data: Fashion-MNIST (Debian's dataset-fashion-mnist: 60k train, 10k test, 28x28 grey), the only real "
-      "dataset these machines have offline. The papers use MNIST, CIFAR and ImageNet with longer schedules, "
-      "so the absolute accuracies are NOT comparable to the papers'; what is compared is each method against "
-      "its baseline under the same recipe (configs/repro_fmnist.py), over seeds. "
-      "Accuracy is that of the DEPLOYED network (every shaped conv made plain; the trained one agreed on every "
-      "prediction unless a row says otherwise). Mean +- sample std over seeds; a difference is resolved "
-      "when it exceeds two standard errors. A paper's claim is CONFIRMED when ours is resolved in its direction "
-      f"(for a tie, |paper| < {TIE}: when ours +- 2 se lies within +-{TIE_MARGIN} points), CONTRADICTED when ours "
-      f"is resolved the other way (for a tie: entirely outside +-{TIE_MARGIN}); otherwise the seeds a row that "
-      "would resolve it (80% power, two-sided 5%, from the measured per-seed spread at this length) are given.",
-      "",
-      NOTES[0] + notes + NOTES[1], "",
+    "# Reproduction report",
+    "",
+    f"Made by `python -m train.reproduce --runs runs/repro{epochs}{only}` (every run, then this "
+    "file; "
+    f"`--parallel K` trains K at once) on {time.strftime('%Y-%m-%d')}; the runs took "
+    f"{seconds / 60:.0f} min "
+    f"of training in total on {'; '.join(machines)}. Epochs per method: {lengths}. One row, one "
+    "seed: "
+    f"`python -m train.main --config configs/repro_fmnist.py:row=ROW,seed=S,epochs=N --workdir "
+    f"runs/repro/e{e}/ROW/seedS`; one run's figures: `python -m train.analyze --workdir "
+    f"runs/repro/e{e}/ROW/seedS`.",
+    "",
+    "Data: Fashion-MNIST (Debian's dataset-fashion-mnist: 60k train, 10k test, 28x28 grey), the "
+    "only real "
+    "dataset these machines have offline. The papers use MNIST, CIFAR and ImageNet with longer "
+    "schedules, "
+    "so the absolute accuracies are NOT comparable to the papers'; what is compared is each method "
+    "against "
+    "its baseline under the same recipe (configs/repro_fmnist.py), over seeds. "
+    "Accuracy is that of the DEPLOYED network (every shaped conv made plain; the trained one "
+    "agreed on every "
+    "prediction unless a row says otherwise). Mean +- sample std over seeds; a difference is "
+    "resolved "
+    "when it exceeds two standard errors. A paper's claim is CONFIRMED when ours is resolved in "
+    "its direction "
+    f"(for a tie, |paper| < {TIE}: when ours +- 2 se lies within +-{TIE_MARGIN} points), "
+    "CONTRADICTED when ours "
+    f"is resolved the other way (for a tie: entirely outside +-{TIE_MARGIN}); otherwise the seeds "
+    "a row that "
+    "would resolve it (80% power, two-sided 5%, from the measured per-seed spread at this length) "
+    "are given.",
+    "",
+    NOTES[0] + notes + NOTES[1],
+    "",
   ]
 
 
 def _rows_table(suite: Suite, method: str) -> list[str]:
-  """One line per row: parameters, accuracy over seeds, the paper's number, agreement, length, hardware, time."""
+  """One line per row: parameters, accuracy over seeds, the paper's number, agreement, length,
+  hardware, time."""
   table, missing, lost, sources = [], [], [], []
   for row in suite.rows(method):
     sums, failed, agg = suite.summaries(row.name), suite.failed(row.name), suite.aggregate(row.name)
@@ -180,37 +227,77 @@ def _rows_table(suite: Suite, method: str) -> list[str]:
     params = some.parameters if some else agg.parameters if agg else None
     deployed = some.deployed_parameters if some else agg.deployed_parameters if agg else None
     agree = [100 * s.deployed_prediction_agreement for s in sums] + ([agg.agreement] if agg else [])
-    minutes = [s.seconds_total / 60 for s in sums] + ([agg.minutes_per_run] * agg.accuracy.n if agg else [])
-    table.append((f"`{row.name}`", "-" if params is None else f"{params:,}",
-                  "-" if deployed is None else f"{deployed:,}", _fmt(suite.accuracy(row.name)),
-                  f"{suite.accuracy(row.name).n}" + (f" ({len(failed)} diverged)" if failed else ""),
-                  "-" if row.paper is None else f"{row.paper:.2f}", row.setting,
-                  f"{min(agree):.2f}" if agree else "-",
-                  " / ".join(sorted({f"{s.epochs:g}" for s in sums} | ({f"{agg.epochs:g}"} if agg else set())))
-                  or f"({suite.length(row.name):g})",
-                  " / ".join(sorted({s.hardware for s in sums} | (set(agg.hardware.split(" / ")) if agg else set())))
-                  or "-",
-                  f"{np.mean(minutes):.1f}" if minutes else "-"))
-  lines = markdown_table(("row", "params", "deployed params", "test acc. (%)", "seeds", "paper (%)",
-                          "paper's setting", "deployed = trained (%)", "epochs", "hardware", "min / run"),
-                         table) + [""]
+    minutes = [s.seconds_total / 60 for s in sums] + (
+      [agg.minutes_per_run] * agg.accuracy.n if agg else []
+    )
+    table.append(
+      (
+        f"`{row.name}`",
+        "-" if params is None else f"{params:,}",
+        "-" if deployed is None else f"{deployed:,}",
+        _fmt(suite.accuracy(row.name)),
+        f"{suite.accuracy(row.name).n}" + (f" ({len(failed)} diverged)" if failed else ""),
+        "-" if row.paper is None else f"{row.paper:.2f}",
+        row.setting,
+        f"{min(agree):.2f}" if agree else "-",
+        " / ".join(
+          sorted({f"{s.epochs:g}" for s in sums} | ({f"{agg.epochs:g}"} if agg else set()))
+        )
+        or f"({suite.length(row.name):g})",
+        " / ".join(
+          sorted({s.hardware for s in sums} | (set(agg.hardware.split(" / ")) if agg else set()))
+        )
+        or "-",
+        f"{np.mean(minutes):.1f}" if minutes else "-",
+      )
+    )
+  lines = markdown_table(
+    (
+      "row",
+      "params",
+      "deployed params",
+      "test acc. (%)",
+      "seeds",
+      "paper (%)",
+      "paper's setting",
+      "deployed = trained (%)",
+      "epochs",
+      "hardware",
+      "min / run",
+    ),
+    table,
+  ) + [""]
   if missing:
     length = suite.epochs[method]
-    lines += [f"Not run at {length:g} epochs: {', '.join(missing)} (`--epochs {method}={length:g} --rows ...`).", ""]
+    lines += [
+      f"Not run at {length:g} epochs: {', '.join(missing)} (`--epochs {method}={length:g} --rows "
+      "...`).",
+      "",
+    ]
   if lost:
-    lines += [f"Runs lost before the ledger existed, counted from their printed mean and std (no per-seed values; "
-              f"their analyses are not in the tables below): {'; '.join(lost)}. From {'; '.join(sources)}.", ""]
+    lines += [
+      "Runs lost before the ledger existed, counted from their printed mean and std (no per-seed "
+      "values; "
+      f"their analyses are not in the tables below): {'; '.join(lost)}. From {'; '.join(sources)}.",
+      "",
+    ]
   return lines
 
 
 def _comparisons(suite: Suite, method: str) -> list[str]:
   """Each row against its baseline, next to the paper's difference."""
-  return markdown_table(("method vs baseline", "difference (points)", "paper's setting"),
-                        [(f"`{row.name}` - `{row.baseline}`",
-                          verdict(suite.accuracy(row.name), suite.accuracy(row.baseline),
-                                  row.paper_difference), row.comparison)
-                         for row in suite.rows(method) if row.baseline is not None
-                         and suite.accuracy(row.name).n and suite.accuracy(row.baseline).n]) + [""]
+  return markdown_table(
+    ("method vs baseline", "difference (points)", "paper's setting"),
+    [
+      (
+        f"`{row.name}` - `{row.baseline}`",
+        verdict(suite.accuracy(row.name), suite.accuracy(row.baseline), row.paper_difference),
+        row.comparison,
+      )
+      for row in suite.rows(method)
+      if row.baseline is not None and suite.accuracy(row.name).n and suite.accuracy(row.baseline).n
+    ],
+  ) + [""]
 
 
 def _ours(c: Comparison) -> str:
@@ -221,27 +308,63 @@ def _ours(c: Comparison) -> str:
 
 
 def _claims(suite: Suite, methods: Sequence[str]) -> list[str]:
-  """Every paper's claimed difference in one table: ours, its status and the seeds that would settle it."""
+  """Every paper's claimed difference in one table: ours, its status and the seeds that would settle
+  it."""
   table = []
-  for row in (r for r in suite.records.values() if r.method in methods and r.paper_difference is not None):
+  for row in suite.records.values():
+    if row.method not in methods or row.paper_difference is None or row.baseline is None:
+      continue
     c = compare(suite.accuracy(row.name), suite.accuracy(row.baseline), row.paper_difference)
-    status = "not run" if 0 in c.seeds else c.status.upper() if c.status in ("confirmed", "contradicted") else c.status
-    table.append((f"`{row.name}` - `{row.baseline}`", row.comparison, f"{row.paper_difference:+.2f}",
-                  f"{suite.length(row.name):g}", _ours(c), f"{c.seeds[0]} / {c.seeds[1]}", status,
-                  "-" if c.seeds_needed is None else str(c.seeds_needed)))
-  return ["## The papers' claims at a glance", "",
-          *markdown_table(("claim", "paper's setting", "paper (points)", "epochs", "ours +- 2 se", "seeds",
-                           "status", "seeds a row to resolve"), table), ""]
+    status = (
+      "not run"
+      if 0 in c.seeds
+      else c.status.upper()
+      if c.status in ("confirmed", "contradicted")
+      else c.status
+    )
+    table.append(
+      (
+        f"`{row.name}` - `{row.baseline}`",
+        row.comparison,
+        f"{row.paper_difference:+.2f}",
+        f"{suite.length(row.name):g}",
+        _ours(c),
+        f"{c.seeds[0]} / {c.seeds[1]}",
+        status,
+        "-" if c.seeds_needed is None else str(c.seeds_needed),
+      )
+    )
+  return [
+    "## The papers' claims at a glance",
+    "",
+    *markdown_table(
+      (
+        "claim",
+        "paper's setting",
+        "paper (points)",
+        "epochs",
+        "ours +- 2 se",
+        "seeds",
+        "status",
+        "seeds a row to resolve",
+      ),
+      table,
+    ),
+    "",
+  ]
 
 
 def _by_length(runs: Path, methods: Sequence[str], ledger: Path | None) -> list[str]:
-  """Each comparison at every length that has runs under RUNS or in the ledger (the trend with length)."""
+  """Each comparison at every length that has runs under RUNS or in the ledger (the trend with
+  length)."""
   lengths = lengths_on_disk(runs, ledger)
   if not lengths:
     return []
   suites = [Suite(runs, epochs=dict.fromkeys(rows.METHODS, e), ledger=ledger) for e in lengths]
   table = []
-  for row in (r for r in rows.ROWS.values() if r.method in methods and r.baseline is not None):
+  for row in rows.ROWS.values():
+    if row.method not in methods or row.baseline is None:
+      continue
     cells = []
     for suite in suites:
       c = compare(suite.accuracy(row.name), suite.accuracy(row.baseline), row.paper_difference)
@@ -249,22 +372,34 @@ def _by_length(runs: Path, methods: Sequence[str], ledger: Path | None) -> list[
     if any(cell != "-" for cell in cells):
       paper = "-" if row.paper_difference is None else f"{row.paper_difference:+.2f}"
       table.append((f"`{row.name}` - `{row.baseline}`", paper, *cells))
-  return ["## Each difference at every length run", "",
-          "Ours +- 2 se (fewest seeds of the two rows), in points, at every length run (RUNS/eN or the ledger):", "",
-          *markdown_table(("method vs baseline", "paper", *(f"{e:g} epochs" for e in lengths)), table), ""]
+  return [
+    "## Each difference at every length run",
+    "",
+    "Ours +- 2 se (fewest seeds of the two rows), in points, at every length run (RUNS/eN or the "
+    "ledger):",
+    "",
+    *markdown_table(("method vs baseline", "paper", *(f"{e:g} epochs" for e in lengths)), table),
+    "",
+  ]
 
 
-def write_report(runs: str | Path, path: str | Path, methods: Sequence[str] = rows.METHODS,
-                 epochs: dict[str, float] | None = None, ledger: str | Path | None = None) -> str:
+def write_report(
+  runs: str | Path,
+  path: str | Path,
+  methods: Sequence[str] = rows.METHODS,
+  epochs: dict[str, float] | None = None,
+  ledger: str | Path | None = None,
+) -> str:
   """Writes the reproduction report to `path` and its figures next to it (folder `repro/`).
 
   Args:
     runs: the suite's runs (RUNS/eN/ROW/seedS).
     path: the markdown file.
     methods: the sections to write (default: all), e.g. ("rotate",) for a report of one family.
-    epochs: the length of each method's runs the report's tables read (default: repro_fmnist.EPOCHS);
-      a table of every difference at every length under RUNS follows them.
-    ledger: the suite's ledger (train/ledger.py): runs not under RUNS are read from it (None: only RUNS).
+    epochs: the length of each method's runs the report's tables read (default:
+      repro_fmnist.EPOCHS); a table of every difference at every length under RUNS follows them.
+    ledger: the suite's ledger (train/reproduce/ledger.py): runs not under RUNS are read from it
+      (None: only RUNS).
   """
   unknown = sorted(set(methods) - set(rows.METHODS))
   if unknown:
@@ -276,10 +411,15 @@ def write_report(runs: str | Path, path: str | Path, methods: Sequence[str] = ro
   if path.exists():
     old = path.read_text()
     if NOTES[0] in old and NOTES[1] in old:
-      notes = old[old.index(NOTES[0]) + len(NOTES[0]):old.index(NOTES[1])]
+      notes = old[old.index(NOTES[0]) + len(NOTES[0]) : old.index(NOTES[1])]
   lines = _header(suite, notes, methods) + _claims(suite, methods)
   for method in (m for m in rows.METHODS if m in methods):
-    lines += [f"## {rows.TITLES[method]}", "", *_rows_table(suite, method), *_comparisons(suite, method)]
+    lines += [
+      f"## {rows.TITLES[method]}",
+      "",
+      *_rows_table(suite, method),
+      *_comparisons(suite, method),
+    ]
     lines += analyze.get(method).summarise(suite, figures)
   lines += _by_length(suite.runs, methods, suite.ledger_dir)
   text = "\n".join(lines) + "\n"

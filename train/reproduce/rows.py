@@ -1,4 +1,5 @@
-"""The reproduction suite's rows: each one's paper number, what it is compared with, what the report reads.
+"""The reproduction suite's rows: each one's paper number, what it is compared with, what the report
+reads.
 
 What a row trains is its config, configs/repro_fmnist.py; this module holds
 what the suite knows about it beyond that. The driver (driver.py) and the
@@ -17,10 +18,10 @@ from configs import repro_fmnist
 METHODS = tuple(repro_fmnist.EPOCHS)
 # The report's section title of each method's rows.
 TITLES = {
-    "rotate": "RotateConv, SN (Ma et al., Table I)",
-    "versatile": "Versatile filters, LeNet (Wang et al., Tables 2-3)",
-    "active": "Active Convolution Unit, plain network (Jeon and Kim, Table 2)",
-    "acb": "ACNet, Cifar-quick (Ding et al., Tables 1 and 4)",
+  "rotate": "RotateConv, SN (Ma et al., Table I)",
+  "versatile": "Versatile filters, LeNet (Wang et al., Tables 2-3)",
+  "active": "Active Convolution Unit, plain network (Jeon and Kim, Table 2)",
+  "acb": "ACNet, Cifar-quick (Ding et al., Tables 1 and 4)",
 }
 
 
@@ -32,17 +33,21 @@ def parse_lengths(spec: str | None) -> dict[str, float]:
   Raises:
     ValueError: for an unknown method or a length that is not a positive number.
   """
-  lengths = dict(repro_fmnist.EPOCHS)
+  lengths: dict[str, float] = dict(repro_fmnist.EPOCHS)
   for item in filter(None, (spec or "").replace(" ", "").split(",")):
     method, _, value = item.rpartition("=")
     if method and method not in METHODS:
-      raise ValueError(f"epochs {item!r}: unknown method {method!r}; expected one of {list(METHODS)}")
+      raise ValueError(
+        f"epochs {item!r}: unknown method {method!r}; expected one of {list(METHODS)}"
+      )
     try:
       epochs = float(value)
     except ValueError:
       epochs = float("nan")
     if not epochs > 0:
-      raise ValueError(f"epochs {item!r}: expected a positive number of epochs, e.g. '10' or 'acb=10'")
+      raise ValueError(
+        f"epochs {item!r}: expected a positive number of epochs, e.g. '10' or 'acb=10'"
+      )
     lengths.update({method: epochs} if method else dict.fromkeys(METHODS, epochs))
   return lengths
 
@@ -87,28 +92,179 @@ class Row:
 
 _RESNET18 = "ImageNet ResNet-18, Table 4 (base 70.36)"
 _PAPER = (
-    Row("sn_v9", paper=98.95, setting="MNIST, Table I"),
-    Row("sn_v4", paper=98.65, setting="MNIST, Table I", baseline="sn_v9", paper_difference=98.65 - 98.95, comparison="Table I, MNIST", analyses={"rotate": {}}, figure="sn_v4"),
-    Row("sn_v2", paper=97.41, setting="MNIST, Table I", baseline="sn_v9", paper_difference=97.41 - 98.95, comparison="Table I, MNIST", analyses={"rotate": {}}, figure="sn_v2"),
-    Row("sn_v4_frozen", baseline="sn_v4", comparison="ours: frozen - learned angles", analyses={"rotate": {}}),
-    Row("sn_v2_frozen", baseline="sn_v2", comparison="ours: frozen - learned angles", analyses={"rotate": {}}),
-    Row("sn_v4_raw_grad", baseline="sn_v4", comparison="ours: raw - normalized angle gradient", analyses={"rotate": {}}),
-    Row("sn_v2_raw_grad", baseline="sn_v2", comparison="ours: raw - normalized angle gradient", analyses={"rotate": {}}),
-    Row("lenet_baseline", paper=99.20, setting="MNIST, Table 2", figure="baseline", paper_cost=(4.3e5, 1681.6, 22.93e5)),
-    Row("lenet_model1", paper=99.20, setting="MNIST, Table 2", baseline="lenet_baseline", paper_difference=0.0, comparison="Table 2, MNIST", paper_cost=(4.3e5, 1681.6, 22.93e5)),
-    Row("lenet_model2", paper=99.15, setting="MNIST, Table 2", baseline="lenet_baseline", paper_difference=-0.05, comparison="Table 2, MNIST", paper_cost=(2.2e5, 852.0, 12.00e5)),
-    Row("lenet_model3", paper=99.22, setting="MNIST, Table 2", baseline="lenet_baseline", paper_difference=0.02, comparison="Table 2, MNIST", figure="Model 3", paper_cost=(2.2e5, 852.0, 12.00e5)),
-    Row("lenet_v2_model1", paper=99.18, setting="MNIST, Table 3", baseline="lenet_baseline", paper_difference=-0.02, comparison="Table 3, MNIST", paper_cost=(1.18e5, 460.5, 12.17e5)),
-    Row("lenet_v2_model3", paper=99.07, setting="MNIST, Table 3", baseline="lenet_baseline", paper_difference=-0.13, comparison="Table 3, MNIST", paper_cost=(0.79e5, 309.1, 12.12e5)),
-    Row("acu_baseline", paper=91.99, setting="CIFAR-10, Table 2 (error 8.01)"),
-    Row("acu", paper=92.67, setting="CIFAR-10, Table 2 (error 7.33)", baseline="acu_baseline", paper_difference=0.68, comparison="Table 2, CIFAR-10", analyses={"active": {}}, figure="acu"),
-    Row("acu_no_warmup", setting="section 2.4: warm-up worth 0.1-0.2 points", baseline="acu", paper_difference=-0.15, comparison="section 2.4: 0.1-0.2", analyses={"active": {}}),
-    Row("acu_no_normgrad", setting="section 2.3: no number given", baseline="acu", comparison="section 2.3, no number", analyses={"active": {}}),
-    Row("acb_baseline", paper=83.13, setting="CIFAR-10, Table 1", analyses={"acb": {}}, figure="acb_baseline", paper_distorted=(70.36, 41.00, 41.95, 41.86)),
-    Row("acb", paper=84.24, setting="CIFAR-10, Table 1", baseline="acb_baseline", paper_difference=1.11, comparison="Table 1, Cifar-quick CIFAR-10", analyses={"acb": {}}, figure="acb", paper_distorted=(71.14, 42.20, 42.89, 43.10)),
-    Row("acb_hor", paper=70.70, setting=_RESNET18, baseline="acb", paper_difference=70.70 - 71.14, comparison="Table 4, ResNet-18 ImageNet", analyses={"acb": {"prune_seeds": 0}}, paper_distorted=(70.70, 42.06, 43.22, 43.05)),
-    Row("acb_ver", paper=70.78, setting=_RESNET18, baseline="acb", paper_difference=70.78 - 71.14, comparison="Table 4, ResNet-18 ImageNet", analyses={"acb": {"prune_seeds": 0}}, paper_distorted=(70.78, 41.61, 42.47, 42.66)),
-    Row("acb_bn_sum", paper=70.82, setting=_RESNET18, baseline="acb", paper_difference=70.82 - 71.14, comparison="Table 4, ResNet-18 ImageNet", analyses={"acb": {"prune_seeds": 0}}, paper_distorted=(70.82, 41.70, 42.92, 42.90)),
+  Row("sn_v9", paper=98.95, setting="MNIST, Table I"),
+  Row(
+    "sn_v4",
+    paper=98.65,
+    setting="MNIST, Table I",
+    baseline="sn_v9",
+    paper_difference=98.65 - 98.95,
+    comparison="Table I, MNIST",
+    analyses={"rotate": {}},
+    figure="sn_v4",
+  ),
+  Row(
+    "sn_v2",
+    paper=97.41,
+    setting="MNIST, Table I",
+    baseline="sn_v9",
+    paper_difference=97.41 - 98.95,
+    comparison="Table I, MNIST",
+    analyses={"rotate": {}},
+    figure="sn_v2",
+  ),
+  Row(
+    "sn_v4_frozen",
+    baseline="sn_v4",
+    comparison="ours: frozen - learned angles",
+    analyses={"rotate": {}},
+  ),
+  Row(
+    "sn_v2_frozen",
+    baseline="sn_v2",
+    comparison="ours: frozen - learned angles",
+    analyses={"rotate": {}},
+  ),
+  Row(
+    "sn_v4_raw_grad",
+    baseline="sn_v4",
+    comparison="ours: raw - normalized angle gradient",
+    analyses={"rotate": {}},
+  ),
+  Row(
+    "sn_v2_raw_grad",
+    baseline="sn_v2",
+    comparison="ours: raw - normalized angle gradient",
+    analyses={"rotate": {}},
+  ),
+  Row(
+    "lenet_baseline",
+    paper=99.20,
+    setting="MNIST, Table 2",
+    figure="baseline",
+    paper_cost=(4.3e5, 1681.6, 22.93e5),
+  ),
+  Row(
+    "lenet_model1",
+    paper=99.20,
+    setting="MNIST, Table 2",
+    baseline="lenet_baseline",
+    paper_difference=0.0,
+    comparison="Table 2, MNIST",
+    paper_cost=(4.3e5, 1681.6, 22.93e5),
+  ),
+  Row(
+    "lenet_model2",
+    paper=99.15,
+    setting="MNIST, Table 2",
+    baseline="lenet_baseline",
+    paper_difference=-0.05,
+    comparison="Table 2, MNIST",
+    paper_cost=(2.2e5, 852.0, 12.00e5),
+  ),
+  Row(
+    "lenet_model3",
+    paper=99.22,
+    setting="MNIST, Table 2",
+    baseline="lenet_baseline",
+    paper_difference=0.02,
+    comparison="Table 2, MNIST",
+    figure="Model 3",
+    paper_cost=(2.2e5, 852.0, 12.00e5),
+  ),
+  Row(
+    "lenet_v2_model1",
+    paper=99.18,
+    setting="MNIST, Table 3",
+    baseline="lenet_baseline",
+    paper_difference=-0.02,
+    comparison="Table 3, MNIST",
+    paper_cost=(1.18e5, 460.5, 12.17e5),
+  ),
+  Row(
+    "lenet_v2_model3",
+    paper=99.07,
+    setting="MNIST, Table 3",
+    baseline="lenet_baseline",
+    paper_difference=-0.13,
+    comparison="Table 3, MNIST",
+    paper_cost=(0.79e5, 309.1, 12.12e5),
+  ),
+  Row("acu_baseline", paper=91.99, setting="CIFAR-10, Table 2 (error 8.01)"),
+  Row(
+    "acu",
+    paper=92.67,
+    setting="CIFAR-10, Table 2 (error 7.33)",
+    baseline="acu_baseline",
+    paper_difference=0.68,
+    comparison="Table 2, CIFAR-10",
+    analyses={"active": {}},
+    figure="acu",
+  ),
+  Row(
+    "acu_no_warmup",
+    setting="section 2.4: warm-up worth 0.1-0.2 points",
+    baseline="acu",
+    paper_difference=-0.15,
+    comparison="section 2.4: 0.1-0.2",
+    analyses={"active": {}},
+  ),
+  Row(
+    "acu_no_normgrad",
+    setting="section 2.3: no number given",
+    baseline="acu",
+    comparison="section 2.3, no number",
+    analyses={"active": {}},
+  ),
+  Row(
+    "acb_baseline",
+    paper=83.13,
+    setting="CIFAR-10, Table 1",
+    analyses={"acb": {}},
+    figure="acb_baseline",
+    paper_distorted=(70.36, 41.00, 41.95, 41.86),
+  ),
+  Row(
+    "acb",
+    paper=84.24,
+    setting="CIFAR-10, Table 1",
+    baseline="acb_baseline",
+    paper_difference=1.11,
+    comparison="Table 1, Cifar-quick CIFAR-10",
+    analyses={"acb": {}},
+    figure="acb",
+    paper_distorted=(71.14, 42.20, 42.89, 43.10),
+  ),
+  Row(
+    "acb_hor",
+    paper=70.70,
+    setting=_RESNET18,
+    baseline="acb",
+    paper_difference=70.70 - 71.14,
+    comparison="Table 4, ResNet-18 ImageNet",
+    analyses={"acb": {"prune_seeds": 0}},
+    paper_distorted=(70.70, 42.06, 43.22, 43.05),
+  ),
+  Row(
+    "acb_ver",
+    paper=70.78,
+    setting=_RESNET18,
+    baseline="acb",
+    paper_difference=70.78 - 71.14,
+    comparison="Table 4, ResNet-18 ImageNet",
+    analyses={"acb": {"prune_seeds": 0}},
+    paper_distorted=(70.78, 41.61, 42.47, 42.66),
+  ),
+  Row(
+    "acb_bn_sum",
+    paper=70.82,
+    setting=_RESNET18,
+    baseline="acb",
+    paper_difference=70.82 - 71.14,
+    comparison="Table 4, ResNet-18 ImageNet",
+    analyses={"acb": {"prune_seeds": 0}},
+    paper_distorted=(70.82, 41.70, 42.92, 42.90),
+  ),
 )
 # Every row of the configs, in their order (a row the paper has no number for is a bare Row).
 ROWS: dict[str, Row] = {name: Row(name) for name in repro_fmnist.ROWS} | {r.name: r for r in _PAPER}

@@ -1,4 +1,5 @@
-"""The runs of the reproduction suite (RUNS/eN/ROW/seedS on disk, or their records), read through the rows.
+"""The runs of the reproduction suite (RUNS/eN/ROW/seedS on disk, or their records), read through
+the rows.
 
 A suite's runs at one length are under RUNS/eN (N epochs, train/reproduce/layout.py);
 a `Suite` reads each method's rows at the length it is given. A run whose folder is
@@ -25,7 +26,8 @@ from train.trainer.trained_run import TrainedRun, load_run
 
 
 def lengths_on_disk(runs: str | Path, ledger_dir: str | Path | None = None) -> list[float]:
-  """The lengths (epochs) that have a folder under RUNS (or records in the ledger), shortest first."""
+  """The lengths (epochs) that have a folder under RUNS (or records in the ledger), shortest
+  first."""
   recorded = layout.lengths(ledger_dir) if ledger_dir is not None else []
   return sorted(set(layout.lengths(runs)) | set(recorded))
 
@@ -41,8 +43,13 @@ class Suite:
     ledger: the suite's ledger, RUNS' records (None: only the runs on disk are read).
   """
 
-  def __init__(self, runs: str | Path, rows: dict[str, Row] | None = None,
-               epochs: dict[str, float] | None = None, ledger: str | Path | None = None):
+  def __init__(
+    self,
+    runs: str | Path,
+    rows: dict[str, Row] | None = None,
+    epochs: dict[str, float] | None = None,
+    ledger: str | Path | None = None,
+  ):
     self.runs = Path(runs)
     self.ledger_dir = None if ledger is None else Path(ledger)
     self.records = ROWS if rows is None else rows
@@ -80,7 +87,9 @@ class Suite:
 
   def on_disk(self, row: str) -> list[str]:
     """The row's finished seeds whose folders are on this machine ('seed0', ...), sorted."""
-    return sorted(p.name for p in self.row_dir(row).glob("seed*") if RunDir(p).summary_path.exists())
+    return sorted(
+      p.name for p in self.row_dir(row).glob("seed*") if RunDir(p).summary_path.exists()
+    )
 
   def recorded(self, row: str) -> dict[str, dict[str, Any]]:
     """The row's records at its length ({} without a ledger)."""
@@ -90,18 +99,24 @@ class Suite:
 
   def aggregate(self, row: str) -> ledger.Aggregate | None:
     """What is left of the row's lost runs at its length, if any."""
-    return None if self.ledger_dir is None else ledger.read_aggregate(self.ledger_dir, row, self.length(row))
+    return (
+      None
+      if self.ledger_dir is None
+      else ledger.read_aggregate(self.ledger_dir, row, self.length(row))
+    )
 
   def seeds(self, row: str) -> list[str]:
-    """The finished seeds of a row with a summary ('seed0', ...: on disk or recorded), sorted; an aggregate's
-    seeds are not among them."""
+    """The finished seeds of a row with a summary ('seed0', ...: on disk or recorded), sorted; an
+    aggregate's seeds are not among them."""
     lost = set(a.seeds) if (a := self.aggregate(row)) else set()
     found = set(self.on_disk(row)) | {s for s, r in self.recorded(row).items() if r.get("summary")}
     return sorted(found - lost)
 
   def summary(self, row: str, seed: str) -> Summary:
     """A finished run's summary, from its folder where that is here, else from its record."""
-    return RunDir(self.workdir(row, seed)).read_summary() or Summary.from_json(self.recorded(row)[seed]["summary"])
+    return RunDir(self.workdir(row, seed)).read_summary() or Summary.from_json(
+      self.recorded(row)[seed]["summary"]
+    )
 
   def summaries(self, row: str) -> list[Summary]:
     return [self.summary(row, s) for s in self.seeds(row)]
@@ -133,9 +148,12 @@ class Suite:
     options = {k: v for o in record.analyses.values() for k, v in o.items()}
 
     def current(results: dict[str, Any] | None) -> bool:
-      # computed for these analyses with these options (older caches did not record them)
-      return (results is not None and set(record.analyses) <= set(results.get("sections", []))
-              and results.get("options") == options)
+      # computed for these analyses with these options
+      return (
+        results is not None
+        and set(record.analyses) <= set(results.get("sections", []))
+        and results.get("options") == options
+      )
 
     cached = self.analysis_dir(row, seed) / "results.json"
     if cached.exists() and current(results := json.loads(cached.read_text())):
@@ -144,8 +162,10 @@ class Suite:
       kept = self.recorded(row).get(seed, {}).get("results")
       if current(kept):
         return kept
-      raise FileNotFoundError(f"{row} {seed}: its run is not on this machine and its record "
-                              f"holds no current {sorted(record.analyses)} results")
+      raise FileNotFoundError(
+        f"{row} {seed}: its run is not on this machine and its record "
+        f"holds no current {sorted(record.analyses)} results"
+      )
     return analyze.analyze(self.workdir(row, seed), sections=list(record.analyses), **options)
 
   def record(self, row: str, seed: str) -> Path | None:

@@ -1,17 +1,17 @@
 """The trainer of one run: `train_and_evaluate(config, workdir)` and the errors it raises.
 
-  settings      the config read and checked once into typed settings
-  experiment    the settings made concrete: data, model, optimizer, length
-  loop          the training loop (train_and_evaluate)
-  state, step   the TrainState and the jitted step
-  programs      the compiled step and evaluator per ACU radius set
-  evaluation    the evaluator and the final evaluation of the trained and deployed model
-  input_pipeline the data
-  rundir        where a run's files are, and its lock
-  checkpoints   orbax save / verified restore / set-aside of damaged checkpoints
-  logger, plots the progress bar, metrics.jsonl and the learning curve
-  summary       the typed summary.json record
-  trained_run   a finished run rebuilt from its directory (for the analyses and export)
+settings      the config read and checked once into typed settings
+experiment    the settings made concrete: data, model, optimizer, length
+loop          the training loop (train_and_evaluate)
+state, step   the TrainState and the jitted step
+programs      the compiled step and evaluator per ACU radius set
+evaluation    the evaluator and the final evaluation of the trained and deployed model
+input_pipeline the data
+rundir        where a run's files are, and its lock
+checkpoints   orbax save / verified restore / set-aside of damaged checkpoints
+logger, plots the progress bar, metrics.jsonl and the learning curve
+summary       the typed summary.json record
+trained_run   a finished run rebuilt from its directory (for the analyses and export)
 """
 
 from train.trainer.checkpoints import CheckpointError
@@ -21,13 +21,13 @@ from train.trainer.rundir import RunDirError
 from train.trainer.settings import ConfigError, check_config
 
 __all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "RunDirError",
-    "TrainingDiverged",
-    "TrainingStopped",
-    "check_config",
-    "data_mesh",
-    "train_and_evaluate",
+  "CheckpointError",
+  "ConfigError",
+  "DataError",
+  "RunDirError",
+  "TrainingDiverged",
+  "TrainingStopped",
+  "check_config",
+  "data_mesh",
+  "train_and_evaluate",
 ]

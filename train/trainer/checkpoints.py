@@ -1,4 +1,5 @@
-"""A run's checkpoints: orbax save, verified restore (checksum, structure) and damaged ones set aside.
+"""A run's checkpoints: orbax save, verified restore (checksum, structure) and damaged ones set
+aside.
 
   checkpoints/STEP/   orbax: `state` (the TrainState as a dict), `history` (the metrics) and
                       `meta` (a SHA-256 of both and the config that made them)
@@ -67,18 +68,29 @@ class Checkpoints:
       with them.
   """
 
-  def __init__(self, directory: Path, damaged_dir: Path, keep: int | None = None, config_path: Path | None = None):
+  def __init__(
+    self,
+    directory: Path,
+    damaged_dir: Path,
+    keep: int | None = None,
+    config_path: Path | None = None,
+  ):
     self.directory, self.damaged_dir, self.config_path = directory, damaged_dir, config_path
     self._keep = keep
     self._manager: ocp.CheckpointManager | None = None
 
   def _orbax(self, create: bool = False) -> ocp.CheckpointManager:
     if self._manager is None:
-      handlers = {"state": ocp.StandardCheckpointHandler(), "history": ocp.JsonCheckpointHandler(),
-                  "meta": ocp.JsonCheckpointHandler()}
+      handlers = {
+        "state": ocp.StandardCheckpointHandler(),
+        "history": ocp.JsonCheckpointHandler(),
+        "meta": ocp.JsonCheckpointHandler(),
+      }
       self._manager = ocp.CheckpointManager(
-          self.directory, item_handlers=handlers,
-          options=ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=create))
+        self.directory,
+        item_handlers=handlers,
+        options=ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=create),
+      )
     return self._manager
 
   def steps(self) -> list[int]:
@@ -92,7 +104,8 @@ class Checkpoints:
     return steps[-1] if steps else None
 
   def find(self, step: int | None = None) -> int:
-    """`step` if it was saved (default: the latest); FileNotFoundError, with the saved steps, if not."""
+    """`step` if it was saved (default: the latest); FileNotFoundError, with the saved steps, if
+    not."""
     steps = self.steps()
     if not steps:
       raise FileNotFoundError(f"no checkpoints in {self.directory}")
@@ -102,8 +115,13 @@ class Checkpoints:
       raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory}; saved: {steps}")
     return step
 
-  def save(self, step: int, state: TrainState, history: list[dict[str, Any]],
-           config: dict[str, Any] | None = None) -> None:
+  def save(
+    self,
+    step: int,
+    state: TrainState,
+    history: list[dict[str, Any]],
+    config: dict[str, Any] | None = None,
+  ) -> None:
     """Saves state, history and their checksum (and the config) as checkpoint `step`.
 
     Asynchronous; a step saved already is kept.
@@ -112,26 +130,43 @@ class Checkpoints:
     if manager.latest_step() == step:
       return
     tree = state.to_tree()
-    meta = {"checksum": checksum(tree, history),
-            "config": config}
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                               history=ocp.args.JsonSave(history), meta=ocp.args.JsonSave(meta)))
+    meta = {"checksum": checksum(tree, history), "config": config}
+    manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(tree),
+        history=ocp.args.JsonSave(history),
+        meta=ocp.args.JsonSave(meta),
+      ),
+    )
 
   def saved_config(self, step: int | None = None) -> dict[str, Any] | None:
-    """The config checkpoint `step` (default: the latest) was saved with; config.json for a
-    checkpoint from before configs were saved with them (the fallback_config file); None without checkpoints."""
+    """The config checkpoint `step` (default: the latest) was saved with; the run's config.json
+    (`config_path`) for a checkpoint saved before configs were; None without checkpoints."""
     if not self.steps():
       return None
     step = self.find(step)
     if (self.directory / str(step) / "meta").exists():
       with contextlib.suppress(Exception):  # a damaged meta: the restore will say so
-        meta = self._orbax().restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        meta = (
+          self._orbax().restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        )
         if meta.get("config") is not None:
           return meta["config"]
-    return json.loads(self.config_path.read_text()) if self.config_path and self.config_path.exists() else None
+    return (
+      json.loads(self.config_path.read_text())
+      if self.config_path and self.config_path.exists()
+      else None
+    )
 
-  def restore(self, like: TrainState, step: int | None = None, *, set_aside: bool = False,
-              say: Callable[[str], None] = print) -> tuple[TrainState, list[dict[str, Any]]]:
+  def restore(
+    self,
+    like: TrainState,
+    step: int | None = None,
+    *,
+    set_aside: bool = False,
+    say: Callable[[str], None] = print,
+  ) -> tuple[TrainState, list[dict[str, Any]]]:
     """A verified checkpoint into the structure, dtypes and shardings of `like`.
 
     Args:
@@ -159,13 +194,19 @@ class Checkpoints:
           raise CheckpointError(f"checkpoint {s} in {self.directory} is damaged: {e}") from e
         where = self._set_aside(s) if set_aside else None
         damaged.append(s)
-        say(f"checkpoint {s} is damaged ({e})" + (f"; moved to {where}" if where else "")
-            + (f"; trying step {steps[len(damaged)]}" if len(damaged) < len(steps) else ""))
-    raise CheckpointError(f"every checkpoint in {self.directory} is damaged (steps {damaged})"
-                          + (f"; they are in {self.damaged_dir}, and a new run starts from step 0"
-                             if set_aside else ""))
+        say(
+          f"checkpoint {s} is damaged ({e})"
+          + (f"; moved to {where}" if where else "")
+          + (f"; trying step {steps[len(damaged)]}" if len(damaged) < len(steps) else "")
+        )
+    raise CheckpointError(
+      f"every checkpoint in {self.directory} is damaged (steps {damaged})"
+      + (f"; they are in {self.damaged_dir}, and a new run starts from step 0" if set_aside else "")
+    )
 
-  def _restore_verified(self, like: TrainState, step: int) -> tuple[TrainState, list[dict[str, Any]]]:
+  def _restore_verified(
+    self, like: TrainState, step: int
+  ) -> tuple[TrainState, list[dict[str, Any]]]:
     manager = self._orbax()
     has_meta = (self.directory / str(step) / "meta").exists()
     try:
@@ -176,8 +217,9 @@ class Checkpoints:
     if not saved:
       raise _Damaged("its array metadata is missing")
     _check_structure(like.to_tree(), saved, step)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            like.to_tree())
+    abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like.to_tree()
+    )
     items = dict(state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore())
     if has_meta:
       items["meta"] = ocp.args.JsonRestore()
@@ -216,11 +258,16 @@ class _Damaged(Exception):
 
 
 def _check_structure(tree: dict[str, Any], saved: dict[str, Any], step: int) -> None:
-  """CheckpointError, one line, when checkpoint `step` holds other arrays than the state to restore."""
-  want = {_path(k): (tuple(v.shape), np.dtype(v.dtype)) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  """CheckpointError, one line, when checkpoint `step` holds other arrays than the state to
+  restore."""
+  want = {
+    _path(k): (tuple(v.shape), np.dtype(v.dtype))
+    for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
   have = {p: (tuple(m.shape), np.dtype(m.dtype)) for p, m in saved.items()}
   if want == have:
     return
+
   def describe(p):
     if p not in want:
       return f"{p} is saved but not in this model"
@@ -229,9 +276,13 @@ def _check_structure(tree: dict[str, Any], saved: dict[str, Any], step: int) -> 
     return f"{p}: saved {have[p][0]} {have[p][1]}, now {want[p][0]} {want[p][1]}"
 
   # the model's arrays first: they say what changed; the optimizer's follow from them
-  paths = sorted((p for p in want.keys() | have.keys() if want.get(p) != have.get(p)),
-                 key=lambda p: (not p.startswith("params/"), p))
+  paths = sorted(
+    (p for p in want.keys() | have.keys() if want.get(p) != have.get(p)),
+    key=lambda p: (not p.startswith("params/"), p),
+  )
   diffs = [describe(p) for p in paths]
   more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
-  raise CheckpointError(f"checkpoint {step} holds a state of another structure than this config's: "
-                        f"{'; '.join(diffs[:3])}{more}")
+  raise CheckpointError(
+    f"checkpoint {step} holds a state of another structure than this config's: "
+    f"{'; '.join(diffs[:3])}{more}"
+  )

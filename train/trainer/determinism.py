@@ -55,8 +55,10 @@ def request(deterministic: bool) -> bool:
     return True
   if jax.default_backend() == "gpu":
     warnings.warn(
-        "config.deterministic: JAX started its GPU backend before the flag could be set, so this run "
-        f"is not deterministic. Start Python with XLA_FLAGS='{FLAG}', or train with `python -m train.main`.",
-        stacklevel=2)
+      "config.deterministic: JAX started its GPU backend before the flag could be set, so this run "
+      f"is not deterministic. Start Python with XLA_FLAGS='{FLAG}', or train with `python -m "
+      "train.main`.",
+      stacklevel=2,
+    )
     return False
   return True

@@ -1,4 +1,5 @@
-"""Evaluation: a model over a split, data parallel; the final evaluation of a run and of its deployed twin."""
+"""Evaluation: a model over a split, data parallel; the final evaluation of a run and of its
+deployed twin."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from jax.sharding import PartitionSpec as P
 
 import kshapes_jax as K
 from train.trainer import input_pipeline
+from train.trainer.state import split_model
 from train.trainer.step import shard
 
 
 def make_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequence[float]):
-  """eval(params, rest, batch) -> (loss sum, correct, count, argmax) over the unmasked rows (argmax -1 on the others)."""
+  """eval(params, rest, batch) -> (loss sum, correct, count, argmax) over the unmasked rows (argmax
+  -1 on the others)."""
 
   def evaluate(params, rest, batch):
     x = input_pipeline.preprocess(batch["image"], None, mean=mean, std=std)
@@ -28,8 +31,12 @@ def make_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequen
     mask = batch["mask"]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     pred = jnp.argmax(logits, -1)
-    return (jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(mask & (pred == batch["label"])),
-            jnp.sum(mask), jnp.where(mask, pred, -1))
+    return (
+      jnp.sum(jnp.where(mask, losses, 0.0)),
+      jnp.sum(mask & (pred == batch["label"])),
+      jnp.sum(mask),
+      jnp.where(mask, pred, -1),
+    )
 
   return evaluate
 
@@ -46,42 +53,62 @@ class Evaluator:
   def __post_init__(self):
     rep = NamedSharding(self.mesh, P())
     self._data = NamedSharding(self.mesh, P("data"))
-    self._fn = jax.jit(make_eval_step(self.graphdef, mean=self.dataset.mean, std=self.dataset.std),
-                       out_shardings=rep)
+    self._fn = jax.jit(
+      make_eval_step(self.graphdef, mean=self.dataset.mean, std=self.dataset.std), out_shardings=rep
+    )
 
   def __call__(self, params, rest, split: input_pipeline.Split) -> dict[str, Any]:
-    """{"loss", "accuracy", "count", "predictions"} (every process has all of them: the outputs are replicated)."""
+    """{"loss", "accuracy", "count", "predictions"} (every process has all of them: the outputs are
+    replicated)."""
     loss, correct, count, preds = 0.0, 0, 0, []
-    for batch in input_pipeline.eval_batches(split, self.batch_size, process_index=jax.process_index(),
-                                             process_count=jax.process_count()):
+    for batch in input_pipeline.eval_batches(
+      split, self.batch_size, process_index=jax.process_index(), process_count=jax.process_count()
+    ):
       batch_loss, c, n, p = self._fn(params, rest, shard(batch, self._data))
       loss, correct, count = loss + float(batch_loss), correct + int(c), count + int(n)
       p = np.asarray(p)  # the global batch's, in global order: the padding rows are -1
       preds.append(p[p >= 0])
-    return {"loss": loss / count, "accuracy": correct / count, "count": count, "predictions": np.concatenate(preds)}
+    return {
+      "loss": loss / count,
+      "accuracy": correct / count,
+      "count": count,
+      "predictions": np.concatenate(preds),
+    }
 
 
 _EVALUATORS: dict[tuple, Evaluator] = {}
 
 
-def accuracy(model: nnx.Module, dataset: input_pipeline.Dataset, split: input_pipeline.Split,
-             batch_size: int = 1000) -> float:
+def accuracy(
+  model: nnx.Module,
+  dataset: input_pipeline.Dataset,
+  split: input_pipeline.Split,
+  batch_size: int = 1000,
+) -> float:
   """Accuracy of a model (eval mode) on a split, on one device, normalised as in training.
 
   The compiled evaluation is reused for models of one structure (e.g. the
   pruned copies of a net), so only their values change between calls.
   """
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, rest = split_model(model)
   key = (graphdef, dataset.name, dataset.mean, dataset.std, batch_size)
   if key not in _EVALUATORS:
-    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
+    mesh = jax.make_mesh(
+      (1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1]
+    )
     _EVALUATORS[key] = Evaluator(graphdef, dataset, batch_size, mesh)
   return _EVALUATORS[key](params, rest, split)["accuracy"]
 
 
-def final_evaluation(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
-                     dataset: input_pipeline.Dataset, batch_size: int, mesh: jax.sharding.Mesh,
-                     evaluate: Evaluator | None = None) -> dict[str, Any]:
+def final_evaluation(
+  graphdef: nnx.GraphDef,
+  params: nnx.State,
+  rest: nnx.State,
+  dataset: input_pipeline.Dataset,
+  batch_size: int,
+  mesh: jax.sharding.Mesh,
+  evaluate: Evaluator | None = None,
+) -> dict[str, Any]:
   """The trained model (eval graph) and `deploy` of it on the test split.
 
   Returns:
@@ -92,10 +119,15 @@ def final_evaluation(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
   evaluate = evaluate or Evaluator(graphdef, dataset, batch_size, mesh)
   trained = evaluate(params, rest, dataset.test)
   shipped = K.deploy(nnx.merge(graphdef, params, rest))
-  d_graphdef, d_params, d_rest = nnx.split(shipped, nnx.Param, ...)
+  d_graphdef, d_params, d_rest = split_model(shipped)
   deployed = Evaluator(d_graphdef, dataset, batch_size, mesh)(d_params, d_rest, dataset.test)
   agree = float(np.mean(trained["predictions"] == deployed["predictions"]))
-  return {"deployed_parameters": K.models.count_params(shipped),
-          "test_accuracy": trained["accuracy"], "test_loss": trained["loss"],
-          "deployed_test_accuracy": deployed["accuracy"], "deployed_test_loss": deployed["loss"],
-          "deployed_prediction_agreement": agree, "test_examples": trained["count"]}
+  return {
+    "deployed_parameters": K.models.count_params(shipped),
+    "test_accuracy": trained["accuracy"],
+    "test_loss": trained["loss"],
+    "deployed_test_accuracy": deployed["accuracy"],
+    "deployed_test_loss": deployed["loss"],
+    "deployed_prediction_agreement": agree,
+    "test_examples": trained["count"],
+  }

@@ -1,4 +1,5 @@
-"""What a config asks for, checked and built: the data, the model, the optimizer and the step-0 state.
+"""What a config asks for, checked and built: the data, the model, the optimizer and the step-0
+state.
 
 The trainer and `train.analyze` both build a run from its config through
 these functions, so a restored run is the trained one.
@@ -11,9 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import ml_collections
-
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 
@@ -21,7 +21,7 @@ import kshapes_jax as K
 from kshapes_jax import optim
 from train.trainer import input_pipeline
 from train.trainer.settings import ConfigError, OptimSettings, Settings, read
-from train.trainer.state import TrainState
+from train.trainer.state import TrainState, split_model
 
 
 def build_model(settings: Settings, dataset: input_pipeline.Dataset) -> nnx.Module:
@@ -35,30 +35,47 @@ def build_model(settings: Settings, dataset: input_pipeline.Dataset) -> nnx.Modu
   if spec.takes_image_size and dataset.image_shape[:2] != spec.input_shape[:2]:
     kwargs["image_size"] = dataset.image_shape[0]
   try:
-    model = K.models.create(settings.model, conv=settings.conv, num_classes=dataset.num_classes,
-                            rngs=nnx.Rngs(settings.seed), precision=settings.precision, dtype=settings.dtype,
-                            **kwargs)
+    model = K.models.create(
+      settings.model,
+      conv=settings.conv,
+      num_classes=dataset.num_classes,
+      rngs=nnx.Rngs(settings.seed),
+      precision=settings.precision,
+      dtype=settings.dtype,
+      **kwargs,
+    )
     nnx.eval_shape(lambda m: m(jnp.zeros((2, *dataset.image_shape))), model)
   except (TypeError, ValueError) as e:
-    raise ConfigError(f"{settings.model} (conv={settings.conv}) cannot take {dataset.name} images of shape "
-                      f"{dataset.image_shape} (it is built for {spec.input_shape}): {e}") from e
+    raise ConfigError(
+      f"{settings.model} (conv={settings.conv}) cannot take {dataset.name} images of shape "
+      f"{dataset.image_shape} (it is built for {spec.input_shape}): {e}"
+    ) from e
   return model
 
 
-def make_optimizer(o: OptimSettings, labels: dict, steps_per_epoch: int, total_steps: int
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The config's optimizer (optim.name: sgd or adamw) with the papers' per-label rules; (tx, schedule)."""
+def make_optimizer(
+  o: OptimSettings, labels: Any, steps_per_epoch: int, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The config's optimizer (optim.name: sgd or adamw) with the papers' per-label rules; (tx,
+  schedule)."""
   schedule = optim.make_schedule(
-      o.schedule, o.learning_rate, total_steps,
-      boundaries=[round(b * steps_per_epoch) for b in o.boundaries], factor=o.factor,
-      warmup_steps=round(o.warmup_epochs * steps_per_epoch))
-  rules = dict(weight_decay=o.weight_decay, decay_labels=tuple(o.decay_labels),
-               lr_multipliers=dict(o.lr_multipliers), freeze_steps=o.position_warmup_steps,
-               angle_eps=o.angle_eps if o.angle_eps >= 0 else None)
+    o.schedule,
+    o.learning_rate,
+    total_steps,
+    boundaries=[round(b * steps_per_epoch) for b in o.boundaries],
+    factor=o.factor,
+    warmup_steps=round(o.warmup_epochs * steps_per_epoch),
+  )
+  rules: dict[str, Any] = dict(
+    weight_decay=o.weight_decay,
+    decay_labels=tuple(o.decay_labels),
+    lr_multipliers=dict(o.lr_multipliers),
+    freeze_steps=o.position_warmup_steps,
+    angle_eps=o.angle_eps if o.angle_eps >= 0 else None,
+  )
   if o.name == "adamw":
     return optim.adamw(labels, schedule, b1=o.b1, b2=o.b2, **rules), schedule
   return optim.sgd(labels, schedule, momentum=o.momentum, nesterov=o.nesterov, **rules), schedule
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +102,14 @@ class Experiment:
 
   def initial_state(self) -> TrainState:
     """The TrainState at step 0 (host arrays)."""
-    _, params, rest = nnx.split(self.model, nnx.Param, ...)
+    _, params, rest = split_model(self.model)
     return TrainState.create(self.tx, params, rest, K.nn.active_radii(self.model))
 
 
-def build(config: Settings | ml_collections.ConfigDict | Mapping[str, Any],
-          dataset: input_pipeline.Dataset | None = None) -> Experiment:
+def build(
+  config: Settings | ml_collections.ConfigDict | Mapping[str, Any],
+  dataset: input_pipeline.Dataset | None = None,
+) -> Experiment:
   """Reads and checks the config (unless given Settings), loads its data (unless given) and builds
   its model and optimizer.
 
@@ -100,10 +119,17 @@ def build(config: Settings | ml_collections.ConfigDict | Mapping[str, Any],
   """
   settings = config if isinstance(config, Settings) else read(config)
   dataset = input_pipeline.load(settings.data, settings.seed) if dataset is None else dataset
-  steps_per_epoch = input_pipeline.Batches(dataset.train, settings.batch_size, settings.seed).steps_per_epoch
-  total_steps = (settings.num_steps if settings.num_steps > 0
-                 else math.ceil(settings.num_epochs * steps_per_epoch))
+  steps_per_epoch = input_pipeline.Batches(
+    dataset.train, settings.batch_size, settings.seed
+  ).steps_per_epoch
+  total_steps = (
+    settings.num_steps
+    if settings.num_steps > 0
+    else math.ceil(settings.num_epochs * steps_per_epoch)
+  )
   model = build_model(settings, dataset)
   model.train()
-  tx, schedule = make_optimizer(settings.optim, optim.param_labels(model), steps_per_epoch, total_steps)
+  tx, schedule = make_optimizer(
+    settings.optim, optim.param_labels(model), steps_per_epoch, total_steps
+  )
   return Experiment(settings, dataset, model, tx, schedule, steps_per_epoch, total_steps)

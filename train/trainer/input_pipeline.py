@@ -22,7 +22,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,9 @@ class Split:
 
   def __post_init__(self):
     if self.images.ndim != 4 or self.images.dtype != np.uint8:
-      raise DataError(f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}")
+      raise DataError(
+        f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}"
+      )
     if self.labels.shape != (self.images.shape[0],):
       raise DataError(f"labels must be ({self.images.shape[0]},), got {self.labels.shape}")
 
@@ -77,7 +79,7 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
   mean = np.zeros(x.shape[1])
   sq = np.zeros(x.shape[1])
   for start in range(0, x.shape[0], 1 << 22):  # chunks: no float64 copy of the whole set
-    chunk = x[start:start + (1 << 22)].astype(np.float64) / 255.0
+    chunk = x[start : start + (1 << 22)].astype(np.float64) / 255.0
     mean += chunk.sum(0)
     sq += np.square(chunk).sum(0)
   mean /= x.shape[0]
@@ -89,8 +91,10 @@ def _open(path: Path) -> bytes:
   try:
     return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
   except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; EOFError: truncated
-    raise DataError(f"{path} cannot be read ({type(e).__name__}: {e}); the file is damaged or not what its "
-                    "name says: fetch it again") from e
+    raise DataError(
+      f"{path} cannot be read ({type(e).__name__}: {e}); the file is damaged or not what its "
+      "name says: fetch it again"
+    ) from e
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -102,17 +106,26 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   data = _open(Path(path))
   if len(data) < 4 or data[0] != 0 or data[1] != 0:
     raise DataError(f"{path} is not an IDX file (bad magic number)")
-  dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+  dtypes: dict[int, Any] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+  }
   if data[2] not in dtypes:
     raise DataError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
   ndim = data[3]
   if len(data) < 4 + 4 * ndim:
     raise DataError(f"{path}: truncated IDX header ({len(data)} bytes)")
-  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+  shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
   itemsize = np.dtype(dtypes[data[2]]).itemsize
   body = len(data) - 4 - 4 * ndim
   if body != int(np.prod(shape)) * itemsize:
-    raise DataError(f"{path}: header says {shape} but the file holds {body // itemsize} values (truncated?)")
+    raise DataError(
+      f"{path}: header says {shape} but the file holds {body // itemsize} values (truncated?)"
+    )
   array = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
   if array.size != int(np.prod(shape)):
     raise DataError(f"{path}: header says {shape} but holds {array.size} values")
@@ -120,7 +133,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _find(directory: Path, stem: str) -> Path:
-  for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+  for name in (
+    stem,
+    stem + ".gz",
+    stem.replace("-idx", ".idx"),
+    stem.replace("-idx", ".idx") + ".gz",
+  ):
     if (directory / name).exists():
       return directory / name
   raise DataError(f"{directory} has no {stem}[.gz]")
@@ -131,7 +149,10 @@ def load_idx_dir(directory: str | os.PathLike) -> tuple[Split, Split]:
   d = Path(directory)
   splits = []
   for prefix in ("train", "t10k"):
-    image_path, label_path = _find(d, f"{prefix}-images-idx3-ubyte"), _find(d, f"{prefix}-labels-idx1-ubyte")
+    image_path, label_path = (
+      _find(d, f"{prefix}-images-idx3-ubyte"),
+      _find(d, f"{prefix}-labels-idx1-ubyte"),
+    )
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.ndim == 3:
       images = images[..., None]
@@ -148,8 +169,10 @@ def as_uint8_images(images: np.ndarray, where: str) -> np.ndarray:
   if images.dtype == np.uint8:
     return images
   if images.dtype == np.bool_ or not np.issubdtype(images.dtype, np.number) or images.size == 0:
-    raise DataError(f"{where}: images must be uint8, integers in [0, 255] or floats in [0, 1], "
-                    f"got {images.dtype} {images.shape}")
+    raise DataError(
+      f"{where}: images must be uint8, integers in [0, 255] or floats in [0, 1], "
+      f"got {images.dtype} {images.shape}"
+    )
   if np.issubdtype(images.dtype, np.floating) and not np.all(np.isfinite(images)):
     raise DataError(f"{where}: images hold NaN or inf")
   lo, hi = images.min(), images.max()
@@ -157,9 +180,15 @@ def as_uint8_images(images: np.ndarray, where: str) -> np.ndarray:
     return np.rint(images * 255.0).astype(np.uint8)
   if np.issubdtype(images.dtype, np.integer) and 0 <= lo and hi <= 255:
     return images.astype(np.uint8)
-  kind = "floats must lie in [0, 1]" if np.issubdtype(images.dtype, np.floating) else "integers must lie in [0, 255]"
-  raise DataError(f"{where}: {images.dtype} images span [{lo}, {hi}]; {kind} (uint8 pixels, or floats in "
-                  "[0, 1] which are scaled by 255)")
+  kind = (
+    "floats must lie in [0, 1]"
+    if np.issubdtype(images.dtype, np.floating)
+    else "integers must lie in [0, 255]"
+  )
+  raise DataError(
+    f"{where}: {images.dtype} images span [{lo}, {hi}]; {kind} (uint8 pixels, or floats in "
+    "[0, 1] which are scaled by 255)"
+  )
 
 
 def _split(images: np.ndarray, labels: np.ndarray, where: str) -> Split:
@@ -209,12 +238,13 @@ def _tfds_split(name: str, split: str, data_dir: str | None) -> Split:
   except Exception as e:  # TFDS raises several types for "not prepared"
     where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
     raise DataError(
-        f"TFDS dataset {name!r} (split {split!r}) is not prepared in {where}: {e}\n"
-        f"Prepare it on a machine with internet and copy the folder over:\n"
-        f"  pip install tensorflow-datasets tensorflow && "
-        f"tfds build {name} --file_format=array_record --data_dir=DIR\n"
-        f"then pass --config.data.data_dir=DIR (or set TFDS_DATA_DIR). Offline, use "
-        f"--config.data.source=idx or npz with a local directory.") from e
+      f"TFDS dataset {name!r} (split {split!r}) is not prepared in {where}: {e}\n"
+      f"Prepare it on a machine with internet and copy the folder over:\n"
+      f"  pip install tensorflow-datasets tensorflow && "
+      f"tfds build {name} --file_format=array_record --data_dir=DIR\n"
+      f"then pass --config.data.data_dir=DIR (or set TFDS_DATA_DIR). Offline, use "
+      f"--config.data.source=idx or npz with a local directory."
+    ) from e
   n = len(source)
   if n == 0:
     raise DataError(f"TFDS dataset {name!r} split {split!r} is empty")
@@ -230,8 +260,9 @@ def _tfds_split(name: str, split: str, data_dir: str | None) -> Split:
   return Split(images, labels)
 
 
-def synthetic_splits(shape: tuple[int, int, int], num_classes: int, train_size: int, test_size: int,
-                     seed: int = 0) -> tuple[Split, Split]:
+def synthetic_splits(
+  shape: tuple[int, int, int], num_classes: int, train_size: int, test_size: int, seed: int = 0
+) -> tuple[Split, Split]:
   """Learnable random data: a fixed random template per class plus noise, as uint8."""
   rng = np.random.default_rng(seed)
   templates = rng.uniform(0, 255, size=(num_classes, *shape))
@@ -266,9 +297,12 @@ def load(data: DataSettings, seed: int = 0) -> Dataset:
     if data_dir is None and name == "fashion_mnist" and source == "idx":
       data_dir = DEBIAN_FASHION_MNIST
     if data_dir is None or not Path(data_dir).is_dir():
-      hint = ("On Debian/Ubuntu: apt-get install -y dataset-fashion-mnist (files in "
-              f"{DEBIAN_FASHION_MNIST})." if name == "fashion_mnist" else
-              "Put the dataset's files there, or use --config.data.source=tfds.")
+      hint = (
+        "On Debian/Ubuntu: apt-get install -y dataset-fashion-mnist (files in "
+        f"{DEBIAN_FASHION_MNIST})."
+        if name == "fashion_mnist"
+        else "Put the dataset's files there, or use --config.data.source=tfds."
+      )
       raise DataError(f"data directory {data_dir!r} for {name} ({source}) does not exist. {hint}")
     train, test = (load_idx_dir if source == "idx" else load_npz_dir)(data_dir)
   else:
@@ -276,25 +310,36 @@ def load(data: DataSettings, seed: int = 0) -> Dataset:
     test = _tfds_split(name, "test", data_dir)
   for split in (train, test):
     if split.images.shape[1:] != (h, w, c):
-      raise DataError(f"{name} images should be {(h, w, c)}, the {source} data gives {split.images.shape[1:]}")
+      raise DataError(
+        f"{name} images should be {(h, w, c)}, the {source} data gives {split.images.shape[1:]}"
+      )
     if split.labels.min() < 0 or split.labels.max() >= classes:
-      raise DataError(f"{name} labels must lie in [0, {classes}), got [{split.labels.min()}, {split.labels.max()}]")
+      raise DataError(
+        f"{name} labels must lie in [0, {classes}), got [{split.labels.min()}, "
+        f"{split.labels.max()}]"
+      )
   mean, std = channel_stats(train.images)
   return Dataset(name, train, test, classes, mean, std)
 
 
-def preprocess(images: jax.Array, key: jax.Array | None, *, mean, std, augment: Augment = "none") -> jax.Array:
+def preprocess(
+  images: jax.Array, key: jax.Array | None, *, mean, std, augment: str = "none"
+) -> jax.Array:
   """uint8 NHWC -> normalised float32, with optional CIFAR augmentation, on the device.
 
   augment="cifar": zero-pad 4 pixels on each side (32 -> 40), take a random
   crop of the original size and flip left-right with probability 1/2, per
   example (He et al. 2016; ACNet section 4.1; ACU section 3.1).
   """
-  x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(
+    std, jnp.float32
+  )
   if augment == "none":
     return x
   if augment != "cifar":
     raise ValueError(f"augment must be 'none' or 'cifar', got {augment!r}")
+  if key is None:
+    raise ValueError("augment='cifar' draws its crops and flips from a key: pass one")
   n, h, w, _ = x.shape
   k_crop, k_flip = jax.random.split(key)
   offsets = jax.random.randint(k_crop, (n, 2), 0, 9)
@@ -311,8 +356,15 @@ def preprocess(images: jax.Array, key: jax.Array | None, *, mean, std, augment: 
 class Batches:
   """Train batches as a pure function of the step; a thread prepares them ahead."""
 
-  def __init__(self, split: Split, batch_size: int, seed: int, *, process_index: int = 0,
-               process_count: int = 1):
+  def __init__(
+    self,
+    split: Split,
+    batch_size: int,
+    seed: int,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
     if batch_size > len(split):
       raise DataError(f"batch size {batch_size} is larger than the {len(split)} training examples")
     if batch_size % process_count:
@@ -321,7 +373,7 @@ class Batches:
     self.steps_per_epoch = len(split) // batch_size  # the incomplete last batch is dropped
     local = batch_size // process_count
     self._rows = slice(process_index * local, (process_index + 1) * local)
-    self._perm_epoch, self._perm = -1, None
+    self._perm_epoch, self._perm = -1, np.arange(len(split))
 
   def permutation(self, epoch: int) -> np.ndarray:
     if epoch != self._perm_epoch:
@@ -332,7 +384,7 @@ class Batches:
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's rows of the global batch of `step`."""
     epoch, i = divmod(step, self.steps_per_epoch)
-    idx = self.permutation(epoch)[i * self.batch_size:(i + 1) * self.batch_size][self._rows]
+    idx = self.permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size][self._rows]
     idx = np.sort(idx)  # contiguous reads; the order inside a batch does not matter
     return {"image": self.split.images[idx], "label": self.split.labels[idx]}
 
@@ -368,13 +420,14 @@ class Batches:
       done.set()
 
 
-def eval_batches(split: Split, batch_size: int, *, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+  split: Split, batch_size: int, *, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
   """The whole split in order; the last batch is padded and `mask` marks real rows."""
   local = batch_size // process_count
   for start in range(0, len(split), batch_size):
     idx = np.arange(start, start + batch_size)
     mask = idx < len(split)
-    idx = np.minimum(idx, len(split) - 1)[process_index * local:(process_index + 1) * local]
-    mask = mask[process_index * local:(process_index + 1) * local]
+    idx = np.minimum(idx, len(split) - 1)[process_index * local : (process_index + 1) * local]
+    mask = mask[process_index * local : (process_index + 1) * local]
     yield {"image": split.images[idx], "label": split.labels[idx], "mask": mask}

@@ -1,4 +1,5 @@
-"""What a run tells its user while it trains: the progress bar, one line per epoch, metrics.jsonl and the plot."""
+"""What a run tells its user while it trains: the progress bar, one line per epoch, metrics.jsonl
+and the plot."""
 
 from __future__ import annotations
 
@@ -44,21 +45,30 @@ class MetricsLogger:
       return
     from tqdm import tqdm  # noqa: PLC0415
 
-    with tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0) as bar:
+    with tqdm(
+      total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0
+    ) as bar:
       self._bar = bar
       try:
         yield
       finally:
         self._bar = None
 
-  def step(self, loss: jax.Array | None, sums: EpochSums | None, images_per_s: float, lr: float) -> None:
+  def step(
+    self, loss: jax.Array | None, sums: EpochSums | None, images_per_s: float, lr: float
+  ) -> None:
     """Advances the bar; with a loss (every log_every_steps), shows the running numbers."""
     if self._bar is None:
       return
     if loss is not None:
       _, acc = jax.device_get(sums).means()
-      self._bar.set_postfix(loss=f"{float(loss):.4f}", acc=f"{acc:.3f}", img_s=f"{images_per_s:.0f}",
-                            lr=f"{lr:.3g}", refresh=False)
+      self._bar.set_postfix(
+        loss=f"{float(loss):.4f}",
+        acc=f"{acc:.3f}",
+        img_s=f"{images_per_s:.0f}",
+        lr=f"{lr:.3g}",
+        refresh=False,
+      )
     self._bar.update(1)
 
   def epoch(self, record: dict[str, Any]) -> None:
@@ -69,10 +79,15 @@ class MetricsLogger:
     self._rundir.append_metrics(record)
     plots.learning_curve(self.history, self._rundir.learning_curve_path, self.title)
     if self._bar is not None:
-      test = (f", test loss {record['test_loss']:.4f} acc {100 * record['test_accuracy']:.2f}%"
-              if "test_accuracy" in record else "")
-      self._bar.write(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
-                      f"acc {100 * record['train_accuracy']:.2f}%{test}, {record['images_per_s']:.0f} images/s")
+      test = (
+        f", test loss {record['test_loss']:.4f} acc {100 * record['test_accuracy']:.2f}%"
+        if "test_accuracy" in record
+        else ""
+      )
+      self._bar.write(
+        f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
+        f"acc {100 * record['train_accuracy']:.2f}%{test}, {record['images_per_s']:.0f} images/s"
+      )
 
 
 class Throughput:

@@ -3,7 +3,8 @@
   settings.read         the config checked once into typed Settings (settings.py)
   experiment.build      the settings made concrete: data, model, optimizer, length (experiment.py)
   TrainState            what the jitted step carries (state.py)
-  RunDir                config.json, metrics.jsonl, checkpoints, summary.json (rundir.py, checkpoints.py)
+  RunDir                config.json, metrics.jsonl, checkpoints, summary.json (rundir.py,
+  checkpoints.py)
   ProgramCache          the compiled step and evaluator per ACU radius set (programs.py)
   MetricsLogger         the bar, the epoch lines, metrics.jsonl and the plot (logger.py)
   final_evaluation      the trained model and deploy(model) on the test set (evaluation.py)
@@ -18,19 +19,18 @@ every batch is sharded along it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from collections.abc import Callable
-from collections.abc import Mapping
 from typing import Any
 
-import ml_collections
-
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -42,8 +42,8 @@ from train.trainer.experiment import Experiment
 from train.trainer.logger import MetricsLogger, Throughput
 from train.trainer.programs import ProgramCache, Programs
 from train.trainer.rundir import RunDir
-from train.trainer.state import EpochSums, TrainState
 from train.trainer.settings import ConfigError, Settings, config_changes, read
+from train.trainer.state import EpochSums, TrainState
 from train.trainer.step import shard
 from train.trainer.summary import Summary
 
@@ -53,7 +53,8 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingStopped(KeyboardInterrupt):
-  """SIGTERM or Ctrl-C: the run saved a checkpoint at a step boundary and stopped; `signum` says which."""
+  """SIGTERM or Ctrl-C: the run saved a checkpoint at a step boundary and stopped; `signum` says
+  which."""
 
   def __init__(self, message: str, signum: int):
     super().__init__(message)
@@ -65,8 +66,12 @@ def data_mesh() -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str | Path, *,
-                       allow_config_change: bool = False) -> Summary:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict | Mapping[str, Any],
+  workdir: str | Path,
+  *,
+  allow_config_change: bool = False,
+) -> Summary:
   """Trains config's model on its dataset in workdir (resuming if it holds checkpoints).
 
   Args:
@@ -107,31 +112,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict | Mapping[str, Any], wo
     title = f"{settings.model} / {settings.conv} on {exp.dataset.name}"
     logger = MetricsLogger(rundir, title, history, settings.progress)
     num_params = K.models.count_params(exp.model)
-    logger.say(f"{title}: {num_params:,} parameters, {exp.steps_per_epoch} steps/epoch, {exp.total_steps} steps, "
-               f"{jax.device_count()} device(s) ({jax.devices()[0].platform})")
-    programs = ProgramCache(exp.model, exp.tx, exp.dataset, augment=settings.data.augment, seed=settings.seed,
-                            eval_batch_size=settings.eval_batch_size, mesh=mesh,
-                            max_loss=settings.max_loss(exp.dataset.num_classes))
+    logger.say(
+      f"{title}: {num_params:,} parameters, {exp.steps_per_epoch} steps/epoch, {exp.total_steps} "
+      "steps, "
+      f"{jax.device_count()} device(s) ({jax.devices()[0].platform})"
+    )
+    programs = ProgramCache(
+      exp.model,
+      exp.tx,
+      exp.dataset,
+      augment=settings.data.augment,
+      seed=settings.seed,
+      eval_batch_size=settings.eval_batch_size,
+      mesh=mesh,
+      max_loss=settings.max_loss(exp.dataset.num_classes),
+    )
     state, current = Loop(exp, programs, rundir, logger, mesh, bucketing).run(state)
-    final = final_evaluation(current.eval_graphdef, state.params, state.rest, exp.dataset,
-                             settings.eval_batch_size, mesh, current.evaluate)
+    final = final_evaluation(
+      current.eval_graphdef,
+      state.params,
+      state.rest,
+      exp.dataset,
+      settings.eval_batch_size,
+      mesh,
+      current.evaluate,
+    )
     rundir.checkpoints.close()
     steps = int(state.step)
     summary = Summary(
-        model=settings.model, conv=settings.conv, dataset=exp.dataset.name, source=settings.data.source,
-        seed=settings.seed, steps=steps, epochs=steps / exp.steps_per_epoch, devices=jax.device_count(),
-        platform=jax.devices()[0].platform, device_kind=jax.devices()[0].device_kind, host_cores=_cores(),
-        precision=settings.precision, dtype=settings.dtype, deterministic=deterministic, parameters=num_params,
-        **final, acu_radii=state.radii_list(),
-        final_train_loss=logger.history[-1]["train_loss"] if logger.history else None,
-        seconds_total=time.perf_counter() - t_start, workdir=str(rundir.path))
+      model=settings.model,
+      conv=settings.conv,
+      dataset=exp.dataset.name,
+      source=settings.data.source,
+      seed=settings.seed,
+      steps=steps,
+      epochs=steps / exp.steps_per_epoch,
+      devices=jax.device_count(),
+      platform=jax.devices()[0].platform,
+      device_kind=jax.devices()[0].device_kind,
+      host_cores=_cores(),
+      precision=settings.precision,
+      dtype=settings.dtype,
+      deterministic=deterministic,
+      parameters=num_params,
+      **final,
+      acu_radii=state.radii_list(),
+      final_train_loss=logger.history[-1]["train_loss"] if logger.history else None,
+      seconds_total=time.perf_counter() - t_start,
+      workdir=str(rundir.path),
+    )
     if writer:
       rundir.write_summary(summary)
-      print(f"test accuracy {100 * summary.test_accuracy:.2f}% (deployed: "
-            f"{100 * summary.deployed_test_accuracy:.2f}%, predictions agree on "
-            f"{100 * summary.deployed_prediction_agreement:.2f}%), "
-            f"{num_params:,} parameters ({summary.deployed_parameters:,} deployed), "
-            f"{summary.seconds_total:.0f} s; written to {rundir.path}", flush=True)
+      print(
+        f"test accuracy {100 * summary.test_accuracy:.2f}% (deployed: "
+        f"{100 * summary.deployed_test_accuracy:.2f}%, predictions agree on "
+        f"{100 * summary.deployed_prediction_agreement:.2f}%), "
+        f"{num_params:,} parameters ({summary.deployed_parameters:,} deployed), "
+        f"{summary.seconds_total:.0f} s; written to {rundir.path}",
+        flush=True,
+      )
   return summary
 
 
@@ -142,9 +181,13 @@ def initialize_distributed() -> None:
   machine or many): JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES
   and JAX_PROCESS_ID. Where they are not, JAX detects SLURM, Open MPI or a Cloud TPU.
   """
-  kwargs = {key: int(os.environ[var]) for key, var in (("num_processes", "JAX_NUM_PROCESSES"),
-                                                       ("process_id", "JAX_PROCESS_ID")) if var in os.environ}
-  jax.distributed.initialize(**kwargs)
+
+  def number(var: str) -> int | None:
+    return int(os.environ[var]) if var in os.environ else None
+
+  jax.distributed.initialize(
+    num_processes=number("JAX_NUM_PROCESSES"), process_id=number("JAX_PROCESS_ID")
+  )
 
 
 def _cores() -> int | None:
@@ -163,15 +206,19 @@ def _closed_on_error(rundir: RunDir):
     raise
 
 
-def check_resume(rundir: RunDir, settings: Settings, allow_config_change: bool, say: Callable[[str], None]) -> None:
+def check_resume(
+  rundir: RunDir, settings: Settings, allow_config_change: bool, say: Callable[[str], None]
+) -> None:
   """ConfigError, naming the keys, when the settings change what the workdir's checkpoints mean."""
   saved = rundir.checkpoints.saved_config()
   changes = config_changes(saved, settings) if saved is not None else []
   if not changes:
     return
   if not allow_config_change:
-    raise ConfigError(f"{rundir.path} holds checkpoints of another config: {', '.join(changes)}. Use another "
-                      "--workdir, or pass --allow_config_change to resume them anyway")
+    raise ConfigError(
+      f"{rundir.path} holds checkpoints of another config: {', '.join(changes)}. Use another "
+      "--workdir, or pass --allow_config_change to resume them anyway"
+    )
   say(f"resuming {rundir.path} with config changes (--allow_config_change): {', '.join(changes)}")
 
 
@@ -184,9 +231,11 @@ def _check_bucketing(exp: Experiment) -> bool:
   return bool(K.nn.active_convs(exp.model))
 
 
-def restore_or_start(exp: Experiment, rundir: RunDir, mesh: jax.sharding.Mesh,
-                     say: Callable[[str], None] = print) -> tuple[TrainState, list[dict[str, Any]]]:
-  """The latest intact checkpoint's state and history, or the step-0 state; replicated over the mesh.
+def restore_or_start(
+  exp: Experiment, rundir: RunDir, mesh: jax.sharding.Mesh, say: Callable[[str], None] = print
+) -> tuple[TrainState, list[dict[str, Any]]]:
+  """The latest intact checkpoint's state and history, or the step-0 state; replicated over the
+  mesh.
 
   A damaged checkpoint is set aside (WORKDIR/damaged_checkpoints) and the one before it tried.
   """
@@ -201,8 +250,15 @@ def restore_or_start(exp: Experiment, rundir: RunDir, mesh: jax.sharding.Mesh,
 class Loop:
   """The steps of a run from its state's step to the end: epochs, evaluation, checkpoints, stops."""
 
-  def __init__(self, exp: Experiment, programs: ProgramCache, rundir: RunDir, logger: MetricsLogger,
-               mesh: jax.sharding.Mesh, bucketing: bool):
+  def __init__(
+    self,
+    exp: Experiment,
+    programs: ProgramCache,
+    rundir: RunDir,
+    logger: MetricsLogger,
+    mesh: jax.sharding.Mesh,
+    bucketing: bool,
+  ):
     self.exp, self.settings, self.programs = exp, exp.settings, programs
     self.rundir, self.logger, self.bucketing = rundir, logger, bucketing
     self.replicated, self.data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
@@ -216,8 +272,13 @@ class Loop:
     settings, exp = self.settings, self.exp
     start = step = int(state.step)
     current = self.programs(state.radii_list())
-    batches = input_pipeline.Batches(exp.dataset.train, settings.batch_size, settings.seed,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
+    batches = input_pipeline.Batches(
+      exp.dataset.train,
+      settings.batch_size,
+      settings.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
     throughput, whole, stop = Throughput(), True, _StopRequest(self.logger.say)
     try:
       with stop.installed(), self.logger.progress(exp.total_steps, start):
@@ -245,49 +306,72 @@ class Loop:
     if step < exp.total_steps:
       self.rundir.checkpoints.close()
       self.logger.say(f"stopped at step {step}; a checkpoint was saved to resume from")
-      raise TrainingStopped(f"training stopped at step {step}; run the same command to resume", stop.signum)
+      raise TrainingStopped(
+        f"training stopped at step {step}; run the same command to resume", stop.signum
+      )
     return state, current
 
-  def rebucket(self, state: TrainState, current: Programs, step: int) -> tuple[TrainState, Programs]:
+  def rebucket(
+    self, state: TrainState, current: Programs, step: int
+  ) -> tuple[TrainState, Programs]:
     """At a bucketing check: the radii the ACUs need next, and their programs."""
     o, every = self.settings.optim, self.settings.acu_radius_every_steps
     if not self.bucketing or not (step % every == 0 or step == o.position_warmup_steps):
       return state, current
-    margin = K.nn.sgd_position_margin(step, every, o.position_warmup_steps,
-                                      o.learning_rate * o.lr_multipliers.get("positions", 1.0), o.momentum)
+    margin = K.nn.sgd_position_margin(
+      step,
+      every,
+      o.position_warmup_steps,
+      o.learning_rate * o.lr_multipliers.get("positions", 1.0),
+      o.momentum,
+    )
     radii = K.nn.bucketed_radii(self.exp.model, state.params, margin)
     if radii == state.radii_list():
       return state, current
     self.logger.say(f"step {step}: ACU radii -> {radii}")
-    state = state.replace(radii=jax.device_put(np.asarray(radii, np.int32), self.replicated))
+    state = dataclasses.replace(
+      state, radii=jax.device_put(np.asarray(radii, np.int32), self.replicated)
+    )
     return state, self.programs(radii)
 
   def log_step(self, state: TrainState, step: int, loss: jax.Array, throughput: Throughput) -> None:
     logged = step % self.settings.log_every_steps == 0 or step == self.exp.total_steps
     if logged:
       self.check_finite(state)
-    self.logger.step(loss if logged else None, state.sums if logged else None, throughput.rate(),
-                     float(self.exp.schedule(step - 1)))
+    self.logger.step(
+      loss if logged else None,
+      state.sums if logged else None,
+      throughput.rate(),
+      float(self.exp.schedule(step - 1)),
+    )
 
-  def end_epoch(self, state: TrainState, step: int, current: Programs, images_per_s: float) -> TrainState:
+  def end_epoch(
+    self, state: TrainState, step: int, current: Programs, images_per_s: float
+  ) -> TrainState:
     """Logs the epoch (and its test numbers when due); the epoch sums start again at zero."""
     self.check_finite(state)
     loss, acc = jax.device_get(state.sums).means()
-    record = {"epoch": math.ceil(step / self.exp.steps_per_epoch), "step": step, "train_loss": loss,
-              "train_accuracy": acc, "learning_rate": float(self.exp.schedule(step - 1)),
-              "images_per_s": images_per_s}
+    record = {
+      "epoch": math.ceil(step / self.exp.steps_per_epoch),
+      "step": step,
+      "train_loss": loss,
+      "train_accuracy": acc,
+      "learning_rate": float(self.exp.schedule(step - 1)),
+      "images_per_s": images_per_s,
+    }
     if record["epoch"] % self.settings.eval_every_epochs == 0 or step == self.exp.total_steps:
       test = current.evaluate(state.params, state.rest, self.exp.dataset.test)
       record.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
     self.logger.epoch(record)
-    return state.replace(sums=jax.device_put(EpochSums.zeros(), self.replicated))
+    return dataclasses.replace(state, sums=jax.device_put(EpochSums.zeros(), self.replicated))
 
   def save(self, state: TrainState, step: int) -> None:
     self.check_finite(state)
     self.rundir.checkpoints.save(step, state, self.logger.history, self.settings.to_dict())
 
   def check_finite(self, state: TrainState) -> None:
-    """Raises TrainingDiverged once a step's loss or parameters were not finite, or the loss too large."""
+    """Raises TrainingDiverged once a step's loss or parameters were not finite, or the loss too
+    large."""
     bad = int(state.bad_step)
     if bad < 0:
       return
@@ -295,14 +379,23 @@ class Loop:
     last = self.rundir.checkpoints.latest_step()
     bound = self.programs.max_loss
     raise TrainingDiverged(
-        f"the training diverged at step {bad} (epoch {bad // self.exp.steps_per_epoch + 1}): its loss or "
-        f"parameters became NaN or inf" + (f", or its loss exceeded {bound:.4g} (max_loss_factor "
-                                           f"{self.settings.max_loss_factor:g} x ln(classes))"
-                                           if math.isfinite(bound) else "")
-        + "; stopped. "
-        + (f"The last good checkpoint is step {last} in {self.rundir.checkpoint_dir}. "
-           if last is not None else "No checkpoint was saved before. ")
-        + "Try a lower optim.learning_rate or a warm-up (optim.warmup_epochs).")
+      f"the training diverged at step {bad} (epoch {bad // self.exp.steps_per_epoch + 1}): its "
+      "loss or "
+      f"parameters became NaN or inf"
+      + (
+        f", or its loss exceeded {bound:.4g} (max_loss_factor "
+        f"{self.settings.max_loss_factor:g} x ln(classes))"
+        if math.isfinite(bound)
+        else ""
+      )
+      + "; stopped. "
+      + (
+        f"The last good checkpoint is step {last} in {self.rundir.checkpoint_dir}. "
+        if last is not None
+        else "No checkpoint was saved before. "
+      )
+      + "Try a lower optim.learning_rate or a warm-up (optim.warmup_epochs)."
+    )
 
 
 class _StopRequest:
@@ -313,7 +406,8 @@ class _StopRequest:
   """
 
   def __init__(self, say: Callable[[str], None]):
-    self.signum, self._say = 0, say
+    self.signum = 0
+    self._say: Callable[[str], None] | None = say
 
   @contextlib.contextmanager
   def installed(self):

@@ -1,4 +1,5 @@
-"""Every figure the training system draws: the learning curve and the papers' analysis plots (PNG)."""
+"""Every figure the training system draws: the learning curve and the papers' analysis plots
+(PNG)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ def _plt():
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
+
   return plt
 
 
@@ -41,18 +43,36 @@ def plot_angle_histograms(layers: list[tuple[str, np.ndarray]], path: Path, titl
   plt, fig, axes = _grid(len(layers), columns=4)
   for ax, (name, angles) in zip(axes, layers):
     counts, edges = rotate.angle_histogram(angles, bins=36)
-    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:blue", edgecolor="white")
-    ax.set(title=f"{name} {angles.shape[0]}x{angles.shape[1]}", xlabel="angle mod 180 (deg)", xlim=(0, 180),
-           xticks=[0, 45, 90, 135, 180])
+    ax.bar(
+      edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:blue", edgecolor="white"
+    )
+    ax.set(
+      title=f"{name} {angles.shape[0]}x{angles.shape[1]}",
+      xlabel="angle mod 180 (deg)",
+      xlim=(0, 180),
+      xticks=[0, 45, 90, 135, 180],
+    )
   return _save(plt, fig, path, title)
 
 
 def _lines(ax, angles: np.ndarray, title: str) -> None:
   """Each angle as a line segment through the origin (angle 0 = right, 90 = up)."""
   for theta in np.deg2rad(angles):
-    ax.plot([-np.cos(theta), np.cos(theta)], [-np.sin(theta), np.sin(theta)], color="tab:red", alpha=0.5, lw=1)
-  ax.set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), aspect="equal", xticks=[], yticks=[],
-         title=f"{title}\nconcentration {rotate.axial_concentration(angles):.2f}")
+    ax.plot(
+      [-np.cos(theta), np.cos(theta)],
+      [-np.sin(theta), np.sin(theta)],
+      color="tab:red",
+      alpha=0.5,
+      lw=1,
+    )
+  ax.set(
+    xlim=(-1.1, 1.1),
+    ylim=(-1.1, 1.1),
+    aspect="equal",
+    xticks=[],
+    yticks=[],
+    title=f"{title}\nconcentration {rotate.axial_concentration(angles):.2f}",
+  )
 
 
 def plot_angles_fig5(name: str, angles: np.ndarray, path: Path, title: str) -> Path:
@@ -78,13 +98,21 @@ def plot_positions(layers: list[tuple[str, np.ndarray]], path: Path, title: str)
     for g in p:
       ax.scatter(g[:, 0], g[:, 1], s=40, color="tab:blue", alpha=0.8)
     lim = max(1.5, active.extent(p) + 0.5)
-    ax.set(xlim=(-lim, lim), ylim=(lim, -lim), aspect="equal", title=f"{name} (extent {active.extent(p):.2f})",
-           xlabel="alpha (x, px)", ylabel="beta (y, px)")
+    ax.set(
+      xlim=(-lim, lim),
+      ylim=(lim, -lim),
+      aspect="equal",
+      title=f"{name} (extent {active.extent(p):.2f})",
+      xlabel="alpha (x, px)",
+      ylabel="beta (y, px)",
+    )
     ax.grid(alpha=0.3)
   return _save(plt, fig, path, title)
 
 
-def plot_movement(steps: Sequence[int], trajectories: dict[str, np.ndarray], path: Path, title: str) -> Path:
+def plot_movement(
+  steps: Sequence[int], trajectories: dict[str, np.ndarray], path: Path, title: str
+) -> Path:
   names = list(trajectories)
   shown = [names[0], names[-1]] if len(names) > 1 else names
   plt = _plt()
@@ -106,12 +134,16 @@ def plot_magnitude(matrix: np.ndarray, path: Path, title: str) -> Path:
   fig, ax = plt.subplots(figsize=(3.6, 3.4))
   ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
   for (r, c), v in np.ndenumerate(matrix):
-    ax.text(c, r, f"{v:.3f}", ha="center", va="center", fontsize=8, color="white" if v > 0.6 else "black")
+    ax.text(
+      c, r, f"{v:.3f}", ha="center", va="center", fontsize=8, color="white" if v > 0.6 else "black"
+    )
   ax.set(xticks=[], yticks=[])
   return _save(plt, fig, path, title)
 
 
-def plot_pruning(sparsities: Sequence[float], curves: dict[str, np.ndarray], path: Path, title: str) -> Path:
+def plot_pruning(
+  sparsities: Sequence[float], curves: dict[str, np.ndarray], path: Path, title: str
+) -> Path:
   plt = _plt()
   fig, ax = plt.subplots(figsize=(5.5, 4))
   x = 100 * np.asarray(sparsities)
@@ -148,7 +180,9 @@ def learning_curve(history: list[dict], path: Path, title: str) -> Path:
   ax_loss.plot([h["epoch"] for h in tested], [h["test_loss"] for h in tested], "s--", label="test")
   ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
   ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train")
-  ax_acc.plot([h["epoch"] for h in tested], [100 * h["test_accuracy"] for h in tested], "s--", label="test")
+  ax_acc.plot(
+    [h["epoch"] for h in tested], [100 * h["test_accuracy"] for h in tested], "s--", label="test"
+  )
   ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)

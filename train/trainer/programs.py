@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 import kshapes_jax as K
 from train.trainer import input_pipeline
 from train.trainer.evaluation import Evaluator
+from train.trainer.state import split_model
 from train.trainer.step import make_train_step
 
 
@@ -48,9 +49,18 @@ class ProgramCache:
     mesh: the 1-D data-parallel mesh.
   """
 
-  def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, dataset: input_pipeline.Dataset, *,
-               augment: str, seed: int, eval_batch_size: int, mesh: jax.sharding.Mesh,
-               max_loss: float = float("inf")):
+  def __init__(
+    self,
+    model: nnx.Module,
+    tx: optax.GradientTransformation,
+    dataset: input_pipeline.Dataset,
+    *,
+    augment: str,
+    seed: int,
+    eval_batch_size: int,
+    mesh: jax.sharding.Mesh,
+    max_loss: float = float("inf"),
+  ):
     self._model, self._tx, self._dataset, self._mesh = model, tx, dataset, mesh
     self._augment, self._seed, self._eval_batch_size = augment, seed, eval_batch_size
     self.max_loss = max_loss
@@ -65,12 +75,27 @@ class ProgramCache:
   def _compile(self, radii: tuple[int, ...]) -> Programs:
     model = K.nn.with_radii(self._model, radii)
     model.train()
-    train_graphdef = nnx.split(model, nnx.Param, ...)[0]
+    train_graphdef = split_model(model)[0]
     model.eval()
-    eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
+    eval_graphdef = split_model(model)[0]
     replicated, data = NamedSharding(self._mesh, P()), NamedSharding(self._mesh, P("data"))
-    step = jax.jit(make_train_step(train_graphdef, self._tx, mean=self._dataset.mean, std=self._dataset.std,
-                                   augment=self._augment, seed=self._seed, max_loss=self.max_loss),
-                   in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0)
-    return Programs(train_graphdef, eval_graphdef, step,
-                    Evaluator(eval_graphdef, self._dataset, self._eval_batch_size, self._mesh))
+    step = jax.jit(
+      make_train_step(
+        train_graphdef,
+        self._tx,
+        mean=self._dataset.mean,
+        std=self._dataset.std,
+        augment=self._augment,
+        seed=self._seed,
+        max_loss=self.max_loss,
+      ),
+      in_shardings=(replicated, data),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0,
+    )
+    return Programs(
+      train_graphdef,
+      eval_graphdef,
+      step,
+      Evaluator(eval_graphdef, self._dataset, self._eval_batch_size, self._mesh),
+    )

@@ -5,7 +5,7 @@
   WORKDIR/learning_curve.png   loss and accuracy per epoch
   WORKDIR/summary.json         the final numbers, written when the run ends
   WORKDIR/checkpoints/STEP/    the checkpoints (train/trainer/checkpoints.py)
-  WORKDIR/damaged_checkpoints/ checkpoints that failed to restore or verify, set aside (never deleted)
+  WORKDIR/damaged_checkpoints/ checkpoints that failed to restore or verify, set aside (kept)
   WORKDIR/LOCK                 the PID and host of the run writing here (held with flock)
   WORKDIR/analysis/            what `train.analyze` writes
   WORKDIR/FAILED               left by the suite driver when the run stopped with an error
@@ -36,8 +36,6 @@ class RunDirError(RuntimeError):
   """A workdir that cannot be used: a file, not writable, or in use by another run."""
 
 
-
-
 class RunDir:
   """One run's directory.
 
@@ -48,7 +46,9 @@ class RunDir:
 
   def __init__(self, path: str | Path, keep_checkpoints: int | None = None):
     self.path = Path(path).absolute()
-    self.checkpoints = Checkpoints(self.checkpoint_dir, self.damaged_dir, keep_checkpoints, self.config_path)
+    self.checkpoints = Checkpoints(
+      self.checkpoint_dir, self.damaged_dir, keep_checkpoints, self.config_path
+    )
 
   config_path = property(lambda self: self.path / "config.json")
   metrics_path = property(lambda self: self.path / "metrics.jsonl")
@@ -80,9 +80,11 @@ class RunDir:
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
-        raise RunDirError(f"{self.path} is in use by {_lock_text(fd) or 'another process'} (its "
-                          f"{self.lock_path.name} is held); wait for that run to end or use another "
-                          "--workdir") from None
+        raise RunDirError(
+          f"{self.path} is in use by {_lock_text(fd) or 'another process'} (its "
+          f"{self.lock_path.name} is held); wait for that run to end or use another "
+          "--workdir"
+        ) from None
       stale = _lock_text(fd)
       if stale:  # a holder that is gone: its flock went with it, its PID stayed
         say(f"taking over {self.lock_path}, left by {stale}, which is no longer running")
@@ -97,7 +99,8 @@ class RunDir:
       os.close(fd)  # releases the flock
 
   def holder(self) -> str | None:
-    """Who holds WORKDIR/LOCK now ('pid N on HOST'), or None; takes nothing (for a driver's look)."""
+    """Who holds WORKDIR/LOCK now ('pid N on HOST'), or None; takes nothing (for a driver's
+    look)."""
     try:
       fd = os.open(self.lock_path, os.O_RDONLY)
     except FileNotFoundError:
@@ -112,7 +115,8 @@ class RunDir:
       os.close(fd)
 
   def make(self) -> None:
-    """Creates the workdir; RunDirError, saying why, when it cannot be (a file, no permission, no space)."""
+    """Creates the workdir; RunDirError, saying why, when it cannot be (a file, no permission, no
+    space)."""
     if self.path.exists() and not self.path.is_dir():
       raise RunDirError(f"workdir {self.path} exists and is not a directory")
     try:
@@ -129,10 +133,12 @@ class RunDir:
     self.config_path.write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
 
   def read_config(self) -> dict[str, Any]:
-    """The run's config as JSON (settings.read takes it). Raises FileNotFoundError when this is not a
-    run's workdir."""
+    """The run's config as JSON (settings.read takes it). Raises FileNotFoundError when this is not
+    a run's workdir."""
     if not self.config_path.exists():
-      raise FileNotFoundError(f"{self.config_path} not found: is it a workdir of python -m train.main?")
+      raise FileNotFoundError(
+        f"{self.config_path} not found: is it a workdir of python -m train.main?"
+      )
     return json.loads(self.config_path.read_text())
 
   def write_metrics(self, history: list[dict[str, Any]]) -> None:
@@ -156,7 +162,6 @@ class RunDir:
       return None
     return Summary.from_json(json.loads(self.summary_path.read_text()))
 
+
 def _lock_text(fd: int) -> str:
   return os.pread(fd, 4096, 0).decode(errors="replace").strip()
-
-

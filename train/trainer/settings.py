@@ -14,7 +14,7 @@ import inspect
 import json
 import math
 from collections.abc import Mapping
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 import jax
 import ml_collections
@@ -32,8 +32,17 @@ OPTIMIZERS = ("sgd", "adamw")
 AUGMENTS = ("none", "cifar")
 # What a checkpoint's state means: a resume whose config changes one of these is refused (a
 # prefix covers the keys under it). data.data_dir is left out: the same data may move.
-STATE_KEYS = ("model", "model_kwargs", "conv", "conv_options", "dtype", "optim.name", "batch_size", "seed",
-              "data")
+STATE_KEYS = (
+  "model",
+  "model_kwargs",
+  "conv",
+  "conv_options",
+  "dtype",
+  "optim.name",
+  "batch_size",
+  "seed",
+  "data",
+)
 _NOT_STATE_KEYS = ("data.data_dir",)
 # Free-form blocks: their keys are the model's or the optimizer's, not the config's; a config
 # that sets one replaces the default's whole.
@@ -58,7 +67,7 @@ class OptimSettings:
 
   name: str
   learning_rate: float
-  schedule: str
+  schedule: optim.Schedule
   boundaries: tuple[float, ...]
   factor: float
   warmup_epochs: float
@@ -104,7 +113,8 @@ class Settings:
   distributed: bool
 
   def to_dict(self) -> dict[str, Any]:
-    """The settings as JSON values, every conv option present (None: unset), as config.json keeps them."""
+    """The settings as JSON values, every conv option present (None: unset), as config.json keeps
+    them."""
     d = json.loads(json.dumps(dataclasses.asdict(self), default=dict))
     d["conv_options"] = {name: self.conv_options.get(name) for name in default.CONV_OPTIONS}
     return d
@@ -126,7 +136,9 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   out: dict[str, Any] = {}
   for key, value in tree.items():
     if isinstance(value, Mapping) and not _under(f"{prefix}{key}", _OPEN_KEYS):
-      out.update(_flatten(value, f"{prefix}{key}."))  # an empty block has no keys (unset, as a missing key is)
+      out.update(
+        _flatten(value, f"{prefix}{key}.")
+      )  # an empty block has no keys (unset, as a missing key is)
     else:
       out[f"{prefix}{key}"] = value
   return out
@@ -141,25 +153,42 @@ def _defaults() -> dict[str, Any]:
 
 
 def config_changes(saved: Mapping[str, Any], settings: Settings) -> list[str]:
-  """The STATE_KEYS whose value differs between a checkpoint's config and `settings`, as 'key (old -> new)'.
+  """The STATE_KEYS whose value differs between a checkpoint's config and `settings`, as 'key (old
+  -> new)'.
 
   The saved config is laid over configs/default.py as `read` lays a config, so a config written
   before a key existed has that key's default.
   """
   before, now = {**_defaults(), **_flatten(saved)}, _flatten(settings.to_dict())
-  keys = sorted(k for k in before.keys() | now.keys() if _under(k, STATE_KEYS) and not _under(k, _NOT_STATE_KEYS))
+  keys = sorted(
+    k
+    for k in before.keys() | now.keys()
+    if _under(k, STATE_KEYS) and not _under(k, _NOT_STATE_KEYS)
+  )
   return [f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in keys if before.get(k) != now.get(k)]
 
 
-def _check_number(name: str, value: Any, low: float, high: float = math.inf, *, integer: bool = False,
-                  low_open: bool = False, high_open: bool = False) -> None:
+def _check_number(
+  name: str,
+  value: Any,
+  low: float,
+  high: float = math.inf,
+  *,
+  integer: bool = False,
+  low_open: bool = False,
+  high_open: bool = False,
+) -> None:
   """ConfigError unless `value` is a finite number (an int if `integer`) in the interval."""
   ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
   ok = ok and math.isfinite(value) and (low < value if low_open else low <= value)
   ok = ok and (value < high if high_open else value <= high)
   if not ok:
-    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == math.inf else ']'}"
-    raise ConfigError(f"{name} must be {'an int' if integer else 'a number'} in {interval}, got {value!r}")
+    interval = (
+      f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == math.inf else ']'}"
+    )
+    raise ConfigError(
+      f"{name} must be {'an int' if integer else 'a number'} in {interval}, got {value!r}"
+    )
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
@@ -181,19 +210,40 @@ def read(config: ml_collections.ConfigDict | Mapping[str, Any]) -> Settings:
   flat.update(given)
   o = {k.removeprefix("optim."): v for k, v in flat.items() if k.startswith("optim.")}
   d = {k.removeprefix("data."): v for k, v in flat.items() if k.startswith("data.")}
-  options = {k.removeprefix("conv_options."): v for k, v in flat.items() if k.startswith("conv_options.")}
+  options = {
+    k.removeprefix("conv_options."): v for k, v in flat.items() if k.startswith("conv_options.")
+  }
   s = Settings(
-      model=flat["model"], conv=flat["conv"], model_kwargs=dict(flat["model_kwargs"] or {}),
-      conv_options={k: v for k, v in options.items() if v is not None}, precision=flat["precision"],
-      dtype=flat["dtype"], deterministic=flat["deterministic"], data=DataSettings(**d),
-      batch_size=flat["batch_size"], eval_batch_size=flat["eval_batch_size"], num_epochs=flat["num_epochs"],
-      num_steps=flat["num_steps"],
-      optim=OptimSettings(**{**o, "boundaries": tuple(o["boundaries"]), "decay_labels": tuple(o["decay_labels"]),
-                             "lr_multipliers": dict(o["lr_multipliers"] or {})}),
-      max_loss_factor=flat["max_loss_factor"], acu_radius_every_steps=flat["acu_radius_every_steps"],
-      checkpoint_every_steps=flat["checkpoint_every_steps"], keep_checkpoints=flat["keep_checkpoints"],
-      log_every_steps=flat["log_every_steps"], eval_every_epochs=flat["eval_every_epochs"], seed=flat["seed"],
-      progress=flat["progress"], distributed=flat["distributed"])
+    model=flat["model"],
+    conv=flat["conv"],
+    model_kwargs=dict(flat["model_kwargs"] or {}),
+    conv_options={k: v for k, v in options.items() if v is not None},
+    precision=flat["precision"],
+    dtype=flat["dtype"],
+    deterministic=flat["deterministic"],
+    data=DataSettings(**d),
+    batch_size=flat["batch_size"],
+    eval_batch_size=flat["eval_batch_size"],
+    num_epochs=flat["num_epochs"],
+    num_steps=flat["num_steps"],
+    optim=OptimSettings(
+      **{
+        **o,
+        "boundaries": tuple(o["boundaries"]),
+        "decay_labels": tuple(o["decay_labels"]),
+        "lr_multipliers": dict(o["lr_multipliers"] or {}),
+      }
+    ),
+    max_loss_factor=flat["max_loss_factor"],
+    acu_radius_every_steps=flat["acu_radius_every_steps"],
+    checkpoint_every_steps=flat["checkpoint_every_steps"],
+    keep_checkpoints=flat["keep_checkpoints"],
+    log_every_steps=flat["log_every_steps"],
+    eval_every_epochs=flat["eval_every_epochs"],
+    seed=flat["seed"],
+    progress=flat["progress"],
+    distributed=flat["distributed"],
+  )
   _check(s)
   return s
 
@@ -211,36 +261,51 @@ def _check(s: Settings) -> None:
   try:
     _validation.compute_dtype(s.dtype)
   except ValueError as e:
-    raise ConfigError(f"config.dtype must be a floating dtype such as 'float32' or 'bfloat16', "
-                      f"got {s.dtype!r}") from e
+    raise ConfigError(
+      f"config.dtype must be a floating dtype such as 'float32' or 'bfloat16', got {s.dtype!r}"
+    ) from e
   if s.model not in K.models.list_models():
     raise ConfigError(f"unknown model {s.model!r}; expected one of {K.models.list_models()}")
   kinds = K.models.spec(s.model).kinds
   if s.conv not in kinds:
     raise ConfigError(f"conv kind {s.conv!r} does not apply to {s.model}; it takes {list(kinds)}")
   if s.data.name not in datasets.DATASETS:
-    raise ConfigError(f"unknown dataset {s.data.name!r}; expected one of {sorted(datasets.DATASETS)}")
+    raise ConfigError(
+      f"unknown dataset {s.data.name!r}; expected one of {sorted(datasets.DATASETS)}"
+    )
   _choice("data.source", s.data.source, datasets.SOURCES)
   _choice("data.augment", s.data.augment, AUGMENTS)
-  for key in ("batch_size", "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
-              "log_every_steps", "eval_every_epochs"):
+  for key in (
+    "batch_size",
+    "eval_batch_size",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "log_every_steps",
+    "eval_every_epochs",
+  ):
     _check_number(key, getattr(s, key), 1, integer=True)
   if s.num_steps <= 0 and s.num_epochs <= 0:
     raise ConfigError("set num_epochs > 0 or num_steps > 0")
   devices = jax.device_count()
   for key in ("batch_size", "eval_batch_size"):
     if getattr(s, key) % devices:
-      raise ConfigError(f"{key}={getattr(s, key)} must be a multiple of the {devices} devices "
-                        "(each device gets an equal share)")
+      raise ConfigError(
+        f"{key}={getattr(s, key)} must be a multiple of the {devices} devices "
+        "(each device gets an equal share)"
+      )
   _check_number("acu_radius_every_steps", s.acu_radius_every_steps, 0, integer=True)
   o = s.optim
   _choice("optim.name", o.name, OPTIMIZERS)
   if s.acu_radius_every_steps and o.name != "sgd":
-    raise ConfigError("acu_radius_every_steps needs optim.name='sgd': the margin it keeps is SGD's bound "
-                      "on a step of the normalized gradient")
+    raise ConfigError(
+      "acu_radius_every_steps needs optim.name='sgd': the margin it keeps is SGD's bound "
+      "on a step of the normalized gradient"
+    )
   if s.acu_radius_every_steps and "positions" in o.decay_labels:
-    raise ConfigError("acu_radius_every_steps needs positions without weight decay (the margin bounds "
-                      "only the normalized gradient's steps)")
+    raise ConfigError(
+      "acu_radius_every_steps needs positions without weight decay (the margin bounds "
+      "only the normalized gradient's steps)"
+    )
   _choice("optim.schedule", o.schedule, get_args(optim.Schedule))
   _check_number("optim.learning_rate", o.learning_rate, 0, low_open=True)
   _check_number("optim.momentum", o.momentum, 0, 1, high_open=True)
@@ -251,7 +316,9 @@ def _check(s: Settings) -> None:
   for key in ("b1", "b2"):
     _check_number(f"optim.{key}", getattr(o, key), 0, 1, high_open=True)
   if list(o.boundaries) != sorted(o.boundaries) or any(b < 0 for b in o.boundaries):
-    raise ConfigError(f"optim.boundaries must be epochs >= 0 in increasing order, got {tuple(o.boundaries)}")
+    raise ConfigError(
+      f"optim.boundaries must be epochs >= 0 in increasing order, got {tuple(o.boundaries)}"
+    )
   for label, multiplier in o.lr_multipliers.items():
     _check_number(f"optim.lr_multipliers.{label}", multiplier, 0)
   _check_number("seed", s.seed, 0, 2**32 - 1, integer=True)
@@ -264,7 +331,9 @@ def _check(s: Settings) -> None:
   _check_conv_options(s)
   for label in list(o.decay_labels) + list(o.lr_multipliers):
     if label not in optim.LABELS:
-      raise ConfigError(f"unknown parameter label {label!r} in optim; expected some of {list(optim.LABELS)}")
+      raise ConfigError(
+        f"unknown parameter label {label!r} in optim; expected some of {list(optim.LABELS)}"
+      )
 
 
 def _check_conv_options(s: Settings) -> None:
@@ -272,11 +341,16 @@ def _check_conv_options(s: Settings) -> None:
   layer = K.nn.CONV_KINDS.get(s.conv)
   if layer is None:
     return
-  cls: type = layer.func if isinstance(layer, functools.partial) else layer  # rotate4 / rotate2 fix the version
-  # the declared options this layer's constructor has (PlainConv's bias is an array, not an option)
-  takes = sorted(set(inspect.signature(cls.__init__).parameters) & set(default.CONV_OPTIONS)
-                 - ({"bias"} if cls is K.nn.PlainConv else set()))
+  # the layer's class (rotate4 / rotate2 are partials that fix the version)
+  cls = cast(type, layer.func if isinstance(layer, functools.partial) else layer)
+  # the declared options its constructor has (PlainConv's bias is an array, not an option)
+  takes = sorted(
+    set(inspect.signature(cls.__init__).parameters)  # type: ignore[misc]
+    & set(default.CONV_OPTIONS) - ({"bias"} if cls is K.nn.PlainConv else set())
+  )
   for name in s.conv_options:
     if name not in takes:
-      raise ConfigError(f"conv_options.{name} does not apply to conv {s.conv!r}; it takes "
-                        f"{takes if takes else 'no options'}")
+      raise ConfigError(
+        f"conv_options.{name} does not apply to conv {s.conv!r}; it takes "
+        f"{takes if takes else 'no options'}"
+      )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
@@ -12,12 +13,19 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from train.trainer import input_pipeline
-from train.trainer.state import TrainState
+from train.trainer.state import TrainState, split_model
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, mean: Sequence[float],
-                    std: Sequence[float], augment: str, seed: int, max_loss: float = float("inf")
-                    ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, jax.Array]]:
+def make_train_step(
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  *,
+  mean: Sequence[float],
+  std: Sequence[float],
+  augment: str,
+  seed: int,
+  max_loss: float = float("inf"),
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, jax.Array]]:
   """step(state, batch) -> (state, loss).
 
   Args:
@@ -42,18 +50,25 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
       model = nnx.merge(graphdef, params, rest)
       logits = model(x).astype(jnp.float32)  # the loss in float32 also under mixed precision
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-      return loss, (logits, nnx.split(model, nnx.Param, ...)[2])
+      return loss, (logits, split_model(model)[2])
 
     (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # a finite loss can still give non-finite params (a huge step): check both
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+    finite = jnp.isfinite(loss) & jnp.all(
+      jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
+    )
     bad = jnp.logical_and(state.bad_step < 0, ~(finite & (loss <= max_loss)))
-    new_state = state.replace(
-        params=params, rest=rest, opt_state=opt_state, step=state.step + 1,
-        bad_step=jnp.where(bad, state.step, state.bad_step),
-        sums=state.sums.add(loss, jnp.sum(jnp.argmax(logits, -1) == y), y.shape[0]))
+    new_state = dataclasses.replace(
+      state,
+      params=params,
+      rest=rest,
+      opt_state=opt_state,
+      step=state.step + 1,
+      bad_step=jnp.where(bad, state.step, state.bad_step),
+      sums=state.sums.add(loss, jnp.sum(jnp.argmax(logits, -1) == y), y.shape[0]),
+    )
     return new_state, loss
 
   return step

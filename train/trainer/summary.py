@@ -1,5 +1,5 @@
-"""The typed record of a finished run (summary.json): written by the trainer, kept by the ledger, read
-by the report."""
+"""The typed record of a finished run (summary.json): written by the trainer, kept by the ledger,
+read by the report."""
 
 from __future__ import annotations
 
@@ -68,7 +68,11 @@ class Summary:
       ValueError: naming the missing fields, for a record that is not a run's summary.
     """
     fields = {f.name for f in dataclasses.fields(cls)}
-    values = {"device_kind": None, "host_cores": None, **{k: v for k, v in d.items() if k in fields}}
+    values = {
+      "device_kind": None,
+      "host_cores": None,
+      **{k: v for k, v in d.items() if k in fields},
+    }
     missing = sorted(fields - values.keys())
     if missing:
       raise ValueError(f"not a run's summary: {missing} missing")
@@ -76,8 +80,11 @@ class Summary:
 
   @property
   def hardware(self) -> str:
-    """What the run trained on: 'NVIDIA H100 80GB HBM3', 'CPU, 2 cores', 'CPU (cores not recorded)'."""
+    """What the run trained on: 'NVIDIA H100 80GB HBM3', 'CPU, 2 cores', 'CPU (cores not
+    recorded)'."""
     if self.platform == "cpu":
       cores = self.host_cores
-      return f"CPU, {cores} core{'s' if cores != 1 else ''}" if cores else "CPU (cores not recorded)"
+      return (
+        f"CPU, {cores} core{'s' if cores != 1 else ''}" if cores else "CPU (cores not recorded)"
+      )
     return self.device_kind or self.platform

@@ -9,11 +9,10 @@ import jax
 from flax import nnx
 
 import kshapes_jax as K
-
 from train.trainer import experiment, input_pipeline
 from train.trainer.rundir import RunDir
 from train.trainer.settings import Settings, read
-from train.trainer.state import TrainState
+from train.trainer.state import TrainState, split_model
 
 
 @dataclasses.dataclass
@@ -62,10 +61,19 @@ def load_run(workdir: str | Path, step: int | None = None) -> TrainedRun:
   initial = nnx.clone(exp.model)
   initial.eval()
   template = jax.device_put(exp.initial_state())
-  graphdef = nnx.split(exp.model, nnx.Param, ...)[0]
+  graphdef = split_model(exp.model)[0]
   model = _model(graphdef, rundir.checkpoints.restore(template, step)[0])
-  return TrainedRun(rundir, settings, exp.dataset, model, initial, step, rundir.checkpoints.steps(), template,
-                    graphdef)
+  return TrainedRun(
+    rundir,
+    settings,
+    exp.dataset,
+    model,
+    initial,
+    step,
+    rundir.checkpoints.steps(),
+    template,
+    graphdef,
+  )
 
 
 def load_state(workdir: str | Path, step: int | None = None) -> tuple[int, TrainState]:
