@@ -1,4 +1,4 @@
-"""Quickstart: SN with RotateConv v4 on Fashion-MNIST, 3 epochs (the README gives its time and accuracy).
+"""Quickstart: SN with RotateConv v4 on Fashion-MNIST, 3 epochs (the README gives time, accuracy).
 
   apt-get install -y dataset-fashion-mnist     # the IDX files, offline
   python -m train.main --config configs/quickstart.py --workdir runs/quickstart

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import onnx
 from jax.extend import core as jax_core
+from jax.typing import DTypeLike
 from onnx import helper, numpy_helper
 
 _ELEMENTWISE = {
@@ -106,7 +107,7 @@ def _is_batch(d, batch) -> bool:
     return False
 
 
-def _onnx_dtype(dtype) -> int:
+def _onnx_dtype(dtype: DTypeLike | None) -> int:
   return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 

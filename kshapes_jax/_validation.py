@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
+
+if TYPE_CHECKING:
+  from flax import nnx
+from jax.typing import DTypeLike
 
 
-def shape_of(name: str, x) -> tuple[int, ...]:
+def shape_of(name: str, x: ArrayLike) -> tuple[int, ...]:
   """Returns the shape of an array-like, raising ValueError if it has none."""
   try:
     return tuple(np.shape(x))
@@ -19,7 +24,9 @@ def shape_of(name: str, x) -> tuple[int, ...]:
     raise ValueError(f"{name} must be an array, got {type(x).__name__}") from e
 
 
-def require_rank(name: str, x, ranks: int | Sequence[int], layout: str) -> tuple[int, ...]:
+def require_rank(
+  name: str, x: ArrayLike, ranks: int | Sequence[int], layout: str
+) -> tuple[int, ...]:
   """Checks the rank of `x`; `layout` names the axes expected, for the message."""
   shape = shape_of(name, x)
   allowed = (ranks,) if isinstance(ranks, int) else tuple(ranks)
@@ -28,7 +35,9 @@ def require_rank(name: str, x, ranks: int | Sequence[int], layout: str) -> tuple
   return shape
 
 
-def require_shape(name: str, x, expected: Sequence[int | None], layout: str) -> tuple[int, ...]:
+def require_shape(
+  name: str, x: ArrayLike, expected: Sequence[int | None], layout: str
+) -> tuple[int, ...]:
   """Checks a full shape; None in `expected` accepts any size on that axis."""
   shape = shape_of(name, x)
   ok = len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
@@ -38,7 +47,7 @@ def require_shape(name: str, x, expected: Sequence[int | None], layout: str) -> 
   return shape
 
 
-def concrete_or_none(x) -> np.ndarray | None:
+def concrete_or_none(x: ArrayLike) -> np.ndarray | None:
   """The value of `x` on the host, or None when it is traced (inside jit/grad)."""
   try:
     return np.asarray(x)
@@ -46,12 +55,12 @@ def concrete_or_none(x) -> np.ndarray | None:
     return None
 
 
-def is_int(value) -> bool:
+def is_int(value: Any) -> bool:
   """A Python or NumPy integer, not a bool (True is an int to Python, never a size here)."""
   return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-def positive_int(name: str, value, minimum: int = 1) -> int:
+def positive_int(name: str, value: Any, minimum: int = 1) -> int:
   """`value` as an int >= minimum; ValueError naming the argument otherwise."""
   if not is_int(value) or value < minimum:
     raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
@@ -70,7 +79,7 @@ def pair(name: str, value: Any) -> tuple[int, int]:
   return int(values[0]), int(values[1])
 
 
-def require_rngs(layer: str, rngs) -> None:
+def require_rngs(layer: str, rngs: nnx.Rngs | None) -> None:
   """Layers draw their initial parameters from `rngs`; say so instead of an AttributeError later."""
   from flax import nnx
 
@@ -80,7 +89,7 @@ def require_rngs(layer: str, rngs) -> None:
     )
 
 
-def floating(dtype) -> np.dtype:
+def floating(dtype: DTypeLike | None) -> np.dtype:
   """`dtype` if it is floating, else the float that integers and bools promote to (float32, or
   float64 under jax_enable_x64): bilinear weights of an integer array would round to 0."""
   dtype = jnp.dtype(dtype)

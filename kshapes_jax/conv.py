@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from kshapes_jax import _validation
 from kshapes_jax.kernels import active as _active
@@ -95,7 +95,7 @@ def conv(
   dilation: int | Sequence[int] = 1,
   groups: int = 1,
   bias: ArrayLike | None = None,
-  dtype=None,
+  dtype: DTypeLike | None = None,
   precision: lax.PrecisionLike = None,
   allow_crop: bool = False,
 ) -> jax.Array:
@@ -202,7 +202,7 @@ def active_conv_gather(
   padding: Padding = "SAME",
   radius: int | None = None,
   modulation: ArrayLike | None = None,
-  dtype=None,
+  dtype: DTypeLike | None = None,
   precision: lax.PrecisionLike = None,
 ) -> jax.Array:
   """The literal ACU of eq. 5-9: bilinear samples at the synapses, then a sum.
@@ -273,7 +273,7 @@ def active_conv_gather(
   x = jnp.asarray(x, dtype)
   # Cells and fractions at >= float32 even for bf16 compute: a bf16 position
   # would move the synapse (1.3 -> 1.296875).
-  p = jnp.asarray(positions, jnp.promote_types(dtype, jnp.float32))
+  p = jnp.asarray(positions, jnp.promote_types(x.dtype, jnp.float32))
   # Broadcast every layout to (N, H', W', G, K, 2).
   if len(p_shape) == 5:
     p = p[:, :, :, None]

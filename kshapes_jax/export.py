@@ -46,7 +46,7 @@ def forward(
   """
   graphdef, state = nnx.split(model)
 
-  def fn(x):
+  def fn(x: jax.Array):
     if normalize is not None:
       mean, std = (jnp.asarray(v, jnp.float32) for v in normalize)
       x = (x.astype(jnp.float32) / 255.0 - mean) / std

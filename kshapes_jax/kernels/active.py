@@ -29,7 +29,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from kshapes_jax import _validation
 
@@ -64,7 +64,9 @@ def lattice_offsets(size: int = 3) -> np.ndarray:
   return np.asarray([(0, 0), *ring], np.float32)
 
 
-def lattice_positions(size: int = 3, dilation: float = 1.0, dtype=jnp.float32) -> jax.Array:
+def lattice_positions(
+  size: int = 3, dilation: float = 1.0, dtype: DTypeLike | None = jnp.float32
+) -> jax.Array:
   """Positions (K, 2) = (dx, dy) of a size x size lattice, centre first.
 
   Synapse 0 is the origin, as the ACU paper fixes it; the others follow in

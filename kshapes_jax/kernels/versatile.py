@@ -17,12 +17,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from kshapes_jax import _validation
 
 
-def versatile_masks(d: int, dtype=jnp.float32) -> jax.Array:
+def versatile_masks(d: int, dtype: DTypeLike | None = jnp.float32) -> jax.Array:
   """The nested masks M_1..M_s of eq. 2, shape (s, d, d) with s = ceil(d / 2).
 
   M_i (1-indexed) keeps the entries with i <= p, q <= d + 1 - i: M_1 is the

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
+from jax.typing import DTypeLike
 
 from kshapes_jax.models.layers import avg_pool, global_avg_pool, layer_options
 from kshapes_jax.models.registry import register
@@ -17,7 +21,7 @@ class Transition(nnx.Module):
   def __init__(self, bn, conv):
     self.bn, self.conv = bn, conv
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array):
     x = jax.nn.relu(self.bn(x))
     if self.conv is not None:
       x = self.conv(x)
@@ -41,17 +45,17 @@ class DenseNet(nnx.Module):
 
   def __init__(
     self,
-    depth=40,
-    growth=12,
-    conv="plain",
-    num_classes=10,
+    depth: int = 40,
+    growth: int = 12,
+    conv: str = "plain",
+    num_classes: int = 10,
     *,
-    rngs,
+    rngs: nnx.Rngs,
     stem=16,
     transition_conv=True,
-    conv_options=None,
-    precision=None,
-    dtype=None,
+    conv_options: dict[str, Any] | None = None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
   ):
     if (depth - 4) % 3:
       raise ValueError(f"DenseNet depth must be 3n + 4, got {depth}")
@@ -59,9 +63,9 @@ class DenseNet(nnx.Module):
     n = (depth - 4) // 3
     c = stem
     self.stem = PlainConv(3, c, 3, rngs=rngs, **num)
-    self.bns = nnx.List()
-    self.convs = nnx.List()
-    self.transitions = nnx.List()
+    self.bns: nnx.List[nnx.Module] = nnx.List()
+    self.convs: nnx.List[nnx.Module] = nnx.List()
+    self.transitions: nnx.List[nnx.Module] = nnx.List()
     for block in range(3):
       for _ in range(n):
         self.bns.append(batch_norm(c, rngs, dtype=dtype))
@@ -75,7 +79,7 @@ class DenseNet(nnx.Module):
     self.bn = batch_norm(c, rngs, dtype=dtype)
     self.fc = Dense(c, num_classes, rngs=rngs, **num)
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array):
     x = self.stem(x)
     for i, (bn, layer) in enumerate(zip(self.bns, self.convs)):
       x = jnp.concatenate([x, layer(jax.nn.relu(bn(x)))], axis=-1)
@@ -90,6 +94,6 @@ DENSENET40_ROTATECONV = dict(growth=17, stem=34, transition_conv=False)
 @register(
   "densenet40", kinds=KINDS, input_shape=(32, 32, 3), paper="RotateConv Table I; ACNet Table 1-2"
 )
-def densenet40(conv, num_classes, rngs, growth=12, **kw):
+def densenet40(conv, num_classes: int, rngs: nnx.Rngs, growth: int = 12, **kw):
   """Huang et al.'s DenseNet-40; `**DENSENET40_ROTATECONV` for RotateConv's Table I counts."""
   return DenseNet(40, growth, conv, num_classes, rngs=rngs, **kw)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 from flax import nnx
+from jax import lax
+from jax.typing import DTypeLike
 
 from kshapes_jax.models.layers import global_avg_pool, layer_options, max_pool
 from kshapes_jax.models.registry import register
@@ -13,7 +17,9 @@ from kshapes_jax.nn import KINDS, Dense, conv_bn
 class Bottleneck(nnx.Module):
   """1x1-3x3-1x1 residual unit (post-activation), projection shortcut on change."""
 
-  def __init__(self, conv, cin, width, stride, expansion, rngs, options, num):
+  def __init__(
+    self, conv, cin: int, width: int, stride: int, expansion: int, rngs: nnx.Rngs, options, num
+  ):
     if expansion == 1:  # basic unit: two 3x3
       self.convs = nnx.List([conv_bn(conv, cin, width, 3, stride=stride, rngs=rngs, **options)])
       self.convs.append(conv_bn(conv, self.convs[0].out_features, width, 3, rngs=rngs, **options))
@@ -29,7 +35,7 @@ class Bottleneck(nnx.Module):
     )
     self.out_features = out
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array):
     y = x
     for i, layer in enumerate(self.convs):
       y = layer(y)
@@ -45,14 +51,14 @@ class ImageNetResNet(nnx.Module):
   def __init__(
     self,
     layers,
-    expansion,
-    conv="plain",
-    num_classes=1000,
+    expansion: int,
+    conv: str = "plain",
+    num_classes: int = 1000,
     *,
-    rngs,
-    conv_options=None,
-    precision=None,
-    dtype=None,
+    rngs: nnx.Rngs,
+    conv_options: dict[str, Any] | None = None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
   ):
     options, num = layer_options(conv_options, precision, dtype)
     # a kind that is 3x3 only (RotateConv) leaves the 7x7 stem plain
@@ -61,7 +67,7 @@ class ImageNetResNet(nnx.Module):
       stem_kind, 3, 64, 7, stride=2, rngs=rngs, **(options if stem_kind == conv else num)
     )
     c = self.stem.out_features
-    self.blocks = nnx.List()
+    self.blocks: nnx.List[nnx.Module] = nnx.List()
     for stage, (count, width) in enumerate(zip(layers, (64, 128, 256, 512))):
       for i in range(count):
         block = Bottleneck(
@@ -71,7 +77,7 @@ class ImageNetResNet(nnx.Module):
         c = block.out_features
     self.fc = Dense(c, num_classes, rngs=rngs, **num)
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array):
     x = max_pool(jax.nn.relu(self.stem(x)), 3, 2, ((1, 1), (1, 1)))
     for block in self.blocks:
       x = block(x)
@@ -85,7 +91,7 @@ class ImageNetResNet(nnx.Module):
   paper="ACNet Table 3 (accounting)",
   num_classes=1000,
 )
-def resnet18(conv, num_classes, rngs, **kw):
+def resnet18(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return ImageNetResNet((2, 2, 2, 2), 1, conv, num_classes, rngs=rngs, **kw)
 
 
@@ -96,7 +102,7 @@ def resnet18(conv, num_classes, rngs, **kw):
   paper="Versatile Table 1/4 (accounting)",
   num_classes=1000,
 )
-def resnet50(conv, num_classes, rngs, **kw):
+def resnet50(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return ImageNetResNet((3, 4, 6, 3), 4, conv, num_classes, rngs=rngs, **kw)
 
 
@@ -110,7 +116,14 @@ class AlexNet(nnx.Module):
   """
 
   def __init__(
-    self, conv="plain", num_classes=1000, *, rngs, conv_options=None, precision=None, dtype=None
+    self,
+    conv: str = "plain",
+    num_classes: int = 1000,
+    *,
+    rngs: nnx.Rngs,
+    conv_options: dict[str, Any] | None = None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
   ):
     options, num = layer_options(conv_options, precision, dtype)
     grouped = lambda cin, cout, k: conv_bn("plain", cin, cout, k, rngs=rngs, groups=2, **num)
@@ -136,7 +149,7 @@ class AlexNet(nnx.Module):
     self.fc2 = Dense(4096, 4096, rngs=rngs, **num)
     self.fc3 = Dense(4096, num_classes, rngs=rngs, **num)
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array):
     for i, layer in enumerate(self.convs):
       x = jax.nn.relu(layer(x))
       if i in (0, 1, 4):
@@ -153,5 +166,5 @@ class AlexNet(nnx.Module):
   paper="Versatile Table 1/4; ACNet Table 3 (accounting)",
   num_classes=1000,
 )
-def alexnet(conv, num_classes, rngs, **kw):
+def alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return AlexNet(conv, num_classes, rngs=rngs, **kw)

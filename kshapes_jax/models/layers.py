@@ -5,9 +5,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
+from jax.typing import DTypeLike
+
+from kshapes_jax.conv import Padding
 
 
-def layer_options(conv_options: dict | None, precision, dtype) -> tuple[dict, dict]:
+def layer_options(
+  conv_options: dict | None, precision: lax.PrecisionLike, dtype: DTypeLike | None
+) -> tuple[dict, dict]:
   """(options of the shaped convs, numerics of every other layer) of a model.
 
   The shaped convs get the user's `conv_options` and the numerics; plain
@@ -18,11 +24,15 @@ def layer_options(conv_options: dict | None, precision, dtype) -> tuple[dict, di
   return {**(conv_options or {}), **numerics}, numerics
 
 
-def max_pool(x: jax.Array, window: int, stride: int, padding=((0, 0), (0, 0))) -> jax.Array:
+def max_pool(
+  x: jax.Array, window: int, stride: int, padding: Padding | None = ((0, 0), (0, 0))
+) -> jax.Array:
   return nnx.max_pool(x, (window, window), (stride, stride), padding)
 
 
-def avg_pool(x: jax.Array, window: int, stride: int, padding=((0, 0), (0, 0))) -> jax.Array:
+def avg_pool(
+  x: jax.Array, window: int, stride: int, padding: Padding | None = ((0, 0), (0, 0))
+) -> jax.Array:
   # count_include_pad as in Caffe and PyTorch's defaults
   return nnx.avg_pool(x, (window, window), (stride, stride), padding, count_include_pad=True)
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import jax
 from flax import nnx
+from jax import lax
+from jax.typing import DTypeLike
 
 from kshapes_jax import _validation
 
@@ -61,8 +63,8 @@ def create(
   conv: str = "plain",
   num_classes: int | None = None,
   rngs: nnx.Rngs | None = None,
-  precision=None,
-  dtype=None,
+  precision: lax.PrecisionLike = None,
+  dtype: DTypeLike | None = None,
   **kwargs,
 ) -> nnx.Module:
   """Builds the named model with the named conv kind.

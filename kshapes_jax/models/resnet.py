@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
+from jax.typing import DTypeLike
 
 from kshapes_jax.models.layers import global_avg_pool, layer_options
 from kshapes_jax.models.registry import register
@@ -26,12 +30,12 @@ def _option_a(x: jax.Array, out_features: int, stride: int) -> jax.Array:
 class BasicBlock(nnx.Module):
   """conv-BN-ReLU-conv-BN + shortcut, ReLU (post-activation, CIFAR ResNet)."""
 
-  def __init__(self, conv, cin, cout, stride, rngs, options):
+  def __init__(self, conv, cin: int, cout: int, stride: int, rngs: nnx.Rngs, options):
     self.conv1 = conv_bn(conv, cin, cout, 3, stride=stride, rngs=rngs, **options)
     self.conv2 = conv_bn(conv, self.conv1.out_features, cout, 3, rngs=rngs, **options)
     self.out_features, self.stride = self.conv2.out_features, stride
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array):
     y = self.conv2(jax.nn.relu(self.conv1(x)))
     return jax.nn.relu(y + _option_a(x, self.out_features, self.stride))
 
@@ -44,14 +48,14 @@ class CifarResNet(nnx.Module):
 
   def __init__(
     self,
-    depth,
-    conv="plain",
-    num_classes=10,
+    depth: int,
+    conv: str = "plain",
+    num_classes: int = 10,
     *,
-    rngs,
-    conv_options=None,
-    precision=None,
-    dtype=None,
+    rngs: nnx.Rngs,
+    conv_options: dict[str, Any] | None = None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
   ):
     if (depth - 2) % 6:
       raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
@@ -59,7 +63,7 @@ class CifarResNet(nnx.Module):
     options, num = layer_options(conv_options, precision, dtype)
     self.stem = conv_bn(conv, 3, 16, 3, rngs=rngs, **options)
     cin = self.stem.out_features
-    self.blocks = nnx.List()
+    self.blocks: nnx.List[nnx.Module] = nnx.List()
     for stage, width in enumerate((16, 32, 64)):
       for i in range(n):
         block = BasicBlock(conv, cin, width, 2 if (stage > 0 and i == 0) else 1, rngs, options)
@@ -67,7 +71,7 @@ class CifarResNet(nnx.Module):
         cin = block.out_features
     self.fc = Dense(cin, num_classes, rngs=rngs, **num)
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array):
     x = jax.nn.relu(self.stem(x))
     for block in self.blocks:
       x = block(x)
@@ -87,7 +91,7 @@ for _depth in (20, 32, 44, 56, 110):
   )
 
 
-def _preact_conv(conv, cin, cout, k, stride, rngs, options, num):
+def _preact_conv(conv, cin: int, cout: int, k, stride: int, rngs: nnx.Rngs, options, num):
   """A conv inside a pre-activation unit (no BN after it, except ACB's own); 1x1 convs stay
   plain."""
   if k == 1:
@@ -99,15 +103,25 @@ class PreActBlock(nnx.Module):
   """BN-ReLU-conv x2 (basic) or x3 with a 1x1-3x3-1x1 bottleneck; projection shortcut on change."""
 
   def __init__(
-    self, conv, cin, width, stride, bottleneck, rngs, options, num, expansion=4, dropout=0.0
+    self,
+    conv,
+    cin: int,
+    width: int,
+    stride: int,
+    bottleneck,
+    rngs: nnx.Rngs,
+    options,
+    num,
+    expansion: int = 4,
+    dropout=0.0,
   ):
     shapes = (
       [(1, width, 1), (3, width, stride), (1, width * expansion, 1)]
       if bottleneck
       else [(3, width, stride), (3, width, 1)]
     )
-    self.bns = nnx.List()
-    self.convs = nnx.List()
+    self.bns: nnx.List[nnx.Module] = nnx.List()
+    self.convs: nnx.List[nnx.Module] = nnx.List()
     c = cin
     for k, cout, s in shapes:
       self.bns.append(batch_norm(c, rngs, dtype=num["dtype"]))
@@ -120,7 +134,7 @@ class PreActBlock(nnx.Module):
       PlainConv(cin, c, 1, stride=stride, padding=0, rngs=rngs, **num) if changed else None
     )
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array):
     pre = jax.nn.relu(self.bns[0](x))
     shortcut = x if self.shortcut is None else self.shortcut(pre)
     y = self.convs[0](pre)
@@ -143,18 +157,18 @@ class PreActResNet(nnx.Module):
     blocks,
     widths,
     bottleneck,
-    conv="plain",
-    num_classes=10,
+    conv: str = "plain",
+    num_classes: int = 10,
     *,
-    rngs,
-    conv_options=None,
-    precision=None,
-    dtype=None,
+    rngs: nnx.Rngs,
+    conv_options: dict[str, Any] | None = None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
   ):
     options, num = layer_options(conv_options, precision, dtype)
     self.stem = PlainConv(3, 16, 3, rngs=rngs, **num)
     cin = 16
-    self.blocks = nnx.List()
+    self.blocks: nnx.List[nnx.Module] = nnx.List()
     for stage, width in enumerate(widths):
       for i in range(blocks):
         block = PreActBlock(
@@ -165,7 +179,7 @@ class PreActResNet(nnx.Module):
     self.bn = batch_norm(cin, rngs, dtype=dtype)
     self.fc = Dense(cin, num_classes, rngs=rngs, **num)
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array):
     x = self.stem(x)
     for block in self.blocks:
       x = block(x)
@@ -173,7 +187,7 @@ class PreActResNet(nnx.Module):
 
 
 @register("preact_resnet32", kinds=KINDS, input_shape=(32, 32, 3), paper="ACU Table 3 (basic)")
-def preact_resnet32(conv, num_classes, rngs, **kw):
+def preact_resnet32(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return PreActResNet(5, (16, 32, 64), False, conv, num_classes, rngs=rngs, **kw)
 
 
@@ -183,11 +197,11 @@ def preact_resnet32(conv, num_classes, rngs, **kw):
   input_shape=(32, 32, 3),
   paper="ACU Table 3 (bottleneck)",
 )
-def preact_resnet47(conv, num_classes, rngs, **kw):
+def preact_resnet47(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return PreActResNet(5, (16, 32, 64), True, conv, num_classes, rngs=rngs, **kw)
 
 
 @register("wrn16_8", kinds=KINDS, input_shape=(32, 32, 3), paper="ACNet Table 1-2")
-def wrn16_8(conv, num_classes, rngs, **kw):
+def wrn16_8(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   # WRN-d-k: (d - 4) / 6 pre-activation basic units per stage, widths 16k, 32k, 64k
   return PreActResNet(2, (128, 256, 512), False, conv, num_classes, rngs=rngs, **kw)

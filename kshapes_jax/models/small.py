@@ -3,15 +3,19 @@ plain."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 from flax import nnx
+from jax import lax
+from jax.typing import DTypeLike
 
 from kshapes_jax.models.layers import avg_pool, global_avg_pool, layer_options, max_pool
 from kshapes_jax.models.registry import register
 from kshapes_jax.nn import KINDS, Dense, PlainConv, conv_bn, make_conv
 
 
-def _conv(kind, cin, cout, k, rngs, options, **kw):
+def _conv(kind, cin: int, cout: int, k, rngs: nnx.Rngs, options, **kw):
   """A conv with bias for networks without BN (ACB's BNs play that role)."""
   if kind == "acb":
     return make_conv("acb", cin, cout, k, rngs=rngs, **kw, **options)
@@ -29,17 +33,17 @@ class SimpleNet(nnx.Module):
 
   def __init__(
     self,
-    conv="plain",
-    num_classes=10,
+    conv: str = "plain",
+    num_classes: int = 10,
     *,
-    rngs,
-    in_channels=1,
-    conv_options=None,
-    precision=None,
-    dtype=None,
+    rngs: nnx.Rngs,
+    in_channels: int = 1,
+    conv_options: dict[str, Any] | None = None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
   ):
     options, num = layer_options(conv_options, precision, dtype)
-    self.convs = nnx.List()
+    self.convs: nnx.List[nnx.Module] = nnx.List()
     cin = in_channels
     for i, cout in enumerate((20, 50, 50, 50)):
       layer = _conv(conv, cin, cout, 3, rngs, options, padding=0 if i == 3 else 1)
@@ -47,7 +51,7 @@ class SimpleNet(nnx.Module):
       cin = layer.out_features
     self.fc = Dense(cin, num_classes, rngs=rngs, **num)
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array):
     for i, layer in enumerate(self.convs):
       x = jax.nn.relu(layer(x))
       if i < 3:
@@ -56,12 +60,12 @@ class SimpleNet(nnx.Module):
 
 
 @register("sn", kinds=KINDS, input_shape=(28, 28, 1), paper="RotateConv Table I")
-def sn(conv, num_classes, rngs, **kw):
+def sn(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return SimpleNet(conv, num_classes, rngs=rngs, **kw)
 
 
 # The versatile paper's LeNet variants: (mode, bias, c - c^, g) per swapped layer.
-LENET_VARIANTS = {
+LENET_VARIANTS: dict[str, dict[str, Any] | None] = {
   "baseline": None,
   "model1": dict(mode="sum"),  # eq. 4
   "model2": dict(mode="spatial", bias="separate"),  # eq. 3, b_1..b_s
@@ -83,26 +87,27 @@ class LeNet(nnx.Module):
 
   def __init__(
     self,
-    conv="plain",
-    num_classes=10,
+    conv: str = "plain",
+    num_classes: int = 10,
     *,
-    rngs,
-    in_channels=1,
+    rngs: nnx.Rngs,
+    in_channels: int = 1,
     variant=None,
-    conv_options=None,
-    precision=None,
-    dtype=None,
+    conv_options: dict[str, Any] | None = None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
   ):
     options, num = layer_options(conv_options, precision, dtype)
     if conv == "versatile":
       variant = variant or "model3"
-      if variant not in LENET_VARIANTS or LENET_VARIANTS[variant] is None:
+      swapped = LENET_VARIANTS.get(variant)
+      if swapped is None:
         raise ValueError(
           f"versatile LeNet variant must be one of {sorted(LENET_VARIANTS)[1:]}, got {variant!r}"
         )
-      options = {**LENET_VARIANTS[variant], **options}
+      options = {**swapped, **options}
     channel = {k: options.pop(k) for k in ("channel_delta", "channel_stride") if k in options}
-    self.convs = nnx.List()
+    self.convs: nnx.List[nnx.Module] = nnx.List()
     cin = in_channels
     for i, (cout, k) in enumerate(((20, 5), (50, 5), (500, 4))):
       extra = channel if (conv == "versatile" and i > 0) else {}
@@ -111,7 +116,7 @@ class LeNet(nnx.Module):
       cin = layer.out_features
     self.classifier = PlainConv(cin, num_classes, 1, padding=0, use_bias=True, rngs=rngs, **num)
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array):
     x = max_pool(self.convs[0](x), 2, 2)
     x = max_pool(self.convs[1](x), 2, 2)
     x = jax.nn.relu(self.convs[2](x))
@@ -124,7 +129,7 @@ class LeNet(nnx.Module):
   input_shape=(28, 28, 1),
   paper="Versatile filters Table 2/3",
 )
-def lenet(conv, num_classes, rngs, **kw):
+def lenet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return LeNet(conv, num_classes, rngs=rngs, **kw)
 
 
@@ -139,18 +144,18 @@ class CifarQuick(nnx.Module):
 
   def __init__(
     self,
-    conv="plain",
-    num_classes=10,
+    conv: str = "plain",
+    num_classes: int = 10,
     *,
-    rngs,
-    in_channels=3,
+    rngs: nnx.Rngs,
+    in_channels: int = 3,
     image_size=32,
-    conv_options=None,
-    precision=None,
-    dtype=None,
+    conv_options: dict[str, Any] | None = None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
   ):
     options, num = layer_options(conv_options, precision, dtype)
-    self.convs = nnx.List()
+    self.convs: nnx.List[nnx.Module] = nnx.List()
     cin = in_channels
     for cout in (32, 32, 64):
       layer = conv_bn(conv, cin, cout, 5, rngs=rngs, **options)
@@ -166,7 +171,7 @@ class CifarQuick(nnx.Module):
     self.fc1 = Dense(cin * side * side, 64, rngs=rngs, **num)
     self.fc2 = Dense(64, num_classes, rngs=rngs, **num)
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array):
     ceil = ((0, 1), (0, 1))
     x = jax.nn.relu(max_pool(self.convs[0](x), 3, 2, ceil))
     x = avg_pool(jax.nn.relu(self.convs[1](x)), 3, 2, ceil)
@@ -182,7 +187,7 @@ class CifarQuick(nnx.Module):
   paper="ACNet Table 1/2",
   takes_image_size=True,
 )
-def cifar_quick(conv, num_classes, rngs, **kw):
+def cifar_quick(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return CifarQuick(conv, num_classes, rngs=rngs, **kw)
 
 
@@ -199,15 +204,15 @@ class ACUPlainNet(nnx.Module):
 
   def __init__(
     self,
-    conv="plain",
-    num_classes=10,
+    conv: str = "plain",
+    num_classes: int = 10,
     *,
-    rngs,
-    in_channels=3,
-    width=1.0,
-    conv_options=None,
-    precision=None,
-    dtype=None,
+    rngs: nnx.Rngs,
+    in_channels: int = 3,
+    width: float = 1.0,
+    conv_options: dict[str, Any] | None = None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
   ):
     options, num = layer_options(conv_options, precision, dtype)
     if width <= 0:
@@ -217,7 +222,7 @@ class ACUPlainNet(nnx.Module):
       return max(1, round(n * width))
 
     self.conv0 = conv_bn("plain", in_channels, ch(16), 1, rngs=rngs, **num)
-    self.convs = nnx.List()
+    self.convs: nnx.List[nnx.Module] = nnx.List()
     cin = ch(16)
     for cout, stride in ((48, 1), (48, 1), (96, 2), (96, 1), (192, 2), (192, 1)):
       layer = conv_bn(conv, cin, ch(cout), 3, stride=stride, rngs=rngs, **options)
@@ -226,7 +231,7 @@ class ACUPlainNet(nnx.Module):
     self.fc1 = conv_bn("plain", cin, ch(1000), 1, rngs=rngs, **num)
     self.score = Dense(ch(1000), num_classes, rngs=rngs, **num)
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array):
     x = jax.nn.relu(self.conv0(x))
     for layer in self.convs:
       x = jax.nn.relu(layer(x))
@@ -235,5 +240,5 @@ class ACUPlainNet(nnx.Module):
 
 
 @register("acu_plain", kinds=KINDS, input_shape=(32, 32, 3), paper="ACU Table 1-2")
-def acu_plain(conv, num_classes, rngs, **kw):
+def acu_plain(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return ACUPlainNet(conv, num_classes, rngs=rngs, **kw)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 from flax import nnx
+from jax import lax
+from jax.typing import DTypeLike
 
 from kshapes_jax.models.layers import layer_options, max_pool
 from kshapes_jax.models.registry import register
@@ -17,18 +21,18 @@ class VGG(nnx.Module):
 
   def __init__(
     self,
-    conv="plain",
-    num_classes=10,
+    conv: str = "plain",
+    num_classes: int = 10,
     *,
-    rngs,
-    conv_options=None,
+    rngs: nnx.Rngs,
+    conv_options: dict[str, Any] | None = None,
     plan=VGG16,
-    precision=None,
-    dtype=None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
   ):
     options, num = layer_options(conv_options, precision, dtype)
     self.plan = tuple(plan)
-    self.convs = nnx.List()
+    self.convs: nnx.List[nnx.Module] = nnx.List()
     c = 3
     for item in self.plan:
       if item != "M":
@@ -38,7 +42,7 @@ class VGG(nnx.Module):
     self.fc1 = Dense(c, 512, rngs=rngs, **num)
     self.fc2 = Dense(512, num_classes, rngs=rngs, **num)
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array):
     layers = iter(self.convs)
     for item in self.plan:
       x = max_pool(x, 2, 2) if item == "M" else jax.nn.relu(next(layers)(x))
@@ -47,5 +51,5 @@ class VGG(nnx.Module):
 
 
 @register("vgg16", kinds=KINDS, input_shape=(32, 32, 3), paper="ACNet Table 1-2")
-def vgg16(conv, num_classes, rngs, **kw):
+def vgg16(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return VGG(conv, num_classes, rngs=rngs, **kw)

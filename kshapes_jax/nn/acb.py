@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
+from jax.typing import DTypeLike
 
+from kshapes_jax.conv import Padding
 from kshapes_jax.kernels import acb_kernel, fuse_acb, fuse_bn
 from kshapes_jax.nn.base import ConvLayer, check_layer, record, symmetric_padding
 from kshapes_jax.nn.batchnorm import batch_norm, bn_params, stacked_batch_norm
@@ -70,7 +73,7 @@ class ACBlock(ConvLayer):
     kernel_size: int = 3,
     *,
     stride: int = 1,
-    padding=None,
+    padding: Padding | None = None,
     use_bias: bool = False,
     asymmetric: Asymmetric = "both",
     bn: BNMode = "branch",
@@ -79,9 +82,9 @@ class ACBlock(ConvLayer):
     impl: Impl = "auto",
     groups: int = 1,
     dilation: int = 1,
-    precision=None,
-    dtype=None,
-    param_dtype=None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
+    param_dtype: DTypeLike | None = None,
     rngs: nnx.Rngs,
   ):
     check_layer(
@@ -108,7 +111,7 @@ class ACBlock(ConvLayer):
     use_hor, use_ver = asymmetric in ("both", "hor"), asymmetric in ("both", "ver")
     self.hor = self.init_weight(rngs, (1, k, cin, out_features), fan) if use_hor else None
     self.ver = self.init_weight(rngs, (k, 1, cin, out_features), fan) if use_ver else None
-    norm = {"dtype": dtype, "param_dtype": param_dtype}
+    norm: dict[str, Any] = {"dtype": dtype, "param_dtype": param_dtype}
     if bn == "branch":
       self.square_bn = batch_norm(out_features, rngs, **norm)
       self.hor_bn = (

@@ -9,9 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
+from jax.typing import DTypeLike
 
 from kshapes_jax import _validation, kernels
 from kshapes_jax import conv as conv_lib
+from kshapes_jax.conv import Padding
 from kshapes_jax.gradients import normalize_position_grad
 from kshapes_jax.kernels import active_kernel, clip_positions, lattice_offsets, radius_for_positions
 from kshapes_jax.nn.base import ConvLayer, PlainConv, check_layer, record, symmetric_padding
@@ -83,7 +86,7 @@ class ActiveConv(ConvLayer):
     kernel_size: int = 3,
     *,
     stride: int = 1,
-    padding=None,
+    padding: Padding | None = None,
     use_bias: bool = False,
     synapses: int | None = None,
     init: PositionInit = "lattice",
@@ -93,9 +96,9 @@ class ActiveConv(ConvLayer):
     normalize_grad: bool = True,
     groups: int = 1,
     dilation: int = 1,
-    precision=None,
-    dtype=None,
-    param_dtype=None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
+    param_dtype: DTypeLike | None = None,
     rngs: nnx.Rngs,
   ):
     check_layer(

@@ -13,9 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax import lax
+from jax.typing import DTypeLike
 
 from kshapes_jax import _validation
 from kshapes_jax import conv as conv_lib
+from kshapes_jax.conv import Padding
 
 _RECORDS: contextvars.ContextVar[list | None] = contextvars.ContextVar(
   "kshapes_records", default=None
@@ -39,7 +41,9 @@ def record(layer: nnx.Module, x: jax.Array, y: jax.Array) -> None:
     records.append((layer, tuple(x.shape), tuple(y.shape)))
 
 
-def bucketed(sample, key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+def bucketed(
+  sample, key: jax.Array, shape: Sequence[int], dtype: DTypeLike | None = jnp.float32
+) -> jax.Array:
   """`sample(key, (m,), dtype)` for m the next power of two, cut to `shape`.
 
   XLA compiles the random-bit generator once per shape, so a model with many
@@ -51,7 +55,9 @@ def bucketed(sample, key: jax.Array, shape: Sequence[int], dtype=jnp.float32) ->
   return sample(key, (size,), dtype)[:n].reshape(tuple(shape))
 
 
-def he_normal(key: jax.Array, shape: Sequence[int], fan_in: int, dtype=jnp.float32) -> jax.Array:
+def he_normal(
+  key: jax.Array, shape: Sequence[int], fan_in: int, dtype: DTypeLike | None = jnp.float32
+) -> jax.Array:
   """He (Kaiming) normal init for ReLU networks, fan-in of the effective kernel."""
   return bucketed(jax.random.normal, key, shape, dtype) * math.sqrt(2.0 / max(fan_in, 1))
 
@@ -61,12 +67,12 @@ def check_layer(
   in_features,
   out_features,
   kernel_size,
-  stride,
-  groups=1,
-  rngs=None,
+  stride: int,
+  groups: int = 1,
+  rngs: nnx.Rngs | None = None,
   *,
   needs_rngs: bool = True,
-  dilation=1,
+  dilation: int = 1,
 ) -> None:
   """The arguments every conv layer shares, each a ValueError naming it when it cannot be meant."""
   _validation.positive_int(f"{layer} in_features", in_features)
@@ -85,7 +91,7 @@ def check_layer(
 
 
 def symmetric_padding(
-  padding, kernel_size: int, *, int_only_for: str | None = None, dilation: int = 1
+  padding: Padding | None, kernel_size: int, *, int_only_for: str | None = None, dilation: int = 1
 ):
   """None -> dilation * (k // 2) on every side (the papers' "same" for odd k, PyTorch-style at
   stride 2).
@@ -136,7 +142,12 @@ class ConvLayer(nnx.Module):
   dtype: np.dtype | None = None
   param_dtype: np.dtype = np.dtype(np.float32)
 
-  def set_numerics(self, precision=None, dtype=None, param_dtype=None) -> None:
+  def set_numerics(
+    self,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
+    param_dtype: DTypeLike | None = None,
+  ) -> None:
     """Sets, at construction, how the conv computes.
 
     Args:
@@ -173,7 +184,7 @@ class ConvLayer(nnx.Module):
     raise NotImplementedError
 
   def conv(
-    self, x: jax.Array, kernel: jax.Array, *, padding, bias: jax.Array | None = None
+    self, x: jax.Array, kernel: jax.Array, *, padding: Padding, bias: jax.Array | None = None
   ) -> jax.Array:
     """`conv_lib.conv` with this layer's stride, groups, dtype and precision.
 
@@ -233,16 +244,16 @@ class PlainConv(ConvLayer):
     kernel_size: int = 3,
     *,
     stride: int = 1,
-    padding=None,
+    padding: Padding | None = None,
     use_bias: bool = False,
     groups: int = 1,
     dilation: int = 1,
     rngs: nnx.Rngs | None = None,
     kernel: jax.Array | None = None,
     bias: jax.Array | None = None,
-    precision=None,
-    dtype=None,
-    param_dtype=None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
+    param_dtype: DTypeLike | None = None,
   ):
     check_layer(
       "PlainConv",
@@ -277,7 +288,16 @@ class PlainConv(ConvLayer):
 
   @classmethod
   def from_kernel(
-    cls, kernel, bias=None, *, stride=1, padding=0, groups=1, dilation=1, precision=None, dtype=None
+    cls,
+    kernel,
+    bias=None,
+    *,
+    stride: int = 1,
+    padding: Padding = 0,
+    groups: int = 1,
+    dilation: int = 1,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
   ) -> PlainConv:
     """A plain conv holding a given HWIO kernel (and bias)."""
     kh, kw, cin, cout = kernel.shape
@@ -320,8 +340,8 @@ class Dense(nnx.Linear):
     out_features: int,
     *,
     rngs: nnx.Rngs,
-    precision=None,
-    dtype=None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
     **kwargs,
   ):
     super().__init__(

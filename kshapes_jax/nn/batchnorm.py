@@ -7,13 +7,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
 from kshapes_jax import _validation
 from kshapes_jax.kernels import BatchNormParams
 
 
 def batch_norm(
-  features: int, rngs: nnx.Rngs, scale_init: float = 1.0, dtype=None, param_dtype=None
+  features: int,
+  rngs: nnx.Rngs,
+  scale_init: float = 1.0,
+  dtype: DTypeLike | None = None,
+  param_dtype: DTypeLike | None = None,
 ) -> nnx.BatchNorm:
   """BN with PyTorch's defaults (momentum 0.1, eps 1e-5), the official codes' setting.
 

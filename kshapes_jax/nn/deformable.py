@@ -6,7 +6,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
+from jax.typing import DTypeLike
 
+from kshapes_jax.conv import Padding
 from kshapes_jax.nn.active import ActiveConv, PositionInit
 from kshapes_jax.nn.base import PlainConv, record
 
@@ -37,15 +40,15 @@ class DeformableActiveConv(nnx.Module):
     kernel_size: int = 3,
     *,
     stride: int = 1,
-    padding=None,
+    padding: Padding | None = None,
     use_bias: bool = False,
     synapses: int | None = None,
     init: PositionInit = "lattice",
     modulation: bool = False,
     normalize_grad: bool = True,
-    precision=None,
-    dtype=None,
-    param_dtype=None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
+    param_dtype: DTypeLike | None = None,
     rngs: nnx.Rngs,
   ):
     self.acu = ActiveConv(

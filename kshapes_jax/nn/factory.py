@@ -109,7 +109,7 @@ def conv_bn(
   padding: Padding | None = None,
   rngs: nnx.Rngs,
   **options,
-) -> nnx.Module:
+) -> ConvLayer | ConvBN:
   """conv + BN of the named kind; for "acb" the ACBlock, which holds its BNs.
 
   1x1 convs are always plain: no kind changes a 1x1 kernel.

@@ -7,7 +7,10 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
+from jax.typing import DTypeLike
 
+from kshapes_jax.conv import Padding
 from kshapes_jax.gradients import normalize_angle_grad
 from kshapes_jax.kernels import rotate_kernel
 from kshapes_jax.nn.base import ConvLayer, bucketed, check_layer, he_normal, symmetric_padding
@@ -32,15 +35,15 @@ class RotateConv(ConvLayer):
     kernel_size: int = 3,
     *,
     stride: int = 1,
-    padding=None,
+    padding: Padding | None = None,
     use_bias: bool = False,
     version: int = 4,
     normalize_grad: bool = True,
     groups: int = 1,
     dilation: int = 1,
-    precision=None,
-    dtype=None,
-    param_dtype=None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
+    param_dtype: DTypeLike | None = None,
     rngs: nnx.Rngs,
   ):
     check_layer(

@@ -8,8 +8,11 @@ from typing import Literal, get_args
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
+from jax.typing import DTypeLike
 
 from kshapes_jax import conv as conv_lib
+from kshapes_jax.conv import Padding
 from kshapes_jax.kernels import (
   channel_versatile_kernel,
   channel_windows,
@@ -89,7 +92,7 @@ class VersatileConv(ConvLayer):
     kernel_size: int = 3,
     *,
     stride: int = 1,
-    padding=None,
+    padding: Padding | None = None,
     use_bias: bool = True,
     mode: VersatileMode = "spatial",
     bias: VersatileBias = "shared",
@@ -98,9 +101,9 @@ class VersatileConv(ConvLayer):
     impl: VersatileImpl = "auto",
     groups: int = 1,
     dilation: int = 1,
-    precision=None,
-    dtype=None,
-    param_dtype=None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
+    param_dtype: DTypeLike | None = None,
     rngs: nnx.Rngs,
   ):
     check_layer(
