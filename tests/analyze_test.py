@@ -153,7 +153,7 @@ def test_cli_writes_the_report_and_refuses_bad_sections(runs, tmp_path):
       "-m",
       "train.analyze",
       f"--workdir={_wd(runs, 'sn_v4', 'seed1')}",
-      "--sections=acu",
+      "--sections=active",
     ],
     cwd=REPO,
     capture_output=True,

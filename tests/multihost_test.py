@@ -36,8 +36,8 @@ _DRIVER = textwrap.dedent("""
       def killing(self, step):
         if step == kill_at:
           saved = os.path.join(workdir, "checkpoints")
-          for _ in range(600):  # the saves are asynchronous: wait (at most 60 s) for one to be
-          committed
+          # the saves are asynchronous: wait (at most 60 s) for one to be committed
+          for _ in range(600):
             if any(name.isdigit() for name in os.listdir(saved)):
               break
             time.sleep(0.1)
@@ -131,7 +131,7 @@ def test_two_processes_train_save_resume_after_kill_and_match_one_process(tmp_pa
   ((code, out),) = _finish(_launch(tmp_path, tmp_path / "one", processes=1, devices=2))
   assert code == 0, out[-3000:]
   one = _summary(out)
-  assert one["devices"] == 2
+  assert one.devices == 2
 
   # two processes, killed (-9, both) while preparing step 5: checkpoints at 2 and 4 are on disk
   killed = _finish(_launch(tmp_path, tmp_path / "two", processes=2, kill_at=5), timeout=120)
@@ -157,7 +157,7 @@ def test_two_processes_train_save_resume_after_kill_and_match_one_process(tmp_pa
   for ma, mb in zip(a, b):
     for key in ma:
       np.testing.assert_allclose(mb[key], ma[key], rtol=1e-5, atol=1e-6, err_msg=key)
-  np.testing.assert_allclose(two.test_loss, one["test_loss"], rtol=1e-5)
+  np.testing.assert_allclose(two.test_loss, one.test_loss, rtol=1e-5)
   step_a, state_a = trained_run.load_state(tmp_path / "one")
   step_b, state_b = trained_run.load_state(tmp_path / "two")
   assert step_a == step_b == 8

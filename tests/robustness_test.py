@@ -30,7 +30,7 @@ from kshapes_jax import nn as knn
 from train import trainer
 from train.cli import one_line
 from train.trainer import experiment, input_pipeline, logger, trained_run
-from train.trainer.checkpoints import CheckpointError
+from train.trainer.checkpoints import CheckpointError, Checkpoints
 from train.trainer.rundir import RunDir, RunDirError
 
 X = jnp.ones((1, 6, 6, 2))
@@ -421,7 +421,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_befo
     )
   resumed = _train(tmp_path / "run", num_steps=8, checkpoint_every_steps=2, keep_checkpoints=10)
   assert (rundir.damaged_dir / "6").is_dir()  # kept aside, not deleted
-  assert resumed["test_loss"] == clean["test_loss"]
+  assert resumed.test_loss == clean.test_loss
   _assert_same_run(tmp_path / "run", tmp_path / "clean")
 
 
@@ -611,9 +611,9 @@ def test_sigterm_while_an_epoch_is_logged_or_saved_loses_nothing(
       lambda self, r: (kill() if r["epoch"] == 2 else None, epoch(self, r))[1],
     )
   elif where == "checkpoint":
-    save = RunDir.save
+    save = Checkpoints.save
     monkeypatch.setattr(
-      RunDir,
+      Checkpoints,
       "save",
       lambda self, step, *a, **k: (kill() if step == 10 else None, save(self, step, *a, **k))[1],
     )

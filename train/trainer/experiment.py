@@ -20,7 +20,7 @@ from flax import nnx
 import kshapes_jax as K
 from kshapes_jax import optim
 from train.trainer import input_pipeline
-from train.trainer.settings import ConfigError, OptimSettings, Settings, read
+from train.trainer.settings import ConfigError, OptimSettings, Settings, check_devices, read
 from train.trainer.state import TrainState, split_model
 
 
@@ -118,6 +118,7 @@ def build(
     input_pipeline.DataError: for a dataset that is missing, with how to get it.
   """
   settings = config if isinstance(config, Settings) else read(config)
+  check_devices(settings)
   dataset = input_pipeline.load(settings.data, settings.seed) if dataset is None else dataset
   steps_per_epoch = input_pipeline.Batches(
     dataset.train, settings.batch_size, settings.seed

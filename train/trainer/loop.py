@@ -42,7 +42,7 @@ from train.trainer.experiment import Experiment
 from train.trainer.logger import MetricsLogger, Throughput
 from train.trainer.programs import ProgramCache, Programs
 from train.trainer.rundir import RunDir
-from train.trainer.settings import ConfigError, Settings, config_changes, read
+from train.trainer.settings import ConfigError, Settings, check_devices, config_changes, read
 from train.trainer.state import EpochSums, TrainState
 from train.trainer.step import shard
 from train.trainer.summary import Summary
@@ -97,6 +97,7 @@ def train_and_evaluate(
   deterministic = determinism.request(settings.deterministic)
   if settings.distributed:
     initialize_distributed()
+  check_devices(settings)
   t_start = time.perf_counter()
   rundir = RunDir(workdir, keep_checkpoints=settings.keep_checkpoints)
   writer = jax.process_index() == 0

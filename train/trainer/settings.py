@@ -197,7 +197,8 @@ def _choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> None
 
 
 def read(config: ml_collections.ConfigDict | Mapping[str, Any]) -> Settings:
-  """The config laid over configs/default.py, checked, as Settings.
+  """The config laid over configs/default.py, checked, as Settings (the devices are not asked for:
+  `check_devices` does that).
 
   Raises:
     ConfigError: naming the key, for an unknown key or a value the trainer cannot run.
@@ -249,8 +250,20 @@ def read(config: ml_collections.ConfigDict | Mapping[str, Any]) -> Settings:
 
 
 def check_config(config: ml_collections.ConfigDict | Mapping[str, Any]) -> None:
-  """Fails fast, with the valid choices, on a config that cannot run (ConfigError)."""
-  read(config)
+  """Fails fast, with the valid choices, on a config that cannot run here (ConfigError)."""
+  check_devices(read(config))
+
+
+def check_devices(s: Settings) -> None:
+  """ConfigError unless the batch sizes divide among the devices (asks JAX for them: call it
+  after `jax.distributed.initialize`, which must come before the backend starts)."""
+  devices = jax.device_count()
+  for key in ("batch_size", "eval_batch_size"):
+    if getattr(s, key) % devices:
+      raise ConfigError(
+        f"{key}={getattr(s, key)} must be a multiple of the {devices} devices "
+        "(each device gets an equal share)"
+      )
 
 
 def _check(s: Settings) -> None:
@@ -286,13 +299,6 @@ def _check(s: Settings) -> None:
     _check_number(key, getattr(s, key), 1, integer=True)
   if s.num_steps <= 0 and s.num_epochs <= 0:
     raise ConfigError("set num_epochs > 0 or num_steps > 0")
-  devices = jax.device_count()
-  for key in ("batch_size", "eval_batch_size"):
-    if getattr(s, key) % devices:
-      raise ConfigError(
-        f"{key}={getattr(s, key)} must be a multiple of the {devices} devices "
-        "(each device gets an equal share)"
-      )
   _check_number("acu_radius_every_steps", s.acu_radius_every_steps, 0, integer=True)
   o = s.optim
   _choice("optim.name", o.name, OPTIMIZERS)
