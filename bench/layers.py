@@ -21,11 +21,12 @@ from bench.timing import compile_timed, run_interleaved
 from kshapes_jax import nn as knn
 
 SHAPES = ((32, 16), (16, 32), (8, 64))  # (H = W, channels) of ResNet-20's three stages
+# acb_deployed is a plain conv
 BASE = {
   "acb": "conv_bn",
   "acb_branches": "conv_bn",
   "acb_stacked": "conv_bn",
-}  # acb_deployed is a plain conv
+}
 
 
 def set_ratios(rows: list[dict]) -> list[dict]:

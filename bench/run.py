@@ -263,9 +263,10 @@ def main(argv=None) -> int:
   if args.rewrite:
     path = Path(args.rewrite)
     result = json.loads(path.read_text())
+    # imports jax: only after JAX_PLATFORMS is set on the timing path
     from bench.layers import (
       set_ratios,
-    )  # imports jax: only after JAX_PLATFORMS is set on the timing path
+    )
 
     set_ratios(result["layers"])
     result["targets"] = evaluate_targets(

@@ -191,9 +191,11 @@ def make_schedule(
       "cosine" (from base_lr to end_lr over total_steps).
     base_lr: the initial learning rate.
     total_steps: length of training in steps.
-    boundaries: steps at which the staircase drops, increasing.
+    boundaries: steps at which the staircase drops, increasing; counted from step 0, the
+      warm-up included (a drop inside the warm-up applies from its end).
     factor: the staircase's multiplier.
-    warmup_steps: optional linear ramp from 0 over the first steps.
+    warmup_steps: optional linear ramp from 0 over the first steps; the schedule after it
+      keeps its own steps (a cosine spans the steps after the ramp).
     end_lr: the cosine's final rate.
   """
   if base_lr <= 0:
@@ -206,7 +208,11 @@ def make_schedule(
   if kind == "constant":
     schedule = optax.constant_schedule(base_lr)
   elif kind == "staircase":
-    schedule = optax.piecewise_constant_schedule(base_lr, {b: factor for b in boundaries})
+    # join_schedules counts the schedule after the ramp from 0: its drops move back by the ramp
+    drops: dict[int, float] = {}
+    for b in boundaries:
+      drops[max(b - warmup_steps, 0)] = drops.get(max(b - warmup_steps, 0), 1.0) * factor
+    schedule = optax.piecewise_constant_schedule(base_lr, drops)
   elif kind == "cosine":
     schedule = optax.cosine_decay_schedule(
       base_lr, max(total_steps - warmup_steps, 1), alpha=end_lr / base_lr

@@ -48,9 +48,8 @@ def test_stacked_equals_branches(asymmetric, border, bn, k, stride, pad_shift, s
 
 
 def _check_stacked_equals_branches(asymmetric, border, bn, k, stride, pad_shift, size, seed):
-  padding = (
-    k // 2 + pad_shift
-  )  # also a cropping padding, where the branches' own paddings go negative
+  # also a cropping padding, where the branches' own paddings go negative
+  padding = k // 2 + pad_shift
   x = jnp.asarray(np.random.default_rng(seed).normal(size=(2, *size, 3)))
   runs = []
   for impl in ("branches", "stacked"):

@@ -46,9 +46,8 @@ def test_angle_histogram_counts_every_angle_in_its_bin():
 def test_axial_concentration_is_one_for_one_line_and_zero_for_a_star():
   assert rotate.axial_concentration([30.0, 210.0, -150.0]) == pytest.approx(1.0)
   assert rotate.axial_concentration([0.0, 45.0, 90.0, 135.0]) == pytest.approx(0.0, abs=1e-12)
-  assert rotate.axial_concentration([0.0, 90.0]) == pytest.approx(
-    0.0, abs=1e-12
-  )  # perpendicular lines cancel
+  # perpendicular lines cancel
+  assert rotate.axial_concentration([0.0, 90.0]) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_rotate_layers_reads_every_rotateconv():

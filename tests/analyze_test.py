@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -300,10 +301,11 @@ def test_report_reads_the_runs_and_keeps_the_notes(reported):
 
 def test_report_at_other_lengths_reads_their_folders(runs, tmp_path):
   suite = tmp_path / "runs"
+  # sn_v4 at seeds 0 and 1 stand in for 10-epoch runs of sn_v9 and sn_v4
   for seed in (
     "seed0",
     "seed1",
-  ):  # sn_v4 at seeds 0 and 1 stand in for 10-epoch runs of sn_v9 and sn_v4
+  ):
     for row in ("sn_v9", "sn_v4"):
       shutil.copytree(_wd(runs, "sn_v4", seed), suite / "e10" / row / seed)
   text = report.write_report(suite, tmp_path / "r.md", methods=("rotate",), epochs={"rotate": 10.0})
@@ -345,9 +347,8 @@ def test_the_ledger_keeps_what_the_report_reads_when_the_runs_are_gone(reported,
     "e2/sn_v4/seed1.json",
   ]
   here = report.write_report(suite, path, ledger=book)
-  assert here == report.write_report(
-    suite, tmp_path / "plain" / "R.md"
-  )  # the ledger adds nothing here
+  # the ledger adds nothing here
+  assert here == report.write_report(suite, tmp_path / "plain" / "R.md")
   shutil.rmtree(suite)  # the machine that trained them is gone: the report reads the ledger alone
   there = report.write_report(suite, path, ledger=book)
   assert _without_kept_notes(there) == _without_kept_notes(here)
@@ -374,9 +375,8 @@ def test_a_row_whose_runs_were_lost_pools_its_aggregate_with_new_seeds(runs, tmp
   np.testing.assert_allclose([old.accuracy.mean, old.accuracy.std], mean_std(accs), atol=0.005)
   book, suite = tmp_path / "ledger", tmp_path / "runs"
   ledger.write_aggregate(book, "sn_v4", Suite(suite).length("sn_v4"), old)
-  shutil.copytree(
-    _wd(runs, "sn_v4", "seed1"), Suite(suite).workdir("sn_v4", "seed2")
-  )  # a new seed of that row
+  # a new seed of that row
+  shutil.copytree(_wd(runs, "sn_v4", "seed1"), Suite(suite).workdir("sn_v4", "seed2"))
   pooled_suite = Suite(suite, ledger=book)
   assert pooled_suite.seeds("sn_v4") == ["seed2"] and pooled_suite.accuracy("sn_v4").n == 3
   np.testing.assert_allclose(
@@ -442,13 +442,20 @@ def test_report_of_one_family_and_the_sector_count(runs, tmp_path):
 
 
 def _fake_run(tmp_path: Path, exit_for: dict[str, int]) -> str:
-  """A stand-in for train.main: records its cores, times and environment as the run's summary."""
+  """A stand-in for train.main: records its cores, times and environment as the run's summary.
+
+  A row's negative code kills its first run with that signal (-9: as the OOM killer does); the
+  run after it finishes.
+  """
   return (
-    "import json, os, sys, time, pathlib\n"
+    "import json, os, signal, sys, time, pathlib\n"
     "wd = pathlib.Path(sys.argv[1]); wd.mkdir(parents=True, exist_ok=True); start = time.time()\n"
     f"code = {exit_for!r}.get(wd.parent.name, 0)\n"
     "time.sleep(0.6)\n"
-    "if code: sys.exit(code)\n"
+    "if code < 0 and not (wd / 'killed').exists():\n"
+    "  (wd / 'killed').write_text('')\n"
+    "  os.kill(os.getpid(), -code)\n"
+    "if code > 0: sys.exit(code)\n"
     "(wd / 'summary.json').write_text(json.dumps({'cores': sorted(os.sched_getaffinity(0)),\n"
     "  'start': start, 'end': time.time(),\n"
     "  'prealloc': os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE')}))\n"
@@ -489,12 +496,39 @@ def test_driver_trains_runs_at_once_pinned_and_never_redoes_one(tmp_path, monkey
   assert (
     (layout.run_dir(tmp_path, "acb_hor", 0, 3.0) / "FAILED").read_text().startswith("exit status 3")
   )
-  assert (
-    driver.pending(tmp_path, names, ["0", "1"], lengths) == []
-  )  # finished and failed runs are not redone
+  # finished and failed runs are not redone
+  assert driver.pending(tmp_path, names, ["0", "1"], lengths) == []
   assert driver.pending(tmp_path, names, ["0"], rows.parse_lengths("4"))[0] == ("acb", "0", 4.0)
   assert driver.core_groups(3, [0, 1, 2, 3, 4, 5, 6]) == [[0, 1], [2, 3], [4, 5, 6]]
   assert driver.core_groups(4, [0, 1]) == [[0], [1]]
+
+
+def test_a_run_killed_by_sigkill_is_not_a_result_and_resumes(tmp_path, monkeypatch, capsys):
+  from train.reproduce import driver
+
+  script = _fake_run(tmp_path, {"acb": -signal.SIGKILL})
+  monkeypatch.setattr(
+    driver,
+    "run_command",
+    lambda row, seed, runs, epochs: [
+      sys.executable,
+      "-c",
+      script,
+      str(layout.run_dir(runs, row, seed, epochs)),
+    ],
+  )
+  book, lengths = tmp_path / "ledger", rows.parse_lengths("3")
+  todo = driver.pending(tmp_path, ["acb", "acb_baseline"], ["0"], lengths, ledger_dir=book)
+  driver.Driver(tmp_path, analyze=False, ledger_dir=book).run_all(todo)
+  wd = layout.run_dir(tmp_path, "acb", 0, 3.0)
+  assert "acb seed0: killed by SIGKILL; not recorded" in capsys.readouterr().err
+  assert not (wd / "FAILED").exists() and not layout.record_path(book, "acb", 0, 3.0).exists()
+  assert (layout.run_dir(tmp_path, "acb_baseline", 0, 3.0) / "summary.json").exists()
+  # the same command again: only the killed run is pending, and it finishes
+  again = driver.pending(tmp_path, ["acb", "acb_baseline"], ["0"], lengths, ledger_dir=book)
+  assert again == [("acb", "0", 3.0)]
+  driver.Driver(tmp_path, analyze=False, ledger_dir=book).run_all(again)
+  assert (wd / "summary.json").exists() and not (wd / "FAILED").exists()
 
 
 def test_driver_stops_when_a_run_is_interrupted(tmp_path, monkeypatch):

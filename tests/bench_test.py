@@ -60,10 +60,11 @@ def test_targets_are_judged_against_the_measured_ratio():
   assert got["rotate"] == (1.08, False)  # the worse of the two versions
   assert got["acu_r1"][0] == pytest.approx(1.1) and got["acu_r1"][1]  # geometric mean
   assert got["acu_gather"] == (2.0, True)
+  # the default (impl "auto"), not the better of the designs
   assert got["versatile"] == (
     0.9,
     False,
-  )  # the default (impl "auto"), not the better of the designs
+  )
   assert got["acb"] == (None, None)
   assert got["torch"] == (1.5, False)
   assert "versatile_imagenet" not in got  # a GPU-only target

@@ -54,10 +54,11 @@ def test_config_loads_checks_and_documents_its_command(name):
     checked = settings.read(config)
     h, w, c, _ = input_pipeline.DATASETS[config.data.name]
     spec = models.spec(config.model)
+    # a model that adapts to the images (e.g. Cifar-quick on 28x28)
     if spec.input_shape[:2] != (
       h,
       w,
-    ):  # a model that adapts to the images (e.g. Cifar-quick on 28x28)
+    ):
       split = input_pipeline.Split(np.zeros((2, h, w, c), np.uint8), np.zeros(2, np.int32))
       dataset = input_pipeline.Dataset(config.data.name, split, split, 10, (0.5,) * c, (0.25,) * c)
       # raises ConfigError if it cannot
@@ -117,9 +118,8 @@ def test_repro_rows_are_their_experiments_with_the_suites_data_and_length():
   from train import analyze
   from train.reproduce import rows
 
-  assert list(rows.ROWS) == list(
-    repro_fmnist.ROWS
-  )  # every config row has its record, in the config's order
+  # every config row has its record, in the config's order
+  assert list(rows.ROWS) == list(repro_fmnist.ROWS)
   for row in rows.ROWS.values():
     assert row.method in rows.METHODS and row.method in analyze.ANALYSES
     assert row.baseline is None or row.baseline in rows.ROWS

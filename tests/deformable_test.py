@@ -125,9 +125,8 @@ def test_it_learns_offsets_and_deploy_keeps_it():
     return jnp.mean((model(x) - target) ** 2)
 
   grads = nnx.grad(loss)(layer)
-  assert (
-    float(jnp.max(jnp.abs(grads.offsets.kernel.get_value()))) > 0
-  )  # zero offsets still get a gradient
+  # zero offsets still get a gradient
+  assert float(jnp.max(jnp.abs(grads.offsets.kernel.get_value()))) > 0
   assert float(jnp.max(jnp.abs(grads.acu.positions.get_value()))) > 0
   before = float(loss(layer))
   optimizer = nnx.Optimizer(layer, __import__("optax").sgd(0.05), wrt=nnx.Param)
@@ -151,10 +150,11 @@ def test_refusals():
       modulation=jnp.ones((1, 5, 5, 4)),
     )
   offsets = jnp.zeros((1, 5, 5, 9, 2))
+  # per-pixel offsets would index the wrong axis
   for kw in (
     dict(groups=2),
     dict(position_groups=2),
-  ):  # per-pixel offsets would index the wrong axis
+  ):
     acu = K.nn.ActiveConv(2, 4, 3, impl="gather", rngs=nnx.Rngs(0), **kw)
     with pytest.raises(ValueError, match="per-pixel offsets need one position set and groups=1"):
       acu.gather(x, offsets)

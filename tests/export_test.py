@@ -19,9 +19,8 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 REPO = Path(__file__).resolve().parents[1]
-_DATA = np.load(
-  REPO / "tests" / "data" / "fashion_mnist_test96.npz"
-)  # the first 96 test images, uint8
+# the first 96 test images, uint8
+_DATA = np.load(REPO / "tests" / "data" / "fashion_mnist_test96.npz")
 IMAGES = _DATA["images"]
 NORMALIZE = ((0.286,), (0.353,))  # Fashion-MNIST's train-set channel mean and std
 
@@ -51,9 +50,8 @@ def _check(logits: np.ndarray, reference: np.ndarray) -> None:
 def test_every_conv_kind_round_trips_through_jax_export_and_onnx(tmp_path, conv):
   model = K.models.create("sn", conv=conv, rngs=nnx.Rngs(0))
   model.train()
-  model(
-    jnp.asarray((IMAGES.astype(np.float32) / 255 - 0.286) / 0.353)
-  )  # BN statistics of real images
+  # BN statistics of real images
+  model(jnp.asarray((IMAGES.astype(np.float32) / 255 - 0.286) / 0.353))
   shipped = K.deploy(model)
   reference = _reference(shipped, IMAGES, NORMALIZE)
 

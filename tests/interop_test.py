@@ -88,15 +88,13 @@ def test_acblock_loads_the_official_state_and_computes_its_output(k, stride, pad
   )
   before = np.asarray(template.square.get_value()).copy()
   layer = interop.load_acblock(template, sd)
-  np.testing.assert_array_equal(
-    np.asarray(template.square.get_value()), before
-  )  # the template is unchanged
+  # the template is unchanged
+  np.testing.assert_array_equal(np.asarray(template.square.get_value()), before)
   layer.eval()
   expected = official_acblock(x.astype(np.float64), sd, k, stride, padding)
   np.testing.assert_allclose(_ours(layer, x), expected, rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(
-    _ours(K.deploy(layer), x), expected, rtol=1e-4, atol=1e-4
-  )  # fused, as deploy ships
+  # fused, as deploy ships
+  np.testing.assert_allclose(_ours(K.deploy(layer), x), expected, rtol=1e-4, atol=1e-4)
   back = interop.acblock_state_dict(layer)
   assert set(back) == set(sd)
   for key, value in sd.items():
@@ -214,9 +212,10 @@ def test_the_numpy_forwards_are_the_pytorch_modules():
   np.testing.assert_allclose(
     official_acblock(x, sd, k, stride, padding), y.numpy(), rtol=1e-4, atol=1e-4
   )
+  # torch tensors too
   layer = interop.load_acblock(
     K.nn.ACBlock(i, o, k, stride=stride, padding=padding, precision="highest", rngs=nnx.Rngs(0)),
     {key: t[key] for key in t},
-  )  # torch tensors too
+  )
   layer.eval()
   np.testing.assert_allclose(_ours(layer, x), y.numpy(), rtol=1e-4, atol=1e-4)

@@ -152,9 +152,8 @@ def test_acb_with_groups_and_dilation_trains_and_fuses_as_its_branches(
   )
   np.testing.assert_allclose(layer(x), expected, rtol=1e-9, atol=1e-9)
   for z, bn in zip(branches, (layer.square_bn, layer.hor_bn, layer.ver_bn)):  # running statistics
-    np.testing.assert_allclose(
-      bn.mean.get_value(), 0.1 * z.mean(axis=(0, 1, 2)), rtol=1e-6
-    )  # float32 statistics
+    # float32 statistics
+    np.testing.assert_allclose(bn.mean.get_value(), 0.1 * z.mean(axis=(0, 1, 2)), rtol=1e-6)
   layer.eval()
   kernel, bias = layer.effective_kernel()
   fused = np_conv(x, kernel, pad, stride=stride, groups=groups, dilation=dilation) + np.asarray(
@@ -167,9 +166,8 @@ def test_acb_with_groups_and_dilation_trains_and_fuses_as_its_branches(
     (z - f64(bn.mean)) / np.sqrt(f64(bn.var) + bn.epsilon) * f64(bn.scale) + f64(bn.bias)
     for z, bn in zip(branches, (layer.square_bn, layer.hor_bn, layer.ver_bn))
   )
-  np.testing.assert_allclose(
-    fused, eval_branches, rtol=1e-6, atol=1e-6
-  )  # the fusion reads float32 statistics
+  # the fusion reads float32 statistics
+  np.testing.assert_allclose(fused, eval_branches, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", sorted(knn.CONV_KINDS))

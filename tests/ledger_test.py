@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from train.reproduce import driver, layout, ledger, rows
+from train.reproduce import driver, layout, ledger, report, rows
 from train.reproduce.ledger import Aggregate, Sample
 from train.trainer.summary import Summary
 
@@ -146,22 +146,33 @@ def test_the_driver_never_trains_a_recorded_run_again(tmp_path):
   )
 
 
-def test_the_committed_report_regenerates_from_the_committed_ledger(tmp_path):
-  """results/REPRODUCTION.md is remade byte for byte (but its date) from results/runs alone."""
+def test_the_committed_report_regenerates_from_the_committed_ledger(tmp_path, capsys):
+  """`train.reproduce --report_only` remakes results/REPRODUCTION.md byte for byte (but its
+  date) from results/runs alone, at the lengths its header names; at lengths without runs it
+  leaves the report as it is."""
   import re
   import shutil
   from pathlib import Path
 
-  from train.reproduce import report
+  from absl import flags
+  from absl.testing import flagsaver
 
   results = Path(__file__).resolve().parents[1] / "results"
   committed = (results / "REPRODUCTION.md").read_text()
   out = tmp_path / "results" / "REPRODUCTION.md"
   shutil.copytree(results / "repro", out.parent / "repro")  # the figures it keeps
   shutil.copy(results / "REPRODUCTION.md", out)  # its notes
-  spec = re.search(r"python -m train\.reproduce --runs runs/repro --epochs (\S+)`", committed)
-  text = report.write_report(
-    tmp_path / "no_runs", out, epochs=rows.parse_lengths(spec[1]), ledger=results / "runs"
-  )
+  assert report.made_with(committed) == "10"
+  command = ["reproduce", f"--runs={tmp_path / 'no_runs'}", f"--report={out}", "--report_only"]
+  driver.define_flags()
+  with flagsaver.flagsaver():
+    flags.FLAGS([*command, f"--ledger={results / 'runs'}"])  # no --epochs: the report's
+    driver.main([])
+  assert "--epochs 10: the lengths of" in capsys.readouterr().out
   undated = lambda t: re.sub(r" on \d{4}-\d{2}-\d{2};", " on DATE;", t)
-  assert undated(text) == undated(committed)
+  assert undated(out.read_text()) == undated(committed)
+  with flagsaver.flagsaver():
+    flags.FLAGS([*command, f"--ledger={results / 'runs'}", "--epochs=3"])
+    with pytest.raises(flags.Error, match="no runs at --epochs 3 .* is left as it is"):
+      driver.main([])
+  assert undated(out.read_text()) == undated(committed)

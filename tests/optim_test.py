@@ -3,12 +3,14 @@
 from collections import Counter
 
 import chex
+import hypothesis
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
+from hypothesis import strategies as st
 
 from kshapes_jax import kernels, optim
 from kshapes_jax.nn import ActiveConv, Dense, RotateConv, conv_bn
@@ -177,6 +179,21 @@ def test_schedules():
   np.testing.assert_allclose(float(cos(10)), 0.2, rtol=1e-6)
   np.testing.assert_allclose(float(cos(100)), 0.0, atol=1e-7)
   assert float(optim.make_schedule("constant", 0.3, 5)(4)) == pytest.approx(0.3)
+
+
+@hypothesis.settings(max_examples=50, deadline=None)
+@hypothesis.given(
+  st.integers(0, 40), st.lists(st.integers(1, 120), min_size=1, max_size=3, unique=True)
+)
+def test_a_warm_up_never_moves_the_staircase_drops(warmup, boundaries):
+  # the drops stay at their steps from step 0 (optax.join_schedules restarts the count after
+  # the ramp); a drop inside the ramp applies from its end
+  boundaries = sorted(boundaries)
+  stair = optim.make_schedule("staircase", 0.1, 200, boundaries=boundaries, warmup_steps=warmup)
+  steps = np.arange(200)
+  drops = (steps[:, None] >= np.asarray(boundaries)[None]).sum(1)
+  want = np.where(steps < warmup, 0.1 * steps / max(warmup, 1), 0.1 * 0.1**drops)
+  np.testing.assert_allclose(np.asarray(stair(jnp.asarray(steps))), want, rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize(

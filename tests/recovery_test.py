@@ -93,9 +93,8 @@ def test_without_the_normalized_gradient_the_angles_do_not_move():
   student, teacher, target, _, rng = _student_of(4, 0, normalize_grad=False)
   start = np.asarray(student.angles[...])
   angles = _distill(student, teacher, rng)
-  assert (
-    np.max(np.abs(angles - start)) < 0.5
-  )  # what the issue measured: the default left them in place
+  # what the issue measured: the default left them in place
+  assert np.max(np.abs(angles - start)) < 0.5
   assert np.mean(_error(angles, target) < 1.0) < 0.2
 
 
@@ -117,9 +116,8 @@ def test_rotate2_sector_boundary_repels_a_line_from_the_neighbour_sector():
   thetas = jnp.linspace(45.05, 89.95, 899)
   best = float(thetas[jnp.argmin(jax.vmap(distance)(thetas))])
   assert abs(best - 45 * (1 + f_star)) < 0.06
-  assert (
-    float(jax.grad(distance)(jnp.float32(45.5))) < 0
-  )  # at the boundary, descent moves away from it
+  # at the boundary, descent moves away from it
+  assert float(jax.grad(distance)(jnp.float32(45.5))) < 0
 
 
 @pytest.mark.parametrize("target", ["dilated by 0.6", "one synapse moved"])

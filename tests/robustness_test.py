@@ -375,9 +375,8 @@ def _train(workdir, **overrides):
 
 def _damage(step_dir: Path, how: str) -> None:
   state = step_dir / "state"
-  data_files = sorted(
-    p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"
-  )  # ocdbt's data
+  # ocdbt's data
+  data_files = sorted(p for p in state.rglob("*") if p.is_file() and p.parent.name == "d")
   if how == "bit_flip":  # in the array bytes; the file still parses
     target = max(data_files, key=lambda p: p.stat().st_size)
     raw = bytearray(target.read_bytes())
@@ -504,9 +503,13 @@ def test_a_second_run_on_a_workdir_is_refused_while_the_first_lives(tmp_path):
   )
   try:
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(RunDirError, match=rf"{tmp_path} is in use by pid {holder.pid} on testhost"):
+    with pytest.raises(
+      RunDirError, match=rf"{tmp_path} is in use by pid {holder.pid} on testhost"
+    ) as e:
       _train(tmp_path, num_steps=2)
     assert not (tmp_path / "checkpoints").exists()
+    # the line a user sees is ours, not the BlockingIOError flock raised (`from None`)
+    assert one_line(e.value).startswith(f"{tmp_path} is in use by pid {holder.pid} on testhost")
   finally:
     holder.kill()
     holder.wait()
@@ -739,6 +742,25 @@ def test_command_line_failures_are_one_error_line(tmp_path):
       2,
       "does not exist",
     ),
+    # one synapse learns no position: it trained every step and then hung on its first save
+    (
+      [
+        "--config",
+        default,
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.conv=active",
+        "--config.conv_options.synapses=1",
+      ],
+      2,
+      "ActiveConv synapses must be an int >= 2, got 1",
+    ),
+    (["--config", default, "--workdir="], 4, "the workdir is empty: pass --workdir=DIR"),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.angle_eps=nan"],
+      2,
+      "optim.angle_eps must be a number in (-inf, inf), got nan",
+    ),
   ]
   for args, status, message in cases:
     run = _cli(*args)
@@ -769,9 +791,8 @@ def test_the_readmes_conv_option_parses_and_trains(tmp_path):
   )
   assert run.returncode == 0, run.stderr[-3000:]
   assert json.loads((tmp_path / "config.json").read_text())["conv_options"]["radius"] == 3
-  assert (
-    json.loads((tmp_path / "summary.json").read_text())["acu_radii"] == [3] * 4
-  )  # sn's four ACUs
+  # sn's four ACUs
+  assert json.loads((tmp_path / "summary.json").read_text())["acu_radii"] == [3] * 4
   again = _cli(
     "--config",
     str(REPO / "configs/default.py"),
@@ -822,3 +843,50 @@ def test_sigterm_to_the_command_exits_143_with_a_checkpoint(tmp_path):
   step = RunDir(tmp_path).checkpoints.latest_step()
   assert step and f"training stopped at step {step}" in err
   assert not (tmp_path / "LOCK").read_text()
+
+
+def test_a_resume_keeps_the_schedule_it_trained_with_and_applies_what_it_allows(tmp_path, capsys):
+  # a longer cosine would restart its decay from the top: refused
+  _train(tmp_path / "cos", num_steps=4, **{"optim.schedule": "cosine"})
+  with pytest.raises(trainer.ConfigError, match=r"the learning rate of the 4 steps .* changes"):
+    _train(tmp_path / "cos", num_steps=8, **{"optim.schedule": "cosine"})
+  # a longer constant schedule continues the run
+  _train(tmp_path / "const", num_steps=2)
+  assert _train(tmp_path / "const", num_steps=4).steps == 4
+  # an allowed change of the ACU radius is applied, not only said
+  _train(tmp_path / "acu", num_steps=2, conv="active")
+  capsys.readouterr()
+  config = small_config(num_steps=4, conv="active", **{"conv_options.radius": 3})
+  summary = trainer.train_and_evaluate(config, tmp_path / "acu", allow_config_change=True)
+  assert "conv_options.radius (None -> 3)" in capsys.readouterr().out
+  assert summary.acu_radii == [3] * 4
+
+
+def test_every_command_fails_with_one_error_line_and_no_usage_dump(tmp_path):
+  default = str(REPO / "configs/default.py")
+  cases = [
+    (["train.analyze", f"--workdir={tmp_path / 'none'}"], 2, "config.json not found"),
+    (["train.export", f"--workdir={tmp_path / 'none'}"], 2, "config.json not found"),
+    (["train.reproduce", "--rows=sn_v99", "--report="], 2, "unknown rows ['sn_v99']"),
+    (["train.reproduce", "--epochs=ten", "--report="], 2, "expected a positive number of epochs"),
+    (
+      ["train.main", "extra", "--config", default, f"--workdir={tmp_path / 'w'}"],
+      2,
+      "unexpected arguments: ['extra']",
+    ),
+  ]
+  for (command, *args), status, message in cases:
+    run = subprocess.run(
+      [sys.executable, "-m", command, *args],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    lines = run.stderr.strip().splitlines()
+    assert (
+      run.returncode == status
+      and len(lines) == 1
+      and lines[0].startswith("error: ")
+      and message in lines[0]
+    ), (command, args, run.returncode, run.stderr[-3000:])

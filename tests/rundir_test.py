@@ -52,9 +52,8 @@ def test_train_state_keeps_the_checkpoint_layout():
   again = TrainState.from_tree(tree)
   chex_equal = jax.tree.map(np.array_equal, jax.tree.leaves(again), jax.tree.leaves(state))
   assert all(chex_equal) and again.radii_list() == [1, 2]
-  assert (
-    "radii" not in TrainState.create(tx, params, {}).to_tree()
-  )  # orbax cannot save an empty array
+  # orbax cannot save an empty array
+  assert "radii" not in TrainState.create(tx, params, {}).to_tree()
   sums = EpochSums.zeros().add(np.float32(2.0), np.int32(3), 4)
   assert sums.means() == (2.0, 0.75)
 

@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from absl import flags
+
+
+def define_debug() -> None:
+  """--debug: a failure shows its traceback instead of one error: line."""
+  define_once(
+    flags.DEFINE_bool,
+    "debug",
+    False,
+    "On a failure, show the traceback instead of one error: line.",
+  )
 
 
 def define_once(define: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> None:
@@ -19,6 +30,48 @@ def define_once(define: Callable[..., Any], name: str, *args: Any, **kwargs: Any
   """
   if name not in flags.FLAGS:
     define(name, *args, **kwargs)
+
+
+def exit_now(status: int) -> NoReturn:
+  """Exits now: a failed save can leave checkpointer threads that would keep the process alive
+  (files are written atomically, so nothing half-written is left behind)."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)
+
+
+def fail(e: BaseException, status: int | None = None) -> NoReturn:
+  """Tells a failure as one error: line (the exception's type too where it is unexpected, status 1)
+  and exits with `status` (default: by the exception's kind, `exit_status`)."""
+  status = exit_status(e) if status is None else status
+  known = status != 1
+  print(
+    f"error: {one_line(e) if known else f'{type(e).__name__}: {one_line(e)}'}"
+    + ("" if known else " (--debug shows the traceback)"),
+    file=sys.stderr,
+  )
+  exit_now(status)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a bad flag or config file as one error: line (status 2)."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # flags.Error; the config file's own errors (SyntaxError, ImportError...)
+    if "--debug" in argv:
+      raise
+    message = one_line(e)
+    key = message.strip("'\"")
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    culprit = [a for a in overrides if a.split(".")[-1] == key]
+    if isinstance(e, (AttributeError, KeyError)) and culprit:  # a locked config refuses new keys
+      message = (
+        f"unknown config key {culprit[0][len('--config.') :]!r} ({culprit[0]}); the config file "
+        "lists the keys (configs/default.py documents them)"
+      )
+    elif not isinstance(e, flags.Error):
+      message = f"the config file cannot be loaded: {type(e).__name__}: {message}"
+    fail(flags.Error(message), 2)
 
 
 def os_failure(e: BaseException) -> tuple[str, str | None] | None:
@@ -34,7 +87,8 @@ def os_failure(e: BaseException) -> tuple[str, str | None] | None:
     if what is not None:
       where = getattr(cause, "filename", None) or next(iter(re.findall(r'"(/[^"]+)"', text)), None)
       return what, where
-    cause = cause.__cause__ or cause.__context__
+    # the chain as Python shows it: `raise ... from None` hides the context
+    cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
   return None
 
 

@@ -39,6 +39,7 @@ def define_flags() -> None:
     2000,
     "Test images the written files are checked on (0: all).",
   )
+  cli.define_debug()
 
 
 SUFFIX = {"jax": ".jaxexport", "onnx": ".onnx"}
@@ -105,10 +106,16 @@ def _onnxruntime(path: Path) -> Callable | None:
   return lambda x: session.run(None, {"images": np.asarray(x)})[0]
 
 
-def main(argv):
-  del argv
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.fail(flags.Error(f"unexpected arguments: {argv[1:]}"), 2)
   formats = ("jax", "onnx") if FLAGS.format == "both" else (FLAGS.format,)
-  results = export_run(FLAGS.workdir, formats, FLAGS.out or None, FLAGS.step, FLAGS.check_images)
+  try:
+    results = export_run(FLAGS.workdir, formats, FLAGS.out or None, FLAGS.step, FLAGS.check_images)
+  except Exception as e:  # a workdir that is not a run's, a missing step, a model ONNX cannot hold
+    if FLAGS.debug:
+      raise
+    cli.fail(e, 2 if isinstance(e, (FileNotFoundError, ValueError)) else None)
   failed = False
   for r in results.values():
     if r["agreement"] is None:
@@ -116,8 +123,7 @@ def main(argv):
     else:
       check = (
         f"predictions agree with the deployed model on {100 * r['agreement']:.2f}% of the test "
-        "images, "
-        f"logits within {r['max_abs_diff']:.2e}"
+        f"images, logits within {r['max_abs_diff']:.2e}"
       )
       failed |= r["agreement"] < 0.999
     print(f"wrote {r['path']} ({r['bytes'] / 1e6:.2f} MB): {check}")
@@ -128,4 +134,4 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -28,7 +28,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from train import cli
-from train.cli import exit_status, one_line
+from train.cli import one_line
 
 FLAGS = flags.FLAGS
 
@@ -56,56 +56,17 @@ def define_flags() -> None:
     "Resume a workdir whose checkpoints were made by a config "
     "that differs in model, conv, optimizer, batch size, seed or data.",
   )
-  cli.define_once(
-    flags.DEFINE_bool,
-    "debug",
-    False,
-    "On a failure, show the traceback instead of one error: line.",
-  )
-
-
-def _fail(e: BaseException, status: int) -> None:
-  known = status != 1
-  print(
-    f"error: {one_line(e) if known else f'{type(e).__name__}: {one_line(e)}'}"
-    + ("" if known else " (--debug shows the traceback)"),
-    file=sys.stderr,
-  )
-  sys.exit(status)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with a bad flag or config file as one error: line (status 2)."""
-  try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # flags.Error; the config file's own errors (SyntaxError, ImportError...)
-    if "--debug" in argv:
-      raise
-    message = one_line(e)
-    key = message.strip("'\"")
-    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    culprit = [a for a in overrides if a.split(".")[-1] == key]
-    if isinstance(e, (AttributeError, KeyError)) and culprit:  # a locked config refuses new keys
-      message = (
-        f"unknown config key {culprit[0][len('--config.') :]!r} ({culprit[0]}); the config file "
-        "lists the keys (configs/default.py documents them)"
-      )
-    elif not isinstance(e, flags.Error):
-      message = f"the config file cannot be loaded: {type(e).__name__}: {message}"
-    _fail(flags.Error(message), 2)
-    raise  # unreachable: _fail exits
+  cli.define_debug()
 
 
 def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS[
-    "verbosity"
-  ].present:  # orbax logs every save at INFO, and a failed one at ERROR
-    logging.set_verbosity(
-      logging.WARNING if FLAGS.debug else logging.FATAL
-    )  # before our error: line
+    cli.fail(flags.Error(f"unexpected arguments: {argv[1:]}"), 2)
+  # orbax logs every save at INFO, and a failed one at ERROR, before our error: line
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING if FLAGS.debug else logging.FATAL)
   from train import trainer  # after flag parsing: --help stays fast
+  from train.trainer.rundir import RunDir
 
   try:
     config = FLAGS.config
@@ -113,29 +74,32 @@ def main(argv) -> None:
   except Exception as e:
     if FLAGS.debug:
       raise
-    _fail(flags.Error(f"the config file cannot be loaded: {one_line(e)}"), 2)
+    cli.fail(flags.Error(f"the config file cannot be loaded: {one_line(e)}"), 2)
   try:
     trainer.train_and_evaluate(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
   except trainer.TrainingStopped as e:
     print(f"stopped: {e}", file=sys.stderr)
     sys.exit(128 + e.signum)
   except KeyboardInterrupt as e:
-    print(
-      f"stopped: {e or 'interrupted'}; run the same command to resume from the latest checkpoint",
-      file=sys.stderr,
+    saved = RunDir(FLAGS.workdir).checkpoints.latest_step() if FLAGS.workdir else None
+    resume = (
+      f"run the same command to resume from its checkpoint of step {saved}"
+      if saved is not None
+      else "no checkpoint was saved: the same command starts again"
     )
+    print(f"stopped: {str(e) or 'interrupted'}; {resume}", file=sys.stderr)
     sys.exit(130)
   except Exception as e:
     if FLAGS.debug:
       raise
-    _fail(e, exit_status(e))
+    cli.fail(e)
 
 
 def run() -> None:
   """Entry point of the `kshapes-train` console script and of python -m train.main."""
   define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,8 @@ from kshapes_jax.nn import KINDS, Dense, PlainConv, batch_norm, conv_bn, make_co
 
 def _option_a(x: jax.Array, out_features: int, stride: int) -> jax.Array:
   """Parameter-free shortcut: subsample, then zero-pad the new channels (option A)."""
-  if (
-    stride > 1
-  ):  # a strided slice, not x[:, ::s, ::s] (a gather once the batch is symbolic, for export)
+  # a strided slice, not x[:, ::s, ::s] (a gather once the batch is symbolic, for export)
+  if stride > 1:
     x = jax.lax.slice(x, (0,) * x.ndim, x.shape, (1, stride, stride, 1))
   extra = out_features - x.shape[-1]
   if extra > 0:

@@ -20,9 +20,8 @@ from kshapes_jax.kernels import active_kernel, clip_positions, lattice_offsets, 
 from kshapes_jax.nn.base import ConvLayer, PlainConv, check_layer, record, symmetric_padding
 from kshapes_jax.nn.variables import Position
 
-ActiveImpl = Literal[
-  "splat", "gather"
-]  # effective kernel + one conv, or the literal bilinear gather
+# effective kernel + one conv, or the literal bilinear gather
+ActiveImpl = Literal["splat", "gather"]
 PositionInit = Literal["lattice", "circle"]  # where the synapses start
 
 
@@ -114,7 +113,8 @@ class ActiveConv(ConvLayer):
     radius = kernel_size // 2 + 1 if radius is None else radius
     if impl not in get_args(ActiveImpl):
       raise ValueError(f"impl must be 'splat' or 'gather', got {impl!r}")
-    synapses = _validation.positive_int("ActiveConv synapses", synapses)
+    # synapse 0 is fixed at the origin: one synapse would learn no position (a 1x1 conv)
+    synapses = _validation.positive_int("ActiveConv synapses", synapses, minimum=2)
     position_groups = _validation.positive_int("ActiveConv position_groups", position_groups)
     radius = kernels.check_radius(radius, in_features * out_features)
     if out_features % position_groups:

@@ -113,9 +113,8 @@ def symmetric_padding(
       f"{int_only_for} padding must be an int (of its nominal {kernel_size}x{kernel_size} conv), "
       f"got {padding!r}"
     )
-  conv_lib.resolve_padding(
-    padding, (kernel_size, kernel_size), (kernel_size, kernel_size)
-  )  # >= 0, well formed
+  # >= 0, well formed
+  conv_lib.resolve_padding(padding, (kernel_size, kernel_size), (kernel_size, kernel_size))
   return padding
 
 

@@ -89,9 +89,8 @@ class DeformableActiveConv(nnx.Module):
     """(N, H', W', K, 2) offsets (dx, dy) and the (N, H', W', K) factors (None without
     modulation)."""
     z = self.offsets(x)
-    z = z.astype(
-      jnp.promote_types(z.dtype, jnp.float32)
-    )  # positions at >= float32, as in the gather
+    # positions at >= float32, as in the gather
+    z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
     k = self.acu.synapses
     offsets = z[..., : 2 * k].reshape(*z.shape[:3], k, 2)
     return offsets, (2 * jax.nn.sigmoid(z[..., 2 * k :]) if self.modulation else None)

@@ -46,10 +46,12 @@ def define_flags() -> None:
   cli.define_once(
     flags.DEFINE_integer, "prune_seeds", 3, "acb: random masks per sparsity (0: no pruning curves)."
   )
+  cli.define_debug()
 
 
 def main(argv: list[str]) -> None:
-  del argv
+  if len(argv) > 1:
+    cli.fail(flags.Error(f"unexpected arguments: {argv[1:]}"), 2)
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   try:
     results = analyze.analyze(
@@ -60,8 +62,10 @@ def main(argv: list[str]) -> None:
       prune_examples=FLAGS.prune_examples,
       prune_seeds=FLAGS.prune_seeds,
     )
-  except (FileNotFoundError, ValueError, DataError) as e:
-    raise app.UsageError(str(e)) from e
+  except Exception as e:  # a workdir that is not a run's, a missing step, a section it lacks
+    if FLAGS.debug:
+      raise
+    cli.fail(e, 2 if isinstance(e, (FileNotFoundError, ValueError, DataError)) else None)
   out = FLAGS.out or str(Path(FLAGS.workdir) / "analysis")
   print(f"sections {results['sections']}: wrote {out}/report.md")
 
@@ -69,4 +73,4 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   define_flags()
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -9,10 +9,13 @@
 Each run is `python -m train.main --config configs/repro_fmnist.py:row=ROW,seed=S,epochs=N
 --workdir RUNS/eN/ROW/seedS` in its own process, so runs of different lengths
 never mix. A run whose summary.json exists is skipped (never redone), an
-interrupted one resumes from its checkpoints, and one that fails (e.g.
-diverges) gets a FAILED file, is counted by the report and is not retried
-until that file is deleted. A run another process is training is skipped
-too, so drivers on several machines can share a suite folder.
+interrupted one resumes from its checkpoints, and one that diverges (exit
+status 3) gets a FAILED file, is counted by the report and is not retried
+until that file is deleted. Any other failure (a child killed by a signal,
+as the OOM killer does, a busy workdir, a bug) is not a result: it is said,
+not recorded, and the same command resumes the run from its checkpoint. A
+run another process is training is skipped too, so drivers on several
+machines can share a suite folder.
 
 Each finished or failed run gets its record in the ledger (`--ledger`,
 results/runs: train/ledger.py), which is committed: the report reads the
@@ -29,6 +32,7 @@ a suite cut short still has whole rows.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -43,6 +47,7 @@ from configs import repro_fmnist
 from train import cli
 from train.reproduce import layout, ledger
 from train.reproduce.rows import METHODS, ROWS, parse_lengths
+from train.reproduce.suite import Suite
 from train.trainer.rundir import RunDir
 
 FLAGS = flags.FLAGS
@@ -103,10 +108,21 @@ def define_flags() -> None:
   cli.define_once(
     flags.DEFINE_list, "methods", list(METHODS), "The report's sections (default: all)."
   )
+  cli.define_debug()
 
 
-# exit statuses of train.main: Ctrl-C / SIGTERM (it saved a checkpoint), workdir taken or unusable
-_STOPPED, _NOT_A_RESULT = (130, 143), 4
+# exit statuses of train.main: Ctrl-C / SIGTERM (it saved a checkpoint), diverged (a result)
+_STOPPED, _DIVERGED = (130, 143), 3
+
+
+def _exit_reason(code: int) -> str:
+  """'killed by SIGKILL' for a negative status (the signal), 'exit status N' otherwise."""
+  if code < 0:
+    try:
+      return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+      return f"killed by signal {-code}"
+  return f"exit status {code}"
 
 
 def run_command(row: str, seed: int | str, runs: str | Path, epochs: float) -> list[str]:
@@ -189,9 +205,8 @@ class Driver:
       try:
         for future in futures:
           future.result()
-      except (
-        KeyboardInterrupt
-      ):  # the runs got the Ctrl-C too and save; the queued ones do not start
+      except KeyboardInterrupt:
+        # the runs got the Ctrl-C too and save; the queued ones do not start
         self.stop.set()
         raise
     if self.stop.is_set():
@@ -215,9 +230,7 @@ class Driver:
       code = self._run(cmd, cores)
       if code in _STOPPED:
         self.stop.set()
-      elif code == _NOT_A_RESULT:
-        pass
-      elif code:  # a diverged run is a result: the report counts it; the suite goes on
+      elif code == _DIVERGED:  # a result: the report counts it; the suite goes on
         rundir.failed_path.write_text(
           f"exit status {code} (3: diverged, see python -m train.main)\n"
         )
@@ -228,9 +241,13 @@ class Driver:
             None,
             failed=rundir.failed_path.read_text().strip(),
           )
-      elif (
-        self.analyze
-      ):  # the report's analyses of this run and its record, on the cores it trained on
+      elif code:  # killed (the OOM killer's SIGKILL), a busy workdir, a bug: no result
+        print(
+          f"{row} seed{seed}: {_exit_reason(code)}; not recorded, the same command resumes it",
+          file=sys.stderr,
+          flush=True,
+        )
+      elif self.analyze:  # the report's analyses of this run and its record, on its cores
         self._run(
           [
             sys.executable,
@@ -273,8 +290,6 @@ def analyze_finished(
   """Computes (and caches in each run's analysis/) the analyses the report reads of the finished
   runs on this machine (those seeds, or all for None), and writes their records (finished or failed)
   to the ledger; returns the records written."""
-  from train.reproduce.suite import Suite  # here: it imports matplotlib and the analyses
-
   suite, written = Suite(runs, epochs=lengths, ledger=ledger_dir or None), []
   for row in rows:
     here = [p.name for p in suite.row_dir(row).glob("seed*") if p.is_dir()]
@@ -291,11 +306,19 @@ def main(argv):
   del argv
   unknown = sorted(set(FLAGS.rows) - set(repro_fmnist.ROWS))
   if unknown:
-    raise app.UsageError(f"unknown rows {unknown}; expected some of {list(repro_fmnist.ROWS)}")
+    cli.fail(flags.Error(f"unknown rows {unknown}; expected some of {list(repro_fmnist.ROWS)}"), 2)
+  epochs = FLAGS.epochs
+  if not FLAGS["epochs"].present and FLAGS.report and Path(FLAGS.report).exists():
+    from train.reproduce.report import made_with
+
+    # the same command extends the suite at its report's lengths, never a default-length one
+    epochs = made_with(Path(FLAGS.report).read_text()) or ""
+    if epochs:
+      print(f"--epochs {epochs}: the lengths of {FLAGS.report} (pass --epochs for others)")
   try:
-    lengths = parse_lengths(FLAGS.epochs)
+    lengths = parse_lengths(epochs)
   except ValueError as e:
-    raise app.UsageError(str(e)) from e
+    cli.fail(e, 2)
   if FLAGS.analyze_only:
     analyze_finished(FLAGS.runs, FLAGS.rows, FLAGS.seeds, lengths, FLAGS.ledger)
     return
@@ -304,9 +327,7 @@ def main(argv):
     print(f"{len(todo)} runs to train, {FLAGS.parallel} at a time", flush=True)
     try:
       Driver(FLAGS.runs, FLAGS.parallel, FLAGS.pin_cpus, FLAGS.analyze, FLAGS.ledger).run_all(todo)
-    except (
-      KeyboardInterrupt
-    ):  # the stopped runs saved a checkpoint; no traceback for a planned stop
+    except KeyboardInterrupt:  # the stopped runs saved a checkpoint: no traceback
       print(
         "stopped: the same command resumes the runs (the report was not rewritten)",
         file=sys.stderr,
@@ -316,11 +337,16 @@ def main(argv):
   if FLAGS.report:
     from train.reproduce import report  # here: it imports matplotlib and the analyses
 
-    if (
-      FLAGS.ledger
-    ):  # every run on this machine at these lengths is in the ledger before the report reads it
+    # every run on this machine at these lengths is in the ledger before the report reads it
+    if FLAGS.ledger:
       written = analyze_finished(FLAGS.runs, list(repro_fmnist.ROWS), None, lengths, FLAGS.ledger)
       print(f"recorded {len(written)} runs in {FLAGS.ledger}")
+    suite = Suite(FLAGS.runs, epochs=lengths, ledger=FLAGS.ledger or None)
+    if Path(FLAGS.report).exists() and not any(suite.accuracy(r).n for r in ROWS):
+      raise flags.Error(
+        f"no runs at --epochs {report.length_spec(lengths) or 'the default lengths'} under "
+        f"{FLAGS.runs} or in the ledger: {FLAGS.report} is left as it is"
+      )
     text = report.write_report(
       FLAGS.runs, FLAGS.report, FLAGS.methods, lengths, FLAGS.ledger or None
     )
@@ -330,4 +356,16 @@ def main(argv):
 def run() -> None:
   """python -m train.reproduce."""
   define_flags()
-  app.run(main)
+  app.run(_main, flags_parser=cli.parse_flags)
+
+
+def _main(argv: list[str]) -> None:
+  """main with one error: line for a failure (the traceback with --debug)."""
+  try:
+    main(argv)
+  except (KeyboardInterrupt, SystemExit):
+    raise
+  except Exception as e:
+    if FLAGS.debug:
+      raise
+    cli.fail(e, 2 if isinstance(e, (flags.Error, FileNotFoundError, ValueError)) else None)

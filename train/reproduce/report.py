@@ -3,7 +3,7 @@
   python -m train.reproduce --runs runs/repro --report_only
 
 Every number in the report is read from the runs (summary.json) or computed
-from their checkpoints by the analyses (train/analyses), or read from their
+from their checkpoints by the analyses (train/analyze), or read from their
 records in the ledger (train/ledger.py) where the runs are not on this
 machine; rows whose runs were lost before the ledger existed add their
 printed aggregate (seeds, mean, std) to their accuracy. The papers' numbers
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -157,6 +158,13 @@ def length_spec(lengths: dict[str, float]) -> str:
   if len(set(lengths.values())) == 1:
     return f"{next(iter(lengths.values())):g}"
   return ",".join(f"{m}={e:g}" for m, e in changed.items())
+
+
+def made_with(text: str) -> str | None:
+  """The --epochs value of the command a report's header names ('' for the default lengths), or
+  None for a text that is not a report of this module."""
+  m = re.search(r"Made by `python -m train\.reproduce --runs \S+?(?: --epochs ([^ `]+))?[ `]", text)
+  return None if m is None else (m[1] or "")
 
 
 def _header(suite: Suite, notes: str, methods: Sequence[str]) -> list[str]:

@@ -44,6 +44,9 @@ def build_model(settings: Settings, dataset: input_pipeline.Dataset) -> nnx.Modu
       dtype=settings.dtype,
       **kwargs,
     )
+  except (TypeError, ValueError) as e:  # a model or conv option the layers refuse
+    raise ConfigError(f"{settings.model} (conv={settings.conv}): {e}") from e
+  try:
     nnx.eval_shape(lambda m: m(jnp.zeros((2, *dataset.image_shape))), model)
   except (TypeError, ValueError) as e:
     raise ConfigError(
@@ -53,12 +56,9 @@ def build_model(settings: Settings, dataset: input_pipeline.Dataset) -> nnx.Modu
   return model
 
 
-def make_optimizer(
-  o: OptimSettings, labels: Any, steps_per_epoch: int, total_steps: int
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The config's optimizer (optim.name: sgd or adamw) with the papers' per-label rules; (tx,
-  schedule)."""
-  schedule = optim.make_schedule(
+def make_schedule(o: OptimSettings, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+  """The learning rate per step (boundaries and warm-up given in epochs)."""
+  return optim.make_schedule(
     o.schedule,
     o.learning_rate,
     total_steps,
@@ -66,6 +66,21 @@ def make_optimizer(
     factor=o.factor,
     warmup_steps=round(o.warmup_epochs * steps_per_epoch),
   )
+
+
+def length(settings: Settings, steps_per_epoch: int) -> int:
+  """The run's length in steps: num_steps, or num_epochs of full batches."""
+  if settings.num_steps > 0:
+    return settings.num_steps
+  return math.ceil(settings.num_epochs * steps_per_epoch)
+
+
+def make_optimizer(
+  o: OptimSettings, labels: Any, steps_per_epoch: int, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The config's optimizer (optim.name: sgd or adamw) with the papers' per-label rules; (tx,
+  schedule)."""
+  schedule = make_schedule(o, steps_per_epoch, total_steps)
   rules: dict[str, Any] = dict(
     weight_decay=o.weight_decay,
     decay_labels=tuple(o.decay_labels),
@@ -123,11 +138,7 @@ def build(
   steps_per_epoch = input_pipeline.Batches(
     dataset.train, settings.batch_size, settings.seed
   ).steps_per_epoch
-  total_steps = (
-    settings.num_steps
-    if settings.num_steps > 0
-    else math.ceil(settings.num_epochs * steps_per_epoch)
-  )
+  total_steps = length(settings, steps_per_epoch)
   model = build_model(settings, dataset)
   model.train()
   tx, schedule = make_optimizer(

@@ -105,9 +105,14 @@ def train_and_evaluate(
   with rundir.locked(say) if writer else contextlib.nullcontext(), _closed_on_error(rundir):
     check_resume(rundir, settings, allow_config_change, say)
     exp = experiment.build(settings)
+    check_schedule_resume(rundir, exp, allow_config_change, say)
     bucketing = bool(settings.acu_radius_every_steps) and _check_bucketing(exp)
     mesh = data_mesh()
     state, history = restore_or_start(exp, rundir, mesh, say)
+    if not bucketing and state.radii_list() != K.nn.active_radii(exp.model):
+      # fixed radii are the config's: a resume allowed to change them runs with the new ones
+      radii = np.asarray(K.nn.active_radii(exp.model), np.int32)
+      state = dataclasses.replace(state, radii=jax.device_put(radii, NamedSharding(mesh, P())))
     if writer:
       rundir.write_config(settings)
     title = f"{settings.model} / {settings.conv} on {exp.dataset.name}"
@@ -221,6 +226,37 @@ def check_resume(
       "--workdir, or pass --allow_config_change to resume them anyway"
     )
   say(f"resuming {rundir.path} with config changes (--allow_config_change): {', '.join(changes)}")
+
+
+def check_schedule_resume(
+  rundir: RunDir, exp: Experiment, allow_config_change: bool, say: Callable[[str], None]
+) -> None:
+  """ConfigError when the learning rate of the steps the checkpoint has taken differs under the
+  new settings: the remaining steps would not continue that run (a cosine stretched by a longer
+  num_steps restarts from its top). A longer run whose past schedule is unchanged resumes."""
+  step, saved = rundir.checkpoints.latest_step(), rundir.checkpoints.saved_config()
+  if not step or saved is None:
+    return
+  old = read(saved)
+  before = experiment.make_schedule(
+    old.optim, exp.steps_per_epoch, experiment.length(old, exp.steps_per_epoch)
+  )
+  taken = np.arange(step)
+  old_lr, new_lr = np.asarray(before(taken)), np.asarray(exp.schedule(taken))
+  changed = np.flatnonzero(~np.isclose(old_lr, new_lr, rtol=1e-6, atol=0.0))
+  if not changed.size:
+    return
+  k = int(changed[0])
+  what = (
+    f"the learning rate of the {step} steps {rundir.path}'s checkpoint has taken changes "
+    f"(step {k}: {old_lr[k]:.6g} -> {new_lr[k]:.6g}), so the remaining steps would not continue "
+    "that run"
+  )
+  if not allow_config_change:
+    raise ConfigError(
+      f"{what}. Use another --workdir, or pass --allow_config_change to resume it anyway"
+    )
+  say(f"resuming with a changed schedule (--allow_config_change): {what}")
 
 
 def _check_bucketing(exp: Experiment) -> bool:

@@ -45,6 +45,8 @@ class RunDir:
   """
 
   def __init__(self, path: str | Path, keep_checkpoints: int | None = None):
+    if not str(path).strip():
+      raise RunDirError("the workdir is empty: pass --workdir=DIR, the run's directory")
     self.path = Path(path).absolute()
     self.checkpoints = Checkpoints(
       self.checkpoint_dir, self.damaged_dir, keep_checkpoints, self.config_path

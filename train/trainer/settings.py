@@ -136,9 +136,8 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   out: dict[str, Any] = {}
   for key, value in tree.items():
     if isinstance(value, Mapping) and not _under(f"{prefix}{key}", _OPEN_KEYS):
-      out.update(
-        _flatten(value, f"{prefix}{key}.")
-      )  # an empty block has no keys (unset, as a missing key is)
+      # an empty block has no keys (unset, as a missing key is)
+      out.update(_flatten(value, f"{prefix}{key}."))
     else:
       out[f"{prefix}{key}"] = value
   return out
@@ -183,9 +182,9 @@ def _check_number(
   ok = ok and math.isfinite(value) and (low < value if low_open else low <= value)
   ok = ok and (value < high if high_open else value <= high)
   if not ok:
-    interval = (
-      f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == math.inf else ']'}"
-    )
+    opening = "(" if low_open or low == -math.inf else "["
+    closing = ")" if high_open or high == math.inf else "]"
+    interval = f"{opening}{low}, {high}{closing}"
     raise ConfigError(
       f"{name} must be {'an int' if integer else 'a number'} in {interval}, got {value!r}"
     )
@@ -319,6 +318,7 @@ def _check(s: Settings) -> None:
   _check_number("optim.factor", o.factor, 0, low_open=True)
   _check_number("optim.warmup_epochs", o.warmup_epochs, 0)
   _check_number("optim.position_warmup_steps", o.position_warmup_steps, 0, integer=True)
+  _check_number("optim.angle_eps", o.angle_eps, -math.inf)  # finite; < 0: no projection
   for key in ("b1", "b2"):
     _check_number(f"optim.{key}", getattr(o, key), 0, 1, high_open=True)
   if list(o.boundaries) != sorted(o.boundaries) or any(b < 0 for b in o.boundaries):
