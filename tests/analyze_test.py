@@ -441,6 +441,23 @@ def test_report_of_one_family_and_the_sector_count(runs, tmp_path):
     report.write_report(runs, path, methods=("acnet",))
 
 
+def _fake_runs(monkeypatch, tmp_path: Path, exit_for: dict[str, int]) -> None:
+  """The driver's runs are `_fake_run`s (train.main's command replaced by it)."""
+  from train.reproduce import driver
+
+  script = _fake_run(tmp_path, exit_for)
+  monkeypatch.setattr(
+    driver,
+    "run_command",
+    lambda row, seed, runs, epochs: [
+      sys.executable,
+      "-c",
+      script,
+      str(layout.run_dir(runs, row, seed, epochs)),
+    ],
+  )
+
+
 def _fake_run(tmp_path: Path, exit_for: dict[str, int]) -> str:
   """A stand-in for train.main: records its cores, times and environment as the run's summary.
 
@@ -466,17 +483,7 @@ def _fake_run(tmp_path: Path, exit_for: dict[str, int]) -> str:
 def test_driver_trains_runs_at_once_pinned_and_never_redoes_one(tmp_path, monkeypatch):
   from train.reproduce import driver
 
-  script = _fake_run(tmp_path, {"acb_hor": 3})
-  monkeypatch.setattr(
-    driver,
-    "run_command",
-    lambda row, seed, runs, epochs: [
-      sys.executable,
-      "-c",
-      script,
-      str(layout.run_dir(runs, row, seed, epochs)),
-    ],
-  )
+  _fake_runs(monkeypatch, tmp_path, {"acb_hor": 3})
   lengths = rows.parse_lengths("3")
   names = ["acb", "acb_baseline", "acb_hor"]
   todo = driver.pending(tmp_path, names, ["0", "1"], lengths)
@@ -506,17 +513,7 @@ def test_driver_trains_runs_at_once_pinned_and_never_redoes_one(tmp_path, monkey
 def test_a_run_killed_by_sigkill_is_not_a_result_and_resumes(tmp_path, monkeypatch, capsys):
   from train.reproduce import driver
 
-  script = _fake_run(tmp_path, {"acb": -signal.SIGKILL})
-  monkeypatch.setattr(
-    driver,
-    "run_command",
-    lambda row, seed, runs, epochs: [
-      sys.executable,
-      "-c",
-      script,
-      str(layout.run_dir(runs, row, seed, epochs)),
-    ],
-  )
+  _fake_runs(monkeypatch, tmp_path, {"acb": -signal.SIGKILL})
   book, lengths = tmp_path / "ledger", rows.parse_lengths("3")
   todo = driver.pending(tmp_path, ["acb", "acb_baseline"], ["0"], lengths, ledger_dir=book)
   driver.Driver(tmp_path, analyze=False, ledger_dir=book).run_all(todo)
@@ -534,17 +531,7 @@ def test_a_run_killed_by_sigkill_is_not_a_result_and_resumes(tmp_path, monkeypat
 def test_driver_stops_when_a_run_is_interrupted(tmp_path, monkeypatch):
   from train.reproduce import driver
 
-  script = _fake_run(tmp_path, {"acb": 130})
-  monkeypatch.setattr(
-    driver,
-    "run_command",
-    lambda row, seed, runs, epochs: [
-      sys.executable,
-      "-c",
-      script,
-      str(layout.run_dir(runs, row, seed, epochs)),
-    ],
-  )
+  _fake_runs(monkeypatch, tmp_path, {"acb": 130})
   todo = driver.pending(tmp_path, ["acb", "acb_baseline"], ["0"], rows.parse_lengths("3"))
   with pytest.raises(KeyboardInterrupt):
     driver.Driver(tmp_path, parallel=1, analyze=False).run_all(todo)
@@ -558,17 +545,7 @@ def test_stopped_command_exits_130_with_one_line_and_no_traceback(tmp_path, monk
 
   from train.reproduce import driver
 
-  script = _fake_run(tmp_path, {"acb": 130})
-  monkeypatch.setattr(
-    driver,
-    "run_command",
-    lambda row, seed, runs, epochs: [
-      sys.executable,
-      "-c",
-      script,
-      str(layout.run_dir(runs, row, seed, epochs)),
-    ],
-  )
+  _fake_runs(monkeypatch, tmp_path, {"acb": 130})
   driver.define_flags()
   with flagsaver.flagsaver():
     flags.FLAGS(
