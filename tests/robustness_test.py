@@ -109,12 +109,12 @@ LIBRARY_ERRORS = [
   (
     "ActiveConv(synapses=0)",
     lambda: knn.ActiveConv(2, 2, synapses=0, rngs=RNGS),
-    r"ActiveConv synapses must be an int >= 1, got 0",
+    r"ActiveConv synapses must be an int >= 2, got 0",
   ),
   (
     "ActiveConv(synapses=-1)",
     lambda: knn.ActiveConv(2, 2, synapses=-1, rngs=RNGS),
-    r"synapses must be an int >= 1",
+    r"synapses must be an int >= 2",
   ),
   (
     "ActiveConv(position_groups=0)",
@@ -848,7 +848,7 @@ def test_sigterm_to_the_command_exits_143_with_a_checkpoint(tmp_path):
 def test_a_resume_keeps_the_schedule_it_trained_with_and_applies_what_it_allows(tmp_path, capsys):
   # a longer cosine would restart its decay from the top: refused
   _train(tmp_path / "cos", num_steps=4, **{"optim.schedule": "cosine"})
-  with pytest.raises(trainer.ConfigError, match=r"the learning rate of the 4 steps .* changes"):
+  with pytest.raises(trainer.ConfigError, match=r"the schedule of the 4 steps .* changes"):
     _train(tmp_path / "cos", num_steps=8, **{"optim.schedule": "cosine"})
   # a longer constant schedule continues the run
   _train(tmp_path / "const", num_steps=2)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from absl import flags
+from absl import app, flags
 
 
 def define_debug() -> None:
@@ -20,6 +20,20 @@ def define_debug() -> None:
     False,
     "On a failure, show the traceback instead of one error: line.",
   )
+
+
+def run(
+  main: Callable[[list[str]], None], define_flags: Callable[[], None], required: Sequence[str] = ()
+) -> None:
+  """Runs a command: its flags defined, listed by --help, the `required` ones checked, and a bad
+  flag told as one error: line."""
+  define_flags()
+  # define_once defines them from this module; --help lists the main module's (the script's)
+  for flag in flags.FLAGS.get_flags_for_module(__name__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  if required:
+    flags.mark_flags_as_required(list(required))
+  app.run(main, flags_parser=parse_flags)
 
 
 def define_once(define: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> None:

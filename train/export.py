@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from train import cli
 
@@ -132,6 +132,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
-  flags.mark_flags_as_required(["workdir"])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, define_flags, required=["workdir"])

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from train import cli
@@ -97,9 +97,7 @@ def main(argv) -> None:
 
 def run() -> None:
   """Entry point of the `kshapes-train` console script and of python -m train.main."""
-  define_flags()
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, define_flags, required=["config", "workdir"])
 
 
 if __name__ == "__main__":

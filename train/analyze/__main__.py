@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from train import analyze, cli
 from train.trainer.input_pipeline import DataError
@@ -71,6 +71,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
-  flags.mark_flags_as_required(["workdir"])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, define_flags, required=["workdir"])

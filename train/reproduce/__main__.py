@@ -3,4 +3,5 @@
 from train.reproduce import driver
 
 if __name__ == "__main__":
+  __doc__ = driver.__doc__  # what --help shows
   driver.run()

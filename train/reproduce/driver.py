@@ -2,8 +2,7 @@
 
   python -m train.reproduce --runs runs/repro           # every row x seeds 0,1,2, then the report
   python -m train.reproduce --runs runs/repro --epochs 20 --parallel 4    # 4 runs at once
-  python -m train.reproduce --runs runs/repro --epochs 10,rotate=20 --rows acb,acb_baseline \
-      --seeds 0
+  python -m train.reproduce --runs runs/repro --epochs 10,rotate=20 --rows acb,acb_baseline
   python -m train.reproduce --runs runs/repro --epochs 10 --report_only   # the runs there
 
 Each run is `python -m train.main --config configs/repro_fmnist.py:row=ROW,seed=S,epochs=N
@@ -41,7 +40,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from configs import repro_fmnist
 from train import cli
@@ -355,8 +354,7 @@ def main(argv):
 
 def run() -> None:
   """python -m train.reproduce."""
-  define_flags()
-  app.run(_main, flags_parser=cli.parse_flags)
+  cli.run(_main, define_flags)
 
 
 def _main(argv: list[str]) -> None:

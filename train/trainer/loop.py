@@ -231,9 +231,10 @@ def check_resume(
 def check_schedule_resume(
   rundir: RunDir, exp: Experiment, allow_config_change: bool, say: Callable[[str], None]
 ) -> None:
-  """ConfigError when the learning rate of the steps the checkpoint has taken differs under the
-  new settings: the remaining steps would not continue that run (a cosine stretched by a longer
-  num_steps restarts from its top). A longer run whose past schedule is unchanged resumes."""
+  """ConfigError when the schedule's shape (the learning rate relative to its base rate) over the
+  steps the checkpoint has taken differs under the new settings: the remaining steps would not
+  continue that run (a cosine stretched by a longer num_steps restarts from its top). A longer
+  run whose past shape is unchanged resumes, and so does another base rate."""
   step, saved = rundir.checkpoints.latest_step(), rundir.checkpoints.saved_config()
   if not step or saved is None:
     return
@@ -242,15 +243,17 @@ def check_schedule_resume(
     old.optim, exp.steps_per_epoch, experiment.length(old, exp.steps_per_epoch)
   )
   taken = np.arange(step)
-  old_lr, new_lr = np.asarray(before(taken)), np.asarray(exp.schedule(taken))
-  changed = np.flatnonzero(~np.isclose(old_lr, new_lr, rtol=1e-6, atol=0.0))
+  old_lr = np.broadcast_to(np.asarray(before(taken)), taken.shape) / old.optim.learning_rate
+  new_lr = np.broadcast_to(np.asarray(exp.schedule(taken)), taken.shape)
+  new_lr = new_lr / exp.settings.optim.learning_rate
+  changed = np.flatnonzero(~np.isclose(old_lr, new_lr, rtol=1e-6, atol=1e-9))
   if not changed.size:
     return
   k = int(changed[0])
   what = (
-    f"the learning rate of the {step} steps {rundir.path}'s checkpoint has taken changes "
-    f"(step {k}: {old_lr[k]:.6g} -> {new_lr[k]:.6g}), so the remaining steps would not continue "
-    "that run"
+    f"the schedule of the {step} steps {rundir.path}'s checkpoint has taken changes (step {k}: "
+    f"{old_lr[k]:.6g} -> {new_lr[k]:.6g} of the base rate), so the remaining steps would not "
+    "continue that run"
   )
   if not allow_config_change:
     raise ConfigError(
