@@ -112,8 +112,7 @@ def main(argv=None) -> int:
   if device["platform"] != "gpu" and not args.allow_cpu:
     print(
       f"error: JAX's default backend is {device['platform']!r} ({device['device']}), not a GPU; "
-      "install "
-      "JAX with CUDA (pip install -U 'jax[cuda13]') or pass --allow-cpu for a dry run",
+      "install JAX with CUDA (pip install -U 'jax[cuda13]') or pass --allow-cpu for a dry run",
       file=sys.stderr,
     )
     return 2

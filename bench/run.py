@@ -165,8 +165,7 @@ def markdown(result: dict) -> str:
   lines = [
     f"Platform: {result['device']} ({result['platform']}, {result['cpu_count']} cores), JAX "
     f"{result['jax_version']}, batch {result['batch']} per layer and {result['model_batch']} per "
-    "model, "
-    f"median of {result['reps']} runs, {result['date']}.",
+    f"model, median of {result['reps']} runs, {result['date']}.",
     "",
     "| target | ratio to plain | measured | met |",
     "|---|---|---|---|",
@@ -181,8 +180,7 @@ def markdown(result: dict) -> str:
     lines += [
       "",
       "Per layer (3x3, c -> c, stride 1), train step (forward + backward) / eval, ratio to a plain "
-      "conv "
-      "(the ACB kinds: to a plain conv + BN, both of which an ACBlock replaces):",
+      "conv (the ACB kinds: to a plain conv + BN, both of which an ACBlock replaces):",
       "",
       "| kind | " + " | ".join(shapes) + " |",
       "|---|" + "---|" * len(shapes),

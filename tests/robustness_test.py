@@ -806,8 +806,7 @@ def test_the_readmes_conv_option_parses_and_trains(tmp_path):
   assert again.returncode == 2
   assert again.stderr.strip() == (
     f"error: {tmp_path} holds checkpoints of another config: conv_options.radius "
-    "(3 -> None). Use another --workdir, or pass --allow_config_change to resume "
-    "them anyway"
+    "(3 -> None). Use another --workdir, or pass --allow_config_change to resume them anyway"
   )
 
 

@@ -29,8 +29,7 @@ def test_a_config_without_a_key_gets_the_documented_default(tmp_path):
     tmp_path,
     "  c = ml_collections.ConfigDict()\n"
     "  c.model, c.conv = 'sn', 'rotate4'\n"
-    "  c.optim = ml_collections.ConfigDict({'learning_rate': 0.01})\n"
-    "  return c\n",
+    "  c.optim = ml_collections.ConfigDict({'learning_rate': 0.01})\n  return c\n",
   )
   namespace: dict = {}
   exec(compile(path.read_text(), str(path), "exec"), namespace)

@@ -75,8 +75,7 @@ def fuse_bn(
   if concrete_var is not None and not np.all(concrete_var + eps > 0):  # also NaN
     raise ValueError(
       f"var must be > -eps (a variance, >= 0), got min {float(np.min(concrete_var))} with "
-      f"eps={eps}: "
-      "its 1/sqrt(var + eps) would be NaN or inf"
+      f"eps={eps}: its 1/sqrt(var + eps) would be NaN or inf"
     )
   kernel = jnp.asarray(kernel)
   factor = jnp.asarray(scale) * jax.lax.rsqrt(jnp.asarray(var) + eps)

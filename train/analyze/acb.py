@@ -221,8 +221,7 @@ def _magnitude_and_pruning(suite, figures: Path) -> list[str]:
   lines = [
     "Average kernel magnitude matrix A of the deployed 5x5 layers (eq. 9-10), mean over seeds; "
     "the paper's Fig. 6 (ResNet-56, 3x3): centre 1.000, skeleton above 0.666 and corners below "
-    "0.400 "
-    "for ACNet.",
+    "0.400 for ACNet.",
     "",
   ]
   for row, m in matrices.items():
@@ -270,8 +269,7 @@ def summarise(suite, figures: Path) -> list[str]:
   if table:
     lines += [
       "Accuracy (%) on the whole test set rotated or flipped (Table 4; the paper's numbers are "
-      "ResNet-18 "
-      "on ImageNet, trained with left-right flips; ours had no augmentation):",
+      "ResNet-18 on ImageNet, trained with left-right flips; ours had no augmentation):",
       "",
       *markdown_table(("row", *acb.DISTORTIONS, "paper: original / 90 / 180 / flip"), table),
       "",

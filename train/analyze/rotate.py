@@ -89,8 +89,7 @@ def render(run, results: dict[str, Any], out: Path, title: str) -> list[str]:
 def summarise(suite, figures: Path) -> list[str]:
   lines = [
     "Angles: how far each kernel's line turned from its initial angle (train.analyze, deg) and the "
-    "share "
-    "of angles now in another 45-degree sector, mean over layers, mean +- std over seeds:",
+    "share of angles now in another 45-degree sector, mean over layers, mean +- std over seeds:",
     "",
   ]
   table = []

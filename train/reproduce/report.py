@@ -185,34 +185,24 @@ def _header(suite: Suite, notes: str, methods: Sequence[str]) -> list[str]:
     "# Reproduction report",
     "",
     f"Made by `python -m train.reproduce --runs runs/repro{epochs}{only}` (every run, then this "
-    "file; "
-    f"`--parallel K` trains K at once) on {time.strftime('%Y-%m-%d')}; the runs took "
-    f"{seconds / 60:.0f} min "
-    f"of training in total on {'; '.join(machines)}. Epochs per method: {lengths}. One row, one "
-    "seed: "
-    f"`python -m train.main --config configs/repro_fmnist.py:row=ROW,seed=S,epochs=N --workdir "
-    f"runs/repro/e{e}/ROW/seedS`; one run's figures: `python -m train.analyze --workdir "
-    f"runs/repro/e{e}/ROW/seedS`.",
+    f"file; `--parallel K` trains K at once) on {time.strftime('%Y-%m-%d')}; the runs took "
+    f"{seconds / 60:.0f} min of training in total on {'; '.join(machines)}. Epochs per method: "
+    f"{lengths}. One row, one seed: `python -m train.main --config "
+    f"configs/repro_fmnist.py:row=ROW,seed=S,epochs=N --workdir runs/repro/e{e}/ROW/seedS`; one "
+    f"run's figures: `python -m train.analyze --workdir runs/repro/e{e}/ROW/seedS`.",
     "",
     "Data: Fashion-MNIST (Debian's dataset-fashion-mnist: 60k train, 10k test, 28x28 grey), the "
-    "only real "
-    "dataset these machines have offline. The papers use MNIST, CIFAR and ImageNet with longer "
-    "schedules, "
-    "so the absolute accuracies are NOT comparable to the papers'; what is compared is each method "
-    "against "
-    "its baseline under the same recipe (configs/repro_fmnist.py), over seeds. "
-    "Accuracy is that of the DEPLOYED network (every shaped conv made plain; the trained one "
-    "agreed on every "
-    "prediction unless a row says otherwise). Mean +- sample std over seeds; a difference is "
-    "resolved "
-    "when it exceeds two standard errors. A paper's claim is CONFIRMED when ours is resolved in "
-    "its direction "
-    f"(for a tie, |paper| < {TIE}: when ours +- 2 se lies within +-{TIE_MARGIN} points), "
-    "CONTRADICTED when ours "
-    f"is resolved the other way (for a tie: entirely outside +-{TIE_MARGIN}); otherwise the seeds "
-    "a row that "
-    "would resolve it (80% power, two-sided 5%, from the measured per-seed spread at this length) "
-    "are given.",
+    "only real dataset these machines have offline. The papers use MNIST, CIFAR and ImageNet "
+    "with longer schedules, so the absolute accuracies are NOT comparable to the papers'; what "
+    "is compared is each method against its baseline under the same recipe "
+    "(configs/repro_fmnist.py), over seeds. Accuracy is that of the DEPLOYED network (every "
+    "shaped conv made plain; the trained one agreed on every prediction unless a row says "
+    "otherwise). Mean +- sample std over seeds; a difference is resolved when it exceeds two "
+    "standard errors. A paper's claim is CONFIRMED when ours is resolved in its direction (for a "
+    f"tie, |paper| < {TIE}: when ours +- 2 se lies within +-{TIE_MARGIN} points), CONTRADICTED "
+    f"when ours is resolved the other way (for a tie: entirely outside +-{TIE_MARGIN}); otherwise "
+    "the seeds a row that would resolve it (80% power, two-sided 5%, from the measured per-seed "
+    "spread at this length) are given.",
     "",
     NOTES[0] + notes + NOTES[1],
     "",

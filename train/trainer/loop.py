@@ -42,7 +42,7 @@ from train.trainer.experiment import Experiment
 from train.trainer.logger import MetricsLogger, Throughput
 from train.trainer.programs import ProgramCache, Programs
 from train.trainer.rundir import RunDir
-from train.trainer.settings import ConfigError, Settings, check_devices, config_changes, read
+from train.trainer.settings import ConfigError, Settings, config_changes, read
 from train.trainer.state import EpochSums, TrainState
 from train.trainer.step import shard
 from train.trainer.summary import Summary
@@ -96,16 +96,16 @@ def train_and_evaluate(
   settings = read(config)
   deterministic = determinism.request(settings.deterministic)
   if settings.distributed:
-    initialize_distributed()
-  check_devices(settings)
+    initialize_distributed()  # before anything asks JAX for its devices (experiment.build does)
   t_start = time.perf_counter()
   rundir = RunDir(workdir, keep_checkpoints=settings.keep_checkpoints)
   writer = jax.process_index() == 0
   say = (lambda m: print(m, flush=True)) if writer else (lambda m: None)
   with rundir.locked(say) if writer else contextlib.nullcontext(), _closed_on_error(rundir):
-    check_resume(rundir, settings, allow_config_change, say)
+    saved = rundir.checkpoints.saved_config()
+    check_resume(rundir, saved, settings, allow_config_change, say)
     exp = experiment.build(settings)
-    check_schedule_resume(rundir, exp, allow_config_change, say)
+    check_schedule_resume(rundir, saved, exp, allow_config_change, say)
     bucketing = bool(settings.acu_radius_every_steps) and _check_bucketing(exp)
     mesh = data_mesh()
     state, history = restore_or_start(exp, rundir, mesh, say)
@@ -120,8 +120,7 @@ def train_and_evaluate(
     num_params = K.models.count_params(exp.model)
     logger.say(
       f"{title}: {num_params:,} parameters, {exp.steps_per_epoch} steps/epoch, {exp.total_steps} "
-      "steps, "
-      f"{jax.device_count()} device(s) ({jax.devices()[0].platform})"
+      f"steps, {jax.device_count()} device(s) ({jax.devices()[0].platform})"
     )
     programs = ProgramCache(
       exp.model,
@@ -213,10 +212,13 @@ def _closed_on_error(rundir: RunDir):
 
 
 def check_resume(
-  rundir: RunDir, settings: Settings, allow_config_change: bool, say: Callable[[str], None]
+  rundir: RunDir,
+  saved: dict[str, Any] | None,
+  settings: Settings,
+  allow_config_change: bool,
+  say: Callable[[str], None],
 ) -> None:
   """ConfigError, naming the keys, when the settings change what the workdir's checkpoints mean."""
-  saved = rundir.checkpoints.saved_config()
   changes = config_changes(saved, settings) if saved is not None else []
   if not changes:
     return
@@ -229,13 +231,17 @@ def check_resume(
 
 
 def check_schedule_resume(
-  rundir: RunDir, exp: Experiment, allow_config_change: bool, say: Callable[[str], None]
+  rundir: RunDir,
+  saved: dict[str, Any] | None,
+  exp: Experiment,
+  allow_config_change: bool,
+  say: Callable[[str], None],
 ) -> None:
   """ConfigError when the schedule's shape (the learning rate relative to its base rate) over the
   steps the checkpoint has taken differs under the new settings: the remaining steps would not
   continue that run (a cosine stretched by a longer num_steps restarts from its top). A longer
   run whose past shape is unchanged resumes, and so does another base rate."""
-  step, saved = rundir.checkpoints.latest_step(), rundir.checkpoints.saved_config()
+  step = rundir.checkpoints.latest_step()
   if not step or saved is None:
     return
   old = read(saved)
@@ -420,8 +426,7 @@ class Loop:
     bound = self.programs.max_loss
     raise TrainingDiverged(
       f"the training diverged at step {bad} (epoch {bad // self.exp.steps_per_epoch + 1}): its "
-      "loss or "
-      f"parameters became NaN or inf"
+      f"loss or parameters became NaN or inf"
       + (
         f", or its loss exceeded {bound:.4g} (max_loss_factor "
         f"{self.settings.max_loss_factor:g} x ln(classes))"

@@ -84,8 +84,7 @@ class RunDir:
       except BlockingIOError:
         raise RunDirError(
           f"{self.path} is in use by {_lock_text(fd) or 'another process'} (its "
-          f"{self.lock_path.name} is held); wait for that run to end or use another "
-          "--workdir"
+          f"{self.lock_path.name} is held); wait for that run to end or use another --workdir"
         ) from None
       stale = _lock_text(fd)
       if stale:  # a holder that is gone: its flock went with it, its PID stayed
