@@ -18,9 +18,16 @@ Keys:
     (--xla_gpu_deterministic_ops, set before JAX starts), so a resumed run
     equals an uninterrupted one bit for bit on the same machine; no effect
     on CPU or TPU.
-  data: name (mnist, fashion_mnist, cifar10, cifar100, svhn_cropped),
-    source (tfds, idx, npz, synthetic), data_dir, augment (none, cifar),
-    train_size/test_size (synthetic only).
+  data: name (mnist, fashion_mnist, cifar10, cifar100, svhn_cropped: held
+    in memory; any other TFDS dataset, e.g. imagenet2012, or the name of a
+    folder of python -m train.prepare: streamed), source (tfds, idx, npz,
+    synthetic, arrayrecord: the prepared folder), data_dir, augment (none;
+    cifar: pad-4 crop and flip, on the device, in-memory data; inception:
+    the Inception crop and flip, on the CPU, streamed data; a streamed
+    evaluation resizes the shorter side to image_size / 0.875 and takes the
+    centre), train_size/test_size (synthetic only); streamed only:
+    image_size (0: 224), workers (grain worker processes; 0: none) and
+    threads (reading threads per process).
   batch_size, eval_batch_size: global batch sizes (split over devices).
   num_epochs, or num_steps (> 0 wins).
   optim: the optimizer, name "sgd" (kshapes_jax.optim.sgd) or "adamw"
@@ -87,7 +94,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.deterministic = True
   c.data = ml_collections.ConfigDict(
     dict(
-      name="mnist", source="synthetic", data_dir="", augment="none", train_size=512, test_size=256
+      name="mnist",
+      source="synthetic",
+      data_dir="",
+      augment="none",
+      train_size=512,
+      test_size=256,
+      image_size=0,
+      workers=0,
+      threads=8,
     )
   )
   c.batch_size = 64

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs.datasets import STREAM_IMAGE_SIZE
 from kshapes_jax import models, nn
 from train.trainer import experiment, input_pipeline, settings
 
@@ -52,7 +53,11 @@ def test_config_loads_checks_and_documents_its_command(name):
   for arg in _choices(module):
     config = module.get_config(arg)
     checked = settings.read(config)
-    h, w, c, _ = input_pipeline.DATASETS[config.data.name]
+    if checked.data.streamed:
+      h = w = checked.data.image_size or STREAM_IMAGE_SIZE
+      c = 3
+    else:
+      h, w, c, _ = input_pipeline.DATASETS[config.data.name]
     spec = models.spec(config.model)
     # a model that adapts to the images (e.g. Cifar-quick on 28x28)
     if spec.input_shape[:2] != (

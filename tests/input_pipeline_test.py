@@ -34,7 +34,15 @@ def _idx_dir(tmp_path, rng, compress=True, n_train=30, n_test=12):
 
 def _data(**kw):
   base = dict(
-    name="mnist", source="synthetic", data_dir="", augment="none", train_size=40, test_size=20
+    name="mnist",
+    source="synthetic",
+    data_dir="",
+    augment="none",
+    train_size=40,
+    test_size=20,
+    image_size=0,
+    workers=0,
+    threads=1,
   )
   base.update(kw)
   return DataSettings(**base)

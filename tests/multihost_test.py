@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import jpeg_tree
 from train.trainer import trained_run
 from train.trainer.summary import Summary
 
@@ -44,6 +45,15 @@ _DRIVER = textwrap.dedent("""
           os.kill(os.getpid(), signal.SIGKILL)
         return batch(self, step)
       input_pipeline.Batches.batch = killing
+    if os.environ.get("READ_LOG"):  # which training examples this process reads, by step
+      from train.trainer import streaming
+      example = streaming.StreamBatches._example
+      def logged(self, position):
+        step, row = divmod(position, self.local)
+        with open(os.environ["READ_LOG"], "a") as f:
+          f.write(f"{{step}} {{self.rows(step)[row]}}\n")
+        return example(self, position)
+      streaming.StreamBatches._example = logged
     summary = trainer.train_and_evaluate(config, workdir)
     print("SUMMARY " + json.dumps(summary.to_json()), flush=True)
 """)
@@ -72,15 +82,25 @@ def _env(**extra) -> dict[str, str]:
   return {**env, "JAX_PLATFORMS": "cpu", **extra}
 
 
-def _launch(tmp_path: Path, workdir: Path, processes: int, kill_at: int = -1, devices: int = 1):
+def _launch(
+  tmp_path: Path,
+  workdir: Path,
+  processes: int,
+  kill_at: int = -1,
+  devices: int = 1,
+  overrides: dict | None = None,
+  read_log: Path | None = None,
+):
   """Starts the run's processes: `processes` of them, each with `devices` CPU devices."""
   driver = tmp_path / "driver.py"
   driver.write_text(_DRIVER.format(repo=str(REPO)))
-  overrides = {**_OVERRIDES, "distributed": processes > 1}
+  overrides = {**_OVERRIDES, **(overrides or {}), "distributed": processes > 1}
   port = _free_port()
   procs = []
   for i in range(processes):
     env = _env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    if read_log is not None:
+      env["READ_LOG"] = f"{read_log}.{i}"
     if processes > 1:
       env.update(
         JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
@@ -171,3 +191,50 @@ def _leaves(tree) -> list[np.ndarray]:
   leaves = jax.tree.leaves(tree)
   assert len(leaves) > 5
   return [np.asarray(leaf) for leaf in leaves]
+
+
+@jpeg_tree.needs_fashion_mnist
+def test_two_processes_stream_disjoint_shares_of_a_prepared_folder(tmp_path):
+  from train import prepare
+
+  tree = jpeg_tree.make_tree(tmp_path / "tree", train_per_class=12, test_per_class=5)
+  prepare.prepare(tree, tmp_path / "prepared", name="fm3", say=lambda m: 0)
+  overrides = {
+    "model": "cifar_quick",
+    "model_kwargs": {"image_size": 32},
+    "data.source": "arrayrecord",
+    "data.data_dir": str(tmp_path / "prepared"),
+    "data.name": "fm3",
+    "data.augment": "inception",
+    "data.image_size": 32,
+    "num_steps": 6,
+    "batch_size": 8,
+    "eval_batch_size": 4,
+    "conv": "acb",
+  }
+  ((code, out),) = _finish(
+    _launch(tmp_path, tmp_path / "one", 1, devices=2, overrides=overrides, read_log=tmp_path / "r1")
+  )
+  assert code == 0, out[-3000:]
+  done = _finish(
+    _launch(tmp_path, tmp_path / "two", 2, overrides=overrides, read_log=tmp_path / "r2")
+  )
+  for code, out in done:
+    assert code == 0, out[-3000:]
+  two, one = _summary(done[0][1]), _summary(out)
+  assert two.test_examples == one.test_examples == 15  # every test image once, on two hosts
+
+  def reads(path):
+    return [tuple(map(int, line.split())) for line in path.read_text().splitlines()]
+
+  host0, host1, single = (
+    reads(tmp_path / "r2.0"),
+    reads(tmp_path / "r2.1"),
+    reads(tmp_path / "r1.0"),
+  )
+  assert len(host0) == len(host1) == len(single) // 2 == 6 * 4  # each reads its half, once
+  assert not set(host0) & set(host1)  # disjoint shares of every batch
+  assert sorted(host0 + host1) == sorted(single)  # whose union is the one-process run's batches
+  epoch = [index for step, index in single if step < 39 // 8]  # 4 steps of the first epoch
+  assert len(epoch) == len(set(epoch)) == 4 * 8  # no example twice in an epoch
+  np.testing.assert_allclose(two.test_loss, one.test_loss, rtol=1e-4)

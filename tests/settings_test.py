@@ -66,7 +66,7 @@ def test_every_default_key_is_a_typed_setting():
   [
     ({"optim.lerning_rate": 0.1}, r"unknown config key\(s\) \['optim.lerning_rate'\]"),
     ({"max_loss_factor": -1.0}, r"max_loss_factor must be a number in \[0, inf\)"),
-    ({"data.augment": "flip"}, r"data.augment must be one of \['none', 'cifar'\]"),
+    ({"data.augment": "flip"}, r"data.augment must be one of \['none', 'cifar', 'inception'\]"),
     ({"optim.name": "lamb"}, r"optim.name must be one of \['sgd', 'adamw'\]"),
     ({"batch_size": 0}, r"batch_size must be an int in \[1, inf\)"),
   ],

@@ -218,7 +218,10 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     (dict(model="resnet21"), "unknown model 'resnet21'"),
     (dict(model="lenet", conv="rotate4"), "does not apply to lenet"),
     ({"data.name": "imagenet"}, "unknown dataset"),
-    ({"data.source": "s3"}, r"data.source must be one of \['tfds', 'idx', 'npz', 'synthetic'\]"),
+    (
+      {"data.source": "s3"},
+      r"data.source must be one of \['tfds', 'idx', 'npz', 'synthetic', 'arrayrecord'\]",
+    ),
     ({"data.augment": "mixup"}, "data.augment"),
     ({"optim.schedule": "linear"}, "optim.schedule"),
     ({"optim.name": "lamb"}, "optim.name must be one of"),

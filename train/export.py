@@ -67,7 +67,7 @@ def export_run(
   shape = run.dataset.image_shape
   out = Path(out) if out else Path(workdir) / "export"
   out.mkdir(parents=True, exist_ok=True)
-  images = run.dataset.test.images[: check_images or None]
+  images = run.dataset.test.head(check_images or len(run.dataset.test))
   reference = _batched(K.export.forward(shipped, normalize), images)
   results = {}
   for fmt in formats:

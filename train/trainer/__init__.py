@@ -6,7 +6,9 @@ loop          the training loop (train_and_evaluate)
 state, step   the TrainState and the jitted step
 programs      the compiled step and evaluator per ACU radius set
 evaluation    the evaluator and the final evaluation of the trained and deployed model
-input_pipeline the data
+input_pipeline the in-memory data and the batch plan (seed, step) -> examples
+streaming     the streamed data (ImageNet, a prepared folder) on the same plan, through grain
+images, records  JPEG decoding and the crops; the prepared folder's format
 rundir        where a run's files are, and its lock
 checkpoints   orbax save / verified restore / set-aside of damaged checkpoints
 logger, plots the progress bar, metrics.jsonl and the learning curve

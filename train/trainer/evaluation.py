@@ -22,8 +22,9 @@ from train.trainer.step import shard
 
 
 def make_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequence[float]):
-  """eval(params, rest, batch) -> (loss sum, correct, count, argmax) over the unmasked rows (argmax
-  -1 on the others)."""
+  """eval(params, rest, batch) -> (loss sum, correct, top-5 correct, count, argmax) over the
+  unmasked rows (argmax -1 on the others; top-5: the label among the 5 largest logits, or among
+  all of them for fewer classes)."""
 
   def evaluate(params, rest, batch):
     x = input_pipeline.preprocess(batch["image"], None, mean=mean, std=std)
@@ -31,9 +32,12 @@ def make_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequen
     mask = batch["mask"]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     pred = jnp.argmax(logits, -1)
+    _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
+    in_top5 = jnp.any(top == batch["label"][:, None], axis=-1)
     return (
       jnp.sum(jnp.where(mask, losses, 0.0)),
       jnp.sum(mask & (pred == batch["label"])),
+      jnp.sum(mask & in_top5),
       jnp.sum(mask),
       jnp.where(mask, pred, -1),
     )
@@ -58,19 +62,21 @@ class Evaluator:
     )
 
   def __call__(self, params, rest, split: input_pipeline.Split) -> dict[str, Any]:
-    """{"loss", "accuracy", "count", "predictions"} (every process has all of them: the outputs are
-    replicated)."""
-    loss, correct, count, preds = 0.0, 0, 0, []
+    """{"loss", "accuracy", "top5_accuracy", "count", "predictions"} (every process has all of
+    them: the outputs are replicated)."""
+    loss, correct, top5, count, preds = 0.0, 0, 0, 0, []
     for batch in input_pipeline.eval_batches(
       split, self.batch_size, process_index=jax.process_index(), process_count=jax.process_count()
     ):
-      batch_loss, c, n, p = self._fn(params, rest, shard(batch, self._data))
+      batch_loss, c, c5, n, p = self._fn(params, rest, shard(batch, self._data))
       loss, correct, count = loss + float(batch_loss), correct + int(c), count + int(n)
+      top5 += int(c5)
       p = np.asarray(p)  # the global batch's, in global order: the padding rows are -1
       preds.append(p[p >= 0])
     return {
       "loss": loss / count,
       "accuracy": correct / count,
+      "top5_accuracy": top5 / count,
       "count": count,
       "predictions": np.concatenate(preds),
     }
@@ -112,7 +118,7 @@ def final_evaluation(
   """The trained model (eval graph) and `deploy` of it on the test split.
 
   Returns:
-    test and deployed_test loss and accuracy, the deployed parameter count,
+    test and deployed_test loss, accuracy and top-5 accuracy, the deployed parameter count,
     the share of test images on which both predict the same class and the
     number of test examples.
   """
@@ -125,8 +131,10 @@ def final_evaluation(
   return {
     "deployed_parameters": K.models.count_params(shipped),
     "test_accuracy": trained["accuracy"],
+    "test_top5_accuracy": trained["top5_accuracy"],
     "test_loss": trained["loss"],
     "deployed_test_accuracy": deployed["accuracy"],
+    "deployed_test_top5_accuracy": deployed["top5_accuracy"],
     "deployed_test_loss": deployed["loss"],
     "deployed_prediction_agreement": agree,
     "test_examples": trained["count"],

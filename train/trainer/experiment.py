@@ -99,7 +99,7 @@ class Experiment:
 
   Attributes:
     settings: the checked config.
-    dataset: its data, in memory.
+    dataset: its data, in memory or streamed.
     model: its model at initialisation (settings.seed), train mode.
     tx: the optimizer with the papers' per-label rules.
     schedule: the learning rate per step.
@@ -114,6 +114,12 @@ class Experiment:
   schedule: optax.Schedule
   steps_per_epoch: int
   total_steps: int
+
+  @property
+  def device_augment(self) -> str:
+    """The augmentation the jitted step applies: the config's for in-memory data; none for
+    streamed data, which the CPU workers crop."""
+    return "none" if self.dataset.streamed else self.settings.data.augment
 
   def initial_state(self) -> TrainState:
     """The TrainState at step 0 (host arrays)."""
@@ -135,7 +141,7 @@ def build(
   settings = config if isinstance(config, Settings) else read(config)
   check_devices(settings)
   dataset = input_pipeline.load(settings.data, settings.seed) if dataset is None else dataset
-  steps_per_epoch = input_pipeline.Batches(
+  steps_per_epoch = input_pipeline.BatchPlan(
     dataset.train, settings.batch_size, settings.seed
   ).steps_per_epoch
   total_steps = length(settings, steps_per_epoch)

@@ -1,11 +1,13 @@
-"""Data: TFDS data_source, a local IDX/NPZ directory, or synthetic; batches by step.
+"""Data: TFDS data_source, a local IDX/NPZ directory, or synthetic, in memory; batches by step.
 
-The datasets of the papers (MNIST, Fashion-MNIST, CIFAR-10/100, SVHN) fit in
-memory as uint8, so a split is loaded once into NumPy. A batch is then a
-pure function of (seed, step): epoch e = step // steps_per_epoch uses the
-permutation drawn from (seed, e). That makes a resumed run read exactly the
-batches an uninterrupted one would. Augmentation and normalisation run on
-the device inside the jitted step (`preprocess`), keyed by the step too.
+The small datasets of the papers (MNIST, Fashion-MNIST, CIFAR-10/100, SVHN)
+fit in memory as uint8, so a split is loaded once into NumPy. A batch is then
+a pure function of (seed, step) (`BatchPlan`): epoch e = step // steps_per_epoch
+uses the permutation drawn from (seed, e). That makes a resumed run read
+exactly the batches an uninterrupted one would. grain prepares them ahead.
+Augmentation and normalisation run on the device inside the jitted step
+(`preprocess`), keyed by the step too. The large datasets (ImageNet, any
+prepared ImageFolder tree) are streamed on the same plan: streaming.py.
 
 No TensorFlow at run time: TFDS is used only through `tfds.data_source`
 (array_record files).
@@ -16,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
-import queue
-import threading
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.datasets import DATASETS, DEBIAN_FASHION_MNIST, SOURCES
+from configs.datasets import DATASETS, DEBIAN_FASHION_MNIST, SOURCES, streamed
 
 if TYPE_CHECKING:
   from train.trainer.settings import DataSettings
@@ -55,22 +55,40 @@ class Split:
     if self.labels.shape != (self.images.shape[0],):
       raise DataError(f"labels must be ({self.images.shape[0]},), got {self.labels.shape}")
 
+  streamed = False  # held in memory (a StreamSplit is read example by example)
+
   def __len__(self) -> int:
     return int(self.images.shape[0])
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])
+
+  def head(self, n: int) -> np.ndarray:
+    """The first n images (uint8 NHWC), as the model is evaluated on them."""
+    return self.images[:n]
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+  """A dataset's splits (in memory: Split; streamed: streaming.StreamSplit) and what its images
+  are normalised with."""
+
   name: str
-  train: Split
-  test: Split
+  train: Any
+  test: Any
   num_classes: int
   mean: tuple[float, ...]  # per channel, of the train images in [0, 1]
   std: tuple[float, ...]
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
-    return tuple(self.train.images.shape[1:])
+    return self.train.image_shape
+
+  @property
+  def streamed(self) -> bool:
+    """Read example by example and cropped on the CPU (a StreamSplit), not held in memory."""
+    return bool(self.train.streamed)
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -285,6 +303,10 @@ def load(data: DataSettings, seed: int = 0) -> Dataset:
     seed: synthetic data is drawn from it.
   """
   name, source = data.name, data.source
+  if source in SOURCES and streamed(name, source):
+    from train.trainer import streaming  # noqa: PLC0415 (streaming imports this module)
+
+    return streaming.load(data, seed)
   if name not in DATASETS:
     raise DataError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
   if source not in SOURCES:
@@ -353,26 +375,26 @@ def preprocess(
   return jax.vmap(one)(padded, offsets, flips)
 
 
-class Batches:
-  """Train batches as a pure function of the step; a thread prepares them ahead."""
+class BatchPlan:
+  """Which examples each step's global batch holds: a pure function of (seed, step).
+
+  Epoch e = step // steps_per_epoch reads the permutation drawn from (seed, e); the incomplete
+  last batch of an epoch is dropped. Each process takes its contiguous share of every global
+  batch, so the processes' shares are disjoint and their union is the batch.
+  """
 
   def __init__(
-    self,
-    split: Split,
-    batch_size: int,
-    seed: int,
-    *,
-    process_index: int = 0,
-    process_count: int = 1,
+    self, split: Any, batch_size: int, seed: int, *, process_index: int = 0, process_count: int = 1
   ):
     if batch_size > len(split):
       raise DataError(f"batch size {batch_size} is larger than the {len(split)} training examples")
     if batch_size % process_count:
       raise DataError(f"batch size {batch_size} must divide among {process_count} processes")
     self.split, self.batch_size, self.seed = split, batch_size, seed
-    self.steps_per_epoch = len(split) // batch_size  # the incomplete last batch is dropped
-    local = batch_size // process_count
-    self._rows = slice(process_index * local, (process_index + 1) * local)
+    self.steps_per_epoch = len(split) // batch_size
+    self.local = batch_size // process_count
+    self.first_row = process_index * self.local
+    self._rows = slice(self.first_row, self.first_row + self.local)
     self._perm_epoch, self._perm = -1, np.arange(len(split))
 
   def permutation(self, epoch: int) -> np.ndarray:
@@ -381,49 +403,60 @@ class Batches:
       self._perm_epoch = epoch
     return self._perm
 
+  def rows(self, step: int) -> np.ndarray:
+    """This process's example indices of the global batch of `step`, in the batch's order."""
+    epoch, i = divmod(step, self.steps_per_epoch)
+    return self.permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size][self._rows]
+
+  def indices(self, step: int) -> np.ndarray:
+    """`rows(step)` sorted: contiguous reads from memory (the order inside a batch does not
+    matter to the step)."""
+    return np.sort(self.rows(step))
+
+
+class Batches(BatchPlan):
+  """Train batches of a split in memory, gathered whole per step; grain prepares them ahead."""
+
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's rows of the global batch of `step`."""
-    epoch, i = divmod(step, self.steps_per_epoch)
-    idx = self.permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size][self._rows]
-    idx = np.sort(idx)  # contiguous reads; the order inside a batch does not matter
+    idx = self.indices(step)
     return {"image": self.split.images[idx], "label": self.split.labels[idx]}
 
   def iterate(self, start: int, stop: int, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
     """Batches of steps start..stop-1, prepared `prefetch` ahead on a thread."""
-    q: queue.Queue = queue.Queue(maxsize=prefetch)
-    done = threading.Event()
+    import grain  # noqa: PLC0415 (its import is slow: only the loop needs it)
 
-    def work():
-      try:
-        for step in range(start, stop):
-          item = self.batch(step)
-          while not done.is_set():
-            try:
-              q.put(item, timeout=0.1)
-              break
-            except queue.Full:
-              continue
-          if done.is_set():
-            return
-      except Exception as e:  # surfaced in the consumer
-        q.put(e)
+    steps = grain.MapDataset.range(start, stop).map(self.batch)
+    yield from steps.to_iter_dataset(
+      grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)
+    )
 
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-      for _ in range(start, stop):
-        item = q.get()
-        if isinstance(item, Exception):
-          raise item
-        yield item
-    finally:
-      done.set()
+
+def train_batches(
+  split: Any, batch_size: int, seed: int, *, process_index: int = 0, process_count: int = 1
+) -> Batches | Any:
+  """The train batches of a split: gathered in memory, or streamed (a StreamSplit)."""
+  if split.streamed:
+    from train.trainer import streaming  # noqa: PLC0415 (streaming imports this module)
+
+    return streaming.StreamBatches(
+      split, batch_size, seed, process_index=process_index, process_count=process_count
+    )
+  return Batches(split, batch_size, seed, process_index=process_index, process_count=process_count)
 
 
 def eval_batches(
-  split: Split, batch_size: int, *, process_index: int = 0, process_count: int = 1
+  split: Any, batch_size: int, *, process_index: int = 0, process_count: int = 1
 ) -> Iterator[dict[str, np.ndarray]]:
-  """The whole split in order; the last batch is padded and `mask` marks real rows."""
+  """The whole split in order, this process's rows of each global batch; the last batch is padded
+  and `mask` marks real rows (every example is counted once, on any number of processes)."""
+  if split.streamed:
+    from train.trainer import streaming  # noqa: PLC0415 (streaming imports this module)
+
+    yield from streaming.eval_batches(
+      split, batch_size, process_index=process_index, process_count=process_count
+    )
+    return
   local = batch_size // process_count
   for start in range(0, len(split), batch_size):
     idx = np.arange(start, start + batch_size)

@@ -126,7 +126,7 @@ def train_and_evaluate(
       exp.model,
       exp.tx,
       exp.dataset,
-      augment=settings.data.augment,
+      augment=exp.device_augment,
       seed=settings.seed,
       eval_batch_size=settings.eval_batch_size,
       mesh=mesh,
@@ -169,7 +169,13 @@ def train_and_evaluate(
     if writer:
       rundir.write_summary(summary)
       print(
-        f"test accuracy {100 * summary.test_accuracy:.2f}% (deployed: "
+        f"test accuracy {100 * summary.test_accuracy:.2f}% "
+        + (
+          f"(top-5 {100 * summary.test_top5_accuracy:.2f}%) "
+          if exp.dataset.num_classes > 10 and summary.test_top5_accuracy is not None
+          else ""
+        )
+        + f"(deployed: "
         f"{100 * summary.deployed_test_accuracy:.2f}%, predictions agree on "
         f"{100 * summary.deployed_prediction_agreement:.2f}%), "
         f"{num_params:,} parameters ({summary.deployed_parameters:,} deployed), "
@@ -318,7 +324,7 @@ class Loop:
     settings, exp = self.settings, self.exp
     start = step = int(state.step)
     current = self.programs(state.radii_list())
-    batches = input_pipeline.Batches(
+    batches = input_pipeline.train_batches(
       exp.dataset.train,
       settings.batch_size,
       settings.seed,
@@ -407,7 +413,11 @@ class Loop:
     }
     if record["epoch"] % self.settings.eval_every_epochs == 0 or step == self.exp.total_steps:
       test = current.evaluate(state.params, state.rest, self.exp.dataset.test)
-      record.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
+      record.update(
+        test_loss=test["loss"],
+        test_accuracy=test["accuracy"],
+        test_top5_accuracy=test["top5_accuracy"],
+      )
     self.logger.epoch(record)
     return dataclasses.replace(state, sums=jax.device_put(EpochSums.zeros(), self.replicated))
 

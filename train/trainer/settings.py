@@ -29,7 +29,8 @@ class ConfigError(ValueError):
 
 
 OPTIMIZERS = ("sgd", "adamw")
-AUGMENTS = ("none", "cifar")
+# cifar: on the device, in-memory data; inception: on the CPU workers, streamed data
+AUGMENTS = ("none", "cifar", "inception")
 # What a checkpoint's state means: a resume whose config changes one of these is refused (a
 # prefix covers the keys under it). data.data_dir is left out: the same data may move.
 STATE_KEYS = (
@@ -43,7 +44,7 @@ STATE_KEYS = (
   "seed",
   "data",
 )
-_NOT_STATE_KEYS = ("data.data_dir",)
+_NOT_STATE_KEYS = ("data.data_dir", "data.workers", "data.threads")
 # Free-form blocks: their keys are the model's or the optimizer's, not the config's; a config
 # that sets one replaces the default's whole.
 _OPEN_KEYS = ("model_kwargs", "optim.lr_multipliers")
@@ -59,6 +60,14 @@ class DataSettings:
   augment: str
   train_size: int
   test_size: int
+  image_size: int
+  workers: int
+  threads: int
+
+  @property
+  def streamed(self) -> bool:
+    """Read example by example (ImageNet, a prepared folder), not held in memory."""
+    return datasets.streamed(self.name, self.source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,12 +290,28 @@ def _check(s: Settings) -> None:
   kinds = K.models.spec(s.model).kinds
   if s.conv not in kinds:
     raise ConfigError(f"conv kind {s.conv!r} does not apply to {s.model}; it takes {list(kinds)}")
-  if s.data.name not in datasets.DATASETS:
-    raise ConfigError(
-      f"unknown dataset {s.data.name!r}; expected one of {sorted(datasets.DATASETS)}"
-    )
   _choice("data.source", s.data.source, datasets.SOURCES)
+  if not s.data.streamed and s.data.name not in datasets.DATASETS:
+    raise ConfigError(
+      f"unknown dataset {s.data.name!r} for data.source={s.data.source!r}; expected one of "
+      f"{sorted(datasets.DATASETS)} (any TFDS image dataset streams with source='tfds', a "
+      "folder of python -m train.prepare with source='arrayrecord')"
+    )
   _choice("data.augment", s.data.augment, AUGMENTS)
+  for key in ("image_size", "workers"):
+    _check_number(f"data.{key}", getattr(s.data, key), 0, integer=True)
+  _check_number("data.threads", s.data.threads, 1, integer=True)
+  if s.data.streamed and s.data.augment == "cifar":
+    raise ConfigError(
+      f"data.augment='cifar' is for the small in-memory datasets; {s.data.name} "
+      f"(source={s.data.source!r}) is streamed: use 'inception' or 'none'"
+    )
+  if not s.data.streamed and (s.data.augment == "inception" or s.data.image_size):
+    raise ConfigError(
+      f"{s.data.name} (source={s.data.source!r}) is held in memory at its own size: "
+      "data.augment='inception' and data.image_size apply to streamed datasets "
+      "(source='arrayrecord', or a TFDS dataset such as imagenet2012)"
+    )
   for key in (
     "batch_size",
     "eval_batch_size",

@@ -21,6 +21,8 @@ class Summary:
     parameters, deployed_parameters: of the trained model and of deploy(model).
     test_accuracy, test_loss: the trained model on the test split.
     deployed_test_accuracy, deployed_test_loss: deploy(model) on it.
+    test_top5_accuracy, deployed_test_top5_accuracy: the share of test examples whose label is
+      among the 5 largest logits (None: a run from before it was recorded).
     deployed_prediction_agreement: the share of test predictions the two share.
     test_examples: the test examples evaluated.
     acu_radii: each ActiveConv's radius at the end (extent bucketing).
@@ -55,6 +57,8 @@ class Summary:
   final_train_loss: float | None
   seconds_total: float
   workdir: str
+  test_top5_accuracy: float | None = None
+  deployed_test_top5_accuracy: float | None = None
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -62,7 +66,7 @@ class Summary:
   @classmethod
   def from_json(cls, d: Mapping[str, Any]) -> Summary:
     """A summary.json or a ledger record's summary. Runs from before a field was recorded lack it:
-    device_kind and host_cores are then None.
+    device_kind, host_cores and the top-5 accuracies are then None.
 
     Raises:
       ValueError: naming the missing fields, for a record that is not a run's summary.
@@ -73,7 +77,8 @@ class Summary:
       "host_cores": None,
       **{k: v for k, v in d.items() if k in fields},
     }
-    missing = sorted(fields - values.keys())
+    optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    missing = sorted(fields - values.keys() - optional)
     if missing:
       raise ValueError(f"not a run's summary: {missing} missing")
     return cls(**values)

@@ -1,0 +1,256 @@
+"""Streamed datasets: read example by example, decoded and cropped on CPU workers through grain.
+
+ImageNet does not fit in memory, so its splits are random-access sources (a folder of ArrayRecord
+shards written by `python -m train.prepare`, or a TFDS `data_source` such as imagenet2012) and
+every batch is assembled when it is due. The batches follow the in-memory datasets' plan
+(input_pipeline.BatchPlan): the examples of a step are a function of (seed, step), and an
+example's crop and flip are drawn from (seed, step, its row in the global batch). A batch is
+therefore the same whatever the number of worker processes or hosts, and a resumed run starts
+its pipeline at its checkpoint's step and reads exactly what an uninterrupted run reads: the
+step is the iterator's whole position. Memory is bounded by the prefetch buffers, whatever the
+dataset's size. Images reach the device as uint8; normalisation runs there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from configs.datasets import STREAM_IMAGE_SIZE
+from train.trainer import images, records
+from train.trainer.input_pipeline import BatchPlan, DataError, Dataset
+
+# the training images' statistics of a TFDS dataset come from this many of them (evaluation crop)
+TFDS_STATS_EXAMPLES = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSplit:
+  """A split read example by example.
+
+  Attributes:
+    source: random access (len, [i]): ArrayRecord records, or TFDS examples (image, label).
+    kind: "arrayrecord" or "tfds".
+    image_size: the side of the square images it yields.
+    training: the Inception crop and flip (data.augment="inception"); else the evaluation crop.
+    workers: grain worker processes (0: threads of this process only).
+    threads: reading threads (per worker process).
+    where: the split, for messages.
+  """
+
+  source: Any
+  kind: str
+  image_size: int
+  training: bool
+  workers: int
+  threads: int
+  where: str
+
+  streamed = True
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.image_size, self.image_size, 3)
+
+  def head(self, n: int) -> np.ndarray:
+    """The first n images (uint8 NHWC) with the evaluation crop, as the model is evaluated."""
+    return np.stack([self.example(i, None)[0] for i in range(min(n, len(self)))])
+
+  def example(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
+    """(uint8 image (size, size, 3), label) of example `index`: cropped as for training when the
+    split trains and an rng is given, else with the evaluation crop.
+
+    Raises:
+      DataError: naming the split and index, for a record that cannot be decoded.
+    """
+    try:
+      record = self.source[index]
+      if self.kind == "arrayrecord":
+        label, jpeg = records.decode(record)
+        image = images.decode_jpeg(jpeg)
+      else:
+        label, image = int(record["label"]), images.as_rgb(np.asarray(record["image"]))
+    except (images.ImageError, records.RecordsError) as e:
+      raise DataError(f"{self.where}: example {index} cannot be read: {e}") from e
+    if self.training and rng is not None:
+      return images.train_image(image, self.image_size, rng), label
+    return images.eval_image(image, self.image_size), label
+
+
+def _stack(examples: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+  return {
+    "image": np.stack([e["image"] for e in examples]),
+    "label": np.asarray([e["label"] for e in examples], np.int32),
+    **({"mask": np.asarray([e["mask"] for e in examples])} if "mask" in examples[0] else {}),
+  }
+
+
+def _pipeline(split: StreamSplit, examples: Any, batch: int) -> Iterator[dict[str, np.ndarray]]:
+  """A grain pipeline over example positions: read on threads (and worker processes), batched;
+  its workers and buffers are released when the caller stops iterating."""
+  import grain  # noqa: PLC0415 (its import is slow: only the loop needs it)
+
+  dataset = examples.batch(batch, drop_remainder=True, batch_fn=_stack)
+  it = dataset.to_iter_dataset(
+    grain.ReadOptions(num_threads=split.threads, prefetch_buffer_size=max(2, split.threads))
+  )
+  if split.workers:
+    from absl import flags  # noqa: PLC0415
+
+    if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags (a library caller)
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=split.workers))
+  iterator = iter(it)
+  try:
+    yield from iterator
+  finally:
+    iterator.close()
+
+
+class StreamBatches(BatchPlan):
+  """Train batches of a StreamSplit, step by step on the in-memory plan."""
+
+  def _example(self, position: int) -> dict[str, Any]:
+    step, row = divmod(position, self.local)
+    index = int(self.rows(step)[row])
+    rng = np.random.default_rng([self.seed, step, self.first_row + row])
+    image, label = self.split.example(index, rng)
+    return {"image": image, "label": label}
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's rows of the global batch of `step` (read here, in order)."""
+    return _stack([self._example(step * self.local + r) for r in range(self.local)])
+
+  def iterate(self, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of steps start..stop-1, read ahead by the split's threads and workers."""
+    import grain  # noqa: PLC0415
+
+    positions = grain.MapDataset.range(start * self.local, stop * self.local)
+    yield from _pipeline(self.split, positions.map(self._example), self.local)
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalExample:
+  """Example `position` of the padded evaluation order (rows past the split are masked)."""
+
+  split: StreamSplit
+  batch_size: int
+  local: int
+  first_row: int
+
+  def __call__(self, position: int) -> dict[str, Any]:
+    b, row = divmod(position, self.local)
+    index = b * self.batch_size + self.first_row + row
+    image, label = self.split.example(min(index, len(self.split) - 1), None)
+    return {"image": image, "label": label, "mask": index < len(self.split)}
+
+
+def eval_batches(
+  split: StreamSplit, batch_size: int, *, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
+  """The whole split in order (evaluation crop), as input_pipeline.eval_batches."""
+  import grain  # noqa: PLC0415
+
+  local = batch_size // process_count
+  batches = -(-len(split) // batch_size)
+  example = _EvalExample(split, batch_size, local, process_index * local)
+  yield from _pipeline(split, grain.MapDataset.range(batches * local).map(example), local)
+
+
+def _arrayrecord_source(paths: list[str], where: str) -> Any:
+  import grain  # noqa: PLC0415
+
+  try:
+    return grain.sources.ArrayRecordDataSource(paths)
+  except RuntimeError as e:  # array_record's own: a missing, truncated or foreign file
+    raise records.RecordsError(f"{where} cannot be opened: {e}") from e
+
+
+def load(data: Any, seed: int = 0) -> Dataset:
+  """The streamed dataset a config's `data` block names (a DataSettings).
+
+  Raises:
+    DataError: for a folder that is not a prepared dataset (or not of data.name), a missing
+      shard, or a TFDS dataset that is not prepared.
+  """
+  del seed
+  size = data.image_size or STREAM_IMAGE_SIZE
+  options = dict(image_size=size, workers=data.workers, threads=data.threads)
+  if data.source == "arrayrecord":
+    if not data.data_dir:
+      raise DataError(
+        "data.source='arrayrecord' reads a folder written by python -m train.prepare: set "
+        "data.data_dir to it"
+      )
+    meta = records.read_metadata(data.data_dir)
+    if data.name != meta.name:
+      raise DataError(
+        f"{data.data_dir} holds the prepared dataset {meta.name!r} (metadata.json); set "
+        f"data.name={meta.name!r}"
+      )
+    splits = {
+      split: StreamSplit(
+        _arrayrecord_source(
+          list(records.shard_paths(data.data_dir, meta.splits[split])),
+          f"{data.data_dir} ({split} split)",
+        ),
+        "arrayrecord",
+        training=split == "train" and data.augment == "inception",
+        where=f"{data.data_dir} ({split})",
+        **options,
+      )
+      for split in records.SPLITS
+    }
+    return Dataset(
+      meta.name, splits["train"], splits["test"], len(meta.classes), meta.mean, meta.std
+    )
+  return _load_tfds(data, options)
+
+
+def _load_tfds(data: Any, options: dict[str, Any]) -> Dataset:
+  import tensorflow_datasets as tfds  # noqa: PLC0415 (only this source needs it)
+
+  data_dir = data.data_dir or None
+  try:
+    builder = tfds.builder(data.name, data_dir=data_dir)
+    names = set(builder.info.splits)
+    test = "validation" if "validation" in names else "test"
+    sources = {
+      split: tfds.data_source(data.name, split=split, data_dir=data_dir, download=False)
+      for split in ("train", test)
+    }
+    classes = builder.info.features["label"].num_classes
+  except Exception as e:  # TFDS raises several types for "not prepared"
+    where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    raise DataError(
+      f"TFDS dataset {data.name!r} is not prepared in {where}: {e}. ImageNet needs its archives "
+      f"downloaded by hand: tfds build {data.name} --manual_dir=DIR --file_format=array_record; "
+      "or prepare an ImageFolder tree with python -m train.prepare (data.source='arrayrecord')"
+    ) from e
+  train = StreamSplit(
+    sources["train"],
+    "tfds",
+    training=data.augment == "inception",
+    where=f"TFDS {data.name} (train)",
+    **options,
+  )
+  evaluation = StreamSplit(
+    sources[test], "tfds", training=False, where=f"TFDS {data.name} ({test})", **options
+  )
+  mean, std = _sample_stats(train)
+  return Dataset(data.name, train, evaluation, classes, mean, std)
+
+
+def _sample_stats(split: StreamSplit) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel mean and std in [0, 1] of an evenly spaced sample of a split (evaluation crop)."""
+  n = min(len(split), TFDS_STATS_EXAMPLES)
+  picks = np.linspace(0, len(split) - 1, n).round().astype(int)
+  x = np.stack([split.example(int(i), None)[0] for i in picks]).reshape(-1, 3) / 255.0
+  return tuple(float(m) for m in x.mean(0)), tuple(float(s) for s in x.std(0))
