@@ -11,8 +11,9 @@ order each round, medians over the rounds:
 - decoders: JPEG decoding alone, one core: PIL, PIL with draft mode (DCT scaling to >= 224),
   OpenCV's imdecode and simplejpeg (the pipeline's decoder);
 - ours: the trainer's path (input_pipeline.train_batches on the prepared folder: record read,
-  decode, Inception crop, resize, flip, batch of 32), on one core with one reading thread, and on
-  every core with one reading thread each;
+  decode, Inception crop, resize, flip, batch of 32), on one core with one reading thread, on
+  every core with one reading thread each, and on one core from a folder prepared with
+  --max_side 320 (smaller JPEGs: what that flag buys);
 - torchvision: ImageFolder + RandomResizedCrop(224) + RandomHorizontalFlip + PILToTensor through
   DataLoader (batch 32), on one core (num_workers=0: the main process decodes) and with one
   worker process per core.
@@ -40,6 +41,7 @@ import numpy as np
 
 SIZE = 224
 BATCH = 32
+MAX_SIDE = 320  # the --max_side case: the longer side cut from 500 to 320
 TARGET_PER_CORE_RATIO = 1.5  # ours / torchvision, one core each
 H100_RESNET50_IMAGES_PER_S = 3000  # what 16 cores must feed
 
@@ -184,6 +186,13 @@ def measure(quick: bool) -> dict:
     from train import prepare
 
     prepare.prepare(tree, work / "prepared", name="bench", workers=len(cores), say=lambda m: 0)
+    prepare.prepare(
+      tree, work / "small", name="bench", max_side=MAX_SIDE, workers=len(cores), say=lambda m: 0
+    )
+    sizes = {
+      name: sum(f.stat().st_size for f in (work / name).glob("train-*.array_record"))
+      for name in ("prepared", "small")
+    }
     jpegs = [p.read_bytes() for p in paths[:200]]
     cases: dict[str, tuple[Callable[[], float], bool]] = {}
     for name, decode in decoders().items():
@@ -197,6 +206,7 @@ def measure(quick: bool) -> dict:
       cases[f"decode: {name}"] = (decode_all, True)
     cases["ours, 1 core"] = (ours(work / "prepared", 1, count), True)
     cases[f"ours, {len(cores)} cores"] = (ours(work / "prepared", len(cores), count), False)
+    cases[f"ours, 1 core, --max_side {MAX_SIDE}"] = (ours(work / "small", 1, count), True)
     for workers, one in ((0, True), (len(cores), False)):
       run = torchvision_loader(tree, workers, count)
       if run is not None:
@@ -225,6 +235,7 @@ def measure(quick: bool) -> dict:
     "machine": f"{platform.processor() or platform.machine()}, {len(cores)} cores",
     "images": count,
     "rounds": rounds,
+    "train_shard_bytes": sizes,
     "images_per_s": medians,
     "runs": results,
   }
@@ -244,8 +255,14 @@ def markdown(result: dict) -> str:
     "|---|---:|---:|",
   ]
   for name, rate in m.items():
-    n = 1 if name.startswith("decode") or name.endswith("1 core") else cores
+    n = 1 if name.startswith("decode") or "1 core" in name else cores
     lines.append(f"| {name} | {rate:,.0f} | {rate / n:,.0f} |")
+  sizes = result["train_shard_bytes"]
+  lines += [
+    "",
+    f"Training shards: {sizes['prepared'] / 2**20:.1f} MiB as the JPEGs came, "
+    f"{sizes['small'] / 2**20:.1f} MiB with --max_side {MAX_SIDE}.",
+  ]
   ours_1 = m.get("ours, 1 core")
   tv_1 = m.get("torchvision, 1 core")
   lines.append("")
