@@ -107,14 +107,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   c.batch_size = 64
   c.eval_batch_size = 256
-  c.num_epochs = 1.0
+  c.num_epochs = 5.0
   c.num_steps = 0
   c.optim = ml_collections.ConfigDict(
     dict(
       name="sgd",
       b1=0.9,
       b2=0.999,
-      learning_rate=0.05,
+      learning_rate=0.02,
       schedule="constant",
       boundaries=(),
       factor=0.1,

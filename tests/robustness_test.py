@@ -306,7 +306,7 @@ CONFIG_ERRORS = [
     {"optim.learning_rate": float("nan")},
     r"optim.learning_rate must be a number in \(0, inf\), got nan",
   ),
-  ({"optim.boundaries": (20, 10)}, r"optim.boundaries must be epochs >= 0 in increasing order"),
+  ({"optim.boundaries": (20, 10)}, r"optim.boundaries must be epochs > 0 in increasing order"),
   ({"data.train_size": 0}, r"data.train_size must be an int in \[1, inf\), got 0"),
   ({"seed": -1}, r"seed must be an int in \[0, 4294967295\], got -1"),
   ({"num_steps": -3}, r"num_steps must be an int in \[0, inf\), got -3"),
@@ -440,6 +440,16 @@ def test_restore_says_which_step_is_damaged_and_when_all_are(tmp_path, capsys):
   )
   assert said[0].endswith("trying step 2")
   assert RunDir(tmp_path).checkpoints.steps() == [2, 4]  # a reader moves nothing
+
+
+def test_a_checkpoint_under_another_steps_name_is_not_taken_for_that_step(tmp_path, capsys):
+  clean = _train(tmp_path / "clean", num_steps=8, checkpoint_every_steps=2, keep_checkpoints=10)
+  _train(tmp_path / "run", num_steps=4, checkpoint_every_steps=2, keep_checkpoints=10)
+  rundir = RunDir(tmp_path / "run")
+  (rundir.checkpoint_dir / "4").rename(rundir.checkpoint_dir / "6")  # step 4's state, named 6
+  resumed = _train(tmp_path / "run", num_steps=8, checkpoint_every_steps=2, keep_checkpoints=10)
+  assert "checkpoint 6 is damaged (it holds the state of step 4, not 6)" in capsys.readouterr().out
+  assert resumed.test_loss == clean.test_loss
 
 
 def test_a_resume_that_changes_what_the_state_means_is_refused_naming_the_keys(tmp_path):
@@ -698,6 +708,12 @@ def test_command_line_failures_are_one_error_line(tmp_path):
   default = str(REPO / "configs/default.py")
   (tmp_path / "broken.py").write_text("def get_config(:\n")
   (tmp_path / "a_file").write_text("")
+  (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+  (tmp_path / "npz").mkdir()
+  for split, n in (("train", 0), ("test", 4)):
+    np.savez(
+      tmp_path / "npz" / f"{split}.npz", image=np.zeros((n, 28, 28), np.uint8), label=[0] * n
+    )
   cases = [
     (
       ["--config", str(tmp_path / "missing.py"), "--workdir", str(tmp_path / "w")],
@@ -756,6 +772,64 @@ def test_command_line_failures_are_one_error_line(tmp_path):
       "ActiveConv synapses must be an int >= 2, got 1",
     ),
     (["--config", default, "--workdir="], 4, "the workdir is empty: pass --workdir=DIR"),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.learning_rat=0.1"],
+      2,
+      "unknown config key 'optim.learning_rat' ('learning_rat' is not a key; did you mean "
+      "'learning_rate' instead of 'learning_rat'?)",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.boundaries=(0,)"],
+      2,
+      "optim.boundaries must be epochs > 0 in increasing order, got (0,)",
+    ),
+    (
+      [
+        "--config",
+        default,
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.optim.schedule=staircase",
+        "--config.optim.boundaries=(0.01,)",
+      ],
+      2,
+      "optim.boundaries (0.01,) (epochs) are steps [0] at 8 steps per epoch",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "w"), "--config.distributed=True"],
+      2,
+      "cannot find the run's others: set JAX_COORDINATOR_ADDRESS",
+    ),
+    (
+      [
+        "--config",
+        default,
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.data.source=npz",
+        f"--config.data.data_dir={tmp_path / 'npz'}",
+      ],
+      2,
+      "train.npz holds no examples (an empty split)",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "dangling")],
+      4,
+      "is a symbolic link to",
+    ),
+    (
+      [
+        "--config",
+        default,
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.data.source=arrayrecord",
+        "--config.data.name=imagenet2012",
+        "--config.data.data_dir=/nonexistent",
+      ],
+      2,
+      "/nonexistent holds no prepared dataset (no metadata.json)",
+    ),
     (
       ["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.angle_eps=nan"],
       2,

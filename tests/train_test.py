@@ -419,3 +419,18 @@ def test_adamw_is_a_config_switch_and_keeps_the_papers_rules(tmp_path):
     for path, _ in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
     for k in path
   }
+
+
+def test_the_default_recipe_learns(tmp_path, capsys):
+  summary = trainer.train_and_evaluate(default.get_config(), tmp_path)
+  assert summary.epochs == 5 and summary.test_accuracy > 0.9, summary
+  assert "at chance" not in capsys.readouterr().err
+
+
+def test_a_run_that_ends_at_chance_says_so(tmp_path, capsys):
+  from train.trainer import loop
+
+  assert loop.chance_warning(0.9, 10) is None
+  assert "at chance (10.00% for 10 classes)" in loop.chance_warning(0.12, 10)
+  trainer.train_and_evaluate(small_config(num_steps=1, **{"optim.learning_rate": 1e-6}), tmp_path)
+  assert "the model did not learn" in capsys.readouterr().err

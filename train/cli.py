@@ -3,6 +3,8 @@ an exit status by kind."""
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import os
 import re
 import sys
@@ -75,13 +77,21 @@ def parse_flags(argv: list[str]) -> list[str]:
     if "--debug" in argv:
       raise
     message = one_line(e)
-    key = message.strip("'\"")
+    # a locked config refuses a new key: KeyError / AttributeError("'key'\nDid you mean ...")
+    text = e.args[0] if e.args and isinstance(e.args[0], str) else message
+    if text[:2] in ("'\\", '"\\'):  # ml_collections' AttributeError holds the KeyError's repr
+      with contextlib.suppress(ValueError, SyntaxError):
+        text = str(ast.literal_eval(text))
+    key, _, hint = text.partition("\n")
+    key = key.strip("'\"")
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    culprit = [a for a in overrides if a.split(".")[-1] == key]
-    if isinstance(e, (AttributeError, KeyError)) and culprit:  # a locked config refuses new keys
+    culprit = [a for a in overrides if key in a[len("--config.") :].split(".")]
+    if isinstance(e, (AttributeError, KeyError)) and culprit:
+      hint = hint.strip().replace('"', "'")
       message = (
-        f"unknown config key {culprit[0][len('--config.') :]!r} ({culprit[0]}); the config file "
-        "lists the keys (configs/default.py documents them)"
+        f"unknown config key {culprit[0][len('--config.') :]!r} ({key!r} is not a key"
+        + (f"; {hint[0].lower()}{hint[1:]}" if hint else "")
+        + "); the config file lists the keys (configs/default.py documents them)"
       )
     elif not isinstance(e, flags.Error):
       message = f"the config file cannot be loaded: {type(e).__name__}: {message}"

@@ -230,6 +230,8 @@ class Checkpoints:
       raise _Damaged(_first_line(e)) from e
     if has_meta and checksum(tree, history) != restored.meta.get("checksum"):
       raise _Damaged("its arrays or history do not match the checksum saved with them")
+    if int(np.asarray(tree["step"])) != step:  # a folder renamed, or copied in under another name
+      raise _Damaged(f"it holds the state of step {int(np.asarray(tree['step']))}, not {step}")
     return TrainState.from_tree(tree), history
 
   def _set_aside(self, step: int) -> Path:

@@ -57,15 +57,26 @@ def build_model(settings: Settings, dataset: input_pipeline.Dataset) -> nnx.Modu
 
 
 def make_schedule(o: OptimSettings, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
-  """The learning rate per step (boundaries and warm-up given in epochs)."""
-  return optim.make_schedule(
-    o.schedule,
-    o.learning_rate,
-    total_steps,
-    boundaries=[round(b * steps_per_epoch) for b in o.boundaries],
-    factor=o.factor,
-    warmup_steps=round(o.warmup_epochs * steps_per_epoch),
-  )
+  """The learning rate per step (boundaries and warm-up given in epochs).
+
+  Raises:
+    ConfigError: for boundaries that fall on the same or on no step at this epoch length.
+  """
+  steps = [round(b * steps_per_epoch) for b in o.boundaries]
+  try:
+    return optim.make_schedule(
+      o.schedule,
+      o.learning_rate,
+      total_steps,
+      boundaries=steps,
+      factor=o.factor,
+      warmup_steps=round(o.warmup_epochs * steps_per_epoch),
+    )
+  except ValueError as e:
+    raise ConfigError(
+      f"optim.boundaries {tuple(o.boundaries)} (epochs) are steps {steps} at {steps_per_epoch} "
+      f"steps per epoch: {e}"
+    ) from e
 
 
 def length(settings: Settings, steps_per_epoch: int) -> int:

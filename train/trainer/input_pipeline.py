@@ -211,6 +211,8 @@ def as_uint8_images(images: np.ndarray, where: str) -> np.ndarray:
 
 def _split(images: np.ndarray, labels: np.ndarray, where: str) -> Split:
   """A Split from loaded arrays; what is wrong is reported with the file(s) it came from."""
+  if images.shape[:1] == (0,):
+    raise DataError(f"{where} holds no examples (an empty split)")
   if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
     raise DataError(f"{where}: {images.shape[0]} images but labels of shape {labels.shape}")
   if not np.issubdtype(labels.dtype, np.integer):
@@ -281,9 +283,15 @@ def _tfds_split(name: str, split: str, data_dir: str | None) -> Split:
 def synthetic_splits(
   shape: tuple[int, int, int], num_classes: int, train_size: int, test_size: int, seed: int = 0
 ) -> tuple[Split, Split]:
-  """Learnable random data: a fixed random template per class plus noise, as uint8."""
+  """Learnable random data: a fixed random template per class plus pixel noise, as uint8.
+
+  A template is random on a grid of 4x4-pixel cells (a convolutional net can see it through its
+  pooling; a per-pixel template would be a pattern it averages away).
+  """
   rng = np.random.default_rng(seed)
-  templates = rng.uniform(0, 255, size=(num_classes, *shape))
+  h, w, c = shape
+  coarse = rng.uniform(0, 255, size=(num_classes, -(-h // 4), -(-w // 4), c))
+  templates = coarse.repeat(4, axis=1).repeat(4, axis=2)[:, :h, :w]
 
   def make(n):
     labels = rng.integers(0, num_classes, size=n).astype(np.int32)

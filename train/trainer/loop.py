@@ -23,6 +23,7 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -182,7 +183,23 @@ def train_and_evaluate(
         f"{summary.seconds_total:.0f} s; written to {rundir.path}",
         flush=True,
       )
+      warning = chance_warning(summary.test_accuracy, exp.dataset.num_classes)
+      if warning:
+        print(warning, file=sys.stderr, flush=True)
   return summary
+
+
+def chance_warning(accuracy: float, num_classes: int) -> str | None:
+  """A warning line when a test accuracy is within 1.5x of a uniform guess's (1 / classes): the
+  run did not learn, whatever its exit status says."""
+  chance = 1 / max(num_classes, 2)
+  if accuracy > 1.5 * chance:
+    return None
+  return (
+    f"warning: the test accuracy {100 * accuracy:.2f}% is at chance ({100 * chance:.2f}% for "
+    f"{num_classes} classes): the model did not learn. Try a lower optim.learning_rate, a warm-up "
+    "(optim.warmup_epochs) or more steps"
+  )
 
 
 def initialize_distributed() -> None:
@@ -191,14 +208,24 @@ def initialize_distributed() -> None:
   Plain environment variables give the cluster where they are set (any launcher, one
   machine or many): JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES
   and JAX_PROCESS_ID. Where they are not, JAX detects SLURM, Open MPI or a Cloud TPU.
+
+  Raises:
+    ConfigError: when neither gives the cluster.
   """
 
   def number(var: str) -> int | None:
     return int(os.environ[var]) if var in os.environ else None
 
-  jax.distributed.initialize(
-    num_processes=number("JAX_NUM_PROCESSES"), process_id=number("JAX_PROCESS_ID")
-  )
+  try:
+    jax.distributed.initialize(
+      num_processes=number("JAX_NUM_PROCESSES"), process_id=number("JAX_PROCESS_ID")
+    )
+  except ValueError as e:  # JAX found no cluster: "coordinator_address should be defined"
+    raise ConfigError(
+      "distributed=True, but this process cannot find the run's others: set "
+      "JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID on "
+      f"every process, or launch under SLURM or Open MPI ({e})"
+    ) from e
 
 
 def _cores() -> int | None:

@@ -118,6 +118,10 @@ class RunDir:
   def make(self) -> None:
     """Creates the workdir; RunDirError, saying why, when it cannot be (a file, no permission, no
     space)."""
+    if self.path.is_symlink() and not self.path.exists():
+      raise RunDirError(
+        f"workdir {self.path} is a symbolic link to {os.readlink(self.path)}, which does not exist"
+      )
     if self.path.exists() and not self.path.is_dir():
       raise RunDirError(f"workdir {self.path} exists and is not a directory")
     try:
@@ -131,7 +135,7 @@ class RunDir:
 
   def write_config(self, settings: Settings) -> None:
     self.path.mkdir(parents=True, exist_ok=True)
-    self.config_path.write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
+    _write_atomic(self.config_path, json.dumps(settings.to_dict(), indent=2) + "\n")
 
   def read_config(self) -> dict[str, Any]:
     """The run's config as JSON (settings.read takes it). Raises FileNotFoundError when this is not
@@ -140,10 +144,16 @@ class RunDir:
       raise FileNotFoundError(
         f"{self.config_path} not found: is it a workdir of python -m train.main?"
       )
-    return json.loads(self.config_path.read_text())
+    try:
+      return json.loads(self.config_path.read_text())
+    except json.JSONDecodeError as e:
+      raise ValueError(
+        f"{self.config_path} is not valid JSON (line {e.lineno}: {e.msg}); it was edited or cut "
+        "short: restore it, or the checkpoints keep the config they were made with"
+      ) from e
 
   def write_metrics(self, history: list[dict[str, Any]]) -> None:
-    self.metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    _write_atomic(self.metrics_path, "".join(json.dumps(h) + "\n" for h in history))
 
   def append_metrics(self, record: dict[str, Any]) -> None:
     with self.metrics_path.open("a") as f:
@@ -155,13 +165,20 @@ class RunDir:
     return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
 
   def write_summary(self, summary: Summary) -> None:
-    self.summary_path.write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+    _write_atomic(self.summary_path, json.dumps(summary.to_json(), indent=2) + "\n")
 
   def read_summary(self) -> Summary | None:
     """The final summary, or None for a run that has not finished."""
     if not self.summary_path.exists():
       return None
     return Summary.from_json(json.loads(self.summary_path.read_text()))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+  """Writes a file whole or not at all (a crash leaves the old one): a temporary, then a rename."""
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
 
 
 def _lock_text(fd: int) -> str:

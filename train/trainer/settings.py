@@ -346,9 +346,11 @@ def _check(s: Settings) -> None:
   _check_number("optim.angle_eps", o.angle_eps, -math.inf)  # finite; < 0: no projection
   for key in ("b1", "b2"):
     _check_number(f"optim.{key}", getattr(o, key), 0, 1, high_open=True)
-  if list(o.boundaries) != sorted(o.boundaries) or any(b < 0 for b in o.boundaries):
+  if list(o.boundaries) != sorted(o.boundaries) or any(
+    not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0 for b in o.boundaries
+  ):
     raise ConfigError(
-      f"optim.boundaries must be epochs >= 0 in increasing order, got {tuple(o.boundaries)}"
+      f"optim.boundaries must be epochs > 0 in increasing order, got {tuple(o.boundaries)}"
     )
   for label, multiplier in o.lr_multipliers.items():
     _check_number(f"optim.lr_multipliers.{label}", multiplier, 0)
