@@ -33,7 +33,12 @@ def deploy(model: nnx.Module) -> nnx.Module:
   conv followed by its BN (`ConvBN`) -> one conv with the BN folded in. BNs
   that come before a conv (pre-activation) stay. The copy's eval outputs
   equal the model's eval outputs; the model itself is not changed.
+
+  Raises:
+    TypeError: for anything that is not an nnx.Module.
   """
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f"deploy takes a flax nnx.Module, got {type(model).__name__}")
   copy = nnx.clone(model)
   copy = _deployed(copy)
   copy.eval()

@@ -29,7 +29,18 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import export as jax_export
 
-__all__ = ["forward", "to_jax_export", "save_jax", "load_jax", "to_onnx", "save_onnx", "ONNX_OPSET"]
+__all__ = [
+  "check_shippable",
+  "compute_dtypes",
+  "forward",
+  "in_float32",
+  "to_jax_export",
+  "save_jax",
+  "load_jax",
+  "to_onnx",
+  "save_onnx",
+  "ONNX_OPSET",
+]
 
 ONNX_OPSET = 17
 
@@ -43,7 +54,11 @@ def forward(
     model: a module in eval mode, usually `kshapes_jax.deploy(model)`.
     normalize: (mean, std) per channel: the function then takes uint8 images (0-255) and
       normalizes them as (x / 255 - mean) / std first.
+
+  Raises:
+    TypeError, ValueError: see `check_shippable`.
   """
+  check_shippable(model, normalize=normalize)
   graphdef, state = nnx.split(model)
 
   def fn(x: jax.Array):
@@ -53,6 +68,81 @@ def forward(
     return nnx.merge(graphdef, state)(x)
 
   return fn
+
+
+def check_shippable(
+  model: nnx.Module,
+  input_shape: Sequence[int] | None = None,
+  *,
+  normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+  deployed: bool = False,
+) -> None:
+  """Fails, saying what to do, for a model that an export would fail on or get wrong.
+
+  Raises:
+    TypeError: for anything that is not an nnx.Module.
+    ValueError: for a model in train mode (BN on batch statistics, dropout on), a shaped conv
+      or a bfloat16 layer where `deployed` is asked for (ONNX: plain float32 convs), or
+      `normalize` values that are not one per channel of `input_shape`.
+  """
+  from kshapes_jax import nn as knn  # here: kshapes_jax.nn imports this package's modules
+
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f"export takes a flax nnx.Module, got {type(model).__name__}")
+  for path, m in nnx.iter_modules(model):
+    where = "/".join(map(str, path)) or type(model).__name__
+    if isinstance(m, nnx.BatchNorm) and not m.use_running_average:
+      raise ValueError(
+        f"the model is in train mode ({where}: BatchNorm on batch statistics): export "
+        "kshapes_jax.deploy(model), or call model.eval() first"
+      )
+    if isinstance(m, nnx.Dropout) and not m.deterministic:
+      raise ValueError(f"the model is in train mode ({where}: dropout on): call model.eval() first")
+    shaped = (knn.RotateConv, knn.ACBlock, knn.ActiveConv, knn.VersatileConv)
+    if deployed and isinstance(m, shaped):
+      raise ValueError(
+        f"ONNX export takes the deployed network, and {where} is a {type(m).__name__}: export "
+        "kshapes_jax.deploy(model)"
+      )
+    dtype = getattr(m, "dtype", None)
+    if deployed and dtype is not None and jnp.dtype(dtype) == jnp.bfloat16:
+      raise ValueError(
+        f"{where} computes in bfloat16, which ONNX runtimes lack on the CPU: export "
+        "kshapes_jax.export.in_float32(model)"
+      )
+  if normalize is not None:
+    if len(normalize) != 2:
+      raise ValueError(f"normalize must be (mean, std), got {len(normalize)} values")
+    channels = None if input_shape is None else input_shape[-1]
+    for name, values in zip(("mean", "std"), normalize):
+      n = len(values)
+      if channels is not None and n != channels:
+        raise ValueError(
+          f"normalize's {name} has {n} values; the images have {channels} channels (one each)"
+        )
+    if any(float(v) <= 0 for v in normalize[1]):
+      raise ValueError(f"normalize's std must be > 0, got {tuple(normalize[1])}")
+
+
+def compute_dtypes(model: nnx.Module) -> set[str]:
+  """The compute dtypes the model's layers set (convs, dense layers, BN); empty: all promote."""
+  dtypes = (getattr(m, "dtype", None) for _, m in nnx.iter_modules(model))
+  return {jnp.dtype(d).name for d in dtypes if d is not None}
+
+
+def in_float32(model: nnx.Module) -> nnx.Module:
+  """A copy of the model that computes and stores its parameters in float32 (a bfloat16 run
+  made shippable where a runtime has no bf16 kernels, as ONNX runtimes on the CPU)."""
+  copy = nnx.clone(model)
+  for _, m in nnx.iter_modules(copy):
+    for attribute in ("dtype", "param_dtype"):  # a layer's compute and storage dtypes
+      if getattr(m, attribute, None) is not None:
+        setattr(m, attribute, jnp.float32)
+  graphdef, state = nnx.split(copy)
+  state = jax.tree.map(
+    lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
+  )
+  return nnx.merge(graphdef, state)
 
 
 def _batch_spec(input_shape: Sequence[int], normalize) -> jax.ShapeDtypeStruct:
@@ -83,6 +173,7 @@ def to_jax_export(
     platforms: the backends the artifact can run on.
   """
   spec = _batch_spec(input_shape, normalize)
+  check_shippable(model, input_shape, normalize=normalize)
   return jax_export.export(jax.jit(forward(model, normalize)), platforms=tuple(platforms))(spec)
 
 
@@ -117,12 +208,14 @@ def to_onnx(
     name: the graph's name.
 
   Raises:
-    ValueError: for a primitive the translator does not cover.
+    ValueError: for a primitive the translator does not cover, a model in train mode or not
+      deployed (`check_shippable`).
     ImportError: without the `onnx` package (`pip install kshapes-jax[onnx]`).
   """
   from kshapes_jax import _onnx  # here: `onnx` is an optional dependency
 
   spec = _batch_spec(input_shape, normalize)
+  check_shippable(model, input_shape, normalize=normalize, deployed=True)
   closed = jax.make_jaxpr(forward(model, normalize))(spec)
   return _onnx.from_jaxpr(closed, spec, opset=opset, name=name)
 

@@ -175,6 +175,78 @@ LIBRARY_ERRORS = [
 ]
 
 
+def _sn(conv="plain", train=False):
+  model = K.models.create("sn", conv=conv, rngs=nnx.Rngs(0))
+  model.train() if train else model.eval()
+  return model
+
+
+SHIPPING_ERRORS = [
+  (
+    "save_onnx(not deployed)",
+    lambda tmp: K.export.save_onnx(_sn("rotate4"), (28, 28, 1), tmp / "m.onnx"),
+    ValueError,
+    r"ONNX export takes the deployed network, and .* is a RotateConv: export "
+    r"kshapes_jax.deploy\(model\)",
+  ),
+  (
+    "save_onnx(train mode)",
+    lambda tmp: K.export.save_onnx(
+      K.models.create("resnet20", rngs=nnx.Rngs(0)), (32, 32, 3), tmp / "m.onnx"
+    ),
+    ValueError,
+    r"the model is in train mode \(.*BatchNorm on batch statistics\)",
+  ),
+  (
+    "save_jax(normalize of 3 channels, 1-channel images)",
+    lambda tmp: K.export.save_jax(
+      K.deploy(_sn()), (28, 28, 1), tmp / "m.jax", normalize=((0.5,) * 3, (0.2,) * 3)
+    ),
+    ValueError,
+    r"normalize's mean has 3 values; the images have 1 channels",
+  ),
+  (
+    "a model fed another image size",
+    lambda tmp: _sn()(jnp.zeros((2, 32, 32, 1))),
+    ValueError,
+    r"Dense\(\d+ -> \d+\) expects inputs of \d+ features .* of another size than it was built",
+  ),
+  ("deploy(not a module)", lambda tmp: K.deploy({"kernel": 1}), TypeError, "deploy takes a flax"),
+  (
+    "save_onnx(bf16)",
+    lambda tmp: K.export.save_onnx(
+      K.deploy(K.models.create("sn", dtype="bfloat16", rngs=nnx.Rngs(0))), (28, 28, 1), tmp / "m"
+    ),
+    ValueError,
+    r"computes in bfloat16, .* export kshapes_jax.export.in_float32\(model\)",
+  ),
+]
+
+
+@pytest.mark.parametrize(
+  "case, call, error, message", SHIPPING_ERRORS, ids=[c[0] for c in SHIPPING_ERRORS]
+)
+def test_shipping_a_model_it_cannot_says_what_to_do(tmp_path, case, call, error, message):
+  pytest.importorskip("onnx")
+  with pytest.raises(error, match=message):
+    call(tmp_path)
+  assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_bfloat16_run_exports_to_onnx_in_float32(tmp_path):
+  pytest.importorskip("onnxruntime")
+  from train import export
+
+  _train(tmp_path, dtype="bfloat16", num_steps=2)
+  results = export.export_run(tmp_path, ("onnx", "jax"), check_images=0)
+  assert results["onnx"]["dtype"] == "float32" and results["onnx"]["agreement"] == 1.0
+  assert results["jax"]["dtype"] == "bfloat16" and results["jax"]["agreement"] == 1.0
+  assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+    "model.jaxexport",
+    "model.onnx",
+  ]
+
+
 @pytest.mark.parametrize("case, call, message", LIBRARY_ERRORS, ids=[c[0] for c in LIBRARY_ERRORS])
 def test_library_rejects_what_it_cannot_mean_with_a_message_naming_the_argument(
   case, call, message

@@ -353,6 +353,12 @@ class Dense(nnx.Linear):
     )
 
   def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+    if inputs.shape[-1] != self.in_features:
+      raise ValueError(
+        f"Dense({self.in_features} -> {self.out_features}) expects inputs of {self.in_features} "
+        f"features on the last axis, got shape {tuple(inputs.shape)}: is the model fed images "
+        "of another size than it was built for (its image_size)?"
+      )
     y = super().__call__(inputs, out_sharding=out_sharding)
     record(self, inputs, y)
     return y
