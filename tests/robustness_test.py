@@ -1035,3 +1035,61 @@ def test_every_command_fails_with_one_error_line_and_no_usage_dump(tmp_path):
       and lines[0].startswith("error: ")
       and message in lines[0]
     ), (command, args, run.returncode, run.stderr[-3000:])
+
+
+def test_readers_fall_back_past_a_damaged_latest_checkpoint_as_the_trainer_does(tmp_path, capsys):
+  from train.trainer import trained_run
+
+  _train(tmp_path, num_steps=6, checkpoint_every_steps=2, keep_checkpoints=10)
+  _damage(RunDir(tmp_path).checkpoint_dir / "6", "bit_flip")
+  run = trained_run.load_run(tmp_path)
+  assert run.step == 4 and "checkpoint 6 is damaged" in capsys.readouterr().err
+  assert RunDir(tmp_path).checkpoints.steps() == [2, 4, 6]  # a reader moves nothing
+  with pytest.raises(CheckpointError, match="checkpoint 6 in .* is damaged"):
+    trained_run.load_run(tmp_path, step=6)  # the step asked for, or an error
+
+
+def test_readers_of_a_run_training_right_now_get_an_intact_checkpoint(tmp_path):
+  from train import export
+  from train.trainer import trained_run
+
+  workdir = tmp_path / "live"
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "train.main",
+      "--config",
+      str(REPO / "configs/default.py"),
+      "--workdir",
+      str(workdir),
+      "--config.num_steps=100000",
+      "--config.checkpoint_every_steps=3",
+      "--config.keep_checkpoints=2",
+      "--config.eval_every_epochs=100000",
+      "--config.progress=False",
+    ],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    deadline = time.monotonic() + 120
+    while not RunDir(workdir).checkpoints.steps():
+      assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+      time.sleep(0.2)
+      RunDir(workdir).checkpoints.close()
+    seen = []
+    for _ in range(4):  # the checkpoints rotate every few milliseconds meanwhile
+      run = trained_run.load_run(workdir)
+      seen.append(run.step)
+      assert run.step % 3 == 0 and run.model is not None
+    results = export.export_run(workdir, ("jax",), out=tmp_path / "ship", check_images=64)
+    assert results["jax"]["agreement"] == 1.0
+    assert proc.poll() is None, "the run was disturbed"
+    assert len(set(seen)) > 1, seen  # the readers did read a moving run
+  finally:
+    proc.terminate()
+    proc.wait(timeout=120)
+  assert proc.returncode == 143, proc.stderr.read()[-2000:]

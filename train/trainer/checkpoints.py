@@ -53,8 +53,11 @@ def checksum(state_tree: dict[str, Any], history: list[dict[str, Any]]) -> str:
 
 
 def _first_line(e: BaseException) -> str:
+  """What failed, in one short line: the error's first line without TensorStore's pointer to
+  its details (a bound-method repr, not the details)."""
   text = str(e).strip().splitlines()
-  return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+  first = text[0].split(" See full TensorStore details")[0] if text else ""
+  return f"{type(e).__name__}: {first[:200]}"
 
 
 class Checkpoints:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import jax
@@ -10,9 +11,12 @@ from flax import nnx
 
 import kshapes_jax as K
 from train.trainer import experiment, input_pipeline
+from train.trainer.checkpoints import CheckpointError
 from train.trainer.rundir import RunDir
 from train.trainer.settings import Settings, read
 from train.trainer.state import TrainState, split_model
+
+READ_ATTEMPTS = 3  # listings of a live run's checkpoints a reader tries
 
 
 @dataclasses.dataclass
@@ -49,20 +53,24 @@ class TrainedRun:
 
 
 def load_run(workdir: str | Path, step: int | None = None) -> TrainedRun:
-  """Rebuilds a run's model from workdir/config.json and fills it from a checkpoint.
+  """Rebuilds a run's model from workdir/config.json and fills it from a checkpoint: `step`, or
+  the latest intact one (`restore`), also beside a run training in workdir right now.
 
   Raises:
     FileNotFoundError: when workdir has no config.json or no such checkpoint.
+    CheckpointError: when the checkpoint (every one, for step None) is damaged.
   """
   rundir = RunDir(workdir)
   settings = read(rundir.read_config())
-  step = rundir.checkpoints.find(step)
+  rundir.checkpoints.find(step)  # FileNotFoundError, with the saved steps, before any build
   exp = experiment.build(settings)
   initial = nnx.clone(exp.model)
   initial.eval()
   template = jax.device_put(exp.initial_state())
   graphdef = split_model(exp.model)[0]
-  model = _model(graphdef, rundir.checkpoints.restore(template, step)[0])
+  state = restore(rundir, template, step)
+  step = int(state.step)
+  model = _model(graphdef, state)
   return TrainedRun(
     rundir,
     settings,
@@ -81,8 +89,34 @@ def load_state(workdir: str | Path, step: int | None = None) -> tuple[int, Train
   state the run's config builds, on the default device."""
   rundir = RunDir(workdir)
   template = jax.device_put(experiment.build(rundir.read_config()).initial_state())
-  state, _ = rundir.checkpoints.restore(template, step)
+  state = restore(rundir, template, step)
   return int(state.step), state
+
+
+def restore(rundir: RunDir, template: TrainState, step: int | None = None) -> TrainState:
+  """Checkpoint `step` of a run, or (None) its latest intact one as the trainer finds it: past
+  damaged ones (reported on stderr, left in place), and listed anew when a run training right now
+  has rotated the checkpoint being read away.
+
+  Raises:
+    FileNotFoundError: without checkpoints, or without that step.
+    CheckpointError: when it (every one, for None) is damaged.
+  """
+  if step is not None:
+    return rundir.checkpoints.restore(template, step)[0]
+  for _ in range(READ_ATTEMPTS):
+    listed = rundir.checkpoints.steps()
+    try:
+      return rundir.checkpoints.restore(template, say=_warn)[0]
+    except (CheckpointError, FileNotFoundError):
+      rundir.checkpoints.close()  # the next listing reads the directory again
+      if rundir.checkpoints.steps() == listed:  # nothing moved: the damage is real
+        raise
+  return rundir.checkpoints.restore(template, say=_warn)[0]
+
+
+def _warn(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
 
 
 def _model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
