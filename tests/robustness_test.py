@@ -1093,3 +1093,23 @@ def test_readers_of_a_run_training_right_now_get_an_intact_checkpoint(tmp_path):
     proc.terminate()
     proc.wait(timeout=120)
   assert proc.returncode == 143, proc.stderr.read()[-2000:]
+
+
+def test_a_resume_on_other_data_under_the_same_config_is_refused(tmp_path, capsys):
+  data = tmp_path / "npz"
+  data.mkdir()
+
+  def write(n, seed):
+    train, test = input_pipeline.synthetic_splits((28, 28, 1), 10, n, 40, seed)
+    for name, split in (("train", train), ("test", test)):
+      np.savez(data / f"{name}.npz", image=split.images, label=split.labels)
+
+  write(64, 0)
+  npz = {"data.source": "npz", "data.data_dir": str(data)}
+  _train(tmp_path / "run", num_steps=4, **npz)
+  write(96, 1)  # regenerated in the same folder
+  with pytest.raises(trainer.ConfigError, match=r"the data differs .* \(train\+test examples and"):
+    _train(tmp_path / "run", num_steps=8, **npz)
+  config = small_config(num_steps=8, **npz)
+  trainer.train_and_evaluate(config, tmp_path / "run", allow_config_change=True)
+  assert "resuming with other data (--allow_config_change)" in capsys.readouterr().out

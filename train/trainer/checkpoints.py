@@ -124,8 +124,10 @@ class Checkpoints:
     state: TrainState,
     history: list[dict[str, Any]],
     config: dict[str, Any] | None = None,
+    data: str | None = None,
   ) -> None:
-    """Saves state, history and their checksum (and the config) as checkpoint `step`.
+    """Saves state, history and their checksum (and the config and the data's fingerprint) as
+    checkpoint `step`.
 
     Asynchronous; a step saved already is kept.
     """
@@ -133,7 +135,7 @@ class Checkpoints:
     if manager.latest_step() == step:
       return
     tree = state.to_tree()
-    meta = {"checksum": checksum(tree, history), "config": config}
+    meta = {"checksum": checksum(tree, history), "config": config, "data": data}
     manager.save(
       step,
       args=ocp.args.Composite(
@@ -149,18 +151,29 @@ class Checkpoints:
     if not self.steps():
       return None
     step = self.find(step)
-    if (self.directory / str(step) / "meta").exists():
-      with contextlib.suppress(Exception):  # a damaged meta: the restore will say so
-        meta = (
-          self._orbax().restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        )
-        if meta.get("config") is not None:
-          return meta["config"]
+    meta = self._meta(step)
+    if meta.get("config") is not None:
+      return meta["config"]
     return (
       json.loads(self.config_path.read_text())
       if self.config_path and self.config_path.exists()
       else None
     )
+
+  def saved_data(self, step: int | None = None) -> str | None:
+    """The data fingerprint checkpoint `step` (default: the latest) was saved with (None: none
+    saved, or a checkpoint from before fingerprints were)."""
+    if not self.steps():
+      return None
+    return self._meta(self.find(step)).get("data")
+
+  def _meta(self, step: int) -> dict[str, Any]:
+    """A checkpoint's meta item ({} when it has none, or a damaged one: the restore says so)."""
+    if (self.directory / str(step) / "meta").exists():
+      with contextlib.suppress(Exception):
+        args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+        return dict(self._orbax().restore(step, args=args).meta)
+    return {}
 
   def restore(
     self,

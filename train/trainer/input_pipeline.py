@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import zipfile
 import zlib
@@ -80,6 +81,8 @@ class Dataset:
   num_classes: int
   mean: tuple[float, ...]  # per channel, of the train images in [0, 1]
   std: tuple[float, ...]
+  # what the data is: a resume refuses other data under the same config (see `fingerprint`)
+  fingerprint: str = ""
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -89,6 +92,15 @@ class Dataset:
   def streamed(self) -> bool:
     """Read example by example and cropped on the CPU (a StreamSplit), not held in memory."""
     return bool(self.train.streamed)
+
+
+def fingerprint(*splits: Split) -> str:
+  """The splits' sizes and a SHA-256 of their images and labels: '60000+10000:3f2a...'."""
+  digest = hashlib.sha256()
+  for split in splits:
+    digest.update(np.ascontiguousarray(split.images).data)
+    digest.update(np.ascontiguousarray(split.labels).data)
+  return "+".join(str(len(s)) for s in splits) + ":" + digest.hexdigest()[:16]
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -349,7 +361,7 @@ def load(data: DataSettings, seed: int = 0) -> Dataset:
         f"{split.labels.max()}]"
       )
   mean, std = channel_stats(train.images)
-  return Dataset(name, train, test, classes, mean, std)
+  return Dataset(name, train, test, classes, mean, std, fingerprint(train, test))
 
 
 def preprocess(

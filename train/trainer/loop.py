@@ -107,6 +107,7 @@ def train_and_evaluate(
     check_resume(rundir, saved, settings, allow_config_change, say)
     exp = experiment.build(settings)
     check_schedule_resume(rundir, saved, exp, allow_config_change, say)
+    check_data_resume(rundir, exp, allow_config_change, say)
     bucketing = bool(settings.acu_radius_every_steps) and _check_bucketing(exp)
     mesh = data_mesh()
     state, history = restore_or_start(exp, rundir, mesh, say)
@@ -301,6 +302,26 @@ def check_schedule_resume(
   say(f"resuming with a changed schedule (--allow_config_change): {what}")
 
 
+def check_data_resume(
+  rundir: RunDir, exp: Experiment, allow_config_change: bool, say: Callable[[str], None]
+) -> None:
+  """ConfigError when the data differs from the data the latest checkpoint trained on (its
+  fingerprint: sizes and a hash), under the same config: a regenerated train.npz, another
+  prepared folder at the same path."""
+  saved, now = rundir.checkpoints.saved_data(), exp.dataset.fingerprint
+  if saved is None or not now or saved == now:
+    return
+  what = (
+    f"the data differs from what {rundir.path}'s checkpoint trained on (train+test examples and "
+    f"hash {saved} -> {now}), so the remaining steps would not continue that run"
+  )
+  if not allow_config_change:
+    raise ConfigError(
+      f"{what}. Use another --workdir, or pass --allow_config_change to resume it anyway"
+    )
+  say(f"resuming with other data (--allow_config_change): {what}")
+
+
 def _check_bucketing(exp: Experiment) -> bool:
   """Whether the model has ACUs to bucket; ConfigError if they cannot be."""
   try:
@@ -450,7 +471,13 @@ class Loop:
 
   def save(self, state: TrainState, step: int) -> None:
     self.check_finite(state)
-    self.rundir.checkpoints.save(step, state, self.logger.history, self.settings.to_dict())
+    self.rundir.checkpoints.save(
+      step,
+      state,
+      self.logger.history,
+      self.settings.to_dict(),
+      data=self.exp.dataset.fingerprint or None,
+    )
 
   def check_finite(self, state: TrainState) -> None:
     """Raises TrainingDiverged once a step's loss or parameters were not finite, or the loss too

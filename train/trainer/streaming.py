@@ -14,6 +14,8 @@ dataset's size. Images reach the device as uint8; normalisation runs there.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -209,7 +211,13 @@ def load(data: Any, seed: int = 0) -> Dataset:
       for split in records.SPLITS
     }
     return Dataset(
-      meta.name, splits["train"], splits["test"], len(meta.classes), meta.mean, meta.std
+      meta.name,
+      splits["train"],
+      splits["test"],
+      len(meta.classes),
+      meta.mean,
+      meta.std,
+      _fingerprint(meta),
     )
   return _load_tfds(data, options)
 
@@ -245,7 +253,16 @@ def _load_tfds(data: Any, options: dict[str, Any]) -> Dataset:
     sources[test], "tfds", training=False, where=f"TFDS {data.name} ({test})", **options
   )
   mean, std = _sample_stats(train)
-  return Dataset(data.name, train, evaluation, classes, mean, std)
+  version = f"{data.name} {builder.info.version}"
+  return Dataset(
+    data.name, train, evaluation, classes, mean, std, f"{len(train)}+{len(evaluation)}:{version}"
+  )
+
+
+def _fingerprint(meta: records.Metadata) -> str:
+  """A prepared folder's sizes and a SHA-256 of its metadata (its shards, counts, statistics)."""
+  digest = hashlib.sha256(json.dumps(meta.to_json(), sort_keys=True).encode()).hexdigest()
+  return f"{meta.splits['train'].examples}+{meta.splits['test'].examples}:{digest[:16]}"
 
 
 def _sample_stats(split: StreamSplit) -> tuple[tuple[float, ...], tuple[float, ...]]:
