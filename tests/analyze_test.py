@@ -24,7 +24,8 @@ from train.trainer.rundir import RunDir
 from train.trainer.summary import Summary
 from train.trainer.trained_run import load_run
 
-# one xdist worker trains the module's runs once (pytest runs with --dist loadgroup)
+# one xdist worker trains the module's runs once (pytest runs with --dist loadgroup); per session,
+# since a module fixture is built again each time the worker comes back to this module
 pytestmark = pytest.mark.xdist_group("analyze_runs")
 REPO = Path(__file__).resolve().parents[1]
 ROWS = ("sn_v4", "lenet_model3", "acu", "acb", "acb_baseline")
@@ -45,7 +46,7 @@ def _wd(runs: Path, row: str, seed: str) -> Path:
   return Suite(runs).workdir(row, seed)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory):
   """RUNS/eN/ROW/seed0 for a few rows of the suite, 6 steps each; sn_v4 also at seed 1."""
   root = tmp_path_factory.mktemp("runs")
@@ -251,7 +252,7 @@ def test_hardware_of_a_run(runs):
   assert gpu.hardware == "NVIDIA H100 80GB HBM3"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reported(runs, tmp_path_factory):
   """A copy of the runs in which acb_hor seed0 diverged (its FAILED file), and its report (which
   leaves the analyses cached in the copy): (runs, report path, report text)."""

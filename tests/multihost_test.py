@@ -51,7 +51,7 @@ _DRIVER = textwrap.dedent("""
       def logged(self, position):
         step, row = divmod(position, self.local)
         with open(os.environ["READ_LOG"], "a") as f:
-          f.write(f"{{step}} {{self.rows(step)[row]}}\n")
+          f.write(f"{{step}} {{self.rows(step)[row]}}\\n")
         return example(self, position)
       streaming.StreamBatches._example = logged
     summary = trainer.train_and_evaluate(config, workdir)

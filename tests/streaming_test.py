@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = jpeg_tree.needs_fashion_mnist
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prepared(tmp_path_factory):
   base = tmp_path_factory.mktemp("stream")
   tree = make_tree(base / "tree")

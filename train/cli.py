@@ -85,11 +85,15 @@ def parse_flags(argv: list[str]) -> list[str]:
     key, _, hint = text.partition("\n")
     key = key.strip("'\"")
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    culprit = [a for a in overrides if key in a[len("--config.") :].split(".")]
+    named = [a[len("--config.") :] for a in overrides]
+    # the overrides that end in the key, else those that pass through it (a typo in a block)
+    culprit = [a for a in named if a.split(".")[-1] == key] or [
+      a for a in named if key in a.split(".")
+    ]
     if isinstance(e, (AttributeError, KeyError)) and culprit:
       hint = hint.strip().replace('"', "'")
       message = (
-        f"unknown config key {culprit[0][len('--config.') :]!r} ({key!r} is not a key"
+        f"unknown config key {' or '.join(repr(a) for a in culprit)} ({key!r} is not a key"
         + (f"; {hint[0].lower()}{hint[1:]}" if hint else "")
         + "); the config file lists the keys (configs/default.py documents them)"
       )
