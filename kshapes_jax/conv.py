@@ -131,9 +131,17 @@ def conv(
   if not _validation.is_int(groups) or groups < 1 or c % groups or co % groups:
     raise ValueError(f"groups = {groups!r} must be a positive int dividing C = {c} and O = {co}")
   if ci * groups != c:
+    hint = ""
+    if h == ci * groups:  # axis 1 holds the channels
+      hint = f"; x {(n, h, w, c)} looks NCHW (PyTorch's layout): pass NHWC, x.transpose(0, 2, 3, 1)"
+    elif kw * groups == c:  # the kernel's axis 1 holds the input channels
+      hint = (
+        f"; the kernel {(kh, kw, ci, co)} looks OIHW (PyTorch's layout): pass HWIO, "
+        "kernel.transpose(2, 3, 1, 0)"
+      )
     raise ValueError(
       f"kernel has {ci} input channels per group but x has C = {c} channels in {groups} "
-      f"group(s): expected kernel shape ({kh}, {kw}, {c // groups}, O)"
+      f"group(s): expected kernel shape ({kh}, {kw}, {c // groups}, O){hint}"
     )
   stride = _validation.pair("stride", stride)
   dilation = _validation.pair("dilation", dilation)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
 from train.trainer import input_pipeline as ip
 from train.trainer.settings import DataSettings
 
@@ -33,19 +34,10 @@ def _idx_dir(tmp_path, rng, compress=True, n_train=30, n_test=12):
 
 
 def _data(**kw):
-  base = dict(
-    name="mnist",
-    source="synthetic",
-    data_dir="",
-    augment="none",
-    train_size=40,
-    test_size=20,
-    image_size=0,
-    workers=0,
-    threads=1,
+  """The default config's data block with 40/20 synthetic examples and `kw`."""
+  return DataSettings(
+    **{**default.get_config().data.to_dict(), "train_size": 40, "test_size": 20, **kw}
   )
-  base.update(kw)
-  return DataSettings(**base)
 
 
 @pytest.mark.parametrize("compress", [True, False])

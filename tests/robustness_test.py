@@ -247,6 +247,20 @@ def test_a_bfloat16_run_exports_to_onnx_in_float32(tmp_path):
   ]
 
 
+LIBRARY_ERRORS += [
+  (
+    "conv(NCHW input)",
+    lambda: conv_lib.conv(jnp.zeros((2, 3, 8, 8)), jnp.zeros((3, 3, 3, 4))),
+    r"x \(2, 3, 8, 8\) looks NCHW \(PyTorch's layout\): pass NHWC, x.transpose\(0, 2, 3, 1\)",
+  ),
+  (
+    "conv(OIHW kernel)",
+    lambda: conv_lib.conv(jnp.zeros((2, 8, 8, 3)), jnp.zeros((4, 3, 5, 5))),
+    r"the kernel \(4, 3, 5, 5\) looks OIHW .* kernel.transpose\(2, 3, 1, 0\)",
+  ),
+]
+
+
 @pytest.mark.parametrize("case, call, message", LIBRARY_ERRORS, ids=[c[0] for c in LIBRARY_ERRORS])
 def test_library_rejects_what_it_cannot_mean_with_a_message_naming_the_argument(
   case, call, message
@@ -956,8 +970,9 @@ def test_the_readmes_conv_option_parses_and_trains(tmp_path):
   )
 
 
-def test_sigterm_to_the_command_exits_143_with_a_checkpoint(tmp_path):
-  proc = subprocess.Popen(
+def _start_training(workdir, *overrides) -> subprocess.Popen:
+  """`python -m train.main` of the default config for 100,000 steps, in the background."""
+  return subprocess.Popen(
     [
       sys.executable,
       "-m",
@@ -965,17 +980,21 @@ def test_sigterm_to_the_command_exits_143_with_a_checkpoint(tmp_path):
       "--config",
       str(REPO / "configs/default.py"),
       "--workdir",
-      str(tmp_path),
+      str(workdir),
       "--config.num_steps=100000",
-      "--config.data.train_size=64",
-      "--config.batch_size=16",
       "--config.progress=False",
-      "--config.log_every_steps=1",
+      *overrides,
     ],
     cwd=REPO,
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,
+  )
+
+
+def test_sigterm_to_the_command_exits_143_with_a_checkpoint(tmp_path):
+  proc = _start_training(
+    tmp_path, "--config.data.train_size=64", "--config.batch_size=16", "--config.log_every_steps=1"
   )
   line = proc.stdout.readline()  # the title line: the loop is about to start
   assert "parameters" in line, line + proc.stderr.read()
@@ -1054,25 +1073,11 @@ def test_readers_of_a_run_training_right_now_get_an_intact_checkpoint(tmp_path):
   from train.trainer import trained_run
 
   workdir = tmp_path / "live"
-  proc = subprocess.Popen(
-    [
-      sys.executable,
-      "-m",
-      "train.main",
-      "--config",
-      str(REPO / "configs/default.py"),
-      "--workdir",
-      str(workdir),
-      "--config.num_steps=100000",
-      "--config.checkpoint_every_steps=3",
-      "--config.keep_checkpoints=2",
-      "--config.eval_every_epochs=100000",
-      "--config.progress=False",
-    ],
-    cwd=REPO,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
+  proc = _start_training(
+    workdir,
+    "--config.checkpoint_every_steps=3",
+    "--config.keep_checkpoints=2",
+    "--config.eval_every_epochs=100000",
   )
   try:
     deadline = time.monotonic() + 120
@@ -1113,3 +1118,39 @@ def test_a_resume_on_other_data_under_the_same_config_is_refused(tmp_path, capsy
   config = small_config(num_steps=8, **npz)
   trainer.train_and_evaluate(config, tmp_path / "run", allow_config_change=True)
   assert "resuming with other data (--allow_config_change)" in capsys.readouterr().out
+
+
+_STARTUP_SIGINT = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from configs import default
+from train import trainer
+from train.trainer import experiment
+
+build = experiment.build
+def interrupted(*args, **kwargs):  # Ctrl-C while the run is being set up
+  built = build(*args, **kwargs)
+  os.kill(os.getpid(), signal.SIGINT)
+  return built
+experiment.build = interrupted
+config = default.get_config()
+config.update(num_steps=4, progress=False)
+try:
+  trainer.train_and_evaluate(config, sys.argv[2])
+except trainer.TrainingStopped as e:
+  print("STOPPED", e.signum, e)
+"""
+
+
+def test_ctrl_c_during_start_up_stops_before_the_first_step(tmp_path):
+  run = subprocess.run(
+    [sys.executable, "-c", _STARTUP_SIGINT, str(REPO), str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert (
+    f"STOPPED {int(signal.SIGINT)} training stopped before its first step; nothing was saved"
+    in (run.stdout)
+  ), run.stdout + run.stderr[-2000:]
+  assert not (tmp_path / "summary.json").exists() and not RunDir(tmp_path).checkpoints.steps()

@@ -102,7 +102,14 @@ def train_and_evaluate(
   rundir = RunDir(workdir, keep_checkpoints=settings.keep_checkpoints)
   writer = jax.process_index() == 0
   say = (lambda m: print(m, flush=True)) if writer else (lambda m: None)
-  with rundir.locked(say) if writer else contextlib.nullcontext(), _closed_on_error(rundir):
+  # Ctrl-C / SIGTERM from here on are honoured at the first step boundary: one that landed in
+  # start-up code (a gc callback of JAX's) was swallowed, and the run trained to its end
+  stop = _StopRequest(say)
+  with (
+    stop.installed(),
+    rundir.locked(say) if writer else contextlib.nullcontext(),
+    _closed_on_error(rundir),
+  ):
     saved = rundir.checkpoints.saved_config()
     check_resume(rundir, saved, settings, allow_config_change, say)
     exp = experiment.build(settings)
@@ -134,7 +141,7 @@ def train_and_evaluate(
       mesh=mesh,
       max_loss=settings.max_loss(exp.dataset.num_classes),
     )
-    state, current = Loop(exp, programs, rundir, logger, mesh, bucketing).run(state)
+    state, current = Loop(exp, programs, rundir, logger, mesh, bucketing, stop).run(state)
     final = final_evaluation(
       current.eval_graphdef,
       state.params,
@@ -358,8 +365,11 @@ class Loop:
     logger: MetricsLogger,
     mesh: jax.sharding.Mesh,
     bucketing: bool,
+    stop: _StopRequest | None = None,
   ):
     self.exp, self.settings, self.programs = exp, exp.settings, programs
+    # the run's stop request (installed since start-up), or one of the loop's own
+    self.stop, self.own_stop = stop or _StopRequest(logger.say), stop is None
     self.rundir, self.logger, self.bucketing = rundir, logger, bucketing
     self.replicated, self.data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
@@ -379,9 +389,10 @@ class Loop:
       process_index=jax.process_index(),
       process_count=jax.process_count(),
     )
-    throughput, whole, stop = Throughput(), True, _StopRequest(self.logger.say)
+    throughput, whole, stop = Throughput(), True, self.stop
+    installed = stop.installed() if self.own_stop else contextlib.nullcontext()
     try:
-      with stop.installed(), self.logger.progress(exp.total_steps, start):
+      with installed, self.logger.progress(exp.total_steps, start):
         for batch in batches.iterate(start, exp.total_steps):
           if stop.stopping():
             break
@@ -404,11 +415,16 @@ class Loop:
       finally:
         self.rundir.checkpoints.wait()
     if step < exp.total_steps:
+      latest = self.rundir.checkpoints.latest_step()
       self.rundir.checkpoints.close()
-      self.logger.say(f"stopped at step {step}; a checkpoint was saved to resume from")
-      raise TrainingStopped(
-        f"training stopped at step {step}; run the same command to resume", stop.signum
-      )
+      if step > start:
+        where = f"stopped at step {step}; a checkpoint was saved to resume from"
+      elif latest is not None:
+        where = f"stopped before its first step; the checkpoint of step {latest} is unchanged"
+      else:
+        where = "stopped before its first step; nothing was saved"
+      self.logger.say(where)
+      raise TrainingStopped(f"training {where}; run the same command to resume", stop.signum)
     return state, current
 
   def rebucket(
