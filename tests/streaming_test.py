@@ -370,3 +370,17 @@ def test_a_streamed_run_exports_and_its_files_agree(prepared, tmp_path):
   trainer.train_and_evaluate(stream_config(out, num_steps=2), tmp_path)
   results = export.export_run(tmp_path, ("onnx",), check_images=0)
   assert results["onnx"]["agreement"] == 1.0
+
+
+def test_a_streamed_acb_run_is_analysed_on_an_evenly_spread_subset(prepared, tmp_path):
+  from train import analyze
+
+  _, out, _ = prepared
+  trainer.train_and_evaluate(stream_config(out, conv="acb", num_steps=2), tmp_path)
+  results = analyze.analyze(tmp_path, sections=["acb"], prune_seeds=0)
+  acb = results["acb"]
+  assert acb["distorted_examples"] == 18 and set(acb["distorted"]) >= {"original"}
+  assert (tmp_path / "analysis" / "report.md").exists()
+  test = input_pipeline.load(settings.read(stream_config(out)).data).test
+  spread = test.in_memory(6)
+  assert sorted(set(spread.labels.tolist())) == [0, 1, 2]  # every class, not the first one's

@@ -24,7 +24,7 @@ import numpy as np
 
 from configs.datasets import STREAM_IMAGE_SIZE
 from train.trainer import images, records
-from train.trainer.input_pipeline import BatchPlan, DataError, Dataset
+from train.trainer.input_pipeline import BatchPlan, DataError, Dataset, Split
 
 # the training images' statistics of a TFDS dataset come from this many of them (evaluation crop)
 TFDS_STATS_EXAMPLES = 1024
@@ -64,6 +64,15 @@ class StreamSplit:
   def head(self, n: int) -> np.ndarray:
     """The first n images (uint8 NHWC) with the evaluation crop, as the model is evaluated."""
     return np.stack([self.example(i, None)[0] for i in range(min(n, len(self)))])
+
+  def in_memory(self, n: int) -> Split:
+    """An in-memory Split of n examples spread evenly over the split (a prepared folder is
+    sorted by class), with the evaluation crop: for the analyses that need the images at hand."""
+    picks = np.linspace(0, len(self) - 1, min(n, len(self))).round().astype(int)
+    examples = [self.example(int(i), None) for i in picks]
+    return Split(
+      np.stack([image for image, _ in examples]), np.asarray([y for _, y in examples], np.int32)
+    )
 
   def example(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
     """(uint8 image (size, size, 3), label) of example `index`: cropped as for training when the
