@@ -7,7 +7,8 @@ from flax import nnx
 
 import kshapes_jax as K
 from kshapes_jax.models import count_params, create, list_models, model_cost, spec
-from kshapes_jax.models.densenet import DENSENET40_ROTATECONV, DenseNet
+from kshapes_jax.models.densenet import DENSENET40_ROTATECONV, DenseNet, DenseNetBC
+from kshapes_jax.models.imagenet import ImageNetResNet
 
 
 def _count(name, **kwargs):
@@ -95,17 +96,30 @@ def test_standard_counts_of_the_other_networks():
   _close(_count("resnet56"), 0.85e6)
   _close(_count("resnet110"), 1.7e6)
   _close(_count("wrn16_8"), 11.0e6)
-  _close(_count("resnet18"), 11.69e6)
   _close(_count("resnet50"), 25.56e6)
+
+
+def test_imagenet_counts_are_torchvisions_to_the_parameter():
+  # torchvision's resnet18, resnext50_32x4d and densenet121 (weights and BN scales and shifts)
+  assert _count("resnet18") == 11_689_512
+  assert _count("resnext50_32x4d") == 25_028_904
+  assert _count("densenet121") == 7_978_856
 
 
 # DenseNet-40 compiles a new conv for each of its 36 widths; a 3-layer-per-block
 # DenseNet runs the same code. The ImageNet ResNets end in global pooling, so
 # 64x64 inputs exercise every layer.
+# DenseNet-121 and ResNeXt-50 run the same code with one layer per block.
 _BUILD = {
-  "densenet40": lambda kind: DenseNet(13, 12, kind, 10, rngs=nnx.Rngs(0), precision="highest")
+  "densenet40": lambda kind: DenseNet(13, 12, kind, 10, rngs=nnx.Rngs(0), precision="highest"),
+  "densenet121": lambda kind: DenseNetBC(
+    (1, 1, 1, 1), 32, kind, 10, rngs=nnx.Rngs(0), precision="highest"
+  ),
+  "resnext50_32x4d": lambda kind: ImageNetResNet(
+    (1, 1, 1, 1), 4, kind, 10, rngs=nnx.Rngs(0), groups=32, base_width=4, precision="highest"
+  ),
 }
-_INPUT = {"resnet18": (64, 64, 3), "resnet50": (64, 64, 3)}
+_INPUT = {name: (64, 64, 3) for name in ("resnet18", "resnet50", "densenet121", "resnext50_32x4d")}
 CASES = [(name, kind) for name in list_models() for kind in spec(name).kinds]
 
 

@@ -1,4 +1,5 @@
-"""ImageNet networks, for accounting (weights, memory, FLOPs): ResNet-18/50, AlexNet."""
+"""ImageNet networks (224 px): ResNet-18/50, ResNeXt-50 32x4d, AlexNet; configs/imagenet.py trains
+them through the streamed pipeline."""
 
 from __future__ import annotations
 
@@ -15,17 +16,32 @@ from kshapes_jax.nn import KINDS, Dense, conv_bn
 
 
 class Bottleneck(nnx.Module):
-  """1x1-3x3-1x1 residual unit (post-activation), projection shortcut on change."""
+  """1x1-3x3-1x1 residual unit (post-activation), projection shortcut on change.
+
+  `groups` and `inner` (the 3x3's width) make it ResNeXt's unit: a grouped 3x3 of
+  inner = width x base_width / 64 x groups channels (torchvision's definition).
+  """
 
   def __init__(
-    self, conv, cin: int, width: int, stride: int, expansion: int, rngs: nnx.Rngs, options, num
+    self,
+    conv,
+    cin: int,
+    width: int,
+    stride: int,
+    expansion: int,
+    rngs: nnx.Rngs,
+    options,
+    num,
+    groups: int = 1,
+    inner: int | None = None,
   ):
     if expansion == 1:  # basic unit: two 3x3
       self.convs = nnx.List([conv_bn(conv, cin, width, 3, stride=stride, rngs=rngs, **options)])
       self.convs.append(conv_bn(conv, self.convs[0].out_features, width, 3, rngs=rngs, **options))
     else:
-      first = conv_bn("plain", cin, width, 1, padding=0, rngs=rngs, **num)
-      mid = conv_bn(conv, width, width, 3, stride=stride, rngs=rngs, **options)
+      inner = inner or width
+      first = conv_bn("plain", cin, inner, 1, padding=0, rngs=rngs, **num)
+      mid = conv_bn(conv, inner, inner, 3, stride=stride, rngs=rngs, groups=groups, **options)
       last = conv_bn("plain", mid.out_features, width * expansion, 1, padding=0, rngs=rngs, **num)
       self.convs = nnx.List([first, mid, last])
     out = self.convs[-1].out_features
@@ -46,7 +62,8 @@ class Bottleneck(nnx.Module):
 
 
 class ImageNetResNet(nnx.Module):
-  """ResNet-18 (basic units) or ResNet-50 (bottlenecks) for 224x224 inputs."""
+  """ResNet-18 (basic units), ResNet-50 (bottlenecks) or ResNeXt-50 (grouped bottlenecks, `groups`
+  x `base_width`) for 224x224 inputs."""
 
   def __init__(
     self,
@@ -59,6 +76,8 @@ class ImageNetResNet(nnx.Module):
     conv_options: dict[str, Any] | None = None,
     precision: lax.PrecisionLike = None,
     dtype: DTypeLike | None = None,
+    groups: int = 1,
+    base_width: int = 64,
   ):
     options, num = layer_options(conv_options, precision, dtype)
     # a kind that is 3x3 only (RotateConv) leaves the 7x7 stem plain
@@ -71,7 +90,16 @@ class ImageNetResNet(nnx.Module):
     for stage, (count, width) in enumerate(zip(layers, (64, 128, 256, 512))):
       for i in range(count):
         block = Bottleneck(
-          conv, c, width, 2 if (stage > 0 and i == 0) else 1, expansion, rngs, options, num
+          conv,
+          c,
+          width,
+          2 if (stage > 0 and i == 0) else 1,
+          expansion,
+          rngs,
+          options,
+          num,
+          groups=groups,
+          inner=width * base_width // 64 * groups,
         )
         self.blocks.append(block)
         c = block.out_features
@@ -104,6 +132,24 @@ def resnet18(conv, num_classes: int, rngs: nnx.Rngs, **kw):
 )
 def resnet50(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return ImageNetResNet((3, 4, 6, 3), 4, conv, num_classes, rngs=rngs, **kw)
+
+
+# kinds whose layers take feature groups (ResNeXt's grouped 3x3; VersatileConv does not)
+GROUPED_KINDS = ("plain", "rotate4", "rotate2", "acb", "active")
+
+
+@register(
+  "resnext50_32x4d",
+  kinds=GROUPED_KINDS,
+  input_shape=(224, 224, 3),
+  paper="Versatile Table 4 (ResNeXt-50)",
+  num_classes=1000,
+)
+def resnext50_32x4d(conv, num_classes: int, rngs: nnx.Rngs, **kw):
+  """ResNeXt-50 32x4d (Xie et al. 2017; torchvision's resnext50_32x4d: 25,028,904 parameters)."""
+  return ImageNetResNet(
+    (3, 4, 6, 3), 4, conv, num_classes, rngs=rngs, groups=32, base_width=4, **kw
+  )
 
 
 class AlexNet(nnx.Module):
