@@ -384,3 +384,21 @@ def test_a_streamed_acb_run_is_analysed_on_an_evenly_spread_subset(prepared, tmp
   test = input_pipeline.load(settings.read(stream_config(out)).data).test
   spread = test.in_memory(6)
   assert sorted(set(spread.labels.tolist())) == [0, 1, 2]  # every class, not the first one's
+
+
+@pytest.mark.parametrize(
+  "arg",
+  [
+    "model=resnet18,conv=acb_hor",
+    pytest.param("model=densenet121,conv=acb", marks=pytest.mark.slow),  # 121 layers to compile
+  ],
+)
+def test_acnet_imagenet_configs_train_a_few_steps_and_deploy_equal(prepared, tmp_path, arg):
+  from configs import acnet_imagenet
+
+  _, out, _ = prepared
+  c = acnet_imagenet.get_config(arg)
+  c.data.update(data_dir=str(out), name="fm3", image_size=32, threads=2)
+  c.update(dtype="float32", batch_size=8, eval_batch_size=6, num_steps=2, progress=False)
+  summary = trainer.train_and_evaluate(c, tmp_path)
+  assert np.isfinite(summary.final_train_loss) and summary.deployed_prediction_agreement == 1.0
