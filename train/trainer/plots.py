@@ -34,8 +34,11 @@ def _grid(n: int, columns: int = 3, size: float = 3.2):
 def _save(plt, fig, path: Path, title: str) -> Path:
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  path = Path(path)
+  partial = path.with_name(f".{path.name}.partial")  # a crash mid-write leaves the old figure
+  fig.savefig(partial, dpi=100, format=path.suffix.lstrip(".") or "png")
   plt.close(fig)
+  partial.replace(path)
   return path
 
 
