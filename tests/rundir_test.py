@@ -25,6 +25,19 @@ from train.trainer.trained_run import load_run, load_state
 BEFORE = Path(__file__).parent / "data" / "run_before_redesign"
 
 
+def _synthetic_before_the_default_recipe_fix(shape, num_classes, train_size, test_size, seed=0):
+  """input_pipeline.synthetic_splits as it was before commit 0f28d28: a template per pixel."""
+  rng = np.random.default_rng(seed)
+  templates = rng.uniform(0, 255, size=(num_classes, *shape))
+
+  def make(n):
+    labels = rng.integers(0, num_classes, size=n).astype(np.int32)
+    images = 0.6 * templates[labels] + 0.4 * rng.uniform(0, 255, size=(n, *shape))
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+  return make(train_size), make(test_size)
+
+
 def test_a_run_made_before_the_redesign_restores_and_resumes(tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(BEFORE, workdir)
@@ -33,9 +46,15 @@ def test_a_run_made_before_the_redesign_restores_and_resumes(tmp_path):
   assert step == 6 and state.radii_list() == before["acu_radii"] == [2] * 6
   run = load_run(workdir)
   assert [layer.radius for _, layer in knn.active_convs(run.model)] == before["acu_radii"]
-  # the finished run resumes as a no-op and evaluates to the numbers it wrote then
+  # the finished run resumes as a no-op and evaluates to the numbers it wrote then, on the data
+  # it was trained on: the synthetic images of that time (per-pixel templates), as NPZ files
   config = RunDir(workdir).read_config()
-  summary = trainer.train_and_evaluate(config, workdir)
+  data = config["data"]
+  train, test = _synthetic_before_the_default_recipe_fix((28, 28, 1), 10, data["train_size"], 40)
+  for name, split in (("train", train), ("test", test)):
+    np.savez(tmp_path / f"{name}.npz", image=split[0], label=split[1])
+  config["data"] = {**data, "source": "npz", "data_dir": str(tmp_path)}
+  summary = trainer.train_and_evaluate(config, workdir, allow_config_change=True)
   assert summary.steps == 6
   assert summary.test_accuracy == before["test_accuracy"]
   np.testing.assert_allclose(summary.test_loss, before["test_loss"], rtol=1e-6)
