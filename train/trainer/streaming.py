@@ -62,8 +62,9 @@ class StreamSplit:
     return (self.image_size, self.image_size, 3)
 
   def head(self, n: int) -> np.ndarray:
-    """The first n images (uint8 NHWC) with the evaluation crop, as the model is evaluated."""
-    return np.stack([self.example(i, None)[0] for i in range(min(n, len(self)))])
+    """n images (uint8 NHWC) spread over the split, with the evaluation crop, as the model is
+    evaluated (what train.export checks its files on)."""
+    return self.in_memory(n).images
 
   def in_memory(self, n: int) -> Split:
     """An in-memory Split of n examples spread evenly over the split (a prepared folder is
