@@ -415,13 +415,16 @@ class BatchPlan:
     self.local = batch_size // process_count
     self.first_row = process_index * self.local
     self._rows = slice(self.first_row, self.first_row + self.local)
-    self._perm_epoch, self._perm = -1, np.arange(len(split))
+    self._cached: tuple[int, np.ndarray] = (-1, np.arange(len(split)))
 
   def permutation(self, epoch: int) -> np.ndarray:
-    if epoch != self._perm_epoch:
-      self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
-      self._perm_epoch = epoch
-    return self._perm
+    # one attribute holds the epoch with its permutation: reading threads that straddle an epoch
+    # boundary may draw one twice, never read one epoch's order for another
+    cached_epoch, perm = self._cached
+    if cached_epoch != epoch:
+      perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
+      self._cached = (epoch, perm)
+    return perm
 
   def rows(self, step: int) -> np.ndarray:
     """This process's example indices of the global batch of `step`, in the batch's order."""

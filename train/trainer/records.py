@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from train.trainer.input_pipeline import DataError
+from train.trainer.rundir import write_atomic
 
 FORMAT = "kshapes-imagefolder/1"
 SPLITS = ("train", "test")
@@ -101,10 +102,8 @@ class Metadata:
 
 
 def write_metadata(directory: Path, metadata: Metadata) -> None:
-  path = directory / "metadata.json"
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(metadata.to_json(), indent=1) + "\n")
-  tmp.replace(path)  # written last and atomically: a folder with it is complete
+  # written last and atomically: a folder with it is complete
+  write_atomic(directory / "metadata.json", json.dumps(metadata.to_json(), indent=1) + "\n")
 
 
 def read_metadata(directory: str | Path) -> Metadata:

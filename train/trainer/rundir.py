@@ -135,7 +135,7 @@ class RunDir:
 
   def write_config(self, settings: Settings) -> None:
     self.path.mkdir(parents=True, exist_ok=True)
-    _write_atomic(self.config_path, json.dumps(settings.to_dict(), indent=2) + "\n")
+    write_atomic(self.config_path, json.dumps(settings.to_dict(), indent=2) + "\n")
 
   def read_config(self) -> dict[str, Any]:
     """The run's config as JSON (settings.read takes it). Raises FileNotFoundError when this is not
@@ -153,7 +153,7 @@ class RunDir:
       ) from e
 
   def write_metrics(self, history: list[dict[str, Any]]) -> None:
-    _write_atomic(self.metrics_path, "".join(json.dumps(h) + "\n" for h in history))
+    write_atomic(self.metrics_path, "".join(json.dumps(h) + "\n" for h in history))
 
   def append_metrics(self, record: dict[str, Any]) -> None:
     with self.metrics_path.open("a") as f:
@@ -165,7 +165,7 @@ class RunDir:
     return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
 
   def write_summary(self, summary: Summary) -> None:
-    _write_atomic(self.summary_path, json.dumps(summary.to_json(), indent=2) + "\n")
+    write_atomic(self.summary_path, json.dumps(summary.to_json(), indent=2) + "\n")
 
   def read_summary(self) -> Summary | None:
     """The final summary, or None for a run that has not finished."""
@@ -174,7 +174,7 @@ class RunDir:
     return Summary.from_json(json.loads(self.summary_path.read_text()))
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
   """Writes a file whole or not at all (a crash leaves the old one): a temporary, then a rename."""
   tmp = path.with_name(f".{path.name}.tmp")
   tmp.write_text(text)
