@@ -89,6 +89,7 @@ def check_shippable(
 
   if not isinstance(model, nnx.Module):
     raise TypeError(f"export takes a flax nnx.Module, got {type(model).__name__}")
+  shaped = (knn.RotateConv, knn.ACBlock, knn.ActiveConv, knn.VersatileConv)
   for path, m in nnx.iter_modules(model):
     where = "/".join(map(str, path)) or type(model).__name__
     if isinstance(m, nnx.BatchNorm) and not m.use_running_average:
@@ -98,7 +99,6 @@ def check_shippable(
       )
     if isinstance(m, nnx.Dropout) and not m.deterministic:
       raise ValueError(f"the model is in train mode ({where}: dropout on): call model.eval() first")
-    shaped = (knn.RotateConv, knn.ACBlock, knn.ActiveConv, knn.VersatileConv)
     if deployed and isinstance(m, shaped):
       raise ValueError(
         f"ONNX export takes the deployed network, and {where} is a {type(m).__name__}: export "

@@ -27,7 +27,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,11 +166,6 @@ def list_split(folder: Path, classes: list[str] | None) -> tuple[list[str], List
   return names, Listing(files, ignored)
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:
-  for start in range(0, len(items), size):
-    yield items[start : start + size]
-
-
 def write_split(
   out: Path,
   split: str,
@@ -201,10 +195,10 @@ def write_split(
     results = pool.map(_read_or_error, jobs, chunksize=32) if pool else map(_read_or_error, jobs)
     bar = tqdm(total=len(files), desc=split, unit="img", disable=not sys.stderr.isatty())
     labelled = zip(files, results)
-    for name, chunk in zip(names, _chunks(list(range(len(files))), examples_per_shard)):
+    for name, start in zip(names, range(0, len(files), examples_per_shard)):
       writer = ArrayRecordWriter(str(out / name), "group_size:1")
       try:
-        for _ in chunk:
+        for _ in range(min(examples_per_shard, len(files) - start)):
           (path, label), image = next(labelled)
           bar.update()
           if isinstance(image, str):
