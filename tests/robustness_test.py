@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 from train_test import REPO, small_config
@@ -463,7 +464,16 @@ def _damage(step_dir: Path, how: str) -> None:
   state = step_dir / "state"
   # ocdbt's data
   data_files = sorted(p for p in state.rglob("*") if p.is_file() and p.parent.name == "d")
-  if how == "bit_flip":  # in the array bytes; the file still parses
+  if how == "array_edited":  # one number changed, saved soundly: only the checksum tells
+    checkpointer = ocp.StandardCheckpointer()
+    leaves, treedef = jax.tree_util.tree_flatten(checkpointer.restore(state))
+    largest = max(range(len(leaves)), key=lambda i: np.size(leaves[i]))
+    leaves[largest] = np.array(leaves[largest])
+    leaves[largest].flat[0] += 1
+    shutil.rmtree(state)
+    checkpointer.save(state, jax.tree_util.tree_unflatten(treedef, leaves))
+    checkpointer.wait_until_finished()
+  elif how == "bit_flip":  # mid-file: hits a compressed chunk (unreadable) or raw bytes (checksum)
     target = max(data_files, key=lambda p: p.stat().st_size)
     raw = bytearray(target.read_bytes())
     raw[len(raw) // 2] ^= 0x10
@@ -486,6 +496,7 @@ def _damage(step_dir: Path, how: str) -> None:
 @pytest.mark.parametrize(
   "how",
   [
+    "array_edited",
     "bit_flip",
     "data_deleted",
     "data_truncated",
@@ -513,8 +524,8 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_befo
 def test_restore_says_which_step_is_damaged_and_when_all_are(tmp_path, capsys):
   _train(tmp_path, num_steps=4, checkpoint_every_steps=2)
   rundir = RunDir(tmp_path)
-  for step in (2, 4):
-    _damage(rundir.checkpoint_dir / str(step), "bit_flip")
+  _damage(rundir.checkpoint_dir / "4", "array_edited")
+  _damage(rundir.checkpoint_dir / "2", "bit_flip")
   like = jax.device_put(experiment.build(small_config()).initial_state())
   said = []
   with pytest.raises(
