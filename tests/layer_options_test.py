@@ -55,7 +55,7 @@ _OPTIONS = [
   (kind, g, d, s)
   for kind in ("plain", "rotate4", "rotate2", "active", "versatile")
   for g, d, s in ((2, 1, 1), (1, 2, 1), (2, 2, 2), (4, 1, 2))
-  if not (kind == "active" and d > 1 or kind == "versatile" and g > 1)
+  if not (kind == "active" and d > 1)
 ]
 
 
@@ -98,7 +98,8 @@ def test_grouped_and_dilated_layers_are_their_kernel_convolved(x64, kind, groups
     )
     gather.bias.set_value(layer.bias.get_value())
     np.testing.assert_allclose(gather(x), expected, rtol=1e-10, atol=1e-10)
-  if kind == "versatile":  # the s cropped convs, their paddings shrunk by `dilation` per scale
+  # the s cropped convs, their paddings shrunk by `dilation` per scale
+  if kind == "versatile" and groups == 1:
     cropped = knn.VersatileConv(
       4,
       8,
@@ -112,6 +113,61 @@ def test_grouped_and_dilated_layers_are_their_kernel_convolved(x64, kind, groups
     )
     cropped.bias.set_value(layer.bias.get_value())
     np.testing.assert_allclose(cropped(x), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+  "kernel_size,groups,channel_delta,mode,bias",
+  [
+    (3, 2, 0, "spatial", "shared"),
+    (5, 2, 1, "spatial", "shared"),
+    (3, 3, 1, "spatial", "separate"),
+    (1, 2, 1, "spatial", "shared"),  # versatile v2's 1x1 layers: channel windows only
+    (3, 2, 2, "none", "shared"),
+    (5, 3, 0, "sum", "shared"),
+  ],
+)
+def test_grouped_versatile_is_its_groups_as_ungrouped_layers_side_by_side(
+  x64, kernel_size, groups, channel_delta, mode, bias
+):
+  cin, requested = 12, 12
+  options = dict(mode=mode, bias=bias, channel_delta=channel_delta, stride=2)
+  options.update(precision="highest", param_dtype="float64")
+  layer = knn.VersatileConv(cin, requested, kernel_size, groups=groups, rngs=nnx.Rngs(3), **options)
+  layer.bias.set_value(jnp.linspace(-1, 1, layer.bias.get_value().size))
+  x = _x((2, 9, 9, cin), seed=groups)
+  parts = []
+  for g in range(groups):
+    part = knn.VersatileConv(
+      cin // groups, requested // groups, kernel_size, rngs=nnx.Rngs(0), impl="stacked", **options
+    )
+    assert part.filters * groups == layer.filters
+    part.f.set_value(np.split(np.asarray(layer.f.get_value()), groups, axis=-1)[g])
+    part.bias.set_value(np.split(np.asarray(layer.bias.get_value()), groups)[g])
+    parts.append(part)
+  side_by_side = lambda x: side_by_side_of(parts, x)
+  np.testing.assert_allclose(layer(x), side_by_side(x), rtol=1e-10, atol=1e-10)
+  assert layer.out_features == sum(p.out_features for p in parts)
+  # the gradient of the primary filters, group by group
+  loss = lambda y: jnp.sum(jnp.sin(y))
+  grad = nnx.grad(lambda m: loss(m(x)))(layer).f.get_value()
+  grads = nnx.grad(lambda ps: loss(side_by_side_of(ps, x)))(nnx.List(parts))
+  np.testing.assert_allclose(
+    grad,
+    np.concatenate([grads[g]["f"].get_value() for g in range(groups)], axis=-1),
+    rtol=1e-10,
+    atol=1e-10,
+  )
+  layer.eval()
+  np.testing.assert_allclose(K.deploy(layer)(x), side_by_side(x), rtol=1e-10, atol=1e-10)
+  # Proposition 1 per group: the layer's multiplications are its groups'
+  out_shape = layer(x).shape
+  assert layer.multiplications(out_shape) == sum(p.multiplications(out_shape) for p in parts)
+  assert layer.weight_count() == sum(p.weight_count() for p in parts)
+
+
+def side_by_side_of(parts, x):
+  groups = len(parts)
+  return jnp.concatenate([p(xg) for p, xg in zip(parts, jnp.split(x, groups, axis=-1))], axis=-1)
 
 
 @pytest.mark.parametrize(
@@ -197,8 +253,10 @@ def test_param_dtype_stores_the_weights_and_bn_in_it(kind):
 
 
 def test_refusals():
-  with pytest.raises(ValueError, match="VersatileConv takes groups=1 only"):
-    knn.VersatileConv(4, 8, 3, groups=2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="impl='cropped' takes groups=1 only"):
+    knn.VersatileConv(4, 8, 3, groups=2, impl="cropped", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"must be in \[0, 2\) \(c = 4 / 2 groups\)"):
+    knn.VersatileConv(4, 8, 3, groups=2, channel_delta=2, rngs=nnx.Rngs(0))
   with pytest.raises(
     ValueError, match="ActiveConv learns where its synapses are, so it takes no dilation"
   ):

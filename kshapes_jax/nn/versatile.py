@@ -83,6 +83,11 @@ class VersatileConv(ConvLayer):
   costs (d - 2j)^2 taps, as Proposition 1 counts; `"auto"` (the default)
   picks per layer and platform (`resolve_impl`). All give the same maps in
   the same order (j * F + o); `deploy()` always makes the stacked conv.
+
+  `groups=G` splits inputs and filters into G groups (the versatile paper's
+  AlexNet and ResNeXt-50): each group's F / G filters read its c / G inputs
+  (channel windows slide within them) and make its maps, the groups' maps
+  side by side, as G ungrouped layers would; such a layer is stacked only.
   """
 
   def __init__(
@@ -116,11 +121,10 @@ class VersatileConv(ConvLayer):
       rngs,
       dilation=dilation,
     )
-    if groups != 1:
+    if groups != 1 and impl == "cropped":
       raise ValueError(
-        "VersatileConv takes groups=1 only: its secondary filters are stacked scale- and "
-        "window-major on the output axis, which a grouped conv would split across groups, "
-        f"and its channel windows already slide over the inputs; got groups={groups}"
+        "VersatileConv impl='cropped' takes groups=1 only: its per-scale convs would order the "
+        f"maps scale-major across groups; use impl='stacked' or 'auto' with groups={groups}"
       )
     if mode not in get_args(VersatileMode):
       raise ValueError(f"mode must be 'spatial', 'sum' or 'none', got {mode!r}")
@@ -128,39 +132,54 @@ class VersatileConv(ConvLayer):
     self.set_numerics(precision, dtype, param_dtype)
     if bias not in get_args(VersatileBias):
       raise ValueError(f"bias must be 'separate' or 'shared', got {bias!r}")
-    if not 0 <= channel_delta < in_features:
+    group_in = in_features // groups  # c of eq. 8: the channels one group's filters read
+    if not 0 <= channel_delta < group_in:
       raise ValueError(
         f"channel versatile filters need c^ < c with c^ >= 1: channel_delta = c - c^ = "
-        f"{channel_delta} must be in [0, {in_features})"
+        f"{channel_delta} must be in [0, {group_in})"
+        + (f" (c = {in_features} / {groups} groups)" if groups > 1 else "")
       )
     self.mode, self.bias_mode = mode, bias
     self.channel_delta, self.channel_stride = channel_delta, channel_stride
-    self.window = in_features - channel_delta
-    self.windows = channel_windows(in_features, self.window, channel_stride) if channel_delta else 1
+    self.window = group_in - channel_delta
+    self.windows = channel_windows(group_in, self.window, channel_stride) if channel_delta else 1
     self.scales = (kernel_size + 1) // 2 if mode == "spatial" else 1
     per_filter = self.scales * self.windows
-    self.filters = math.ceil(out_features / per_filter)
+    self.filters = groups * math.ceil(out_features / (groups * per_filter))
     self.in_features, self.out_features = in_features, per_filter * self.filters
     self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
+    self.groups = groups
     self.padding = symmetric_padding(padding, kernel_size, dilation=dilation)
     shape = (kernel_size, kernel_size, self.window, self.filters)
     self.f = self.init_weight(rngs, shape, kernel_size * kernel_size * self.window)
     size = self.filters * (self.windows if bias == "shared" else per_filter)
     self.bias = self.init_bias(size) if use_bias else None
 
-  def effective_kernel(self):
-    f = self.f[...]
+  def _group_kernel(self, f: jax.Array) -> jax.Array:
+    """The stacked kernel of one group's primary filters (eqs. 3, 4 and 8)."""
     if self.channel_delta:
-      f = channel_versatile_kernel(f, self.in_features, self.channel_stride)
+      f = channel_versatile_kernel(f, self.in_features // self.groups, self.channel_stride)
     if self.mode == "spatial":
       f = spatial_versatile_kernel(f)
     elif self.mode == "sum":
       f = summed_versatile_kernel(f)
-    return f, self.effective_kernel_bias()[1]
+    return f
+
+  def effective_kernel(self):
+    f = self.f[...]
+    if self.groups == 1:
+      return self._group_kernel(f), self.effective_kernel_bias()[1]
+    # group g's filters make group g's maps, contiguous on the output axis (a grouped conv's
+    # layout); within a group they are ordered as an ungrouped layer's
+    d, _, window, filters = f.shape
+    per_group = f.reshape(d, d, window, self.groups, filters // self.groups)
+    stacked = jax.vmap(self._group_kernel, in_axes=3, out_axes=3)(per_group)
+    return stacked.reshape(*stacked.shape[:3], -1), self.effective_kernel_bias()[1]
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if (
       self.mode != "spatial"
+      or self.groups != 1
       or resolve_impl(self.impl, self.in_features, self.windows * self.filters) == "stacked"
     ):
       return super().__call__(x)
@@ -194,7 +213,8 @@ class VersatileConv(ConvLayer):
       return None, None
     b = self.bias[...]
     if self.mode == "spatial" and self.bias_mode == "shared":
-      b = jnp.tile(b, self.scales)  # output index is scale-major
+      # within each group the output index is scale-major
+      b = jnp.tile(b.reshape(self.groups, -1), self.scales).reshape(-1)
     return None, b
 
   def weight_count(self) -> int:
