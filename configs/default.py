@@ -64,7 +64,8 @@ CONV_OPTIONS = {
   "asymmetric": str,
   "bn": str,
   "border": bool,
-  "asym_scale_init": float,  # acb
+  "asym_scale_init": float,
+  "asym_size": int,  # acb
   "mode": str,
   "bias": str,
   "channel_delta": int,

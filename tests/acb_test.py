@@ -112,7 +112,7 @@ def test_gradients_flow_through_fusion(rng):
     (lambda: acb_kernel(np.zeros((3, 5, 1, 1))), r"\(k, k, I, O\)"),
     (
       lambda: acb_kernel(np.zeros((3, 3, 1, 1)), np.zeros((3, 1, 1, 1))),
-      r"hor must be \(1, k, I, O\)",
+      r"hor must be \(1, m, I, O\) with m odd <= k = 3",
     ),
     (lambda: acb_kernel(np.zeros((3, 3, 1, 2)), None, np.zeros((3, 1, 1, 1))), r"ver must be"),
     (lambda: acb_kernel(np.zeros((3, 3, 1, 1)), hor_row=3), r"hor_row must be in \[0, 3\)"),

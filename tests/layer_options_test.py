@@ -269,3 +269,58 @@ def test_refusals():
     knn.PlainConv(4, 6, 3, param_dtype="int8", rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="position_groups=2 must be a multiple of groups=4"):
     knn.ActiveConv(4, 8, 3, groups=4, position_groups=2, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("impl", ["branches", "stacked"])
+@pytest.mark.parametrize(
+  "kernel_size,asym_size,border", [(5, 3, False), (11, 3, False), (5, 1, True)]
+)
+def test_acb_with_short_asymmetric_kernels_is_them_centred_on_the_skeleton(
+  x64, impl, kernel_size, asym_size, border
+):
+  """ACNet's AlexNet: 1x3 and 3x1 branches in its 11x11 and 5x5 layers (section 4.2)."""
+  k, m = kernel_size, asym_size
+  x = _x((2, 13, 13, 4), seed=k)
+  layer = knn.ACBlock(
+    4,
+    6,
+    k,
+    stride=2,
+    asym_size=m,
+    border=border,
+    impl=impl,
+    precision="highest",
+    param_dtype="float64",
+    rngs=nnx.Rngs(4),
+  )
+  assert layer.hor.get_value().shape == (1, m, 4, 6) and layer.ver.get_value().shape == (m, 1, 4, 6)
+  line, start = (k - 1 if border else k // 2), (k - m) // 2
+  hor, ver = np.zeros((k, k, 4, 6)), np.zeros((k, k, 4, 6))
+  hor[line, start : start + m] = np.asarray(layer.hor.get_value())[0]
+  ver[start : start + m, line] = np.asarray(layer.ver.get_value())[:, 0]
+  pad = _same(k // 2)
+  branches = [np_conv(x, kk, pad, stride=2) for kk in (layer.square.get_value(), hor, ver)]
+  bns = (layer.square_bn, layer.hor_bn, layer.ver_bn)
+  np.testing.assert_allclose(
+    layer(x), sum(np_bn_train(z, bn) for z, bn in zip(branches, bns)), rtol=1e-9, atol=1e-9
+  )
+  layer.eval()
+  kernel, bias = layer.effective_kernel()
+  fused = np_conv(x, kernel, pad, stride=2) + np.asarray(bias)
+  np.testing.assert_allclose(K.deploy(layer)(x), fused, rtol=1e-9, atol=1e-9)
+  f64 = lambda v: np.asarray(v.get_value(), np.float64)
+  eval_branches = sum(
+    (z - f64(bn.mean)) / np.sqrt(f64(bn.var) + bn.epsilon) * f64(bn.scale) + f64(bn.bias)
+    for z, bn in zip(branches, bns)
+  )
+  np.testing.assert_allclose(fused, eval_branches, rtol=1e-6, atol=1e-6)
+  out = layer(x).shape
+  assert layer.multiplications(out) == out[1] * out[2] * (k * k + 2 * m) * 4 * 6
+
+
+def test_acb_asym_size_must_fit_the_kernel():
+  for bad in (2, 7, 0):
+    with pytest.raises(ValueError, match=r"asym_size must be an odd int in \[1, 5\]"):
+      knn.ACBlock(4, 6, 5, asym_size=bad, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"hor must be \(1, m, I, O\) with m odd <= k = 3"):
+    K.kernels.acb_kernel(np.zeros((3, 3, 2, 2)), np.zeros((1, 5, 2, 2)))

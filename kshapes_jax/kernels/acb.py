@@ -94,10 +94,11 @@ def acb_kernel(
 
   Args:
     square: (k, k, I, O) kernel, k odd.
-    hor: (1, k, I, O) horizontal kernel, added into row `hor_row`; None for
-      the "vertical only" ablation.
-    ver: (k, 1, I, O) vertical kernel, added into column `ver_col`; None for
-      the "horizontal only" ablation.
+    hor: (1, m, I, O) horizontal kernel, m odd <= k (m = k in the paper's
+      blocks; 1x3 in the kxk first layers of its AlexNet), added into row
+      `hor_row`, centred on it; None for the "vertical only" ablation.
+    ver: (m, 1, I, O) vertical kernel, added into column `ver_col`, centred;
+      None for the "horizontal only" ablation.
     hor_row: the row that receives `hor`; the centre (k - 1) / 2 by default,
       k - 1 for the paper's "border" variant (section 4.4).
     ver_col: the column that receives `ver`; the centre by default.
@@ -123,16 +124,28 @@ def acb_kernel(
       raise ValueError(f"{name} must be in [0, {k}), got {idx}")
   out = jnp.asarray(square)
   if hor is not None:
-    _validation.require_shape(
-      "hor", hor, (1, k, *shape[2:]), "(1, k, I, O) matching the square kernel"
-    )
-    out = out.at[hor_row].add(jnp.asarray(hor, out.dtype)[0])
+    m = _asymmetric_length("hor", hor, (1, None, *shape[2:]), k)
+    start = (k - m) // 2
+    out = out.at[hor_row, start : start + m].add(jnp.asarray(hor, out.dtype)[0])
   if ver is not None:
-    _validation.require_shape(
-      "ver", ver, (k, 1, *shape[2:]), "(k, 1, I, O) matching the square kernel"
-    )
-    out = out.at[:, ver_col].add(jnp.asarray(ver, out.dtype)[:, 0])
+    m = _asymmetric_length("ver", ver, (None, 1, *shape[2:]), k)
+    start = (k - m) // 2
+    out = out.at[start : start + m, ver_col].add(jnp.asarray(ver, out.dtype)[:, 0])
   return out
+
+
+def _asymmetric_length(name: str, kernel: ArrayLike, like: tuple, k: int) -> int:
+  """The length m of an asymmetric (1, m) or (m, 1) kernel, checked against the square one."""
+  shape = _validation.require_rank(name, kernel, 4, "(1, m, I, O) or (m, 1, I, O)")
+  m = shape[1] if like[0] == 1 else shape[0]
+  expected = tuple(m if d is None else d for d in like)
+  if shape != expected or m % 2 == 0 or m > k:
+    want = "(1, m, I, O)" if like[0] == 1 else "(m, 1, I, O)"
+    raise ValueError(
+      f"{name} must be {want} with m odd <= k = {k} and I, O matching the square kernel "
+      f"{(k, k, *like[2:])}, got shape {shape}"
+    )
+  return m
 
 
 def fuse_acb(
@@ -152,9 +165,9 @@ def fuse_acb(
   Args:
     square: (k, k, I, O) square kernel; I is the input channels per group.
     square_bn: BN of the square branch.
-    hor: (1, k, I, O) horizontal kernel, or None.
+    hor: (1, m, I, O) horizontal kernel (m odd <= k), or None.
     hor_bn: BN of the horizontal branch (required with `hor`).
-    ver: (k, 1, I, O) vertical kernel, or None.
+    ver: (m, 1, I, O) vertical kernel, or None.
     ver_bn: BN of the vertical branch (required with `ver`).
     eps: the BN epsilon, shared by the three branches.
     hor_row: row receiving the horizontal kernel (see `acb_kernel`).

@@ -54,6 +54,9 @@ class ACBlock(ConvLayer):
     border: add the asymmetric kernels at the bottom row / right column
       instead of the skeleton (the paper's section 4.4).
     asym_scale_init: initial BN gamma of the asymmetric branches.
+    asym_size: the length m (odd, <= k) of the 1xm and mx1 kernels, centred
+      on the skeleton; k by default. ACNet's AlexNet gives its 11x11 and 5x5
+      layers 1x3 and 3x1 branches (asym_size=3).
     impl: how training mode computes the block, all equal in value, gradient
       and running statistics: "branches" (a conv and a BN per branch),
       "stacked" (the 1xk and kx1 kernels zero-padded to kxk and stacked with
@@ -79,6 +82,7 @@ class ACBlock(ConvLayer):
     bn: BNMode = "branch",
     border: bool = False,
     asym_scale_init: float = 1.0,
+    asym_size: int | None = None,
     impl: Impl = "auto",
     groups: int = 1,
     dilation: int = 1,
@@ -99,6 +103,10 @@ class ACBlock(ConvLayer):
     resolve_impl(impl)  # checks it
     del use_bias  # the BN supplies the bias
     k = kernel_size
+    m = k if asym_size is None else asym_size
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1 or m > k or m % 2 == 0:
+      raise ValueError(f"ACB asym_size must be an odd int in [1, {k}] (the kernel size), got {m!r}")
+    self.asym_size = m
     self.in_features, self.out_features = in_features, out_features
     self.kernel_size, self.stride, self.groups, self.dilation = k, stride, groups, dilation
     self.padding = symmetric_padding(padding, k, int_only_for="ACBlock", dilation=dilation)
@@ -109,8 +117,8 @@ class ACBlock(ConvLayer):
     fan = k * k * cin
     self.square = self.init_weight(rngs, (k, k, cin, out_features), fan)
     use_hor, use_ver = asymmetric in ("both", "hor"), asymmetric in ("both", "ver")
-    self.hor = self.init_weight(rngs, (1, k, cin, out_features), fan) if use_hor else None
-    self.ver = self.init_weight(rngs, (k, 1, cin, out_features), fan) if use_ver else None
+    self.hor = self.init_weight(rngs, (1, m, cin, out_features), fan) if use_hor else None
+    self.ver = self.init_weight(rngs, (m, 1, cin, out_features), fan) if use_ver else None
     norm: dict[str, Any] = {"dtype": dtype, "param_dtype": param_dtype}
     if bn == "branch":
       self.square_bn = batch_norm(out_features, rngs, **norm)
@@ -128,11 +136,12 @@ class ACBlock(ConvLayer):
     apart)."""
     p, k, r, d = self.padding, self.kernel_size, self.line, self.dilation
     across = (p - d * r, p - d * (k - 1 - r))  # rows of hor / columns of ver
+    inset = p - d * ((k - self.asym_size) // 2)  # along a branch shorter than k, centred
     out = [(self.square[...], ((p, p), (p, p)), getattr(self, "square_bn", None))]
     if self.hor is not None:
-      out.append((self.hor[...], (across, (p, p)), getattr(self, "hor_bn", None)))
+      out.append((self.hor[...], (across, (inset, inset)), getattr(self, "hor_bn", None)))
     if self.ver is not None:
-      out.append((self.ver[...], ((p, p), across), getattr(self, "ver_bn", None)))
+      out.append((self.ver[...], ((inset, inset), across), getattr(self, "ver_bn", None)))
     return out
 
   def _bns(self) -> list[nnx.BatchNorm]:
@@ -212,9 +221,9 @@ class ACBlock(ConvLayer):
     return sum(int(v[...].size) for v in (self.square, self.hor, self.ver) if v is not None)
 
   def multiplications(self, out_shape) -> int:
-    """Training-time cost: k^2 + 2k taps (the deployed conv costs k^2)."""
+    """Training-time cost: k^2 + 2m taps (the deployed conv costs k^2)."""
     k = self.kernel_size
-    taps = k * k + k * ((self.hor is not None) + (self.ver is not None))
+    taps = k * k + self.asym_size * ((self.hor is not None) + (self.ver is not None))
     return int(
       out_shape[1] * out_shape[2] * taps * self.in_features // self.groups * self.out_features
     )
