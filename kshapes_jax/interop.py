@@ -81,9 +81,9 @@ def load_acblock(layer: ACBlock, state: Mapping[str, Any], prefix: str = "") -> 
       f"expected bn='branch', border=False, got bn={layer.bn_mode!r}, border={layer.border}"
     )
   copy = nnx.clone(layer)
-  k, i, o = layer.kernel_size, layer.in_features, layer.out_features
+  k, i, o, m = layer.kernel_size, layer.in_features, layer.out_features, layer.asym_size
   what = f"ACBlock({i}, {o}, {k})"
-  for name, shape in (("square", (o, i, k, k)), ("hor", (o, i, 1, k)), ("ver", (o, i, k, 1))):
+  for name, shape in (("square", (o, i, k, k)), ("hor", (o, i, 1, m)), ("ver", (o, i, m, 1))):
     param = getattr(copy, name)
     if param is None:
       if f"{prefix}{name}_conv.weight" in state:
