@@ -1,6 +1,13 @@
 """The papers' model families, by name: create(name, conv=..., num_classes=..., rngs=...)."""
 
-from kshapes_jax.models import densenet, imagenet, resnet, small, vgg  # noqa: F401  (registration)
+from kshapes_jax.models import (  # noqa: F401  (registration)
+  alexnet,
+  densenet,
+  imagenet,
+  resnet,
+  small,
+  vgg,
+)
 from kshapes_jax.models.accounting import LayerCost, ModelCost, model_cost
 from kshapes_jax.models.registry import ModelSpec, count_params, create, list_models, spec
 

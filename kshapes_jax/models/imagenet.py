@@ -1,5 +1,5 @@
-"""ImageNet networks (224 px): ResNet-18/50, ResNeXt-50 32x4d, AlexNet; configs/imagenet.py trains
-them through the streamed pipeline."""
+"""ImageNet residual networks (224 px): ResNet-18/50, ResNeXt-50 32x4d and the versatile paper's
+variants of them; the AlexNets are in alexnet.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,19 @@ from flax import nnx
 from jax import lax
 from jax.typing import DTypeLike
 
-from kshapes_jax.models.layers import global_avg_pool, layer_options, max_pool
+from kshapes_jax.models.layers import global_avg_pool, layer_options, max_pool, versatile_variant
 from kshapes_jax.models.registry import register
-from kshapes_jax.nn import KINDS, Dense, conv_bn
+from kshapes_jax.nn import KINDS, ConvBN, Dense, VersatileConv, conv_bn
+
+
+def pointwise_bn(cin: int, cout: int, stride: int, rngs: nnx.Rngs, num: dict, channel: dict | None):
+  """1x1 conv + BN: plain, or versatile v2's channel windows (`channel`: the layer's options)."""
+  if channel is None:
+    return conv_bn("plain", cin, cout, 1, stride=stride, padding=0, rngs=rngs, **num)
+  layer = VersatileConv(
+    cin, cout, 1, stride=stride, padding=0, use_bias=False, rngs=rngs, **channel
+  )
+  return ConvBN(layer, rngs)
 
 
 class Bottleneck(nnx.Module):
@@ -34,21 +44,22 @@ class Bottleneck(nnx.Module):
     num,
     groups: int = 1,
     inner: int | None = None,
+    pointwise: dict | None = None,
   ):
     if expansion == 1:  # basic unit: two 3x3
       self.convs = nnx.List([conv_bn(conv, cin, width, 3, stride=stride, rngs=rngs, **options)])
       self.convs.append(conv_bn(conv, self.convs[0].out_features, width, 3, rngs=rngs, **options))
     else:
       inner = inner or width
-      first = conv_bn("plain", cin, inner, 1, padding=0, rngs=rngs, **num)
-      mid = conv_bn(conv, inner, inner, 3, stride=stride, rngs=rngs, groups=groups, **options)
-      last = conv_bn("plain", mid.out_features, width * expansion, 1, padding=0, rngs=rngs, **num)
+      first = pointwise_bn(cin, inner, 1, rngs, num, pointwise)
+      mid = conv_bn(
+        conv, first.out_features, inner, 3, stride=stride, rngs=rngs, groups=groups, **options
+      )
+      last = pointwise_bn(mid.out_features, width * expansion, 1, rngs, num, pointwise)
       self.convs = nnx.List([first, mid, last])
     out = self.convs[-1].out_features
     changed = stride != 1 or cin != out
-    self.shortcut = (
-      conv_bn("plain", cin, out, 1, stride=stride, padding=0, rngs=rngs, **num) if changed else None
-    )
+    self.shortcut = pointwise_bn(cin, out, stride, rngs, num, pointwise) if changed else None
     self.out_features = out
 
   def __call__(self, x: jax.Array):
@@ -63,7 +74,14 @@ class Bottleneck(nnx.Module):
 
 class ImageNetResNet(nnx.Module):
   """ResNet-18 (basic units), ResNet-50 (bottlenecks) or ResNeXt-50 (grouped bottlenecks, `groups`
-  x `base_width`) for 224x224 inputs."""
+  x `base_width`) for 224x224 inputs.
+
+  With conv="versatile", `variant` "v1" (the default) makes the stem and
+  every 3x3 conv spatial versatile filters, s = ceil(d / 2) fewer filters
+  for the same maps (Versatile-ResNet-50); "v2" gives every conv but the
+  stem channel windows too, the 1x1 ones included (Versatile v2-ResNet-50
+  and v2-ResNeXt-50, Table 4 of the versatile paper).
+  """
 
   def __init__(
     self,
@@ -78,12 +96,14 @@ class ImageNetResNet(nnx.Module):
     dtype: DTypeLike | None = None,
     groups: int = 1,
     base_width: int = 64,
+    variant: str | None = None,
   ):
     options, num = layer_options(conv_options, precision, dtype)
+    first, options, v2 = versatile_variant(conv, variant, options)
     # a kind that is 3x3 only (RotateConv) leaves the 7x7 stem plain
     stem_kind = conv if conv in ("plain", "versatile", "acb", "active") else "plain"
     self.stem = conv_bn(
-      stem_kind, 3, 64, 7, stride=2, rngs=rngs, **(options if stem_kind == conv else num)
+      stem_kind, 3, 64, 7, stride=2, rngs=rngs, **(first if stem_kind == conv else num)
     )
     c = self.stem.out_features
     self.blocks: nnx.List[nnx.Module] = nnx.List()
@@ -100,6 +120,7 @@ class ImageNetResNet(nnx.Module):
           num,
           groups=groups,
           inner=width * base_width // 64 * groups,
+          pointwise=options if v2 else None,
         )
         self.blocks.append(block)
         c = block.out_features
@@ -134,13 +155,9 @@ def resnet50(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return ImageNetResNet((3, 4, 6, 3), 4, conv, num_classes, rngs=rngs, **kw)
 
 
-# kinds whose layers take feature groups (ResNeXt's grouped 3x3; VersatileConv does not)
-GROUPED_KINDS = ("plain", "rotate4", "rotate2", "acb", "active")
-
-
 @register(
   "resnext50_32x4d",
-  kinds=GROUPED_KINDS,
+  kinds=KINDS,
   input_shape=(224, 224, 3),
   paper="Versatile Table 4 (ResNeXt-50)",
   num_classes=1000,
@@ -152,65 +169,39 @@ def resnext50_32x4d(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   )
 
 
-class AlexNet(nnx.Module):
-  """AlexNet with BN after each conv (ACNet's) and the original two-group layers.
-
-  11x11x3x96 /4, 5x5x48x256 (2 groups), 3x3x256x384, 3x3x192x384 (2 groups),
-  3x3x192x256 (2 groups), max-pools 3/2 after conv 1, 2 and 5, then fc
-  6x6x256 -> 4096 -> 4096 -> classes (the versatile paper's Table 1: 6.1e7
-  weights). Kinds replace the ungrouped kxk convs.
-  """
-
-  def __init__(
-    self,
-    conv: str = "plain",
-    num_classes: int = 1000,
-    *,
-    rngs: nnx.Rngs,
-    conv_options: dict[str, Any] | None = None,
-    precision: lax.PrecisionLike = None,
-    dtype: DTypeLike | None = None,
-  ):
-    options, num = layer_options(conv_options, precision, dtype)
-    grouped = lambda cin, cout, k: conv_bn("plain", cin, cout, k, rngs=rngs, groups=2, **num)
-    self.convs = nnx.List(
-      [
-        conv_bn(
-          conv if conv in ("plain", "versatile", "acb", "active") else "plain",
-          3,
-          96,
-          11,
-          stride=4,
-          padding=2,
-          rngs=rngs,
-          **options,
-        ),
-        grouped(96, 256, 5),
-        conv_bn(conv, 256, 384, 3, rngs=rngs, **options),
-        grouped(384, 384, 3),
-        grouped(384, 256, 3),
-      ]
-    )
-    self.fc1 = Dense(6 * 6 * 256, 4096, rngs=rngs, **num)
-    self.fc2 = Dense(4096, 4096, rngs=rngs, **num)
-    self.fc3 = Dense(4096, num_classes, rngs=rngs, **num)
-
-  def __call__(self, x: jax.Array):
-    for i, layer in enumerate(self.convs):
-      x = jax.nn.relu(layer(x))
-      if i in (0, 1, 4):
-        x = max_pool(x, 3, 2)
-    x = jax.nn.relu(self.fc1(x.reshape(x.shape[0], -1)))
-    x = jax.nn.relu(self.fc2(x))
-    return self.fc3(x)
+@register(
+  "versatile_resnet50",
+  kinds=("versatile",),
+  input_shape=(224, 224, 3),
+  paper="Versatile Table 4 (Versatile-ResNet-50)",
+  num_classes=1000,
+)
+def versatile_resnet50(conv, num_classes: int, rngs: nnx.Rngs, **kw):
+  """Versatile-ResNet-50: resnet50 with conv="versatile", variant="v1"."""
+  return ImageNetResNet((3, 4, 6, 3), 4, conv, num_classes, rngs=rngs, variant="v1", **kw)
 
 
 @register(
-  "alexnet",
-  kinds=("plain", "acb", "versatile", "active"),
+  "versatile_v2_resnet50",
+  kinds=("versatile",),
   input_shape=(224, 224, 3),
-  paper="Versatile Table 1/4; ACNet Table 3 (accounting)",
+  paper="Versatile Table 4 (Versatile v2-ResNet-50)",
   num_classes=1000,
 )
-def alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
-  return AlexNet(conv, num_classes, rngs=rngs, **kw)
+def versatile_v2_resnet50(conv, num_classes: int, rngs: nnx.Rngs, **kw):
+  """Versatile v2-ResNet-50: resnet50 with conv="versatile", variant="v2"."""
+  return ImageNetResNet((3, 4, 6, 3), 4, conv, num_classes, rngs=rngs, variant="v2", **kw)
+
+
+@register(
+  "versatile_v2_resnext50",
+  kinds=("versatile",),
+  input_shape=(224, 224, 3),
+  paper="Versatile Table 4 (Versatile v2-ResNeXt-50)",
+  num_classes=1000,
+)
+def versatile_v2_resnext50(conv, num_classes: int, rngs: nnx.Rngs, **kw):
+  """Versatile v2-ResNeXt-50: resnext50_32x4d with conv="versatile", variant="v2"."""
+  return ImageNetResNet(
+    (3, 4, 6, 3), 4, conv, num_classes, rngs=rngs, groups=32, base_width=4, variant="v2", **kw
+  )

@@ -39,3 +39,39 @@ def avg_pool(
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
   return jnp.mean(x, axis=(1, 2))
+
+
+# The versatile paper's ImageNet networks (section 4.3): "v1" replaces every kxk conv by spatial
+# versatile filters; "v2" adds channel windows (eq. 8, c - c^ = 1, g = 1 unless conv_options say
+# otherwise) to every conv, 1x1 included, but the first and the classifier.
+VERSATILE_VARIANTS = ("v1", "v2")
+
+
+def versatile_variant(conv: str, variant: str | None, options: dict) -> tuple[dict, dict, bool]:
+  """(options of the first conv, options of the other convs, whether 1x1 convs are versatile).
+
+  Raises:
+    ValueError: for a variant with a kind other than versatile, an unknown
+      variant, or channel options without variant "v2".
+  """
+  channel_keys = ("channel_delta", "channel_stride")
+  if conv != "versatile":
+    if variant is not None:
+      raise ValueError(f"variant={variant!r} is for conv='versatile', got conv={conv!r}")
+    return options, options, False
+  variant = variant or "v1"
+  if variant not in VERSATILE_VARIANTS:
+    raise ValueError(
+      f"versatile variant must be one of {list(VERSATILE_VARIANTS)}, got {variant!r}"
+    )
+  first = {k: v for k, v in options.items() if k not in channel_keys}
+  if variant == "v1":
+    if len(first) != len(options):
+      raise ValueError(
+        "channel_delta / channel_stride make versatile v2 filters: pass variant='v2' "
+        "(channel windows on every conv but the first and the classifier)"
+      )
+    return first, first, False
+  channel = {"channel_delta": options.get("channel_delta", 1)}
+  channel["channel_stride"] = options.get("channel_stride", 1)
+  return first, {**first, **channel}, True

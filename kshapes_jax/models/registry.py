@@ -60,7 +60,7 @@ def list_models() -> list[str]:
 def create(
   name: str,
   *,
-  conv: str = "plain",
+  conv: str | None = None,
   num_classes: int | None = None,
   rngs: nnx.Rngs | None = None,
   precision: lax.PrecisionLike = None,
@@ -72,7 +72,9 @@ def create(
   Args:
     name: a registered model (see `list_models()`).
     conv: the conv kind of its kxk layers: plain, rotate4, rotate2, acb,
-      versatile or active (each model lists those that apply).
+      versatile or active (each model lists those that apply); by default
+      the first the model lists (plain, or versatile for the versatile
+      paper's networks).
     num_classes: outputs of the classifier; by default the paper's (10, or
       1000 for the ImageNet networks).
     rngs: NNX random streams; nnx.Rngs(0) by default.
@@ -91,6 +93,7 @@ def create(
   """
   s = spec(name)
   precision, dtype = _validation.precision(precision), _validation.compute_dtype(dtype)
+  conv = s.kinds[0] if conv is None else conv
   if conv not in s.kinds:
     raise ValueError(f"conv kind {conv!r} does not apply to {name}; it takes {list(s.kinds)}")
   num_classes = (

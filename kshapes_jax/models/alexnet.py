@@ -1,0 +1,182 @@
+"""The AlexNets of the papers (224 px): the versatile paper's two-group original, its Versatile and
+Versatile v2 variants (Table 4), and ACNet's single-tower network with BN (Tables 3-4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from flax import nnx
+from jax import lax
+from jax.typing import DTypeLike
+
+from kshapes_jax.models.layers import layer_options, max_pool, versatile_variant
+from kshapes_jax.models.registry import register
+from kshapes_jax.nn import KINDS, Dense, VersatileConv, conv_bn
+
+# kinds that build kernels larger than 3x3; the others (RotateConv) leave such layers plain
+_ANY_SIZE_KINDS = ("plain", "versatile", "acb", "active")
+
+
+class AlexNet(nnx.Module):
+  """AlexNet (Krizhevsky et al. 2012) with BN after each conv: the versatile paper's baseline.
+
+  11x11x3x96 /4 (padding 2), 5x5x48x256 (2 groups), 3x3x256x384, 3x3x192x384
+  (2 groups), 3x3x192x256 (2 groups), 3/2 max-pools after conv 1, 2 and 5,
+  then fc 6x6x256 -> 4096 -> 4096 -> classes: 6.1e7 weights (the versatile
+  paper's Table 1). A kind replaces all five convs, groups kept.
+
+  conv="versatile" is Versatile-AlexNet (section 4.3): each conv keeps its
+  maps with s = ceil(d / 2) times fewer filters (11x11x3x16, 5x5x48x86,
+  3x3x258x192, 3x3x192x192, 3x3x192x128) and fc6 becomes a 6x6x256x1366
+  versatile conv (1366 x 3 = 4098 maps, which fc7 reads). `variant="v2"`
+  adds channel windows (c - c^ = 1, g = 1) to conv 2-5, fc6 and fc7 (a 1x1
+  versatile conv), not to conv 1 or the classifier: Versatile v2-AlexNet.
+  """
+
+  def __init__(
+    self,
+    conv: str = "plain",
+    num_classes: int = 1000,
+    *,
+    rngs: nnx.Rngs,
+    conv_options: dict[str, Any] | None = None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
+    variant: str | None = None,
+  ):
+    options, num = layer_options(conv_options, precision, dtype)
+    first, rest, v2 = versatile_variant(conv, variant, options)
+    kind = conv if conv in _ANY_SIZE_KINDS else "plain"
+    shapes = ((96, 11, 4, 2, 1), (256, 5, 1, 2, 2), (384, 3, 1, 1, 1), (384, 3, 1, 1, 2))
+    shapes += ((256, 3, 1, 1, 2),)  # (maps, kernel, stride, padding, groups)
+    self.convs = nnx.List()
+    cin = 3
+    for i, (cout, k, stride, pad, groups) in enumerate(shapes):
+      kind_i = kind if k > 3 else conv
+      opts = (first if i == 0 else rest) if kind_i == conv else num
+      layer = conv_bn(
+        kind_i, cin, cout, k, stride=stride, padding=pad, groups=groups, rngs=rngs, **opts
+      )
+      self.convs.append(layer)
+      cin = layer.out_features
+    if conv == "versatile":
+      self.fc1 = VersatileConv(cin, 4096, 6, padding=0, use_bias=True, rngs=rngs, **rest)
+      fc1_out = self.fc1.out_features
+      self.fc2 = (
+        VersatileConv(fc1_out, 4096, 1, padding=0, use_bias=True, rngs=rngs, **rest)
+        if v2
+        else Dense(fc1_out, 4096, rngs=rngs, **num)
+      )
+    else:
+      self.fc1 = Dense(6 * 6 * cin, 4096, rngs=rngs, **num)
+      self.fc2 = Dense(4096, 4096, rngs=rngs, **num)
+    self.fc3 = Dense(self.fc2.out_features, num_classes, rngs=rngs, **num)
+
+  def __call__(self, x: jax.Array):
+    for i, layer in enumerate(self.convs):
+      x = jax.nn.relu(layer(x))
+      if i in (0, 1, 4):
+        x = max_pool(x, 3, 2)
+    if isinstance(self.fc1, Dense):
+      x = x.reshape(x.shape[0], -1)
+    x = jax.nn.relu(self.fc1(x))  # versatile: a (1, 1) map of 4098 channels
+    if isinstance(self.fc2, Dense):
+      x = x.reshape(x.shape[0], -1)
+    x = jax.nn.relu(self.fc2(x))
+    return self.fc3(x.reshape(x.shape[0], -1))
+
+
+@register(
+  "alexnet",
+  kinds=("plain", "acb", "versatile", "active"),
+  input_shape=(224, 224, 3),
+  paper="Versatile Table 1/4 (AlexNet)",
+  num_classes=1000,
+)
+def alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
+  return AlexNet(conv, num_classes, rngs=rngs, **kw)
+
+
+@register(
+  "versatile_alexnet",
+  kinds=("versatile",),
+  input_shape=(224, 224, 3),
+  paper="Versatile Table 4 (Versatile-AlexNet)",
+  num_classes=1000,
+)
+def versatile_alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
+  """Versatile-AlexNet: alexnet with conv="versatile", variant="v1"."""
+  return AlexNet(conv, num_classes, rngs=rngs, variant="v1", **kw)
+
+
+@register(
+  "versatile_v2_alexnet",
+  kinds=("versatile",),
+  input_shape=(224, 224, 3),
+  paper="Versatile Table 4 (Versatile v2-AlexNet)",
+  num_classes=1000,
+)
+def versatile_v2_alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
+  """Versatile v2-AlexNet: alexnet with conv="versatile", variant="v2"."""
+  return AlexNet(conv, num_classes, rngs=rngs, variant="v2", **kw)
+
+
+class ACNetAlexNet(nnx.Module):
+  """ACNet's AlexNet (section 4.2): TF-slim's alexnet_v2 with BN on every conv.
+
+  Five ungrouped convs, no LRN: 11x11x3x64 /4 (VALID), 5x5x64x192,
+  3x3x192x384, 3x3x384x384, 3x3x384x256 (SAME), 3/2 max-pools (VALID) after
+  conv 1, 2 and 5, then three fully connected layers 5x5x256 -> 4096 ->
+  4096 -> classes (slim's fc6 is a 5x5 VALID conv on the 5x5 map, the same
+  product). BN replaces the convs' biases. With conv="acb" every conv is an
+  ACB; the 11x11 and 5x5 ones get 1x3 and 3x1 branches, as the paper says
+  (`conv_options.asym_size` overrides that). slim's dropout (0.5 after fc6
+  and fc7) is left out: the zoo's models hold no random state.
+  """
+
+  def __init__(
+    self,
+    conv: str = "plain",
+    num_classes: int = 1000,
+    *,
+    rngs: nnx.Rngs,
+    conv_options: dict[str, Any] | None = None,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
+  ):
+    options, num = layer_options(conv_options, precision, dtype)
+    kind = conv if conv in _ANY_SIZE_KINDS else "plain"
+    large = {**options, "asym_size": options.get("asym_size", 3)} if conv == "acb" else options
+    shapes = ((64, 11, 4, 0), (192, 5, 1, 2), (384, 3, 1, 1), (384, 3, 1, 1), (256, 3, 1, 1))
+    self.convs = nnx.List()
+    cin = 3
+    for cout, k, stride, pad in shapes:
+      kind_k = kind if k > 3 else conv
+      opts = (large if k > 3 else options) if kind_k == conv else num
+      layer = conv_bn(kind_k, cin, cout, k, stride=stride, padding=pad, rngs=rngs, **opts)
+      self.convs.append(layer)
+      cin = layer.out_features
+    self.fc1 = Dense(5 * 5 * cin, 4096, rngs=rngs, **num)
+    self.fc2 = Dense(4096, 4096, rngs=rngs, **num)
+    self.fc3 = Dense(4096, num_classes, rngs=rngs, **num)
+
+  def __call__(self, x: jax.Array):
+    for i, layer in enumerate(self.convs):
+      x = jax.nn.relu(layer(x))
+      if i in (0, 1, 4):
+        x = max_pool(x, 3, 2)
+    x = jax.nn.relu(self.fc1(x.reshape(x.shape[0], -1)))
+    x = jax.nn.relu(self.fc2(x))
+    return self.fc3(x)
+
+
+@register(
+  "acnet_alexnet",
+  kinds=KINDS,
+  input_shape=(224, 224, 3),
+  paper="ACNet Table 3/4 (AlexNet)",
+  num_classes=1000,
+)
+def acnet_alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
+  return ACNetAlexNet(conv, num_classes, rngs=rngs, **kw)
