@@ -98,6 +98,29 @@ def test_paper_recipes():
     repro_fmnist.get_config("row=acu,seed=x")
   q = quickstart.get_config()
   assert (q.model, q.conv, q.data.name, q.data.source) == ("sn", "rotate4", "fashion_mnist", "idx")
+  from configs import acnet_imagenet, versatile_imagenet
+
+  a = acnet_imagenet.get_config("model=alexnet,conv=acb_ver")
+  assert (a.model, a.conv, a.conv_options.asymmetric, a.num_epochs) == (
+    "acnet_alexnet",
+    "acb",
+    "ver",
+    150.0,
+  )
+  v = versatile_imagenet.get_config("row=versatile_v2_alexnet")
+  assert (v.model, v.conv, v.optim.learning_rate, v.optim.weight_decay) == (
+    "versatile_v2_alexnet",
+    "versatile",
+    0.01,
+    5e-4,
+  )
+  assert tuple(v.optim.boundaries) == (20.0, 40.0, 60.0, 80.0) and v.num_epochs == 90.0
+  r50 = versatile_imagenet.get_config("row=resnext50")
+  assert (r50.model, r50.conv, tuple(r50.optim.boundaries)) == (
+    "resnext50_32x4d",
+    "plain",
+    (30.0, 60.0),
+  )
 
 
 def test_repro_acu_rows_can_bucket_or_do_not_ask_to():

@@ -386,19 +386,37 @@ def test_a_streamed_acb_run_is_analysed_on_an_evenly_spread_subset(prepared, tmp
   assert sorted(set(spread.labels.tolist())) == [0, 1, 2]  # every class, not the first one's
 
 
+# the AlexNets need 63-67 px at least; the residual networks end in global pooling
+_SMOKE_SIZE = {"alexnet": 72}
+# one smoke run per config in the default suite; every zoo model x kind deploys exactly in
+# models_test at its size
+_SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
-  "arg",
+  "config, arg",
   [
-    "model=resnet18,conv=acb_hor",
-    pytest.param("model=densenet121,conv=acb", marks=pytest.mark.slow),  # 121 layers to compile
+    ("acnet_imagenet", "model=resnet18,conv=acb_hor"),
+    pytest.param("acnet_imagenet", "model=alexnet,conv=acb", marks=_SLOW),
+    pytest.param("acnet_imagenet", "model=alexnet,conv=acb_bn_after_sum", marks=_SLOW),
+    pytest.param("acnet_imagenet", "model=densenet121,conv=acb", marks=_SLOW),
+    ("versatile_imagenet", "row=versatile_v2_alexnet"),
+    pytest.param("versatile_imagenet", "row=versatile_alexnet", marks=_SLOW),
+    pytest.param("versatile_imagenet", "row=alexnet", marks=_SLOW),
+    pytest.param("versatile_imagenet", "row=versatile_resnet50", marks=_SLOW),
+    pytest.param("versatile_imagenet", "row=versatile_v2_resnet50", marks=_SLOW),
+    pytest.param("versatile_imagenet", "row=resnet50", marks=_SLOW),
+    pytest.param("versatile_imagenet", "row=versatile_v2_resnext50", marks=_SLOW),
+    pytest.param("versatile_imagenet", "row=resnext50", marks=_SLOW),
   ],
 )
-def test_acnet_imagenet_configs_train_a_few_steps_and_deploy_equal(prepared, tmp_path, arg):
-  from configs import acnet_imagenet
+def test_imagenet_table_configs_train_a_few_steps_and_deploy_equal(prepared, tmp_path, config, arg):
+  import importlib
 
   _, out, _ = prepared
-  c = acnet_imagenet.get_config(arg)
-  c.data.update(data_dir=str(out), name="fm3", image_size=32, threads=2)
+  c = importlib.import_module(f"configs.{config}").get_config(arg)
+  size = next((v for k, v in _SMOKE_SIZE.items() if k in c.model), 32)
+  c.data.update(data_dir=str(out), name="fm3", image_size=size, threads=2)
   c.update(dtype="float32", batch_size=8, eval_batch_size=6, num_steps=2, progress=False)
   summary = trainer.train_and_evaluate(c, tmp_path)
   assert np.isfinite(summary.final_train_loss) and summary.deployed_prediction_agreement == 1.0

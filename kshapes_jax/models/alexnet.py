@@ -18,6 +18,21 @@ from kshapes_jax.nn import KINDS, Dense, VersatileConv, conv_bn
 _ANY_SIZE_KINDS = ("plain", "versatile", "acb", "active")
 
 
+def _pooled(side: int) -> int:
+  return (side - 3) // 2 + 1  # a 3/2 max-pool without padding
+
+
+def _final_side(name: str, image_size: int, conv1_padding: int) -> int:
+  """The side of conv 5's pooled map for square images (6 for AlexNet at 224, 5 for ACNet's)."""
+  side = lambda n: _pooled(_pooled(_pooled((n + 2 * conv1_padding - 11) // 4 + 1)))
+  if side(image_size) < 1:
+    least = next(n for n in range(11, 224) if side(n) >= 1)
+    raise ValueError(
+      f"{name} needs images of at least {least}x{least} pixels; got image_size={image_size}"
+    )
+  return side(image_size)
+
+
 class AlexNet(nnx.Module):
   """AlexNet (Krizhevsky et al. 2012) with BN after each conv: the versatile paper's baseline.
 
@@ -25,6 +40,8 @@ class AlexNet(nnx.Module):
   (2 groups), 3x3x192x256 (2 groups), 3/2 max-pools after conv 1, 2 and 5,
   then fc 6x6x256 -> 4096 -> 4096 -> classes: 6.1e7 weights (the versatile
   paper's Table 1). A kind replaces all five convs, groups kept.
+  `image_size` (square) sizes fc6 for other images: it reads conv 5's
+  pooled map whole (6x6 at 224 px).
 
   conv="versatile" is Versatile-AlexNet (section 4.3): each conv keeps its
   maps with s = ceil(d / 2) times fewer filters (11x11x3x16, 5x5x48x86,
@@ -44,9 +61,11 @@ class AlexNet(nnx.Module):
     precision: lax.PrecisionLike = None,
     dtype: DTypeLike | None = None,
     variant: str | None = None,
+    image_size: int = 224,
   ):
     options, num = layer_options(conv_options, precision, dtype)
     first, rest, v2 = versatile_variant(conv, variant, options)
+    side = _final_side("AlexNet", image_size, conv1_padding=2)
     kind = conv if conv in _ANY_SIZE_KINDS else "plain"
     shapes = ((96, 11, 4, 2, 1), (256, 5, 1, 2, 2), (384, 3, 1, 1, 1), (384, 3, 1, 1, 2))
     shapes += ((256, 3, 1, 1, 2),)  # (maps, kernel, stride, padding, groups)
@@ -61,7 +80,7 @@ class AlexNet(nnx.Module):
       self.convs.append(layer)
       cin = layer.out_features
     if conv == "versatile":
-      self.fc1 = VersatileConv(cin, 4096, 6, padding=0, use_bias=True, rngs=rngs, **rest)
+      self.fc1 = VersatileConv(cin, 4096, side, padding=0, use_bias=True, rngs=rngs, **rest)
       fc1_out = self.fc1.out_features
       self.fc2 = (
         VersatileConv(fc1_out, 4096, 1, padding=0, use_bias=True, rngs=rngs, **rest)
@@ -69,7 +88,7 @@ class AlexNet(nnx.Module):
         else Dense(fc1_out, 4096, rngs=rngs, **num)
       )
     else:
-      self.fc1 = Dense(6 * 6 * cin, 4096, rngs=rngs, **num)
+      self.fc1 = Dense(side * side * cin, 4096, rngs=rngs, **num)
       self.fc2 = Dense(4096, 4096, rngs=rngs, **num)
     self.fc3 = Dense(self.fc2.out_features, num_classes, rngs=rngs, **num)
 
@@ -93,6 +112,7 @@ class AlexNet(nnx.Module):
   input_shape=(224, 224, 3),
   paper="Versatile Table 1/4 (AlexNet)",
   num_classes=1000,
+  takes_image_size=True,
 )
 def alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return AlexNet(conv, num_classes, rngs=rngs, **kw)
@@ -104,6 +124,7 @@ def alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   input_shape=(224, 224, 3),
   paper="Versatile Table 4 (Versatile-AlexNet)",
   num_classes=1000,
+  takes_image_size=True,
 )
 def versatile_alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   """Versatile-AlexNet: alexnet with conv="versatile", variant="v1"."""
@@ -116,6 +137,7 @@ def versatile_alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   input_shape=(224, 224, 3),
   paper="Versatile Table 4 (Versatile v2-AlexNet)",
   num_classes=1000,
+  takes_image_size=True,
 )
 def versatile_v2_alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   """Versatile v2-AlexNet: alexnet with conv="versatile", variant="v2"."""
@@ -133,6 +155,7 @@ class ACNetAlexNet(nnx.Module):
   ACB; the 11x11 and 5x5 ones get 1x3 and 3x1 branches, as the paper says
   (`conv_options.asym_size` overrides that). slim's dropout (0.5 after fc6
   and fc7) is left out: the zoo's models hold no random state.
+  `image_size` (square) sizes fc6 for other images (5x5x256 at 224 px).
   """
 
   def __init__(
@@ -144,8 +167,10 @@ class ACNetAlexNet(nnx.Module):
     conv_options: dict[str, Any] | None = None,
     precision: lax.PrecisionLike = None,
     dtype: DTypeLike | None = None,
+    image_size: int = 224,
   ):
     options, num = layer_options(conv_options, precision, dtype)
+    side = _final_side("ACNet's AlexNet", image_size, conv1_padding=0)
     kind = conv if conv in _ANY_SIZE_KINDS else "plain"
     large = {**options, "asym_size": options.get("asym_size", 3)} if conv == "acb" else options
     shapes = ((64, 11, 4, 0), (192, 5, 1, 2), (384, 3, 1, 1), (384, 3, 1, 1), (256, 3, 1, 1))
@@ -157,7 +182,7 @@ class ACNetAlexNet(nnx.Module):
       layer = conv_bn(kind_k, cin, cout, k, stride=stride, padding=pad, rngs=rngs, **opts)
       self.convs.append(layer)
       cin = layer.out_features
-    self.fc1 = Dense(5 * 5 * cin, 4096, rngs=rngs, **num)
+    self.fc1 = Dense(side * side * cin, 4096, rngs=rngs, **num)
     self.fc2 = Dense(4096, 4096, rngs=rngs, **num)
     self.fc3 = Dense(4096, num_classes, rngs=rngs, **num)
 
@@ -177,6 +202,7 @@ class ACNetAlexNet(nnx.Module):
   input_shape=(224, 224, 3),
   paper="ACNet Table 3/4 (AlexNet)",
   num_classes=1000,
+  takes_image_size=True,
 )
 def acnet_alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return ACNetAlexNet(conv, num_classes, rngs=rngs, **kw)
