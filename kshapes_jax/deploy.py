@@ -1,30 +1,80 @@
-"""deploy(model): the same network made only of plain convolutions."""
+"""deploy(model): the same network made only of plain convolutions (ours, or flax.nnx's)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from flax import nnx
 
+from kshapes_jax._modules import map_modules
+from kshapes_jax.nn.base import Dense, PlainConv
 
-def _deployed(node):
-  if isinstance(node, nnx.Module) and callable(getattr(node, "deploy", None)):
-    return node.deploy()
-  if isinstance(node, nnx.Module):
-    for name, child in list(vars(node).items()):
-      if name.startswith("_"):
-        continue
-      new = _deployed(child)
-      if new is not child:
-        setattr(node, name, new)
-    return node
-  if isinstance(node, (list, nnx.List)):
-    for i in range(len(node)):
-      new = _deployed(node[i])
-      if new is not node[i]:
-        node[i] = new
-  return node
+Target = Literal["kshapes", "flax"]
 
 
-def deploy(model: nnx.Module) -> nnx.Module:
+def _deployed(path: tuple, module: nnx.Module) -> nnx.Module | None:
+  del path
+  return module.deploy() if callable(getattr(module, "deploy", None)) else None
+
+
+def flax_conv(layer: PlainConv) -> nnx.Conv:
+  """The `flax.nnx.Conv` that computes as a PlainConv: its kernel, bias, stride, padding,
+  dilation, groups, precision and dtypes."""
+  kernel = layer.kernel[...]
+  bias = None if layer.bias is None else layer.bias[...]
+  k = kernel.shape[0]
+  conv = nnx.eval_shape(  # shapes only: the values are the layer's
+    lambda: nnx.Conv(
+      kernel.shape[2] * layer.groups,
+      kernel.shape[3],
+      (k, k),
+      strides=layer.stride,
+      padding=layer.padding,
+      kernel_dilation=layer.dilation,
+      feature_group_count=layer.groups,
+      use_bias=bias is not None,
+      dtype=layer.dtype,
+      param_dtype=kernel.dtype,
+      precision=layer.precision,
+      rngs=nnx.Rngs(0),
+    )
+  )
+  conv.kernel = nnx.Param(kernel)
+  if bias is not None:
+    conv.bias = nnx.Param(bias)
+  return conv
+
+
+def flax_linear(layer: Dense) -> nnx.Linear:
+  """The `flax.nnx.Linear` with our Dense's weights and numerics."""
+  kernel = layer.kernel[...]
+  bias = None if layer.bias is None else layer.bias[...]
+  linear = nnx.eval_shape(
+    lambda: nnx.Linear(
+      *kernel.shape,
+      use_bias=bias is not None,
+      dtype=layer.dtype,
+      param_dtype=kernel.dtype,
+      precision=layer.precision,
+      rngs=nnx.Rngs(0),
+    )
+  )
+  linear.kernel = nnx.Param(kernel)
+  if bias is not None:
+    linear.bias = nnx.Param(bias)
+  return linear
+
+
+def _to_flax(path: tuple, module: nnx.Module) -> nnx.Module | None:
+  del path
+  if isinstance(module, PlainConv):
+    return flax_conv(module)
+  if isinstance(module, Dense):
+    return flax_linear(module)
+  return None
+
+
+def deploy(model: nnx.Module, *, to: Target = "kshapes") -> nnx.Module:
   """Returns a copy of `model` in eval mode with every shaped conv made plain.
 
   RotateConv -> its 3x3 kernel; ACBlock -> one kxk conv with bias (BN per
@@ -34,12 +84,23 @@ def deploy(model: nnx.Module) -> nnx.Module:
   that come before a conv (pre-activation) stay. The copy's eval outputs
   equal the model's eval outputs; the model itself is not changed.
 
+  Args:
+    model: any NNX module.
+    to: "kshapes" (the convs are `kshapes_jax.nn.PlainConv`) or "flax"
+      (they are `flax.nnx.Conv` with the folded bias, our `Dense` layers
+      `flax.nnx.Linear`: a user's own model then holds flax.nnx layers only,
+      and its state loads into the same model written with flax.nnx alone).
+
   Raises:
     TypeError: for anything that is not an nnx.Module.
+    ValueError: for an unknown `to`.
   """
   if not isinstance(model, nnx.Module):
     raise TypeError(f"deploy takes a flax nnx.Module, got {type(model).__name__}")
-  copy = nnx.clone(model)
-  copy = _deployed(copy)
+  if to not in ("kshapes", "flax"):
+    raise ValueError(f"to must be 'kshapes' or 'flax', got {to!r}")
+  copy = map_modules(nnx.clone(model), _deployed)
+  if to == "flax":
+    copy = map_modules(copy, _to_flax)
   copy.eval()
   return copy

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import export as jax_export
 
+from kshapes_jax.certificate import FusionCertificate, tolerance_for
+
 __all__ = [
   "check_shippable",
   "compute_dtypes",
@@ -39,8 +41,16 @@ __all__ = [
   "load_jax",
   "to_onnx",
   "save_onnx",
+  "read_certificate",
+  "normalized",
   "ONNX_OPSET",
+  "CERTIFICATE_KEY",
 ]
+
+# where a file keeps its fusion certificate: an ONNX metadata property; next to a jax.export
+# artifact (which has no metadata of its own), PATH + CERTIFICATE_SUFFIX
+CERTIFICATE_KEY = "kshapes_jax.fusion_certificate"
+CERTIFICATE_SUFFIX = ".certificate.json"
 
 ONNX_OPSET = 17
 
@@ -63,8 +73,7 @@ def forward(
 
   def fn(x: jax.Array):
     if normalize is not None:
-      mean, std = (jnp.asarray(v, jnp.float32) for v in normalize)
-      x = (x.astype(jnp.float32) / 255.0 - mean) / std
+      x = normalized(x, normalize)
     return nnx.merge(graphdef, state)(x)
 
   return fn
@@ -124,6 +133,35 @@ def check_shippable(
       raise ValueError(f"normalize's std must be > 0, got {tuple(normalize[1])}")
 
 
+def normalized(images: jax.typing.ArrayLike, normalize) -> jax.Array:
+  """uint8 images (0-255) as the model takes them, (x / 255 - mean) / std: what `forward` does."""
+  mean, std = (jnp.asarray(v, jnp.float32) for v in normalize)
+  return (jnp.asarray(images).astype(jnp.float32) / 255.0 - mean) / std
+
+
+def _checked(
+  model: nnx.Module, certificate: FusionCertificate | None, tolerance: float | None
+) -> None:
+  """Refuses a certificate above the tolerance (by default the model's compute dtype's)."""
+  if certificate is not None:
+    certificate.check(tolerance_for(model) if tolerance is None else tolerance)
+
+
+def read_certificate(path: str | Path) -> FusionCertificate | None:
+  """The fusion certificate written with a file by `save_onnx` or `save_jax`, None if none was."""
+  path = Path(path)
+  sidecar = path.with_name(path.name + CERTIFICATE_SUFFIX)
+  if sidecar.exists():
+    return FusionCertificate.from_json(sidecar.read_text())
+  if path.suffix == ".onnx":
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    if CERTIFICATE_KEY in props:
+      return FusionCertificate.from_json(props[CERTIFICATE_KEY])
+  return None
+
+
 def compute_dtypes(model: nnx.Module) -> set[str]:
   """The compute dtypes the model's layers set (convs, dense layers, BN); empty: all promote."""
   dtypes = (getattr(m, "dtype", None) for _, m in nnx.iter_modules(model))
@@ -177,10 +215,26 @@ def to_jax_export(
   return jax_export.export(jax.jit(forward(model, normalize)), platforms=tuple(platforms))(spec)
 
 
-def save_jax(model: nnx.Module, input_shape: Sequence[int], path: str | Path, **kwargs) -> Path:
-  """Writes `to_jax_export(model, input_shape, **kwargs).serialize()` to path; returns the path."""
+def save_jax(
+  model: nnx.Module,
+  input_shape: Sequence[int],
+  path: str | Path,
+  *,
+  certificate: FusionCertificate | None = None,
+  tolerance: float | None = None,
+  **kwargs,
+) -> Path:
+  """Writes `to_jax_export(model, input_shape, **kwargs).serialize()` to path; returns the path.
+
+  With a `certificate` (`kshapes_jax.certify`), refuses (ValueError naming the worst layer) one
+  above `tolerance` (default: `certificate.TOLERANCE` of the model's compute dtype) and writes it
+  next to the file, as PATH.certificate.json (`read_certificate`).
+  """
+  _checked(model, certificate, tolerance)
   path = Path(path)
   path.write_bytes(to_jax_export(model, input_shape, **kwargs).serialize())
+  if certificate is not None:
+    path.with_name(path.name + CERTIFICATE_SUFFIX).write_text(certificate.to_json())
   return path
 
 
@@ -197,6 +251,8 @@ def to_onnx(
   normalize: tuple[Sequence[float], Sequence[float]] | None = None,
   opset: int = ONNX_OPSET,
   name: str = "kshapes_jax",
+  certificate: FusionCertificate | None = None,
+  tolerance: float | None = None,
 ):
   """The model's forward pass as an ONNX ModelProto with a symbolic batch dimension.
 
@@ -206,18 +262,26 @@ def to_onnx(
     normalize: see `forward`.
     opset: the ONNX opset.
     name: the graph's name.
+    certificate: a `kshapes_jax.certify` result, written into the file's metadata
+      (`CERTIFICATE_KEY`); one above `tolerance` is refused.
+    tolerance: the largest relative error accepted; by default that of the model's compute
+      dtype (`certificate.TOLERANCE`).
 
   Raises:
     ValueError: for a primitive the translator does not cover, a model in train mode or not
-      deployed (`check_shippable`).
+      deployed (`check_shippable`), or a certificate above the tolerance.
     ImportError: without the `onnx` package (`pip install kshapes-jax[onnx]`).
   """
   from kshapes_jax import _onnx  # here: `onnx` is an optional dependency
 
+  _checked(model, certificate, tolerance)
   spec = _batch_spec(input_shape, normalize)
   check_shippable(model, input_shape, normalize=normalize, deployed=True)
   closed = jax.make_jaxpr(forward(model, normalize))(spec)
-  return _onnx.from_jaxpr(closed, spec, opset=opset, name=name)
+  proto = _onnx.from_jaxpr(closed, spec, opset=opset, name=name)
+  if certificate is not None:
+    proto.metadata_props.add(key=CERTIFICATE_KEY, value=certificate.to_json())
+  return proto
 
 
 def save_onnx(model: nnx.Module, input_shape: Sequence[int], path: str | Path, **kwargs) -> Path:

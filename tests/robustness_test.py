@@ -244,8 +244,16 @@ def test_a_bfloat16_run_exports_to_onnx_in_float32(tmp_path):
   assert results["jax"]["dtype"] == "bfloat16" and results["jax"]["agreement"] == 1.0
   assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
     "model.jaxexport",
+    "model.jaxexport.certificate.json",
     "model.onnx",
   ]
+  # the deployed bf16 network against the trained one, in the ONNX file and next to the artifact
+  import kshapes_jax as K
+
+  for name in ("model.onnx", "model.jaxexport"):
+    certificate = K.export.read_certificate(tmp_path / "export" / name)
+    assert certificate == results["onnx"]["certificate"] and certificate.agreement == 1.0
+    assert certificate.logits_relative < K.certificate.TOLERANCE["bfloat16"]
 
 
 LIBRARY_ERRORS += [

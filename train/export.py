@@ -12,6 +12,13 @@ export fails (status 1), and leaves no file, if they disagree on more than
 0.1% of predictions. A bfloat16 run's ONNX file computes in float32 (ONNX
 runtimes have no bf16 convolutions on the CPU), checked against the float32
 copy.
+
+Before any file is written, the deployed network is certified against the
+trained one on up to 256 test images (`kshapes_jax.certify`: each fused
+layer's error as it trained, the logits' error, the agreement); the export
+refuses (status 2, the worst layer named) a certificate above the tolerance
+of the run's compute dtype, and otherwise writes it into the ONNX file's
+metadata and next to a jax.export file (PATH.certificate.json).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ def define_flags() -> None:
 
 SUFFIX = {"jax": ".jaxexport", "onnx": ".onnx"}
 MIN_AGREEMENT = 0.999  # a file that agrees on fewer test predictions is not written
+CERTIFY_IMAGES = 256  # the test images the fusion certificate is measured on
 
 
 def export_run(
@@ -61,7 +69,12 @@ def export_run(
 
   Returns:
     format -> {"path", "bytes", "agreement" (share of equal test predictions, None when not
-    checked), "max_abs_diff" (of the logits)}.
+    checked), "max_abs_diff" (of the logits), "dtype", "certificate" (the deployed network's
+    `kshapes_jax.FusionCertificate`)}.
+
+  Raises:
+    ValueError: if the certificate is above the tolerance of the run's compute dtype (nothing
+      is written).
   """
   import kshapes_jax as K
   from train.trainer.trained_run import load_run
@@ -70,9 +83,12 @@ def export_run(
   shipped = K.deploy(run.model)
   normalize = (run.dataset.mean, run.dataset.std)
   shape = run.dataset.image_shape
+  images = run.dataset.test.head(check_images or len(run.dataset.test))
+  probe = K.export.normalized(images[:CERTIFY_IMAGES], normalize)
+  certificate = K.certify(run.model, shipped, probe)
+  certificate.check(K.certificate.tolerance_for(run.model))  # before anything is written
   out = Path(out) if out else Path(workdir) / "export"
   out.mkdir(parents=True, exist_ok=True)
-  images = run.dataset.test.head(check_images or len(run.dataset.test))
   results = {}
   for fmt in formats:
     # ONNX runtimes have no bf16 convolutions on the CPU: a bf16 run ships in float32
@@ -85,7 +101,7 @@ def export_run(
         K.export.save_jax(model, shape, partial, normalize=normalize)
         predict: Callable | None = K.export.load_jax(partial)
       else:
-        K.export.save_onnx(model, shape, partial, normalize=normalize)
+        K.export.save_onnx(model, shape, partial, normalize=normalize, certificate=certificate)
         predict = _onnxruntime(partial)
       logits = _batched(predict, images) if predict is not None else None
     except BaseException:
@@ -98,12 +114,16 @@ def export_run(
       partial.unlink()
     else:
       partial.replace(path)
+      if fmt == "jax":  # a jax.export artifact has no metadata: the certificate goes next to it
+        sidecar = path.with_name(path.name + K.export.CERTIFICATE_SUFFIX)
+        sidecar.write_text(certificate.to_json())
     results[fmt] = {
       "path": str(path),
       "bytes": path.stat().st_size if path.exists() else 0,
       "agreement": agreement,
       "max_abs_diff": None if logits is None else float(np.max(np.abs(logits - reference))),
       "dtype": "float32" if fmt == "onnx" else "/".join(sorted(K.export.compute_dtypes(model))),
+      "certificate": certificate,
     }
   return results
 
@@ -148,6 +168,14 @@ def main(argv: list[str]) -> None:
       print(f"not written: {r['path']}: {check}", file=sys.stderr)
     else:
       print(f"wrote {r['path']} ({r['bytes'] / 1e6:.2f} MB): {check}")
+  certificate = next(iter(results.values()))["certificate"]
+  worst = certificate.worst
+  print(
+    "fusion certificate: "
+    + (f"worst layer {worst.path} ({worst.layer}) {worst.relative:.2e} relative, " if worst else "")
+    + f"logits {certificate.logits_relative:.2e}, agreement {100 * certificate.agreement:.2f}% "
+    f"({certificate.probe})"
+  )
   if failed:
     raise SystemExit(1)
 

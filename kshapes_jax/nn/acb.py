@@ -168,6 +168,11 @@ class ACBlock(ConvLayer):
     record(self, x, y)
     return y
 
+  def branched(self, x: jax.Array) -> jax.Array:
+    """The block as its branches, each conv and its BN in the BNs' mode: in eval mode the
+    reference its fused conv (eq. 6-7) is measured against (`kshapes_jax.certify`)."""
+    return self._branched(x)
+
   def _branched(self, x: jax.Array) -> jax.Array:
     outs = []
     for kernel, padding, bn in self._branches():

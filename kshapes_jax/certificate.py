@@ -1,0 +1,199 @@
+"""The fusion certificate: how far a deployed network is from the trained one, layer by layer.
+
+Train/deploy mismatches are the most reported bug of reparameterized networks;
+`certify` measures them on the model a user trained, so an export can record
+and refuse them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kshapes_jax._modules import map_modules, path_str
+from kshapes_jax.nn.acb import ACBlock
+from kshapes_jax.nn.active import ActiveConv
+from kshapes_jax.nn.base import PlainConv
+from kshapes_jax.nn.factory import ConvBN
+
+# the relative error an export accepts by default, by the network's compute dtype: float32 convs
+# of the fused kernel differ from the branches' by float rounding (1e-6 relative), TF32 by 1e-3
+TOLERANCE = {"float32": 5e-3, "float64": 1e-8, "bfloat16": 5e-2, "float16": 2e-2}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerError:
+  """One fused layer against the trained one it replaces, on the probe's activations."""
+
+  path: str
+  layer: str  # the trained layer's class
+  max_abs: float
+  relative: float  # max |deployed - trained| / max |trained|
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionCertificate:
+  """The deployed network against the trained one (eval mode) on one probe batch.
+
+  Attributes:
+    layers: each fused layer, in the model's order.
+    logits_max_abs: max |deployed - trained| over the probe's logits.
+    logits_relative: that over max |trained logits|.
+    agreement: the share of probe examples whose arg-max the two agree on.
+    probe: what the probe was ("given, 64 examples" or "random normal, 8 examples").
+  """
+
+  layers: tuple[LayerError, ...]
+  logits_max_abs: float
+  logits_relative: float
+  agreement: float
+  probe: str
+
+  @property
+  def worst(self) -> LayerError | None:
+    return max(self.layers, key=lambda e: e.relative, default=None)
+
+  def check(self, tolerance: float) -> None:
+    """Raises ValueError, naming the worst layer, if any relative error exceeds `tolerance`."""
+    worst = self.worst
+    if worst is not None and worst.relative > tolerance:
+      raise ValueError(
+        f"the deployed network differs from the trained one by {worst.relative:.3g} (relative) "
+        f"at {worst.path} ({worst.layer}), above the tolerance {tolerance:g}; logits differ by "
+        f"{self.logits_relative:.3g}, predictions agree on {100 * self.agreement:.2f}% of the "
+        "probe"
+      )
+    if self.logits_relative > tolerance:
+      raise ValueError(
+        f"the deployed network's logits differ from the trained one's by "
+        f"{self.logits_relative:.3g} (relative), above the tolerance {tolerance:g}"
+      )
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> FusionCertificate:
+    d = json.loads(text)
+    return cls(**{**d, "layers": tuple(LayerError(**e) for e in d["layers"])})
+
+
+def _at(model: Any, path: tuple) -> Any:
+  node = model
+  for key in path:
+    node = (
+      node[key]
+      if isinstance(key, int) or isinstance(node, dict | nnx.Dict)
+      else (getattr(node, key))
+    )
+  return node
+
+
+class _Probe(nnx.Module):
+  """A fused layer that hands its input to `sink` and computes as it trained (eager: the
+  certificate's forward pass)."""
+
+  def __init__(self, layer: nnx.Module, path: tuple, sink):
+    self.layer, self.path, self.sink = layer, path, sink
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    self.sink(self.path, self.layer, x)
+    return trained_output(self.layer, x)
+
+
+def _fused(module: nnx.Module) -> bool:
+  """A module deploy fuses: a shaped conv, or a conv + BN unit."""
+  return callable(getattr(module, "deploy", None)) and not isinstance(module, PlainConv)
+
+
+def trained_output(layer: nnx.Module, x: jax.Array) -> jax.Array:
+  """A fused layer's output computed as it trained, not through the kernel deploy folds: an
+  ACB's branches (BNs on running statistics), an ACU's literal bilinear gather, a conv then
+  its BN; the other kinds are their kernel's conv already."""
+  if isinstance(layer, ACBlock):
+    return layer.branched(x)
+  if isinstance(layer, ActiveConv):
+    return layer.gather(x)
+  if isinstance(layer, ConvBN):
+    return layer.bn(trained_output(layer.conv, x))
+  return layer(x)
+
+
+def _max_abs(a: jax.Array) -> float:
+  return float(jnp.max(jnp.abs(jnp.asarray(a, jnp.float32))))
+
+
+def certify(
+  model: nnx.Module,
+  deployed: nnx.Module,
+  probe: jax.Array | None = None,
+  *,
+  input_shape: Sequence[int] | None = None,
+  batch: int = 8,
+  seed: int = 0,
+) -> FusionCertificate:
+  """Measures `deployed` (from `kshapes_jax.deploy`, either target) against `model` in eval mode.
+
+  Each fused layer (a shaped conv, or a conv with the BN folded into it) is
+  run on the activation the trained network feeds it on the probe, as it
+  trained (`trained_output`: an ACB's three branches and BNs, an ACU's
+  bilinear gather) and deployed; the whole networks are compared on their
+  logits.
+
+  Args:
+    model: the trained network (not changed; compared in eval mode).
+    deployed: its deployed copy.
+    probe: a batch of model inputs (normalized as the model takes them);
+      None: `batch` standard normal examples of `input_shape`.
+    input_shape: one example's shape, for a random probe.
+    batch: the random probe's size.
+    seed: the random probe's seed.
+
+  Raises:
+    ValueError: without a probe or an input shape, or if the deployed
+      network lacks a layer at a fused layer's path.
+  """
+  if probe is None:
+    if input_shape is None:
+      raise ValueError("certify needs a probe batch or the input_shape of a random one")
+    probe = jax.random.normal(jax.random.key(seed), (batch, *input_shape))
+    what = f"random normal, {batch} examples"
+  else:
+    what = f"given, {len(probe)} examples"
+  seen: dict[tuple, tuple[nnx.Module, jax.Array]] = {}
+  sink = lambda path, layer, x: seen.setdefault(path, (layer, x))  # first call: its input
+  trained = nnx.clone(model)
+  trained.eval()
+  probed = map_modules(
+    nnx.clone(trained), lambda path, m: _Probe(m, path, sink) if _fused(m) else None
+  )
+  want = probed(probe)
+  layers = []
+  for path, (layer, x) in seen.items():
+    try:
+      counterpart = _at(deployed, path)
+    except (AttributeError, KeyError, IndexError) as e:
+      raise ValueError(f"the deployed network has no layer at {path_str(path)}") from e
+    a, b = trained_output(layer, x), counterpart(x)
+    diff = _max_abs(jnp.asarray(b, jnp.float32) - jnp.asarray(a, jnp.float32))
+    layers.append(
+      LayerError(path_str(path), type(layer).__name__, diff, diff / max(_max_abs(a), 1e-30))
+    )
+  got = deployed(probe)
+  diff = _max_abs(jnp.asarray(got, jnp.float32) - jnp.asarray(want, jnp.float32))
+  agreement = float(np.mean(np.asarray(jnp.argmax(got, -1) == jnp.argmax(want, -1))))
+  return FusionCertificate(tuple(layers), diff, diff / max(_max_abs(want), 1e-30), agreement, what)
+
+
+def tolerance_for(model: nnx.Module) -> float:
+  """The default tolerance of a network: that of its least precise compute dtype."""
+  from kshapes_jax.export import compute_dtypes  # export imports this module
+
+  return max(TOLERANCE.get(d, 5e-2) for d in compute_dtypes(model) or {"float32"})
