@@ -77,3 +77,41 @@ def test_readme_optimizer_snippet_runs_on_a_model():
   # warm-up: the positions stay, the weights move
   assert jnp.array_equal(moved["convs"][1]["positions"][...], params["convs"][1]["positions"][...])
   assert not jnp.array_equal(moved["convs"][1]["weights"][...], params["convs"][1]["weights"][...])
+
+
+def _section_code(title: str) -> list[str]:
+  readme = (ROOT / "README.md").read_text()
+  section = readme[readme.index(f"## {title}\n") :]
+  section = section[: section.index("\n## ", 1)]
+  return [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+
+
+def test_readme_convert_and_linen_examples_run(tmp_path, monkeypatch):
+  """The 'Your own model' snippets, on a small user model of the kind they describe."""
+  pytest.importorskip("onnx")
+  monkeypatch.chdir(tmp_path)
+  prelude = """
+import jax, numpy as np
+from flax import nnx
+
+class MyNet(nnx.Module):
+  def __init__(self, rngs):
+    self.stem = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(8, rngs=rngs)
+    self.body = nnx.Sequential(
+      nnx.Conv(8, 8, (3, 3), padding=1, rngs=rngs), nnx.Conv(8, 16, (1, 1), rngs=rngs)
+    )
+    self.fc = nnx.Linear(16, 10, rngs=rngs)
+  def __call__(self, x):
+    x = jax.nn.relu(self.bn(self.stem(x)))
+    return self.fc(self.body(x).mean(axis=(1, 2)))
+
+images = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
+key, x = jax.random.key(1), images
+"""
+  nnx_example, linen_example = _section_code("Your own model: convert, deploy to Flax, Linen")
+  namespace: dict = {}
+  exec(prelude + nnx_example, namespace)
+  assert (tmp_path / "acnet.onnx").exists() and namespace["certificate"].agreement == 1.0
+  exec(prelude + linen_example, namespace)
+  assert namespace["logits"].shape == (8, 10)
