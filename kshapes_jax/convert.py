@@ -20,7 +20,7 @@ from flax import nnx
 from kshapes_jax import _validation
 from kshapes_jax._modules import map_modules, path_str
 from kshapes_jax.kernels import active_kernel, rotate_kernel
-from kshapes_jax.nn import CONV_KINDS, ACBlock, ActiveConv, PlainConv, RotateConv, make_conv
+from kshapes_jax.nn import CONV_KINDS, PlainConv, RotateConv, make_conv
 
 Init = Literal["preserve", "fresh"]
 # kinds whose padding sets other convs' (ACB's branches, the ACU's radius): one int per side
@@ -84,14 +84,15 @@ def _padding(path: str, padding: Any) -> Any:
     return padding.upper()
   if _validation.is_int(padding):
     return int(padding)
-  pads = [(p, p) if _validation.is_int(p) else tuple(p) for p in padding]
-  if len(pads) != 2 or not all(len(p) == 2 and all(map(_validation.is_int, p)) for p in pads):
+  given = [(p, p) if _validation.is_int(p) else tuple(p) for p in padding]
+  if len(given) != 2 or not all(len(p) == 2 and all(map(_validation.is_int, p)) for p in given):
     raise ValueError(f"{path}: padding {padding!r} is not one for a 2-D conv")
-  pads = tuple((int(a), int(b)) for a, b in pads)
+  pads = tuple((int(a), int(b)) for a, b in given)
   return pads[0][0] if len({*pads[0], *pads[1]}) == 1 else pads
 
 
-def _geometry(path: str, layer: nnx.Module) -> _Geometry:
+def _geometry(path: str, layer: Any) -> _Geometry:
+  """`layer`: an nnx.Conv or a PlainConv."""
   if isinstance(layer, PlainConv):
     numerics = {**layer.numerics, "param_dtype": layer.kernel[...].dtype}
     return _Geometry(
@@ -181,20 +182,22 @@ def _build(path: str, kind: str, g: _Geometry, rngs: nnx.Rngs, options: dict) ->
   return new
 
 
-def _relative(a: jax.Array, b: jax.Array) -> float:
-  """||a - b|| / ||b||, b zero-padded to a's size if smaller (an ACU's kernel has room to move)."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+def _relative(got: jax.Array, want: jax.Array) -> float:
+  """||got - want|| / ||want||, want zero-padded to got's size if smaller (an ACU's kernel has
+  room to move)."""
+  a, b = np.asarray(got, np.float64), np.asarray(want, np.float64)
   margin = (a.shape[0] - b.shape[0]) // 2
   b = np.pad(b, ((margin, margin), (margin, margin), (0, 0), (0, 0)))
   norm = np.linalg.norm(b)
   return float(np.linalg.norm(a - b) / norm) if norm > 0 else float(np.linalg.norm(a))
 
 
-def _set(variable: nnx.Variable, value: Any) -> None:
+def _set(variable: Any, value: Any) -> None:
+  """Sets an nnx.Variable to `value` in the variable's dtype."""
   variable.set_value(jnp.asarray(value, variable[...].dtype))
 
 
-def _preserve_acb(layer: ACBlock, g: _Geometry) -> None:
+def _preserve_acb(layer: Any, g: _Geometry) -> None:
   """Square = the kernel, 1xk / kx1 = 0, every BN the identity in eval mode (mean 0, var 1,
   scale sqrt(1 + eps)), the original bias as the square BN's shift."""
   _set(layer.square, g.kernel)
@@ -204,7 +207,7 @@ def _preserve_acb(layer: ACBlock, g: _Geometry) -> None:
   for bn in layer._bns():
     _set(bn.mean, jnp.zeros_like(bn.mean[...]))
     _set(bn.var, jnp.ones_like(bn.var[...]))
-  square_bn = layer.square_bn if layer.bn_mode == "branch" else layer.sum_bn
+  square_bn: Any = layer.square_bn if layer.bn_mode == "branch" else layer.sum_bn
   _set(square_bn.scale, jnp.full_like(square_bn.scale[...], np.sqrt(1 + square_bn.epsilon)))
   _set(square_bn.bias, jnp.zeros_like(square_bn.bias[...]) if g.bias is None else g.bias)
   if layer.bn_mode == "sum":
@@ -214,7 +217,7 @@ def _preserve_acb(layer: ACBlock, g: _Geometry) -> None:
       _set(bn.bias, jnp.zeros_like(bn.bias[...]))
 
 
-def _preserve_active(path: str, layer: ActiveConv, g: _Geometry) -> None:
+def _preserve_active(path: str, layer: Any, g: _Geometry) -> None:
   """The lattice synapses take the kernel's taps."""
   k = g.kernel_size
   if layer.synapses != k * k or layer.position_groups != 1:
@@ -235,7 +238,7 @@ def _preserve_active(path: str, layer: ActiveConv, g: _Geometry) -> None:
     _set(layer.bias, g.bias)
 
 
-def _fit_rotate(layer: RotateConv, g: _Geometry) -> None:
+def _fit_rotate(layer: Any, g: _Geometry) -> None:
   """The least-squares line kernel on a 1-degree grid of angles, per (input, output) pair."""
   kernel = np.asarray(g.kernel, np.float64).reshape(9, -1)  # (9, I * O)
   taps = 3 if layer.version == 4 else 1
@@ -292,7 +295,7 @@ def _is_conv(node: Any) -> bool:
   return isinstance(node, (nnx.Conv, PlainConv))
 
 
-def _larger_than_1x1(layer: nnx.Module) -> bool:
+def _larger_than_1x1(layer: Any) -> bool:
   size = layer.kernel_size
   return any(s > 1 for s in ((size, size) if _validation.is_int(size) else size))
 

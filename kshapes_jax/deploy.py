@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from flax import nnx
 
@@ -12,7 +12,7 @@ from kshapes_jax.nn.base import Dense, PlainConv
 Target = Literal["kshapes", "flax"]
 
 
-def _deployed(path: tuple, module: nnx.Module) -> nnx.Module | None:
+def _deployed(path: tuple, module: Any) -> nnx.Module | None:
   del path
   return module.deploy() if callable(getattr(module, "deploy", None)) else None
 
@@ -35,7 +35,7 @@ def flax_conv(layer: PlainConv) -> nnx.Conv:
       use_bias=bias is not None,
       dtype=layer.dtype,
       param_dtype=kernel.dtype,
-      precision=layer.precision,
+      precision=layer.precision,  # type: ignore[arg-type]
       rngs=nnx.Rngs(0),
     )
   )

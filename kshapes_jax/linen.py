@@ -93,7 +93,7 @@ class ShapedConv(linen.Module):
       return self._deployed(x)
     cin = x.shape[-1]
     abstract = nnx.eval_shape(lambda: self.layer(cin, nnx.Rngs(0)))
-    graphdef, params, stats, rest = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)
+    graphdef, params, stats, rest = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)  # type: ignore[misc]
 
     def initial(rng, kind):
       state = nnx.state(self.layer(cin, nnx.Rngs(rng)), kind)
@@ -175,7 +175,7 @@ def deploy(model: linen.Module, variables: Mapping[str, Any], *args, **kwargs) -
     model.apply(variables, *args, **kwargs)
   if not found:
     raise ValueError("no ShapedConv ran in the model's apply: nothing to deploy")
-  out = unfreeze(variables)
+  out = unfreeze(freeze(variables))  # a fresh nested dict to edit
   for path, (kernel, bias) in found.items():
     node = out["params"]
     for name in path[:-1]:

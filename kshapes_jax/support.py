@@ -6,7 +6,7 @@ README equal to it).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +68,7 @@ def check(kind: str, geometry: Geometry) -> str | None:
   """None if a conv of `geometry` converts to `kind`, trains (a finite gradient), deploys (the
   same eval outputs) and exports (jax.export); else why not, in one line."""
   net = nnx.Sequential(geometry.conv(nnx.Rngs(0)))
-  init = "fresh" if kind in FRESH_KINDS else "preserve"
+  init: Literal["preserve", "fresh"] = "fresh" if kind in FRESH_KINDS else "preserve"
   try:
     model = convert(net, kind, init=init)
   except ValueError as e:  # "PATH: [cannot become KIND: ]REASON[; more]": the reason

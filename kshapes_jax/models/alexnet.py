@@ -67,9 +67,15 @@ class AlexNet(nnx.Module):
     first, rest, v2 = versatile_variant(conv, variant, options)
     side = _final_side("AlexNet", image_size, conv1_padding=2)
     kind = conv if conv in _ANY_SIZE_KINDS else "plain"
-    shapes = ((96, 11, 4, 2, 1), (256, 5, 1, 2, 2), (384, 3, 1, 1, 1), (384, 3, 1, 1, 2))
-    shapes += ((256, 3, 1, 1, 2),)  # (maps, kernel, stride, padding, groups)
-    self.convs = nnx.List()
+    # (maps, kernel, stride, padding, groups)
+    shapes: tuple[tuple[int, int, int, int, int], ...] = (
+      (96, 11, 4, 2, 1),
+      (256, 5, 1, 2, 2),
+      (384, 3, 1, 1, 1),
+      (384, 3, 1, 1, 2),
+      (256, 3, 1, 1, 2),
+    )
+    self.convs: nnx.List[nnx.Module] = nnx.List()
     cin = 3
     for i, (cout, k, stride, pad, groups) in enumerate(shapes):
       kind_i = kind if k > 3 else conv
@@ -79,6 +85,8 @@ class AlexNet(nnx.Module):
       )
       self.convs.append(layer)
       cin = layer.out_features
+    self.fc1: nnx.Module
+    self.fc2: nnx.Module
     if conv == "versatile":
       self.fc1 = VersatileConv(cin, 4096, side, padding=0, use_bias=True, rngs=rngs, **rest)
       fc1_out = self.fc1.out_features
@@ -174,7 +182,7 @@ class ACNetAlexNet(nnx.Module):
     kind = conv if conv in _ANY_SIZE_KINDS else "plain"
     large = {**options, "asym_size": options.get("asym_size", 3)} if conv == "acb" else options
     shapes = ((64, 11, 4, 0), (192, 5, 1, 2), (384, 3, 1, 1), (384, 3, 1, 1), (256, 3, 1, 1))
-    self.convs = nnx.List()
+    self.convs: nnx.List[nnx.Module] = nnx.List()
     cin = 3
     for cout, k, stride, pad in shapes:
       kind_k = kind if k > 3 else conv
