@@ -11,7 +11,7 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from kshapes_jax.models.layers import layer_options, max_pool, versatile_variant
-from kshapes_jax.models.registry import register
+from kshapes_jax.models.registry import register, register_row
 from kshapes_jax.nn import KINDS, Dense, VersatileConv, conv_bn
 
 # kinds that build kernels larger than 3x3; the others (RotateConv) leave such layers plain
@@ -126,30 +126,13 @@ def alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return AlexNet(conv, num_classes, rngs=rngs, **kw)
 
 
-@register(
-  "versatile_alexnet",
-  kinds=("versatile",),
-  input_shape=(224, 224, 3),
-  paper="Versatile Table 4 (Versatile-AlexNet)",
-  num_classes=1000,
-  takes_image_size=True,
-)
-def versatile_alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
-  """Versatile-AlexNet: alexnet with conv="versatile", variant="v1"."""
-  return AlexNet(conv, num_classes, rngs=rngs, variant="v1", **kw)
-
-
-@register(
-  "versatile_v2_alexnet",
-  kinds=("versatile",),
-  input_shape=(224, 224, 3),
-  paper="Versatile Table 4 (Versatile v2-AlexNet)",
-  num_classes=1000,
-  takes_image_size=True,
-)
-def versatile_v2_alexnet(conv, num_classes: int, rngs: nnx.Rngs, **kw):
-  """Versatile v2-AlexNet: alexnet with conv="versatile", variant="v2"."""
-  return AlexNet(conv, num_classes, rngs=rngs, variant="v2", **kw)
+for _name, _variant, _row in (
+  ("versatile_alexnet", "v1", "Versatile-AlexNet"),
+  ("versatile_v2_alexnet", "v2", "Versatile v2-AlexNet"),
+):
+  register_row(
+    _name, "alexnet", kinds=("versatile",), paper=f"Versatile Table 4 ({_row})", variant=_variant
+  )
 
 
 class ACNetAlexNet(nnx.Module):

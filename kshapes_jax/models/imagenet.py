@@ -11,7 +11,7 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from kshapes_jax.models.layers import global_avg_pool, layer_options, max_pool, versatile_variant
-from kshapes_jax.models.registry import register
+from kshapes_jax.models.registry import register, register_row
 from kshapes_jax.nn import KINDS, ConvBN, Dense, VersatileConv, conv_bn
 
 
@@ -169,39 +169,12 @@ def resnext50_32x4d(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   )
 
 
-@register(
-  "versatile_resnet50",
-  kinds=("versatile",),
-  input_shape=(224, 224, 3),
-  paper="Versatile Table 4 (Versatile-ResNet-50)",
-  num_classes=1000,
-)
-def versatile_resnet50(conv, num_classes: int, rngs: nnx.Rngs, **kw):
-  """Versatile-ResNet-50: resnet50 with conv="versatile", variant="v1"."""
-  return ImageNetResNet((3, 4, 6, 3), 4, conv, num_classes, rngs=rngs, variant="v1", **kw)
-
-
-@register(
-  "versatile_v2_resnet50",
-  kinds=("versatile",),
-  input_shape=(224, 224, 3),
-  paper="Versatile Table 4 (Versatile v2-ResNet-50)",
-  num_classes=1000,
-)
-def versatile_v2_resnet50(conv, num_classes: int, rngs: nnx.Rngs, **kw):
-  """Versatile v2-ResNet-50: resnet50 with conv="versatile", variant="v2"."""
-  return ImageNetResNet((3, 4, 6, 3), 4, conv, num_classes, rngs=rngs, variant="v2", **kw)
-
-
-@register(
-  "versatile_v2_resnext50",
-  kinds=("versatile",),
-  input_shape=(224, 224, 3),
-  paper="Versatile Table 4 (Versatile v2-ResNeXt-50)",
-  num_classes=1000,
-)
-def versatile_v2_resnext50(conv, num_classes: int, rngs: nnx.Rngs, **kw):
-  """Versatile v2-ResNeXt-50: resnext50_32x4d with conv="versatile", variant="v2"."""
-  return ImageNetResNet(
-    (3, 4, 6, 3), 4, conv, num_classes, rngs=rngs, groups=32, base_width=4, variant="v2", **kw
+# the versatile paper's Table 4 rows of them
+for _name, _of, _variant, _row in (
+  ("versatile_resnet50", "resnet50", "v1", "Versatile-ResNet-50"),
+  ("versatile_v2_resnet50", "resnet50", "v2", "Versatile v2-ResNet-50"),
+  ("versatile_v2_resnext50", "resnext50_32x4d", "v2", "Versatile v2-ResNeXt-50"),
+):
+  register_row(
+    _name, _of, kinds=("versatile",), paper=f"Versatile Table 4 ({_row})", variant=_variant
   )

@@ -47,6 +47,18 @@ def register(
   return wrap
 
 
+def register_row(name: str, of: str, *, kinds: tuple[str, ...], paper: str, **fixed) -> None:
+  """Registers `name` as the model `of` built with the keyword arguments `fixed`: a paper's table
+  row of it (e.g. variant="v2"), taking `kinds`."""
+  base = spec(of)
+
+  def build(conv, num_classes: int, rngs: nnx.Rngs, **kw):
+    return base.build(conv=conv, num_classes=num_classes, rngs=rngs, **fixed, **kw)
+
+  build.__doc__ = f"{paper}: {of} with " + ", ".join(f"{k}={v!r}" for k, v in fixed.items())
+  _MODELS[name] = dataclasses.replace(base, name=name, build=build, kinds=kinds, paper=paper)
+
+
 def spec(name: str) -> ModelSpec:
   if name not in _MODELS:
     raise ValueError(f"unknown model {name!r}; expected one of {sorted(_MODELS)}")
