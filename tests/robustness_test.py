@@ -393,7 +393,7 @@ CONFIG_ERRORS = [
   (
     {"conv": "acb", "conv_options.normalize_grad": False},
     r"conv_options.normalize_grad does not apply to conv 'acb'; it takes \['asym_scale_init', "
-    r"'asymmetric'",
+    r"'asym_size', 'asymmetric'",
   ),
   ({"optim.momentum": 5.0}, r"optim.momentum must be a number in \[0, 1\), got 5.0"),
   ({"optim.weight_decay": -1.0}, r"optim.weight_decay must be a number in \[0, inf\), got -1.0"),
