@@ -49,11 +49,12 @@ def pruning_curves(
   batch_size: int = 1000,
 ) -> dict[str, np.ndarray]:
   """Accuracy of the pruned deployed net (Fig. 5): {region: (len(seeds), len(sparsities))}, NaN
-  where the region cannot hold that sparsity."""
-  k = acb.square_convs(deployed)[0][1].kernel[...].shape[0]
+  where the region of some kxk layer (every one is pruned) cannot hold that sparsity."""
+  sizes = {layer.kernel[...].shape[0] for _, layer in acb.square_convs(deployed)}
   out = {}
   for region in regions:
-    capacity = acb.region_mask(k, region).mean()
+    # every kxk layer is pruned: the smallest kernel's region bounds the sparsity (AlexNet's 3x3)
+    capacity = min(acb.region_mask(k, region).mean() for k in sizes)
     acc = np.full((len(seeds), len(sparsities)), np.nan)
     for j, sparsity in enumerate(sparsities):
       if sparsity > capacity + 1e-9:
@@ -89,11 +90,15 @@ def distorted_accuracies(
 
 
 def magnitude(deployed: nnx.Module) -> tuple[np.ndarray, int]:
-  """A (eq. 9-10) over the kxk layers of a deployed model, and how many there are."""
+  """A (eq. 9-10) over the kxk layers of a deployed model of its most common k (the smaller on a
+  tie: ACNet's AlexNet has one 11x11, one 5x5 and three 3x3), and how many there are."""
   convs = acb.square_convs(deployed)
   if not convs:
     raise ValueError("section acb: the deployed model has no kxk convs")
-  return acb.magnitude_matrix([layer.kernel[...] for _, layer in convs]), len(convs)
+  sizes = [layer.kernel[...].shape[0] for _, layer in convs]
+  k = max(sorted(set(sizes)), key=sizes.count)
+  kernels = [layer.kernel[...] for _, layer in convs if layer.kernel[...].shape[0] == k]
+  return acb.magnitude_matrix(kernels), len(kernels)
 
 
 def compute(
