@@ -9,7 +9,8 @@ and deploys back to plain convolutions (`deploy`, also `to="flax"`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
@@ -198,23 +199,17 @@ def _set(variable: Any, value: Any) -> None:
 
 
 def _preserve_acb(layer: Any, g: _Geometry) -> None:
-  """Square = the kernel, 1xk / kx1 = 0, every BN the identity in eval mode (mean 0, var 1,
-  scale sqrt(1 + eps)), the original bias as the square BN's shift."""
+  """Square = the kernel, 1xk / kx1 = 0, the square BN the identity in eval mode (a new BN has
+  mean 0, var 1 and shift 0: its scale sqrt(1 + eps) cancels the eps), the original bias as its
+  shift. The asymmetric branches' BNs then give 0 in eval mode whatever their scale."""
   _set(layer.square, g.kernel)
   for branch in (layer.hor, layer.ver):
     if branch is not None:
       _set(branch, jnp.zeros_like(branch[...]))
-  for bn in layer._bns():
-    _set(bn.mean, jnp.zeros_like(bn.mean[...]))
-    _set(bn.var, jnp.ones_like(bn.var[...]))
   square_bn: Any = layer.square_bn if layer.bn_mode == "branch" else layer.sum_bn
   _set(square_bn.scale, jnp.full_like(square_bn.scale[...], np.sqrt(1 + square_bn.epsilon)))
-  _set(square_bn.bias, jnp.zeros_like(square_bn.bias[...]) if g.bias is None else g.bias)
-  if layer.bn_mode == "sum":
-    return
-  for bn in (layer.hor_bn, layer.ver_bn):  # their branches are 0: any scale gives 0 in eval
-    if bn is not None:
-      _set(bn.bias, jnp.zeros_like(bn.bias[...]))
+  if g.bias is not None:
+    _set(square_bn.bias, g.bias)
 
 
 def _preserve_active(path: str, layer: Any, g: _Geometry) -> None:
@@ -238,6 +233,20 @@ def _preserve_active(path: str, layer: Any, g: _Geometry) -> None:
     _set(layer.bias, g.bias)
 
 
+@functools.cache
+def _line_bases(taps: int) -> np.ndarray:
+  """(angles, 9, taps): the RotateConv kernel of each weight alone at each grid angle (the kernel
+  is linear in its weights at a fixed angle); one rotate_kernel call, once per version."""
+  n = len(_FIT_ANGLES)
+  if taps == 3:  # output o = (angle, tap): weight tap of that output 1, the others 0
+    weights = np.tile(np.eye(3), (1, n)).reshape(3, 1, 3 * n)
+  else:
+    weights = np.ones((1, n))
+  angles = np.repeat(_FIT_ANGLES, taps)[None, :]
+  kernel = np.asarray(rotate_kernel(weights, angles), np.float64)  # (3, 3, 1, n * taps)
+  return kernel.reshape(9, n, taps).transpose(1, 0, 2)
+
+
 def _fit_rotate(layer: Any, g: _Geometry) -> None:
   """The least-squares line kernel on a 1-degree grid of angles, per (input, output) pair."""
   kernel = np.asarray(g.kernel, np.float64).reshape(9, -1)  # (9, I * O)
@@ -245,11 +254,7 @@ def _fit_rotate(layer: Any, g: _Geometry) -> None:
   best_err = np.full(kernel.shape[1], np.inf)
   best_w = np.zeros((taps, kernel.shape[1]))
   best_angle = np.zeros(kernel.shape[1])
-  for angle in _FIT_ANGLES:
-    # the kernel is linear in the weights at a fixed angle: its 9 x taps matrix
-    basis = np.eye(taps) if taps == 3 else np.ones((1,))
-    weights = basis.reshape((3, 1, taps) if taps == 3 else (1, 1))
-    a = np.asarray(rotate_kernel(weights, np.full((1, taps), angle)), np.float64).reshape(9, taps)
+  for angle, a in zip(_FIT_ANGLES, _line_bases(taps)):
     w, *_ = np.linalg.lstsq(a, kernel, rcond=None)
     err = np.sum((a @ w - kernel) ** 2, axis=0)
     better = err < best_err
@@ -298,13 +303,6 @@ def _is_conv(node: Any) -> bool:
 def _larger_than_1x1(layer: Any) -> bool:
   size = layer.kernel_size
   return any(s > 1 for s in ((size, size) if _validation.is_int(size) else size))
-
-
-def iter_convs(model: nnx.Module) -> Iterator[tuple[str, nnx.Module]]:
-  """(path, layer) of every `nnx.Conv` and `PlainConv` of a model."""
-  for path, module in nnx.iter_modules(model):
-    if _is_conv(module):
-      yield path_str(path), module
 
 
 def convert(

@@ -42,6 +42,7 @@ __all__ = [
   "to_onnx",
   "save_onnx",
   "read_certificate",
+  "write_certificate",
   "normalized",
   "ONNX_OPSET",
   "CERTIFICATE_KEY",
@@ -147,6 +148,15 @@ def _checked(
     certificate.check(tolerance_for(model) if tolerance is None else tolerance)
 
 
+def write_certificate(path: str | Path, certificate: FusionCertificate) -> Path:
+  """Writes the certificate next to a file without metadata of its own (a jax.export artifact):
+  PATH.certificate.json; returns that path."""
+  path = Path(path)
+  sidecar = path.with_name(path.name + CERTIFICATE_SUFFIX)
+  sidecar.write_text(certificate.to_json())
+  return sidecar
+
+
 def read_certificate(path: str | Path) -> FusionCertificate | None:
   """The fusion certificate written with a file by `save_onnx` or `save_jax`, None if none was."""
   path = Path(path)
@@ -234,7 +244,7 @@ def save_jax(
   path = Path(path)
   path.write_bytes(to_jax_export(model, input_shape, **kwargs).serialize())
   if certificate is not None:
-    path.with_name(path.name + CERTIFICATE_SUFFIX).write_text(certificate.to_json())
+    write_certificate(path, certificate)
   return path
 
 

@@ -87,26 +87,32 @@ class ShapedConv(linen.Module):
       **dict(self.options),
     )
 
+  def assemble(self, in_features: int, weights: Any, statistics: Any) -> nnx.Module:
+    """The NNX layer holding `weights` (this module's "params"/"layer") and `statistics`
+    ("batch_stats"/"layer"), built on shapes only."""
+    abstract = nnx.eval_shape(lambda: self.layer(in_features, nnx.Rngs(0)))
+    graphdef, params, stats, rest = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)  # type: ignore[misc]
+    nnx.replace_by_pure_dict(params, weights)
+    nnx.replace_by_pure_dict(stats, statistics)
+    return nnx.merge(graphdef, params, stats, rest)
+
   @linen.compact
   def __call__(self, x: jax.Array, *, train: bool = True) -> jax.Array:
     if self.deployed:
       return self._deployed(x)
     cin = x.shape[-1]
-    abstract = nnx.eval_shape(lambda: self.layer(cin, nnx.Rngs(0)))
-    graphdef, params, stats, rest = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)  # type: ignore[misc]
+    stats_shapes = nnx.state(nnx.eval_shape(lambda: self.layer(cin, nnx.Rngs(0))), nnx.BatchStat)
 
     def initial(rng, kind):
-      state = nnx.state(self.layer(cin, nnx.Rngs(rng)), kind)
-      return nnx.to_pure_dict(state)
+      return nnx.to_pure_dict(nnx.state(self.layer(cin, nnx.Rngs(rng)), kind))
 
-    nnx.replace_by_pure_dict(params, self.param("layer", initial, nnx.Param))
+    weights = self.param("layer", initial, nnx.Param)
     statistics = None
-    if nnx.to_pure_dict(stats):  # a kind with BNs (ACB)
+    if nnx.to_pure_dict(stats_shapes):  # a kind with BNs (ACB)
       statistics = self.variable(
         "batch_stats", "layer", lambda: initial(self.make_rng("params"), nnx.BatchStat)
       )
-      nnx.replace_by_pure_dict(stats, statistics.value)
-    layer = nnx.merge(graphdef, params, stats, rest)
+    layer = self.assemble(cin, weights, {} if statistics is None else statistics.value)
     if train:
       layer.train()
     else:
@@ -160,12 +166,11 @@ def deploy(model: linen.Module, variables: Mapping[str, Any], *args, **kwargs) -
       return next_fun(*call_args, **call_kwargs)
     if module.deployed:
       raise ValueError(f"{'/'.join(module.scope.path)} is deployed already")
-    x = call_args[0]
-    layer = module.layer(x.shape[-1], nnx.Rngs(0))
-    graphdef, params, stats, rest = nnx.split(layer, nnx.Param, nnx.BatchStat, ...)
-    nnx.replace_by_pure_dict(params, module.variables["params"]["layer"])
-    nnx.replace_by_pure_dict(stats, module.variables.get("batch_stats", {}).get("layer", {}))
-    plain = nnx.merge(graphdef, params, stats, rest).deploy()
+    plain = module.assemble(
+      call_args[0].shape[-1],
+      module.variables["params"]["layer"],
+      module.variables.get("batch_stats", {}).get("layer", {}),
+    ).deploy()
     kernel = plain.kernel[...]
     bias = jnp.zeros(kernel.shape[-1], kernel.dtype) if plain.bias is None else plain.bias[...]
     found[tuple(module.scope.path)] = (kernel, bias)

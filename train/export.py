@@ -115,8 +115,7 @@ def export_run(
     else:
       partial.replace(path)
       if fmt == "jax":  # a jax.export artifact has no metadata: the certificate goes next to it
-        sidecar = path.with_name(path.name + K.export.CERTIFICATE_SUFFIX)
-        sidecar.write_text(certificate.to_json())
+        K.export.write_certificate(path, certificate)
     results[fmt] = {
       "path": str(path),
       "bytes": path.stat().st_size if path.exists() else 0,

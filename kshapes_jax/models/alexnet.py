@@ -33,6 +33,29 @@ def _final_side(name: str, image_size: int, conv1_padding: int) -> int:
   return side(image_size)
 
 
+def _conv_stack(layers, rngs: nnx.Rngs) -> nnx.List:
+  """conv + BN units from (kind, maps, kernel, stride, padding, groups, options), each reading the
+  one before (from 3 channels)."""
+  convs: nnx.List[nnx.Module] = nnx.List()
+  cin = 3
+  for kind, cout, k, stride, pad, groups, opts in layers:
+    layer = conv_bn(
+      kind, cin, cout, k, stride=stride, padding=pad, groups=groups, rngs=rngs, **opts
+    )
+    convs.append(layer)
+    cin = layer.out_features
+  return convs
+
+
+def _features(convs: nnx.List, x: jax.Array) -> jax.Array:
+  """The five convs with ReLU, 3/2 max-pools after conv 1, 2 and 5: both AlexNets' trunk."""
+  for i, layer in enumerate(convs):
+    x = jax.nn.relu(layer(x))
+    if i in (0, 1, 4):
+      x = max_pool(x, 3, 2)
+  return x
+
+
 class AlexNet(nnx.Module):
   """AlexNet (Krizhevsky et al. 2012) with BN after each conv: the versatile paper's baseline.
 
@@ -75,16 +98,15 @@ class AlexNet(nnx.Module):
       (384, 3, 1, 1, 2),
       (256, 3, 1, 1, 2),
     )
-    self.convs: nnx.List[nnx.Module] = nnx.List()
-    cin = 3
-    for i, (cout, k, stride, pad, groups) in enumerate(shapes):
-      kind_i = kind if k > 3 else conv
-      opts = (first if i == 0 else rest) if kind_i == conv else num
-      layer = conv_bn(
-        kind_i, cin, cout, k, stride=stride, padding=pad, groups=groups, rngs=rngs, **opts
-      )
-      self.convs.append(layer)
-      cin = layer.out_features
+    kinds = [kind if k > 3 else conv for _, k, *_ in shapes]
+    self.convs = _conv_stack(
+      [
+        (kind_i, *shape, (first if i == 0 else rest) if kind_i == conv else num)
+        for i, (kind_i, shape) in enumerate(zip(kinds, shapes))
+      ],
+      rngs,
+    )
+    cin = self.convs[-1].out_features
     self.fc1: nnx.Module
     self.fc2: nnx.Module
     if conv == "versatile":
@@ -101,10 +123,7 @@ class AlexNet(nnx.Module):
     self.fc3 = Dense(self.fc2.out_features, num_classes, rngs=rngs, **num)
 
   def __call__(self, x: jax.Array):
-    for i, layer in enumerate(self.convs):
-      x = jax.nn.relu(layer(x))
-      if i in (0, 1, 4):
-        x = max_pool(x, 3, 2)
+    x = _features(self.convs, x)
     if isinstance(self.fc1, Dense):
       x = x.reshape(x.shape[0], -1)
     x = jax.nn.relu(self.fc1(x))  # versatile: a (1, 1) map of 4098 channels
@@ -165,23 +184,22 @@ class ACNetAlexNet(nnx.Module):
     kind = conv if conv in _ANY_SIZE_KINDS else "plain"
     large = {**options, "asym_size": options.get("asym_size", 3)} if conv == "acb" else options
     shapes = ((64, 11, 4, 0), (192, 5, 1, 2), (384, 3, 1, 1), (384, 3, 1, 1), (256, 3, 1, 1))
-    self.convs: nnx.List[nnx.Module] = nnx.List()
-    cin = 3
-    for cout, k, stride, pad in shapes:
-      kind_k = kind if k > 3 else conv
-      opts = (large if k > 3 else options) if kind_k == conv else num
-      layer = conv_bn(kind_k, cin, cout, k, stride=stride, padding=pad, rngs=rngs, **opts)
-      self.convs.append(layer)
-      cin = layer.out_features
+    self.convs = _conv_stack(
+      [
+        (kind, cout, k, stride, pad, 1, large if kind == conv else num)
+        if k > 3
+        else (conv, cout, k, stride, pad, 1, options)
+        for cout, k, stride, pad in shapes
+      ],
+      rngs,
+    )
+    cin = self.convs[-1].out_features
     self.fc1 = Dense(side * side * cin, 4096, rngs=rngs, **num)
     self.fc2 = Dense(4096, 4096, rngs=rngs, **num)
     self.fc3 = Dense(4096, num_classes, rngs=rngs, **num)
 
   def __call__(self, x: jax.Array):
-    for i, layer in enumerate(self.convs):
-      x = jax.nn.relu(layer(x))
-      if i in (0, 1, 4):
-        x = max_pool(x, 3, 2)
+    x = _features(self.convs, x)
     x = jax.nn.relu(self.fc1(x.reshape(x.shape[0], -1)))
     x = jax.nn.relu(self.fc2(x))
     return self.fc3(x)
