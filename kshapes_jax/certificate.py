@@ -18,10 +18,7 @@ import numpy as np
 from flax import nnx
 
 from kshapes_jax._modules import map_modules, path_str
-from kshapes_jax.nn.acb import ACBlock
-from kshapes_jax.nn.active import ActiveConv
-from kshapes_jax.nn.base import PlainConv
-from kshapes_jax.nn.factory import ConvBN
+from kshapes_jax.nn.base import Fusable, is_fused
 
 # the relative error an export accepts by default, by the network's compute dtype: float32 convs
 # of the fused kernel differ from the branches' by float rounding (1e-6 relative), TF32 by 1e-3
@@ -100,30 +97,12 @@ class _Probe(nnx.Module):
   """A fused layer that hands its input to `sink` and computes as it trained (eager: the
   certificate's forward pass)."""
 
-  def __init__(self, layer: nnx.Module, path: tuple, sink):
+  def __init__(self, layer: Any, path: tuple, sink):
     self.layer, self.path, self.sink = layer, path, sink
 
   def __call__(self, x: jax.Array) -> jax.Array:
     self.sink(self.path, self.layer, x)
-    return trained_output(self.layer, x)
-
-
-def _fused(module: nnx.Module) -> bool:
-  """A module deploy fuses: a shaped conv, or a conv + BN unit."""
-  return callable(getattr(module, "deploy", None)) and not isinstance(module, PlainConv)
-
-
-def trained_output(layer: nnx.Module, x: jax.Array) -> jax.Array:
-  """A fused layer's output computed as it trained, not through the kernel deploy folds: an
-  ACB's branches (BNs on running statistics), an ACU's literal bilinear gather, a conv then
-  its BN; the other kinds are their kernel's conv already."""
-  if isinstance(layer, ACBlock):
-    return layer.branched(x)
-  if isinstance(layer, ActiveConv):
-    return layer.gather(x)
-  if isinstance(layer, ConvBN):
-    return layer.bn(trained_output(layer.conv, x))
-  return layer(x)
+    return self.layer.trained_output(x)
 
 
 def _max_abs(a: jax.Array) -> float:
@@ -141,11 +120,11 @@ def certify(
 ) -> FusionCertificate:
   """Measures `deployed` (from `kshapes_jax.deploy`, either target) against `model` in eval mode.
 
-  Each fused layer (a shaped conv, or a conv with the BN folded into it) is
-  run on the activation the trained network feeds it on the probe, as it
-  trained (`trained_output`: an ACB's three branches and BNs, an ACU's
-  bilinear gather) and deployed; the whole networks are compared on their
-  logits.
+  Each fused layer (a shaped conv, or a conv with the BN folded into it:
+  `kshapes_jax.nn.is_fused`) is run on the activation the trained network
+  feeds it on the probe, as it trained (its `trained_output`: an ACB's three
+  branches and BNs, an ACU's bilinear gather, a conv then its BN) and
+  deployed; the whole networks are compared on their logits.
 
   Args:
     model: the trained network (not changed; compared in eval mode).
@@ -167,12 +146,12 @@ def certify(
     what = f"random normal, {batch} examples"
   else:
     what = f"given, {len(probe)} examples"
-  seen: dict[tuple, tuple[nnx.Module, jax.Array]] = {}
+  seen: dict[tuple, tuple[Fusable, jax.Array]] = {}
   sink = lambda path, layer, x: seen.setdefault(path, (layer, x))  # first call: its input
   trained = nnx.clone(model)
   trained.eval()
   probed = map_modules(
-    nnx.clone(trained), lambda path, m: _Probe(m, path, sink) if _fused(m) else None
+    nnx.clone(trained), lambda path, m: _Probe(m, path, sink) if is_fused(m) else None
   )
   want = probed(probe)
   layers = []
@@ -181,7 +160,7 @@ def certify(
       counterpart = _at(deployed, path)
     except (AttributeError, KeyError, IndexError) as e:
       raise ValueError(f"the deployed network has no layer at {path_str(path)}") from e
-    a, b = trained_output(layer, x), counterpart(x)
+    a, b = layer.trained_output(x), counterpart(x)
     diff = _max_abs(jnp.asarray(b, jnp.float32) - jnp.asarray(a, jnp.float32))
     layers.append(
       LayerError(path_str(path), type(layer).__name__, diff, diff / max(_max_abs(a), 1e-30))
@@ -192,8 +171,12 @@ def certify(
   return FusionCertificate(tuple(layers), diff, diff / max(_max_abs(want), 1e-30), agreement, what)
 
 
+def compute_dtypes(model: nnx.Module) -> set[str]:
+  """The compute dtypes the model's layers set (convs, dense layers, BN); empty: all promote."""
+  dtypes = (getattr(m, "dtype", None) for _, m in nnx.iter_modules(model))
+  return {jnp.dtype(d).name for d in dtypes if d is not None}
+
+
 def tolerance_for(model: nnx.Module) -> float:
   """The default tolerance of a network: that of its least precise compute dtype."""
-  from kshapes_jax.export import compute_dtypes  # export imports this module
-
   return max(TOLERANCE.get(d, 5e-2) for d in compute_dtypes(model) or {"float32"})

@@ -9,25 +9,19 @@ and deploys back to plain convolutions (`deploy`, also `to="flax"`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from kshapes_jax import _validation
 from kshapes_jax._modules import map_modules, path_str
-from kshapes_jax.kernels import active_kernel, rotate_kernel
-from kshapes_jax.nn import CONV_KINDS, PlainConv, RotateConv, make_conv
+from kshapes_jax.nn.base import ConvGeometry, ConvLayer, PlainConv
+from kshapes_jax.nn.kinds import Kind, get_kind
 
 Init = Literal["preserve", "fresh"]
-# kinds whose padding sets other convs' (ACB's branches, the ACU's radius): one int per side
-_INT_PADDING_KINDS = ("acb", "active")
-# a 1-degree grid for fitting RotateConv's angle to a given 3x3 kernel
-_FIT_ANGLES = np.arange(180.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +33,11 @@ class ConvertedLayer:
     kind: the conv kind it became.
     kernel_size: its k.
     preserved: the converted layer computes the original's function in eval
-      mode, to float rounding (init="preserve" with a kind that can hold
-      the kernel).
+      mode, to float rounding (init="preserve" with a kind that holds the
+      kernel exactly: `preserves == "exact"`).
     kernel_error: ||K' - K|| / ||K|| of the converted layer's effective
-      kernel against the original one (0 when preserved; RotateConv's fit
-      otherwise; None for init="fresh").
+      kernel against the original one (0 when preserved; a fit's error
+      otherwise, RotateConv's; None for init="fresh").
   """
 
   path: str
@@ -51,22 +45,6 @@ class ConvertedLayer:
   kernel_size: int
   preserved: bool
   kernel_error: float | None
-
-
-@dataclasses.dataclass(frozen=True)
-class _Geometry:
-  """A conv's geometry and values, read off `nnx.Conv` or `PlainConv`."""
-
-  in_features: int
-  out_features: int
-  kernel_size: int
-  stride: Any
-  padding: Any
-  dilation: int
-  groups: int
-  kernel: jax.Array
-  bias: jax.Array | None
-  numerics: dict
 
 
 def _square(path: str, what: str, value: Any) -> int:
@@ -92,11 +70,11 @@ def _padding(path: str, padding: Any) -> Any:
   return pads[0][0] if len({*pads[0], *pads[1]}) == 1 else pads
 
 
-def _geometry(path: str, layer: Any) -> _Geometry:
-  """`layer`: an nnx.Conv or a PlainConv."""
+def _read(path: str, layer: Any) -> tuple[ConvGeometry, jax.Array, jax.Array | None]:
+  """(geometry, kernel, bias) of an nnx.Conv or a PlainConv."""
   if isinstance(layer, PlainConv):
-    numerics = {**layer.numerics, "param_dtype": layer.kernel[...].dtype}
-    return _Geometry(
+    bias = None if layer.bias is None else layer.bias[...]
+    geometry = ConvGeometry(
       layer.in_features,
       layer.out_features,
       layer.kernel_size,
@@ -104,10 +82,10 @@ def _geometry(path: str, layer: Any) -> _Geometry:
       layer.padding,
       layer.dilation,
       layer.groups,
-      layer.kernel[...],
-      None if layer.bias is None else layer.bias[...],
-      numerics,
+      bias is not None,
+      **{**layer.numerics, "param_dtype": layer.kernel[...].dtype},
     )
+    return geometry, layer.kernel[...], bias
   size = (
     tuple(layer.kernel_size)
     if not _validation.is_int(layer.kernel_size)
@@ -125,7 +103,7 @@ def _geometry(path: str, layer: Any) -> _Geometry:
   if layer.mask is not None:
     raise ValueError(f"{path}: a masked conv cannot be converted: the kinds build their kernel")
   bias = layer.bias[...] if layer.use_bias and layer.bias is not None else None
-  return _Geometry(
+  geometry = ConvGeometry(
     layer.in_features,
     layer.out_features,
     size[0],
@@ -133,52 +111,24 @@ def _geometry(path: str, layer: Any) -> _Geometry:
     _padding(path, layer.padding),
     _square(path, "kernel_dilation", layer.kernel_dilation),
     layer.feature_group_count,
-    layer.kernel[...],
-    bias,
-    {"precision": layer.precision, "dtype": layer.dtype, "param_dtype": layer.kernel[...].dtype},
+    bias is not None,
+    precision=layer.precision,
+    dtype=layer.dtype,
+    param_dtype=layer.kernel[...].dtype,
   )
+  return geometry, layer.kernel[...], bias
 
 
-def _int_padding(path: str, kind: str, g: _Geometry) -> int:
-  """ACB's and the ACU's padding: one int, what 'SAME' is at stride 1 for an odd kernel."""
-  p = g.padding
-  if p == "VALID":
-    return 0
-  if p == "SAME":
-    if g.stride == 1 and g.kernel_size % 2:
-      return g.dilation * (g.kernel_size // 2)
-    raise ValueError(
-      f"{path}: kind {kind!r} takes one int padding per side; 'SAME' here "
-      f"(stride {g.stride}, kernel {g.kernel_size}) depends on the input size: give the conv "
-      "an int padding"
-    )
-  if not _validation.is_int(p):
-    raise ValueError(f"{path}: kind {kind!r} takes one int padding per side, got {p!r}")
-  return p
-
-
-def _build(path: str, kind: str, g: _Geometry, rngs: nnx.Rngs, options: dict) -> Any:
-  padding = _int_padding(path, kind, g) if kind in _INT_PADDING_KINDS else g.padding
+def _build(path: str, kind: Kind, g: ConvGeometry, rngs: nnx.Rngs, options: dict) -> ConvLayer:
   try:
-    new = make_conv(
-      kind,
-      g.in_features,
-      g.out_features,
-      g.kernel_size,
-      stride=g.stride,
-      padding=padding,
-      use_bias=g.bias is not None,
-      groups=g.groups,
-      dilation=g.dilation,
-      rngs=rngs,
-      **{**g.numerics, **options},
-    )
+    new = kind.from_geometry(g, rngs=rngs, **options)
   except (TypeError, ValueError) as e:
-    raise ValueError(f"{path}: cannot become {kind!r}: {e}") from e
+    raise ValueError(f"{path}: cannot become {kind.name!r}: {e}") from e
   if new.out_features != g.out_features:  # versatile layers round their maps up
     raise ValueError(
-      f"{path}: {kind!r} would make {new.out_features} maps, not the layer's {g.out_features} "
-      "(versatile filters come in multiples of s * n per group); leave it out with where="
+      f"{path}: {kind.name!r} would make {new.out_features} maps, not the layer's "
+      f"{g.out_features} (versatile filters come in multiples of s * n per group); leave it out "
+      "with where="
     )
   return new
 
@@ -193,107 +143,21 @@ def _relative(got: jax.Array, want: jax.Array) -> float:
   return float(np.linalg.norm(a - b) / norm) if norm > 0 else float(np.linalg.norm(a))
 
 
-def _set(variable: Any, value: Any) -> None:
-  """Sets an nnx.Variable to `value` in the variable's dtype."""
-  variable.set_value(jnp.asarray(value, variable[...].dtype))
-
-
-def _preserve_acb(layer: Any, g: _Geometry) -> None:
-  """Square = the kernel, 1xk / kx1 = 0, the square BN the identity in eval mode (a new BN has
-  mean 0, var 1 and shift 0: its scale sqrt(1 + eps) cancels the eps), the original bias as its
-  shift. The asymmetric branches' BNs then give 0 in eval mode whatever their scale."""
-  _set(layer.square, g.kernel)
-  for branch in (layer.hor, layer.ver):
-    if branch is not None:
-      _set(branch, jnp.zeros_like(branch[...]))
-  square_bn: Any = layer.square_bn if layer.bn_mode == "branch" else layer.sum_bn
-  _set(square_bn.scale, jnp.full_like(square_bn.scale[...], np.sqrt(1 + square_bn.epsilon)))
-  if g.bias is not None:
-    _set(square_bn.bias, g.bias)
-
-
-def _preserve_active(path: str, layer: Any, g: _Geometry) -> None:
-  """The lattice synapses take the kernel's taps."""
-  k = g.kernel_size
-  if layer.synapses != k * k or layer.position_groups != 1:
-    raise ValueError(
-      f"{path}: init='preserve' puts the {k}x{k} kernel's taps on the ACU's lattice; it needs "
-      f"synapses={k * k} and position_groups=1, got {layer.synapses} and {layer.position_groups}"
-    )
-  positions = np.asarray(layer.all_positions())
-  if not np.allclose(positions, np.round(positions)):
-    raise ValueError(f"{path}: init='preserve' needs the lattice start (init='lattice')")
-  # where each synapse lands in the (2R + 1)^2 kernel: a one-hot weight per synapse
-  taps = active_kernel(jnp.eye(k * k)[:, None, :], jnp.asarray(positions), layer.radius)[:, :, 0]
-  r, c = layer.radius, k // 2
-  window = np.asarray(taps)[r - c : r + c + 1, r - c : r + c + 1]  # (k, k, K): one-hot per cell
-  weights = jnp.einsum("hwk,hwio->kio", jnp.asarray(window, g.kernel.dtype), g.kernel)
-  _set(layer.weights, weights)
-  if g.bias is not None:
-    _set(layer.bias, g.bias)
-
-
-@functools.cache
-def _line_bases(taps: int) -> np.ndarray:
-  """(angles, 9, taps): the RotateConv kernel of each weight alone at each grid angle (the kernel
-  is linear in its weights at a fixed angle); one rotate_kernel call, once per version."""
-  n = len(_FIT_ANGLES)
-  if taps == 3:  # output o = (angle, tap): weight tap of that output 1, the others 0
-    weights = np.tile(np.eye(3), (1, n)).reshape(3, 1, 3 * n)
-  else:
-    weights = np.ones((1, n))
-  angles = np.repeat(_FIT_ANGLES, taps)[None, :]
-  kernel = np.asarray(rotate_kernel(weights, angles), np.float64)  # (3, 3, 1, n * taps)
-  return kernel.reshape(9, n, taps).transpose(1, 0, 2)
-
-
-def _fit_rotate(layer: Any, g: _Geometry) -> None:
-  """The least-squares line kernel on a 1-degree grid of angles, per (input, output) pair."""
-  kernel = np.asarray(g.kernel, np.float64).reshape(9, -1)  # (9, I * O)
-  taps = 3 if layer.version == 4 else 1
-  best_err = np.full(kernel.shape[1], np.inf)
-  best_w = np.zeros((taps, kernel.shape[1]))
-  best_angle = np.zeros(kernel.shape[1])
-  for angle, a in zip(_FIT_ANGLES, _line_bases(taps)):
-    w, *_ = np.linalg.lstsq(a, kernel, rcond=None)
-    err = np.sum((a @ w - kernel) ** 2, axis=0)
-    better = err < best_err
-    best_err, best_angle = np.where(better, err, best_err), np.where(better, angle, best_angle)
-    best_w[:, better] = w[:, better]
-  shape = layer.weights[...].shape
-  _set(layer.weights, best_w.reshape(shape) if taps == 3 else best_w[0].reshape(shape))
-  _set(layer.angles, best_angle.reshape(layer.angles[...].shape))
-  if g.bias is not None:
-    _set(layer.bias, g.bias)
-
-
 def _convert_layer(
-  path: str, kind: str, layer: nnx.Module, init: Init, rngs: nnx.Rngs, options: dict
+  path: str, kind: Kind, layer: nnx.Module, init: Init, rngs: nnx.Rngs, options: dict
 ) -> tuple[nnx.Module, ConvertedLayer]:
-  g = _geometry(path, layer)
+  g, kernel, bias = _read(path, layer)
   new = _build(path, kind, g, rngs, options)
   if init == "fresh":
-    return new, ConvertedLayer(path, kind, g.kernel_size, False, None)
-  if kind == "plain":
-    _set(new.kernel, g.kernel)
-    if g.bias is not None:
-      _set(new.bias, g.bias)
-  elif kind == "acb":
-    _preserve_acb(new, g)
-  elif kind == "active":
-    _preserve_active(path, new, g)
-  elif isinstance(new, RotateConv):
-    _fit_rotate(new, g)
-  else:
-    raise ValueError(
-      f"{path}: {kind!r} cannot hold the layer's kernel (versatile filters are nested masks of "
-      "fewer primary filters); use init='fresh'"
-    )
+    return new, ConvertedLayer(path, kind.name, g.kernel_size, False, None)
+  try:
+    new.init_from_kernel(kernel, bias)
+  except ValueError as e:
+    raise ValueError(f"{path}: {kind.name!r} cannot hold the layer's kernel: {e}") from e
   view = nnx.clone(new)
   view.eval()  # ACB: the kernel its identity BNs fuse to
-  error = _relative(view.effective_kernel()[0], g.kernel)
-  preserved = not isinstance(new, RotateConv)
-  return new, ConvertedLayer(path, kind, g.kernel_size, preserved, error)
+  error = _relative(view.effective_kernel()[0], kernel)
+  return new, ConvertedLayer(path, kind.name, g.kernel_size, kind.preserves == "exact", error)
 
 
 def _is_conv(node: Any) -> bool:
@@ -324,19 +188,21 @@ def convert(
   dilation, feature groups, bias, dtype and param_dtype. An ACB replaces the
   conv only: a BN the model has after it stays.
 
-  init="preserve" makes the converted model compute the original function in
-  eval mode where the kind can hold the kernel: plain (a copy); ACB (square
-  branch = the kernel, 1xk and kx1 branches 0, BNs the identity in eval mode,
-  the bias as the square BN's shift; in training mode the BNs normalize on
-  batch statistics, as ACNet's do); ACU (the synapses on the kxk lattice
-  carry the kernel's taps). RotateConv (3x3 only) starts from the least-
-  squares line kernel on a 1-degree grid of angles: an approximation whose
-  error `report` receives. Versatile filters cannot hold an arbitrary kernel:
-  they need init="fresh", which initialises every layer as the kind does.
+  init="preserve" fills each new layer from the original kernel and bias
+  with the kind's `init_from_kernel`, so that the converted model computes
+  the original function in eval mode where the kind can hold the kernel:
+  plain (a copy); ACB (square branch = the kernel, 1xk and kx1 branches 0,
+  BNs the identity in eval mode, the bias as the square BN's shift; in
+  training mode the BNs normalize on batch statistics, as ACNet's do); ACU
+  (the synapses on the kxk lattice carry the kernel's taps). RotateConv (3x3
+  only) starts from the least-squares line kernel on a 1-degree grid of
+  angles: an approximation whose error `report` receives. Versatile filters
+  cannot hold an arbitrary kernel: they need init="fresh", which initialises
+  every layer as the kind does.
 
   Args:
     model: any NNX module; it is not changed.
-    kind: one of `kshapes_jax.nn.CONV_KINDS`.
+    kind: a registered conv kind (`kshapes_jax.nn.CONV_KINDS`).
     where: a predicate on (path, layer), e.g. `lambda path, layer: "stem" not in path`.
     init: "preserve" or "fresh".
     rngs: random streams for the new layers (nnx.Rngs(0) by default).
@@ -354,8 +220,7 @@ def convert(
   """
   if not isinstance(model, nnx.Module):
     raise TypeError(f"convert takes a flax nnx.Module, got {type(model).__name__}")
-  if kind not in CONV_KINDS:
-    raise ValueError(f"unknown conv kind {kind!r}; expected one of {sorted(CONV_KINDS)}")
+  conv_kind = get_kind(kind)
   if init not in ("preserve", "fresh"):
     raise ValueError(f"init must be 'preserve' or 'fresh', got {init!r}")
   rngs = rngs or nnx.Rngs(0)
@@ -368,7 +233,7 @@ def convert(
     where_str = path_str(path)
     if where is not None and not where(where_str, module):
       return module
-    new, record = _convert_layer(where_str, kind, module, init, rngs, options)
+    new, record = _convert_layer(where_str, conv_kind, module, init, rngs, options)
     done.append(record)
     return new
 

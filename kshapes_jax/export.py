@@ -29,7 +29,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import export as jax_export
 
-from kshapes_jax.certificate import FusionCertificate, tolerance_for
+from kshapes_jax.certificate import FusionCertificate, compute_dtypes, tolerance_for
+from kshapes_jax.nn.base import ConvLayer, PlainConv
 
 __all__ = [
   "check_shippable",
@@ -91,15 +92,13 @@ def check_shippable(
 
   Raises:
     TypeError: for anything that is not an nnx.Module.
-    ValueError: for a model in train mode (BN on batch statistics, dropout on), a shaped conv
-      or a bfloat16 layer where `deployed` is asked for (ONNX: plain float32 convs), or
-      `normalize` values that are not one per channel of `input_shape`.
+    ValueError: for a model in train mode (BN on batch statistics, dropout on), a conv layer
+      of a kind other than plain (deploy makes it one) or a bfloat16 layer where `deployed` is
+      asked for (ONNX: plain float32 convs), or `normalize` values that are not one per channel
+      of `input_shape`.
   """
-  from kshapes_jax import nn as knn  # here: kshapes_jax.nn imports this package's modules
-
   if not isinstance(model, nnx.Module):
     raise TypeError(f"export takes a flax nnx.Module, got {type(model).__name__}")
-  shaped = (knn.RotateConv, knn.ACBlock, knn.ActiveConv, knn.VersatileConv)
   for path, m in nnx.iter_modules(model):
     where = "/".join(map(str, path)) or type(model).__name__
     if isinstance(m, nnx.BatchNorm) and not m.use_running_average:
@@ -109,7 +108,7 @@ def check_shippable(
       )
     if isinstance(m, nnx.Dropout) and not m.deterministic:
       raise ValueError(f"the model is in train mode ({where}: dropout on): call model.eval() first")
-    if deployed and isinstance(m, shaped):
+    if deployed and isinstance(m, ConvLayer) and type(m) is not PlainConv:
       raise ValueError(
         f"ONNX export takes the deployed network, and {where} is a {type(m).__name__}: export "
         "kshapes_jax.deploy(model)"
@@ -170,12 +169,6 @@ def read_certificate(path: str | Path) -> FusionCertificate | None:
     if CERTIFICATE_KEY in props:
       return FusionCertificate.from_json(props[CERTIFICATE_KEY])
   return None
-
-
-def compute_dtypes(model: nnx.Module) -> set[str]:
-  """The compute dtypes the model's layers set (convs, dense layers, BN); empty: all promote."""
-  dtypes = (getattr(m, "dtype", None) for _, m in nnx.iter_modules(model))
-  return {jnp.dtype(d).name for d in dtypes if d is not None}
 
 
 def in_float32(model: nnx.Module) -> nnx.Module:

@@ -39,10 +39,11 @@ import optax
 from flax import nnx
 
 from kshapes_jax.kernels import project_angles
-from kshapes_jax.nn.variables import Angle, Position
+from kshapes_jax.nn.variables import ShapeParam, shape_labels
 
 Schedule = Literal["constant", "staircase", "cosine"]
 
+# the labels of the built-in layers (a kind's own shape parameters add theirs: `known_labels`)
 LABELS = ("weights", "bias", "bn", "angles", "positions")
 # Normalisation layers whose parameters get the "bn" label.
 _NORM_TYPES = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm)
@@ -64,10 +65,8 @@ def param_labels(model: nnx.Module) -> nnx.State:
 
   def label(path, var: nnx.Variable) -> str:
     names = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
-    if isinstance(var, Angle):
-      return "angles"
-    if isinstance(var, Position):
-      return "positions"
+    if isinstance(var, ShapeParam):  # angles, positions, a kind's own: its class says
+      return type(var).label
     if names[:-1] in norm_paths:
       return "bn"
     if names[-1] == "bias":
@@ -81,10 +80,27 @@ def param_labels(model: nnx.Module) -> nnx.State:
   )
 
 
-def _check_labels(labels: Any, known: Sequence[str], what: str) -> None:
+def known_labels() -> tuple[str, ...]:
+  """Every label `param_labels` gives: weights, bias, bn and each shape parameter type's
+  (`kshapes_jax.nn.ShapeParam`: angles, positions, and those of kinds defined since)."""
+  return ("weights", "bias", "bn", *shape_labels())
+
+
+def check_labels(labels: Any, what: str) -> None:
+  """ValueError, naming `what`, for a label `param_labels` never gives."""
+  known = known_labels()
   for name in labels:
     if name not in known:
       raise ValueError(f"{what}: unknown parameter label {name!r}; expected some of {list(known)}")
+
+
+def check_boundaries(boundaries: Sequence[float]) -> None:
+  """ValueError unless the staircase's boundaries (steps, or epochs) are positive, finite and
+  increasing."""
+  values = list(boundaries)
+  ok = all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in values)
+  if not ok or any(not b > 0 or b == float("inf") for b in values) or values != sorted(values):
+    raise ValueError(f"schedule boundaries must be positive and increasing, got {tuple(values)}")
 
 
 class FreezeState(NamedTuple):
@@ -104,7 +120,7 @@ def freeze(labels: Any, frozen: Sequence[str], steps: int) -> optax.GradientTran
     frozen: labels to freeze, e.g. ("positions",).
     steps: how many updates are frozen (0: none).
   """
-  _check_labels(frozen, LABELS, "freeze")
+  check_labels(frozen, "freeze")
   if steps < 0:
     raise ValueError(f"freeze steps must be >= 0, got {steps}")
   frozen = tuple(frozen)
@@ -131,7 +147,10 @@ def scale_by_label(labels: Any, multipliers: Mapping[str, float]) -> optax.Gradi
   schedule (Jeon and Kim, section 3.1): `scale_by_label(labels, {"positions": 0.01})`
   after the learning-rate scaling.
   """
-  _check_labels(multipliers, LABELS, "lr multipliers")
+  check_labels(multipliers, "lr multipliers")
+  for label, value in multipliers.items():
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e300:
+      raise ValueError(f"lr multipliers: {label}'s must be a finite number >= 0, got {value!r}")
   multipliers = {k: float(v) for k, v in multipliers.items()}
 
   def update(updates, state, params=None):
@@ -198,13 +217,12 @@ def make_schedule(
       keeps its own steps (a cosine spans the steps after the ramp).
     end_lr: the cosine's final rate.
   """
-  if base_lr <= 0:
-    raise ValueError(f"learning rate must be > 0, got {base_lr}")
+  if not 0 < base_lr < float("inf"):
+    raise ValueError(f"learning rate must be > 0 and finite, got {base_lr}")
   if total_steps < 1:
     raise ValueError(f"total_steps must be >= 1, got {total_steps}")
   boundaries = [int(b) for b in boundaries]
-  if boundaries != sorted(boundaries) or any(b <= 0 for b in boundaries):
-    raise ValueError(f"schedule boundaries must be positive and increasing steps, got {boundaries}")
+  check_boundaries(boundaries)
   if kind == "constant":
     schedule = optax.constant_schedule(base_lr)
   elif kind == "staircase":
@@ -260,9 +278,9 @@ def with_shape_rules(
       freeze_steps steps (the ACU warm-up).
     angle_eps: eq. 6's eps in degrees; None turns the projection off.
   """
-  _check_labels(decay_labels, LABELS, "weight decay")
-  if weight_decay < 0:
-    raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+  check_labels(decay_labels, "weight decay")
+  if not 0 <= weight_decay < float("inf"):
+    raise ValueError(f"weight_decay must be >= 0 and finite, got {weight_decay}")
   lr_multipliers = {"positions": 0.01} if lr_multipliers is None else dict(lr_multipliers)
   parts = [freeze(labels, frozen_labels, freeze_steps)]
   if weight_decay:
@@ -276,7 +294,7 @@ def with_shape_rules(
 
 def decay_mask(labels: Any, decay_labels: Sequence[str] = ("weights",)) -> Any:
   """True where a parameter's label decays: the `mask` of optax's weight decay."""
-  _check_labels(decay_labels, LABELS, "weight decay")
+  check_labels(decay_labels, "weight decay")
   return jax.tree.map(lambda lab: lab in tuple(decay_labels), labels)
 
 
@@ -305,7 +323,7 @@ def sgd(
     decay_labels, lr_multipliers, frozen_labels, freeze_steps, angle_eps:
       see `with_shape_rules`.
   """
-  if not 0 <= momentum < 1:
+  if not 0 <= momentum < 1:  # NaN too
     raise ValueError(f"momentum must be in [0, 1), got {momentum}")
   base = ([optax.trace(decay=momentum, nesterov=nesterov)] if momentum else []) + [
     optax.scale_by_learning_rate(learning_rate)

@@ -16,7 +16,7 @@ from flax import nnx
 from kshapes_jax.convert import convert
 from kshapes_jax.deploy import deploy
 from kshapes_jax.export import to_jax_export
-from kshapes_jax.nn import CONV_KINDS
+from kshapes_jax.nn.kinds import CONV_KINDS, get_kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +59,6 @@ GEOMETRIES = (
   Geometry("groups 2", feature_group_count=2),
   Geometry("depthwise", feature_group_count=4),
 )
-# a kind that cannot hold an arbitrary kernel starts fresh
-FRESH_KINDS = ("versatile",)
 _X = np.random.default_rng(0).normal(size=(2, 9, 9, 4)).astype(np.float32)
 
 
@@ -68,7 +66,9 @@ def check(kind: str, geometry: Geometry) -> str | None:
   """None if a conv of `geometry` converts to `kind`, trains (a finite gradient), deploys (the
   same eval outputs) and exports (jax.export); else why not, in one line."""
   net = nnx.Sequential(geometry.conv(nnx.Rngs(0)))
-  init: Literal["preserve", "fresh"] = "fresh" if kind in FRESH_KINDS else "preserve"
+  # a kind that cannot hold a given kernel starts fresh
+  preserves = get_kind(kind).preserves
+  init: Literal["preserve", "fresh"] = "fresh" if preserves is None else "preserve"
   try:
     model = convert(net, kind, init=init)
   except ValueError as e:  # "PATH: [cannot become KIND: ]REASON[; more]": the reason
@@ -77,7 +77,7 @@ def check(kind: str, geometry: Geometry) -> str | None:
       why = why.split(end)[0]
     return why
   x = jnp.asarray(_X)
-  if init == "preserve" and kind not in ("rotate4", "rotate2"):  # RotateConv fits its kernel
+  if preserves == "exact":  # a "fit" (RotateConv's) approximates the kernel
     view = nnx.clone(model)
     view.eval()
     if not np.allclose(view(x), net(x), rtol=1e-4, atol=1e-4):

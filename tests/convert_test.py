@@ -169,7 +169,9 @@ def test_the_kinds_refuse_what_they_cannot_hold_naming_the_layer():
   skipped = K.convert(net, "acb", where=lambda path, layer: layer.kernel_size[0] > 1)
   assert isinstance(skipped.layers[0], nnx.Conv) and isinstance(skipped.layers[1], K.nn.ACBlock)
   strided = nnx.Sequential(nnx.Conv(3, 4, (3, 3), strides=2, padding="SAME", rngs=rngs))
-  with pytest.raises(ValueError, match=r"layers/0: kind 'acb' takes one int padding per side"):
+  with pytest.raises(
+    ValueError, match=r"layers/0: cannot become 'acb': kind 'acb' takes one int padding per side"
+  ):
     K.convert(strided, "acb")
   # 'SAME' at stride 2 stays 'SAME' (TF's padding) where the kind takes it
   for kind in ("plain", "rotate4"):

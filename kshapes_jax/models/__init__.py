@@ -9,14 +9,28 @@ from kshapes_jax.models import (  # noqa: F401  (registration)
   vgg,
 )
 from kshapes_jax.models.accounting import LayerCost, ModelCost, model_cost
-from kshapes_jax.models.registry import ModelSpec, count_params, create, list_models, spec
+from kshapes_jax.models.registry import (
+  ANY_KIND,
+  KindsTaking,
+  ModelSpec,
+  check_kind,
+  count_params,
+  create,
+  kind_for,
+  list_models,
+  spec,
+)
 
 __all__ = [
+  "ANY_KIND",
+  "KindsTaking",
   "LayerCost",
   "ModelCost",
   "ModelSpec",
+  "check_kind",
   "count_params",
   "create",
+  "kind_for",
   "list_models",
   "model_cost",
   "spec",

@@ -11,11 +11,8 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from kshapes_jax.models.layers import layer_options, max_pool, versatile_variant
-from kshapes_jax.models.registry import register, register_row
-from kshapes_jax.nn import KINDS, Dense, VersatileConv, conv_bn
-
-# kinds that build kernels larger than 3x3; the others (RotateConv) leave such layers plain
-_ANY_SIZE_KINDS = ("plain", "versatile", "acb", "active")
+from kshapes_jax.models.registry import ANY_KIND, KindsTaking, kind_for, register, register_row
+from kshapes_jax.nn import Dense, VersatileConv, conv_bn, get_kind
 
 
 def _pooled(side: int) -> int:
@@ -89,7 +86,6 @@ class AlexNet(nnx.Module):
     options, num = layer_options(conv_options, precision, dtype)
     first, rest, v2 = versatile_variant(conv, variant, options)
     side = _final_side("AlexNet", image_size, conv1_padding=2)
-    kind = conv if conv in _ANY_SIZE_KINDS else "plain"
     # (maps, kernel, stride, padding, groups)
     shapes: tuple[tuple[int, int, int, int, int], ...] = (
       (96, 11, 4, 2, 1),
@@ -98,7 +94,7 @@ class AlexNet(nnx.Module):
       (384, 3, 1, 1, 2),
       (256, 3, 1, 1, 2),
     )
-    kinds = [kind if k > 3 else conv for _, k, *_ in shapes]
+    kinds = [kind_for(conv, k) for _, k, *_ in shapes]
     self.convs = _conv_stack(
       [
         (kind_i, *shape, (first if i == 0 else rest) if kind_i == conv else num)
@@ -135,7 +131,7 @@ class AlexNet(nnx.Module):
 
 @register(
   "alexnet",
-  kinds=("plain", "acb", "versatile", "active"),
+  kinds=KindsTaking((11, 5, 3)),
   input_shape=(224, 224, 3),
   paper="Versatile Table 1/4 (AlexNet)",
   num_classes=1000,
@@ -181,18 +177,16 @@ class ACNetAlexNet(nnx.Module):
   ):
     options, num = layer_options(conv_options, precision, dtype)
     side = _final_side("ACNet's AlexNet", image_size, conv1_padding=0)
-    kind = conv if conv in _ANY_SIZE_KINDS else "plain"
-    large = {**options, "asym_size": options.get("asym_size", 3)} if conv == "acb" else options
+    # the paper's 1x3 / 3x1 branches in the large layers, for a kind with asymmetric branches
+    short = "asym_size" in get_kind(conv).options()
+    large = {**options, "asym_size": options.get("asym_size", 3)} if short else options
     shapes = ((64, 11, 4, 0), (192, 5, 1, 2), (384, 3, 1, 1), (384, 3, 1, 1), (256, 3, 1, 1))
-    self.convs = _conv_stack(
-      [
-        (kind, cout, k, stride, pad, 1, large if kind == conv else num)
-        if k > 3
-        else (conv, cout, k, stride, pad, 1, options)
-        for cout, k, stride, pad in shapes
-      ],
-      rngs,
-    )
+    layers = []
+    for cout, k, stride, pad in shapes:
+      kind = kind_for(conv, k)
+      opts = num if kind != conv else large if k > 3 else options
+      layers.append((kind, cout, k, stride, pad, 1, opts))
+    self.convs = _conv_stack(layers, rngs)
     cin = self.convs[-1].out_features
     self.fc1 = Dense(side * side * cin, 4096, rngs=rngs, **num)
     self.fc2 = Dense(4096, 4096, rngs=rngs, **num)
@@ -207,7 +201,7 @@ class ACNetAlexNet(nnx.Module):
 
 @register(
   "acnet_alexnet",
-  kinds=KINDS,
+  kinds=ANY_KIND,
   input_shape=(224, 224, 3),
   paper="ACNet Table 3/4 (AlexNet)",
   num_classes=1000,

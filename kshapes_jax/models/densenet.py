@@ -12,8 +12,8 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from kshapes_jax.models.layers import avg_pool, global_avg_pool, layer_options
-from kshapes_jax.models.registry import register
-from kshapes_jax.nn import KINDS, Dense, PlainConv, batch_norm, make_conv
+from kshapes_jax.models.registry import ANY_KIND, register
+from kshapes_jax.nn import Dense, PlainConv, batch_norm, make_conv
 
 
 class Transition(nnx.Module):
@@ -93,7 +93,7 @@ DENSENET40_ROTATECONV = dict(growth=17, stem=34, transition_conv=False)
 
 
 @register(
-  "densenet40", kinds=KINDS, input_shape=(32, 32, 3), paper="RotateConv Table I; ACNet Table 1-2"
+  "densenet40", kinds=ANY_KIND, input_shape=(32, 32, 3), paper="RotateConv Table I; ACNet Table 1-2"
 )
 def densenet40(conv, num_classes: int, rngs: nnx.Rngs, growth: int = 12, **kw):
   """Huang et al.'s DenseNet-40; `**DENSENET40_ROTATECONV` for RotateConv's Table I counts."""
@@ -171,7 +171,7 @@ class DenseNetBC(nnx.Module):
 
 @register(
   "densenet121",
-  kinds=KINDS,
+  kinds=ANY_KIND,
   input_shape=(224, 224, 3),
   paper="ACNet Table 3 (DenseNet-121)",
   num_classes=1000,

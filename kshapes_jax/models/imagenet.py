@@ -11,8 +11,8 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from kshapes_jax.models.layers import global_avg_pool, layer_options, max_pool, versatile_variant
-from kshapes_jax.models.registry import register, register_row
-from kshapes_jax.nn import KINDS, ConvBN, Dense, VersatileConv, conv_bn
+from kshapes_jax.models.registry import ANY_KIND, kind_for, register, register_row
+from kshapes_jax.nn import ConvBN, Dense, VersatileConv, conv_bn
 
 
 def pointwise_bn(cin: int, cout: int, stride: int, rngs: nnx.Rngs, num: dict, channel: dict | None):
@@ -101,7 +101,7 @@ class ImageNetResNet(nnx.Module):
     options, num = layer_options(conv_options, precision, dtype)
     first, options, v2 = versatile_variant(conv, variant, options)
     # a kind that is 3x3 only (RotateConv) leaves the 7x7 stem plain
-    stem_kind = conv if conv in ("plain", "versatile", "acb", "active") else "plain"
+    stem_kind = kind_for(conv, 7)
     self.stem = conv_bn(
       stem_kind, 3, 64, 7, stride=2, rngs=rngs, **(first if stem_kind == conv else num)
     )
@@ -135,7 +135,7 @@ class ImageNetResNet(nnx.Module):
 
 @register(
   "resnet18",
-  kinds=KINDS,
+  kinds=ANY_KIND,
   input_shape=(224, 224, 3),
   paper="ACNet Table 3 (accounting)",
   num_classes=1000,
@@ -146,7 +146,7 @@ def resnet18(conv, num_classes: int, rngs: nnx.Rngs, **kw):
 
 @register(
   "resnet50",
-  kinds=KINDS,
+  kinds=ANY_KIND,
   input_shape=(224, 224, 3),
   paper="Versatile Table 1/4 (accounting)",
   num_classes=1000,
@@ -157,7 +157,7 @@ def resnet50(conv, num_classes: int, rngs: nnx.Rngs, **kw):
 
 @register(
   "resnext50_32x4d",
-  kinds=KINDS,
+  kinds=ANY_KIND,
   input_shape=(224, 224, 3),
   paper="Versatile Table 4 (ResNeXt-50)",
   num_classes=1000,

@@ -11,6 +11,33 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from kshapes_jax import _validation
+from kshapes_jax.nn.kinds import CONV_KINDS, get_kind
+
+
+@dataclasses.dataclass(frozen=True)
+class KindsTaking:
+  """The registered conv kinds that build layers of every one of `kernel_sizes`, asked when a
+  model is built (so a kind registered later applies to the model too)."""
+
+  kernel_sizes: tuple[int, ...] = ()
+
+  def __call__(self) -> tuple[str, ...]:
+    return tuple(
+      name
+      for name, kind in CONV_KINDS.items()
+      if all(kind.takes_kernel_size(k) for k in self.kernel_sizes)
+    )
+
+
+# every registered kind: a model whose kind replaces only the layers it can (its 3x3 convs,
+# or every conv of a size the kind takes, `kind_for`)
+ANY_KIND = KindsTaking()
+
+
+def kind_for(conv: str, kernel_size: int) -> str:
+  """The kind a model gives a kxk layer: `conv` where it takes that size, else plain (a
+  RotateConv net's 7x7 stem)."""
+  return conv if get_kind(conv).takes_kernel_size(kernel_size) else "plain"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,11 +46,16 @@ class ModelSpec:
 
   name: str
   build: Callable[..., nnx.Module]
-  kinds: tuple[str, ...]  # conv kinds that apply
+  applies: tuple[str, ...] | KindsTaking  # the conv kinds that apply (a tuple, or asked)
   input_shape: tuple[int, int, int]  # (H, W, C) of one example
   paper: str
   num_classes: int = 10  # the default: the paper's dataset
   takes_image_size: bool = False  # builder accepts image_size=H (a classifier sized by the image)
+
+  @property
+  def kinds(self) -> tuple[str, ...]:
+    """The conv kinds that apply, the default first."""
+    return self.applies() if isinstance(self.applies, KindsTaking) else self.applies
 
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -32,13 +64,16 @@ _MODELS: dict[str, ModelSpec] = {}
 def register(
   name: str,
   *,
-  kinds: tuple[str, ...],
+  kinds: tuple[str, ...] | KindsTaking,
   input_shape: tuple[int, int, int],
   paper: str,
   num_classes: int = 10,
   takes_image_size: bool = False,
 ):
-  """Decorator adding a builder `fn(conv, num_classes, rngs, **kw)` under `name`."""
+  """Decorator adding a builder `fn(conv, num_classes, rngs, **kw)` under `name`.
+
+  `kinds`: the conv kinds that apply, named, or `KindsTaking(kernel sizes)` (`ANY_KIND`: all).
+  """
 
   def wrap(fn):
     _MODELS[name] = ModelSpec(name, fn, kinds, input_shape, paper, num_classes, takes_image_size)
@@ -47,7 +82,9 @@ def register(
   return wrap
 
 
-def register_row(name: str, of: str, *, kinds: tuple[str, ...], paper: str, **fixed) -> None:
+def register_row(
+  name: str, of: str, *, kinds: tuple[str, ...] | KindsTaking, paper: str, **fixed
+) -> None:
   """Registers `name` as the model `of` built with the keyword arguments `fixed`: a paper's table
   row of it (e.g. variant="v2"), taking `kinds`."""
   base = spec(of)
@@ -56,7 +93,7 @@ def register_row(name: str, of: str, *, kinds: tuple[str, ...], paper: str, **fi
     return base.build(conv=conv, num_classes=num_classes, rngs=rngs, **fixed, **kw)
 
   build.__doc__ = f"{paper}: {of} with " + ", ".join(f"{k}={v!r}" for k, v in fixed.items())
-  _MODELS[name] = dataclasses.replace(base, name=name, build=build, kinds=kinds, paper=paper)
+  _MODELS[name] = dataclasses.replace(base, name=name, build=build, applies=kinds, paper=paper)
 
 
 def spec(name: str) -> ModelSpec:
@@ -67,6 +104,19 @@ def spec(name: str) -> ModelSpec:
 
 def list_models() -> list[str]:
   return sorted(_MODELS)
+
+
+def check_kind(name: str, conv: str | None) -> str:
+  """The conv kind model `name` is built with: `conv`, or the model's default for None.
+
+  Raises:
+    ValueError: for an unknown model, or a kind that does not apply to it.
+  """
+  kinds = spec(name).kinds
+  conv = kinds[0] if conv is None else conv
+  if conv not in kinds:
+    raise ValueError(f"conv kind {conv!r} does not apply to {name}; it takes {list(kinds)}")
+  return conv
 
 
 def create(
@@ -84,9 +134,9 @@ def create(
   Args:
     name: a registered model (see `list_models()`).
     conv: the conv kind of its kxk layers: plain, rotate4, rotate2, acb,
-      versatile or active (each model lists those that apply); by default
-      the first the model lists (plain, or versatile for the versatile
-      paper's networks).
+      versatile, active or a registered one (each model says which apply);
+      by default the first that applies (plain, or versatile for the
+      versatile paper's networks).
     num_classes: outputs of the classifier; by default the paper's (10, or
       1000 for the ImageNet networks).
     rngs: NNX random streams; nnx.Rngs(0) by default.
@@ -105,9 +155,7 @@ def create(
   """
   s = spec(name)
   precision, dtype = _validation.precision(precision), _validation.compute_dtype(dtype)
-  conv = s.kinds[0] if conv is None else conv
-  if conv not in s.kinds:
-    raise ValueError(f"conv kind {conv!r} does not apply to {name}; it takes {list(s.kinds)}")
+  conv = check_kind(name, conv)
   num_classes = (
     s.num_classes if num_classes is None else _validation.positive_int("num_classes", num_classes)
   )

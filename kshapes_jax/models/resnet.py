@@ -11,8 +11,8 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from kshapes_jax.models.layers import global_avg_pool, layer_options
-from kshapes_jax.models.registry import register
-from kshapes_jax.nn import KINDS, Dense, PlainConv, batch_norm, conv_bn, make_conv
+from kshapes_jax.models.registry import ANY_KIND, register
+from kshapes_jax.nn import Dense, PlainConv, batch_norm, conv_bn, make_conv
 
 
 def _option_a(x: jax.Array, out_features: int, stride: int) -> jax.Array:
@@ -80,7 +80,7 @@ class CifarResNet(nnx.Module):
 for _depth in (20, 32, 44, 56, 110):
   register(
     f"resnet{_depth}",
-    kinds=KINDS,
+    kinds=ANY_KIND,
     input_shape=(32, 32, 3),
     paper="RotateConv Table I (20, 44); ACNet Table 1-2 (56)",
   )(
@@ -185,14 +185,14 @@ class PreActResNet(nnx.Module):
     return self.fc(global_avg_pool(jax.nn.relu(self.bn(x))))
 
 
-@register("preact_resnet32", kinds=KINDS, input_shape=(32, 32, 3), paper="ACU Table 3 (basic)")
+@register("preact_resnet32", kinds=ANY_KIND, input_shape=(32, 32, 3), paper="ACU Table 3 (basic)")
 def preact_resnet32(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return PreActResNet(5, (16, 32, 64), False, conv, num_classes, rngs=rngs, **kw)
 
 
 @register(
   "preact_resnet47_bottleneck",
-  kinds=KINDS,
+  kinds=ANY_KIND,
   input_shape=(32, 32, 3),
   paper="ACU Table 3 (bottleneck)",
 )
@@ -200,7 +200,7 @@ def preact_resnet47(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return PreActResNet(5, (16, 32, 64), True, conv, num_classes, rngs=rngs, **kw)
 
 
-@register("wrn16_8", kinds=KINDS, input_shape=(32, 32, 3), paper="ACNet Table 1-2")
+@register("wrn16_8", kinds=ANY_KIND, input_shape=(32, 32, 3), paper="ACNet Table 1-2")
 def wrn16_8(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   # WRN-d-k: (d - 4) / 6 pre-activation basic units per stage, widths 16k, 32k, 64k
   return PreActResNet(2, (128, 256, 512), False, conv, num_classes, rngs=rngs, **kw)

@@ -11,15 +11,15 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from kshapes_jax.models.layers import avg_pool, global_avg_pool, layer_options, max_pool
-from kshapes_jax.models.registry import register
-from kshapes_jax.nn import KINDS, Dense, PlainConv, conv_bn, make_conv
+from kshapes_jax.models.registry import ANY_KIND, KindsTaking, register
+from kshapes_jax.nn import Dense, PlainConv, conv_bn, get_kind, make_conv
 
 
 def _conv(kind, cin: int, cout: int, k, rngs: nnx.Rngs, options, **kw):
-  """A conv with bias for networks without BN (ACB's BNs play that role)."""
-  if kind == "acb":
-    return make_conv("acb", cin, cout, k, rngs=rngs, **kw, **options)
-  return make_conv(kind, cin, cout, k, use_bias=True, rngs=rngs, **kw, **options)
+  """A conv with bias for networks without BN (a kind that ends in its own BN, as ACB's, needs
+  none)."""
+  bias = not get_kind(kind).normalizes
+  return make_conv(kind, cin, cout, k, use_bias=bias, rngs=rngs, **kw, **options)
 
 
 class SimpleNet(nnx.Module):
@@ -59,7 +59,7 @@ class SimpleNet(nnx.Module):
     return self.fc(x.reshape(x.shape[0], -1))
 
 
-@register("sn", kinds=KINDS, input_shape=(28, 28, 1), paper="RotateConv Table I")
+@register("sn", kinds=ANY_KIND, input_shape=(28, 28, 1), paper="RotateConv Table I")
 def sn(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return SimpleNet(conv, num_classes, rngs=rngs, **kw)
 
@@ -182,7 +182,7 @@ class CifarQuick(nnx.Module):
 
 @register(
   "cifar_quick",
-  kinds=("plain", "acb", "versatile", "active"),
+  kinds=KindsTaking((5,)),
   input_shape=(32, 32, 3),
   paper="ACNet Table 1/2",
   takes_image_size=True,
@@ -239,6 +239,6 @@ class ACUPlainNet(nnx.Module):
     return self.score(global_avg_pool(x))
 
 
-@register("acu_plain", kinds=KINDS, input_shape=(32, 32, 3), paper="ACU Table 1-2")
+@register("acu_plain", kinds=ANY_KIND, input_shape=(32, 32, 3), paper="ACU Table 1-2")
 def acu_plain(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return ACUPlainNet(conv, num_classes, rngs=rngs, **kw)

@@ -10,8 +10,8 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from kshapes_jax.models.layers import layer_options, max_pool
-from kshapes_jax.models.registry import register
-from kshapes_jax.nn import KINDS, Dense, conv_bn
+from kshapes_jax.models.registry import ANY_KIND, register
+from kshapes_jax.nn import Dense, conv_bn
 
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
@@ -50,6 +50,6 @@ class VGG(nnx.Module):
     return self.fc2(x)
 
 
-@register("vgg16", kinds=KINDS, input_shape=(32, 32, 3), paper="ACNet Table 1-2")
+@register("vgg16", kinds=ANY_KIND, input_shape=(32, 32, 3), paper="ACNet Table 1-2")
 def vgg16(conv, num_classes: int, rngs: nnx.Rngs, **kw):
   return VGG(conv, num_classes, rngs=rngs, **kw)

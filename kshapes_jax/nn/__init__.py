@@ -12,12 +12,29 @@ from kshapes_jax.nn.active import (
   sgd_position_margin,
   with_radii,
 )
-from kshapes_jax.nn.base import ConvLayer, Dense, PlainConv, recording
+from kshapes_jax.nn.base import (
+  ConvGeometry,
+  ConvLayer,
+  Dense,
+  Fusable,
+  PlainConv,
+  is_fused,
+  recording,
+)
 from kshapes_jax.nn.batchnorm import batch_norm, bn_params, stacked_batch_norm
 from kshapes_jax.nn.deformable import DeformableActiveConv
-from kshapes_jax.nn.factory import CONV_KINDS, KINDS, ConvBN, conv_bn, make_conv
+from kshapes_jax.nn.factory import ConvBN, conv_bn, make_conv
+from kshapes_jax.nn.kinds import (
+  CONV_KINDS,
+  Kind,
+  conv_options,
+  get_kind,
+  kind_names,
+  register_kind,
+  unregister_kind,
+)
 from kshapes_jax.nn.rotate import RotateConv
-from kshapes_jax.nn.variables import Angle, Position
+from kshapes_jax.nn.variables import Angle, Position, ShapeParam
 from kshapes_jax.nn.versatile import VersatileConv
 
 __all__ = [
@@ -26,13 +43,16 @@ __all__ = [
   "Angle",
   "CONV_KINDS",
   "ConvBN",
-  "KINDS",
+  "ConvGeometry",
   "ConvLayer",
   "DeformableActiveConv",
   "Dense",
+  "Fusable",
+  "Kind",
   "PlainConv",
   "Position",
   "RotateConv",
+  "ShapeParam",
   "VersatileConv",
   "batch_norm",
   "bn_params",
@@ -42,10 +62,16 @@ __all__ = [
   "bucketed_radii",
   "check_bucketable",
   "conv_bn",
+  "conv_options",
+  "get_kind",
   "initial_positions",
+  "is_fused",
+  "kind_names",
   "make_conv",
   "recording",
+  "register_kind",
   "sgd_position_margin",
   "stacked_batch_norm",
+  "unregister_kind",
   "with_radii",
 ]

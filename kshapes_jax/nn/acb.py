@@ -14,7 +14,13 @@ from jax.typing import DTypeLike
 
 from kshapes_jax.conv import Padding
 from kshapes_jax.kernels import acb_kernel, fuse_acb, fuse_bn
-from kshapes_jax.nn.base import ConvLayer, check_layer, record, symmetric_padding
+from kshapes_jax.nn.base import (
+  ConvLayer,
+  check_layer,
+  record,
+  set_value,
+  symmetric_padding,
+)
 from kshapes_jax.nn.batchnorm import batch_norm, bn_params, stacked_batch_norm
 
 Asymmetric = Literal["both", "hor", "ver"]  # which asymmetric branches (Table 5 ablations)
@@ -68,6 +74,13 @@ class ACBlock(ConvLayer):
   """
 
   padding: int  # on every side: the branches' paddings derive from it
+  int_padding = True
+  normalizes = True  # its BNs: it replaces a conv AND the BN after it
+  preserves = "exact"
+
+  @classmethod
+  def takes_kernel_size(cls, kernel_size: int) -> bool:
+    return kernel_size % 2 == 1
 
   def __init__(
     self,
@@ -172,6 +185,23 @@ class ACBlock(ConvLayer):
     """The block as its branches, each conv and its BN in the BNs' mode: in eval mode the
     reference its fused conv (eq. 6-7) is measured against (`kshapes_jax.certify`)."""
     return self._branched(x)
+
+  def trained_output(self, x: jax.Array) -> jax.Array:
+    return self.branched(x)
+
+  def init_from_kernel(self, kernel: jax.Array, bias: jax.Array | None) -> None:
+    """Square = the kernel, 1xk / kx1 = 0, the square BN the identity in eval mode (a new BN has
+    mean 0, var 1 and shift 0: its scale sqrt(1 + eps) cancels the eps), the bias as its shift.
+    The asymmetric branches' BNs then give 0 in eval mode whatever their scale; in training mode
+    the BNs normalize on batch statistics, as ACNet's do."""
+    set_value(self.square, kernel)
+    for branch in (self.hor, self.ver):
+      if branch is not None:
+        set_value(branch, jnp.zeros_like(branch[...]))
+    square_bn: Any = self.square_bn if self.bn_mode == "branch" else self.sum_bn
+    set_value(square_bn.scale, jnp.full_like(square_bn.scale[...], (1 + square_bn.epsilon) ** 0.5))
+    if bias is not None:
+      set_value(square_bn.bias, bias)
 
   def _branched(self, x: jax.Array) -> jax.Array:
     outs = []

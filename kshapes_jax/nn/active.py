@@ -17,7 +17,15 @@ from kshapes_jax import conv as conv_lib
 from kshapes_jax.conv import Padding
 from kshapes_jax.gradients import normalize_position_grad
 from kshapes_jax.kernels import active_kernel, clip_positions, lattice_offsets, radius_for_positions
-from kshapes_jax.nn.base import ConvLayer, PlainConv, check_layer, record, symmetric_padding
+from kshapes_jax.nn.base import (
+  ConvLayer,
+  PlainConv,
+  check_layer,
+  record,
+  set_bias,
+  set_value,
+  symmetric_padding,
+)
 from kshapes_jax.nn.variables import Position
 
 # effective kernel + one conv, or the literal bilinear gather
@@ -77,6 +85,8 @@ class ActiveConv(ConvLayer):
   """
 
   padding: int  # the nominal conv's, on every side (the radius' padding derives from it)
+  int_padding = True
+  preserves = "exact"
 
   def __init__(
     self,
@@ -222,6 +232,34 @@ class ActiveConv(ConvLayer):
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     return y
+
+  def trained_output(self, x: jax.Array) -> jax.Array:
+    """The literal bilinear gather (eq. 5-9), whatever `impl` says."""
+    return self.gather(x)
+
+  def init_from_kernel(self, kernel: jax.Array, bias: jax.Array | None) -> None:
+    """The synapses on the kxk lattice take the kernel's taps.
+
+    Raises:
+      ValueError: unless the layer has k * k synapses on the lattice and one position set.
+    """
+    k = self.kernel_size
+    if self.synapses != k * k or self.position_groups != 1:
+      raise ValueError(
+        f"init='preserve' puts the {k}x{k} kernel's taps on the ACU's lattice; it needs "
+        f"synapses={k * k} and position_groups=1, got {self.synapses} and {self.position_groups}"
+      )
+    positions = np.asarray(self.all_positions())
+    if not np.allclose(positions, np.round(positions)):
+      raise ValueError("init='preserve' needs the ACU's lattice start (init='lattice')")
+    # where each synapse lands in the (2R + 1)^2 kernel: a one-hot weight per synapse
+    eye = jnp.eye(k * k)[:, None, :]
+    taps = np.asarray(active_kernel(eye, jnp.asarray(positions), self.radius))[:, :, 0]
+    r, c = self.radius, k // 2
+    window = taps[r - c : r + c + 1, r - c : r + c + 1]  # (k, k, K): one-hot per cell
+    # on the host in float64: a one-hot contraction, exact (no TF32 on a GPU)
+    set_value(self.weights, np.einsum("hwk,hwio->kio", window, np.asarray(kernel, np.float64)))
+    set_bias(self, bias)
 
   def deploy(self) -> PlainConv:
     """A plain conv with the SMALLEST radius that holds the (clipped) positions."""

@@ -1,12 +1,29 @@
-"""What every conv layer shares: geometry, the one conv call, deploy, accounting."""
+"""What every conv layer shares: geometry, the one conv call, the kind protocol, accounting.
+
+A conv kind is one `ConvLayer` subclass: besides its parameters and forward (its
+`effective_kernel`), the class answers everything the rest of the library asks of a kind
+(the "kind protocol"):
+
+- how it is built from a plain conv's geometry (`ConvGeometry`; the class attributes
+  `int_padding`, `normalizes` and the classmethod `takes_kernel_size`);
+- whether and how it holds a given kernel (`preserves`, `init_from_kernel`: convert's
+  init="preserve");
+- its forward as it trained (`trained_output`: what the fusion certificate measures the
+  deployed conv against);
+- its fusion to a plain conv (`deploy`), which is what exports take.
+
+`kshapes_jax.nn.kinds` maps kind names to these classes; make_conv, convert, certify, deploy,
+the exports, the support matrix, the trainer and the zoo ask a kind through this protocol only.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import Any, ClassVar, Literal, Protocol, cast, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -118,11 +135,79 @@ def symmetric_padding(
   return padding
 
 
+@dataclasses.dataclass(frozen=True)
+class ConvGeometry:
+  """A plain kxk conv's geometry and numerics: what a kind is built from in place of it.
+
+  Attributes:
+    in_features, out_features, kernel_size: as for a plain conv (square kernels).
+    stride, dilation, groups: ints.
+    padding: "SAME", "VALID", an int, or ((top, bottom), (left, right)).
+    use_bias: whether the conv adds a bias.
+    precision, dtype, param_dtype: how it computes and stores (`ConvLayer.set_numerics`).
+  """
+
+  in_features: int
+  out_features: int
+  kernel_size: int
+  stride: int = 1
+  padding: Padding = 0
+  dilation: int = 1
+  groups: int = 1
+  use_bias: bool = False
+  precision: Any = None
+  dtype: Any = None
+  param_dtype: Any = None
+
+  @property
+  def numerics(self) -> dict[str, Any]:
+    return {"precision": self.precision, "dtype": self.dtype, "param_dtype": self.param_dtype}
+
+  def int_padding(self, layer: str) -> int:
+    """The padding as one int per side, for a kind whose padding sets other convs' (ACB's
+    branches, the ACU's radius): 'VALID' is 0, 'SAME' at stride 1 with an odd kernel its
+    dilation * (k // 2).
+
+    Raises:
+      ValueError: for a padding that is no int on every side (pairs, or a 'SAME' that depends
+        on the input size).
+    """
+    p = self.padding
+    if isinstance(p, str) and p.upper() == "VALID":
+      return 0
+    if isinstance(p, str) and p.upper() == "SAME":
+      if self.stride == 1 and self.kernel_size % 2:
+        return self.dilation * (self.kernel_size // 2)
+      raise ValueError(
+        f"{layer} takes one int padding per side; 'SAME' here (stride {self.stride}, kernel "
+        f"{self.kernel_size}) depends on the input size: give the conv an int padding"
+      )
+    if not _validation.is_int(p):
+      raise ValueError(f"{layer} takes one int padding per side, got {p!r}")
+    return int(cast(int, p))
+
+
+@runtime_checkable
+class Fusable(Protocol):
+  """A module that `deploy` folds into one plain conv: a shaped conv, or a conv + BN unit."""
+
+  def deploy(self) -> PlainConv: ...
+
+  def trained_output(self, x: jax.Array) -> jax.Array: ...
+
+
+def is_fused(module: Any) -> bool:
+  """Whether `deploy` replaces the module (everything `Fusable` but the plain conv itself)."""
+  return isinstance(module, Fusable) and type(module) is not PlainConv
+
+
 class ConvLayer(nnx.Module):
   """A layer that builds an effective kernel and makes ONE conv call.
 
   Subclasses define `effective_kernel()` -> (kernel HWIO, bias or None), and
-  may refine `conv_padding`, `multiplications` and `weight_count`.
+  may refine `conv_padding`, `multiplications` and `weight_count`; a conv
+  kind also answers the kind protocol (the module docstring) where the
+  defaults below do not fit it.
 
   Every layer takes `precision`, `dtype` and `param_dtype` (see
   `set_numerics`): the kernel is built exactly from the parameters, then the
@@ -140,6 +225,39 @@ class ConvLayer(nnx.Module):
   precision: lax.PrecisionLike = None
   dtype: np.dtype | None = None
   param_dtype: np.dtype = np.dtype(np.float32)
+
+  # ---- the kind protocol: class attributes
+  # the padding is one int per side, since it sets other convs' paddings (ConvGeometry.int_padding)
+  int_padding: ClassVar[bool] = False
+  # the layer ends in its own normalization (ACB's BNs): conv_bn takes it alone, and it needs no
+  # bias where a network without BN would give a conv one
+  normalizes: ClassVar[bool] = False
+  # init_from_kernel holds a given kernel "exact"ly (the same eval function), "fit"s it (an
+  # approximation), or None: it cannot (convert then needs init="fresh")
+  preserves: ClassVar[Literal["exact", "fit"] | None] = None
+
+  @classmethod
+  def takes_kernel_size(cls, kernel_size: int) -> bool:
+    """Whether the kind builds a kernel_size x kernel_size layer (RotateConv: 3 only)."""
+    del kernel_size
+    return True
+
+  def init_from_kernel(self, kernel: jax.Array, bias: jax.Array | None) -> None:
+    """Fills the layer so that its effective kernel is (or, for `preserves == "fit"`,
+    approximates) `kernel` (HWIO, this layer's shape) with `bias`: convert's init="preserve".
+
+    Raises:
+      ValueError: saying why, for a kind that cannot hold a given kernel.
+    """
+    del kernel, bias
+    raise ValueError(
+      f"{type(self).__name__} builds its kernel from parameters of its own; use init='fresh'"
+    )
+
+  def trained_output(self, x: jax.Array) -> jax.Array:
+    """The layer's output computed as it trained, not through the kernel deploy folds (the
+    fusion certificate's reference): the layer's own call unless a kind trains otherwise."""
+    return self(x)
 
   def set_numerics(
     self,
@@ -233,8 +351,28 @@ class ConvLayer(nnx.Module):
     return int(out_shape[1] * out_shape[2] * kh * kw * cin * cout)
 
 
+def set_value(variable: nnx.Variable, value: Any) -> None:
+  """Sets an nnx.Variable to `value`, in the variable's dtype."""
+  variable.set_value(jnp.asarray(value, variable[...].dtype))
+
+
+def set_bias(layer: ConvLayer, bias: jax.Array | None) -> None:
+  """Sets a layer's `bias` parameter (init_from_kernel); a bias for a layer without one (or the
+  other way round) is a ValueError."""
+  own = getattr(layer, "bias", None)
+  if (bias is None) != (own is None):
+    raise ValueError(
+      f"{type(layer).__name__} was built {'without' if own is None else 'with'} a bias, "
+      f"and the kernel comes {'with' if bias is not None else 'without'} one"
+    )
+  if own is not None:
+    set_value(own, bias)
+
+
 class PlainConv(ConvLayer):
   """An ordinary kxk convolution: the baseline kind and the target of deploy."""
+
+  preserves = "exact"
 
   def __init__(
     self,
@@ -319,8 +457,15 @@ class PlainConv(ConvLayer):
   def effective_kernel(self):
     return self.kernel[...], None if self.bias is None else self.bias[...]
 
+  def init_from_kernel(self, kernel: jax.Array, bias: jax.Array | None) -> None:
+    """A copy of the kernel and bias."""
+    set_value(self.kernel, kernel)
+    set_bias(self, bias)
+
   def deploy(self) -> PlainConv:
-    return self  # already plain: deploy copies the model first, so no sharing
+    if type(self) is PlainConv:
+      return self  # already plain: deploy copies the model first, so no sharing
+    return super().deploy()  # a subclass with a kernel of its own
 
   def weight_count(self) -> int:
     return int(self.kernel[...].size)

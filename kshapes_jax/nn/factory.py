@@ -1,32 +1,15 @@
-"""Conv kinds by name, and the conv + BN unit that models are built from."""
+"""A conv of a kind by name, and the conv + BN unit that models are built from."""
 
 from __future__ import annotations
-
-import functools
-from collections.abc import Callable
 
 import jax
 from flax import nnx
 
 from kshapes_jax.conv import Padding
 from kshapes_jax.kernels import fuse_bn
-from kshapes_jax.nn.acb import ACBlock
-from kshapes_jax.nn.active import ActiveConv
 from kshapes_jax.nn.base import ConvLayer, PlainConv
 from kshapes_jax.nn.batchnorm import batch_norm, bn_params
-from kshapes_jax.nn.rotate import RotateConv
-from kshapes_jax.nn.versatile import VersatileConv
-
-CONV_KINDS: dict[str, Callable[..., ConvLayer]] = {
-  "plain": PlainConv,
-  "rotate4": functools.partial(RotateConv, version=4),
-  "rotate2": functools.partial(RotateConv, version=2),
-  "acb": ACBlock,
-  "versatile": VersatileConv,
-  "active": ActiveConv,
-}
-# The conv kinds by name, in the order tables list them.
-KINDS = tuple(CONV_KINDS)
+from kshapes_jax.nn.kinds import get_kind
 
 
 def make_conv(
@@ -44,7 +27,8 @@ def make_conv(
   """A conv layer of the named kind; every kind takes the same arguments.
 
   Args:
-    kind: one of `CONV_KINDS`: plain, rotate4, rotate2, acb, versatile, active.
+    kind: a registered kind (`CONV_KINDS`): plain, rotate4, rotate2, acb, versatile, active,
+      or one of `register_kind`.
     in_features, out_features, kernel_size, stride, padding, use_bias: as for
       a plain conv (padding None = k // 2 on every side).
     rngs: the NNX random streams.
@@ -56,9 +40,7 @@ def make_conv(
   Raises:
     ValueError: for an unknown kind.
   """
-  if kind not in CONV_KINDS:
-    raise ValueError(f"unknown conv kind {kind!r}; expected one of {sorted(CONV_KINDS)}")
-  return CONV_KINDS[kind](
+  return get_kind(kind)(
     in_features,
     out_features,
     kernel_size,
@@ -81,6 +63,10 @@ class ConvBN(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.bn(self.conv(x))
+
+  def trained_output(self, x: jax.Array) -> jax.Array:
+    """The conv as it trained (`ConvLayer.trained_output`), then the BN."""
+    return self.bn(self.conv.trained_output(x))
 
   def deploy(self) -> PlainConv:
     plain = self.conv.deploy()
@@ -110,16 +96,13 @@ def conv_bn(
   rngs: nnx.Rngs,
   **options,
 ) -> ConvLayer | ConvBN:
-  """conv + BN of the named kind; for "acb" the ACBlock, which holds its BNs.
+  """conv + BN of the named kind; a kind that ends in its own BN (`normalizes`: the ACBlock)
+  alone.
 
   1x1 convs are always plain: no kind changes a 1x1 kernel.
   """
   if kernel_size == 1:
     kind = "plain"
-  if kind == "acb":
-    return ACBlock(
-      in_features, out_features, kernel_size, stride=stride, padding=padding, rngs=rngs, **options
-    )
   conv = make_conv(
     kind,
     in_features,
@@ -130,4 +113,4 @@ def conv_bn(
     rngs=rngs,
     **options,
   )
-  return ConvBN(conv, rngs)
+  return conv if conv.normalizes else ConvBN(conv, rngs)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax import lax
 from jax.typing import DTypeLike
@@ -13,8 +15,33 @@ from jax.typing import DTypeLike
 from kshapes_jax.conv import Padding
 from kshapes_jax.gradients import normalize_angle_grad
 from kshapes_jax.kernels import rotate_kernel
-from kshapes_jax.nn.base import ConvLayer, bucketed, check_layer, he_normal, symmetric_padding
+from kshapes_jax.nn.base import (
+  ConvLayer,
+  bucketed,
+  check_layer,
+  he_normal,
+  set_bias,
+  set_value,
+  symmetric_padding,
+)
 from kshapes_jax.nn.variables import Angle
+
+# the 1-degree grid of angles init_from_kernel fits a given 3x3 kernel on
+_FIT_ANGLES = np.arange(180.0)
+
+
+@functools.cache
+def _line_bases(taps: int) -> np.ndarray:
+  """(angles, 9, taps): the RotateConv kernel of each weight alone at each grid angle (the kernel
+  is linear in its weights at a fixed angle); one rotate_kernel call, once per version."""
+  n = len(_FIT_ANGLES)
+  if taps == 3:  # output o = (angle, tap): weight tap of that output 1, the others 0
+    weights = np.tile(np.eye(3), (1, n)).reshape(3, 1, 3 * n)
+  else:
+    weights = np.ones((1, n))
+  angles = np.repeat(_FIT_ANGLES, taps)[None, :]
+  kernel = np.asarray(rotate_kernel(weights, angles), np.float64)  # (3, 3, 1, n * taps)
+  return kernel.reshape(9, n, taps).transpose(1, 0, 2)
 
 
 class RotateConv(ConvLayer):
@@ -27,6 +54,12 @@ class RotateConv(ConvLayer):
   layer (`gradients.normalize_angle_grad`), so they learn at the shared
   learning rate; False gives the raw gradient (angles then barely move).
   """
+
+  preserves = "fit"  # a line kernel only approximates a given 3x3 one
+
+  @classmethod
+  def takes_kernel_size(cls, kernel_size: int) -> bool:
+    return kernel_size == 3
 
   def __init__(
     self,
@@ -93,6 +126,26 @@ class RotateConv(ConvLayer):
     weights = jnp.stack([w0, w1, w2]) if self.version == 4 else (w0 + w1 + w2) / 3
     self.weights[...] = weights.astype(self.weights[...].dtype)
     self.angles[...] = jnp.full(io, angle, self.angles[...].dtype)
+
+  def init_from_kernel(self, kernel: jax.Array, bias: jax.Array | None) -> None:
+    """The least-squares line kernel of a given 3x3 kernel, per (input, output) pair, on a
+    1-degree grid of angles (convert's init="preserve": an approximation, whose error convert
+    reports)."""
+    target = np.asarray(kernel, np.float64).reshape(9, -1)  # (9, I * O)
+    taps = 3 if self.version == 4 else 1
+    best_err = np.full(target.shape[1], np.inf)
+    best_w = np.zeros((taps, target.shape[1]))
+    best_angle = np.zeros(target.shape[1])
+    for angle, a in zip(_FIT_ANGLES, _line_bases(taps)):
+      w, *_ = np.linalg.lstsq(a, target, rcond=None)
+      err = np.sum((a @ w - target) ** 2, axis=0)
+      better = err < best_err
+      best_err, best_angle = np.where(better, err, best_err), np.where(better, angle, best_angle)
+      best_w[:, better] = w[:, better]
+    shape = self.weights[...].shape
+    set_value(self.weights, best_w.reshape(shape) if taps == 3 else best_w[0].reshape(shape))
+    set_value(self.angles, best_angle.reshape(self.angles[...].shape))
+    set_bias(self, bias)
 
   def effective_kernel(self):
     angles = self.angles[...]

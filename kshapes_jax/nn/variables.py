@@ -1,11 +1,37 @@
-"""Parameter types, so optimizers can treat angles and positions apart."""
+"""Parameter types, so optimizers can treat a kernel's shape parameters apart."""
+
+from typing import ClassVar
 
 from flax import nnx
 
 
-class Angle(nnx.Param):
+class ShapeParam(nnx.Param):
+  """A parameter of a kernel's shape, not a weight: its class names its optimizer label
+  (`kshapes_jax.optim.param_labels`), so a kind's own shape parameters get their own rules."""
+
+  label: ClassVar[str]
+
+
+class Angle(ShapeParam):
   """RotateConv angles in degrees: projected after each update (eq. 6), no weight decay."""
 
+  label = "angles"
 
-class Position(nnx.Param):
+
+class Position(ShapeParam):
   """ACU synapse positions in pixels: own learning rate, normalized gradient, warm-up."""
+
+  label = "positions"
+
+
+def shape_labels() -> tuple[str, ...]:
+  """The labels of every ShapeParam class defined (a kind's module defines its own)."""
+  found: list[str] = []
+  todo: list[type] = [ShapeParam]
+  while todo:
+    cls = todo.pop(0)
+    label = cls.__dict__.get("label")
+    if label is not None and label not in found:
+      found.append(label)
+    todo.extend(cls.__subclasses__())
+  return tuple(found)

@@ -207,6 +207,12 @@ class VersatileConv(ConvLayer):
     record(self, x, y)
     return y
 
+  def init_from_kernel(self, kernel: jax.Array, bias: jax.Array | None) -> None:
+    del kernel, bias
+    raise ValueError(
+      "versatile filters are nested masks of fewer primary filters; use init='fresh'"
+    )
+
   def effective_kernel_bias(self):
     """The bias of the stacked kernel's outputs, without building the kernel."""
     if self.bias is None:
