@@ -9,13 +9,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs import datasets
 from configs.datasets import STREAM_IMAGE_SIZE
 from kshapes_jax import models, nn
-from train.trainer import experiment, input_pipeline, settings
+from train import data
+from train.trainer import experiment, settings
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(
-  p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common", "datasets")
+  p.stem
+  for p in CONFIG_DIR.glob("*.py")
+  if p.stem not in ("__init__", "common", "datasets", "schema")
 )
 
 
@@ -57,15 +61,15 @@ def test_config_loads_checks_and_documents_its_command(name):
       h = w = checked.data.image_size or STREAM_IMAGE_SIZE
       c = 3
     else:
-      h, w, c, _ = input_pipeline.DATASETS[config.data.name]
+      h, w, c, _ = datasets.DATASETS[config.data.name]
     spec = models.spec(config.model)
     # a model that adapts to the images (e.g. Cifar-quick on 28x28)
     if spec.input_shape[:2] != (
       h,
       w,
     ):
-      split = input_pipeline.Split(np.zeros((2, h, w, c), np.uint8), np.zeros(2, np.int32))
-      dataset = input_pipeline.Dataset(config.data.name, split, split, 10, (0.5,) * c, (0.25,) * c)
+      split = data.MemorySplit(np.zeros((2, h, w, c), np.uint8), np.zeros(2, np.int32))
+      dataset = data.Dataset(config.data.name, split, split, 10, (0.5,) * c, (0.25,) * c)
       # raises ConfigError if it cannot
       model = nnx.eval_shape(functools.partial(experiment.build_model, checked, dataset))
       assert model is not None, (name, arg)

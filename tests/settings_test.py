@@ -10,7 +10,8 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from configs import default
+import kshapes_jax as K
+from configs import default, schema
 from train.trainer import settings
 from train.trainer.rundir import RunDir
 
@@ -52,7 +53,7 @@ def test_every_default_key_is_a_typed_setting():
   s = settings.read(default.get_config())
   for key in flat:
     if key.startswith("conv_options."):  # only the set ones are settings; all are declared
-      assert key.removeprefix("conv_options.") in default.CONV_OPTIONS
+      assert key.removeprefix("conv_options.") in K.nn.conv_options()
       continue
     node = s
     for part in key.split("."):
@@ -83,6 +84,44 @@ def test_a_bad_value_is_one_config_error_naming_the_key(override, message):
     node[last] = value
   with pytest.raises(settings.ConfigError, match=message):
     settings.read(flat)
+
+
+def test_each_key_is_declared_once_and_the_readme_lists_them():
+  """The schema is the settings: every declared key is a field with a doc, the config file's
+  defaults are the declarations', and the README's table is `python -m configs.schema`."""
+  declared = {k.name: k for k in schema.keys()}
+  assert all(k.doc for k in declared.values())
+  flat = settings._flatten(json.loads(default.get_config().to_json_best_effort()))
+  assert {k for k in flat if not k.startswith("conv_options.")} == set(declared) - {"conv_options"}
+  for name, value in flat.items():
+    if name in declared:
+      assert value == json.loads(json.dumps(declared[name].default, default=list)), name
+  text = (REPO / "README.md").read_text()
+  start, end = "<!-- config-keys:start -->\n", "\n<!-- config-keys:end -->"
+  assert text[text.index(start) + len(start) : text.index(end)] == schema.describe()
+
+
+@pytest.mark.parametrize("key", [k.name for k in schema.keys() if k.bounds or k.choices])
+def test_every_declared_range_is_checked(key):
+  """A value outside a key's declared range or choices is that key's ConfigError."""
+  k = next(k for k in schema.keys() if k.name == key)
+  bad: object = "no such choice" if k.choices else k.bounds.low - 1  # type: ignore[union-attr]
+  if k.bounds is not None and k.bounds.low == -float("inf"):
+    bad = float("nan")
+  with pytest.raises(settings.ConfigError, match="^" + key.replace(".", r"\.") + " must be"):
+    settings.read(_with({}, **{key: bad}))
+
+
+def _with(config: dict, **flat) -> dict:
+  """A config dict with dotted keys set."""
+  out = json.loads(json.dumps(config))
+  for key, value in flat.items():
+    node = out
+    *parents, last = key.split(".")
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[last] = value
+  return out
 
 
 def test_settings_round_trip_through_config_json(tmp_path):
