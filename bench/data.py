@@ -10,7 +10,7 @@ order each round, medians over the rounds:
 
 - decoders: JPEG decoding alone, one core: PIL, PIL with draft mode (DCT scaling to >= 224),
   OpenCV's imdecode and simplejpeg (the pipeline's decoder);
-- ours: the trainer's path (input_pipeline.train_batches on the prepared folder: record read,
+- ours: the trainer's path (train.data.Batches on the prepared folder: record read,
   decode, Inception crop, resize, flip, batch of 32), on one core with one reading thread, on
   every core with one reading thread each, and on one core from a folder prepared with
   --max_side 320 (smaller JPEGs: what that flag buys);
@@ -121,15 +121,16 @@ def _all_cores(cores: set[int]) -> None:
 
 def ours(prepared: Path, threads: int, images: int) -> Callable[[], float]:
   from configs import imagenet
-  from train.trainer import input_pipeline, settings
+  from train import data
+  from train.trainer import settings
 
   config = imagenet.get_config()
   config.data.update(data_dir=str(prepared), name="bench", threads=threads)
-  dataset = input_pipeline.load(settings.read(config).data)
+  dataset = data.load(settings.read(config).data)
   steps = images // BATCH
 
   def run() -> float:
-    batches = input_pipeline.train_batches(dataset.train, BATCH, seed=random.randrange(1 << 30))
+    batches = data.Batches(dataset.train, BATCH, seed=random.randrange(1 << 30))
     t0 = time.perf_counter()
     for batch in batches.iterate(0, steps):
       assert batch["image"].shape == (BATCH, SIZE, SIZE, 3)

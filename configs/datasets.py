@@ -1,7 +1,7 @@
 """The datasets the configs name: their shapes, classes and sizes, where Debian puts
 Fashion-MNIST, and which are streamed.
 
-The trainer's input pipeline (train/trainer/input_pipeline.py) reads them from here, so a config
+The trainer's input pipeline (train/data/) reads them from here, so a config
 can count its steps without importing the trainer.
 """
 

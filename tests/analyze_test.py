@@ -572,15 +572,15 @@ def test_acb_section_reads_a_model_of_mixed_kernel_sizes_at_its_3x3_layers():
   ones; every kxk layer is pruned, so a region's sparsity stops where the first layer's region is
   full: the 3x3 corners at 4/9, the 11x11 skeleton at 21/121."""
   import kshapes_jax as K
+  from train import data
   from train.analyze import acb as acb_section
-  from train.trainer import input_pipeline
 
   deployed = K.deploy(K.models.create("acnet_alexnet", conv="acb", image_size=72, num_classes=3))
   matrix, layers = acb_section.magnitude(deployed)
   assert layers == 3 and matrix.shape == (3, 3) and matrix[1, 1] == 1.0
   images = np.random.default_rng(0).integers(0, 256, (4, 72, 72, 3), dtype=np.uint8)
-  split = input_pipeline.Split(images, np.arange(4, dtype=np.int32) % 3)
-  dataset = input_pipeline.Dataset("probe", split, split, 3, (0.5,) * 3, (0.25,) * 3)
+  split = data.MemorySplit(images, np.arange(4, dtype=np.int32) % 3)
+  dataset = data.Dataset("probe", split, split, 3, (0.5,) * 3, (0.25,) * 3)
   curves = acb_section.pruning_curves(
     deployed, dataset, split, sparsities=(0.0, 0.4, 0.45), seeds=(0,)
   )

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.trainer import input_pipeline
+from train.data import memory
 
 CLASSES = ["bag", "boot", "coat"]  # three Fashion-MNIST classes, as folder names
 FM_LABELS = {"bag": 8, "boot": 9, "coat": 4}
 needs_fashion_mnist = pytest.mark.skipif(
-  not os.path.isdir(input_pipeline.DEBIAN_FASHION_MNIST),
+  not os.path.isdir(memory.DEBIAN_FASHION_MNIST),
   reason="the JPEG tree is made from Fashion-MNIST: apt-get install -y dataset-fashion-mnist",
 )
 
@@ -20,7 +20,7 @@ needs_fashion_mnist = pytest.mark.skipif(
 def make_tree(root: Path, train_per_class: int = 24, test_per_class: int = 6) -> Path:
   """An ImageFolder tree of real images: Fashion-MNIST upscaled to 40x30 RGB JPEGs (quality 90),
   plus a PNG, a grey JPEG, a CMYK JPEG and a text file in the train split."""
-  train, test = input_pipeline.load_idx_dir(input_pipeline.DEBIAN_FASHION_MNIST)
+  train, test = memory.load_idx_dir(memory.DEBIAN_FASHION_MNIST)
   for split, data, n in (("train", train, train_per_class), ("val", test, test_per_class)):
     for name in CLASSES:
       folder = root / split / name

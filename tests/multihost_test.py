@@ -26,15 +26,15 @@ _DRIVER = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     from configs import default
     from train import trainer
-    from train.trainer import input_pipeline
+    from train.data import memory, streamed
 
     workdir, overrides, kill_at = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
     config = default.get_config()
     config.update_from_flattened_dict(overrides)
     # kill -9 while the loader prepares that step's batch, once a checkpoint is on disk
     if kill_at >= 0:
-      batch = input_pipeline.Batches.batch
-      def killing(self, step):
+      batch = memory.MemorySplit.batch
+      def killing(self, plan, step):
         if step == kill_at:
           saved = os.path.join(workdir, "checkpoints")
           # the saves are asynchronous: wait (at most 60 s) for one to be committed
@@ -43,17 +43,16 @@ _DRIVER = textwrap.dedent("""
               break
             time.sleep(0.1)
           os.kill(os.getpid(), signal.SIGKILL)
-        return batch(self, step)
-      input_pipeline.Batches.batch = killing
+        return batch(self, plan, step)
+      memory.MemorySplit.batch = killing
     if os.environ.get("READ_LOG"):  # which training examples this process reads, by step
-      from train.trainer import streaming
-      example = streaming.StreamBatches._example
-      def logged(self, position):
-        step, row = divmod(position, self.local)
+      example = streamed.StreamSplit.train_example
+      def logged(self, plan, position):
+        step, row = divmod(position, plan.local)
         with open(os.environ["READ_LOG"], "a") as f:
-          f.write(f"{{step}} {{self.rows(step)[row]}}\\n")
-        return example(self, position)
-      streaming.StreamBatches._example = logged
+          f.write(f"{{step}} {{plan.rows(step)[row]}}\\n")
+        return example(self, plan, position)
+      streamed.StreamSplit.train_example = logged
     summary = trainer.train_and_evaluate(config, workdir)
     print("SUMMARY " + json.dumps(summary.to_json()), flush=True)
 """)

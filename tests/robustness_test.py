@@ -28,9 +28,11 @@ import kshapes_jax as K
 from kshapes_jax import conv as conv_lib
 from kshapes_jax import kernels
 from kshapes_jax import nn as knn
+from train import data as pipeline
 from train import trainer
 from train.cli import one_line
-from train.trainer import experiment, input_pipeline, logger, trained_run
+from train.data import memory
+from train.trainer import experiment, logger, trained_run
 from train.trainer.checkpoints import CheckpointError, Checkpoints
 from train.trainer.rundir import RunDir, RunDirError
 
@@ -318,7 +320,7 @@ def _write_npz(directory: Path, images, labels) -> None:
 def test_npz_float_images_in_0_1_are_scaled_not_zeroed(tmp_path, rng):
   pixels = rng.integers(0, 256, size=(8, 28, 28, 1))
   _write_npz(tmp_path, (pixels / 255.0).astype(np.float32), np.arange(8) % 10)
-  train_split, _ = input_pipeline.load_npz_dir(tmp_path)
+  train_split, _ = memory.load_npz_dir(tmp_path)
   np.testing.assert_array_equal(train_split.images, pixels.astype(np.uint8))
 
 
@@ -344,8 +346,8 @@ def test_npz_images_that_a_cast_would_corrupt_are_refused_naming_the_file(
   tmp_path, images, message
 ):
   _write_npz(tmp_path, images, np.zeros(4, np.int64))
-  with pytest.raises(input_pipeline.DataError, match=str(tmp_path / "train.npz") + ".*" + message):
-    input_pipeline.load_npz_dir(tmp_path)
+  with pytest.raises(pipeline.DataError, match=str(tmp_path / "train.npz") + ".*" + message):
+    memory.load_npz_dir(tmp_path)
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -379,8 +381,8 @@ def test_damaged_idx_files_name_the_file(tmp_path, damage, message):
     path.write_bytes(gzip.compress(raw[: 16 + 3000]))
   else:
     path.write_bytes(gzip.compress(raw[:9]))
-  with pytest.raises(input_pipeline.DataError, match=str(path) + r".*" + message):
-    input_pipeline.read_idx(path)
+  with pytest.raises(pipeline.DataError, match=str(path) + r".*" + message):
+    memory.read_idx(path)
 
 
 # ------------------------------------------------------------------ configs: input -> message
@@ -395,13 +397,16 @@ CONFIG_ERRORS = [
     r"conv_options.normalize_grad does not apply to conv 'acb'; it takes \['asym_scale_init', "
     r"'asym_size', 'asymmetric'",
   ),
-  ({"optim.momentum": 5.0}, r"optim.momentum must be a number in \[0, 1\), got 5.0"),
-  ({"optim.weight_decay": -1.0}, r"optim.weight_decay must be a number in \[0, inf\), got -1.0"),
+  ({"optim.momentum": 5.0}, r"optim: momentum must be in \[0, 1\), got 5.0"),
+  ({"optim.weight_decay": -1.0}, r"optim: weight_decay must be >= 0 and finite, got -1.0"),
   (
     {"optim.learning_rate": float("nan")},
-    r"optim.learning_rate must be a number in \(0, inf\), got nan",
+    r"optim.learning_rate: learning rate must be > 0 and finite, got nan",
   ),
-  ({"optim.boundaries": (20, 10)}, r"optim.boundaries must be epochs > 0 in increasing order"),
+  (
+    {"optim.boundaries": (20, 10)},
+    r"optim.boundaries \(epochs\): schedule boundaries must be positive and increasing",
+  ),
   ({"data.train_size": 0}, r"data.train_size must be an int in \[1, inf\), got 0"),
   ({"seed": -1}, r"seed must be an int in \[0, 4294967295\], got -1"),
   ({"num_steps": -3}, r"num_steps must be an int in \[0, inf\), got -3"),
@@ -413,7 +418,7 @@ CONFIG_ERRORS = [
   "overrides, message", CONFIG_ERRORS, ids=[str(c[0]) for c in CONFIG_ERRORS]
 )
 def test_bad_config_values_fail_before_the_data_loads(tmp_path, monkeypatch, overrides, message):
-  monkeypatch.setattr(input_pipeline, "load", lambda *_: pytest.fail("the data was loaded"))
+  monkeypatch.setattr(pipeline, "load", lambda *_: pytest.fail("the data was loaded"))
   with pytest.raises(trainer.ConfigError, match=message):
     trainer.train_and_evaluate(small_config(**overrides), tmp_path)
 
@@ -431,34 +436,17 @@ def test_conv_options_are_declared_for_every_option_of_every_kind():
   from configs import default
 
   config = default.get_config()
-  for name, kind_type in default.CONV_OPTIONS.items():
+  for name, kind_type in knn.conv_options().items():
     assert config.conv_options[name] is None
     assert kind_type in (int, str, bool, float)
-  # every keyword a shaped layer takes beyond the shared ones is declared
+  # every keyword a shaped layer takes beyond a plain conv's arguments is an option of its kind
   import inspect
 
-  # geometry (groups, dilation) is the model's to set with its paddings and widths, not a config
-  # option
-  shared = {
-    "self",
-    "in_features",
-    "out_features",
-    "kernel_size",
-    "stride",
-    "padding",
-    "use_bias",
-    "rngs",
-    "precision",
-    "dtype",
-    "version",
-    "kernel",
-    "bias",
-    "groups",
-    "dilation",
-  }
-  for layer in (knn.RotateConv, knn.ACBlock, knn.ActiveConv, knn.VersatileConv):
-    missing = set(inspect.signature(layer.__init__).parameters) - shared - set(default.CONV_OPTIONS)
-    assert not missing, (layer.__name__, missing)
+  for kind in knn.CONV_KINDS.values():
+    taken = set(inspect.signature(kind.layer.__init__).parameters)
+    arrays = {"kernel", "bias"} if kind.layer is knn.PlainConv else set()  # from_kernel's
+    missing = taken - set(knn.kinds.SHARED_ARGUMENTS) - set(kind.options()) - set(kind.fixed)
+    assert not missing - arrays, (kind.name, missing)
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -843,7 +831,7 @@ def test_command_line_failures_are_one_error_line(tmp_path):
     (
       ["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.momentum=5.0"],
       2,
-      "optim.momentum must be a number in [0, 1)",
+      "optim: momentum must be in [0, 1)",
     ),
     (
       ["--config", default, "--workdir", str(tmp_path / "a_file")],
@@ -886,7 +874,7 @@ def test_command_line_failures_are_one_error_line(tmp_path):
     (
       ["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.boundaries=(0,)"],
       2,
-      "optim.boundaries must be epochs > 0 in increasing order, got (0,)",
+      "optim.boundaries (epochs): schedule boundaries must be positive and increasing, got (0,)",
     ),
     (
       [
@@ -1124,7 +1112,7 @@ def test_a_resume_on_other_data_under_the_same_config_is_refused(tmp_path, capsy
   data.mkdir()
 
   def write(n, seed):
-    train, test = input_pipeline.synthetic_splits((28, 28, 1), 10, n, 40, seed)
+    train, test = pipeline.synthetic_splits((28, 28, 1), 10, n, 40, seed)
     for name, split in (("train", train), ("test", test)):
       np.savez(data / f"{name}.npz", image=split.images, label=split.labels)
 

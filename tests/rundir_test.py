@@ -26,7 +26,7 @@ BEFORE = Path(__file__).parent / "data" / "run_before_redesign"
 
 
 def _synthetic_before_the_default_recipe_fix(shape, num_classes, train_size, test_size, seed=0):
-  """input_pipeline.synthetic_splits as it was before commit 0f28d28: a template per pixel."""
+  """train.data.synthetic_splits as it was before commit 0f28d28: a template per pixel."""
   rng = np.random.default_rng(seed)
   templates = rng.uniform(0, 255, size=(num_classes, *shape))
 

@@ -21,8 +21,9 @@ from configs import default
 from configs import imagenet as imagenet_config
 from tests import jpeg_tree
 from tests.jpeg_tree import CLASSES, make_tree
-from train import prepare, trainer
-from train.trainer import images, input_pipeline, records, settings, streaming, trained_run
+from train import data, prepare, trainer
+from train.data import images, records, streamed
+from train.trainer import settings, trained_run
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = jpeg_tree.needs_fashion_mnist
@@ -55,7 +56,7 @@ def test_prepare_writes_every_image_with_its_folders_label(prepared):
   assert (train.examples, test.examples) == (3 * 24 + 3, 3 * 6)
   assert len(train.shards) == 4 and train.converted == 3 and not train.skipped
   assert records.read_metadata(out) == meta
-  source = streaming._arrayrecord_source(list(records.shard_paths(out, train)), "train")
+  source = streamed._arrayrecord_source(list(records.shard_paths(out, train)), "train")
   labels = [records.decode(source[i])[0] for i in range(len(source))]
   files = sorted(p for p in (tree / "train").rglob("*") if p.suffix in (".jpg", ".png"))
   expected = sorted(meta.classes.index(p.parent.name) for p in files)
@@ -72,7 +73,7 @@ def test_prepare_max_side_resizes_the_larger_images(prepared, tmp_path):
   tree, _, _ = prepared
   meta = prepare.prepare(tree, tmp_path / "small", max_side=20, say=lambda m: 0)
   assert meta.splits["train"].resized == meta.splits["train"].examples
-  source = streaming._arrayrecord_source(
+  source = streamed._arrayrecord_source(
     list(records.shard_paths(tmp_path / "small", meta.splits["test"])), "test"
   )
   assert images.decode_jpeg(records.decode(source[0])[1]).shape == (15, 20, 3)
@@ -107,15 +108,15 @@ def test_a_missing_or_foreign_shard_is_a_one_line_data_error(prepared, tmp_path)
   copy = tmp_path / "copy"
   shutil.copytree(out, copy)
   (copy / meta.splits["train"].shards[2]).unlink()
-  with pytest.raises(input_pipeline.DataError, match="lacks 1 of the train split's shards"):
-    input_pipeline.load(settings.read(stream_config(copy)).data)
+  with pytest.raises(data.DataError, match="lacks 1 of the train split's shards"):
+    data.load(settings.read(stream_config(copy)).data)
   (copy / meta.splits["train"].shards[2]).write_bytes(b"not a shard")
-  with pytest.raises(input_pipeline.DataError, match="cannot be opened"):
-    input_pipeline.load(settings.read(stream_config(copy)).data)
-  with pytest.raises(input_pipeline.DataError, match="set data.name='fm3'"):
-    input_pipeline.load(settings.read(stream_config(out, **{"data.name": "imagenet2012"})).data)
-  with pytest.raises(input_pipeline.DataError, match="no prepared dataset"):
-    input_pipeline.load(settings.read(stream_config(tmp_path)).data)
+  with pytest.raises(data.DataError, match="cannot be opened"):
+    data.load(settings.read(stream_config(copy)).data)
+  with pytest.raises(data.DataError, match="set data.name='fm3'"):
+    data.load(settings.read(stream_config(out, **{"data.name": "imagenet2012"})).data)
+  with pytest.raises(data.DataError, match="no prepared dataset"):
+    data.load(settings.read(stream_config(tmp_path)).data)
 
 
 def test_crops_follow_the_recipe():
@@ -140,16 +141,15 @@ def test_crops_follow_the_recipe():
 
 def test_batches_are_a_function_of_seed_and_step_whatever_the_threads_and_hosts(prepared):
   _, out, _ = prepared
-  data = settings.read(stream_config(out)).data
-  dataset = input_pipeline.load(data)
+  dataset = data.load(settings.read(stream_config(out)).data)
   split = dataset.train
-  one = input_pipeline.train_batches(split, 8, seed=3)
+  one = data.Batches(split, 8, seed=3)
   assert one.steps_per_epoch == 75 // 8
   serial = [one.batch(s) for s in range(10, 14)]
   threaded = list(
-    input_pipeline.train_batches(
-      streaming.StreamSplit(**{**split.__dict__, "threads": 4}), 8, seed=3
-    ).iterate(10, 14)
+    data.Batches(streamed.StreamSplit(**{**split.__dict__, "threads": 4}), 8, seed=3).iterate(
+      10, 14
+    )
   )
   for a, b in zip(serial, threaded):
     np.testing.assert_array_equal(a["image"], b["image"])
@@ -157,30 +157,27 @@ def test_batches_are_a_function_of_seed_and_step_whatever_the_threads_and_hosts(
   assert serial[0]["image"].shape == (8, 32, 32, 3) and serial[0]["image"].dtype == np.uint8
   # two hosts: disjoint halves whose union is the one-host batch, the same pixels
   halves = [
-    input_pipeline.train_batches(split, 8, seed=3, process_index=i, process_count=2).batch(12)
-    for i in range(2)
+    data.Batches(split, 8, seed=3, process_index=i, process_count=2).batch(12) for i in range(2)
   ]
   np.testing.assert_array_equal(np.concatenate([h["image"] for h in halves]), serial[2]["image"])
   # an epoch of steps reads every example at most once
-  seen = np.concatenate([one.indices(s) for s in range(one.steps_per_epoch)])
+  seen = np.concatenate([one.plan.indices(s) for s in range(one.steps_per_epoch)])
   assert len(set(seen.tolist())) == len(seen) == one.steps_per_epoch * 8
-  assert not np.array_equal(
-    input_pipeline.train_batches(split, 8, seed=4).batch(10)["image"], serial[0]["image"]
-  )
+  assert not np.array_equal(data.Batches(split, 8, seed=4).batch(10)["image"], serial[0]["image"])
 
 
 def test_evaluation_reads_every_example_once_on_any_number_of_hosts(prepared):
   _, out, _ = prepared
-  test = input_pipeline.load(settings.read(stream_config(out)).data).test
+  test = data.load(settings.read(stream_config(out)).data).test
   assert len(test) == 18 and not test.training
   for hosts in (1, 2):
     labels = []
     for i in range(hosts):
-      for b in input_pipeline.eval_batches(test, 8, process_index=i, process_count=hosts):
+      for b in test.eval_batches(8, process_index=i, process_count=hosts):
         assert b["image"].shape == (8 // hosts, 32, 32, 3)
         labels.append(b["label"][b["mask"]])
     assert sum(len(x) for x in labels) == 18
-  whole = list(input_pipeline.eval_batches(test, 8))
+  whole = list(test.eval_batches(8))
   assert [int(b["mask"].sum()) for b in whole] == [8, 8, 2]
 
 
@@ -211,7 +208,7 @@ _DRIVER = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     from configs import imagenet
     from train import trainer
-    from train.trainer import streaming
+    from train.data import streamed
 
     if __name__ == "__main__":  # grain's worker processes import this file again
       workdir, overrides, kill_at = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
@@ -219,12 +216,12 @@ _DRIVER = textwrap.dedent("""
       config.model_kwargs = {{"image_size": 32}}
       config.update_from_flattened_dict(overrides)
       if kill_at >= 0:  # kill -9 while the readers prepare that step's examples
-        example = streaming.StreamBatches._example
-        def killing(self, position):
-          if position // self.local == kill_at:
+        example = streamed.StreamSplit.train_example
+        def killing(self, plan, position):
+          if position // plan.local == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-          return example(self, position)
-        streaming.StreamBatches._example = killing
+          return example(self, plan, position)
+        streamed.StreamSplit.train_example = killing
       trainer.train_and_evaluate(config, workdir)
 """)
 
@@ -287,9 +284,10 @@ def test_tfds_imagenet2012_streams_from_its_data_source(tmp_path):
   config = stream_config("", **{"data.source": "tfds", "data.name": "imagenet2012"})
   config.update(num_steps=2, batch_size=4, eval_batch_size=4)
   with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
-    dataset = input_pipeline.load(settings.read(config).data)
-    assert dataset.num_classes == 1000 and dataset.streamed and len(dataset.train) == 10
-    batch = input_pipeline.train_batches(dataset.train, 4, seed=0).batch(1)
+    dataset = data.load(settings.read(config).data)
+    assert dataset.num_classes == 1000 and len(dataset.train) == 10
+    assert isinstance(dataset.train, streamed.StreamSplit)
+    batch = data.Batches(dataset.train, 4, seed=0).batch(1)
     assert batch["image"].shape == (4, 32, 32, 3) and batch["label"].max() < 1000
     summary = trainer.train_and_evaluate(config, tmp_path)
   assert summary.dataset == "imagenet2012" and summary.test_examples == 10
@@ -351,8 +349,8 @@ def test_memory_stays_bounded_on_a_dataset_many_times_the_buffers():
     buffer, "JPEG", quality=90
   )
   source = _ManyImages(2_000_000, buffer.getvalue())
-  split = streaming.StreamSplit(source, "arrayrecord", 64, True, 0, 2, "many")
-  batches = input_pipeline.train_batches(split, 32, seed=0)
+  split = streamed.StreamSplit(streamed.RecordReader(source), 64, True, 0, 2, "many")
+  batches = data.Batches(split, 32, seed=0)
   rss = []
   for step, batch in enumerate(batches.iterate(0, 400)):
     assert batch["image"].shape == (32, 64, 64, 3)
@@ -381,8 +379,8 @@ def test_a_streamed_acb_run_is_analysed_on_an_evenly_spread_subset(prepared, tmp
   acb = results["acb"]
   assert acb["distorted_examples"] == 18 and set(acb["distorted"]) >= {"original"}
   assert (tmp_path / "analysis" / "report.md").exists()
-  test = input_pipeline.load(settings.read(stream_config(out)).data).test
-  spread = test.in_memory(6)
+  test = data.load(settings.read(stream_config(out)).data).test
+  spread = test.held(6)
   assert sorted(set(spread.labels.tolist())) == [0, 1, 2]  # every class, not the first one's
 
 

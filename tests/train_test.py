@@ -14,8 +14,8 @@ import pytest
 
 from configs import default
 from kshapes_jax import nn as knn
-from train import trainer
-from train.trainer import input_pipeline, trained_run
+from train import data, trainer
+from train.trainer import trained_run
 from train.trainer.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,18 +93,19 @@ _DRIVER = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     from configs import default
     from train import trainer
-    from train.trainer import input_pipeline, trained_run
+    from train.data import memory
+    from train.trainer import trained_run
 
     workdir, overrides, kill_at = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
     config = default.get_config()
     config.update_from_flattened_dict(overrides)
     if kill_at >= 0:  # kill -9 while the loader prepares that step's batch
-      batch = input_pipeline.Batches.batch
-      def killing(self, step):
+      batch = memory.MemorySplit.batch
+      def killing(self, plan, step):
         if step == kill_at:
           os.kill(os.getpid(), signal.SIGKILL)
-        return batch(self, step)
-      input_pipeline.Batches.batch = killing
+        return batch(self, plan, step)
+      memory.MemorySplit.batch = killing
     trainer.train_and_evaluate(config, workdir)
 """)
 
@@ -254,7 +255,7 @@ def test_missing_data_fails_before_compiling(tmp_path):
   config = small_config(
     **{"data.name": "fashion_mnist", "data.source": "idx", "data.data_dir": "/nonexistent"}
   )
-  with pytest.raises(input_pipeline.DataError, match="apt-get install -y dataset-fashion-mnist"):
+  with pytest.raises(data.DataError, match="apt-get install -y dataset-fashion-mnist"):
     trainer.train_and_evaluate(config, tmp_path)
   assert not (tmp_path / "checkpoints").exists()
 
@@ -296,7 +297,7 @@ def test_command_line_trains_and_reports(tmp_path):
     text=True,
     timeout=600,
   )
-  assert bad.returncode == 2 and "error: unknown model 'resnet21'" in bad.stderr
+  assert bad.returncode == 2 and "error: config.model: unknown model 'resnet21'" in bad.stderr
 
 
 def test_extent_bucketing_keeps_3x3_while_frozen_and_matches_the_fixed_radius(tmp_path):

@@ -87,7 +87,7 @@ def read_image(path: str, max_side: int, quality: int) -> Image:
   """
   from PIL import Image as PILImage
 
-  from train.trainer import images
+  from train.data import images
 
   data = Path(path).read_bytes()
   try:
@@ -182,7 +182,7 @@ def write_split(
   from array_record.python.array_record_module import ArrayRecordWriter
   from tqdm import tqdm
 
-  from train.trainer import records
+  from train.data import records
 
   files = listing.files
   shards = max(1, math.ceil(len(files) / examples_per_shard))
@@ -242,7 +242,7 @@ def prepare(
     PrepareError: for a tree that is not an ImageFolder tree, an unreadable image (unless
       skip_bad), an empty class folder, or an `out` that already holds a dataset.
   """
-  from train.trainer import records
+  from train.data import records
 
   src, out = Path(src), Path(out)
   if not src.is_dir():

@@ -21,7 +21,7 @@ from pathlib import Path
 from absl import flags, logging
 
 from train import analyze, cli
-from train.trainer.input_pipeline import DataError
+from train.data import DataError
 
 FLAGS = flags.FLAGS
 

@@ -16,8 +16,9 @@ from flax import nnx
 
 import kshapes_jax as K
 from kshapes_jax.analysis import acb
+from train import data
 from train.analyze.common import fmt, markdown_table
-from train.trainer import input_pipeline, plots
+from train.trainer import plots
 from train.trainer.evaluation import accuracy
 
 NAME = "acb"
@@ -32,17 +33,17 @@ def applies(run) -> bool:
   return any(isinstance(m, K.nn.ACBlock) for _, m in nnx.iter_modules(run.model))
 
 
-def subset(split: input_pipeline.Split, n: int) -> input_pipeline.Split:
+def subset(split: data.Held, n: int) -> data.Held:
   """The first n examples (all if n <= 0)."""
   return (
-    split if n <= 0 or n >= len(split) else input_pipeline.Split(split.images[:n], split.labels[:n])
+    split if n <= 0 or n >= len(split) else data.MemorySplit(split.images[:n], split.labels[:n])
   )
 
 
 def pruning_curves(
   deployed: nnx.Module,
-  dataset: input_pipeline.Dataset,
-  split: input_pipeline.Split,
+  dataset: data.Dataset,
+  split: data.Held,
   sparsities: Sequence[float] = SPARSITIES,
   seeds: Sequence[int] = (0, 1, 2),
   regions: Sequence[str] = acb.REGIONS,
@@ -72,8 +73,8 @@ def pruning_curves(
 
 def distorted_accuracies(
   model: nnx.Module,
-  dataset: input_pipeline.Dataset,
-  split: input_pipeline.Split,
+  dataset: data.Dataset,
+  split: data.Held,
   batch_size: int = 1000,
 ) -> dict[str, float]:
   """Table 4: accuracy on the original, 90-degree rotated, 180-degree rotated and up-down flipped
@@ -82,7 +83,7 @@ def distorted_accuracies(
     kind: accuracy(
       model,
       dataset,
-      input_pipeline.Split(acb.distort(split.images, kind), split.labels),
+      data.MemorySplit(acb.distort(split.images, kind), split.labels),
       batch_size,
     )
     for kind in acb.DISTORTIONS
@@ -117,9 +118,7 @@ def compute(
   matrix, layers = magnitude(deployed)
   initial = magnitude(K.deploy(run.initial))[0]
   # a streamed test split (ImageNet) is analysed on an evenly spread subset held in memory
-  full = (
-    run.dataset.test.in_memory(STREAMED_TEST_EXAMPLES) if run.dataset.streamed else run.dataset.test
-  )
+  full = run.dataset.test.held(STREAMED_TEST_EXAMPLES)
   test = subset(full, prune_examples)
   curves = (
     pruning_curves(deployed, run.dataset, test, sparsities, range(prune_seeds))

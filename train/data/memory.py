@@ -1,13 +1,13 @@
-"""Data: TFDS data_source, a local IDX/NPZ directory, or synthetic, in memory; batches by step.
+"""The in-memory source: a split held whole as uint8 NumPy arrays, and its loaders (TFDS
+data_source, a local IDX / NPZ directory, synthetic).
 
 The small datasets of the papers (MNIST, Fashion-MNIST, CIFAR-10/100, SVHN)
-fit in memory as uint8, so a split is loaded once into NumPy. A batch is then
-a pure function of (seed, step) (`BatchPlan`): epoch e = step // steps_per_epoch
-uses the permutation drawn from (seed, e). That makes a resumed run read
-exactly the batches an uninterrupted one would. grain prepares them ahead.
-Augmentation and normalisation run on the device inside the jitted step
-(`preprocess`), keyed by the step too. The large datasets (ImageNet, any
-prepared ImageFolder tree) are streamed on the same plan: streaming.py.
+fit in memory as uint8, so a split is loaded once into NumPy and a step's
+batch is gathered whole from it (`MemorySplit.batch`, on the plan of
+`train.data.plan`), read ahead on a thread by grain. Augmentation and
+normalisation run on the device inside the jitted step
+(`train.data.preprocess`), keyed by the step too. The large datasets
+(ImageNet, any prepared ImageFolder tree) stream: `train.data.streamed`.
 
 No TensorFlow at run time: TFDS is used only through `tfds.data_source`
 (array_record files).
@@ -23,27 +23,23 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from configs.datasets import DATASETS, DEBIAN_FASHION_MNIST, SOURCES, streamed
+from configs.datasets import DATASETS, DEBIAN_FASHION_MNIST
+from configs.schema import DataSettings
+from train.data.errors import DataError
+from train.data.plan import BatchPlan
+from train.data.source import Batch, Dataset
 
-if TYPE_CHECKING:
-  from train.trainer.settings import DataSettings
-
-Augment = Literal["none", "cifar"]  # "cifar": pad-4 crop and flip
-
-
-class DataError(ValueError):
-  """A dataset that cannot be found or read; the message says how to get it."""
+# where an in-memory split is read from (arrayrecord streams: train.data.streamed)
+SOURCES = ("tfds", "idx", "npz", "synthetic")
 
 
 @dataclasses.dataclass(frozen=True)
-class Split:
-  """One split in memory: uint8 images (N, H, W, C) and int32 labels (N,)."""
+class MemorySplit:
+  """One split in memory: uint8 images (N, H, W, C) and int32 labels (N,); a `Source`."""
 
   images: np.ndarray
   labels: np.ndarray
@@ -56,45 +52,53 @@ class Split:
     if self.labels.shape != (self.images.shape[0],):
       raise DataError(f"labels must be ({self.images.shape[0]},), got {self.labels.shape}")
 
-  streamed = False  # held in memory (a StreamSplit is read example by example)
-
   def __len__(self) -> int:
     return int(self.images.shape[0])
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
-    return tuple(self.images.shape[1:])
+    h, w, c = self.images.shape[1:]
+    return int(h), int(w), int(c)
 
   def head(self, n: int) -> np.ndarray:
     """The first n images (uint8 NHWC), as the model is evaluated on them."""
     return self.images[:n]
 
+  def held(self, limit: int) -> MemorySplit:
+    """The split itself: held in memory already, whatever `limit` allows."""
+    del limit
+    return self
 
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-  """A dataset's splits (in memory: Split; streamed: streaming.StreamSplit) and what its images
-  are normalised with."""
+  def batch(self, plan: BatchPlan, step: int) -> Batch:
+    """This process's rows of the global batch of `step`, gathered whole."""
+    idx = plan.indices(step)
+    return {"image": self.images[idx], "label": self.labels[idx]}
 
-  name: str
-  train: Any
-  test: Any
-  num_classes: int
-  mean: tuple[float, ...]  # per channel, of the train images in [0, 1]
-  std: tuple[float, ...]
-  # what the data is: a resume refuses other data under the same config (see `fingerprint`)
-  fingerprint: str = ""
+  def iterate(self, plan: BatchPlan, start: int, stop: int, prefetch: int = 2) -> Iterator[Batch]:
+    """Batches of steps start..stop-1, prepared `prefetch` ahead on a thread."""
+    import grain  # noqa: PLC0415 (its import is slow: only the loop needs it)
 
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return self.train.image_shape
+    steps = grain.MapDataset.range(start, stop).map(lambda step: self.batch(plan, step))
+    yield from steps.to_iter_dataset(
+      grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)
+    )
 
-  @property
-  def streamed(self) -> bool:
-    """Read example by example and cropped on the CPU (a StreamSplit), not held in memory."""
-    return bool(self.train.streamed)
+  def eval_batches(
+    self, batch_size: int, *, process_index: int = 0, process_count: int = 1
+  ) -> Iterator[Batch]:
+    """The whole split in order, this process's rows of each global batch; the last batch is
+    padded and `mask` marks real rows (every example is counted once, on any number of
+    processes)."""
+    local = batch_size // process_count
+    for start in range(0, len(self), batch_size):
+      idx = np.arange(start, start + batch_size)
+      mask = idx < len(self)
+      idx = np.minimum(idx, len(self) - 1)[process_index * local : (process_index + 1) * local]
+      mask = mask[process_index * local : (process_index + 1) * local]
+      yield {"image": self.images[idx], "label": self.labels[idx], "mask": mask}
 
 
-def fingerprint(*splits: Split) -> str:
+def fingerprint(*splits: MemorySplit) -> str:
   """The splits' sizes and a SHA-256 of their images and labels: '60000+10000:3f2a...'."""
   digest = hashlib.sha256()
   for split in splits:
@@ -174,7 +178,7 @@ def _find(directory: Path, stem: str) -> Path:
   raise DataError(f"{directory} has no {stem}[.gz]")
 
 
-def load_idx_dir(directory: str | os.PathLike) -> tuple[Split, Split]:
+def load_idx_dir(directory: str | os.PathLike) -> tuple[MemorySplit, MemorySplit]:
   """train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte (optionally .gz) from one directory."""
   d = Path(directory)
   splits = []
@@ -221,7 +225,7 @@ def as_uint8_images(images: np.ndarray, where: str) -> np.ndarray:
   )
 
 
-def _split(images: np.ndarray, labels: np.ndarray, where: str) -> Split:
+def _split(images: np.ndarray, labels: np.ndarray, where: str) -> MemorySplit:
   """A Split from loaded arrays; what is wrong is reported with the file(s) it came from."""
   if images.shape[:1] == (0,):
     raise DataError(f"{where} holds no examples (an empty split)")
@@ -232,10 +236,10 @@ def _split(images: np.ndarray, labels: np.ndarray, where: str) -> Split:
       raise DataError(f"{where}: labels must be whole numbers, got {labels.dtype}")
   if images.ndim != 4:
     raise DataError(f"{where}: images must be (N, H, W[, C]), got shape {images.shape}")
-  return Split(np.ascontiguousarray(as_uint8_images(images, where)), labels.astype(np.int32))
+  return MemorySplit(np.ascontiguousarray(as_uint8_images(images, where)), labels.astype(np.int32))
 
 
-def load_npz_dir(directory: str | os.PathLike) -> tuple[Split, Split]:
+def load_npz_dir(directory: str | os.PathLike) -> tuple[MemorySplit, MemorySplit]:
   """train.npz and test.npz, each with `image` (N, H, W[, C]) and `label` (N,).
 
   Images are uint8, integers in [0, 255], or floats in [0, 1] (scaled by 255
@@ -262,7 +266,7 @@ def load_npz_dir(directory: str | os.PathLike) -> tuple[Split, Split]:
   return splits[0], splits[1]
 
 
-def _tfds_split(name: str, split: str, data_dir: str | None) -> Split:
+def _tfds_split(name: str, split: str, data_dir: str | None) -> MemorySplit:
   import tensorflow_datasets as tfds  # imported here: only this source needs it
 
   try:
@@ -289,12 +293,12 @@ def _tfds_split(name: str, split: str, data_dir: str | None) -> Split:
     labels[i] = example["label"]
   if images.ndim == 3:
     images = images[..., None]
-  return Split(images, labels)
+  return MemorySplit(images, labels)
 
 
 def synthetic_splits(
   shape: tuple[int, int, int], num_classes: int, train_size: int, test_size: int, seed: int = 0
-) -> tuple[Split, Split]:
+) -> tuple[MemorySplit, MemorySplit]:
   """Learnable random data: a fixed random template per class plus pixel noise, as uint8.
 
   A template is random on a grid of 4x4-pixel cells (a convolutional net can see it through its
@@ -308,13 +312,13 @@ def synthetic_splits(
   def make(n):
     labels = rng.integers(0, num_classes, size=n).astype(np.int32)
     images = 0.6 * templates[labels] + 0.4 * rng.uniform(0, 255, size=(n, *shape))
-    return Split(np.clip(images, 0, 255).astype(np.uint8), labels)
+    return MemorySplit(np.clip(images, 0, 255).astype(np.uint8), labels)
 
   return make(train_size), make(test_size)
 
 
 def load(data: DataSettings, seed: int = 0) -> Dataset:
-  """Loads the dataset a config's `data` block names; fails with a how-to message.
+  """Loads the in-memory dataset a config's `data` block names; fails with a how-to message.
 
   Args:
     data: `name` (see DATASETS), `source` (tfds, idx, npz, synthetic), `data_dir` (for tfds:
@@ -323,10 +327,6 @@ def load(data: DataSettings, seed: int = 0) -> Dataset:
     seed: synthetic data is drawn from it.
   """
   name, source = data.name, data.source
-  if source in SOURCES and streamed(name, source):
-    from train.trainer import streaming  # noqa: PLC0415 (streaming imports this module)
-
-    return streaming.load(data, seed)
   if name not in DATASETS:
     raise DataError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
   if source not in SOURCES:
@@ -362,128 +362,3 @@ def load(data: DataSettings, seed: int = 0) -> Dataset:
       )
   mean, std = channel_stats(train.images)
   return Dataset(name, train, test, classes, mean, std, fingerprint(train, test))
-
-
-def preprocess(
-  images: jax.Array, key: jax.Array | None, *, mean, std, augment: str = "none"
-) -> jax.Array:
-  """uint8 NHWC -> normalised float32, with optional CIFAR augmentation, on the device.
-
-  augment="cifar": zero-pad 4 pixels on each side (32 -> 40), take a random
-  crop of the original size and flip left-right with probability 1/2, per
-  example (He et al. 2016; ACNet section 4.1; ACU section 3.1).
-  """
-  x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(
-    std, jnp.float32
-  )
-  if augment == "none":
-    return x
-  if augment != "cifar":
-    raise ValueError(f"augment must be 'none' or 'cifar', got {augment!r}")
-  if key is None:
-    raise ValueError("augment='cifar' draws its crops and flips from a key: pass one")
-  n, h, w, _ = x.shape
-  k_crop, k_flip = jax.random.split(key)
-  offsets = jax.random.randint(k_crop, (n, 2), 0, 9)
-  flips = jax.random.bernoulli(k_flip, 0.5, (n,))
-  padded = jnp.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))  # zeros after normalisation: the mean image
-
-  def one(img, off, flip):
-    crop = jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
-    return jnp.where(flip, crop[:, ::-1], crop)
-
-  return jax.vmap(one)(padded, offsets, flips)
-
-
-class BatchPlan:
-  """Which examples each step's global batch holds: a pure function of (seed, step).
-
-  Epoch e = step // steps_per_epoch reads the permutation drawn from (seed, e); the incomplete
-  last batch of an epoch is dropped. Each process takes its contiguous share of every global
-  batch, so the processes' shares are disjoint and their union is the batch.
-  """
-
-  def __init__(
-    self, split: Any, batch_size: int, seed: int, *, process_index: int = 0, process_count: int = 1
-  ):
-    if batch_size > len(split):
-      raise DataError(f"batch size {batch_size} is larger than the {len(split)} training examples")
-    if batch_size % process_count:
-      raise DataError(f"batch size {batch_size} must divide among {process_count} processes")
-    self.split, self.batch_size, self.seed = split, batch_size, seed
-    self.steps_per_epoch = len(split) // batch_size
-    self.local = batch_size // process_count
-    self.first_row = process_index * self.local
-    self._rows = slice(self.first_row, self.first_row + self.local)
-    self._cached: tuple[int, np.ndarray] = (-1, np.arange(len(split)))
-
-  def permutation(self, epoch: int) -> np.ndarray:
-    # one attribute holds the epoch with its permutation: reading threads that straddle an epoch
-    # boundary may draw one twice, never read one epoch's order for another
-    cached_epoch, perm = self._cached
-    if cached_epoch != epoch:
-      perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
-      self._cached = (epoch, perm)
-    return perm
-
-  def rows(self, step: int) -> np.ndarray:
-    """This process's example indices of the global batch of `step`, in the batch's order."""
-    epoch, i = divmod(step, self.steps_per_epoch)
-    return self.permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size][self._rows]
-
-  def indices(self, step: int) -> np.ndarray:
-    """`rows(step)` sorted: contiguous reads from memory (the order inside a batch does not
-    matter to the step)."""
-    return np.sort(self.rows(step))
-
-
-class Batches(BatchPlan):
-  """Train batches of a split in memory, gathered whole per step; grain prepares them ahead."""
-
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's rows of the global batch of `step`."""
-    idx = self.indices(step)
-    return {"image": self.split.images[idx], "label": self.split.labels[idx]}
-
-  def iterate(self, start: int, stop: int, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of steps start..stop-1, prepared `prefetch` ahead on a thread."""
-    import grain  # noqa: PLC0415 (its import is slow: only the loop needs it)
-
-    steps = grain.MapDataset.range(start, stop).map(self.batch)
-    yield from steps.to_iter_dataset(
-      grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)
-    )
-
-
-def train_batches(
-  split: Any, batch_size: int, seed: int, *, process_index: int = 0, process_count: int = 1
-) -> Batches | Any:
-  """The train batches of a split: gathered in memory, or streamed (a StreamSplit)."""
-  if split.streamed:
-    from train.trainer import streaming  # noqa: PLC0415 (streaming imports this module)
-
-    return streaming.StreamBatches(
-      split, batch_size, seed, process_index=process_index, process_count=process_count
-    )
-  return Batches(split, batch_size, seed, process_index=process_index, process_count=process_count)
-
-
-def eval_batches(
-  split: Any, batch_size: int, *, process_index: int = 0, process_count: int = 1
-) -> Iterator[dict[str, np.ndarray]]:
-  """The whole split in order, this process's rows of each global batch; the last batch is padded
-  and `mask` marks real rows (every example is counted once, on any number of processes)."""
-  if split.streamed:
-    from train.trainer import streaming  # noqa: PLC0415 (streaming imports this module)
-
-    yield from streaming.eval_batches(
-      split, batch_size, process_index=process_index, process_count=process_count
-    )
-    return
-  local = batch_size // process_count
-  for start in range(0, len(split), batch_size):
-    idx = np.arange(start, start + batch_size)
-    mask = idx < len(split)
-    idx = np.minimum(idx, len(split) - 1)[process_index * local : (process_index + 1) * local]
-    mask = mask[process_index * local : (process_index + 1) * local]
-    yield {"image": split.images[idx], "label": split.labels[idx], "mask": mask}

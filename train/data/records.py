@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from train.trainer.input_pipeline import DataError
-from train.trainer.rundir import write_atomic
+from train.atomic import write_atomic
+from train.data.errors import DataError
 
 FORMAT = "kshapes-imagefolder/1"
 SPLITS = ("train", "test")

@@ -3,7 +3,7 @@
 ImageNet does not fit in memory, so its splits are random-access sources (a folder of ArrayRecord
 shards written by `python -m train.prepare`, or a TFDS `data_source` such as imagenet2012) and
 every batch is assembled when it is due. The batches follow the in-memory datasets' plan
-(input_pipeline.BatchPlan): the examples of a step are a function of (seed, step), and an
+(`train.data.plan.BatchPlan`): the examples of a step are a function of (seed, step), and an
 example's crop and flip are drawn from (seed, step, its row in the global batch). A batch is
 therefore the same whatever the number of worker processes or hosts, and a resumed run starts
 its pipeline at its checkpoint's step and reads exactly what an uninterrupted run reads: the
@@ -17,26 +17,65 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from configs.datasets import STREAM_IMAGE_SIZE
-from train.trainer import images, records
-from train.trainer.input_pipeline import BatchPlan, DataError, Dataset, Split
+from configs.schema import DataSettings
+from train.data import images, records
+from train.data.errors import DataError
+from train.data.memory import MemorySplit
+from train.data.plan import BatchPlan
+from train.data.source import Batch, Dataset
 
 # the training images' statistics of a TFDS dataset come from this many of them (evaluation crop)
 TFDS_STATS_EXAMPLES = 1024
 
 
+class Reader(Protocol):
+  """Random access to a split's stored examples: len, and (label, RGB uint8 image) by index."""
+
+  def __len__(self) -> int: ...
+
+  def read(self, index: int) -> tuple[int, np.ndarray]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordReader:
+  """A prepared folder's ArrayRecord records (`train.data.records`): label, then a JPEG."""
+
+  records: Sequence[bytes]
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def read(self, index: int) -> tuple[int, np.ndarray]:
+    label, jpeg = records.decode(self.records[index])
+    return label, images.decode_jpeg(jpeg)
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsReader:
+  """A TFDS `data_source`'s examples ({"image": ..., "label": ...})."""
+
+  examples: Sequence[Any]
+
+  def __len__(self) -> int:
+    return len(self.examples)
+
+  def read(self, index: int) -> tuple[int, np.ndarray]:
+    example = self.examples[index]
+    return int(example["label"]), images.as_rgb(np.asarray(example["image"]))
+
+
 @dataclasses.dataclass(frozen=True)
 class StreamSplit:
-  """A split read example by example.
+  """A split read example by example; a `Source`.
 
   Attributes:
-    source: random access (len, [i]): ArrayRecord records, or TFDS examples (image, label).
-    kind: "arrayrecord" or "tfds".
+    reader: its stored examples (`RecordReader`, `TfdsReader`).
     image_size: the side of the square images it yields.
     training: the Inception crop and flip (data.augment="inception"); else the evaluation crop.
     workers: grain worker processes (0: threads of this process only).
@@ -44,18 +83,15 @@ class StreamSplit:
     where: the split, for messages.
   """
 
-  source: Any
-  kind: str
+  reader: Reader
   image_size: int
   training: bool
   workers: int
   threads: int
   where: str
 
-  streamed = True
-
   def __len__(self) -> int:
-    return len(self.source)
+    return len(self.reader)
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -64,14 +100,14 @@ class StreamSplit:
   def head(self, n: int) -> np.ndarray:
     """n images (uint8 NHWC) spread over the split, with the evaluation crop, as the model is
     evaluated (what train.export checks its files on)."""
-    return self.in_memory(n).images
+    return self.held(n).images
 
-  def in_memory(self, n: int) -> Split:
-    """An in-memory Split of n examples spread evenly over the split (a prepared folder is
+  def held(self, limit: int) -> MemorySplit:
+    """An in-memory split of `limit` examples spread evenly over the split (a prepared folder is
     sorted by class), with the evaluation crop: for the analyses that need the images at hand."""
-    picks = np.linspace(0, len(self) - 1, min(n, len(self))).round().astype(int)
+    picks = np.linspace(0, len(self) - 1, min(limit, len(self))).round().astype(int)
     examples = [self.example(int(i), None) for i in picks]
-    return Split(
+    return MemorySplit(
       np.stack([image for image, _ in examples]), np.asarray([y for _, y in examples], np.int32)
     )
 
@@ -83,17 +119,54 @@ class StreamSplit:
       DataError: naming the split and index, for a record that cannot be decoded.
     """
     try:
-      record = self.source[index]
-      if self.kind == "arrayrecord":
-        label, jpeg = records.decode(record)
-        image = images.decode_jpeg(jpeg)
-      else:
-        label, image = int(record["label"]), images.as_rgb(np.asarray(record["image"]))
+      label, image = self.reader.read(index)
     except (images.ImageError, records.RecordsError) as e:
       raise DataError(f"{self.where}: example {index} cannot be read: {e}") from e
     if self.training and rng is not None:
       return images.train_image(image, self.image_size, rng), label
     return images.eval_image(image, self.image_size), label
+
+  def train_example(self, plan: BatchPlan, position: int) -> dict[str, Any]:
+    """Example `position` of this process's stream of train examples (step, then row)."""
+    step, row = divmod(position, plan.local)
+    index = int(plan.rows(step)[row])
+    image, label = self.example(index, np.random.default_rng(plan.crop_seed(step, row)))
+    return {"image": image, "label": label}
+
+  def batch(self, plan: BatchPlan, step: int) -> Batch:
+    """This process's rows of the global batch of `step` (read here, in order)."""
+    first = step * plan.local
+    return _stack([self.train_example(plan, first + r) for r in range(plan.local)])
+
+  def iterate(self, plan: BatchPlan, start: int, stop: int) -> Iterator[Batch]:
+    """Batches of steps start..stop-1, read ahead by the split's threads and workers."""
+    import grain  # noqa: PLC0415 (its import is slow: only the loop needs it)
+
+    positions = grain.MapDataset.range(start * plan.local, stop * plan.local)
+    yield from _pipeline(self, positions.map(_TrainExample(self, plan)), plan.local)
+
+  def eval_batches(
+    self, batch_size: int, *, process_index: int = 0, process_count: int = 1
+  ) -> Iterator[Batch]:
+    """The whole split in order (evaluation crop), as `Source.eval_batches`."""
+    import grain  # noqa: PLC0415
+
+    local = batch_size // process_count
+    batches = -(-len(self) // batch_size)
+    example = _EvalExample(self, batch_size, local, process_index * local)
+    yield from _pipeline(self, grain.MapDataset.range(batches * local).map(example), local)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainExample:
+  """`StreamSplit.train_example` of one plan, as a function grain's workers can take (pickled:
+  a method looked up when called, so a test can replace it)."""
+
+  split: StreamSplit
+  plan: BatchPlan
+
+  def __call__(self, position: int) -> dict[str, Any]:
+    return self.split.train_example(self.plan, position)
 
 
 def _stack(examples: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -104,7 +177,7 @@ def _stack(examples: list[dict[str, Any]]) -> dict[str, np.ndarray]:
   }
 
 
-def _pipeline(split: StreamSplit, examples: Any, batch: int) -> Iterator[dict[str, np.ndarray]]:
+def _pipeline(split: StreamSplit, examples: Any, batch: int) -> Iterator[Batch]:
   """A grain pipeline over example positions: read on threads (and worker processes), batched;
   its workers and buffers are released when the caller stops iterating."""
   import grain  # noqa: PLC0415 (its import is slow: only the loop needs it)
@@ -126,28 +199,6 @@ def _pipeline(split: StreamSplit, examples: Any, batch: int) -> Iterator[dict[st
     iterator.close()
 
 
-class StreamBatches(BatchPlan):
-  """Train batches of a StreamSplit, step by step on the in-memory plan."""
-
-  def _example(self, position: int) -> dict[str, Any]:
-    step, row = divmod(position, self.local)
-    index = int(self.rows(step)[row])
-    rng = np.random.default_rng([self.seed, step, self.first_row + row])
-    image, label = self.split.example(index, rng)
-    return {"image": image, "label": label}
-
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's rows of the global batch of `step` (read here, in order)."""
-    return _stack([self._example(step * self.local + r) for r in range(self.local)])
-
-  def iterate(self, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of steps start..stop-1, read ahead by the split's threads and workers."""
-    import grain  # noqa: PLC0415
-
-    positions = grain.MapDataset.range(start * self.local, stop * self.local)
-    yield from _pipeline(self.split, positions.map(self._example), self.local)
-
-
 @dataclasses.dataclass(frozen=True)
 class _EvalExample:
   """Example `position` of the padded evaluation order (rows past the split are masked)."""
@@ -164,19 +215,7 @@ class _EvalExample:
     return {"image": image, "label": label, "mask": index < len(self.split)}
 
 
-def eval_batches(
-  split: StreamSplit, batch_size: int, *, process_index: int = 0, process_count: int = 1
-) -> Iterator[dict[str, np.ndarray]]:
-  """The whole split in order (evaluation crop), as input_pipeline.eval_batches."""
-  import grain  # noqa: PLC0415
-
-  local = batch_size // process_count
-  batches = -(-len(split) // batch_size)
-  example = _EvalExample(split, batch_size, local, process_index * local)
-  yield from _pipeline(split, grain.MapDataset.range(batches * local).map(example), local)
-
-
-def _arrayrecord_source(paths: list[str], where: str) -> Any:
+def _arrayrecord_source(paths: list[str], where: str) -> Sequence[bytes]:
   import grain  # noqa: PLC0415
 
   try:
@@ -185,8 +224,8 @@ def _arrayrecord_source(paths: list[str], where: str) -> Any:
     raise records.RecordsError(f"{where} cannot be opened: {e}") from e
 
 
-def load(data: Any, seed: int = 0) -> Dataset:
-  """The streamed dataset a config's `data` block names (a DataSettings).
+def load(data: DataSettings, seed: int = 0) -> Dataset:
+  """The streamed dataset a config's `data` block names.
 
   Raises:
     DataError: for a folder that is not a prepared dataset (or not of data.name), a missing
@@ -209,11 +248,12 @@ def load(data: Any, seed: int = 0) -> Dataset:
       )
     splits = {
       split: StreamSplit(
-        _arrayrecord_source(
-          list(records.shard_paths(data.data_dir, meta.splits[split])),
-          f"{data.data_dir} ({split} split)",
+        RecordReader(
+          _arrayrecord_source(
+            list(records.shard_paths(data.data_dir, meta.splits[split])),
+            f"{data.data_dir} ({split} split)",
+          )
         ),
-        "arrayrecord",
         training=split == "train" and data.augment == "inception",
         where=f"{data.data_dir} ({split})",
         **options,
@@ -232,7 +272,7 @@ def load(data: Any, seed: int = 0) -> Dataset:
   return _load_tfds(data, options)
 
 
-def _load_tfds(data: Any, options: dict[str, Any]) -> Dataset:
+def _load_tfds(data: DataSettings, options: dict[str, Any]) -> Dataset:
   import tensorflow_datasets as tfds  # noqa: PLC0415 (only this source needs it)
 
   data_dir = data.data_dir or None
@@ -253,14 +293,13 @@ def _load_tfds(data: Any, options: dict[str, Any]) -> Dataset:
       "or prepare an ImageFolder tree with python -m train.prepare (data.source='arrayrecord')"
     ) from e
   train = StreamSplit(
-    sources["train"],
-    "tfds",
+    TfdsReader(sources["train"]),
     training=data.augment == "inception",
     where=f"TFDS {data.name} (train)",
     **options,
   )
   evaluation = StreamSplit(
-    sources[test], "tfds", training=False, where=f"TFDS {data.name} ({test})", **options
+    TfdsReader(sources[test]), training=False, where=f"TFDS {data.name} ({test})", **options
   )
   mean, std = _sample_stats(train)
   version = f"{data.name} {builder.info.version}"

@@ -6,9 +6,6 @@ loop          the training loop (train_and_evaluate)
 state, step   the TrainState and the jitted step
 programs      the compiled step and evaluator per ACU radius set
 evaluation    the evaluator and the final evaluation of the trained and deployed model
-input_pipeline the in-memory data and the batch plan (seed, step) -> examples
-streaming     the streamed data (ImageNet, a prepared folder) on the same plan, through grain
-images, records  JPEG decoding and the crops; the prepared folder's format
 rundir        where a run's files are, and its lock
 checkpoints   orbax save / verified restore / set-aside of damaged checkpoints
 logger, plots the progress bar, metrics.jsonl and the learning curve
@@ -16,8 +13,8 @@ summary       the typed summary.json record
 trained_run   a finished run rebuilt from its directory (for the analyses and export)
 """
 
+from train.data import DataError
 from train.trainer.checkpoints import CheckpointError
-from train.trainer.input_pipeline import DataError
 from train.trainer.loop import TrainingDiverged, TrainingStopped, data_mesh, train_and_evaluate
 from train.trainer.rundir import RunDirError
 from train.trainer.settings import ConfigError, check_config

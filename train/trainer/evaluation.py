@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import kshapes_jax as K
-from train.trainer import input_pipeline
+from train import data
 from train.trainer.state import split_model
 from train.trainer.step import shard
 
@@ -27,7 +27,7 @@ def make_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequen
   all of them for fewer classes)."""
 
   def evaluate(params, rest, batch):
-    x = input_pipeline.preprocess(batch["image"], None, mean=mean, std=std)
+    x = data.preprocess(batch["image"], None, mean=mean, std=std)
     logits = nnx.merge(graphdef, params, rest)(x).astype(jnp.float32)
     mask = batch["mask"]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
@@ -50,7 +50,7 @@ class Evaluator:
   """Runs a model (graphdef + state, eval mode) over a split, data parallel."""
 
   graphdef: nnx.GraphDef
-  dataset: input_pipeline.Dataset
+  dataset: data.Dataset
   batch_size: int
   mesh: jax.sharding.Mesh
 
@@ -61,12 +61,12 @@ class Evaluator:
       make_eval_step(self.graphdef, mean=self.dataset.mean, std=self.dataset.std), out_shardings=rep
     )
 
-  def __call__(self, params, rest, split: input_pipeline.Split) -> dict[str, Any]:
+  def __call__(self, params, rest, split: data.Source) -> dict[str, Any]:
     """{"loss", "accuracy", "top5_accuracy", "count", "predictions"} (every process has all of
     them: the outputs are replicated)."""
     loss, correct, top5, count, preds = 0.0, 0, 0, 0, []
-    for batch in input_pipeline.eval_batches(
-      split, self.batch_size, process_index=jax.process_index(), process_count=jax.process_count()
+    for batch in split.eval_batches(
+      self.batch_size, process_index=jax.process_index(), process_count=jax.process_count()
     ):
       batch_loss, c, c5, n, p = self._fn(params, rest, shard(batch, self._data))
       loss, correct, count = loss + float(batch_loss), correct + int(c), count + int(n)
@@ -87,8 +87,8 @@ _EVALUATORS: dict[tuple, Evaluator] = {}
 
 def accuracy(
   model: nnx.Module,
-  dataset: input_pipeline.Dataset,
-  split: input_pipeline.Split,
+  dataset: data.Dataset,
+  split: data.Source,
   batch_size: int = 1000,
 ) -> float:
   """Accuracy of a model (eval mode) on a split, on one device, normalised as in training.
@@ -110,7 +110,7 @@ def final_evaluation(
   graphdef: nnx.GraphDef,
   params: nnx.State,
   rest: nnx.State,
-  dataset: input_pipeline.Dataset,
+  dataset: data.Dataset,
   batch_size: int,
   mesh: jax.sharding.Mesh,
   evaluate: Evaluator | None = None,

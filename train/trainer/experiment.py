@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import jax.numpy as jnp
 import ml_collections
@@ -19,12 +19,12 @@ from flax import nnx
 
 import kshapes_jax as K
 from kshapes_jax import optim
-from train.trainer import input_pipeline
+from train import data
 from train.trainer.settings import ConfigError, OptimSettings, Settings, check_devices, read
 from train.trainer.state import TrainState, split_model
 
 
-def build_model(settings: Settings, dataset: input_pipeline.Dataset) -> nnx.Module:
+def build_model(settings: Settings, dataset: data.Dataset) -> nnx.Module:
   """The config's model for the dataset's classes and channels; checks the input shape."""
   kwargs = dict(settings.model_kwargs)
   if settings.conv_options:
@@ -65,7 +65,7 @@ def make_schedule(o: OptimSettings, steps_per_epoch: int, total_steps: int) -> o
   steps = [round(b * steps_per_epoch) for b in o.boundaries]
   try:
     return optim.make_schedule(
-      o.schedule,
+      cast(optim.Schedule, o.schedule),
       o.learning_rate,
       total_steps,
       boundaries=steps,
@@ -119,7 +119,7 @@ class Experiment:
   """
 
   settings: Settings
-  dataset: input_pipeline.Dataset
+  dataset: data.Dataset
   model: nnx.Module
   tx: optax.GradientTransformation
   schedule: optax.Schedule
@@ -128,9 +128,10 @@ class Experiment:
 
   @property
   def device_augment(self) -> str:
-    """The augmentation the jitted step applies: the config's for in-memory data; none for
-    streamed data, which the CPU workers crop."""
-    return "none" if self.dataset.streamed else self.settings.data.augment
+    """The augmentation the jitted step applies: the config's, where the device makes it (cifar);
+    none where the CPU workers crop (inception)."""
+    augment = self.settings.data.augment
+    return augment if augment in data.DEVICE_AUGMENTS else "none"
 
   def initial_state(self) -> TrainState:
     """The TrainState at step 0 (host arrays)."""
@@ -140,20 +141,20 @@ class Experiment:
 
 def build(
   config: Settings | ml_collections.ConfigDict | Mapping[str, Any],
-  dataset: input_pipeline.Dataset | None = None,
+  dataset: data.Dataset | None = None,
 ) -> Experiment:
   """Reads and checks the config (unless given Settings), loads its data (unless given) and builds
   its model and optimizer.
 
   Raises:
     ConfigError: for a config that cannot run (before anything is compiled).
-    input_pipeline.DataError: for a dataset that is missing, with how to get it.
+    data.DataError: for a dataset that is missing, with how to get it.
   """
   settings = config if isinstance(config, Settings) else read(config)
   check_devices(settings)
-  dataset = input_pipeline.load(settings.data, settings.seed) if dataset is None else dataset
-  steps_per_epoch = input_pipeline.BatchPlan(
-    dataset.train, settings.batch_size, settings.seed
+  dataset = data.load(settings.data, settings.seed) if dataset is None else dataset
+  steps_per_epoch = data.BatchPlan(
+    len(dataset.train), settings.batch_size, settings.seed
   ).steps_per_epoch
   total_steps = length(settings, steps_per_epoch)
   model = build_model(settings, dataset)

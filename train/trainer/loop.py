@@ -37,7 +37,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import kshapes_jax as K
-from train.trainer import determinism, experiment, input_pipeline
+from train import data
+from train.trainer import determinism, experiment
 from train.trainer.evaluation import final_evaluation
 from train.trainer.experiment import Experiment
 from train.trainer.logger import MetricsLogger, Throughput
@@ -87,7 +88,7 @@ def train_and_evaluate(
   Raises:
     ConfigError: for a config that cannot run, or that differs from the checkpoint's it
       would resume (before anything is compiled).
-    input_pipeline.DataError: for a dataset that is missing, with how to get it.
+    data.DataError: for a dataset that is missing, with how to get it.
     RunDirError: for a workdir that is in use by another run or cannot be written.
     CheckpointError: when no checkpoint can be restored (damaged ones are set aside).
     TrainingDiverged: when the loss becomes NaN or inf or exceeds its bound; the
@@ -382,7 +383,7 @@ class Loop:
     settings, exp = self.settings, self.exp
     start = step = int(state.step)
     current = self.programs(state.radii_list())
-    batches = input_pipeline.train_batches(
+    batches = data.Batches(
       exp.dataset.train,
       settings.batch_size,
       settings.seed,

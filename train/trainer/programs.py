@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import kshapes_jax as K
-from train.trainer import input_pipeline
+from train import data
 from train.trainer.evaluation import Evaluator
 from train.trainer.state import split_model
 from train.trainer.step import make_train_step
@@ -53,7 +53,7 @@ class ProgramCache:
     self,
     model: nnx.Module,
     tx: optax.GradientTransformation,
-    dataset: input_pipeline.Dataset,
+    dataset: data.Dataset,
     *,
     augment: str,
     seed: int,

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from train.atomic import write_atomic
 from train.trainer.checkpoints import Checkpoints
 from train.trainer.summary import Summary
 
@@ -172,13 +173,6 @@ class RunDir:
     if not self.summary_path.exists():
       return None
     return Summary.from_json(json.loads(self.summary_path.read_text()))
-
-
-def write_atomic(path: Path, text: str) -> None:
-  """Writes a file whole or not at all (a crash leaves the old one): a temporary, then a rename."""
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 def _lock_text(fd: int) -> str:

@@ -12,7 +12,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from train.trainer import input_pipeline
+from train import data
 from train.trainer.state import TrainState, split_model
 
 
@@ -41,7 +41,7 @@ def make_train_step(
 
   def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, jax.Array]:
     key = jax.random.fold_in(base_key, state.step)
-    x = input_pipeline.preprocess(batch["image"], key, mean=mean, std=std, augment=augment)
+    x = data.preprocess(batch["image"], key, mean=mean, std=std, augment=augment)
     y = batch["label"]
 
     def loss_fn(params):

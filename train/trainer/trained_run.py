@@ -10,7 +10,8 @@ import jax
 from flax import nnx
 
 import kshapes_jax as K
-from train.trainer import experiment, input_pipeline
+from train import data
+from train.trainer import experiment
 from train.trainer.checkpoints import CheckpointError
 from train.trainer.rundir import RunDir
 from train.trainer.settings import Settings, read
@@ -35,7 +36,7 @@ class TrainedRun:
 
   rundir: RunDir
   settings: Settings
-  dataset: input_pipeline.Dataset
+  dataset: data.Dataset
   model: nnx.Module
   initial: nnx.Module
   step: int
