@@ -219,12 +219,32 @@ _BUILD = {
   ),
 }
 _INPUT = {name: (64, 64, 3) for name in ("resnet18", "resnet50", *_BUILD) if name != "densenet40"}
-CASES = [(name, kind) for name in list_models() for kind in spec(name).kinds]
+# the default run: every kind on ResNet-20, and each model file's own structure once (a net
+# without BN, LeNet's versatile layers, DenseNet's pre-activation convs, grouped v2 bottlenecks
+# with versatile 1x1s, a versatile classifier, mixed kernel sizes with short ACB branches); the
+# whole model x kind product with -m slow
+_DEFAULT_CASES = {
+  ("sn", "rotate4"),
+  ("lenet", "versatile"),
+  ("cifar_quick", "acb"),
+  ("densenet40", "acb"),
+  ("versatile_v2_resnext50", "versatile"),
+  ("versatile_v2_alexnet", "versatile"),
+  ("acnet_alexnet", "acb"),
+}
+CASES = [
+  pytest.param(
+    name,
+    kind,
+    marks=() if (name, kind) in _DEFAULT_CASES or name == "resnet20" else pytest.mark.slow,
+  )
+  for name in list_models()
+  for kind in spec(name).kinds
+]
 
 
 def _only_plain_convs(model):
-  shaped = (K.nn.RotateConv, K.nn.ACBlock, K.nn.VersatileConv, K.nn.ActiveConv, K.nn.ConvBN)
-  return not any(isinstance(m, shaped) for _, m in nnx.iter_modules(model))
+  return not any(K.nn.is_fused(m) for _, m in nnx.iter_modules(model))
 
 
 @pytest.mark.parametrize("name, kind", CASES)
@@ -242,6 +262,28 @@ def test_deploy_is_exact_for_every_model_and_kind(name, kind, randomize):
   assert rel < 1e-5, rel
   # the model itself is untouched and still trains
   assert not _only_plain_convs(model) or kind == "plain"
+
+
+@pytest.mark.parametrize("kind", K.nn.kind_names())
+def test_jitted_deploy_makes_the_arrays_of_op_by_op_deploy(kind, randomize):
+  """One program for the whole model gives the same network as deploying layer by layer: the same
+  structure, kernels bitwise, but where a fused array adds products (every BN-folded bias,
+  beta - mu * gamma / sigma, and ACB's kernel, k1 f1 + k2 f2 + k3 f3), which XLA contracts into
+  fused multiply-adds inside one program: there one rounding of the sum apart."""
+  model = create("resnet20", conv=kind, precision="highest")
+  randomize(model, np.random.default_rng(0))
+  model.eval()
+  jitted, eager = K.deploy(model), K.deploy(model, jit=False)
+  assert nnx.graphdef(jitted) == nnx.graphdef(eager)
+  for (path, a), (_, b) in zip(
+    nnx.to_flat_state(nnx.state(jitted)), nnx.to_flat_state(nnx.state(eager)), strict=True
+  ):
+    a, b = np.asarray(a.get_value()), np.asarray(b.get_value())
+    if path[-1] == "bias" or (kind == "acb" and path[-1] == "kernel"):
+      bound = 4 * np.finfo(np.float32).eps * np.max(np.abs(b))
+      np.testing.assert_allclose(a, b, rtol=0, atol=bound, err_msg=str(path))
+    else:
+      np.testing.assert_array_equal(a, b, err_msg=str(path))
 
 
 def test_create_errors():

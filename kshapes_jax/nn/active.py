@@ -261,10 +261,17 @@ class ActiveConv(ConvLayer):
     set_value(self.weights, np.einsum("hwk,hwio->kio", window, np.asarray(kernel, np.float64)))
     set_bias(self, bias)
 
+  def prepare_deploy(self) -> None:
+    """Shrinks the radius to the smallest that holds the (clipped) positions: what `deploy`
+    makes, decided on the host so that a jitted deploy sees it as static."""
+    self.radius = radius_for_positions(clip_positions(self.all_positions(), self.radius))
+
   def deploy(self) -> PlainConv:
-    """A plain conv with the SMALLEST radius that holds the (clipped) positions."""
+    """A plain conv with the SMALLEST radius that holds the (clipped) positions (traced, as in a
+    jitted deploy: the layer's radius, which `prepare_deploy` shrank)."""
     positions = clip_positions(self.all_positions(), self.radius)
-    radius = radius_for_positions(positions)
+    concrete = _validation.concrete_or_none(positions)
+    radius = self.radius if concrete is None else radius_for_positions(concrete)
     kernel = active_kernel(self.weights[...], positions, radius)
     padding = self.padding + radius - self.kernel_size // 2
     bias = None if self.bias is None else self.bias[...]

@@ -10,7 +10,8 @@ A conv kind is one `ConvLayer` subclass: besides its parameters and forward (its
   init="preserve");
 - its forward as it trained (`trained_output`: what the fusion certificate measures the
   deployed conv against);
-- its fusion to a plain conv (`deploy`), which is what exports take.
+- its fusion to a plain conv (`deploy`, with `prepare_deploy` for what it needs static), which
+  is what exports take.
 
 `kshapes_jax.nn.kinds` maps kind names to these classes; make_conv, convert, certify, deploy,
 the exports, the support matrix, the trainer and the zoo ask a kind through this protocol only.
@@ -258,6 +259,11 @@ class ConvLayer(nnx.Module):
     """The layer's output computed as it trained, not through the kernel deploy folds (the
     fusion certificate's reference): the layer's own call unless a kind trains otherwise."""
     return self(x)
+
+  def prepare_deploy(self) -> None:
+    """Fixes on the host, from concrete parameter values, what `deploy` needs as static values
+    (the ACU's radius): `kshapes_jax.deploy` calls it on its copy before the jitted fusion.
+    Nothing by default."""
 
   def set_numerics(
     self,
