@@ -30,19 +30,27 @@ class Geometry:
   kernel_dilation: int = 1
   feature_group_count: int = 1
 
-  def conv(self, rngs: nnx.Rngs) -> nnx.Conv:
+  def conv(self, seed: int = 0) -> nnx.Conv:
+    """The conv, its kernel drawn with NumPy (flax's initializer compiles per shape)."""
     k = self.kernel_size
-    return nnx.Conv(
-      4,
-      4,
-      (k, k),
-      strides=self.strides,
-      padding=self.padding,
-      kernel_dilation=self.kernel_dilation,
-      feature_group_count=self.feature_group_count,
-      precision=jax.lax.Precision.HIGHEST,
-      rngs=rngs,
+    conv = nnx.eval_shape(
+      lambda: nnx.Conv(
+        4,
+        4,
+        (k, k),
+        strides=self.strides,
+        padding=self.padding,
+        kernel_dilation=self.kernel_dilation,
+        feature_group_count=self.feature_group_count,
+        precision=jax.lax.Precision.HIGHEST,
+        rngs=nnx.Rngs(0),
+      )
     )
+    shape = (k, k, 4 // self.feature_group_count, 4)
+    kernel = np.random.default_rng(seed).normal(size=shape) / np.sqrt(np.prod(shape[:3]))
+    conv.kernel = nnx.Param(jnp.asarray(kernel, jnp.float32))
+    conv.bias = nnx.Param(jnp.zeros((4,), jnp.float32))
+    return conv
 
 
 # the matrix's columns
@@ -65,7 +73,7 @@ _X = np.random.default_rng(0).normal(size=(2, 9, 9, 4)).astype(np.float32)
 def check(kind: str, geometry: Geometry) -> str | None:
   """None if a conv of `geometry` converts to `kind`, trains (a finite gradient), deploys (the
   same eval outputs) and exports (jax.export); else why not, in one line."""
-  net = nnx.Sequential(geometry.conv(nnx.Rngs(0)))
+  net = nnx.Sequential(geometry.conv())
   # a kind that cannot hold a given kernel starts fresh
   preserves = get_kind(kind).preserves
   init: Literal["preserve", "fresh"] = "fresh" if preserves is None else "preserve"
@@ -77,17 +85,19 @@ def check(kind: str, geometry: Geometry) -> str | None:
       why = why.split(end)[0]
     return why
   x = jnp.asarray(_X)
+  # every forward and the gradient jitted: one program each, not their ops one by one
+  apply = nnx.jit(lambda m, x: m(x))
   if preserves == "exact":  # a "fit" (RotateConv's) approximates the kernel
     view = nnx.clone(model)
     view.eval()
-    if not np.allclose(view(x), net(x), rtol=1e-4, atol=1e-4):
+    if not np.allclose(apply(view, x), apply(net, x), rtol=1e-4, atol=1e-4):
       return "init='preserve' changed its function"
-  grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)  # a training step's gradient
+  grads = nnx.jit(nnx.grad(lambda m: jnp.mean(m(x) ** 2)))(model)  # a training step's gradient
   if not all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads)):
     return "its gradient is not finite"
   model.eval()
   deployed = deploy(model, to="flax")
-  if not np.allclose(deployed(x), model(x), rtol=1e-5, atol=1e-5):
+  if not np.allclose(apply(deployed, x), apply(model, x), rtol=1e-5, atol=1e-5):
     return "its deployed conv differs"
   to_jax_export(deployed, x.shape[1:])
   return None

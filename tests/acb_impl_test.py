@@ -26,7 +26,9 @@ def _train_step(block: ACBlock, x: jax.Array):
     y = module(x)
     return jnp.sum(y * jnp.cos(y)), (y, nnx.state(module, nnx.BatchStat))
 
-  (value, (y, stats)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+  # one program (op by op, each example's many small float64 ops compiled one by one)
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+  (value, (y, stats)), grads = step(params, x)
   return value, y, grads, stats
 
 

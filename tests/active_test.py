@@ -1,5 +1,7 @@
 """ACU: bilinear splat kernel == literal gather == NumPy eq. 5-14, value and gradient."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -17,14 +19,18 @@ from kshapes_jax.kernels import (
 )
 
 
+# jitted (radius, stride and padding static): one program a case, not its many ops one by one
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
 def splat(x, w, p, radius, stride, padding):
   return conv(x, active_kernel(w, p, radius), stride=stride, padding=padding)
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
 def gather(x, w, p, radius, stride, padding):
   return active_conv_gather(x, w, p, stride=stride, padding=padding, radius=radius)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
 def _grads(fn, x, w, p, g, radius, stride, padding):
   loss = lambda x, w, p: jnp.sum(fn(x, w, p, radius, stride, padding) * g)
   return jax.grad(loss, argnums=(0, 1, 2))(x, w, p)
@@ -155,9 +161,12 @@ def test_check_grads_away_from_lattice(x64, rng):
   x = rng.normal(size=(1, 5, 5, 2))
   w = rng.normal(size=(3, 2, 2))
   p = _random_positions(rng, 3, 2)
-  check_grads(lambda w, p: active_kernel(w, p, 2), (w, p), order=2, modes=("fwd", "rev"), eps=1e-4)
+  # jitted: the checks differentiate twice in both modes, a program each rather than op by op
   check_grads(
-    lambda x, w, p: gather(x, w, p, 2, 1, "SAME"),
+    jax.jit(lambda w, p: active_kernel(w, p, 2)), (w, p), order=2, modes=("fwd", "rev"), eps=1e-4
+  )
+  check_grads(
+    jax.jit(lambda x, w, p: gather(x, w, p, 2, 1, "SAME")),
     (x, w, p),
     order=2,
     modes=("fwd", "rev"),

@@ -1,8 +1,21 @@
-"""Shared fixtures: float64 for gradient checks, seeded random arrays."""
+"""Shared fixtures: float64 for gradient checks, seeded random arrays; one JAX compilation
+cache for the session."""
 
 import os
+import shutil
+import tempfile
 
-from train.trainer import determinism
+# One compilation cache for every process of the session: the controller makes it, and the xdist
+# workers and the subprocesses the tests start inherit these variables, so a program compiled once
+# (a tiny run's train step, a deployed net) is loaded, not compiled again, by the next test or
+# process that builds it. JAX reads them when it is first imported, which no test has done yet.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="kshapes-jax-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+from train.trainer import determinism  # noqa: E402
 
 # What `python -m train.main` asks for: deterministic GPU ops, so the resume tests that run
 # in this process hold on a GPU. XLA reads the flag when JAX starts its backend, which no
@@ -10,11 +23,11 @@ from train.trainer import determinism
 os.environ["XLA_FLAGS"] = determinism.with_flag(os.environ.get("XLA_FLAGS", ""))
 
 import hypothesis  # noqa: E402
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
-from flax import nnx
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
 
 
 @pytest.fixture
@@ -60,3 +73,9 @@ def _randomize(module, rng):
 def randomize():
   """randomize(module, rng): see _randomize."""
   return _randomize
+
+
+def pytest_unconfigure(config):
+  """The session's compilation cache goes with it (the controller made it; workers leave it)."""
+  if _OWN_CACHE and not hasattr(config, "workerinput"):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import runs
 from flax import nnx
 
 import kshapes_jax as K
@@ -85,7 +86,7 @@ def _options(kind):
   return {}
 
 
-@pytest.mark.parametrize("kind", sorted(K.nn.CONV_KINDS))
+@pytest.mark.parametrize("kind", runs.kinds())
 def test_a_converted_model_trains_and_deploys_to_flax_layers_with_its_certificate(kind):
   net = _user_net()
   model = K.convert(net, kind, **_options(kind))

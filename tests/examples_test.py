@@ -37,13 +37,25 @@ def test_readme_parameter_table_has_the_header_and_one_row_per_model():
   assert [line.split(" | ")[0].removeprefix("| ") for line in shown[2:]] == list_models()
 
 
-# resnet110 and densenet121 trace for ~45 s (parameter_row says why): their rows run with -m slow
+# the deep members of a family trace for 3-45 s each (parameter_row says why): their rows run
+# with -m slow, the family's shallower rows by default
+_DEEP = (
+  "resnet110",
+  "densenet121",
+  "resnet56",
+  "densenet40",
+  "resnet44",
+  "resnext50_32x4d",
+  "resnet50",
+  "preact_resnet47_bottleneck",
+  "preact_resnet32",
+  "resnet32",
+)
+
+
 @pytest.mark.parametrize(
   "name",
-  [
-    pytest.param(name, marks=pytest.mark.slow) if name in ("resnet110", "densenet121") else name
-    for name in list_models()
-  ],
+  [pytest.param(n, marks=pytest.mark.slow) if n in _DEEP else n for n in list_models()],
 )
 def test_readme_parameter_row_is_the_commands_output(name):
   from kshapes_jax.models.table import parameter_row

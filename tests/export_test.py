@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import runs
 from flax import nnx
 
 import kshapes_jax as K
-from kshapes_jax import nn as knn
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -46,7 +46,7 @@ def _check(logits: np.ndarray, reference: np.ndarray) -> None:
   np.testing.assert_array_equal(logits.argmax(-1), reference.argmax(-1))
 
 
-@pytest.mark.parametrize("conv", knn.CONV_KINDS)
+@pytest.mark.parametrize("conv", runs.kinds())
 def test_every_conv_kind_round_trips_through_jax_export_and_onnx(tmp_path, conv):
   model = K.models.create("sn", conv=conv, rngs=nnx.Rngs(0))
   model.train()

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import runs
 from flax import nnx
 
 import kshapes_jax as K
@@ -149,8 +150,9 @@ def test_grouped_versatile_is_its_groups_as_ungrouped_layers_side_by_side(
   assert layer.out_features == sum(p.out_features for p in parts)
   # the gradient of the primary filters, group by group
   loss = lambda y: jnp.sum(jnp.sin(y))
-  grad = nnx.grad(lambda m: loss(m(x)))(layer).f.get_value()
-  grads = nnx.grad(lambda ps: loss(side_by_side_of(ps, x)))(nnx.List(parts))
+  # jitted: one program each, not their float64 ops one by one
+  grad = nnx.jit(nnx.grad(lambda m: loss(m(x))))(layer).f.get_value()
+  grads = nnx.jit(nnx.grad(lambda ps: loss(side_by_side_of(ps, x))))(nnx.List(parts))
   np.testing.assert_allclose(
     grad,
     np.concatenate([grads[g]["f"].get_value() for g in range(groups)], axis=-1),
@@ -226,7 +228,7 @@ def test_acb_with_groups_and_dilation_trains_and_fuses_as_its_branches(
   np.testing.assert_allclose(fused, eval_branches, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", sorted(knn.CONV_KINDS))
+@pytest.mark.parametrize("kind", runs.kinds())
 def test_param_dtype_stores_the_weights_and_bn_in_it(kind):
   layer = knn.conv_bn(kind, 4, 6, 3, param_dtype="bfloat16", dtype="bfloat16", rngs=nnx.Rngs(0))
   params = nnx.state(layer, nnx.Param)
@@ -240,7 +242,7 @@ def test_param_dtype_stores_the_weights_and_bn_in_it(kind):
   def loss(model):
     return jnp.mean(model(x).astype(jnp.float32) ** 2)
 
-  grads = nnx.grad(loss)(layer)
+  grads = nnx.jit(nnx.grad(loss))(layer)
   assert all(jnp.all(jnp.isfinite(g.astype(jnp.float32))) for g in jax.tree.leaves(grads))
   layer.eval()
   assert K.deploy(layer)(x).dtype == jnp.bfloat16

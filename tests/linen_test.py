@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import runs
 from flax import linen
 
 import kshapes_jax as K
@@ -38,7 +39,7 @@ X = jax.random.normal(jax.random.key(0), (6, 12, 12, 3))
 LABELS = jnp.arange(6) % 10
 
 
-@pytest.mark.parametrize("kind", sorted(K.nn.CONV_KINDS))
+@pytest.mark.parametrize("kind", runs.kinds())
 def test_every_kind_trains_in_a_linen_model_and_deploys(kind):
   model = LinenNet(kind)
   variables = model.init(jax.random.key(1), X, train=False)

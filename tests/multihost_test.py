@@ -5,12 +5,9 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
+import driver
 import numpy as np
 import pytest
 
@@ -20,42 +17,6 @@ from train.trainer.summary import Summary
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.xdist_group("multihost")
-
-_DRIVER = textwrap.dedent("""
-    import json, os, signal, sys, time
-    sys.path.insert(0, {repo!r})
-    from configs import default
-    from train import trainer
-    from train.data import memory, streamed
-
-    workdir, overrides, kill_at = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-    config = default.get_config()
-    config.update_from_flattened_dict(overrides)
-    # kill -9 while the loader prepares that step's batch, once a checkpoint is on disk
-    if kill_at >= 0:
-      batch = memory.MemorySplit.batch
-      def killing(self, plan, step):
-        if step == kill_at:
-          saved = os.path.join(workdir, "checkpoints")
-          # the saves are asynchronous: wait (at most 60 s) for one to be committed
-          for _ in range(600):
-            if any(name.isdigit() for name in os.listdir(saved)):
-              break
-            time.sleep(0.1)
-          os.kill(os.getpid(), signal.SIGKILL)
-        return batch(self, plan, step)
-      memory.MemorySplit.batch = killing
-    if os.environ.get("READ_LOG"):  # which training examples this process reads, by step
-      example = streamed.StreamSplit.train_example
-      def logged(self, plan, position):
-        step, row = divmod(position, plan.local)
-        with open(os.environ["READ_LOG"], "a") as f:
-          f.write(f"{{step}} {{plan.rows(step)[row]}}\\n")
-        return example(self, plan, position)
-      streamed.StreamSplit.train_example = logged
-    summary = trainer.train_and_evaluate(config, workdir)
-    print("SUMMARY " + json.dumps(summary.to_json()), flush=True)
-""")
 
 _OVERRIDES = {
   "data.train_size": 64,
@@ -77,7 +38,13 @@ def _free_port() -> int:
 
 
 def _env(**extra) -> dict[str, str]:
-  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "XLA_FLAGS"}
+  """This environment without JAX's run settings (the session's compilation cache kept)."""
+  kept = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_")
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if k != "XLA_FLAGS" and (not k.startswith("JAX_") or k.startswith(kept))
+  }
   return {**env, "JAX_PLATFORMS": "cpu", **extra}
 
 
@@ -90,9 +57,8 @@ def _launch(
   overrides: dict | None = None,
   read_log: Path | None = None,
 ):
-  """Starts the run's processes: `processes` of them, each with `devices` CPU devices."""
-  driver = tmp_path / "driver.py"
-  driver.write_text(_DRIVER.format(repo=str(REPO)))
+  """Starts the run's processes: `processes` of them, each with `devices` CPU devices (killed,
+  with `kill_at`, once a checkpoint is on disk)."""
   overrides = {**_OVERRIDES, **(overrides or {}), "distributed": processes > 1}
   port = _free_port()
   procs = []
@@ -107,29 +73,13 @@ def _launch(
         JAX_PROCESS_ID=str(i),
       )
     procs.append(
-      subprocess.Popen(
-        [sys.executable, str(driver), str(workdir), json.dumps(overrides), str(kill_at)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-      )
+      driver.start(tmp_path, workdir, overrides, kill_at=kill_at, after_checkpoint=True, env=env)
     )
   return procs
 
 
 def _finish(procs, timeout: float = 300) -> list[tuple[int, str]]:
-  """(exit status, output) of each; one left running `timeout` s after the first ended is killed."""
-  deadline, out = time.monotonic() + timeout, []
-  for p in procs:
-    try:
-      text, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-      os.killpg(p.pid, signal.SIGKILL)
-      text, _ = p.communicate()
-    out.append((p.returncode, text))
-  return out
+  return driver.finish(procs, timeout)
 
 
 def _metrics(workdir: Path) -> list[dict]:
@@ -140,9 +90,7 @@ def _metrics(workdir: Path) -> list[dict]:
 
 
 def _summary(output: str) -> Summary:
-  return Summary.from_json(
-    json.loads(next(line for line in output.splitlines() if line.startswith("SUMMARY "))[8:])
-  )
+  return Summary.from_json(driver.summary(output))
 
 
 def test_two_processes_train_save_resume_after_kill_and_match_one_process(tmp_path):
@@ -192,6 +140,7 @@ def _leaves(tree) -> list[np.ndarray]:
   return [np.asarray(leaf) for leaf in leaves]
 
 
+@pytest.mark.slow  # the shares of every batch: streaming_test.py, in one process
 @jpeg_tree.needs_fashion_mnist
 def test_two_processes_stream_disjoint_shares_of_a_prepared_folder(tmp_path):
   from train import prepare

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from train_test import small_config
+from runs import small_config
 
 from kshapes_jax import models
 from kshapes_jax import nn as knn

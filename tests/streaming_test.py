@@ -7,11 +7,9 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
+import driver
 import jax
 import numpy as np
 import pytest
@@ -181,19 +179,26 @@ def test_evaluation_reads_every_example_once_on_any_number_of_hosts(prepared):
   assert [int(b["mask"].sum()) for b in whole] == [8, 8, 2]
 
 
-def test_resnet18_trains_through_the_stream_and_deploys_equal(prepared, tmp_path):
+@pytest.mark.parametrize(
+  "model, size, lr",
+  [("cifar_quick", 32, 0.01), pytest.param("resnet18", 48, 0.005, marks=pytest.mark.slow)],
+)
+def test_a_model_learns_through_the_stream_and_deploys_equal(prepared, tmp_path, model, size, lr):
+  """The labels travel with their images: 12 steps fit the training images (ResNet-18, an
+  ImageNet-family net, with -m slow; every ImageNet table config trains through the stream in
+  test_imagenet_table_configs_train_a_few_steps_and_deploy_equal)."""
   _, out, _ = prepared
   config = stream_config(
     out,
-    model="resnet18",
+    model=model,
     num_steps=12,
     batch_size=16,
     eval_batch_size=6,
     checkpoint_every_steps=100,
     # the evaluation crop on the training images too: 12 steps fit them
-    **{"data.image_size": 48, "data.augment": "none", "optim.learning_rate": 0.005},
+    **{"data.image_size": size, "data.augment": "none", "optim.learning_rate": lr},
   )
-  config.model_kwargs = {}
+  config.model_kwargs = {"image_size": size} if model == "cifar_quick" else {}
   summary = trainer.train_and_evaluate(config, tmp_path)
   assert summary.dataset == "fm3" and summary.source == "arrayrecord"
   assert summary.test_examples == 18 and summary.test_top5_accuracy == 1.0  # 3 classes
@@ -203,40 +208,13 @@ def test_resnet18_trains_through_the_stream_and_deploys_equal(prepared, tmp_path
   assert len(losses) == 3 and losses[-1] < 0.5 * losses[0], losses
 
 
-_DRIVER = textwrap.dedent("""
-    import json, os, signal, sys
-    sys.path.insert(0, {repo!r})
-    from configs import imagenet
-    from train import trainer
-    from train.data import streamed
-
-    if __name__ == "__main__":  # grain's worker processes import this file again
-      workdir, overrides, kill_at = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-      config = imagenet.get_config()
-      config.model_kwargs = {{"image_size": 32}}
-      config.update_from_flattened_dict(overrides)
-      if kill_at >= 0:  # kill -9 while the readers prepare that step's examples
-        example = streamed.StreamSplit.train_example
-        def killing(self, plan, position):
-          if position // plan.local == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-          return example(self, plan, position)
-        streamed.StreamSplit.train_example = killing
-      trainer.train_and_evaluate(config, workdir)
-""")
-
-
 def _run(tmp_path, workdir, overrides, kill_at=-1):
-  driver = tmp_path / "driver.py"
-  driver.write_text(_DRIVER.format(repo=str(REPO)))
-  return subprocess.run(
-    [sys.executable, str(driver), str(workdir), json.dumps(overrides), str(kill_at)],
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  """(exit status, output) of configs/imagenet.py with `overrides`, in its own process."""
+  overrides = {**overrides, "model_kwargs": {"image_size": 32}}
+  return driver.run(tmp_path, workdir, overrides, config="configs.imagenet", kill_at=kill_at)
 
 
+@pytest.mark.slow  # kill -9 and resume in the default run: train_test.py (in memory)
 def test_kill_9_resume_with_other_workers_equals_an_uninterrupted_run(prepared, tmp_path):
   _, out, _ = prepared
   overrides = {
@@ -255,14 +233,14 @@ def test_kill_9_resume_with_other_workers_equals_an_uninterrupted_run(prepared, 
     "optim.learning_rate": 0.01,
     "optim.boundaries": [],
   }
-  killed = _run(tmp_path, tmp_path / "killed", overrides, kill_at=9)
-  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  code, output = _run(tmp_path, tmp_path / "killed", overrides, kill_at=9)
+  assert code == -signal.SIGKILL, output[-2000:]
   more = {**overrides, "data.threads": 3, "data.workers": 2}  # another reading setup
-  resumed = _run(tmp_path, tmp_path / "killed", more)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resumed from step" in resumed.stdout
-  clean = _run(tmp_path, tmp_path / "clean", overrides)
-  assert clean.returncode == 0, clean.stderr[-2000:]
+  code, output = _run(tmp_path, tmp_path / "killed", more)
+  assert code == 0, output[-3000:]
+  assert "resumed from step" in output
+  code, output = _run(tmp_path, tmp_path / "clean", overrides)
+  assert code == 0, output[-2000:]
 
   def metrics(d):
     return [

@@ -95,7 +95,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       message = (
         f"unknown config key {' or '.join(repr(a) for a in culprit)} ({key!r} is not a key"
         + (f"; {hint[0].lower()}{hint[1:]}" if hint else "")
-        + "); the config file lists the keys (configs/default.py documents them)"
+        + "); the config file lists the keys (configs/schema.py declares them)"
       )
     elif not isinstance(e, flags.Error):
       message = f"the config file cannot be loaded: {type(e).__name__}: {message}"

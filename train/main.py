@@ -1,7 +1,7 @@
 """Command line: train one config.
 
   python -m train.main --config configs/quickstart.py --workdir /tmp/quickstart
-  kshapes-train --config configs/acu_cifar.py:cifar100 --workdir runs/acu \\
+  python -m train.main --config configs/acu_cifar.py:data=cifar100 --workdir runs/acu \\
       --config.seed=1 --config.optim.learning_rate=0.05
 
 `--config path.py[:arg]` loads `get_config(arg)` from the file; any key can be
@@ -96,7 +96,7 @@ def main(argv) -> None:
 
 
 def run() -> None:
-  """Entry point of the `kshapes-train` console script and of python -m train.main."""
+  """Entry point of python -m train.main."""
   cli.run(main, define_flags, required=["config", "workdir"])
 
 

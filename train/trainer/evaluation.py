@@ -94,9 +94,11 @@ def accuracy(
   """Accuracy of a model (eval mode) on a split, on one device, normalised as in training.
 
   The compiled evaluation is reused for models of one structure (e.g. the
-  pruned copies of a net), so only their values change between calls.
+  pruned copies of a net), so only their values change between calls; a
+  split smaller than `batch_size` is one batch of its own size.
   """
   graphdef, params, rest = split_model(model)
+  batch_size = min(batch_size, len(split))  # a split smaller than a batch: no padded rows to run
   key = (graphdef, dataset.name, dataset.mean, dataset.std, batch_size)
   if key not in _EVALUATORS:
     mesh = jax.make_mesh(

@@ -1,0 +1,297 @@
+"""The command line's contract: every failure is one `error:` line and an exit status by kind,
+no usage dump, no traceback (in this process, but one real process per command)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags, logging
+from runs import REPO
+
+from train import cli
+from train.cli import one_line
+from train.trainer.settings import ConfigError
+
+# config_flags loads a config file with importlib's load_module
+pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+
+
+def _reset_flags() -> None:
+  """absl's flags as before any parse (config_flags defines each override flag a parse meets)."""
+  for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+    delattr(flags.FLAGS, name)
+  flags.FLAGS.unparse_flags()
+
+
+@pytest.fixture
+def train_main(monkeypatch, capsys):
+  """`python -m train.main ARGS` in this process: (exit status, stderr). The command's own path
+  (absl's parsing, config_flags, main) with its exit raised as SystemExit, not os._exit."""
+  from train import main
+
+  def exit_now(status: int):
+    raise SystemExit(status)
+
+  monkeypatch.setattr(cli, "exit_now", exit_now)
+  verbosity = logging.get_verbosity()
+  # the command marks its flags required: validators the process's later parses must not meet
+  validators = {name: list(flags.FLAGS[name].validators) for name in flags.FLAGS}
+
+  def run(*args: str) -> tuple[int, str]:
+    _reset_flags()
+    monkeypatch.setattr(sys, "argv", ["train.main", *args])
+    capsys.readouterr()
+    try:
+      main.run()
+      status = 0
+    except SystemExit as e:
+      status = int(e.code or 0)
+    return status, capsys.readouterr().err
+
+  yield run
+  _reset_flags()
+  for name in flags.FLAGS:
+    flags.FLAGS[name].validators = validators.get(name, [])
+  logging.set_verbosity(verbosity)
+
+
+def test_one_error_line_names_an_os_error_anywhere_in_the_chain():
+  try:
+    try:
+      raise OSError(28, "No space left on device", "/runs/x/checkpoints/8/state")
+    except OSError as e:
+      raise ValueError("tensorstore: write failed") from e
+  except ValueError as e:
+    assert one_line(e) == "No space left on device: /runs/x/checkpoints/8/state"
+
+
+def test_command_line_failures_are_one_error_line(tmp_path, train_main):
+  default = str(REPO / "configs/default.py")
+  (tmp_path / "broken.py").write_text("def get_config(:\n")
+  (tmp_path / "a_file").write_text("")
+  (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+  (tmp_path / "npz").mkdir()
+  for split, n in (("train", 0), ("test", 4)):
+    np.savez(
+      tmp_path / "npz" / f"{split}.npz", image=np.zeros((n, 28, 28), np.uint8), label=[0] * n
+    )
+  cases = [
+    (
+      ["--config", str(tmp_path / "missing.py"), "--workdir", str(tmp_path / "w")],
+      2,
+      "No such file",
+    ),
+    (
+      ["--config", str(tmp_path / "broken.py"), "--workdir", str(tmp_path / "w")],
+      2,
+      "the config file cannot be loaded: SyntaxError",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.lr=0.1"],
+      2,
+      "unknown config key 'optim.lr'",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "w"), "--config.num_steps=abc"],
+      2,
+      "flag --config.num_steps=abc",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.momentum=5.0"],
+      2,
+      "optim: momentum must be in [0, 1)",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "a_file")],
+      4,
+      "exists and is not a directory",
+    ),
+    (
+      [
+        "--config",
+        default,
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.data.source=idx",
+        "--config.data.name=fashion_mnist",
+        "--config.data.data_dir=/nonexistent",
+      ],
+      2,
+      "does not exist",
+    ),
+    # one synapse learns no position: it trained every step and then hung on its first save
+    (
+      [
+        "--config",
+        default,
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.conv=active",
+        "--config.conv_options.synapses=1",
+      ],
+      2,
+      "ActiveConv synapses must be an int >= 2, got 1",
+    ),
+    (["--config", default, "--workdir="], 4, "the workdir is empty: pass --workdir=DIR"),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.learning_rat=0.1"],
+      2,
+      "unknown config key 'optim.learning_rat' ('learning_rat' is not a key; did you mean "
+      "'learning_rate' instead of 'learning_rat'?)",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.boundaries=(0,)"],
+      2,
+      "optim.boundaries (epochs): schedule boundaries must be positive and increasing, got (0,)",
+    ),
+    (
+      [
+        "--config",
+        default,
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.optim.schedule=staircase",
+        "--config.optim.boundaries=(0.01,)",
+      ],
+      2,
+      "optim.boundaries (0.01,) (epochs) are steps [0] at 8 steps per epoch",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "w"), "--config.model=resnet21"],
+      2,
+      "config.model: unknown model 'resnet21'",
+    ),
+    (
+      ["extra", "--config", default, f"--workdir={tmp_path / 'w'}"],
+      2,
+      "unexpected arguments: ['extra']",
+    ),
+    (
+      [
+        "--config",
+        default,
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.data.source=npz",
+        f"--config.data.data_dir={tmp_path / 'npz'}",
+      ],
+      2,
+      "train.npz holds no examples (an empty split)",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "dangling")],
+      4,
+      "is a symbolic link to",
+    ),
+    (
+      [
+        "--config",
+        default,
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.data.source=arrayrecord",
+        "--config.data.name=imagenet2012",
+        "--config.data.data_dir=/nonexistent",
+      ],
+      2,
+      "/nonexistent holds no prepared dataset (no metadata.json)",
+    ),
+    (
+      ["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.angle_eps=nan"],
+      2,
+      "optim.angle_eps must be a number in (-inf, inf), got nan",
+    ),
+  ]
+  for args, status, message in cases:
+    code, stderr = train_main(*args)
+    lines = stderr.strip().splitlines()
+    assert (
+      code == status and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    ), (args, code, stderr[-3000:])
+  # --debug: the exception itself, whose traceback Python prints
+  with pytest.raises(ConfigError, match="momentum must be in"):
+    train_main(
+      "--config",
+      default,
+      "--workdir",
+      str(tmp_path / "w"),
+      "--config.optim.momentum=5.0",
+      "--debug",
+    )
+
+
+def test_the_readmes_conv_option_parses_and_trains(tmp_path, train_main):
+  code, stderr = train_main(
+    "--config",
+    str(REPO / "configs/default.py"),
+    "--workdir",
+    str(tmp_path),
+    "--config.conv=active",
+    "--config.conv_options.radius=3",
+    "--config.num_steps=1",
+    "--config.data.train_size=64",
+    "--config.progress=False",
+  )
+  assert code == 0, stderr[-3000:]
+  assert json.loads((tmp_path / "config.json").read_text())["conv_options"]["radius"] == 3
+  # sn's four ACUs
+  assert json.loads((tmp_path / "summary.json").read_text())["acu_radii"] == [3] * 4
+  code, stderr = train_main(
+    "--config",
+    str(REPO / "configs/default.py"),
+    "--workdir",
+    str(tmp_path),
+    "--config.conv=active",
+    "--config.num_steps=2",
+    "--config.data.train_size=64",
+    "--config.progress=False",
+  )
+  assert code == 2
+  assert stderr.strip() == (
+    f"error: {tmp_path} holds checkpoints of another config: conv_options.radius "
+    "(3 -> None). Use another --workdir, or pass --allow_config_change to resume them anyway"
+  )
+
+
+def test_every_command_fails_with_one_error_line_and_no_usage_dump(tmp_path):
+  """One real process per command: the exit status and stderr a user's shell sees."""
+  default = str(REPO / "configs/default.py")
+  cases = [
+    (["train.analyze", f"--workdir={tmp_path / 'none'}"], 2, "config.json not found"),
+    (["train.export", f"--workdir={tmp_path / 'none'}"], 2, "config.json not found"),
+    (["train.reproduce", "--rows=sn_v99", "--report="], 2, "unknown rows ['sn_v99']"),
+    (
+      ["train.prepare", f"--src={tmp_path / 'no_tree'}", f"--out={tmp_path / 'out'}"],
+      2,
+      "no_tree",
+    ),
+    # a fresh process: in one that has run JAX, the distributed start is refused otherwise
+    (
+      [
+        "train.main",
+        "--config",
+        default,
+        f"--workdir={tmp_path / 'w'}",
+        "--config.distributed=True",
+      ],
+      2,
+      "cannot find the run's others: set JAX_COORDINATOR_ADDRESS",
+    ),
+  ]
+  for (command, *args), status, message in cases:
+    run = subprocess.run(
+      [sys.executable, "-m", command, *args],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    lines = run.stderr.strip().splitlines()
+    assert (
+      run.returncode == status
+      and len(lines) == 1
+      and lines[0].startswith("error: ")
+      and message in lines[0]
+    ), (command, args, run.returncode, run.stderr[-3000:])
