@@ -3,16 +3,16 @@ resumes from the last intact state, equal to an uninterrupted one, or says why i
 
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import driver
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import runs
-from runs import REPO, small_config
+from runs import small_config
 
 from train import data as pipeline
 from train import trainer
@@ -175,24 +175,7 @@ def _re(text: str) -> str:
 
 def _start_training(workdir, *overrides) -> subprocess.Popen:
   """`python -m train.main` of the default config for 100,000 steps, in the background."""
-  return subprocess.Popen(
-    [
-      sys.executable,
-      "-m",
-      "train.main",
-      "--config",
-      str(REPO / "configs/default.py"),
-      "--workdir",
-      str(workdir),
-      "--config.num_steps=100000",
-      "--config.progress=False",
-      *overrides,
-    ],
-    cwd=REPO,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
+  return driver.command(workdir, "--config.num_steps=100000", "--config.progress=False", *overrides)
 
 
 def test_a_resume_keeps_the_schedule_it_trained_with_and_applies_what_it_allows(

@@ -223,31 +223,14 @@ def test_command_line_failures_are_one_error_line(tmp_path, train_main):
 
 
 def test_the_readmes_conv_option_parses_and_trains(tmp_path, train_main):
-  code, stderr = train_main(
-    "--config",
-    str(REPO / "configs/default.py"),
-    "--workdir",
-    str(tmp_path),
-    "--config.conv=active",
-    "--config.conv_options.radius=3",
-    "--config.num_steps=1",
-    "--config.data.train_size=64",
-    "--config.progress=False",
-  )
+  run = ("--config", str(REPO / "configs/default.py"), "--workdir", str(tmp_path))
+  small = ("--config.conv=active", "--config.data.train_size=64", "--config.progress=False")
+  code, stderr = train_main(*run, *small, "--config.conv_options.radius=3", "--config.num_steps=1")
   assert code == 0, stderr[-3000:]
   assert json.loads((tmp_path / "config.json").read_text())["conv_options"]["radius"] == 3
   # sn's four ACUs
   assert json.loads((tmp_path / "summary.json").read_text())["acu_radii"] == [3] * 4
-  code, stderr = train_main(
-    "--config",
-    str(REPO / "configs/default.py"),
-    "--workdir",
-    str(tmp_path),
-    "--config.conv=active",
-    "--config.num_steps=2",
-    "--config.data.train_size=64",
-    "--config.progress=False",
-  )
+  code, stderr = train_main(*run, *small, "--config.num_steps=2")
   assert code == 2
   assert stderr.strip() == (
     f"error: {tmp_path} holds checkpoints of another config: conv_options.radius "

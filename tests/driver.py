@@ -4,6 +4,8 @@ prints its summary.
 
   proc = driver.start(tmp_path, workdir, {"num_steps": 8}, kill_at=5)
   status, output = driver.finish([proc])[0]
+
+and `command`, the training command itself in its own process.
 """
 
 from __future__ import annotations
@@ -64,6 +66,19 @@ _SCRIPT = textwrap.dedent("""
       summary = trainer.train_and_evaluate(config, workdir)
       print("SUMMARY " + json.dumps(summary.to_json()), flush=True)
 """)
+
+
+def command(workdir: Path, *flags: str, config: str = "configs/default.py") -> subprocess.Popen:
+  """`python -m train.main --config CONFIG --workdir WORKDIR FLAGS`: the real command, in its own
+  process, its stdout and stderr piped."""
+  return subprocess.Popen(
+    [sys.executable, "-m", "train.main", "--config", str(REPO / config), "--workdir", str(workdir)]
+    + list(flags),
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def environment(devices: int = 1, **extra: str) -> dict[str, str]:

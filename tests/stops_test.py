@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import driver
 import pytest
 import runs
 from runs import REPO
@@ -125,24 +126,7 @@ def test_sigterm_at_ten_random_moments_then_resume_equals_the_uninterrupted_run(
 
 def _start_training(workdir, *overrides) -> subprocess.Popen:
   """`python -m train.main` of the default config for 100,000 steps, in the background."""
-  return subprocess.Popen(
-    [
-      sys.executable,
-      "-m",
-      "train.main",
-      "--config",
-      str(REPO / "configs/default.py"),
-      "--workdir",
-      str(workdir),
-      "--config.num_steps=100000",
-      "--config.progress=False",
-      *overrides,
-    ],
-    cwd=REPO,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
+  return driver.command(workdir, "--config.num_steps=100000", "--config.progress=False", *overrides)
 
 
 def test_sigterm_to_the_command_exits_143_with_a_checkpoint(tmp_path):

@@ -220,26 +220,12 @@ def test_missing_data_fails_before_compiling(tmp_path):
 
 
 def test_command_line_trains_and_reports(tmp_path):
-  run = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "train.main",
-      "--config",
-      str(REPO / "configs/default.py"),
-      "--workdir",
-      str(tmp_path),
-      "--config.num_steps=2",
-      "--config.data.train_size=64",
-      "--config.progress=False",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
+  proc = driver.command(
+    tmp_path, "--config.num_steps=2", "--config.data.train_size=64", "--config.progress=False"
   )
-  assert run.returncode == 0, run.stderr[-2000:]
-  assert "test accuracy" in run.stdout and "deployed" in run.stdout
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-2000:]
+  assert "test accuracy" in out and "deployed" in out
 
 
 def test_extent_bucketing_keeps_3x3_while_frozen_and_matches_the_fixed_radius(tmp_path):

@@ -13,13 +13,7 @@ class Batches:
   function of (seed, step) (`BatchPlan`).
 
   Args:
-    source: the split (in memory or streamed).
-    batch_size: the global batch.
-    seed: the run's seed.
-    process_index, process_count: this process among the run's.
-
-  Raises:
-    DataError: for a batch larger than the split, or one the processes cannot share equally.
+    source: the split (in memory or streamed); the others are its `BatchPlan`'s.
   """
 
   def __init__(
