@@ -152,9 +152,19 @@ def _read(g: _Graph, env: dict, atom) -> str:
 def _emit(g: _Graph, jaxpr, env: dict) -> None:
   for eqn in jaxpr.eqns:
     prim = eqn.primitive.name
+    if prim == "platform_index":  # read only by the platform_dependent cond that follows
+      env[eqn.outvars[0]] = ""
+      continue
     inputs = [_read(g, env, v) for v in eqn.invars]
-    if prim in _INLINED:
-      sub = eqn.params[_INLINED[prim]]
+    platform_cond = prim == "cond" and eqn.params.get("branches_platforms")
+    if prim in _INLINED or platform_cond:
+      if platform_cond:
+        # lax.platform_dependent (conv's CPU matmul form): the default branch, the
+        # conv itself, for the runtime to run as it does best
+        sub = eqn.params["branches"][list(eqn.params["branches_platforms"]).index(None)]
+        inputs = inputs[1:]
+      else:
+        sub = eqn.params[_INLINED[prim]]
       inner = sub.jaxpr if hasattr(sub, "jaxpr") else sub
       consts = getattr(sub, "consts", [])
       sub_env = dict(zip(inner.invars, inputs))

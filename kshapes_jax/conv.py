@@ -148,20 +148,148 @@ def conv(
   pads = resolve_padding(padding, (h, w), (kh, kw), stride, dilation, allow_crop=allow_crop)
   precision = _validation.precision(precision)
   dtype = jnp.result_type(x, kernel) if dtype is None else _validation.compute_dtype(dtype)
-  y = lax.conv_general_dilated(
-    jnp.asarray(x, dtype),
-    jnp.asarray(kernel, dtype),
-    window_strides=stride,
-    padding=pads,
-    rhs_dilation=dilation,
-    dimension_numbers=_DIMENSION_NUMBERS,
-    feature_group_count=groups,
-    precision=precision,
-  )
+  x, kernel = jnp.asarray(x, dtype), jnp.asarray(kernel, dtype)
+
+  def lax_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return lax.conv_general_dilated(
+      x,
+      kernel,
+      window_strides=stride,
+      padding=pads,
+      rhs_dilation=dilation,
+      dimension_numbers=_DIMENSION_NUMBERS,
+      feature_group_count=groups,
+      precision=precision,
+    )
+
+  if cpu_prefers_matmul((h, w), (kh, kw), stride, pads, dilation):
+    # XLA's CPU convolution is up to tens of times slower than the same product as a
+    # matmul on such shapes; other backends keep the conv (resolved when lowered).
+    def as_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+      return conv_as_matmul(x, kernel, stride, pads, dilation, groups, precision)
+
+    y = lax.platform_dependent(x, kernel, cpu=as_matmul, default=lax_conv)
+  else:
+    y = lax_conv(x, kernel)
   if bias is not None:
     _validation.require_shape("bias", bias, (co,), "(O,)")
     y = y + jnp.asarray(bias, dtype)
   return y
+
+
+def _extent(k: int, dilation: int) -> int:
+  return (k - 1) * dilation + 1
+
+
+def cpu_prefers_matmul(
+  input_hw: Sequence[int],
+  kernel_hw: Sequence[int],
+  stride: Sequence[int],
+  pads: Sequence[tuple[int, int]],
+  dilation: Sequence[int],
+) -> bool:
+  """Whether XLA's CPU convolution is slower than `conv_as_matmul` on this conv.
+
+  Two classes (bench.small_maps measures them and the boundary): a 1x1
+  kernel (XLA's kernel gradient of a 1x1 conv is several times slower than
+  the matmul it is), and a map smaller than the (dilated) kernel's extent
+  on either axis, in or out, or an output map of exactly that extent (up to
+  tens of times slower: ResNet-18's last stage below 128 px). On larger
+  maps XLA's conv is as fast or faster, and it keeps them.
+
+  Args:
+    input_hw: (H, W) of the input.
+    kernel_hw: (kh, kw) of the kernel.
+    stride: (sh, sw).
+    pads: ((top, bottom), (left, right)), as `resolve_padding` returns.
+    dilation: (dh, dw).
+
+  Returns:
+    True where `conv` takes the matmul form on CPU.
+  """
+  if tuple(kernel_hw) == (1, 1):
+    return True
+  for size, k, s, (lo, hi), d in zip(input_hw, kernel_hw, stride, pads, dilation):
+    extent = _extent(k, d)
+    out = (size + lo + hi - extent) // s + 1
+    if size < extent or out <= extent:
+      return True
+  return False
+
+
+def _taps_reading_input(size: int, out: int, k: int, stride: int, dilation: int, low: int):
+  """The kernel taps along one axis that read at least one input pixel (not only padding)."""
+  return [
+    i for i in range(k) if any(0 <= i * dilation + r * stride - low < size for r in range(out))
+  ]
+
+
+def conv_as_matmul(
+  x: jax.Array,
+  kernel: jax.Array,
+  stride: Sequence[int],
+  pads: Sequence[tuple[int, int]],
+  dilation: Sequence[int],
+  groups: int,
+  precision: lax.PrecisionLike,
+) -> jax.Array:
+  """The convolution of `conv` as one matmul of input patches (im2col) with the kernel.
+
+  y[n, i, j, o] = sum_{a, b, c} xp[n, i * sh + a * dh, j * sw + b * dw, c] * k[a, b, c, o],
+  xp the padded input: each tap's strided view of xp is a patch column, and the
+  taps that read only padding (statically known) are left out, so a 3x3 conv
+  on a 1x1 map is a 1x1 conv. Equal to `lax.conv_general_dilated` up to the
+  order of the sum, in value and gradient.
+
+  Args:
+    x: (N, H, W, C) input.
+    kernel: (kh, kw, C / groups, O) kernel, same dtype as x.
+    stride: (sh, sw).
+    pads: ((top, bottom), (left, right)); negative pads crop.
+    dilation: (dh, dw).
+    groups: feature groups.
+    precision: of the contraction.
+
+  Returns:
+    (N, H', W', O) output.
+  """
+  n, h, w, c = x.shape
+  kh, kw, ci, co = kernel.shape
+  (sh, sw), (dh, dw) = stride, dilation
+  (top, bottom), (left, right) = pads
+  out_h = (h + top + bottom - _extent(kh, dh)) // sh + 1
+  out_w = (w + left + right - _extent(kw, dw)) // sw + 1
+  rows = _taps_reading_input(h, out_h, kh, sh, dh, top)
+  cols = _taps_reading_input(w, out_w, kw, sw, dw, left)
+  if not rows or not cols:  # every tap reads padding: the conv is zero
+    return jnp.zeros((n, out_h, out_w, co), x.dtype)
+  xp = lax.pad(
+    x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0))
+  )
+  patches = jnp.stack(
+    [
+      lax.slice(
+        xp,
+        (0, a * dh, b * dw, 0),
+        (n, a * dh + (out_h - 1) * sh + 1, b * dw + (out_w - 1) * sw + 1, c),
+        (1, sh, sw, 1),
+      )
+      for a in rows
+      for b in cols
+    ],
+    axis=3,
+  )  # (N, H', W', T, C)
+  taps = jnp.stack([kernel[a, b] for a in rows for b in cols])  # (T, C / groups, O)
+  t = len(rows) * len(cols)
+  if groups == 1:
+    y = jnp.matmul(
+      patches.reshape(n * out_h * out_w, t * c), taps.reshape(t * c, co), precision=precision
+    )
+    return y.reshape(n, out_h, out_w, co)
+  patches = patches.reshape(n, out_h, out_w, t, groups, ci)
+  taps = taps.reshape(t, ci, groups, co // groups)
+  y = jnp.einsum("nhwtgc,tcgo->nhwgo", patches, taps, precision=precision)
+  return y.reshape(n, out_h, out_w, co)
 
 
 def output_geometry(

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 from jax import lax
 
-from kshapes_jax.conv import active_conv_gather, conv, output_geometry, resolve_padding
+from kshapes_jax.conv import (
+  active_conv_gather,
+  conv,
+  conv_as_matmul,
+  cpu_prefers_matmul,
+  output_geometry,
+  resolve_padding,
+)
 from kshapes_jax.kernels import BatchNormParams, active_kernel, fuse_acb
 
 
@@ -98,6 +105,137 @@ def test_groups_bias_and_dtype(rng):
 def test_bad_input_raises(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+# --- small maps: the conv as a matmul on CPU ---------------------------------
+
+
+def _numpy_conv_and_vjp(x, k, cot, stride, pads, dilation, groups):
+  """The conv, NHWC / HWIO, and its gradients for cotangent `cot`, tap by tap in NumPy.
+
+  Negative pads crop. Returns (y, dx, dk).
+  """
+  (sh, sw), (dh, dw) = stride, dilation
+  n, h, w, c = x.shape
+  kh, kw, ci, co = k.shape
+  crop = [(max(-lo, 0), max(-hi, 0)) for lo, hi in pads]
+  xp = np.pad(x, ((0, 0), *((max(lo, 0), max(hi, 0)) for lo, hi in pads), (0, 0)))
+  xp = xp[:, crop[0][0] : xp.shape[1] - crop[0][1], crop[1][0] : xp.shape[2] - crop[1][1]]
+  oh = (xp.shape[1] - (kh - 1) * dh - 1) // sh + 1
+  ow = (xp.shape[2] - (kw - 1) * dw - 1) // sw + 1
+  y = np.zeros((n, oh, ow, co))
+  dxp, dk = np.zeros_like(xp), np.zeros_like(k)
+  co_g = co // groups
+  for a in range(kh):
+    for b in range(kw):
+      rows = slice(a * dh, a * dh + (oh - 1) * sh + 1, sh)
+      cols = slice(b * dw, b * dw + (ow - 1) * sw + 1, sw)
+      for g in range(groups):
+        cin, cout = slice(g * ci, (g + 1) * ci), slice(g * co_g, (g + 1) * co_g)
+        patch = xp[:, rows, cols, cin]
+        y[..., cout] += patch @ k[a, b, :, cout]
+        dk[a, b, :, cout] += np.einsum("nhwc,nhwo->co", patch, cot[..., cout])
+        dxp[:, rows, cols, cin] += cot[..., cout] @ k[a, b, :, cout].T
+  # undo the crop (zeros), then the pad
+  dxp = np.pad(dxp, ((0, 0), crop[0], crop[1], (0, 0)))
+  top, left = max(pads[0][0], 0), max(pads[1][0], 0)
+  return y, dxp[:, top : top + h, left : left + w], dk
+
+
+@hypothesis.given(
+  st.tuples(st.integers(1, 6), st.integers(1, 6)),
+  st.tuples(st.integers(1, 5), st.integers(1, 5)),
+  st.tuples(st.integers(1, 3), st.integers(1, 3)),
+  st.tuples(st.integers(1, 2), st.integers(1, 2)),
+  st.lists(st.integers(-1, 3), min_size=4, max_size=4),
+  st.sampled_from([1, 2, 4]),
+)
+@hypothesis.settings(max_examples=40, deadline=None)
+def test_the_matmul_form_is_the_conv_in_value_and_gradient(hw, khw, stride, dilation, p, groups):
+  pads = ((p[0], p[1]), (p[2], p[3]))
+  extents = [(k - 1) * d + 1 for k, d in zip(khw, dilation)]
+  hypothesis.assume(all(s + lo + hi >= e for s, (lo, hi), e in zip(hw, pads, extents)))
+  rng = np.random.default_rng([*hw, *khw, *stride, *dilation, *(q + 1 for q in p), groups])
+  x = rng.normal(size=(2, *hw, 4))
+  k = rng.normal(size=(*khw, 4 // groups, 4))
+  oh = (hw[0] + sum(pads[0]) - extents[0]) // stride[0] + 1
+  ow = (hw[1] + sum(pads[1]) - extents[1]) // stride[1] + 1
+  cot = rng.normal(size=(2, oh, ow, 4))
+  want = _numpy_conv_and_vjp(x, k, cot, stride, pads, dilation, groups)
+  with jax.enable_x64(True):
+
+    @jax.jit
+    def value_and_vjps(x, k, cot):
+      def matmul(x, k):
+        return conv_as_matmul(x, k, stride, pads, dilation, groups, None)
+
+      def wrapper(x, k):  # whichever form it takes for this shape
+        return conv(
+          x, k, stride=stride, padding=pads, dilation=dilation, groups=groups, allow_crop=True
+        )
+
+      return [(lambda y, vjp: (y, *vjp(cot)))(*jax.vjp(f, x, k)) for f in (matmul, wrapper)]
+
+    got, got_conv = value_and_vjps(x, k, cot)
+  for g, gc, w in zip(got, got_conv, want):
+    np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(gc, w, rtol=1e-10, atol=1e-10)
+
+
+def test_the_matmul_form_takes_the_shapes_xla_runs_slowly_on_cpu():
+  same = lambda k: ((k // 2, k // 2),) * 2  # noqa: E731
+  # ResNet-18's last stage at 64 px (2x2 maps), at 32 px (1x1), at 96 px (3x3), its strided
+  # entry (4x4 -> 2x2)
+  assert cpu_prefers_matmul((2, 2), (3, 3), (1, 1), same(3), (1, 1))
+  assert cpu_prefers_matmul((1, 1), (3, 3), (1, 1), same(3), (1, 1))
+  assert cpu_prefers_matmul((3, 3), (3, 3), (1, 1), same(3), (1, 1))
+  assert cpu_prefers_matmul((4, 4), (3, 3), (2, 2), same(3), (1, 1))
+  # every 1x1 kernel, at any map size
+  assert cpu_prefers_matmul((1, 1), (1, 1), (1, 1), same(1), (1, 1))
+  assert cpu_prefers_matmul((56, 56), (1, 1), (2, 2), same(1), (1, 1))
+  # maps beyond the extent keep XLA's conv
+  assert not cpu_prefers_matmul((4, 4), (3, 3), (1, 1), same(3), (1, 1))
+  assert not cpu_prefers_matmul((8, 8), (3, 3), (2, 2), same(3), (1, 1))
+  assert not cpu_prefers_matmul((32, 32), (7, 7), (2, 2), same(7), (1, 1))
+  # dilation widens the extent; one small axis is enough
+  assert cpu_prefers_matmul((4, 4), (3, 3), (1, 1), same(3), (2, 2))
+  assert cpu_prefers_matmul((8, 2), (3, 3), (1, 1), same(3), (1, 1))
+
+
+def test_the_matmul_form_is_chosen_per_platform_when_lowered(rng):
+  x = jnp.asarray(rng.normal(size=(2, 2, 2, 8)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, 8, 8)), jnp.float32)
+
+  def hlo(x, platforms):
+    f = jax.jit(lambda x, k: conv(x, k, padding=1, precision="highest"))
+    return jax.export.export(f, platforms=platforms)(x, k).mlir_module()
+
+  small, large = x, jnp.zeros((2, 4, 4, 8))
+  assert "convolution" not in hlo(small, ("cpu",)) and "dot_general" in hlo(small, ("cpu",))
+  assert "convolution" in hlo(small, ("cuda",)) and "convolution" in hlo(small, ("tpu",))
+  assert "convolution" in hlo(large, ("cpu",))
+
+  # float32 at HIGHEST: the same numbers as XLA's conv, value and both gradients
+  def xla(x, k):
+    return lax.conv_general_dilated(
+      x,
+      k,
+      (1, 1),
+      ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=lax.Precision.HIGHEST,
+    )
+
+  def ours(x, k):
+    return conv(x, k, padding=1, precision="highest")
+
+  cot = jnp.asarray(rng.normal(size=(2, 2, 2, 8)), jnp.float32)
+  value_and_vjp = jax.jit(
+    lambda f, x, k, cot: (lambda y, vjp: (y, *vjp(cot)))(*jax.vjp(f, x, k)), static_argnums=0
+  )
+  chex.assert_trees_all_close(
+    value_and_vjp(ours, x, k, cot), value_and_vjp(xla, x, k, cot), rtol=1e-5, atol=1e-5
+  )
 
 
 # --- laws that hold for all inputs ---------------------------------------------

@@ -192,7 +192,13 @@ def test_versatile_impl_is_checked():
 
 
 def _convs(layer, x) -> int:
-  return sum(e.primitive.name == "conv_general_dilated" for e in jax.make_jaxpr(layer)(x).eqns)
+  """The layer's convs: lax convs, and the conv.conv calls that chose their form per platform
+  (a `cond` over the platforms: the matmul form on CPU, the conv elsewhere)."""
+  return sum(
+    e.primitive.name == "conv_general_dilated"
+    or (e.primitive.name == "cond" and bool(e.params.get("branches_platforms")))
+    for e in jax.make_jaxpr(layer)(x).eqns
+  )
 
 
 def test_versatile_auto_crops_on_cpu_where_the_work_pays(rng):
