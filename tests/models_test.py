@@ -306,3 +306,39 @@ def test_small_nets_adapt_to_grey_28x28_images():
     K.models.create("acu_plain", width=0)
   with pytest.raises(ValueError, match="at least 3x3"):
     K.models.create("cifar_quick", image_size=1)
+
+
+@pytest.mark.parametrize(
+  "window, stride, padding", [(3, 2, ((1, 1), (1, 1))), (3, 2, ((0, 1), (0, 1))), (2, 2, "VALID")]
+)
+def test_max_pool_is_nnx_max_pool_bitwise_with_its_gradient(window, stride, padding):
+  import jax
+
+  from kshapes_jax.models.layers import max_pool
+
+  rng = np.random.default_rng(window + stride)
+  # after a ReLU most windows tie (zeros): the gradient must go to the same max as
+  # reduce_window's, the first in row-major order
+  x = jnp.asarray(np.maximum(rng.integers(-2, 3, (2, 9, 8, 3)), 0), jnp.float32)
+
+  def ours(x):
+    return max_pool(x, window, stride, padding)
+
+  def theirs(x):
+    return nnx.max_pool(x, (window, window), (stride, stride), padding)
+
+  y, vjp = jax.vjp(ours, x)
+  y_ref, vjp_ref = jax.vjp(theirs, x)
+  cot = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_array_equal(vjp(cot)[0], vjp_ref(cot)[0])
+  # forward mode too (on distinct values: XLA's own tangent of reduce_window picks among tied
+  # maxima in its reduction order, which is not its gradient's)
+  distinct = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  tangent = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  np.testing.assert_array_equal(
+    jax.jvp(ours, (distinct,), (tangent,))[1], jax.jvp(theirs, (distinct,), (tangent,))[1]
+  )
+  # on CPU the gradient is pads of the cotangent, not XLA's slow select-and-scatter
+  hlo = jax.jit(jax.grad(lambda x: ours(x).sum())).lower(x).as_text()
+  assert ("select_and_scatter" in hlo) == (jax.default_backend() != "cpu")

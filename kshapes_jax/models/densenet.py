@@ -11,7 +11,7 @@ from flax import nnx
 from jax import lax
 from jax.typing import DTypeLike
 
-from kshapes_jax.models.layers import avg_pool, global_avg_pool, layer_options
+from kshapes_jax.models.layers import avg_pool, global_avg_pool, layer_options, max_pool
 from kshapes_jax.models.registry import ANY_KIND, register
 from kshapes_jax.nn import Dense, PlainConv, batch_norm, make_conv
 
@@ -161,7 +161,7 @@ class DenseNetBC(nnx.Module):
 
   def __call__(self, x: jax.Array):
     x = jax.nn.relu(self.stem_bn(self.stem(x)))
-    x = nnx.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    x = max_pool(x, 3, 2, ((1, 1), (1, 1)))
     for i, layer in enumerate(self.layers):
       x = jnp.concatenate([x, layer(x)], axis=-1)
       if i + 1 in self.block_ends[:-1]:
