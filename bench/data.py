@@ -19,7 +19,7 @@ order each round, medians over the rounds:
   worker process per core.
 
 Normalisation is left out of both: ours runs it on the device. torchvision comes from the
-`data-bench` extra (pip install -e ".[data-bench]"); without it only ours is measured.
+`bench` extra (pip install -e ".[train,bench]"); without it only ours is measured.
 """
 
 from __future__ import annotations

@@ -314,7 +314,7 @@ def main(argv=None) -> int:
     )
     if peers is None:
       print(
-        "  torch (or its CUDA build) not installed: pip install torch==2.13.0 for the peer "
+        "  torch (or its CUDA build) not installed: pip install -e '.[bench]' for the peer "
         "comparison",
         flush=True,
       )

@@ -11,8 +11,8 @@ official ACBlock does the same). On a GPU it runs in fp32 with cuDNN's
 benchmark mode and TF32 off, as ours (float32, precision pinned by the layers'
 default).
 
-torch is optional: `pip install torch==2.13.0` (the CPU build on these machines'
-disk); the GPU image has a CUDA build.
+torch is optional: the bench extra (`pip install -e ".[train,bench]"`, torch 2.14.1, whose
+build runs on CPU and CUDA alike).
 """
 
 from __future__ import annotations

@@ -96,6 +96,39 @@ def test_readme_shows_the_committed_cpu_results():
   assert readme[readme.index(start) + len(start) : readme.index(end)] == table.read_text()
 
 
+@pytest.mark.parametrize("name", ["bench-imagenet-peer", "bench-small-maps"])
+def test_readme_shows_the_committed_cpu_route_results(name):
+  table = ROOT / "results" / f"{name}.md"
+  assert table.exists(), f"run python -m bench.{name.removeprefix('bench-').replace('-', '_')}"
+  readme = (ROOT / "README.md").read_text()
+  start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
+  assert readme[readme.index(start) + len(start) : readme.index(end)] == table.read_text()
+
+
+def test_small_maps_bench_times_the_three_forms_and_marks_the_routed_shapes():
+  from bench import small_maps
+
+  rows = small_maps.bench(
+    [(2, 3, 1, 1, 4, 4, 1), (4, 3, 1, 1, 4, 4, 1)], 2, 1, log=lambda *a, **k: None
+  )
+  assert [r["routed_to_matmul"] for r in rows] == [True, False]
+  for r in rows:
+    assert all(
+      r[f"{p}_{f}_ms"] > 0 for p in ("forward", "backward") for f in ("xla", "matmul", "conv")
+    )
+  assert "| 2x2 * |" in small_maps.markdown(
+    {
+      "device": "cpu",
+      "cpu_count": 2,
+      "jax_version": "x",
+      "batch": 2,
+      "reps": 1,
+      "date": "d",
+      "rows": rows,
+    }
+  )
+
+
 def test_bucketed_run_ratio_weights_the_two_radii_by_steps():
   assert run.bucketed_run_ratio(1.0, 2.0) == pytest.approx((10 * 1.0 + 54 * 2.0) / 64)
   assert run.bucketed_run_ratio(None, 2.0) is None
