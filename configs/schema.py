@@ -239,7 +239,7 @@ class Settings:
   seed: int = key(
     0, "the model's, the batches' and the augmentation's", bounds=Bounds(0, 2**32 - 1)
   )
-  progress: bool = key(True, "the progress bar")
+  progress: bool = key(True, "the progress bar, on a terminal (the epoch lines are always printed)")
   distributed: bool = key(
     False, "join the run's other processes first (train.initialize_distributed: several hosts)"
   )

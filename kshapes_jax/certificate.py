@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,8 @@ class FusionCertificate:
     logits_relative: that over max |trained logits|.
     agreement: the share of probe examples whose arg-max the two agree on.
     probe: what the probe was ("given, 64 examples" or "random normal, 8 examples").
+    compute_dtypes: the trained network's compute dtypes, which set the default tolerance
+      (empty: float32's, as for a certificate written before they were recorded).
   """
 
   layers: tuple[LayerError, ...]
@@ -52,13 +55,36 @@ class FusionCertificate:
   logits_relative: float
   agreement: float
   probe: str
+  compute_dtypes: tuple[str, ...] = ()
+
+  @property
+  def tolerance(self) -> float:
+    """The default tolerance: that of the least precise dtype the networks computed in."""
+    return tolerance_of(self.compute_dtypes)
 
   @property
   def worst(self) -> LayerError | None:
     return max(self.layers, key=lambda e: e.relative, default=None)
 
-  def check(self, tolerance: float) -> None:
-    """Raises ValueError, naming the worst layer, if any relative error exceeds `tolerance`."""
+  def check(self, tolerance: float | None = None) -> None:
+    """Raises ValueError, naming the worst layer, if any relative error exceeds `tolerance`
+    (default: `self.tolerance`) or is not finite (a NaN or infinite output of either network is
+    never within any tolerance).
+
+    This is where a certificate is judged: the exports call it before they write anything.
+    """
+    tolerance = self.tolerance if tolerance is None else tolerance
+    for e in self.layers:
+      if not math.isfinite(e.relative):
+        raise ValueError(
+          f"the deployed or the trained network's output at {e.path} ({e.layer}) is not "
+          "finite (NaN or infinite) on the probe: nothing can be certified"
+        )
+    if not (math.isfinite(self.logits_relative) and math.isfinite(self.agreement)):
+      raise ValueError(
+        "the deployed or the trained network's logits are not finite (NaN or infinite) on the "
+        "probe: nothing can be certified"
+      )
     worst = self.worst
     if worst is not None and worst.relative > tolerance:
       raise ValueError(
@@ -79,7 +105,13 @@ class FusionCertificate:
   @classmethod
   def from_json(cls, text: str) -> FusionCertificate:
     d = json.loads(text)
-    return cls(**{**d, "layers": tuple(LayerError(**e) for e in d["layers"])})
+    return cls(
+      **{
+        **d,
+        "layers": tuple(LayerError(**e) for e in d["layers"]),
+        "compute_dtypes": tuple(d.get("compute_dtypes", ())),
+      }
+    )
 
 
 def _at(model: Any, path: tuple) -> Any:
@@ -106,7 +138,9 @@ class _Probe(nnx.Module):
 
 
 def _max_abs(a: jax.Array) -> float:
-  return float(jnp.max(jnp.abs(jnp.asarray(a, jnp.float32))))
+  """max |a|, NaN if any entry is NaN or infinite (so that no comparison passes it)."""
+  a = jnp.asarray(a, jnp.float32)
+  return float(jnp.where(jnp.all(jnp.isfinite(a)), jnp.max(jnp.abs(a)), jnp.nan))
 
 
 def certify(
@@ -162,13 +196,25 @@ def certify(
       raise ValueError(f"the deployed network has no layer at {path_str(path)}") from e
     a, b = layer.trained_output(x), counterpart(x)
     diff = _max_abs(jnp.asarray(b, jnp.float32) - jnp.asarray(a, jnp.float32))
-    layers.append(
-      LayerError(path_str(path), type(layer).__name__, diff, diff / max(_max_abs(a), 1e-30))
-    )
+    layers.append(LayerError(path_str(path), type(layer).__name__, diff, _relative(diff, a)))
   got = deployed(probe)
   diff = _max_abs(jnp.asarray(got, jnp.float32) - jnp.asarray(want, jnp.float32))
   agreement = float(np.mean(np.asarray(jnp.argmax(got, -1) == jnp.argmax(want, -1))))
-  return FusionCertificate(tuple(layers), diff, diff / max(_max_abs(want), 1e-30), agreement, what)
+  finite = bool(jnp.all(jnp.isfinite(got)) & jnp.all(jnp.isfinite(want)))
+  return FusionCertificate(
+    tuple(layers),
+    diff,
+    _relative(diff, want),
+    agreement if finite else math.nan,
+    what,
+    tuple(sorted(compute_dtypes(model) | compute_dtypes(deployed))),
+  )
+
+
+def _relative(diff: float, reference: jax.Array) -> float:
+  """diff / max |reference|; NaN where either is not finite."""
+  scale = _max_abs(reference)
+  return diff / max(scale, 1e-30) if math.isfinite(scale) else math.nan
 
 
 def compute_dtypes(model: nnx.Module) -> set[str]:
@@ -177,6 +223,11 @@ def compute_dtypes(model: nnx.Module) -> set[str]:
   return {jnp.dtype(d).name for d in dtypes if d is not None}
 
 
+def tolerance_of(dtypes: Sequence[str]) -> float:
+  """The tolerance of networks computing in `dtypes`: the least precise one's (none: float32)."""
+  return max(TOLERANCE.get(d, 5e-2) for d in (dtypes or ("float32",)))
+
+
 def tolerance_for(model: nnx.Module) -> float:
   """The default tolerance of a network: that of its least precise compute dtype."""
-  return max(TOLERANCE.get(d, 5e-2) for d in compute_dtypes(model) or {"float32"})
+  return tolerance_of(tuple(compute_dtypes(model)))

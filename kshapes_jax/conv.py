@@ -134,7 +134,7 @@ def conv(
     hint = ""
     if h == ci * groups:  # axis 1 holds the channels
       hint = f"; x {(n, h, w, c)} looks NCHW (PyTorch's layout): pass NHWC, x.transpose(0, 2, 3, 1)"
-    elif kw * groups == c:  # the kernel's axis 1 holds the input channels
+    elif kw * groups == c and ci == co:  # OIHW read as HWIO: (O, I, k, k), its axis 1 the inputs
       hint = (
         f"; the kernel {(kh, kw, ci, co)} looks OIHW (PyTorch's layout): pass HWIO, "
         "kernel.transpose(2, 3, 1, 0)"

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import export as jax_export
 
-from kshapes_jax.certificate import FusionCertificate, compute_dtypes, tolerance_for
+from kshapes_jax.certificate import FusionCertificate, compute_dtypes
 from kshapes_jax.nn.base import ConvLayer, PlainConv
 
 __all__ = [
@@ -139,12 +139,11 @@ def normalized(images: jax.typing.ArrayLike, normalize) -> jax.Array:
   return (jnp.asarray(images).astype(jnp.float32) / 255.0 - mean) / std
 
 
-def _checked(
-  model: nnx.Module, certificate: FusionCertificate | None, tolerance: float | None
-) -> None:
-  """Refuses a certificate above the tolerance (by default the model's compute dtype's)."""
+def _checked(certificate: FusionCertificate | None, tolerance: float | None) -> None:
+  """Refuses a certificate above the tolerance (by default its own: that of the compute dtype of
+  the networks it measured, not of this copy of them, which may be a float32 one) or not finite."""
   if certificate is not None:
-    certificate.check(tolerance_for(model) if tolerance is None else tolerance)
+    certificate.check(tolerance)
 
 
 def write_certificate(path: str | Path, certificate: FusionCertificate) -> Path:
@@ -230,10 +229,10 @@ def save_jax(
   """Writes `to_jax_export(model, input_shape, **kwargs).serialize()` to path; returns the path.
 
   With a `certificate` (`kshapes_jax.certify`), refuses (ValueError naming the worst layer) one
-  above `tolerance` (default: `certificate.TOLERANCE` of the model's compute dtype) and writes it
-  next to the file, as PATH.certificate.json (`read_certificate`).
+  above `tolerance` (default: the certificate's own, `FusionCertificate.tolerance`) or not finite,
+  and writes it next to the file, as PATH.certificate.json (`read_certificate`).
   """
-  _checked(model, certificate, tolerance)
+  _checked(certificate, tolerance)
   path = Path(path)
   path.write_bytes(to_jax_export(model, input_shape, **kwargs).serialize())
   if certificate is not None:
@@ -267,17 +266,25 @@ def to_onnx(
     name: the graph's name.
     certificate: a `kshapes_jax.certify` result, written into the file's metadata
       (`CERTIFICATE_KEY`); one above `tolerance` is refused.
-    tolerance: the largest relative error accepted; by default that of the model's compute
-      dtype (`certificate.TOLERANCE`).
+    tolerance: the largest relative error accepted; by default the certificate's own
+      (`FusionCertificate.tolerance`: its networks' compute dtype, so a bfloat16 network's
+      float32 copy ships under bfloat16's tolerance).
 
   Raises:
     ValueError: for a primitive the translator does not cover, a model in train mode or not
       deployed (`check_shippable`), or a certificate above the tolerance.
     ImportError: without the `onnx` package (`pip install kshapes-jax[onnx]`).
   """
-  from kshapes_jax import _onnx  # here: `onnx` is an optional dependency
+  try:
+    from kshapes_jax import _onnx  # here: `onnx` is an optional dependency
+  except ModuleNotFoundError as e:
+    raise ModuleNotFoundError(
+      f"writing ONNX needs the onnx package, missing here ({e}): "
+      "pip install 'kshapes-jax[onnx]' (from a checkout: pip install -e \".[onnx]\")",
+      name=e.name,
+    ) from e
 
-  _checked(model, certificate, tolerance)
+  _checked(certificate, tolerance)
   spec = _batch_spec(input_shape, normalize)
   check_shippable(model, input_shape, normalize=normalize, deployed=True)
   closed = jax.make_jaxpr(forward(model, normalize))(spec)

@@ -43,6 +43,10 @@ def _array(state: Mapping[str, Any], key: str, shape: tuple[int, ...], what: str
   value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
   if value.shape != shape:
     raise ValueError(f"{what}: {key!r} has shape {value.shape}, expected {shape} for this layer")
+  if value.dtype == np.bool_ or not np.issubdtype(value.dtype, np.number):
+    raise ValueError(f"{what}: {key!r} holds {value.dtype} values, expected numbers")
+  if not np.all(np.isfinite(value)):
+    raise ValueError(f"{what}: {key!r} holds NaN or infinite values")
   return value
 
 

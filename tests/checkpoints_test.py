@@ -17,7 +17,7 @@ from runs import small_config
 from train import data as pipeline
 from train import trainer
 from train.trainer import experiment
-from train.trainer.checkpoints import CheckpointError
+from train.trainer.checkpoints import CheckpointError, Checkpoints
 from train.trainer.rundir import RunDir
 
 # one xdist worker trains the module's shared runs once (pytest runs with --dist loadgroup)
@@ -116,6 +116,31 @@ def test_restore_says_which_step_is_damaged_and_when_all_are(tmp_path, saved):
   )
   assert said[0].endswith("trying step 2")
   assert rundir.checkpoints.steps() == [2, 4]  # a reader moves nothing
+
+
+@pytest.mark.parametrize("rotated", [1, 2])
+def test_a_checkpoint_rotated_away_while_it_is_read_is_not_called_damaged(
+  tmp_path, saved, monkeypatch, rotated
+):
+  """A reader of a run that trains right now (analyze, export) lists the checkpoints, then the
+  trainer removes the oldest: those vanish under the reader, which takes another one, silently
+  (it printed 'checkpoint N is damaged (FileNotFoundError ...)')."""
+  rundir = RunDir(runs.copy_run(saved[0] / "six", tmp_path / "run"))
+  like = jax.device_put(experiment.build(small_config()).initial_state())
+  verified = Checkpoints._restore_verified
+  gone = []
+
+  def rotate_then_read(self, like, step):
+    if len(gone) < rotated:  # the trainer removes this one just as it is read
+      gone.append(step)
+      shutil.rmtree(self.directory / str(step))
+    return verified(self, like, step)
+
+  monkeypatch.setattr(Checkpoints, "_restore_verified", rotate_then_read)
+  said = []
+  state, _ = rundir.checkpoints.restore(like, say=said.append)
+  assert said == [] and gone == [6, 4][:rotated]
+  assert int(state.step) == (4 if rotated == 1 else 2)
 
 
 def test_a_checkpoint_under_another_steps_name_is_not_taken_for_that_step(tmp_path, saved, capsys):

@@ -291,3 +291,63 @@ def test_the_certificate_names_the_worst_layer_and_export_refuses_it(tmp_path):
   assert json.loads(cert.to_json())["agreement"] == 1.0
   with pytest.raises(ValueError, match="needs a probe batch or the input_shape"):
     K.certify(model, good)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_certificate_never_passes_a_non_finite_output_at_any_layer(tmp_path, value):
+  """One NaN or inf weight in any fused layer of the deployed network, or of the trained one,
+  fails the certificate at any tolerance and the export refuses it (it had recorded max_abs 0.0,
+  agreement 1.0 and passed)."""
+  model = K.convert(_user_net(), "acb")
+  paths = [p for p, m in nnx.iter_modules(K.deploy(model)) if hasattr(m, "kernel") and p]
+  assert len(paths) >= 2
+  for damaged in ("deployed", "trained"):
+    for path in paths:
+      trained, deployed = nnx.clone(model), K.deploy(model)
+      target = deployed if damaged == "deployed" else trained
+      layer = target
+      for key in path:
+        layer = layer[key] if isinstance(key, int) else getattr(layer, key, None) or layer[key]
+      weights = (
+        layer.kernel
+        if damaged == "deployed"
+        else next(v for _, v in nnx.iter_graph(layer) if isinstance(v, nnx.Param))
+      )
+      array = np.array(weights.get_value())
+      array.reshape(-1)[0] = value
+      weights.set_value(jnp.asarray(array))
+      certificate = K.certify(trained, deployed, X)
+      with pytest.raises(ValueError, match="not finite"):
+        certificate.check(1e9)
+  with pytest.raises(ValueError, match="not finite"):
+    K.export.save_jax(deployed, (12, 12, 3), tmp_path / "m.jaxexport", certificate=certificate)
+  assert not (tmp_path / "m.jaxexport").exists()
+
+
+@pytest.mark.parametrize("kind", ["acb", "active", "rotate4"])
+def test_a_conv_shared_by_two_attributes_stays_one_layer_through_convert_and_deploy(kind):
+  """`self.b = self.a` is one conv applied twice: convert and deploy keep it one (convert had
+  made two ACBs, 163 -> 543 parameters, that diverged after a step)."""
+
+  class Tied(nnx.Module):
+    def __init__(self, rngs):
+      self.a = nnx.Conv(4, 4, (3, 3), padding=1, use_bias=False, rngs=rngs)
+      self.b = self.a
+      self.fc = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.fc(self.b(jax.nn.relu(self.a(x))).mean(axis=(1, 2)))
+
+  net = Tied(nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(2), (2, 6, 6, 4))
+  converted = K.convert(net, kind, init="fresh")
+  assert converted.a is converted.b
+  single = K.convert(
+    nnx.Conv(4, 4, (3, 3), padding=1, use_bias=False, rngs=nnx.Rngs(0)), kind, init="fresh"
+  )
+  fc = 4 * 2 + 2
+  assert K.models.count_params(converted) == K.models.count_params(single) + fc
+  converted.eval()
+  deployed = K.deploy(converted)
+  assert deployed.a is deployed.b
+  np.testing.assert_allclose(deployed(x), converted(x), rtol=1e-4, atol=1e-4)

@@ -219,3 +219,25 @@ def test_the_numpy_forwards_are_the_pytorch_modules():
   )
   layer.eval()
   np.testing.assert_allclose(_ours(layer, x), y.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("damage", ["none", "nan", "inf", "text", "bool"])
+def test_every_array_of_an_official_state_dict_is_numbers_and_finite(damage):
+  """The one reader of a state dict's arrays (interop._array) refuses what is not finite numbers,
+  whichever array holds it: found as a BN scale of Nones that became NaN."""
+  rng = np.random.default_rng(1)
+  sd = random_acb_state(rng, 3, 4, 3)
+  arrays = [k for k in sd if not k.endswith("num_batches_tracked")]
+  for key in arrays:
+    bad = dict(sd)
+    shape = np.shape(sd[key])
+    bad[key] = {
+      "none": np.full(shape, None),
+      "nan": np.where(rng.random(shape) < 0.5, np.nan, sd[key]),
+      "inf": np.full(shape, np.inf, np.float32),
+      "text": np.full(shape, "1.0"),
+      "bool": np.ones(shape, bool),
+    }[damage]
+    message = "NaN or infinite" if damage in ("nan", "inf") else "expected numbers"
+    with pytest.raises(ValueError, match=f"'{key}' holds .*{message}"):
+      interop.load_acblock(K.nn.ACBlock(3, 4, 3, padding=1, rngs=nnx.Rngs(0)), bad)

@@ -246,6 +246,14 @@ LIBRARY_ERRORS += [
 ]
 
 
+def test_a_wrong_channel_count_with_an_hwio_kernel_gives_no_layout_hint():
+  # a 3x3 kernel's width equals the 3 input channels: it looked like OIHW to the hint
+  with pytest.raises(ValueError) as info:
+    K.models.create("sn", rngs=nnx.Rngs(0))(jnp.zeros((2, 28, 28, 3)))
+  assert "x has C = 3 channels" in str(info.value)
+  assert "OIHW" not in str(info.value) and "NCHW" not in str(info.value)
+
+
 @pytest.mark.parametrize("case, call, message", LIBRARY_ERRORS, ids=[c[0] for c in LIBRARY_ERRORS])
 def test_library_rejects_what_it_cannot_mean_with_a_message_naming_the_argument(
   case, call, message

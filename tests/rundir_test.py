@@ -135,3 +135,20 @@ def test_layers_that_derive_paddings_take_an_int_only(padding):
       layer(2, 3, 3, padding=padding, rngs=nnx.Rngs(0))
   assert knn.RotateConv(2, 3, padding="SAME", rngs=nnx.Rngs(0)).padding == "SAME"
   assert models.create("sn", conv="acb").convs[0].padding == 1
+
+
+@pytest.mark.parametrize("progress, terminal", [(False, False), (True, False), (False, True)])
+def test_every_epoch_line_is_printed_with_or_without_the_bar(
+  tmp_path, capsys, monkeypatch, progress, terminal
+):
+  """A job's log (progress off, or no terminal) shows every epoch: the line went only through the
+  bar, and a run with progress=False printed none for 20 minutes."""
+  from train.trainer.logger import MetricsLogger
+
+  monkeypatch.setattr("sys.stderr.isatty", lambda: terminal)
+  log = MetricsLogger(RunDir(tmp_path), "test", [], progress=progress)
+  record = {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8, "images_per_s": 100.0}
+  with log.progress(total=10, initial=0):
+    assert log._bar is None  # no bar off a terminal, nor when asked for none
+    log.epoch(record)
+  assert capsys.readouterr().out == "epoch 1: train loss 0.5000 acc 80.00%, 100 images/s\n"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from absl import flags
@@ -79,6 +80,8 @@ def export_run(
   import kshapes_jax as K
   from train.trainer.trained_run import load_run
 
+  if "onnx" in formats:
+    _require_onnx()
   run = load_run(workdir, step)
   shipped = K.deploy(run.model)
   normalize = (run.dataset.mean, run.dataset.std)
@@ -86,17 +89,18 @@ def export_run(
   images = run.dataset.test.head(check_images or len(run.dataset.test))
   probe = K.export.normalized(images[:CERTIFY_IMAGES], normalize)
   certificate = K.certify(run.model, shipped, probe)
-  certificate.check(K.certificate.tolerance_for(run.model))  # before anything is written
+  certificate.check()  # before anything is written: its own tolerance, the run's compute dtype
   out = Path(out) if out else Path(workdir) / "export"
   out.mkdir(parents=True, exist_ok=True)
-  results = {}
-  for fmt in formats:
-    # ONNX runtimes have no bf16 convolutions on the CPU: a bf16 run ships in float32
-    model = K.export.in_float32(shipped) if fmt == "onnx" else shipped
-    reference = _batched(K.export.forward(model, normalize), images)
-    path = out / f"model{SUFFIX[fmt]}"
-    partial = path.with_name(f".{path.name}.partial")  # renamed once it loads and agrees
-    try:
+  results: dict[str, dict[str, Any]] = {}
+  partials: dict[str, Path] = {}
+  try:  # every format to a partial file first: a failure in one leaves none of them behind
+    for fmt in formats:
+      # ONNX runtimes have no bf16 convolutions on the CPU: a bf16 run ships in float32
+      model = K.export.in_float32(shipped) if fmt == "onnx" else shipped
+      reference = _batched(K.export.forward(model, normalize), images)
+      path = out / f"model{SUFFIX[fmt]}"
+      partials[fmt] = partial = path.with_name(f".{path.name}.partial")
       if fmt == "jax":
         K.export.save_jax(model, shape, partial, normalize=normalize)
         predict: Callable | None = K.export.load_jax(partial)
@@ -104,27 +108,41 @@ def export_run(
         K.export.save_onnx(model, shape, partial, normalize=normalize, certificate=certificate)
         predict = _onnxruntime(partial)
       logits = _batched(predict, images) if predict is not None else None
-    except BaseException:
+      agreement = (
+        None if logits is None else float(np.mean(logits.argmax(-1) == reference.argmax(-1)))
+      )
+      results[fmt] = {
+        "path": str(path),
+        "agreement": agreement,
+        "max_abs_diff": None if logits is None else float(np.max(np.abs(logits - reference))),
+        "dtype": "float32" if fmt == "onnx" else "/".join(sorted(K.export.compute_dtypes(model))),
+        "certificate": certificate,
+      }
+  except BaseException:
+    for partial in partials.values():
       partial.unlink(missing_ok=True)
-      raise
-    agreement = (
-      None if logits is None else float(np.mean(logits.argmax(-1) == reference.argmax(-1)))
-    )
-    if agreement is not None and agreement < MIN_AGREEMENT:
-      partial.unlink()
+    raise
+  for fmt, r in results.items():  # renamed once it loads and agrees
+    path = Path(r["path"])
+    if r["agreement"] is not None and r["agreement"] < MIN_AGREEMENT:
+      partials[fmt].unlink()
     else:
-      partial.replace(path)
+      partials[fmt].replace(path)
       if fmt == "jax":  # a jax.export artifact has no metadata: the certificate goes next to it
         K.export.write_certificate(path, certificate)
-    results[fmt] = {
-      "path": str(path),
-      "bytes": path.stat().st_size if path.exists() else 0,
-      "agreement": agreement,
-      "max_abs_diff": None if logits is None else float(np.max(np.abs(logits - reference))),
-      "dtype": "float32" if fmt == "onnx" else "/".join(sorted(K.export.compute_dtypes(model))),
-      "certificate": certificate,
-    }
+    r["bytes"] = path.stat().st_size if path.exists() else 0
   return results
+
+
+def _require_onnx() -> None:
+  """Fails before any work when the ONNX writer's package is missing, saying which extra has it."""
+  try:
+    import onnx  # noqa: F401
+  except ModuleNotFoundError as e:
+    raise ValueError(
+      '--format onnx needs the onnx package, missing here: pip install -e ".[onnx]" '
+      "(or export with --format jax)"
+    ) from e
 
 
 def _batched(fn: Callable, images: np.ndarray, batch: int = 500) -> np.ndarray:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from train import cli
+from train import cli, lock
 
 FLAGS = flags.FLAGS
 
@@ -252,54 +252,65 @@ def prepare(
   test_folders = [src / t for t in TEST_FOLDERS if (src / t).is_dir()]
   if not test_folders:
     raise PrepareError(f"{src} has no evaluation folder (one of {', '.join(TEST_FOLDERS)})")
-  if (out / "metadata.json").exists():
-    raise PrepareError(f"{out} already holds a prepared dataset; remove it or choose another --out")
   if max_side < 0 or not 1 <= quality <= 100 or examples_per_shard < 1 or workers < 1:
     raise PrepareError(
       "--max_side must be >= 0, --quality in [1, 100], --examples_per_shard and --workers >= 1"
     )
-  out.mkdir(parents=True, exist_ok=True)
-  classes, train = list_split(src / "train", None)
-  _, test = list_split(test_folders[0], classes)
-  splits, ignored = {}, train.ignored + test.ignored
-  t0 = time.perf_counter()
-  options: dict[str, Any] = dict(
-    max_side=max_side,
-    quality=quality,
-    examples_per_shard=examples_per_shard,
-    workers=workers,
-    skip_bad=skip_bad,
-    src=src,
-  )
-  info, sums, squares, pixels = write_split(out, "train", train, **options)
-  if info.examples == 0:
-    raise PrepareError(f"no image of {src / 'train'} could be read")
-  splits["train"] = info
-  splits["test"], *_ = write_split(out, "test", test, **options)
-  mean = sums / pixels
-  std = np.sqrt(np.maximum(squares / pixels - mean**2, 1e-12))
-  metadata = records.Metadata(
-    name=name or src.resolve().name,
-    classes=tuple(classes),
-    splits=splits,
-    mean=tuple(float(m) for m in mean),
-    std=tuple(float(s) for s in std),
-    max_side=max_side or None,
-    quality=quality,
-    source=str(src.resolve()),
-  )
-  records.write_metadata(out, metadata)
-  size = sum(f.stat().st_size for f in out.glob("*.array_record"))
-  skipped = sum(len(s.skipped) for s in splits.values())
-  say(
-    f"{metadata.name}: {len(classes)} classes, {splits['train'].examples} train and "
-    f"{splits['test'].examples} test images ({test_folders[0].name}/) in {size / 2**20:.1f} MiB, "
-    f"{time.perf_counter() - t0:.0f} s; {sum(s.converted for s in splits.values())} converted to "
-    f"RGB JPEG, {sum(s.resized for s in splits.values())} resized, {skipped} skipped"
-    + (" (listed in metadata.json)" if skipped else "")
-    + f", {ignored} non-image files ignored; written to {out}"
-  )
-  return metadata
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise PrepareError(f"--out {out} cannot be made: {e.strerror}") from e
+  # one prepare per --out: a second one into the same folder would interleave its shards
+  with lock.held(
+    out / "LOCK", PrepareError, "wait for that prepare to end or use another --out", say
+  ):
+    if (out / "metadata.json").exists():
+      raise PrepareError(
+        f"{out} already holds a prepared dataset; remove it or choose another --out"
+      )
+    classes, train = list_split(src / "train", None)
+    _, test = list_split(test_folders[0], classes)
+    splits, ignored = {}, train.ignored + test.ignored
+    t0 = time.perf_counter()
+    options: dict[str, Any] = dict(
+      max_side=max_side,
+      quality=quality,
+      examples_per_shard=examples_per_shard,
+      workers=workers,
+      skip_bad=skip_bad,
+      src=src,
+    )
+    info, sums, squares, pixels = write_split(out, "train", train, **options)
+    if info.examples == 0:
+      raise PrepareError(f"no image of {src / 'train'} could be read")
+    splits["train"] = info
+    splits["test"], *_ = write_split(out, "test", test, **options)
+    if splits["test"].examples == 0:
+      raise PrepareError(f"no image of {test_folders[0]} could be read: a run needs test images")
+    mean = sums / pixels
+    std = np.sqrt(np.maximum(squares / pixels - mean**2, 1e-12))
+    metadata = records.Metadata(
+      name=name or src.resolve().name,
+      classes=tuple(classes),
+      splits=splits,
+      mean=tuple(float(m) for m in mean),
+      std=tuple(float(s) for s in std),
+      max_side=max_side or None,
+      quality=quality,
+      source=str(src.resolve()),
+    )
+    records.write_metadata(out, metadata)
+    size = sum(f.stat().st_size for f in out.glob("*.array_record"))
+    skipped = sum(len(s.skipped) for s in splits.values())
+    say(
+      f"{metadata.name}: {len(classes)} classes, {splits['train'].examples} train and "
+      f"{splits['test'].examples} test images ({test_folders[0].name}/) in {size / 2**20:.1f} MiB, "
+      f"{time.perf_counter() - t0:.0f} s; {sum(s.converted for s in splits.values())} converted to "
+      f"RGB JPEG, {sum(s.resized for s in splits.values())} resized, {skipped} skipped"
+      + (" (listed in metadata.json)" if skipped else "")
+      + f", {ignored} non-image files ignored; written to {out}"
+    )
+    return metadata
 
 
 def main(argv: list[str]) -> None:

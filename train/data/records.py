@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from train import json_files
 from train.atomic import write_atomic
 from train.data.errors import DataError
 
@@ -117,15 +119,21 @@ def read_metadata(directory: str | Path) -> Metadata:
       f"python -m train.prepare --src TREE --out {d}"
     )
   try:
-    raw = json.loads(path.read_text())
-    metadata = Metadata.from_json(raw)
-  except (ValueError, KeyError, TypeError) as e:
-    raise RecordsError(f"{path} cannot be read ({type(e).__name__}: {e})") from e
+    metadata = json_files.parse(path, json_files.read(path), Metadata.from_json)
+  except json_files.JsonFileError as e:
+    raise RecordsError(str(e)) from e
   if metadata.format != FORMAT:
     raise RecordsError(f"{path} is format {metadata.format!r}; this trainer reads {FORMAT!r}")
+  _check_values(path, metadata)
   for split in SPLITS:
     if split not in metadata.splits:
       raise RecordsError(f"{path} has no {split!r} split (it has {sorted(metadata.splits)})")
+    if metadata.splits[split].examples < 1:
+      raise RecordsError(
+        f"{path}: the {split} split has no images (prepare left out "
+        f"{len(metadata.splits[split].skipped)} it could not read); a run needs some in both "
+        "splits"
+      )
     missing = [s for s in metadata.splits[split].shards if not (d / s).is_file()]
     if missing:
       raise RecordsError(
@@ -133,6 +141,45 @@ def read_metadata(directory: str | Path) -> Metadata:
         "whole folder again"
       )
   return metadata
+
+
+def _check_values(path: Path, metadata: Metadata) -> None:
+  """What the trainer takes from metadata.json on trust: classes, and the normalisation."""
+  if not metadata.classes or len(set(metadata.classes)) != len(metadata.classes):
+    raise RecordsError(f"{path}: classes must be distinct names, got {list(metadata.classes)}")
+  stats = (*metadata.mean, *metadata.std)
+  if (
+    len(metadata.mean) != 3
+    or len(metadata.std) != 3
+    or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in stats)
+    or min(metadata.std) <= 0
+  ):
+    raise RecordsError(
+      f"{path}: mean and std must be 3 finite numbers each, std above 0, got mean "
+      f"{list(metadata.mean)} and std {list(metadata.std)}"
+    )
+  for split, info in metadata.splits.items():
+    if not isinstance(info.examples, int) or info.examples < 0:
+      raise RecordsError(
+        f"{path}: the {split} split's examples must be a count, got {info.examples!r}"
+      )
+
+
+def check_counts(path: str | Path, metadata: Metadata, split: str, stored: int) -> None:
+  """Refuses shards that hold another number of records than metadata.json counts."""
+  if stored != metadata.splits[split].examples:
+    raise RecordsError(
+      f"{Path(path) / 'metadata.json'} counts {metadata.splits[split].examples} {split} images "
+      f"but the {split} shards hold {stored} records: the folder was changed after it was "
+      "prepared; prepare it again"
+    )
+
+
+def check_label(label: int, classes: int) -> int:
+  """A record's label, refused when metadata.json has no such class."""
+  if label >= classes:
+    raise RecordsError(f"a record has label {label}; metadata.json lists {classes} classes")
+  return label
 
 
 def shard_paths(directory: str | Path, info: SplitInfo) -> Sequence[str]:

@@ -47,13 +47,18 @@ class RecordReader:
   """A prepared folder's ArrayRecord records (`train.data.records`): label, then a JPEG."""
 
   records: Sequence[bytes]
+  classes: int  # metadata.json's: a label must be below it
 
   def __len__(self) -> int:
     return len(self.records)
 
   def read(self, index: int) -> tuple[int, np.ndarray]:
-    label, jpeg = records.decode(self.records[index])
-    return label, images.decode_jpeg(jpeg)
+    try:
+      record = self.records[index]
+    except RuntimeError as e:  # array_record's own: "Corrupted Riegeli/records file ..."
+      raise records.RecordsError(f"its record cannot be read from the shards ({e})") from e
+    label, jpeg = records.decode(record)
+    return records.check_label(label, self.classes), images.decode_jpeg(jpeg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,14 +251,18 @@ def load(data: DataSettings, seed: int = 0) -> Dataset:
         f"{data.data_dir} holds the prepared dataset {meta.name!r} (metadata.json); set "
         f"data.name={meta.name!r}"
       )
+    sources = {
+      split: _arrayrecord_source(
+        list(records.shard_paths(data.data_dir, meta.splits[split])),
+        f"{data.data_dir} ({split} split)",
+      )
+      for split in records.SPLITS
+    }
+    for split, source in sources.items():
+      records.check_counts(data.data_dir, meta, split, len(source))
     splits = {
       split: StreamSplit(
-        RecordReader(
-          _arrayrecord_source(
-            list(records.shard_paths(data.data_dir, meta.splits[split])),
-            f"{data.data_dir} ({split} split)",
-          )
-        ),
+        RecordReader(sources[split], len(meta.classes)),
         training=split == "train" and data.augment == "inception",
         where=f"{data.data_dir} ({split})",
         **options,

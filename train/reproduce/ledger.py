@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from train import json_files
 from train.analyze.common import mean_std
 from train.reproduce import layout
 from train.trainer.summary import Summary
@@ -51,7 +52,7 @@ def write(
 def seeds(ledger: str | Path, row: str, epochs: float) -> dict[str, dict[str, Any]]:
   """{'seed0': record, ...}: the row's recorded runs at that length."""
   return {
-    p.stem: json.loads(p.read_text())
+    p.stem: json_files.read(p)
     for p in sorted(layout.row_dir(ledger, row, epochs).glob("seed*.json"))
   }
 
@@ -134,7 +135,9 @@ class Aggregate:
 
 def read_aggregate(ledger: str | Path, row: str, epochs: float) -> Aggregate | None:
   path = layout.aggregate_path(ledger, row, epochs)
-  return Aggregate.from_json(json.loads(path.read_text())) if path.exists() else None
+  if not path.exists():
+    return None
+  return json_files.parse(path, json_files.read(path), Aggregate.from_json)
 
 
 def write_aggregate(ledger: str | Path, row: str, length: float, aggregate: Aggregate) -> Path:

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from train import json_files
 from train.trainer.state import TrainState
 
 
@@ -155,9 +156,7 @@ class Checkpoints:
     if meta.get("config") is not None:
       return meta["config"]
     return (
-      json.loads(self.config_path.read_text())
-      if self.config_path and self.config_path.exists()
-      else None
+      json_files.read(self.config_path) if self.config_path and self.config_path.exists() else None
     )
 
   def saved_data(self, step: int | None = None) -> str | None:
@@ -198,23 +197,42 @@ class Checkpoints:
       CheckpointError: when the checkpoint (every one, for step None) is damaged, or holds a
         state of another structure than `like` (one line naming the differing arrays).
     """
-    steps = [self.find(step)] if step is not None else self.steps()[::-1]
-    if not steps:
-      raise FileNotFoundError(f"no checkpoints in {self.directory}")
-    damaged = []
-    for s in steps:
+    if step is not None:
       try:
-        return self._restore_verified(like, s)
+        return self._restore_verified(like, self.find(step))
       except _Damaged as e:
-        if step is not None:
-          raise CheckpointError(f"checkpoint {s} in {self.directory} is damaged: {e}") from e
-        where = self._set_aside(s) if set_aside else None
-        damaged.append(s)
-        say(
-          f"checkpoint {s} is damaged ({e})"
-          + (f"; moved to {where}" if where else "")
-          + (f"; trying step {steps[len(damaged)]}" if len(damaged) < len(steps) else "")
-        )
+        raise CheckpointError(f"checkpoint {step} in {self.directory} is damaged: {e}") from e
+    damaged: list[int] = []
+    tried: set[int] = set()
+    # A run that trains while this reads it saves new checkpoints and removes old ones: a
+    # checkpoint that vanished was rotated away, not damaged; the steps are listed again.
+    for _ in range(3):
+      steps = [s for s in self.steps()[::-1] if s not in tried]
+      if not steps and not tried:
+        raise FileNotFoundError(f"no checkpoints in {self.directory}")
+      vanished = False
+      for i, s in enumerate(steps):
+        tried.add(s)
+        try:
+          return self._restore_verified(like, s)
+        except _Damaged as e:
+          if not (self.directory / str(s)).exists():
+            vanished = True
+            continue
+          where = self._set_aside(s) if set_aside else None
+          damaged.append(s)
+          say(
+            f"checkpoint {s} is damaged ({e})"
+            + (f"; moved to {where}" if where else "")
+            + (f"; trying step {steps[i + 1]}" if i + 1 < len(steps) else "")
+          )
+      if not vanished:
+        break
+      self.close()  # lists the directory anew
+    if not damaged:
+      raise FileNotFoundError(
+        f"no checkpoints in {self.directory}: the run writing it removed them while they were read"
+      )
     raise CheckpointError(
       f"every checkpoint in {self.directory} is damaged (steps {damaged})"
       + (f"; they are in {self.damaged_dir}, and a new run starts from step 0" if set_aside else "")

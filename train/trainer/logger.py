@@ -4,6 +4,7 @@ and the plot."""
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from typing import Any
 
@@ -22,13 +23,14 @@ class MetricsLogger:
     title: the run's one-line description.
     history: the epochs logged before a resume (metrics.jsonl is rewritten from them, dropping
       epochs logged after the checkpoint the run resumed from).
-    progress: show a tqdm bar.
+    progress: show a tqdm bar, when standard error is a terminal (a job log or a file gets the
+      epoch lines alone).
   """
 
   def __init__(self, rundir: RunDir, title: str, history: list[dict[str, Any]], progress: bool):
     self._rundir, self.title, self.history = rundir, title, list(history)
     self._writer = jax.process_index() == 0
-    self._progress = progress and self._writer
+    self._progress = progress and self._writer and sys.stderr.isatty()
     self._bar = None
     if self._writer:
       rundir.write_metrics(self.history)
@@ -78,16 +80,15 @@ class MetricsLogger:
       return
     self._rundir.append_metrics(record)
     plots.learning_curve(self.history, self._rundir.learning_curve_path, self.title)
-    if self._bar is not None:
-      test = (
-        f", test loss {record['test_loss']:.4f} acc {100 * record['test_accuracy']:.2f}%"
-        if "test_accuracy" in record
-        else ""
-      )
-      self._bar.write(
-        f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
-        f"acc {100 * record['train_accuracy']:.2f}%{test}, {record['images_per_s']:.0f} images/s"
-      )
+    test = (
+      f", test loss {record['test_loss']:.4f} acc {100 * record['test_accuracy']:.2f}%"
+      if "test_accuracy" in record
+      else ""
+    )
+    self.say(  # with or without the bar: a job's log shows every epoch
+      f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
+      f"acc {100 * record['train_accuracy']:.2f}%{test}, {record['images_per_s']:.0f} images/s"
+    )
 
 
 class Throughput:

@@ -17,14 +17,13 @@ The trainer, `train.analyze`, the report and the tests all go through
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from train import json_files, lock
 from train.atomic import write_atomic
 from train.trainer.checkpoints import Checkpoints
 from train.trainer.summary import Summary
@@ -67,54 +66,21 @@ class RunDir:
 
   @contextlib.contextmanager
   def locked(self, say: Callable[[str], None] = print) -> Iterator[None]:
-    """Holds WORKDIR/LOCK (an flock, and this PID and host for the message) while the block runs.
-
-    A lock left by a process that died is taken over, with a message.
+    """Holds WORKDIR/LOCK (`train.lock`) while the block runs.
 
     Raises:
       RunDirError: when another live process holds the lock, or the workdir cannot be written.
     """
     self.make()
-    try:
-      fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-      raise RunDirError(f"cannot create {self.lock_path}: {e.strerror}") from e
-    try:
-      try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except BlockingIOError:
-        raise RunDirError(
-          f"{self.path} is in use by {_lock_text(fd) or 'another process'} (its "
-          f"{self.lock_path.name} is held); wait for that run to end or use another --workdir"
-        ) from None
-      stale = _lock_text(fd)
-      if stale:  # a holder that is gone: its flock went with it, its PID stayed
-        say(f"taking over {self.lock_path}, left by {stale}, which is no longer running")
-      me = f"pid {os.getpid()} on {socket.gethostname()}"
-      os.ftruncate(fd, 0)
-      os.pwrite(fd, me.encode(), 0)
-      try:
-        yield
-      finally:
-        os.ftruncate(fd, 0)  # emptied, not removed: removing would race with a waiting process
-    finally:
-      os.close(fd)  # releases the flock
+    with lock.held(
+      self.lock_path, RunDirError, "wait for that run to end or use another --workdir", say
+    ):
+      yield
 
   def holder(self) -> str | None:
     """Who holds WORKDIR/LOCK now ('pid N on HOST'), or None; takes nothing (for a driver's
     look)."""
-    try:
-      fd = os.open(self.lock_path, os.O_RDONLY)
-    except FileNotFoundError:
-      return None
-    try:
-      fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted unless a run holds it exclusively
-      fcntl.flock(fd, fcntl.LOCK_UN)
-      return None
-    except BlockingIOError:
-      return _lock_text(fd) or "another process"
-    finally:
-      os.close(fd)
+    return lock.holder(self.lock_path)
 
   def make(self) -> None:
     """Creates the workdir; RunDirError, saying why, when it cannot be (a file, no permission, no
@@ -145,13 +111,9 @@ class RunDir:
       raise FileNotFoundError(
         f"{self.config_path} not found: is it a workdir of python -m train.main?"
       )
-    try:
-      return json.loads(self.config_path.read_text())
-    except json.JSONDecodeError as e:
-      raise ValueError(
-        f"{self.config_path} is not valid JSON (line {e.lineno}: {e.msg}); it was edited or cut "
-        "short: restore it, or the checkpoints keep the config they were made with"
-      ) from e
+    return json_files.read(
+      self.config_path, "restore it, or the checkpoints keep the config they were made with"
+    )
 
   def write_metrics(self, history: list[dict[str, Any]]) -> None:
     write_atomic(self.metrics_path, "".join(json.dumps(h) + "\n" for h in history))
@@ -163,7 +125,7 @@ class RunDir:
   def read_metrics(self) -> list[dict[str, Any]]:
     if not self.metrics_path.exists():
       return []
-    return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+    return json_files.read_lines(self.metrics_path)
 
   def write_summary(self, summary: Summary) -> None:
     write_atomic(self.summary_path, json.dumps(summary.to_json(), indent=2) + "\n")
@@ -172,8 +134,5 @@ class RunDir:
     """The final summary, or None for a run that has not finished."""
     if not self.summary_path.exists():
       return None
-    return Summary.from_json(json.loads(self.summary_path.read_text()))
-
-
-def _lock_text(fd: int) -> str:
-  return os.pread(fd, 4096, 0).decode(errors="replace").strip()
+    path = self.summary_path
+    return json_files.parse(path, json_files.read(path), Summary.from_json)
