@@ -222,6 +222,7 @@ def test_command_line_failures_are_one_error_line(tmp_path, train_main):
     )
 
 
+@pytest.mark.slow  # a whole run; settings_test checks the conv options parse
 def test_the_readmes_conv_option_parses_and_trains(tmp_path, train_main):
   run = ("--config", str(REPO / "configs/default.py"), "--workdir", str(tmp_path))
   small = ("--config.conv=active", "--config.data.train_size=64", "--config.progress=False")
