@@ -199,8 +199,15 @@ def _re(text: str) -> str:
 
 
 def _start_training(workdir, *overrides) -> subprocess.Popen:
-  """`python -m train.main` of the default config for 100,000 steps, in the background."""
-  return driver.command(workdir, "--config.num_steps=100000", "--config.progress=False", *overrides)
+  """`python -m train.main` of the default config for 100,000 steps, in the background (its
+  epoch lines to a file: nobody reads them while it runs)."""
+  return driver.command(
+    workdir,
+    "--config.num_steps=100000",
+    "--config.progress=False",
+    *overrides,
+    stdout=workdir.parent / f"{workdir.name}.stdout",
+  )
 
 
 def test_a_resume_keeps_the_schedule_it_trained_with_and_applies_what_it_allows(

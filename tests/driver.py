@@ -10,6 +10,7 @@ and `command`, the training command itself in its own process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -68,17 +69,30 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def command(workdir: Path, *flags: str, config: str = "configs/default.py") -> subprocess.Popen:
+def command(
+  workdir: Path, *flags: str, config: str = "configs/default.py", stdout: Path | None = None
+) -> subprocess.Popen:
   """`python -m train.main --config CONFIG --workdir WORKDIR FLAGS`: the real command, in its own
-  process, its stdout and stderr piped."""
-  return subprocess.Popen(
-    [sys.executable, "-m", "train.main", "--config", str(REPO / config), "--workdir", str(workdir)]
-    + list(flags),
-    cwd=REPO,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
+  process, its stderr piped and its stdout too, or written to the file `stdout` (for a run that
+  goes on while nobody reads it: it prints a line an epoch, and a full pipe would stop it)."""
+  with contextlib.ExitStack() as files:
+    out = files.enter_context(open(stdout, "w")) if stdout is not None else subprocess.PIPE
+    return subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "train.main",
+        "--config",
+        str(REPO / config),
+        "--workdir",
+        str(workdir),
+      ]
+      + list(flags),
+      cwd=REPO,
+      stdout=out,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
 
 
 def environment(devices: int = 1, **extra: str) -> dict[str, str]:
