@@ -226,8 +226,3 @@ def compute_dtypes(model: nnx.Module) -> set[str]:
 def tolerance_of(dtypes: Sequence[str]) -> float:
   """The tolerance of networks computing in `dtypes`: the least precise one's (none: float32)."""
   return max(TOLERANCE.get(d, 5e-2) for d in (dtypes or ("float32",)))
-
-
-def tolerance_for(model: nnx.Module) -> float:
-  """The default tolerance of a network: that of its least precise compute dtype."""
-  return tolerance_of(tuple(compute_dtypes(model)))
