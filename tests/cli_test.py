@@ -35,6 +35,9 @@ def train_main(monkeypatch, capsys):
     raise SystemExit(status)
 
   monkeypatch.setattr(cli, "exit_now", exit_now)
+  # the signal handlers of a command are not this test process's
+  monkeypatch.setattr(cli.signals, "install", lambda: None)
+  monkeypatch.setattr(cli.signals, "ignore", lambda: None)
   verbosity = logging.get_verbosity()
   # the command marks its flags required: validators the process's later parses must not meet
   validators = {name: list(flags.FLAGS[name].validators) for name in flags.FLAGS}

@@ -13,6 +13,8 @@ from typing import Any, NoReturn
 
 from absl import app, flags
 
+from train import signals
+
 
 def define_debug() -> None:
   """--debug: a failure shows its traceback instead of one error: line."""
@@ -27,15 +29,29 @@ def define_debug() -> None:
 def run(
   main: Callable[[list[str]], None], define_flags: Callable[[], None], required: Sequence[str] = ()
 ) -> None:
-  """Runs a command: its flags defined, listed by --help, the `required` ones checked, and a bad
-  flag told as one error: line."""
+  """Runs a command: its flags defined, listed by --help, the `required` ones checked, a bad flag
+  told as one error: line, and Ctrl-C or SIGTERM at any moment as one stopped: line (status 128 +
+  the signal)."""
+  signals.install()
   define_flags()
   # define_once defines them from this module; --help lists the main module's (the script's)
   for flag in flags.FLAGS.get_flags_for_module(__name__):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   if required:
     flags.mark_flags_as_required(list(required))
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt as e:  # a command that says more catches it itself
+    stopped(e)
+  finally:
+    # the command is done: a signal during Python's exit would kill it with 128 + the signal
+    signals.ignore()
+
+
+def stopped(e: KeyboardInterrupt, what: str = "") -> NoReturn:
+  """Tells a stop (Ctrl-C, SIGTERM) as one stopped: line and exits with 128 + its signal."""
+  print(f"stopped: {what or str(e) or 'interrupted'}", file=sys.stderr)
+  exit_now(signals.exit_status(e))
 
 
 def define_once(define: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> None:

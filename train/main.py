@@ -22,8 +22,6 @@ and an exit status:
 
 from __future__ import annotations
 
-import sys
-
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -78,17 +76,15 @@ def main(argv) -> None:
   try:
     trainer.train_and_evaluate(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
   except trainer.TrainingStopped as e:
-    print(f"stopped: {e}", file=sys.stderr)
-    sys.exit(128 + e.signum)
-  except KeyboardInterrupt as e:
+    cli.stopped(e)
+  except KeyboardInterrupt as e:  # a stop outside the loop (the final evaluation), a second Ctrl-C
     saved = RunDir(FLAGS.workdir).checkpoints.latest_step() if FLAGS.workdir else None
     resume = (
       f"run the same command to resume from its checkpoint of step {saved}"
       if saved is not None
       else "no checkpoint was saved: the same command starts again"
     )
-    print(f"stopped: {str(e) or 'interrupted'}; {resume}", file=sys.stderr)
-    sys.exit(130)
+    cli.stopped(e, f"{str(e) or 'interrupted'}; {resume}")
   except Exception as e:
     if FLAGS.debug:
       raise

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from train import cli, lock
+from train import cli, lock, signals
 
 FLAGS = flags.FLAGS
 
@@ -189,7 +189,11 @@ def write_split(
   names = records.shard_names(split, shards)
   sums, squares, pixels = np.zeros(3), np.zeros(3), 0
   skipped, converted, resized, written = [], 0, 0, 0
-  pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 else None
+  pool = None
+  if workers > 1:  # Ctrl-C and SIGTERM are this process's to handle; the workers die with it
+    pool = concurrent.futures.ProcessPoolExecutor(
+      workers, initializer=signals.quiet_worker, initargs=(os.getpid(),)
+    )
   try:
     jobs = [(f, max_side, quality) for f, _ in files]
     results = pool.map(_read_or_error, jobs, chunksize=32) if pool else map(_read_or_error, jobs)
@@ -327,6 +331,8 @@ def main(argv: list[str]) -> None:
       workers=FLAGS.workers,
       skip_bad=FLAGS.skip_bad,
     )
+  except KeyboardInterrupt as e:
+    cli.stopped(e, f"{e}; {FLAGS.out} holds no prepared dataset: the same command prepares it")
   except Exception as e:
     if FLAGS.debug:
       raise

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from train.data.plan import BatchPlan
 from train.data.source import Batch, Source
@@ -38,6 +38,6 @@ class Batches:
     """The batch of `step`, read here."""
     return self.source.batch(self.plan, step)
 
-  def iterate(self, start: int, stop: int) -> Iterator[Batch]:
+  def iterate(self, start: int, stop: int) -> Generator[Batch, None, None]:
     """The batches of steps start..stop-1, read ahead by the source's threads and workers."""
     yield from self.source.iterate(self.plan, start, stop)

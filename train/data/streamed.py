@@ -14,6 +14,7 @@ dataset's size. Images reach the device as uint8; normalisation runs there.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ import numpy as np
 
 from configs.datasets import STREAM_IMAGE_SIZE
 from configs.schema import DataSettings
+from train import signals
 from train.data import images, records
 from train.data.errors import DataError
 from train.data.memory import MemorySplit
@@ -196,7 +198,11 @@ def _pipeline(split: StreamSplit, examples: Any, batch: int) -> Iterator[Batch]:
 
     if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags (a library caller)
       flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=split.workers))
+    it = it.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=split.workers),
+      # a worker left alive by its trainer's kill -9 would hold its memory indefinitely
+      worker_init_fn=functools.partial(signals.quiet_worker, os.getpid()),
+    )
   iterator = iter(it)
   try:
     yield from iterator

@@ -30,6 +30,7 @@ a suite cut short still has whole rows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -43,7 +44,7 @@ from pathlib import Path
 from absl import flags
 
 from configs import repro_fmnist
-from train import cli
+from train import cli, signals
 from train.reproduce import layout, ledger
 from train.reproduce.rows import METHODS, ROWS, parse_lengths
 from train.reproduce.suite import Suite
@@ -196,6 +197,7 @@ class Driver:
     pin = pin_cpus and parallel > 1 and hasattr(os, "sched_setaffinity")  # Linux
     self._free: list[list[int] | None] = list(core_groups(parallel)) if pin else [None] * parallel
     self._lock = threading.Lock()
+    self._running: set[subprocess.Popen] = set()
 
   def run_all(self, todo: Sequence[tuple[str, str, float]]) -> None:
     """Trains them all (or until one is stopped by Ctrl-C / SIGTERM: raises KeyboardInterrupt)."""
@@ -205,8 +207,13 @@ class Driver:
         for future in futures:
           future.result()
       except KeyboardInterrupt:
-        # the runs got the Ctrl-C too and save; the queued ones do not start
+        # the running ones save and stop (a Ctrl-C at the terminal reached them already: a
+        # SIGTERM after it changes nothing); the queued ones do not start
         self.stop.set()
+        with self._lock:
+          for proc in self._running:
+            with contextlib.suppress(ProcessLookupError):
+              proc.send_signal(signal.SIGTERM)
         raise
     if self.stop.is_set():
       raise KeyboardInterrupt
@@ -266,17 +273,24 @@ class Driver:
       with self._lock:
         self._free.append(cores)
 
-  @staticmethod
-  def _run(cmd: list[str], cores: list[int] | None) -> int:
-    """Runs a command (on those cores) and returns its exit status."""
-    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # runs share one GPU
-    proc = subprocess.Popen(cmd, env=env)
-    if cores:  # at once, before its interpreter starts the threads that would inherit the mask
-      try:
-        os.sched_setaffinity(proc.pid, cores)
-      except ProcessLookupError:
-        pass
-    return proc.wait()
+  def _run(self, cmd: list[str], cores: list[int] | None) -> int:
+    """Runs a command (on those cores) and returns its exit status; the command stops (SIGTERM:
+    it saves) if this process dies."""
+    env = signals.child_environment()
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # runs share one GPU
+    with self._lock:
+      if self.stop.is_set():
+        return 128 + signal.SIGTERM  # stopped before it began
+      proc = subprocess.Popen(cmd, env=env)
+      self._running.add(proc)
+    try:
+      if cores:  # at once, before its interpreter starts the threads that would inherit the mask
+        with contextlib.suppress(ProcessLookupError):
+          os.sched_setaffinity(proc.pid, cores)
+      return proc.wait()
+    finally:
+      with self._lock:
+        self._running.discard(proc)
 
 
 def analyze_finished(
@@ -326,13 +340,8 @@ def main(argv):
     print(f"{len(todo)} runs to train, {FLAGS.parallel} at a time", flush=True)
     try:
       Driver(FLAGS.runs, FLAGS.parallel, FLAGS.pin_cpus, FLAGS.analyze, FLAGS.ledger).run_all(todo)
-    except KeyboardInterrupt:  # the stopped runs saved a checkpoint: no traceback
-      print(
-        "stopped: the same command resumes the runs (the report was not rewritten)",
-        file=sys.stderr,
-        flush=True,
-      )
-      sys.exit(130)
+    except KeyboardInterrupt as e:  # the stopped runs saved a checkpoint: no traceback
+      cli.stopped(e, "the same command resumes the runs (the report was not rewritten)")
   if FLAGS.report:
     from train.reproduce import report  # here: it imports matplotlib and the analyses
 

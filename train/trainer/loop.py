@@ -24,7 +24,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -37,7 +36,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import kshapes_jax as K
-from train import data
+from train import data, signals
 from train.trainer import determinism, experiment
 from train.trainer.evaluation import final_evaluation
 from train.trainer.experiment import Experiment
@@ -54,13 +53,12 @@ class TrainingDiverged(RuntimeError):
   """The loss became NaN or inf, or exceeded the config's bound (max_loss_factor)."""
 
 
-class TrainingStopped(KeyboardInterrupt):
+class TrainingStopped(signals.Stopped):
   """SIGTERM or Ctrl-C: the run saved a checkpoint at a step boundary and stopped; `signum` says
   which."""
 
   def __init__(self, message: str, signum: int):
-    super().__init__(message)
-    self.signum = signum
+    super().__init__(signum, message)
 
 
 def data_mesh() -> jax.sharding.Mesh:
@@ -103,46 +101,46 @@ def train_and_evaluate(
   rundir = RunDir(workdir, keep_checkpoints=settings.keep_checkpoints)
   writer = jax.process_index() == 0
   say = (lambda m: print(m, flush=True)) if writer else (lambda m: None)
-  # Ctrl-C / SIGTERM from here on are honoured at the first step boundary: one that landed in
-  # start-up code (a gc callback of JAX's) was swallowed, and the run trained to its end
-  stop = _StopRequest(say)
+  # Ctrl-C / SIGTERM during start-up and training (one since the command began, too) are
+  # honoured at the next step boundary, after a checkpoint
   with (
-    stop.installed(),
     rundir.locked(say) if writer else contextlib.nullcontext(),
     _closed_on_error(rundir),
   ):
-    saved = rundir.checkpoints.saved_config()
-    check_resume(rundir, saved, settings, allow_config_change, say)
-    exp = experiment.build(settings)
-    check_schedule_resume(rundir, saved, exp, allow_config_change, say)
-    check_data_resume(rundir, exp, allow_config_change, say)
-    bucketing = bool(settings.acu_radius_every_steps) and _check_bucketing(exp)
-    mesh = data_mesh()
-    state, history = restore_or_start(exp, rundir, mesh, say)
-    if not bucketing and state.radii_list() != K.nn.active_radii(exp.model):
-      # fixed radii are the config's: a resume allowed to change them runs with the new ones
-      radii = np.asarray(K.nn.active_radii(exp.model), np.int32)
-      state = dataclasses.replace(state, radii=jax.device_put(radii, NamedSharding(mesh, P())))
-    if writer:
-      rundir.write_config(settings)
-    title = f"{settings.model} / {settings.conv} on {exp.dataset.name}"
-    logger = MetricsLogger(rundir, title, history, settings.progress)
-    num_params = K.models.count_params(exp.model)
-    logger.say(
-      f"{title}: {num_params:,} parameters, {exp.steps_per_epoch} steps/epoch, {exp.total_steps} "
-      f"steps, {jax.device_count()} device(s) ({jax.devices()[0].platform})"
-    )
-    programs = ProgramCache(
-      exp.model,
-      exp.tx,
-      exp.dataset,
-      augment=exp.device_augment,
-      seed=settings.seed,
-      eval_batch_size=settings.eval_batch_size,
-      mesh=mesh,
-      max_loss=settings.max_loss(exp.dataset.num_classes),
-    )
-    state, current = Loop(exp, programs, rundir, logger, mesh, bucketing, stop).run(state)
+    with signals.deferred():
+      saved = rundir.checkpoints.saved_config()
+      check_resume(rundir, saved, settings, allow_config_change, say)
+      exp = experiment.build(settings)
+      check_schedule_resume(rundir, saved, exp, allow_config_change, say)
+      check_data_resume(rundir, exp, allow_config_change, say)
+      bucketing = bool(settings.acu_radius_every_steps) and _check_bucketing(exp)
+      mesh = data_mesh()
+      state, history = restore_or_start(exp, rundir, mesh, say)
+      if not bucketing and state.radii_list() != K.nn.active_radii(exp.model):
+        # fixed radii are the config's: a resume allowed to change them runs with the new ones
+        radii = np.asarray(K.nn.active_radii(exp.model), np.int32)
+        state = dataclasses.replace(state, radii=jax.device_put(radii, NamedSharding(mesh, P())))
+      if writer:
+        rundir.write_config(settings)
+      title = f"{settings.model} / {settings.conv} on {exp.dataset.name}"
+      logger = MetricsLogger(rundir, title, history, settings.progress)
+      num_params = K.models.count_params(exp.model)
+      logger.say(
+        f"{title}: {num_params:,} parameters, {exp.steps_per_epoch} steps/epoch, {exp.total_steps} "
+        f"steps, {jax.device_count()} device(s) ({jax.devices()[0].platform})"
+      )
+      programs = ProgramCache(
+        exp.model,
+        exp.tx,
+        exp.dataset,
+        augment=exp.device_augment,
+        seed=settings.seed,
+        eval_batch_size=settings.eval_batch_size,
+        mesh=mesh,
+        max_loss=settings.max_loss(exp.dataset.num_classes),
+      )
+      state, current = Loop(exp, programs, rundir, logger, mesh, bucketing).run(state)
+    # the final evaluation may be cut at any moment: the last checkpoint holds the whole run
     final = final_evaluation(
       current.eval_graphdef,
       state.params,
@@ -366,11 +364,8 @@ class Loop:
     logger: MetricsLogger,
     mesh: jax.sharding.Mesh,
     bucketing: bool,
-    stop: _StopRequest | None = None,
   ):
     self.exp, self.settings, self.programs = exp, exp.settings, programs
-    # the run's stop request (installed since start-up), or one of the loop's own
-    self.stop, self.own_stop = stop or _StopRequest(logger.say), stop is None
     self.rundir, self.logger, self.bucketing = rundir, logger, bucketing
     self.replicated, self.data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
@@ -390,12 +385,17 @@ class Loop:
       process_index=jax.process_index(),
       process_count=jax.process_count(),
     )
-    throughput, whole, stop = Throughput(), True, self.stop
-    installed = stop.installed() if self.own_stop else contextlib.nullcontext()
+    throughput, whole = Throughput(), True
     try:
-      with installed, self.logger.progress(exp.total_steps, start):
-        for batch in batches.iterate(start, exp.total_steps):
-          if stop.stopping():
+      with (
+        signals.deferred(),
+        self.logger.progress(exp.total_steps, start),
+        # closed at once: a stopped run exits without the collector, and grain's workers and
+        # shared memory with it
+        contextlib.closing(batches.iterate(start, exp.total_steps)) as steps,
+      ):
+        for batch in steps:
+          if signals.requested():
             break
           whole = False  # until the step, its epoch line and its checkpoint are all done
           state, current = self.rebucket(state, current, step)
@@ -415,17 +415,21 @@ class Loop:
           self.save(state, step)
       finally:
         self.rundir.checkpoints.wait()
-    if step < exp.total_steps:
+    signum = signals.requested()
+    if signum:
       latest = self.rundir.checkpoints.latest_step()
       self.rundir.checkpoints.close()
-      if step > start:
+      if step == exp.total_steps and step > start:
+        where = f"stopped after its last step ({step}), before its final evaluation; a checkpoint "
+        where += "was saved"
+      elif step > start:
         where = f"stopped at step {step}; a checkpoint was saved to resume from"
       elif latest is not None:
         where = f"stopped before its first step; the checkpoint of step {latest} is unchanged"
       else:
         where = "stopped before its first step; nothing was saved"
-      self.logger.say(where)
-      raise TrainingStopped(f"training {where}; run the same command to resume", stop.signum)
+      self.logger.say(f"\n{signal.Signals(signum).name}: training {where}")
+      raise TrainingStopped(f"training {where}; run the same command to resume", signum)
     return state, current
 
   def rebucket(
@@ -522,40 +526,3 @@ class Loop:
       )
       + "Try a lower optim.learning_rate or a warm-up (optim.warmup_epochs)."
     )
-
-
-class _StopRequest:
-  """SIGTERM and Ctrl-C set `signum`; the loop stops at the next step boundary.
-
-  A second Ctrl-C raises KeyboardInterrupt at once (nothing more is saved). Signals can be
-  caught only on the main thread; elsewhere the defaults stay.
-  """
-
-  def __init__(self, say: Callable[[str], None]):
-    self.signum = 0
-    self._say: Callable[[str], None] | None = say
-
-  @contextlib.contextmanager
-  def installed(self):
-    if threading.current_thread() is not threading.main_thread():
-      yield
-      return
-    previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-      yield
-    finally:
-      for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-  def _handle(self, signum, frame):
-    del frame  # no printing here: a handler that prints while the loop prints raises
-    if self.signum and signum == signal.SIGINT:
-      raise KeyboardInterrupt("interrupted twice: stopped without saving")
-    self.signum = self.signum or signum
-
-  def stopping(self) -> bool:
-    """Whether a stop was asked for (said once, where printing is safe)."""
-    if self.signum and self._say is not None:
-      self._say(f"\n{signal.Signals(self.signum).name}: stopping here, with a checkpoint")
-      self._say = None
-    return bool(self.signum)
