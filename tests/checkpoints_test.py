@@ -2,6 +2,7 @@
 resumes from the last intact state, equal to an uninterrupted one, or says why it cannot."""
 
 import shutil
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -293,3 +294,28 @@ def test_a_resume_on_other_data_under_the_same_config_is_refused(tmp_path, capsy
   config = small_config(num_steps=8, **npz)
   trainer.train_and_evaluate(config, tmp_path / "run", allow_config_change=True)
   assert "resuming with other data (--allow_config_change)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["analyze", "export"])
+def test_commands_falling_back_past_damaged_checkpoints_print_only_their_own_lines(
+  tmp_path, saved, command
+):
+  """orbax's abandoned reads printed 52 "Event loop is closed" tracebacks (156-463 lines) and
+  export its INFO lines before the command's own (issue 39, case 4)."""
+  workdir = runs.copy_run(saved[0] / "six", tmp_path / "run")
+  for step in (6, 4):
+    _damage(RunDir(workdir).checkpoint_dir / str(step), "data_truncated")
+  args = ["--format=jax", f"--out={tmp_path / 'ship'}"] if command == "export" else []
+  done = subprocess.run(
+    [sys.executable, "-m", f"train.{command}", f"--workdir={workdir}", *args],
+    cwd=driver.REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = done.stderr.splitlines()
+  assert [line.split(" (")[0] for line in lines] == [
+    "checkpoint 6 is damaged",
+    "checkpoint 4 is damaged",
+  ], done.stderr[-3000:]

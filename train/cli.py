@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from train import signals
 
@@ -40,12 +40,26 @@ def run(
   if required:
     flags.mark_flags_as_required(list(required))
   try:
-    app.run(main, flags_parser=parse_flags)
+    app.run(_quiet(main), flags_parser=parse_flags)
   except KeyboardInterrupt as e:  # a command that says more catches it itself
     stopped(e)
   finally:
     # the command is done: a signal during Python's exit would kill it with 128 + the signal
     signals.ignore()
+
+
+def _quiet(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  """main, with the libraries' log lines off unless --verbosity or --debug asks: orbax logs every
+  save and restore at INFO (tens of lines before a command's own), and a failed one at ERROR
+  before our error: line."""
+
+  def quiet_main(argv: list[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:
+      debug = "debug" in flags.FLAGS and flags.FLAGS.debug
+      logging.set_verbosity(logging.WARNING if debug else logging.FATAL)
+    main(argv)
+
+  return quiet_main
 
 
 def stopped(e: KeyboardInterrupt, what: str = "") -> NoReturn:

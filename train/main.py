@@ -22,7 +22,7 @@ and an exit status:
 
 from __future__ import annotations
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from train import cli
@@ -60,9 +60,6 @@ def define_flags() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     cli.fail(flags.Error(f"unexpected arguments: {argv[1:]}"), 2)
-  # orbax logs every save at INFO, and a failed one at ERROR, before our error: line
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING if FLAGS.debug else logging.FATAL)
   from train import trainer  # after flag parsing: --help stays fast
   from train.trainer.rundir import RunDir
 

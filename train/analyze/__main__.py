@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import flags, logging
+from absl import flags
 
 from train import analyze, cli
 from train.data import DataError
@@ -52,7 +52,6 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.fail(flags.Error(f"unexpected arguments: {argv[1:]}"), 2)
-  logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   try:
     results = analyze.analyze(
       FLAGS.workdir,

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 import shutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +243,7 @@ class Checkpoints:
   def _restore_verified(
     self, like: TrainState, step: int
   ) -> tuple[TrainState, list[dict[str, Any]]]:
+    _discard_abandoned_reads()  # a damaged array abandons the others while they are read
     manager = self._orbax()
     has_meta = (self.directory / str(step) / "meta").exists()
     try:
@@ -322,3 +325,45 @@ def _check_structure(tree: dict[str, Any], saved: dict[str, Any], step: int) -> 
     f"checkpoint {step} holds a state of another structure than this config's: "
     f"{'; '.join(diffs[:3])}{more}"
   )
+
+
+def _discard_abandoned_reads() -> None:
+  """From now on in this process, says nothing of the reads a failed restore abandoned.
+
+  When one array of a checkpoint cannot be read, orbax gives up its other reads: Python prints
+  each of their coroutines' errors when it collects them, asyncio logs each task whose error was
+  not retrieved, and tensorstore's threads print "Event loop is closed" as each read still in
+  flight completes (about fifty tracebacks a checkpoint, after the restore's one line has said
+  what is wrong). A stop (Ctrl-C) and every other error still pass.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "discards_abandoned_reads", False):
+    return
+
+  def hook(args: Any) -> None:
+    if not _abandoned_read(args):
+      previous(args)
+
+  hook.discards_abandoned_reads = True  # type: ignore[attr-defined]
+  sys.unraisablehook = hook
+  # and asyncio logs each abandoned task of orbax's whose error nobody retrieved
+  logging.getLogger("asyncio").addFilter(
+    lambda record: not (
+      "never retrieved" in record.getMessage() and "/orbax/" in record.getMessage()
+    )
+  )
+
+
+def _abandoned_read(args: Any) -> bool:
+  if isinstance(args.exc_value, KeyboardInterrupt):
+    return False
+  if isinstance(args.object, Coroutine):
+    return "/orbax/" in getattr(args.object, "cr_code", _NO_CODE).co_filename
+  return (
+    args.object is None
+    and isinstance(args.exc_value, RuntimeError)
+    and str(args.exc_value) == "Event loop is closed"
+  )
+
+
+_NO_CODE = compile("", "<none>", "exec")
