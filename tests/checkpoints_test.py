@@ -319,3 +319,14 @@ def test_commands_falling_back_past_damaged_checkpoints_print_only_their_own_lin
     "checkpoint 6 is damaged",
     "checkpoint 4 is damaged",
   ], done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("before,after", [(0.0, 5e-4), (5e-4, 0.0)])
+def test_a_resume_may_turn_weight_decay_on_or_off(tmp_path, capsys, before, after):
+  """The optimizer chain lost or gained a transform without arrays, so its arrays moved: "holds a
+  state of another structure", even with --allow_config_change (issue 39, case 14)."""
+  runs.train(tmp_path / "run", num_steps=4, **{"optim.weight_decay": before})
+  capsys.readouterr()
+  summary = runs.train(tmp_path / "run", num_steps=8, **{"optim.weight_decay": after})
+  assert "resumed from step 4" in capsys.readouterr().out
+  assert summary.steps == 8 and np.isfinite(summary.test_loss)

@@ -490,3 +490,24 @@ def test_imagenet_table_configs_train_a_few_steps_and_deploy_equal(prepared, tmp
   c.update(dtype="float32", batch_size=8, eval_batch_size=6, num_steps=2, progress=False)
   summary = trainer.train_and_evaluate(c, tmp_path)
   assert np.isfinite(summary.final_train_loss) and summary.deployed_prediction_agreement == 1.0
+
+
+def test_the_same_images_prepared_from_a_copy_elsewhere_are_the_same_data(tmp_path, prepared):
+  """A resume refused byte-identical images re-prepared from a copy of the tree at another path
+  as "the data differs": the fingerprint hashed the tree's path (issue 39, case 14). Checkpoints
+  saved under the earlier fingerprint still resume."""
+  tree, _, meta = prepared
+  shutil.copytree(tree, tmp_path / "copy" / tree.name)
+  again = prepare.prepare(
+    tmp_path / "copy" / tree.name,
+    tmp_path / "out",
+    name="fm3",
+    examples_per_shard=20,
+    say=lambda m: 0,
+  )
+  assert again.source != meta.source
+  first = data.load(settings.read(stream_config(prepared[1])).data)
+  second = data.load(settings.read(stream_config(tmp_path / "out")).data)
+  assert first.fingerprint == second.fingerprint
+  assert first.earlier_fingerprints != second.earlier_fingerprints  # the path was in them
+  assert first.fingerprint not in first.earlier_fingerprints

@@ -82,6 +82,8 @@ class Dataset:
     num_classes: the labels' range.
     mean, std: per channel, of the train images in [0, 1].
     fingerprint: what the data is: a resume refuses other data under the same config.
+    earlier_fingerprints: what earlier versions of this code called the same data (their
+      checkpoints resume).
   """
 
   name: str
@@ -91,6 +93,7 @@ class Dataset:
   mean: tuple[float, ...]
   std: tuple[float, ...]
   fingerprint: str = ""
+  earlier_fingerprints: tuple[str, ...] = ()
 
   @property
   def image_shape(self) -> tuple[int, int, int]:

@@ -283,6 +283,7 @@ def load(data: DataSettings, seed: int = 0) -> Dataset:
       meta.mean,
       meta.std,
       _fingerprint(meta),
+      (_fingerprint(meta, with_source=True),),
     )
   return _load_tfds(data, options)
 
@@ -323,9 +324,14 @@ def _load_tfds(data: DataSettings, options: dict[str, Any]) -> Dataset:
   )
 
 
-def _fingerprint(meta: records.Metadata) -> str:
-  """A prepared folder's sizes and a SHA-256 of its metadata (its shards, counts, statistics)."""
-  digest = hashlib.sha256(json.dumps(meta.to_json(), sort_keys=True).encode()).hexdigest()
+def _fingerprint(meta: records.Metadata, with_source: bool = False) -> str:
+  """A prepared folder's sizes and a SHA-256 of its metadata (its shards, counts, statistics):
+  not of the path of the tree it was prepared from, since the same images prepared from a copy
+  elsewhere are the same data (`with_source`: the fingerprint before, which hashed it)."""
+  described = meta.to_json()
+  if not with_source:
+    described.pop("source", None)
+  digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
   return f"{meta.splits['train'].examples}+{meta.splits['test'].examples}:{digest[:16]}"
 
 

@@ -247,15 +247,24 @@ class Checkpoints:
     manager = self._orbax()
     has_meta = (self.directory / str(step) / "meta").exists()
     try:
-      saved = manager.item_metadata(step)["state"]
-      saved = {_path(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+      saved_tree = manager.item_metadata(step)["state"]
+      saved = {_path(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
     except Exception as e:  # orbax raises many types for a damaged file
       raise _Damaged(_first_line(e)) from e
     if not saved:
       raise _Damaged("its array metadata is missing")
-    _check_structure(like.to_tree(), saved, step)
+    like_tree = like.to_tree()
+    moved = _moved_optimizer_state(like_tree, saved)
+    if moved is None:
+      _check_structure(like_tree, saved, step)
+      target = like_tree
+    else:  # read as saved, then placed where this optimizer keeps each array
+      sharding = jax.tree.leaves(like_tree)[0].sharding
+      target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), saved_tree
+      )
     abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like.to_tree()
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target
     )
     items = dict(state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore())
     if has_meta:
@@ -269,6 +278,9 @@ class Checkpoints:
       raise _Damaged("its arrays or history do not match the checksum saved with them")
     if int(np.asarray(tree["step"])) != step:  # a folder renamed, or copied in under another name
       raise _Damaged(f"it holds the state of step {int(np.asarray(tree['step']))}, not {step}")
+    if moved is not None:
+      read = {_path(k): v for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+      tree = jax.tree_util.tree_map_with_path(lambda k, _: read[moved[_path(k)]], like_tree)
     return TrainState.from_tree(tree), history
 
   def _set_aside(self, step: int) -> Path:
@@ -325,6 +337,43 @@ def _check_structure(tree: dict[str, Any], saved: dict[str, Any], step: int) -> 
     f"checkpoint {step} holds a state of another structure than this config's: "
     f"{'; '.join(diffs[:3])}{more}"
   )
+
+
+def _moved_optimizer_state(tree: dict[str, Any], saved: dict[str, Any]) -> dict[str, str] | None:
+  """{path here: path saved} when the checkpoint holds the same arrays as `tree` and only the
+  optimizer chain's positions differ (a transform without arrays added or removed: weight decay
+  turned on or off, the angle projection), else None.
+
+  Arrays of one name are matched in chain order, with equal shapes and dtypes.
+  """
+
+  def spec(m: Any) -> tuple[tuple[int, ...], np.dtype]:
+    return tuple(m.shape), np.dtype(m.dtype)
+
+  want = {_path(k): spec(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  have = {p: spec(m) for p, m in saved.items()}
+  if want == have:
+    return None
+
+  def by_name(paths: dict[str, Any]) -> dict[str, list[str]]:
+    names: dict[str, list[str]] = {}
+    for p in paths:
+      head, *rest = p.split("/")
+      if head == "opt_state" and rest and rest[0].isdigit():  # the chain position
+        names.setdefault("/".join([head, *rest[1:]]), []).append(p)
+      else:
+        names.setdefault(p, []).append(p)
+    for group in names.values():
+      group.sort(key=lambda p: int(p.split("/")[1]) if p.startswith("opt_state/") else 0)
+    return names
+
+  mine, theirs = by_name(want), by_name(have)
+  if mine.keys() != theirs.keys() or any(len(mine[n]) != len(theirs[n]) for n in mine):
+    return None
+  moved = {a: b for n in mine for a, b in zip(mine[n], theirs[n], strict=True)}
+  if any(want[a] != have[b] for a, b in moved.items()):
+    return None
+  return moved
 
 
 def _discard_abandoned_reads() -> None:

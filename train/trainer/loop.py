@@ -315,7 +315,7 @@ def check_data_resume(
   fingerprint: sizes and a hash), under the same config: a regenerated train.npz, another
   prepared folder at the same path."""
   saved, now = rundir.checkpoints.saved_data(), exp.dataset.fingerprint
-  if saved is None or not now or saved == now:
+  if saved is None or not now or saved in (now, *exp.dataset.earlier_fingerprints):
     return
   what = (
     f"the data differs from what {rundir.path}'s checkpoint trained on (train+test examples and "
