@@ -2,8 +2,8 @@
 resumes from the last intact state, equal to an uninterrupted one, or says why it cannot."""
 
 import shutil
-import sys
 import subprocess
+import sys
 import time
 from pathlib import Path
 

@@ -2,14 +2,19 @@
 no usage dump, no traceback (in this process, but one real process per command)."""
 
 import json
+import math
 import subprocess
 import sys
 
+import hypothesis
 import numpy as np
 import pytest
 from absl import flags, logging
+from hypothesis import strategies as st
 from runs import REPO
 
+import kshapes_jax as K
+from configs import schema
 from train import cli
 from train.cli import one_line
 from train.trainer.settings import ConfigError
@@ -104,7 +109,7 @@ def test_command_line_failures_are_one_error_line(tmp_path, train_main):
     (
       ["--config", default, "--workdir", str(tmp_path / "w"), "--config.optim.momentum=5.0"],
       2,
-      "optim: momentum must be in [0, 1)",
+      "optim.momentum: momentum must be in [0, 1)",
     ),
     (
       ["--config", default, "--workdir", str(tmp_path / "a_file")],
@@ -282,3 +287,96 @@ def test_every_command_fails_with_one_error_line_and_no_usage_dump(tmp_path):
       and lines[0].startswith("error: ")
       and message in lines[0]
     ), (command, args, run.returncode, run.stderr[-3000:])
+
+
+# The hostile-input harness of the config keys (issue 39): bad values generated from each key's
+# declaration in configs/schema.py, through the real command in this process.
+
+_VALID_NAMES = {
+  "model": lambda: K.models.list_models(),
+  "conv": lambda: K.nn.kind_names(),
+  "precision": lambda: ("default", "high", "highest"),
+  "dtype": lambda: ("float32", "bfloat16"),
+  "optim.schedule": lambda: ("constant", "staircase", "cosine"),
+}
+_TEXT = st.text(
+  st.characters(
+    blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp"), blacklist_characters=",=\\'\""
+  ),
+  max_size=6,
+)
+_NOT_NUMBERS = st.sampled_from(["abc", "", "ünï", "~", "1e", "[1]"])
+
+
+def _bad_values(k: schema.Key) -> st.SearchStrategy[str] | None:
+  """Values `k` must refuse, as command-line text; None for free-form keys (data.name,
+  data.data_dir: judged when the data loads) and open blocks."""
+  kind, bounds = k.type, k.bounds
+  if kind is bool:
+    return st.sampled_from(["maybe", "2", "", "ünï"])
+  if kind in (int, float):
+    bad = [_NOT_NUMBERS] if kind is int else [_NOT_NUMBERS, st.sampled_from(["nan", "inf", "-inf"])]
+    if kind is int:
+      bad.append(st.sampled_from(["1.5", "nan"]))
+    if bounds is not None and math.isfinite(bounds.low):
+      below = (
+        st.integers(max_value=int(bounds.low) - 1)
+        if kind is int
+        else st.floats(
+          max_value=bounds.low,
+          exclude_max=not bounds.low_open,
+          allow_nan=False,
+          allow_infinity=False,
+        )
+      )
+      bad.append(below.map(str))
+    if bounds is not None and math.isfinite(bounds.high):
+      above = (
+        st.integers(min_value=int(bounds.high) + 1)
+        if kind is int
+        else st.floats(
+          min_value=bounds.high,
+          exclude_min=not bounds.high_open,
+          allow_nan=False,
+          allow_infinity=False,
+        )
+      )
+      bad.append(above.map(str))
+    if kind is float and k.library and bounds is None:  # the library's own range: sign and size
+      bad.append(st.sampled_from(["-1.0", "-1e30"]))
+    return st.one_of(bad)
+  if kind is str and (k.choices or k.name in _VALID_NAMES):
+    valid = set(k.choices or _VALID_NAMES[k.name]())
+    return _TEXT.filter(lambda s: s not in valid)
+  if k.name == "optim.boundaries":
+    return st.sampled_from(["(nan,)", "(-1.0,)", "(3.0, 1.0)", "('a',)", "(inf,)"])
+  if k.name == "optim.decay_labels":
+    return st.sampled_from(["('nope',)", "('',)", "(1,)"])
+  return None
+
+
+_HOSTILE = [(k, s) for k in schema.keys() if (s := _bad_values(k)) is not None]
+
+
+@hypothesis.settings(
+  max_examples=200,
+  deadline=None,
+  suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(case=st.sampled_from(_HOSTILE).flatmap(lambda c: c[1].map(lambda v: (c[0], v))))
+def test_a_bad_value_of_any_config_key_is_one_error_line_naming_it_and_nothing_written(
+  tmp_path, train_main, case
+):
+  key, value = case
+  workdir = tmp_path / f"w{abs(hash((key.name, value)))}"
+  status, err = train_main(
+    "--config",
+    str(REPO / "configs/default.py"),
+    "--workdir",
+    str(workdir),
+    f"--config.{key.name}={value}",
+  )
+  lines = err.strip().splitlines()
+  assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), (key.name, value, err)
+  assert key.name.split(".")[-1] in lines[0], (key.name, value, lines[0])
+  assert "Traceback" not in err and not workdir.exists(), (key.name, value, err)

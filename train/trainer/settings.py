@@ -12,6 +12,7 @@ back.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import typing
 from collections.abc import Callable, Mapping
@@ -242,16 +243,27 @@ def _check_library(s: Settings) -> None:
   schedule = cast(optim.Schedule, o.schedule)
   _library("optim.schedule", lambda: optim.make_schedule(schedule, 1.0, 1))
   _library("optim.boundaries (epochs)", lambda: optim.check_boundaries(o.boundaries))
-  rules: dict[str, Any] = dict(
-    weight_decay=o.weight_decay,
-    decay_labels=o.decay_labels,
-    lr_multipliers=o.lr_multipliers,
-    angle_eps=None,  # < 0 is off; a finite angle_eps is the schema's to check
-  )
-  if o.name == "sgd":
-    _library("optim", lambda: optim.sgd({}, 0.1, momentum=o.momentum, **rules))
-  else:
-    _library("optim", lambda: optim.adamw({}, 0.1, b1=o.b1, b2=o.b2, **rules))
+
+
+  def build(values: Any) -> None:
+    rules: dict[str, Any] = dict(
+      weight_decay=values.weight_decay,
+      decay_labels=values.decay_labels,
+      lr_multipliers=values.lr_multipliers,
+      angle_eps=None,  # < 0 is off; a finite angle_eps is the schema's to check
+    )
+    if o.name == "sgd":
+      optim.sgd({}, 0.1, momentum=values.momentum, **rules)
+    else:
+      optim.adamw({}, 0.1, b1=values.b1, b2=values.b2, **rules)
+
+  # the optimizer's arguments one at a time (the others at their defaults), so that an error
+  # names its key; then together
+  own = ("momentum",) if o.name == "sgd" else ("b1", "b2")
+  for name in (*own, "weight_decay", "decay_labels", "lr_multipliers"):
+    one = dataclasses.replace(OptimSettings(), **{name: getattr(o, name)})
+    _library(f"optim.{name}", functools.partial(build, one))
+  _library("optim", lambda: build(o))
 
 
 def _check_conv_options(s: Settings) -> None:
