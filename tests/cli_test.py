@@ -1,6 +1,7 @@
 """The command line's contract: every failure is one `error:` line and an exit status by kind,
 no usage dump, no traceback (in this process, but one real process per command)."""
 
+import importlib
 import json
 import math
 import subprocess
@@ -31,10 +32,15 @@ def _reset_flags() -> None:
 
 
 @pytest.fixture
-def train_main(monkeypatch, capsys):
-  """`python -m train.main ARGS` in this process: (exit status, stderr). The command's own path
+def train_main(command):
+  """`python -m train.main ARGS` in this process: (exit status, stderr)."""
+  return lambda *args: command("train.main", *args)
+
+
+@pytest.fixture
+def command(monkeypatch, capsys):
+  """`python -m COMMAND ARGS` in this process: (exit status, stderr). The command's own path
   (absl's parsing, config_flags, main) with its exit raised as SystemExit, not os._exit."""
-  from train import main
 
   def exit_now(status: int):
     raise SystemExit(status)
@@ -47,12 +53,16 @@ def train_main(monkeypatch, capsys):
   # the command marks its flags required: validators the process's later parses must not meet
   validators = {name: list(flags.FLAGS[name].validators) for name in flags.FLAGS}
 
-  def run(*args: str) -> tuple[int, str]:
+  def run(name: str, *args: str) -> tuple[int, str]:
     _reset_flags()
-    monkeypatch.setattr(sys, "argv", ["train.main", *args])
+    for flag in flags.FLAGS:  # only this command's validators (several commands share flags)
+      flags.FLAGS[flag].validators = list(validators.get(flag, []))
+    monkeypatch.setattr(sys, "argv", [name, *args])
     capsys.readouterr()
+    entry = {"train.analyze": "train.analyze.__main__", "train.reproduce": "train.reproduce.driver"}
+    module = importlib.import_module(entry.get(name, name))
     try:
-      main.run()
+      module.run()
       status = 0
     except SystemExit as e:
       status = int(e.code or 0)
@@ -355,19 +365,21 @@ def _bad_values(k: schema.Key) -> st.SearchStrategy[str] | None:
   return None
 
 
-_HOSTILE = [(k, s) for k in schema.keys() if (s := _bad_values(k)) is not None]
+_HOSTILE = {k.name: (k, s) for k in schema.keys() if (s := _bad_values(k)) is not None}
 
 
+@pytest.mark.parametrize("name", list(_HOSTILE))
 @hypothesis.settings(
-  max_examples=200,
+  max_examples=5,
   deadline=None,
   suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
 )
-@hypothesis.given(case=st.sampled_from(_HOSTILE).flatmap(lambda c: c[1].map(lambda v: (c[0], v))))
+@hypothesis.given(data=st.data())
 def test_a_bad_value_of_any_config_key_is_one_error_line_naming_it_and_nothing_written(
-  tmp_path, train_main, case
+  tmp_path, train_main, name, data
 ):
-  key, value = case
+  key, values = _HOSTILE[name]
+  value = data.draw(values)
   workdir = tmp_path / f"w{abs(hash((key.name, value)))}"
   status, err = train_main(
     "--config",
@@ -380,3 +392,76 @@ def test_a_bad_value_of_any_config_key_is_one_error_line_naming_it_and_nothing_w
   assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), (key.name, value, err)
   assert key.name.split(".")[-1] in lines[0], (key.name, value, lines[0])
   assert "Traceback" not in err and not workdir.exists(), (key.name, value, err)
+
+
+# ... and of the other commands' flags: out-of-range numbers, text for numbers, unknown names,
+# empty paths; each refused when the flags are parsed, before anything is read or written.
+
+_INTEGER_FLAGS = {  # command: {flag: (low, high)}
+  "train.prepare": {
+    "max_side": (0, None),
+    "quality": (1, 100),
+    "examples_per_shard": (1, None),
+    "workers": (1, None),
+  },
+  "train.export": {"step": (0, None), "check_images": (0, None)},
+  "train.analyze": {"step": (0, None), "prune_examples": (0, None), "prune_seeds": (0, None)},
+  "train.reproduce": {"parallel": (1, None)},
+}
+_NAMED_FLAGS = {  # command: {flag: the names it takes}
+  "train.export": {"format": ("onnx", "jax", "both")},
+  "train.analyze": {"sections": ("rotate", "active", "acb", "versatile")},
+  "train.reproduce": {"methods": ("rotate", "active", "acb", "versatile"), "seeds": ()},
+}
+_PATH_FLAGS = {
+  "train.prepare": ("src", "out"),
+  "train.export": ("workdir",),
+  "train.analyze": ("workdir",),
+}
+
+
+def _flag_values() -> dict[tuple[str, str], st.SearchStrategy[str]]:
+  cases = {}
+  for name, bounded in _INTEGER_FLAGS.items():
+    for flag, (low, high) in bounded.items():
+      bad = [st.integers(max_value=low - 1), _NOT_NUMBERS, st.sampled_from(["1.5", "nan"])]
+      if high is not None:
+        bad.append(st.integers(min_value=high + 1))
+      cases[name, flag] = st.one_of(bad).map(str)
+  for name, named in _NAMED_FLAGS.items():
+    for flag, names in named.items():
+      entry = _TEXT.filter(lambda t, ok=names: t not in ok and t.strip() and not t.isdigit())
+      cases[name, flag] = entry
+  for name, paths in _PATH_FLAGS.items():
+    for flag in paths:
+      cases[name, flag] = st.sampled_from(["", " "])
+  return cases
+
+
+_FLAG_VALUES = _flag_values()
+
+
+@pytest.mark.parametrize("name,flag", list(_FLAG_VALUES))
+@hypothesis.settings(
+  max_examples=12,
+  deadline=None,
+  suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(data=st.data())
+def test_a_bad_flag_value_of_any_command_is_one_error_line_naming_it_and_nothing_written(
+  tmp_path, command, name, flag, data
+):
+  value = data.draw(_FLAG_VALUES[name, flag])
+  case = (name, flag, value)
+  root = tmp_path / f"c{abs(hash(case))}"
+  valid = {
+    "train.prepare": [f"--src={root / 'tree'}", f"--out={root / 'out'}"],
+    "train.export": [f"--workdir={root / 'run'}", f"--out={root / 'out'}"],
+    "train.analyze": [f"--workdir={root / 'run'}", f"--out={root / 'out'}"],
+    "train.reproduce": [f"--runs={root / 'runs'}", "--report=", "--ledger=", "--rows=sn"],
+  }[name]
+  status, err = command(name, *valid, f"--{flag}={value}")
+  lines = err.strip().splitlines()
+  assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), (case, err)
+  assert f"--{flag}" in lines[0], (case, lines[0])
+  assert not root.exists(), (case, "wrote", sorted(root.rglob("*")))

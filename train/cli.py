@@ -39,6 +39,8 @@ def run(
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   if required:
     flags.mark_flags_as_required(list(required))
+    for name in required:  # an empty path is the current folder: never what was meant
+      validate_once(name, lambda v: v is None or bool(str(v).strip()), f"--{name} is empty")
   try:
     app.run(_quiet(main), flags_parser=parse_flags)
   except KeyboardInterrupt as e:  # a command that says more catches it itself
@@ -76,6 +78,13 @@ def define_once(define: Callable[..., Any], name: str, *args: Any, **kwargs: Any
   """
   if name not in flags.FLAGS:
     define(name, *args, **kwargs)
+
+
+def validate_once(name: str, check: Callable[[Any], bool], message: str) -> None:
+  """Registers a validator of flag `name` (checked when the flags are parsed, a failure one
+  error: line with status 2) unless it has one with this message."""
+  if not any(getattr(v, "message", None) == message for v in flags.FLAGS[name].validators):
+    flags.register_validator(name, check, message=message)
 
 
 def exit_now(status: int) -> NoReturn:

@@ -43,13 +43,18 @@ def define_flags() -> None:
   cli.define_once(flags.DEFINE_enum, "format", "onnx", ["onnx", "jax", "both"], "What to write.")
   cli.define_once(flags.DEFINE_string, "out", "", "Output folder (default WORKDIR/export).")
   cli.define_once(
-    flags.DEFINE_integer, "step", None, "Checkpoint step to export (default: the latest)."
+    flags.DEFINE_integer,
+    "step",
+    None,
+    "Checkpoint step to export (default: the latest).",
+    lower_bound=0,
   )
   cli.define_once(
     flags.DEFINE_integer,
     "check_images",
     2000,
     "Test images the written files are checked on (0: all).",
+    lower_bound=0,
   )
   cli.define_debug()
 
@@ -197,5 +202,10 @@ def main(argv: list[str]) -> None:
     raise SystemExit(1)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Entry point of python -m train.export."""
   cli.run(main, define_flags, required=["workdir"])
+
+
+if __name__ == "__main__":
+  run()

@@ -50,12 +50,29 @@ def define_flags() -> None:
     flags.DEFINE_string, "name", "", "The dataset's name (default: SRC's folder name)."
   )
   cli.define_once(
-    flags.DEFINE_integer, "max_side", 0, "Resize images whose longer side exceeds it (0: keep)."
+    flags.DEFINE_integer,
+    "max_side",
+    0,
+    "Resize images whose longer side exceeds it (0: keep).",
+    lower_bound=0,
   )
-  cli.define_once(flags.DEFINE_integer, "quality", 95, "JPEG quality of re-encoded images.")
-  cli.define_once(flags.DEFINE_integer, "examples_per_shard", 10000, "Images per shard file.")
   cli.define_once(
-    flags.DEFINE_integer, "workers", os.cpu_count() or 1, "Processes that read the images."
+    flags.DEFINE_integer,
+    "quality",
+    95,
+    "JPEG quality of re-encoded images.",
+    lower_bound=1,
+    upper_bound=100,
+  )
+  cli.define_once(
+    flags.DEFINE_integer, "examples_per_shard", 10000, "Images per shard file.", lower_bound=1
+  )
+  cli.define_once(
+    flags.DEFINE_integer,
+    "workers",
+    os.cpu_count() or 1,
+    "Processes that read the images.",
+    lower_bound=1,
   )
   cli.define_once(
     flags.DEFINE_bool, "skip_bad", False, "Leave out images that cannot be read (listed, counted)."

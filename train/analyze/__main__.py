@@ -37,14 +37,31 @@ def define_flags() -> None:
     [],
     f"Some of {list(analyze.ANALYSES)} (default: those the run's layers call for).",
   )
-  cli.define_once(
-    flags.DEFINE_integer, "step", None, "Checkpoint step to analyse (default: the latest)."
+  cli.validate_once(
+    "sections",
+    lambda names: set(names) <= set(analyze.ANALYSES),
+    f"--sections must be some of {list(analyze.ANALYSES)}",
   )
   cli.define_once(
-    flags.DEFINE_integer, "prune_examples", 2000, "acb: test images per pruned evaluation (0: all)."
+    flags.DEFINE_integer,
+    "step",
+    None,
+    "Checkpoint step to analyse (default: the latest).",
+    lower_bound=0,
   )
   cli.define_once(
-    flags.DEFINE_integer, "prune_seeds", 3, "acb: random masks per sparsity (0: no pruning curves)."
+    flags.DEFINE_integer,
+    "prune_examples",
+    2000,
+    "acb: test images per pruned evaluation (0: all).",
+    lower_bound=0,
+  )
+  cli.define_once(
+    flags.DEFINE_integer,
+    "prune_seeds",
+    3,
+    "acb: random masks per sparsity (0: no pruning curves).",
+    lower_bound=0,
   )
   cli.define_debug()
 
@@ -69,5 +86,10 @@ def main(argv: list[str]) -> None:
   print(f"sections {results['sections']}: wrote {out}/report.md")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Entry point of python -m train.analyze."""
   cli.run(main, define_flags, required=["workdir"])
+
+
+if __name__ == "__main__":
+  run()

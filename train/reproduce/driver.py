@@ -63,6 +63,11 @@ def define_flags() -> None:
     flags.DEFINE_list, "rows", list(repro_fmnist.ROWS), "Rows of configs/repro_fmnist.py to run."
   )
   cli.define_once(flags.DEFINE_list, "seeds", ["0", "1", "2"], "Seeds of each row.")
+  cli.validate_once(
+    "seeds",
+    lambda seeds: all(s.isdigit() and int(s) < 2**32 for s in seeds),
+    "--seeds must be integers in [0, 4294967295]",
+  )
   cli.define_once(
     flags.DEFINE_string,
     "epochs",
@@ -107,6 +112,11 @@ def define_flags() -> None:
   )
   cli.define_once(
     flags.DEFINE_list, "methods", list(METHODS), "The report's sections (default: all)."
+  )
+  cli.validate_once(
+    "methods",
+    lambda names: set(names) <= set(METHODS),
+    f"--methods must be some of {list(METHODS)}",
   )
   cli.define_debug()
 

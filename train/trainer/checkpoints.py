@@ -397,8 +397,8 @@ def _discard_abandoned_reads() -> None:
   sys.unraisablehook = hook
   # and asyncio logs each abandoned task of orbax's whose error nobody retrieved
   logging.getLogger("asyncio").addFilter(
-    lambda record: not (
-      "never retrieved" in record.getMessage() and "/orbax/" in record.getMessage()
+    lambda record: (
+      not ("never retrieved" in record.getMessage() and "/orbax/" in record.getMessage())
     )
   )
 

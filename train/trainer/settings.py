@@ -244,7 +244,6 @@ def _check_library(s: Settings) -> None:
   _library("optim.schedule", lambda: optim.make_schedule(schedule, 1.0, 1))
   _library("optim.boundaries (epochs)", lambda: optim.check_boundaries(o.boundaries))
 
-
   def build(values: Any) -> None:
     rules: dict[str, Any] = dict(
       weight_decay=values.weight_decay,
