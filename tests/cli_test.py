@@ -465,3 +465,22 @@ def test_a_bad_flag_value_of_any_command_is_one_error_line_naming_it_and_nothing
   assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), (case, err)
   assert f"--{flag}" in lines[0], (case, lines[0])
   assert not root.exists(), (case, "wrote", sorted(root.rglob("*")))
+
+
+def test_a_tilde_in_a_path_flag_or_data_dir_is_the_home_folder(tmp_path, command, monkeypatch):
+  """The shell leaves `--out=~/x` as it is: prepare made a folder named `~` in the current one."""
+  from PIL import Image
+
+  from train.trainer import settings
+
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.chdir(tmp_path)
+  for split in ("train", "val"):
+    for name in ("a", "b"):
+      (tmp_path / "tree" / split / name).mkdir(parents=True)
+      Image.new("RGB", (8, 8), (10, 200, 30)).save(tmp_path / "tree" / split / name / "0.jpg")
+  status, err = command("train.prepare", "--src=~/tree", "--out=~/prepared", "--workers=1")
+  assert status == 0, err
+  assert (tmp_path / "prepared" / "metadata.json").exists() and not (tmp_path / "~").exists()
+  config = {"data": {"source": "arrayrecord", "data_dir": "~/prepared", "name": "prepared"}}
+  assert settings.read(config).data.data_dir == str(tmp_path / "prepared")

@@ -18,7 +18,10 @@ CONFIG_ERRORS = [
     r"'asym_size', 'asymmetric'",
   ),
   ({"optim.momentum": 5.0}, r"optim.momentum: momentum must be in \[0, 1\), got 5.0"),
-  ({"optim.weight_decay": -1.0}, r"optim.weight_decay: weight_decay must be >= 0 and finite, got -1.0"),
+  (
+    {"optim.weight_decay": -1.0},
+    r"optim.weight_decay: weight_decay must be >= 0 and finite, got -1.0",
+  ),
   (
     {"optim.learning_rate": float("nan")},
     r"optim.learning_rate: learning rate must be > 0 and finite, got nan",

@@ -42,7 +42,7 @@ def run(
     for name in required:  # an empty path is the current folder: never what was meant
       validate_once(name, lambda v: v is None or bool(str(v).strip()), f"--{name} is empty")
   try:
-    app.run(_quiet(main), flags_parser=parse_flags)
+    app.run(_prepared(main), flags_parser=parse_flags)
   except KeyboardInterrupt as e:  # a command that says more catches it itself
     stopped(e)
   finally:
@@ -50,18 +50,26 @@ def run(
     signals.ignore()
 
 
-def _quiet(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
-  """main, with the libraries' log lines off unless --verbosity or --debug asks: orbax logs every
-  save and restore at INFO (tens of lines before a command's own), and a failed one at ERROR
-  before our error: line."""
+# the commands' flags that name files or folders
+PATH_FLAGS = ("src", "out", "workdir", "runs", "report", "ledger")
 
-  def quiet_main(argv: list[str]) -> None:
+
+def _prepared(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  """main, with a `~` in a path flag expanded (the shell leaves `--out=~/x` as it is, which made
+  a folder named `~`), and the libraries' log lines off unless --verbosity or --debug asks:
+  orbax logs every save and restore at INFO (tens of lines before a command's own), and a failed
+  one at ERROR before our error: line."""
+
+  def prepared_main(argv: list[str]) -> None:
+    for name in PATH_FLAGS:
+      if name in flags.FLAGS and isinstance(flags.FLAGS[name].value, str):
+        flags.FLAGS[name].value = os.path.expanduser(flags.FLAGS[name].value)
     if not flags.FLAGS["verbosity"].present:
       debug = "debug" in flags.FLAGS and flags.FLAGS.debug
       logging.set_verbosity(logging.WARNING if debug else logging.FATAL)
     main(argv)
 
-  return quiet_main
+  return prepared_main
 
 
 def stopped(e: KeyboardInterrupt, what: str = "") -> NoReturn:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
@@ -189,6 +190,8 @@ def read(config: ml_collections.ConfigDict | Mapping[str, Any]) -> Settings:
   flat.update(given)
   declared = _keys()
   values = {name: _checked(k, flat[name]) for name, k in declared.items() if name in flat}
+  if values.get("data.data_dir"):  # a `~` the shell left as it is (after an `=`): the home
+    values["data.data_dir"] = os.path.expanduser(values["data.data_dir"])
   options = {
     name.removeprefix("conv_options."): v
     for name, v in flat.items()
