@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,4 +76,9 @@ def holder(path: Path) -> str | None:
 
 
 def _text(fd: int) -> str:
-  return os.pread(fd, 4096, 0).decode(errors="replace").strip()
+  """The holder a lock file names ('pid N on HOST'); anything else in it (a damaged or foreign
+  file) is told as such, never printed."""
+  text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+  if not text or re.fullmatch(r"pid \d+ on [\w.-]+", text):
+    return text
+  return "an unknown process (the lock file holds something else)"
