@@ -21,7 +21,8 @@ downgrade the checkpointing the trainer relies on.)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import jax
@@ -156,18 +157,44 @@ def write_certificate(path: str | Path, certificate: FusionCertificate) -> Path:
 
 
 def read_certificate(path: str | Path) -> FusionCertificate | None:
-  """The fusion certificate written with a file by `save_onnx` or `save_jax`, None if none was."""
+  """The fusion certificate written with a file by `save_onnx` or `save_jax`, None if none was.
+
+  Raises:
+    ValueError: naming the file, when it or its certificate is damaged or of another kind.
+  """
   path = Path(path)
   sidecar = path.with_name(path.name + CERTIFICATE_SUFFIX)
   if sidecar.exists():
-    return FusionCertificate.from_json(sidecar.read_text())
+    with _reading(sidecar, "a fusion certificate"):
+      return FusionCertificate.from_json(sidecar.read_text())
   if path.suffix == ".onnx":
     import onnx
 
-    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    with _reading(path, "an ONNX model"):
+      proto = onnx.load(str(path))
+      if not proto.graph.node:  # protobuf reads an empty or cut file as an empty message
+        raise ValueError("it holds no graph")
+      props = {p.key: p.value for p in proto.metadata_props}
     if CERTIFICATE_KEY in props:
-      return FusionCertificate.from_json(props[CERTIFICATE_KEY])
+      with _reading(path, "an ONNX model with a fusion certificate"):
+        return FusionCertificate.from_json(props[CERTIFICATE_KEY])
   return None
+
+
+@contextlib.contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+  """A file of ours that cannot be read as what it should be: one ValueError naming it (a
+  missing or unreadable one stays the OSError that names it)."""
+  try:
+    yield
+  except OSError:
+    raise
+  except Exception as e:  # struct, protobuf, JSON, UTF-8 and field errors alike
+    lines = str(e).strip().splitlines()
+    raise ValueError(
+      f"{path} is not {what} (damaged, or another kind of file): {type(e).__name__}"
+      + (f": {lines[0][:200]}" if lines else "")
+    ) from e
 
 
 def in_float32(model: nnx.Module) -> nnx.Module:
@@ -242,8 +269,14 @@ def save_jax(
 
 def load_jax(path: str | Path) -> Callable[[jax.typing.ArrayLike], jax.Array]:
   """The function a `save_jax` file holds: batch -> logits (no kshapes_jax or Flax needed to run
-  it)."""
-  return jax_export.deserialize(bytearray(Path(path).read_bytes())).call
+  it).
+
+  Raises:
+    ValueError: naming the file, when it is damaged or of another kind.
+  """
+  path = Path(path)
+  with _reading(path, "a jax.export file of save_jax"):
+    return jax_export.deserialize(bytearray(path.read_bytes())).call
 
 
 def to_onnx(

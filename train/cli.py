@@ -62,8 +62,9 @@ def _prepared(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
 
   def prepared_main(argv: list[str]) -> None:
     for name in PATH_FLAGS:
-      if name in flags.FLAGS and isinstance(flags.FLAGS[name].value, str):
-        flags.FLAGS[name].value = os.path.expanduser(flags.FLAGS[name].value)
+      value = flags.FLAGS[name].value if name in flags.FLAGS else None
+      if isinstance(value, str):
+        flags.FLAGS[name].value = os.path.expanduser(value)
     if not flags.FLAGS["verbosity"].present:
       debug = "debug" in flags.FLAGS and flags.FLAGS.debug
       logging.set_verbosity(logging.WARNING if debug else logging.FATAL)
