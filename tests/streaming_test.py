@@ -187,15 +187,28 @@ def test_prepared_data_is_checked_against_its_metadata(prepared, tmp_path, edit)
   assert "\n" not in str(info.value)
 
 
-def test_a_corrupt_record_names_the_split_and_the_example(prepared, tmp_path):
+def _flipped(raw: bytes) -> bytes:
+  start = len(raw) // 10  # inside the first chunk's data (the file is padded to whole blocks)
+  return raw[:start] + bytes(b ^ 0xFF for b in raw[start : start + 64]) + raw[start + 64 :]
+
+
+SHARD_DAMAGES = {
+  "bytes flipped": _flipped,
+  "truncated": lambda raw: raw[: len(raw) // 2],
+  "empty": lambda raw: b"",
+  "garbage": lambda raw: bytes(np.random.default_rng(1).integers(0, 256, len(raw), np.uint8)),
+}
+
+
+@pytest.mark.parametrize("how", list(SHARD_DAMAGES))
+def test_a_damaged_shard_names_the_folder_and_split(prepared, tmp_path, how):
+  """A corrupt shard stopped a streamed run with "Corrupted Riegeli/records file", naming no file
+  (issue 39, case 7); truncated, empty and garbage ones likewise, each one line."""
   _, out, meta = prepared
   copy = tmp_path / "copy"
   shutil.copytree(out, copy)
   shard = copy / meta.splits["test"].shards[0]
-  raw = bytearray(shard.read_bytes())
-  start = len(raw) // 10  # inside the first chunk's data (the file is padded to whole blocks)
-  raw[start : start + 64] = bytes(b ^ 0xFF for b in raw[start : start + 64])
-  shard.write_bytes(bytes(raw))
+  shard.write_bytes(SHARD_DAMAGES[how](shard.read_bytes()))
   try:
     dataset = data.load(settings.read(stream_config(copy)).data)
     for index in range(len(dataset.test)):
