@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import kshapes_jax as K
 from kshapes_jax import reference
-from kshapes_jax.conv import conv
+from kshapes_jax.conv import active_conv_gather, conv
 from kshapes_jax.nn import (
   ACBlock,
   ActiveConv,
@@ -323,3 +324,27 @@ def test_conv_bn_deploy_folds_a_conv_bias_too(rng, randomize):
   unit.eval()
   x = _x(rng)
   chex.assert_trees_all_close(unit.deploy()(x), unit(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["splat", "gather"])
+def test_an_acu_whose_positions_left_its_radius_is_one_network_jitted_or_not(impl):
+  """Eager calls raised "radius too small" where the jitted step clipped, so a net trained under
+  nnx.jit failed outside it, and its gather path differed from its splat path (issue 39)."""
+  layer = ActiveConv(3, 4, 3, radius=1, impl=impl, precision=EXACT, rngs=nnx.Rngs(0))
+  moved = np.asarray(layer.positions[...]) * 1.7  # as training moves them: beyond R = 1
+  layer.positions[...] = jnp.asarray(moved)
+  x = jax.random.normal(jax.random.key(1), (2, 9, 9, 3))
+  with jax.default_matmul_precision(EXACT):
+    eager = layer(x)
+    jitted = nnx.jit(lambda m, x: m(x))(layer, x)
+    other_impl = "gather" if impl == "splat" else "splat"
+    other = ActiveConv(3, 4, 3, radius=1, impl=other_impl, precision=EXACT, rngs=nnx.Rngs(0))
+    nnx.update(other, nnx.state(layer))
+    deployed = K.deploy(layer)(x)
+    clipped = np.clip(np.asarray(layer.all_positions()), -1, 1)
+    reference = active_conv_gather(
+      x, layer.weights[...], jnp.asarray(clipped), padding=layer.conv_padding, radius=1
+    )
+  for y in (jitted, other(x), deployed):
+    np.testing.assert_allclose(y, eager, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(eager, reference, rtol=1e-5, atol=1e-5)

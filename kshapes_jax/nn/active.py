@@ -79,7 +79,9 @@ class ActiveConv(ConvLayer):
   (G, K - 1, 2) with `position_groups=G` (one set per group of output
   channels). `impl="splat"` builds the (2R + 1)^2 kernel and makes one conv;
   `impl="gather"` runs the literal bilinear gather (the reference). `radius`
-  R is static: inside the jitted step, positions beyond it are clipped.
+  R is static: positions beyond it act clipped to it (`acting_positions`), in every path, jitted
+  or not (their gradient outward stops at the edge); `bucket_radius` and the trainer's extent
+  bucketing keep R above where the positions go.
   `padding` is that of the nominal kernel_size conv the ACU replaces, so the
   output grid does not depend on R.
   """
@@ -168,8 +170,14 @@ class ActiveConv(ConvLayer):
   def conv_padding(self):
     return self.padding + self.radius - self.kernel_size // 2
 
+  def acting_positions(self) -> jax.Array:
+    """`all_positions` clipped into [-radius, radius]: where the synapses act, in every path
+    (splat and gather, eager and jitted, deploy), so that a network does not depend on whether it
+    was jitted."""
+    return clip_positions(self.all_positions(), self.radius)
+
   def effective_kernel(self):
-    kernel = active_kernel(self.weights[...], self.all_positions(), self.radius)
+    kernel = active_kernel(self.weights[...], self.acting_positions(), self.radius)
     return kernel, None if self.bias is None else self.bias[...]
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -191,7 +199,7 @@ class ActiveConv(ConvLayer):
         (`DeformableActiveConv`); one position set and groups=1 only.
       modulation: optional (N, H', W', K) factors, as for `active_conv_gather`.
     """
-    positions, weights = self.all_positions(), self.weights[...]
+    positions, weights = self.acting_positions(), self.weights[...]
     if offsets is not None:
       if self.groups != 1 or self.position_groups != 1:
         raise ValueError(
@@ -264,12 +272,12 @@ class ActiveConv(ConvLayer):
   def prepare_deploy(self) -> None:
     """Shrinks the radius to the smallest that holds the (clipped) positions: what `deploy`
     makes, decided on the host so that a jitted deploy sees it as static."""
-    self.radius = radius_for_positions(clip_positions(self.all_positions(), self.radius))
+    self.radius = radius_for_positions(self.acting_positions())
 
   def deploy(self) -> PlainConv:
     """A plain conv with the SMALLEST radius that holds the (clipped) positions (traced, as in a
     jitted deploy: the layer's radius, which `prepare_deploy` shrank)."""
-    positions = clip_positions(self.all_positions(), self.radius)
+    positions = self.acting_positions()
     concrete = _validation.concrete_or_none(positions)
     radius = self.radius if concrete is None else radius_for_positions(concrete)
     kernel = active_kernel(self.weights[...], positions, radius)
