@@ -357,3 +357,74 @@ def test_prepare_at_sampled_moments_leaves_no_worker_and_prepares_again(tmp_path
     _check_stopped(status, err, sig, finished=(out / "metadata.json").exists())
     again = _python(*cmd[1:], cwd=REPO)
     assert again.returncode == 0 or "already holds a prepared dataset" in again.stderr, again.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  import runs
+
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  runs.train(workdir)
+  return workdir
+
+
+@needs_proc
+@pytest.mark.parametrize(
+  "name,seed,count",
+  [
+    ("train.export", 5, 2),
+    ("train.analyze", 6, 2),
+    pytest.param("train.export", 7, 8, marks=pytest.mark.slow),
+    pytest.param("train.analyze", 8, 8, marks=pytest.mark.slow),
+  ],
+)
+def test_readers_of_a_run_at_sampled_moments_stop_cleanly(
+  tmp_path, finished_run, name, seed, count
+):
+  """export and analyze: one stopped: line, no partial file left, the run untouched."""
+  before = sorted(p.relative_to(finished_run) for p in finished_run.rglob("*"))
+  for i, (delay, sig) in enumerate(_moments(seed, count, 8.0)):
+    out = tmp_path / f"out{i}"
+    flags = ["--format=jax", "--check_images=64"] if name == "train.export" else []
+    cmd = [sys.executable, "-m", name, f"--workdir={finished_run}", f"--out={out}", *flags]
+    status, _, err = _stop(cmd, delay, sig)
+    _check_stopped(status, err, sig, finished=status == 0)
+    assert not list(out.glob(".*.partial")), sorted(out.iterdir())
+  assert sorted(p.relative_to(finished_run) for p in finished_run.rglob("*")) == before
+
+
+@needs_proc
+@pytest.mark.slow
+@pytest.mark.skipif(
+  not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+  reason="the reproduction suite trains on Fashion-MNIST: apt-get install -y dataset-fashion-mnist",
+)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_the_reproduction_drivers_runs_stop_and_save_with_it(tmp_path, sig):
+  """SIGTERM to the driver alone left its run training; kill -9 left it an orphan. Now the run
+  gets SIGTERM either way, saves a checkpoint and stops; nothing is left."""
+  cmd = [
+    sys.executable, "-m", "train.reproduce", f"--runs={tmp_path}", "--rows=sn_v4", "--seeds=0",
+    "--epochs=2", "--report=", "--ledger=", "--noanalyze",
+  ]  # fmt: skip
+  proc = subprocess.Popen(
+    cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_ENV
+  )
+  deadline, family = time.time() + 120, set()
+  while time.time() < deadline and not list(tmp_path.rglob("checkpoints/*")):
+    family |= _descendants(proc.pid)
+    time.sleep(0.2)  # the run trains: its first checkpoint is the sign
+  time.sleep(1.0)
+  family |= _descendants(proc.pid)
+  assert family, "the driver started no run"
+  proc.send_signal(sig)
+  out, err = proc.communicate(timeout=300)
+  deadline = time.time() + 120
+  while _alive(family) and time.time() < deadline:
+    time.sleep(0.2)
+  assert not _alive(family), "the run outlived its driver"
+  if sig == signal.SIGTERM:
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+  # the run's own line (it writes to the driver's stderr, which outlives a killed driver)
+  assert "training stopped at step" in err and "a checkpoint was saved" in err, err[-3000:]

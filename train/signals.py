@@ -104,6 +104,30 @@ def _on_main_thread() -> bool:
   return threading.current_thread() is threading.main_thread()
 
 
+def command_name(argv: list[str]) -> str:
+  """The module of `python -m MODULE ...` (sys.orig_argv), or ''."""
+  for flag, name in zip(argv, argv[1:], strict=False):
+    if flag == "-m":
+      return name
+  return ""
+
+
+def install_early() -> None:
+  """Until `install`: SIGINT and SIGTERM end this process at once with a stopped: line (a command
+  whose modules are still importing has nothing to clean up, and an exception raised inside an
+  import would print a traceback outside the command's own error path)."""
+  if not _on_main_thread() or _state.installed:
+    return
+  for sig in SIGNALS:
+    signal.signal(sig, _exit_at_once)
+
+
+def _exit_at_once(signum: int, frame: Any) -> None:
+  del frame
+  os.write(2, f"stopped: {signal.Signals(signum).name} received\n".encode())
+  os._exit(128 + signum)
+
+
 def install() -> None:
   """Makes SIGINT and SIGTERM raise `Stopped` in this process (main thread) from now on, and ties
   this process to its parent when the parent asked for it (`PARENT_ENV`)."""
