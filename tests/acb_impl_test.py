@@ -32,7 +32,7 @@ def _train_step(block: ACBlock, x: jax.Array):
   return value, y, grads, stats
 
 
-@hypothesis.settings(max_examples=10, deadline=None)
+@hypothesis.settings(max_examples=6, deadline=None)
 @hypothesis.given(
   asymmetric=st.sampled_from(["both", "hor", "ver"]),
   border=st.booleans(),

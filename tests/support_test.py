@@ -37,7 +37,7 @@ def test_readme_matrix_row_is_what_the_kind_does(kind):
   assert _readme_matrix()[2 + list(K.nn.CONV_KINDS).index(kind)] == support.row(kind)
 
 
-@hypothesis.settings(max_examples=20, deadline=None)
+@hypothesis.settings(max_examples=12, deadline=None)
 @hypothesis.given(
   kind=st.sampled_from(sorted(K.nn.CONV_KINDS)),
   k=st.sampled_from([2, 3, 5]),

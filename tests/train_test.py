@@ -100,6 +100,9 @@ def _overrides(**kw):
   return base
 
 
+# slow: the default run's multihost test kills its processes after a checkpoint and resumes them
+# to the one-process run's numbers (and the signals harness stops the command at sampled moments)
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run_bitwise(tmp_path):
   overrides = _overrides(num_steps=12, checkpoint_every_steps=3, conv="rotate4")
   code, out = _run(tmp_path, tmp_path / "killed", overrides, kill_at=8)
