@@ -6,6 +6,7 @@ delivered again, a deferred one waits for its region, a child dies with its pare
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -159,33 +160,48 @@ def test_outside_a_command_a_region_installs_its_handlers_for_itself_only():
     signal.signal(signal.SIGTERM, previous)
 
 
-def _alive(pids: set[int]) -> set[int]:
-  """Those of `pids` that still run (zombies, waiting for a dead parent's reaper, do not)."""
+def _stat(pid: int) -> tuple[str, int, int] | None:
+  """(state, parent pid, start time) of a process, None when it is gone."""
+  try:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+  except (OSError, IndexError):
+    return None
+  return fields[0], int(fields[1]), int(fields[19])
+
+
+# A process is its pid AND its start time: pids wrap around (pid_max is 32768 here, and each of
+# JAX's threads takes one), so a pid seen earlier may be another process now, a test's own.
+Proc = tuple[int, int]
+
+
+def _alive(procs: set[Proc]) -> set[Proc]:
+  """Those of `procs` that still run (zombies, waiting for a dead parent's reaper, do not)."""
   alive = set()
-  for pid in pids:
-    try:
-      state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-      continue
-    if state != "Z":
-      alive.add(pid)
+  for pid, start in procs:
+    stat = _stat(pid)
+    if stat is not None and stat[2] == start and stat[0] != "Z":
+      alive.add((pid, start))
   return alive
 
 
-def _descendants(pid: int) -> set[int]:
-  children: dict[int, list[int]] = {}
-  for stat in Path("/proc").glob("[0-9]*/stat"):
-    try:
-      fields = stat.read_text().rsplit(")", 1)[1].split()
-    except OSError:
-      continue
-    children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+def _descendants(pid: int) -> set[Proc]:
+  children: dict[int, list[Proc]] = {}
+  for path in Path("/proc").glob("[0-9]*"):
+    stat = _stat(int(path.name))
+    if stat is not None:
+      children.setdefault(stat[1], []).append((int(path.name), stat[2]))
   found, todo = set(), [pid]
   while todo:
     for child in children.get(todo.pop(), []):
       found.add(child)
-      todo.append(child)
+      todo.append(child[0])
   return found
+
+
+def _kill(procs: set[Proc]) -> None:
+  for pid, _ in _alive(procs):  # checked just before: the same process
+    with contextlib.suppress(ProcessLookupError):
+      os.kill(pid, signal.SIGKILL)
 
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
@@ -270,8 +286,7 @@ def _stop(cmd: list[str], delay: float, sig: int, group: bool = False, **kwargs)
   while _alive(family) and time.time() < deadline:
     time.sleep(0.1)
   left = _alive(family)
-  for pid in left:
-    os.kill(pid, signal.SIGKILL)
+  _kill(left)
   assert not left, f"{cmd[2]} left {len(left)} processes alive after {signal.Signals(sig).name}"
   return proc.returncode, out, err
 
