@@ -544,8 +544,13 @@ def test_stopped_command_exits_130_with_one_line_and_no_traceback(tmp_path, monk
   from absl import flags
   from absl.testing import flagsaver
 
+  from train import cli
   from train.reproduce import driver
 
+  def exit_now(status: int):  # the command's os._exit would end this test process
+    raise SystemExit(status)
+
+  monkeypatch.setattr(cli, "exit_now", exit_now)
   _fake_runs(monkeypatch, tmp_path, {"acb": 130})
   driver.define_flags()
   with flagsaver.flagsaver():
