@@ -318,6 +318,22 @@ _TEXT = st.text(
 _NOT_NUMBERS = st.sampled_from(["abc", "", "ünï", "~", "1e", "[1]"])
 
 
+def _beyond(kind: type, edge: float, open_edge: bool, below: bool) -> st.SearchStrategy[str]:
+  """Numbers of `kind` past an interval's edge (the edge itself when the interval is open)."""
+  if kind is int:
+    numbers = st.integers(
+      **{"max_value" if below else "min_value": int(edge) + (-1 if below else 1)}
+    )
+  else:
+    side = "max" if below else "min"
+    numbers = st.floats(
+      **{f"{side}_value": edge, f"exclude_{side}": not open_edge},
+      allow_nan=False,
+      allow_infinity=False,
+    )
+  return numbers.map(str)
+
+
 def _bad_values(k: schema.Key) -> st.SearchStrategy[str] | None:
   """Values `k` must refuse, as command-line text; None for free-form keys (data.name,
   data.data_dir: judged when the data loads) and open blocks."""
@@ -329,29 +345,9 @@ def _bad_values(k: schema.Key) -> st.SearchStrategy[str] | None:
     if kind is int:
       bad.append(st.sampled_from(["1.5", "nan"]))
     if bounds is not None and math.isfinite(bounds.low):
-      below = (
-        st.integers(max_value=int(bounds.low) - 1)
-        if kind is int
-        else st.floats(
-          max_value=bounds.low,
-          exclude_max=not bounds.low_open,
-          allow_nan=False,
-          allow_infinity=False,
-        )
-      )
-      bad.append(below.map(str))
+      bad.append(_beyond(kind, bounds.low, bounds.low_open, below=True))
     if bounds is not None and math.isfinite(bounds.high):
-      above = (
-        st.integers(min_value=int(bounds.high) + 1)
-        if kind is int
-        else st.floats(
-          min_value=bounds.high,
-          exclude_min=not bounds.high_open,
-          allow_nan=False,
-          allow_infinity=False,
-        )
-      )
-      bad.append(above.map(str))
+      bad.append(_beyond(kind, bounds.high, bounds.high_open, below=False))
     if kind is float and k.library and bounds is None:  # the library's own range: sign and size
       bad.append(st.sampled_from(["-1.0", "-1e30"]))
     return st.one_of(bad)
@@ -368,13 +364,23 @@ def _bad_values(k: schema.Key) -> st.SearchStrategy[str] | None:
 _HOSTILE = {k.name: (k, s) for k in schema.keys() if (s := _bad_values(k)) is not None}
 
 
+def _drawn(examples: int):
+  """hypothesis drawing `examples` values in a test that takes function-scoped fixtures (each
+  example writes under its own folder)."""
+
+  def decorate(test):
+    settings = hypothesis.settings(
+      max_examples=examples,
+      deadline=None,
+      suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+    )
+    return settings(hypothesis.given(data=st.data())(test))
+
+  return decorate
+
+
 @pytest.mark.parametrize("name", list(_HOSTILE))
-@hypothesis.settings(
-  max_examples=5,
-  deadline=None,
-  suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
-)
-@hypothesis.given(data=st.data())
+@_drawn(5)
 def test_a_bad_value_of_any_config_key_is_one_error_line_naming_it_and_nothing_written(
   tmp_path, train_main, name, data
 ):
@@ -442,12 +448,7 @@ _FLAG_VALUES = _flag_values()
 
 
 @pytest.mark.parametrize("name,flag", list(_FLAG_VALUES))
-@hypothesis.settings(
-  max_examples=12,
-  deadline=None,
-  suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
-)
-@hypothesis.given(data=st.data())
+@_drawn(12)
 def test_a_bad_flag_value_of_any_command_is_one_error_line_naming_it_and_nothing_written(
   tmp_path, command, name, flag, data
 ):
