@@ -16,8 +16,6 @@ delivers the signal again, so that it lands in the command's own code.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -49,7 +47,7 @@ class _State:
 
 
 _state = _State()
-_previous_unraisablehook = sys.unraisablehook
+_previous_unraisablehook = sys.unraisablehook  # the hook `install` found, which others go to
 
 
 def _handle(signum: int, frame: Any) -> None:
@@ -94,7 +92,7 @@ def _deliver_again() -> None:
 
 
 def _unraisable(args: Any) -> None:
-  if isinstance(args.exc_value, Stopped) and _state.installed and _state.signum:
+  if isinstance(args.exc_value, Stopped) and _state.signum:
     _deliver_again()  # discarded by a callback: to land outside the callback
     return
   _previous_unraisablehook(args)
@@ -133,9 +131,10 @@ def install() -> None:
   this process to its parent when the parent asked for it (`PARENT_ENV`)."""
   if not _on_main_thread() or _state.installed:
     return
+  global _previous_unraisablehook
   for sig in SIGNALS:
     signal.signal(sig, _handle)
-  sys.unraisablehook = _unraisable
+  _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _unraisable
   _state.installed = True
   parent = os.environ.get(PARENT_ENV)
   if parent and parent.isdigit():
@@ -185,6 +184,9 @@ def stop_with_parent(parent: int, sig: int) -> None:
   already gone sends it now."""
   if not sys.platform.startswith("linux"):
     return
+  import ctypes  # noqa: PLC0415 (here: `train` imports this module, and only children need it)
+  import ctypes.util  # noqa: PLC0415
+
   libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
   libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
   if os.getppid() != parent:  # it died before the request

@@ -257,15 +257,14 @@ class Checkpoints:
     moved = _moved_optimizer_state(like_tree, saved)
     if moved is None:
       _check_structure(like_tree, saved, step)
-      target = like_tree
+      abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like_tree
+      )
     else:  # read as saved, then placed where this optimizer keeps each array
       sharding = jax.tree.leaves(like_tree)[0].sharding
-      target = jax.tree.map(
+      abstract = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), saved_tree
       )
-    abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target
-    )
     items = dict(state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore())
     if has_meta:
       items["meta"] = ocp.args.JsonRestore()
@@ -407,12 +406,9 @@ def _abandoned_read(args: Any) -> bool:
   if isinstance(args.exc_value, KeyboardInterrupt):
     return False
   if isinstance(args.object, Coroutine):
-    return "/orbax/" in getattr(args.object, "cr_code", _NO_CODE).co_filename
+    return "/orbax/" in getattr(getattr(args.object, "cr_code", None), "co_filename", "")
   return (
     args.object is None
     and isinstance(args.exc_value, RuntimeError)
     and str(args.exc_value) == "Event loop is closed"
   )
-
-
-_NO_CODE = compile("", "<none>", "exec")

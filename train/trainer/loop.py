@@ -374,6 +374,7 @@ class Loop:
 
     A stop request is honoured between two steps, never inside one: the checkpoint then holds
     a state and a history that agree (a stop while an epoch was being logged lost that epoch).
+    Runs inside a `signals.deferred()` region (train_and_evaluate's).
     """
     settings, exp = self.settings, self.exp
     start = step = int(state.step)
@@ -387,8 +388,7 @@ class Loop:
     )
     throughput, whole = Throughput(), True
     try:
-      with (
-        signals.deferred(),
+      with (  # inside train_and_evaluate's signals.deferred(): a stop waits for a boundary
         self.logger.progress(exp.total_steps, start),
         # closed at once: a stopped run exits without the collector, and grain's workers and
         # shared memory with it
