@@ -8,6 +8,8 @@ them.
   layer = kshapes_jax.nn.VersatileConv(64, 128, 3, padding=1, bias="separate", channel_delta=1,
                                        rngs=...)
   layer = load_vconv2d(layer, torch_state_dict)          # Versatile-Filters' vcnn.VConv2d
+  layer = load_dbb(layer, torch_state_dict)              # DiverseBranchBlock (training form)
+  layer = load_repvgg(layer, torch_state_dict)           # RepVGG's RepVGGBlock (training form)
 
 The functions take any mapping of names to arrays (a torch state_dict's
 tensors are converted with numpy()), so they need no torch; they return a
@@ -29,9 +31,20 @@ import numpy as np
 from flax import nnx
 
 from kshapes_jax.nn.acb import ACBlock
+from kshapes_jax.nn.dbb import DiverseBranchBlock
+from kshapes_jax.nn.repvgg import RepVGGBlock
 from kshapes_jax.nn.versatile import VersatileConv
 
-__all__ = ["load_acblock", "acblock_state_dict", "load_vconv2d", "vconv2d_state_dict"]
+__all__ = [
+  "load_acblock",
+  "acblock_state_dict",
+  "load_vconv2d",
+  "vconv2d_state_dict",
+  "load_dbb",
+  "dbb_state_dict",
+  "load_repvgg",
+  "repvgg_state_dict",
+]
 
 _BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 
@@ -79,10 +92,11 @@ def load_acblock(layer: ACBlock, state: Mapping[str, Any], prefix: str = "") -> 
     ValueError: for a missing key, a shape that does not fit the layer, or a layer
       configured unlike the official block.
   """
-  if layer.bn_mode != "branch" or layer.border:
+  if layer.bn_mode != "branch" or layer.border or layer.online:
     raise ValueError(
       "the official ACBlock has a BN per branch and its asymmetric kernels at the centre: "
-      f"expected bn='branch', border=False, got bn={layer.bn_mode!r}, border={layer.border}"
+      f"expected bn='branch', border=False, online=False, got bn={layer.bn_mode!r}, "
+      f"border={layer.border}, online={layer.online}"
     )
   copy = nnx.clone(layer)
   k, i, o, m = layer.kernel_size, layer.in_features, layer.out_features, layer.asym_size
@@ -104,9 +118,9 @@ def load_acblock(layer: ACBlock, state: Mapping[str, Any], prefix: str = "") -> 
 
 def acblock_state_dict(layer: ACBlock, prefix: str = "") -> dict[str, np.ndarray]:
   """The official ACBlock's state dict of an ACBlock (bn='branch'): float32 arrays, OIHW kernels."""
-  if layer.bn_mode != "branch" or layer.border:
+  if layer.bn_mode != "branch" or layer.border or layer.online:
     raise ValueError(
-      "only an ACBlock with bn='branch' and border=False has an official counterpart"
+      "only an ACBlock with bn='branch', border=False and online=False has an official counterpart"
     )
   out: dict[str, np.ndarray] = {}
   for name in ("square", "hor", "ver"):
@@ -172,3 +186,156 @@ def vconv2d_state_dict(layer: VersatileConv, prefix: str = "") -> dict[str, np.n
   weight = np.concatenate([weight, np.zeros_like(weight[:, :1])], axis=1)
   bias = np.zeros(layer.out_features) if layer.bias is None else np.asarray(layer.bias.get_value())
   return {f"{prefix}weight": weight, f"{prefix}bias": bias}
+
+
+def _offline(layer: DiverseBranchBlock | RepVGGBlock, official: str) -> None:
+  if layer.online:
+    raise ValueError(
+      f"the official {official} trains a BN per branch; this layer trains online (online=True, "
+      "branch scales and one BN) and has no official counterpart"
+    )
+
+
+def _dbb_parts(layer: DiverseBranchBlock) -> list[tuple[str, str, tuple[int, ...]]]:
+  """(official key, our kernel, official shape) per conv of a DBB."""
+  i, o, k, g = layer.in_features, layer.out_features, layer.kernel_size, layer.groups
+  t = layer.internal_channels
+  parts: list[tuple[str, str, tuple[int, ...]]] = [
+    ("dbb_origin.conv.weight", "origin", (o, i // g, k, k))
+  ]
+  if not layer.depthwise:
+    parts.append(("dbb_1x1.conv.weight", "one", (o, i // g, 1, 1)))
+    parts.append(("dbb_avg.conv.weight", "avg_conv", (o, i // g, 1, 1)))
+  first = "dbb_1x1_kxk.idconv1.weight" if layer.identity_based else "dbb_1x1_kxk.conv1.weight"
+  parts.append((first, "first", (t, i // g, 1, 1)))
+  parts.append(("dbb_1x1_kxk.conv2.weight", "second", (o, t // g, k, k)))
+  return parts
+
+
+_DBB_BNS = {
+  "dbb_origin.bn": "origin_bn",
+  "dbb_1x1.bn": "one_bn",
+  "dbb_avg.bn.bn": "avg_pad_bn",
+  "dbb_avg.avgbn": "avg_bn",
+  "dbb_1x1_kxk.bn1.bn": "first_bn",
+  "dbb_1x1_kxk.bn2": "second_bn",
+}
+
+
+def load_dbb(
+  layer: DiverseBranchBlock, state: Mapping[str, Any], prefix: str = ""
+) -> DiverseBranchBlock:
+  """A copy of `layer` holding an official DiverseBranchBlock's weights (its training form).
+
+  Keys (after `prefix`): dbb_origin.conv.weight, dbb_1x1.conv.weight, dbb_avg.conv.weight,
+  dbb_1x1_kxk.idconv1.weight (conv1.weight where internal_channels != in), and
+  dbb_1x1_kxk.conv2.weight; the BNs dbb_origin.bn, dbb_1x1.bn, dbb_avg.bn.bn (BNAndPadLayer),
+  dbb_avg.avgbn, dbb_1x1_kxk.bn1.bn and dbb_1x1_kxk.bn2 (.weight, .bias, .running_mean,
+  .running_var; num_batches_tracked is ignored). A depthwise block has no dbb_1x1 and no
+  dbb_avg.conv. The idconv1 weight is, as ours, the difference from the identity.
+
+  Args:
+    layer: a DiverseBranchBlock (online=False) with the official block's in/out channels,
+      kernel, stride, groups and internal_channels_1x1_3x3.
+    state: the arrays, e.g. `{k: v.numpy() for k, v in module.state_dict().items()}`.
+    prefix: the block's name in a whole net's state dict.
+
+  Raises:
+    ValueError: for a missing key, a shape that does not fit the layer, or an online layer.
+  """
+  _offline(layer, "DiverseBranchBlock")
+  copy = nnx.clone(layer)
+  what = f"DiverseBranchBlock({layer.in_features}, {layer.out_features}, {layer.kernel_size})"
+  for key, ours, shape in _dbb_parts(layer):
+    _set(getattr(copy, ours), _our_kernel(_array(state, prefix + key, shape, what)))
+  if layer.depthwise and f"{prefix}dbb_1x1.conv.weight" in state:
+    raise ValueError(f"{what}: the state dict has a dbb_1x1 branch; a depthwise block has none")
+  for key, ours in _DBB_BNS.items():
+    bn = getattr(copy, ours)
+    if bn is None:
+      continue
+    for torch_name, name in _BN.items():
+      _set(
+        getattr(bn, name), _array(state, f"{prefix}{key}.{torch_name}", (bn.num_features,), what)
+      )
+  return copy
+
+
+def dbb_state_dict(layer: DiverseBranchBlock, prefix: str = "") -> dict[str, np.ndarray]:
+  """The official DiverseBranchBlock's state dict of a DiverseBranchBlock (online=False)."""
+  _offline(layer, "DiverseBranchBlock")
+  out: dict[str, np.ndarray] = {}
+  for key, ours, _ in _dbb_parts(layer):
+    out[prefix + key] = _torch_kernel(getattr(layer, ours).get_value())
+  for key, ours in _DBB_BNS.items():
+    bn = getattr(layer, ours)
+    if bn is None:
+      continue
+    for torch_name, name in _BN.items():
+      out[f"{prefix}{key}.{torch_name}"] = np.asarray(getattr(bn, name).get_value())
+    out[f"{prefix}{key}.num_batches_tracked"] = np.zeros((), np.int64)
+  return out
+
+
+def _repvgg_parts(layer: RepVGGBlock) -> list[tuple[str | None, str | None, str, str]]:
+  """(official kernel key, our kernel, official BN, our BN) per branch of a RepVGGBlock."""
+  parts: list[tuple[str | None, str | None, str, str]] = [
+    ("rbr_dense.conv.weight", "dense", "rbr_dense.bn", "dense_bn"),
+    ("rbr_1x1.conv.weight", "one", "rbr_1x1.bn", "one_bn"),
+  ]
+  if layer.has_identity:
+    parts.append((None, None, "rbr_identity", "identity_bn"))
+  return parts
+
+
+def load_repvgg(layer: RepVGGBlock, state: Mapping[str, Any], prefix: str = "") -> RepVGGBlock:
+  """A copy of `layer` holding an official RepVGGBlock's weights (its training form).
+
+  Keys (after `prefix`): rbr_dense.conv.weight (O, I, k, k), rbr_1x1.conv.weight (O, I, 1, 1),
+  the BNs rbr_dense.bn, rbr_1x1.bn and, where in == out and stride 1, rbr_identity (.weight,
+  .bias, .running_mean, .running_var; num_batches_tracked is ignored).
+
+  Args:
+    layer: a RepVGGBlock (online=False) with the official block's in/out channels, stride and
+      groups (the official one: kernel 3, padding 1).
+    state: the arrays, e.g. `{k: v.numpy() for k, v in module.state_dict().items()}`.
+    prefix: the block's name in a whole net's state dict ("stage1.0.").
+
+  Raises:
+    ValueError: for a missing key, a shape that does not fit the layer, an identity branch in
+      the state dict the layer has not (or the other way round), or an online layer.
+  """
+  _offline(layer, "RepVGGBlock")
+  copy = nnx.clone(layer)
+  i, o, k, g = layer.in_features, layer.out_features, layer.kernel_size, layer.groups
+  what = f"RepVGGBlock({i}, {o}, {k}, stride={layer.stride})"
+  if (f"{prefix}rbr_identity.weight" in state) != layer.has_identity:
+    raise ValueError(
+      f"{what}: the state dict {'has' if not layer.has_identity else 'has no'} an identity "
+      f"branch (rbr_identity), the layer {'has' if layer.has_identity else 'has none'}: the "
+      "official block has one exactly where in == out and stride 1"
+    )
+  shapes = {"dense": (o, i // g, k, k), "one": (o, i // g, 1, 1)}
+  for key, ours, bn_key, bn_name in _repvgg_parts(layer):
+    if key is not None and ours is not None:
+      _set(getattr(copy, ours), _our_kernel(_array(state, prefix + key, shapes[ours], what)))
+    bn = getattr(copy, bn_name)
+    for torch_name, name in _BN.items():
+      _set(
+        getattr(bn, name), _array(state, f"{prefix}{bn_key}.{torch_name}", (bn.num_features,), what)
+      )
+  return copy
+
+
+def repvgg_state_dict(layer: RepVGGBlock, prefix: str = "") -> dict[str, np.ndarray]:
+  """The official RepVGGBlock's state dict of a RepVGGBlock (online=False)."""
+  _offline(layer, "RepVGGBlock")
+  out: dict[str, np.ndarray] = {}
+  for key, ours, bn_key, bn_name in _repvgg_parts(layer):
+    if key is not None and ours is not None:
+      out[prefix + key] = _torch_kernel(getattr(layer, ours).get_value())
+    bn = getattr(layer, bn_name)
+    for torch_name, name in _BN.items():
+      out[f"{prefix}{bn_key}.{torch_name}"] = np.asarray(getattr(bn, name).get_value())
+    out[f"{prefix}{bn_key}.num_batches_tracked"] = np.zeros((), np.int64)
+  return out

@@ -10,7 +10,10 @@ Every learned parameter gets one label (`param_labels`):
   (eq. 6 of Ma et al.);
 - `positions`: ACU synapse positions (`nn.Position`), with their own learning
   rate multiplier (0.01 in Jeon and Kim, section 3.1) and frozen for a
-  warm-up number of steps (section 2.6).
+  warm-up number of steps (section 2.6);
+- `scales`: the online form's branch scales of the multi-branch kinds
+  (`nn.BranchScale`, Hu et al.'s OREPA), which take the branch BNs' place:
+  not decayed by default, as BN scales are not.
 
 The ACU's normalized position gradient (eq. 15-16) lives in the layer
 (`ActiveConv(normalize_grad=True)`, a custom VJP where the positions enter
@@ -44,7 +47,7 @@ from kshapes_jax.nn.variables import ShapeParam, shape_labels
 Schedule = Literal["constant", "staircase", "cosine"]
 
 # the labels of the built-in layers (a kind's own shape parameters add theirs: `known_labels`)
-LABELS = ("weights", "bias", "bn", "angles", "positions")
+LABELS = ("weights", "bias", "bn", "angles", "positions", "scales")
 # Normalisation layers whose parameters get the "bn" label.
 _NORM_TYPES = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm)
 

@@ -268,8 +268,8 @@ def test_deploy_is_exact_for_every_model_and_kind(name, kind, randomize):
 def test_jitted_deploy_makes_the_arrays_of_op_by_op_deploy(kind, randomize):
   """One program for the whole model gives the same network as deploying layer by layer: the same
   structure, kernels bitwise, but where a fused array adds products (every BN-folded bias,
-  beta - mu * gamma / sigma, and ACB's kernel, k1 f1 + k2 f2 + k3 f3), which XLA contracts into
-  fused multiply-adds inside one program: there one rounding of the sum apart."""
+  beta - mu * gamma / sigma, and a multi-branch kernel, k1 f1 + k2 f2 + k3 f3), which XLA
+  contracts into fused multiply-adds inside one program: there one rounding of the sum apart."""
   model = create("resnet20", conv=kind, precision="highest")
   randomize(model, np.random.default_rng(0))
   model.eval()
@@ -279,7 +279,7 @@ def test_jitted_deploy_makes_the_arrays_of_op_by_op_deploy(kind, randomize):
     nnx.to_flat_state(nnx.state(jitted)), nnx.to_flat_state(nnx.state(eager)), strict=True
   ):
     a, b = np.asarray(a.get_value()), np.asarray(b.get_value())
-    if path[-1] == "bias" or (kind == "acb" and path[-1] == "kernel"):
+    if path[-1] == "bias" or (kind in ("acb", "dbb", "repvgg") and path[-1] == "kernel"):
       bound = 4 * np.finfo(np.float32).eps * np.max(np.abs(b))
       np.testing.assert_allclose(a, b, rtol=0, atol=bound, err_msg=str(path))
     else:

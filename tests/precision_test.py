@@ -127,6 +127,28 @@ def _builder_cases(rng):
         ),
       )
     ],
+    "add_branches": [
+      (
+        lambda a, b, c: kernels.add_branches([a, b], [c, None]),
+        (_f32(rng, 3, 3, i, o), _f32(rng, 3, 3, i, o), _f32(rng, o)),
+      )
+    ],
+    "fuse_1x1_kxk": [
+      (
+        lambda a, b, c, d: kernels.fuse_1x1_kxk(a, b, c, d, groups=2),
+        (_f32(rng, 1, 1, i, 8), _f32(rng, 8), _f32(rng, 3, 3, 4, o), _f32(rng, o)),
+      )
+    ],
+    "concat_depth": [
+      (
+        lambda a, b, c, d: kernels.concat_depth([a, b], [c, d]),
+        (_f32(rng, 3, 3, i, o), _f32(rng, 3, 3, i, 2), _f32(rng, o), _f32(rng, 2)),
+      )
+    ],
+    "avg_pool_kernel": [(lambda: kernels.avg_pool_kernel(o, 3, 2), ())],
+    "identity_kernel": [(lambda: kernels.identity_kernel(o, 3, 3), ())],
+    "pad_kernel": [(lambda k: kernels.pad_kernel(k, 5), (_f32(rng, 1, 3, i, o),))],
+    "scale_output": [(kernels.scale_output, (_f32(rng, 3, 3, i, o), _f32(rng, o)))],
     "spatial_versatile_kernel": [(kernels.spatial_versatile_kernel, (_f32(rng, 5, 5, i, o),))],
     "channel_versatile_kernel": [
       (lambda f: kernels.channel_versatile_kernel(f, 8, 2), (_f32(rng, 3, 3, i, o),))

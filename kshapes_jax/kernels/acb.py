@@ -13,73 +13,14 @@ References:
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from kshapes_jax import _validation
+from kshapes_jax.kernels.reparam import BatchNormParams, add_branches, fuse_bn, pad_kernel
 
-
-class BatchNormParams(NamedTuple):
-  """The four per-channel arrays of a batch normalisation in eval mode."""
-
-  scale: ArrayLike  # gamma, (O,)
-  bias: ArrayLike  # beta, (O,)
-  mean: ArrayLike  # running mean, (O,)
-  var: ArrayLike  # running variance, (O,)
-
-
-def fuse_bn(
-  kernel: ArrayLike,
-  scale: ArrayLike,
-  bias: ArrayLike,
-  mean: ArrayLike,
-  var: ArrayLike,
-  eps: float = 1e-5,
-) -> tuple[jax.Array, jax.Array]:
-  """Folds an eval-mode batch normalisation into the conv kernel before it.
-
-  BN(conv(x, K)) = conv(x, K * gamma / sigma) + (beta - mu * gamma / sigma)
-  with sigma = sqrt(var + eps): the per-branch terms of eq. 6 and eq. 7.
-
-  Args:
-    kernel: (H, W, I, O) kernel of a bias-free convolution.
-    scale: (O,) BN gamma.
-    bias: (O,) BN beta.
-    mean: (O,) BN running mean.
-    var: (O,) BN running variance.
-    eps: the BN epsilon.
-
-  Returns:
-    (kernel, bias): the fused (H, W, I, O) kernel and its (O,) bias.
-
-  Raises:
-    ValueError: if the kernel is not rank 4 or a BN array is not (O,), eps
-      is negative, or a concrete variance is negative (NaN kernel).
-  """
-  shape = _validation.require_rank("kernel", kernel, 4, "(H, W, I, O)")
-  out = shape[-1]
-  for name, value in (("scale", scale), ("bias", bias), ("mean", mean), ("var", var)):
-    _validation.require_shape(name, value, (out,), "(O,) with O the kernel's output channels")
-  if (
-    not isinstance(eps, (int, float, np.floating))
-    or isinstance(eps, bool)
-    or not 0 <= eps < math.inf
-  ):
-    raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
-  concrete_var = _validation.concrete_or_none(var)
-  if concrete_var is not None and not np.all(concrete_var + eps > 0):  # also NaN
-    raise ValueError(
-      f"var must be > -eps (a variance, >= 0), got min {float(np.min(concrete_var))} with "
-      f"eps={eps}: its 1/sqrt(var + eps) would be NaN or inf"
-    )
-  kernel = jnp.asarray(kernel)
-  factor = jnp.asarray(scale) * jax.lax.rsqrt(jnp.asarray(var) + eps)
-  return kernel * factor, jnp.asarray(bias) - jnp.asarray(mean) * factor
+__all__ = ["BatchNormParams", "acb_kernel", "fuse_acb", "fuse_bn"]
 
 
 def acb_kernel(
@@ -122,16 +63,15 @@ def acb_kernel(
   for name, idx in (("hor_row", hor_row), ("ver_col", ver_col)):
     if not 0 <= idx < k:
       raise ValueError(f"{name} must be in [0, {k}), got {idx}")
-  out = jnp.asarray(square)
+  square = jnp.asarray(square)
+  branches = [square]  # transform VI places each branch, transform II sums them
   if hor is not None:
     m = _asymmetric_length("hor", hor, (1, None, *shape[2:]), k)
-    start = (k - m) // 2
-    out = out.at[hor_row, start : start + m].add(jnp.asarray(hor, out.dtype)[0])
+    branches.append(pad_kernel(jnp.asarray(hor, square.dtype), k, offset=(hor_row, (k - m) // 2)))
   if ver is not None:
     m = _asymmetric_length("ver", ver, (None, 1, *shape[2:]), k)
-    start = (k - m) // 2
-    out = out.at[start : start + m, ver_col].add(jnp.asarray(ver, out.dtype)[:, 0])
-  return out
+    branches.append(pad_kernel(jnp.asarray(ver, square.dtype), k, offset=((k - m) // 2, ver_col)))
+  return add_branches(branches)[0]
 
 
 def _asymmetric_length(name: str, kernel: ArrayLike, like: tuple, k: int) -> int:
@@ -180,7 +120,7 @@ def fuse_acb(
   Raises:
     ValueError: on bad shapes, an even k, or a branch given without its BN.
   """
-  kernel, bias = fuse_bn(square, *square_bn, eps=eps)
+  kernel, bias = fuse_bn(square, *square_bn, eps=eps)  # transform I per branch
   fused: dict[str, jax.Array | None] = {}
   for name, k_, bn in (("hor", hor, hor_bn), ("ver", ver, ver_bn)):
     if k_ is None:

@@ -22,6 +22,7 @@ from kshapes_jax.nn.base import (
   recording,
 )
 from kshapes_jax.nn.batchnorm import batch_norm, bn_params, stacked_batch_norm
+from kshapes_jax.nn.dbb import DiverseBranchBlock
 from kshapes_jax.nn.deformable import DeformableActiveConv
 from kshapes_jax.nn.factory import ConvBN, conv_bn, make_conv
 from kshapes_jax.nn.kinds import (
@@ -33,24 +34,28 @@ from kshapes_jax.nn.kinds import (
   register_kind,
   unregister_kind,
 )
+from kshapes_jax.nn.repvgg import RepVGGBlock
 from kshapes_jax.nn.rotate import RotateConv
-from kshapes_jax.nn.variables import Angle, Position, ShapeParam
+from kshapes_jax.nn.variables import Angle, BranchScale, Position, ShapeParam
 from kshapes_jax.nn.versatile import VersatileConv
 
 __all__ = [
   "ACBlock",
   "ActiveConv",
   "Angle",
+  "BranchScale",
   "CONV_KINDS",
   "ConvBN",
   "ConvGeometry",
   "ConvLayer",
   "DeformableActiveConv",
+  "DiverseBranchBlock",
   "Dense",
   "Fusable",
   "Kind",
   "PlainConv",
   "Position",
+  "RepVGGBlock",
   "RotateConv",
   "ShapeParam",
   "VersatileConv",

@@ -13,7 +13,7 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from kshapes_jax.conv import Padding
-from kshapes_jax.kernels import acb_kernel, fuse_acb, fuse_bn
+from kshapes_jax.kernels import acb_kernel, fuse_acb, fuse_bn, pad_kernel
 from kshapes_jax.nn.base import (
   ConvLayer,
   check_layer,
@@ -21,7 +21,8 @@ from kshapes_jax.nn.base import (
   set_value,
   symmetric_padding,
 )
-from kshapes_jax.nn.batchnorm import batch_norm, bn_params, stacked_batch_norm
+from kshapes_jax.nn.batchnorm import batch_norm, bn_params
+from kshapes_jax.nn.branches import branch_scales, scaled_sum, stacked_branches
 
 Asymmetric = Literal["both", "hor", "ver"]  # which asymmetric branches (Table 5 ablations)
 BNMode = Literal["branch", "sum"]  # a BN per branch (the paper), or one after the sum
@@ -71,6 +72,10 @@ class ACBlock(ConvLayer):
       summed kernel), or "auto" (`resolve_impl`: "stacked", the faster in
       whole networks on CPU and GPU). Parameters and checkpoints do not
       depend on it.
+    online: train online (Hu et al., OREPA): no BN per branch but a learned per-channel
+      scale (`scales`, rows square / hor / ver; the asymmetric ones start at asym_scale_init),
+      the scaled kernels summed into one every step, then ONE conv and ONE BN (`sum_bn`): a
+      plain conv's cost in training. Deploys as exactly as the offline block.
   """
 
   padding: int  # on every side: the branches' paddings derive from it
@@ -97,6 +102,7 @@ class ACBlock(ConvLayer):
     asym_scale_init: float = 1.0,
     asym_size: int | None = None,
     impl: Impl = "auto",
+    online: bool = False,
     groups: int = 1,
     dilation: int = 1,
     precision: lax.PrecisionLike = None,
@@ -114,6 +120,13 @@ class ACBlock(ConvLayer):
     if bn not in get_args(BNMode):
       raise ValueError(f"bn must be 'branch' or 'sum', got {bn!r}")
     resolve_impl(impl)  # checks it
+    if not isinstance(online, bool):
+      raise ValueError(f"ACB online must be a bool, got {online!r}")
+    if online and bn != "branch":
+      raise ValueError(
+        "ACB online=True replaces the branch BNs by scales and one BN after the sum; leave bn "
+        f"at 'branch' (got bn={bn!r})"
+      )
     del use_bias  # the BN supplies the bias
     k = kernel_size
     m = k if asym_size is None else asym_size
@@ -123,7 +136,7 @@ class ACBlock(ConvLayer):
     self.in_features, self.out_features = in_features, out_features
     self.kernel_size, self.stride, self.groups, self.dilation = k, stride, groups, dilation
     self.padding = symmetric_padding(padding, k, int_only_for="ACBlock", dilation=dilation)
-    self.bn_mode, self.border, self.impl = bn, border, impl
+    self.bn_mode, self.border, self.impl, self.online = bn, border, impl, online
     self.set_numerics(precision, dtype, param_dtype)
     self.line = k - 1 if border else k // 2  # row of hor / column of ver
     cin = in_features // groups
@@ -133,7 +146,11 @@ class ACBlock(ConvLayer):
     self.hor = self.init_weight(rngs, (1, m, cin, out_features), fan) if use_hor else None
     self.ver = self.init_weight(rngs, (m, 1, cin, out_features), fan) if use_ver else None
     norm: dict[str, Any] = {"dtype": dtype, "param_dtype": param_dtype}
-    if bn == "branch":
+    if online:
+      scales = [1.0] + [asym_scale_init] * ((self.hor is not None) + (self.ver is not None))
+      self.scales = branch_scales(out_features, *scales)
+      self.sum_bn = batch_norm(out_features, rngs, **norm)
+    elif bn == "branch":
       self.square_bn = batch_norm(out_features, rngs, **norm)
       self.hor_bn = (
         batch_norm(out_features, rngs, asym_scale_init, **norm) if self.hor is not None else None
@@ -146,7 +163,7 @@ class ACBlock(ConvLayer):
 
   def _branches(self):
     """(kernel, padding, bn-or-None) per branch; the official code's paddings (taps `dilation`
-    apart)."""
+    apart). Online, each kernel carries its branch scale and no branch has a BN."""
     p, k, r, d = self.padding, self.kernel_size, self.line, self.dilation
     across = (p - d * r, p - d * (k - 1 - r))  # rows of hor / columns of ver
     inset = p - d * ((k - self.asym_size) // 2)  # along a branch shorter than k, centred
@@ -155,6 +172,12 @@ class ACBlock(ConvLayer):
       out.append((self.hor[...], (across, (inset, inset)), getattr(self, "hor_bn", None)))
     if self.ver is not None:
       out.append((self.ver[...], ((inset, inset), across), getattr(self, "ver_bn", None)))
+    if self.online:
+      scales = self.scales[...]
+      out = [
+        (kernel * scales[b].astype(kernel.dtype), pad, bn)
+        for b, (kernel, pad, bn) in enumerate(out)
+      ]
     return out
 
   def _bns(self) -> list[nnx.BatchNorm]:
@@ -198,7 +221,9 @@ class ACBlock(ConvLayer):
     for branch in (self.hor, self.ver):
       if branch is not None:
         set_value(branch, jnp.zeros_like(branch[...]))
-    square_bn: Any = self.square_bn if self.bn_mode == "branch" else self.sum_bn
+    square_bn: Any = self.sum_bn if self._one_bn() else self.square_bn
+    if self.online:  # the square's scale 1: the kernel as it is
+      set_value(self.scales, self.scales[...].at[0].set(1.0))
     set_value(square_bn.scale, jnp.full_like(square_bn.scale[...], (1 + square_bn.epsilon) ** 0.5))
     if bias is not None:
       set_value(square_bn.bias, bias)
@@ -209,19 +234,31 @@ class ACBlock(ConvLayer):
       branch = self.conv(x, kernel, padding=padding)
       outs.append(bn(branch) if bn is not None else branch)
     y = functools.reduce(operator.add, outs)
-    return self.sum_bn(y) if self.bn_mode == "sum" else y
+    return self.sum_bn(y) if self._one_bn() else y
+
+  def _one_bn(self) -> bool:
+    """One BN after the branches' sum (bn='sum', or online) instead of one per branch."""
+    return self.bn_mode == "sum" or self.online
 
   def _summed_kernel(self) -> jax.Array:
-    """eq. 6: the asymmetric kernels added onto the square one's skeleton (or border)."""
+    """eq. 6: the asymmetric kernels added onto the square one's skeleton (or border); online,
+    each scaled by its branch scale first."""
     hor, ver = self._asymmetric()
-    return acb_kernel(self.square[...], hor, ver, hor_row=self.line, ver_col=self.line)
+    if not self.online:
+      return acb_kernel(self.square[...], hor, ver, hor_row=self.line, ver_col=self.line)
+    k, m = self.kernel_size, self.asym_size
+    kernels = [self.square[...]]
+    if hor is not None:
+      kernels.append(pad_kernel(hor, k, offset=(self.line, (k - m) // 2)))
+    if ver is not None:
+      kernels.append(pad_kernel(ver, k, offset=((k - m) // 2, self.line)))
+    return scaled_sum(kernels, self.scales[...])
 
   def _stacked(self, x: jax.Array) -> jax.Array:
     """Training mode as one conv: the branch kernels zero-embedded in kxk (the same sums)."""
-    if self.bn_mode == "sum":  # linear up to the BN: one conv with the summed kernel
+    if self._one_bn():  # linear up to the BN: one conv with the summed kernel
       return self.sum_bn(self.conv(x, self._summed_kernel(), padding=self.padding))
     hor, ver = self._asymmetric()
-    o = self.out_features
     kernels, bns = [self.square[...]], [self.square_bn]
     zero = jnp.zeros_like(self.square[...])
     if hor is not None and self.hor_bn is not None:
@@ -230,14 +267,10 @@ class ACBlock(ConvLayer):
     if ver is not None and self.ver_bn is not None:
       kernels.append(acb_kernel(zero, None, ver, ver_col=self.line))
       bns.append(self.ver_bn)
-    z = self.conv(x, _by_group(kernels, self.groups), padding=self.padding)
-    z = stacked_batch_norm(_by_branch(z, len(kernels), self.groups), bns)
-    return functools.reduce(
-      operator.add, (z[..., i * o : (i + 1) * o] for i in range(len(kernels)))
-    )
+    return stacked_branches(self, x, kernels, bns, self.padding)
 
   def effective_kernel(self):
-    if self.bn_mode == "sum":
+    if self._one_bn():
       return fuse_bn(self._summed_kernel(), *bn_params(self.sum_bn), eps=self.sum_bn.epsilon)
     hor, ver = self._asymmetric()
     return fuse_acb(
@@ -262,22 +295,3 @@ class ACBlock(ConvLayer):
     return int(
       out_shape[1] * out_shape[2] * taps * self.in_features // self.groups * self.out_features
     )
-
-
-def _by_group(kernels: list[jax.Array], groups: int) -> jax.Array:
-  """The branch kernels stacked on the output axis so that a grouped conv gives each group all
-  branches.
-
-  A conv with feature groups splits its outputs into `groups` consecutive blocks, block g reading
-  input group g: the stack is ordered (group, branch, map of the group)."""
-  *rest, o = kernels[0].shape
-  stacked = jnp.stack([k.reshape(*rest, groups, o // groups) for k in kernels], axis=-2)
-  return stacked.reshape(*rest, len(kernels) * o)
-
-
-def _by_branch(z: jax.Array, branches: int, groups: int) -> jax.Array:
-  """The stacked conv's maps from (group, branch, map) order to (branch, group, map):
-  branch-major."""
-  *rest, n = z.shape
-  z = z.reshape(*rest, groups, branches, n // (groups * branches))
-  return jnp.swapaxes(z, -3, -2).reshape(*rest, n)

@@ -89,3 +89,12 @@ def stacked_batch_norm(z: jax.Array, bns: list[nnx.BatchNorm]) -> jax.Array:
   mul = jax.lax.rsqrt(var + first.epsilon) * scale
   y = (z - mean) * mul + bias
   return jnp.asarray(y, first.dtype or jnp.result_type(z, scale, bias))
+
+
+def set_affine(bn: nnx.BatchNorm, scale: float, bias: jax.Array | None = None) -> None:
+  """Sets a BN's scale to `scale` on every channel and, where given, its shift to `bias`
+  (convert's init="preserve": an eval-mode identity is scale sqrt(1 + eps) on a new BN)."""
+  own_scale, own_bias = _scale_and_bias(bn)
+  own_scale.set_value(jnp.full_like(own_scale[...], scale))
+  if bias is not None:
+    own_bias.set_value(jnp.asarray(bias, own_bias[...].dtype))

@@ -28,6 +28,8 @@ from kshapes_jax.conv import Padding
 from kshapes_jax.nn.acb import ACBlock
 from kshapes_jax.nn.active import ActiveConv
 from kshapes_jax.nn.base import ConvGeometry, ConvLayer, PlainConv
+from kshapes_jax.nn.dbb import DiverseBranchBlock
+from kshapes_jax.nn.repvgg import RepVGGBlock
 from kshapes_jax.nn.rotate import RotateConv
 from kshapes_jax.nn.versatile import VersatileConv
 
@@ -209,3 +211,5 @@ register_kind("rotate2", RotateConv, version=2)
 register_kind("acb", ACBlock)
 register_kind("versatile", VersatileConv)
 register_kind("active", ActiveConv)
+register_kind("dbb", DiverseBranchBlock)
+register_kind("repvgg", RepVGGBlock)

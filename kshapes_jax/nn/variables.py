@@ -35,3 +35,10 @@ def shape_labels() -> tuple[str, ...]:
       found.append(label)
     todo.extend(cls.__subclasses__())
   return tuple(found)
+
+
+class BranchScale(ShapeParam):
+  """The online form's per-branch, per-channel scales (OREPA), in place of the branch BNs: they
+  set how the branch kernels are summed into one, and are not decayed by default."""
+
+  label = "scales"

@@ -1,0 +1,181 @@
+"""RepVGGBlock: kxk-BN + 1x1-BN + identity-BN, fused into one conv (Ding et al. 2021)."""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Any
+
+import jax
+from flax import nnx
+from jax import lax
+from jax.typing import DTypeLike
+
+from kshapes_jax.conv import Padding
+from kshapes_jax.kernels import add_branches, fuse_bn, identity_kernel, pad_kernel
+from kshapes_jax.nn.base import ConvLayer, check_layer, record, set_value, symmetric_padding
+from kshapes_jax.nn.batchnorm import batch_norm, bn_params, set_affine
+from kshapes_jax.nn.branches import branch_scales, scaled_sum, stacked_branches
+
+
+class RepVGGBlock(ConvLayer):
+  """RepVGG's training-time block; replaces a kxk conv AND the BN after it.
+
+  Branches: a kxk conv + BN (`dense`, `dense_bn`), a 1x1 conv + BN at the kxk conv's centre
+  tap (`one`, `one_bn`) and, where the block maps a tensor onto one of its own shape
+  (in == out, stride 1 and the 'same' padding), a BN of the input (`identity_bn`). In eval
+  mode the block is `effective_kernel()`: one kxk conv with a bias (the 1x1 padded to kxk
+  and the identity written as a kxk conv, each BN folded in: transforms I, II and VI). The
+  block's ReLU is the model's, after it.
+
+  Beyond the official block (kernel 3 and padding 1 only; its 1x1 branch ignores dilation,
+  RepVGG#57), any odd kernel, any padding and any dilation work: the 1x1 branch reads the
+  centre tap with padding p - d (k - 1) / 2 (cropping where negative), and a block whose
+  output is not its input's shape (another padding) has no identity branch.
+
+  Args (beyond the shared ones):
+    online: train online (OREPA): learned per-channel branch scales (`scales`, rows dense /
+      1x1 / identity) instead of the branch BNs, the scaled kernels summed into one every step,
+      then ONE conv and ONE BN (`bn`). Deploys exactly, as the offline block does.
+  """
+
+  padding: int
+  int_padding = True
+  normalizes = True
+  preserves = "exact"
+
+  @classmethod
+  def takes_kernel_size(cls, kernel_size: int) -> bool:
+    return kernel_size % 2 == 1
+
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int = 3,
+    *,
+    stride: int = 1,
+    padding: Padding | None = None,
+    use_bias: bool = False,
+    online: bool = False,
+    groups: int = 1,
+    dilation: int = 1,
+    precision: lax.PrecisionLike = None,
+    dtype: DTypeLike | None = None,
+    param_dtype: DTypeLike | None = None,
+    rngs: nnx.Rngs,
+  ):
+    check_layer(
+      "RepVGGBlock", in_features, out_features, kernel_size, stride, groups, rngs, dilation=dilation
+    )
+    if kernel_size % 2 == 0:
+      raise ValueError(f"RepVGGBlock needs an odd kernel size (a centre tap), got {kernel_size}")
+    if not isinstance(online, bool):
+      raise ValueError(f"RepVGGBlock online must be a bool, got {online!r}")
+    del use_bias  # the BNs supply the bias
+    k = kernel_size
+    self.in_features, self.out_features = in_features, out_features
+    self.kernel_size, self.stride, self.groups, self.dilation = k, stride, groups, dilation
+    self.padding = symmetric_padding(padding, k, int_only_for="RepVGGBlock", dilation=dilation)
+    self.online = online
+    self.set_numerics(precision, dtype, param_dtype)
+    # the identity adds the input to an output of its shape: in == out and stride 1 (the official
+    # rule, whose padding is always the 'same' one), and the 'same' padding
+    same = dilation * (k // 2)
+    self.has_identity = in_features == out_features and stride == 1 and self.padding == same
+    cin = in_features // groups
+    self.dense = self.init_weight(rngs, (k, k, cin, out_features), k * k * cin)
+    self.one = self.init_weight(rngs, (1, 1, cin, out_features), cin)
+    norm: dict[str, Any] = {"dtype": dtype, "param_dtype": param_dtype}
+    if online:
+      self.scales = branch_scales(out_features, *([1.0] * (2 + self.has_identity)))
+      self.bn = batch_norm(out_features, rngs, **norm)
+    else:
+      self.dense_bn = batch_norm(out_features, rngs, **norm)
+      self.one_bn = batch_norm(out_features, rngs, **norm)
+      self.identity_bn = batch_norm(in_features, rngs, **norm) if self.has_identity else None
+
+  def _bns(self) -> list[nnx.BatchNorm]:
+    if self.online:
+      return [self.bn]
+    return [bn for bn in (self.dense_bn, self.one_bn, self.identity_bn) if bn is not None]
+
+  def _kernels(self) -> list[jax.Array]:
+    """The branches' kernels as kxk convs: dense, the 1x1 at the centre, the identity."""
+    dense = self.dense[...]
+    kernels = [dense, pad_kernel(self.one[...], self.kernel_size)]
+    if self.has_identity:
+      kernels.append(identity_kernel(self.in_features, self.groups, self.kernel_size, dense.dtype))
+    return kernels
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    bns = self._bns()
+    if all(bn.use_running_average for bn in bns):  # eval: one fused conv
+      return super().__call__(x)
+    if self.online:
+      y = self.bn(self.conv(x, scaled_sum(self._kernels(), self.scales[...]), padding=self.padding))
+    elif any(bn.use_running_average for bn in bns):  # partly frozen (a user's choice)
+      y = self.branched(x)
+    else:  # dense and 1x1 as one conv to 2 O maps and one BN pass; the identity's BN apart
+      y = stacked_branches(self, x, self._kernels()[:2], [self.dense_bn, self.one_bn], self.padding)
+      if self.identity_bn is not None:
+        y = y + self.identity_bn(x)
+    record(self, x, y)
+    return y
+
+  def branched(self, x: jax.Array) -> jax.Array:
+    """The block as the official code computes it, branch by branch (the 1x1 as a 1x1 conv, the
+    identity as the input itself), each BN in its mode: the reference of the fused conv."""
+    p = self.padding - self.dilation * (self.kernel_size // 2)  # the 1x1 at the centre tap
+    dense = self.conv(x, self.dense[...], padding=self.padding)
+    one = self.conv(x, self.one[...], padding=p)
+    if self.online:
+      scales = self.scales[...]
+      outs = [dense * scales[0], one * scales[1]]
+      if self.has_identity:
+        outs.append(x * scales[2])
+      return self.bn(functools.reduce(operator.add, outs))
+    y = self.dense_bn(dense) + self.one_bn(one)
+    return y if self.identity_bn is None else y + self.identity_bn(x)
+
+  def trained_output(self, x: jax.Array) -> jax.Array:
+    return self.branched(x)
+
+  def effective_kernel(self):
+    kernels = self._kernels()
+    if self.online:
+      return fuse_bn(
+        scaled_sum(kernels, self.scales[...]), *bn_params(self.bn), eps=self.bn.epsilon
+      )
+    fused = [
+      fuse_bn(kernel, *bn_params(bn), eps=bn.epsilon) for kernel, bn in zip(kernels, self._bns())
+    ]
+    return add_branches([k for k, _ in fused], [b for _, b in fused])
+
+  def init_from_kernel(self, kernel: jax.Array, bias: jax.Array | None) -> None:
+    """Dense = the kernel with an identity BN (its scale sqrt(1 + eps) cancels the eps of a new
+    BN's unit variance), the bias as its shift; the 1x1 kernel zero, and the identity branch's
+    scale zero: the block's eval function is the conv's."""
+    set_value(self.dense, kernel)
+    set_value(self.one, self.one[...] * 0)
+    main = self.bn if self.online else self.dense_bn
+    set_affine(main, (1 + main.epsilon) ** 0.5, bias)
+    if self.online:
+      set_value(self.scales, self.scales[...].at[0].set(1.0).at[2:].set(0.0))
+    elif self.identity_bn is not None:
+      set_affine(self.identity_bn, 0.0)
+
+  def weight_count(self) -> int:
+    return int(self.dense[...].size + self.one[...].size)
+
+  def multiplications(self, out_shape) -> int:
+    """Training-time cost: k^2 + 1 taps (the deployed conv costs k^2)."""
+    k = self.kernel_size
+    return int(
+      out_shape[1]
+      * out_shape[2]
+      * (k * k + 1)
+      * self.in_features
+      // self.groups
+      * self.out_features
+    )
