@@ -93,6 +93,12 @@ ROWS: dict[str, RowConfig] = {
   "acb_hor": RowConfig("acb", _ACB + "acb", {"conv_options.asymmetric": "hor"}),
   "acb_ver": RowConfig("acb", _ACB + "acb", {"conv_options.asymmetric": "ver"}),
   "acb_bn_sum": RowConfig("acb", _ACB + "acb", {"conv_options.bn": "sum"}),
+  # ACNet's successors at the same recipe: DBB, RepVGG's block, and every block online (OREPA)
+  "acb_online": RowConfig("acb", _ACB + "acb", {"conv_options.online": True}),
+  "dbb": RowConfig("acb", _ACB + "acb", {"conv": "dbb"}),
+  "dbb_online": RowConfig("acb", _ACB + "acb", {"conv": "dbb", "conv_options.online": True}),
+  "repvgg": RowConfig("acb", _ACB + "acb", {"conv": "repvgg"}),
+  "repvgg_online": RowConfig("acb", _ACB + "acb", {"conv": "repvgg", "conv_options.online": True}),
 }
 
 

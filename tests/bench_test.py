@@ -96,13 +96,29 @@ def test_readme_shows_the_committed_cpu_results():
   assert readme[readme.index(start) + len(start) : readme.index(end)] == table.read_text()
 
 
-@pytest.mark.parametrize("name", ["bench-imagenet-peer", "bench-small-maps"])
+@pytest.mark.parametrize("name", ["bench-imagenet-peer", "bench-small-maps", "bench-reparam-cpu"])
 def test_readme_shows_the_committed_cpu_route_results(name):
   table = ROOT / "results" / f"{name}.md"
   assert table.exists(), f"run python -m bench.{name.removeprefix('bench-').replace('-', '_')}"
   readme = (ROOT / "README.md").read_text()
   start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
   assert readme[readme.index(start) + len(start) : readme.index(end)] == table.read_text()
+
+
+def test_reparam_bench_marks_each_target_against_the_measured_ratios():
+  from bench import reparam
+
+  def row(case, time, memory):
+    return {"case": case, "train_ratio": time, "memory_ratio": memory}
+
+  assert reparam._verdict(row("dbb_online", 1.15, 1.10)).endswith(": met")
+  assert reparam._verdict(row("dbb_online", 1.16, 1.0)).endswith("NOT met")
+  assert reparam._verdict(row("repvgg_online", 1.0, 1.11)).endswith("NOT met")
+  assert reparam._verdict(row("acb", 2.01, 1.0)).endswith("NOT met")
+  assert reparam._verdict(row("acb", 1.9, 9.0)).endswith(": met")
+  assert reparam._verdict(row("dbb", 9.0, 9.0)) == ""  # offline DBB and RepVGG: reported only
+  cases = [c[0] for c in reparam._cases()]
+  assert cases[0] == "plain" and {"acb_online", "dbb_online", "repvgg_online"} <= set(cases)
 
 
 def test_small_maps_bench_times_the_three_forms_and_marks_the_routed_shapes():

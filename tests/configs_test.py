@@ -102,7 +102,18 @@ def test_paper_recipes():
     repro_fmnist.get_config("row=acu,seed=x")
   q = quickstart.get_config()
   assert (q.model, q.conv, q.data.name, q.data.source) == ("sn", "rotate4", "fashion_mnist", "idx")
-  from configs import acnet_imagenet, versatile_imagenet
+  from configs import acnet_imagenet, reparam_imagenet, versatile_imagenet
+
+  r = reparam_imagenet.get_config("model=resnet18,conv=own_online")
+  assert (r.model, r.conv, r.conv_options.online, r.num_epochs, r.optim.schedule) == (
+    "resnet18",
+    "dbb",
+    True,
+    120.0,
+    "cosine",
+  )
+  r = reparam_imagenet.get_config("model=repvgg_b0")
+  assert (r.model, r.conv, r.conv_options.online) == ("repvgg_b0", "repvgg", None)
 
   a = acnet_imagenet.get_config("model=alexnet,conv=acb_ver")
   assert (a.model, a.conv, a.conv_options.asymmetric, a.num_epochs) == (

@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import kshapes_jax as K
 from kshapes_jax.models import count_params, create, list_models, model_cost, spec
 from kshapes_jax.models.densenet import DENSENET40_ROTATECONV, DenseNet, DenseNetBC
 from kshapes_jax.models.imagenet import ImageNetResNet
+from kshapes_jax.models.repvgg import RepVGG
 
 
 def _count(name, **kwargs):
@@ -218,6 +220,15 @@ _BUILD = {
     precision="highest",
   ),
 }
+# RepVGG-A/B at one block a stage, a quarter of their widths
+_BUILD.update(
+  {
+    name: lambda kind: RepVGG(
+      (1, 2, 1, 1), (0.25, 0.25, 0.25, 0.5), kind, 10, rngs=nnx.Rngs(0), precision="highest"
+    )
+    for name in ("repvgg_a0", "repvgg_a1", "repvgg_b0")
+  }
+)
 _INPUT = {name: (64, 64, 3) for name in ("resnet18", "resnet50", *_BUILD) if name != "densenet40"}
 # the default run: every kind on ResNet-20, and each model file's own structure once (a net
 # without BN, LeNet's versatile layers, DenseNet's pre-activation convs, grouped v2 bottlenecks
@@ -231,6 +242,8 @@ _DEFAULT_CASES = {
   ("versatile_v2_resnext50", "versatile"),
   ("versatile_v2_alexnet", "versatile"),
   ("acnet_alexnet", "acb"),
+  ("repvgg_a0", "repvgg"),
+  ("repvgg_a0", "dbb"),
 }
 CASES = [
   pytest.param(
@@ -284,6 +297,30 @@ def test_jitted_deploy_makes_the_arrays_of_op_by_op_deploy(kind, randomize):
       np.testing.assert_allclose(a, b, rtol=0, atol=bound, err_msg=str(path))
     else:
       np.testing.assert_array_equal(a, b, err_msg=str(path))
+
+
+# the official create_RepVGG_A0/A1/B0 (DingXiaoH/RepVGG repvgg.py), counted with PyTorch 2.14.1:
+# sum(p.numel() for p in model.parameters()) in the training form and after repvgg_model_convert
+OFFICIAL_REPVGG = {
+  "repvgg_a0": (9_108_968, 8_309_384),
+  "repvgg_a1": (14_092_264, 12_789_864),
+  "repvgg_b0": (15_817_960, 14_339_048),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_REPVGG))
+def test_repvgg_has_the_official_models_parameters_trained_and_deployed(name):
+  def deployed():
+    model = create(name, rngs=nnx.Rngs(0))
+    model.eval()
+    return K.deploy(model, jit=False)
+
+  counts = []
+  for build in (lambda: create(name, rngs=nnx.Rngs(0)), deployed):
+    abstract = nnx.eval_shape(build)  # shapes only: no 16M weights drawn
+    counts.append(sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(abstract, nnx.Param))))
+  assert tuple(counts) == OFFICIAL_REPVGG[name]
+  assert spec(name).kinds[0] == "repvgg"
 
 
 def test_create_errors():

@@ -4,6 +4,7 @@ from kshapes_jax.models import (  # noqa: F401  (registration)
   alexnet,
   densenet,
   imagenet,
+  repvgg,
   resnet,
   small,
   vgg,

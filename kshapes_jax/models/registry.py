@@ -17,16 +17,19 @@ from kshapes_jax.nn.kinds import CONV_KINDS, get_kind
 @dataclasses.dataclass(frozen=True)
 class KindsTaking:
   """The registered conv kinds that build layers of every one of `kernel_sizes`, asked when a
-  model is built (so a kind registered later applies to the model too)."""
+  model is built (so a kind registered later applies to the model too), `default` first."""
 
   kernel_sizes: tuple[int, ...] = ()
+  default: str | None = None  # the model's default kind, listed first (a paper's own block)
 
   def __call__(self) -> tuple[str, ...]:
-    return tuple(
+    names = [
       name
       for name, kind in CONV_KINDS.items()
       if all(kind.takes_kernel_size(k) for k in self.kernel_sizes)
-    )
+    ]
+    first = [name for name in names if name == self.default]
+    return tuple(first + [name for name in names if name not in first])
 
 
 # every registered kind: a model whose kind replaces only the layers it can (its 3x3 convs,

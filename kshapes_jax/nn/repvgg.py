@@ -15,7 +15,7 @@ from kshapes_jax.conv import Padding
 from kshapes_jax.kernels import add_branches, fuse_bn, identity_kernel, pad_kernel
 from kshapes_jax.nn.base import ConvLayer, check_layer, record, set_value, symmetric_padding
 from kshapes_jax.nn.batchnorm import batch_norm, bn_params, set_affine
-from kshapes_jax.nn.branches import branch_scales, scaled_sum, stacked_branches
+from kshapes_jax.nn.branches import branch_scales, scaled_sum
 
 
 class RepVGGBlock(ConvLayer):
@@ -114,12 +114,8 @@ class RepVGGBlock(ConvLayer):
       return super().__call__(x)
     if self.online:
       y = self.bn(self.conv(x, scaled_sum(self._kernels(), self.scales[...]), padding=self.padding))
-    elif any(bn.use_running_average for bn in bns):  # partly frozen (a user's choice)
+    else:  # a conv and a BN per branch: the 1x1 costs 1 / k^2 of the dense conv as it is
       y = self.branched(x)
-    else:  # dense and 1x1 as one conv to 2 O maps and one BN pass; the identity's BN apart
-      y = stacked_branches(self, x, self._kernels()[:2], [self.dense_bn, self.one_bn], self.padding)
-      if self.identity_bn is not None:
-        y = y + self.identity_bn(x)
     record(self, x, y)
     return y
 

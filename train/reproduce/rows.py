@@ -265,6 +265,25 @@ _PAPER = (
     analyses={"acb": {"prune_seeds": 0}},
     paper_distorted=(70.82, 41.70, 42.92, 42.90),
   ),
+  *(
+    Row(
+      name,
+      setting="Cifar-quick at ACNet's recipe (no paper number)",
+      baseline=baseline,
+      comparison=comparison,
+    )
+    for name, baseline, comparison in (
+      ("dbb", "acb_baseline", "DBB (Ding et al. 2021): above the base net, no Cifar-quick number"),
+      ("repvgg", "acb_baseline", "RepVGG (Ding et al. 2021): above the base net, no number here"),
+      ("acb_online", "acb", "OREPA (Hu et al. 2022): online within noise of, or above, offline"),
+      ("dbb_online", "dbb", "OREPA (Hu et al. 2022): online within noise of, or above, offline"),
+      (
+        "repvgg_online",
+        "repvgg",
+        "OREPA (Hu et al. 2022): online within noise of, or above, offline",
+      ),
+    )
+  ),
 )
 # Every row of the configs, in their order (a row the paper has no number for is a bare Row).
 ROWS: dict[str, Row] = {name: Row(name) for name in repro_fmnist.ROWS} | {r.name: r for r in _PAPER}
