@@ -4,6 +4,8 @@ vs ACB.
   python -m train.main --config configs/acnet_cifar.py:model=resnet56,data=cifar10,conv=acb \
       --workdir runs/acnet_r56_c10_acb --config.data.data_dir=$TFDS_DIR
   # ablations (Table 5): --config.conv_options.asymmetric=hor | ver, --config.conv_options.bn=sum
+  # ACNet's successors at its recipe: conv=dbb | repvgg; any block online:
+  # --config.conv_options.online=True
 
 Top-1 (%) of Ding et al., base -> ACNet:
   CIFAR-10:  Cifar-quick 83.13 -> 84.24, VGG 94.12 -> 94.47, ResNet-56 94.31 -> 95.09,
@@ -27,7 +29,7 @@ def get_config(arg: str | None = None):
     {
       "model": ("cifar_quick", "vgg16", "resnet56", "wrn16_8", "densenet40"),
       "data": ("cifar10", "cifar100"),
-      "conv": ("acb", "plain"),
+      "conv": ("acb", "plain", "dbb", "repvgg"),
     },
   )
   c = default.get_config()

@@ -95,10 +95,10 @@ ROWS: dict[str, RowConfig] = {
   "acb_bn_sum": RowConfig("acb", _ACB + "acb", {"conv_options.bn": "sum"}),
   # ACNet's successors at the same recipe: DBB, RepVGG's block, and every block online (OREPA)
   "acb_online": RowConfig("acb", _ACB + "acb", {"conv_options.online": True}),
-  "dbb": RowConfig("acb", _ACB + "acb", {"conv": "dbb"}),
-  "dbb_online": RowConfig("acb", _ACB + "acb", {"conv": "dbb", "conv_options.online": True}),
-  "repvgg": RowConfig("acb", _ACB + "acb", {"conv": "repvgg"}),
-  "repvgg_online": RowConfig("acb", _ACB + "acb", {"conv": "repvgg", "conv_options.online": True}),
+  "dbb": RowConfig("acb", _ACB + "dbb"),
+  "dbb_online": RowConfig("acb", _ACB + "dbb", {"conv_options.online": True}),
+  "repvgg": RowConfig("acb", _ACB + "repvgg"),
+  "repvgg_online": RowConfig("acb", _ACB + "repvgg", {"conv_options.online": True}),
 }
 
 

@@ -75,6 +75,19 @@ def _set(param: nnx.Variable, value) -> None:
   param.set_value(jnp.asarray(value, param.get_value().dtype))
 
 
+def _load_bn(bn: nnx.BatchNorm, state: Mapping[str, Any], name: str, what: str) -> None:
+  """A BatchNorm2d's weight, bias, running_mean and running_var (keys `name`.*) into `bn`."""
+  for torch_name, ours in _BN.items():
+    _set(getattr(bn, ours), _array(state, f"{name}.{torch_name}", (bn.num_features,), what))
+
+
+def _bn_state(bn: nnx.BatchNorm, name: str) -> dict[str, np.ndarray]:
+  """`bn` as a BatchNorm2d's state dict entries under `name`."""
+  out = {f"{name}.{t}": np.asarray(getattr(bn, ours).get_value()) for t, ours in _BN.items()}
+  out[f"{name}.num_batches_tracked"] = np.zeros((), np.int64)
+  return out
+
+
 def load_acblock(layer: ACBlock, state: Mapping[str, Any], prefix: str = "") -> ACBlock:
   """A copy of `layer` holding an official ACNet ACBlock's weights (its training form).
 
@@ -110,9 +123,7 @@ def load_acblock(layer: ACBlock, state: Mapping[str, Any], prefix: str = "") -> 
         )
       continue
     _set(param, _our_kernel(_array(state, f"{prefix}{name}_conv.weight", shape, what)))
-    bn = getattr(copy, f"{name}_bn")
-    for torch_name, ours in _BN.items():
-      _set(getattr(bn, ours), _array(state, f"{prefix}{name}_bn.{torch_name}", (o,), what))
+    _load_bn(getattr(copy, f"{name}_bn"), state, f"{prefix}{name}_bn", what)
   return copy
 
 
@@ -128,10 +139,7 @@ def acblock_state_dict(layer: ACBlock, prefix: str = "") -> dict[str, np.ndarray
     if param is None:
       continue
     out[f"{prefix}{name}_conv.weight"] = _torch_kernel(param.get_value())
-    bn = getattr(layer, f"{name}_bn")
-    for torch_name, ours in _BN.items():
-      out[f"{prefix}{name}_bn.{torch_name}"] = np.asarray(getattr(bn, ours).get_value())
-    out[f"{prefix}{name}_bn.num_batches_tracked"] = np.zeros((), np.int64)
+    out.update(_bn_state(getattr(layer, f"{name}_bn"), f"{prefix}{name}_bn"))
   return out
 
 
@@ -251,13 +259,8 @@ def load_dbb(
   if layer.depthwise and f"{prefix}dbb_1x1.conv.weight" in state:
     raise ValueError(f"{what}: the state dict has a dbb_1x1 branch; a depthwise block has none")
   for key, ours in _DBB_BNS.items():
-    bn = getattr(copy, ours)
-    if bn is None:
-      continue
-    for torch_name, name in _BN.items():
-      _set(
-        getattr(bn, name), _array(state, f"{prefix}{key}.{torch_name}", (bn.num_features,), what)
-      )
+    if getattr(copy, ours) is not None:
+      _load_bn(getattr(copy, ours), state, prefix + key, what)
   return copy
 
 
@@ -268,12 +271,8 @@ def dbb_state_dict(layer: DiverseBranchBlock, prefix: str = "") -> dict[str, np.
   for key, ours, _ in _dbb_parts(layer):
     out[prefix + key] = _torch_kernel(getattr(layer, ours).get_value())
   for key, ours in _DBB_BNS.items():
-    bn = getattr(layer, ours)
-    if bn is None:
-      continue
-    for torch_name, name in _BN.items():
-      out[f"{prefix}{key}.{torch_name}"] = np.asarray(getattr(bn, name).get_value())
-    out[f"{prefix}{key}.num_batches_tracked"] = np.zeros((), np.int64)
+    if getattr(layer, ours) is not None:
+      out.update(_bn_state(getattr(layer, ours), prefix + key))
   return out
 
 
@@ -319,11 +318,7 @@ def load_repvgg(layer: RepVGGBlock, state: Mapping[str, Any], prefix: str = "") 
   for key, ours, bn_key, bn_name in _repvgg_parts(layer):
     if key is not None and ours is not None:
       _set(getattr(copy, ours), _our_kernel(_array(state, prefix + key, shapes[ours], what)))
-    bn = getattr(copy, bn_name)
-    for torch_name, name in _BN.items():
-      _set(
-        getattr(bn, name), _array(state, f"{prefix}{bn_key}.{torch_name}", (bn.num_features,), what)
-      )
+    _load_bn(getattr(copy, bn_name), state, prefix + bn_key, what)
   return copy
 
 
@@ -334,8 +329,5 @@ def repvgg_state_dict(layer: RepVGGBlock, prefix: str = "") -> dict[str, np.ndar
   for key, ours, bn_key, bn_name in _repvgg_parts(layer):
     if key is not None and ours is not None:
       out[prefix + key] = _torch_kernel(getattr(layer, ours).get_value())
-    bn = getattr(layer, bn_name)
-    for torch_name, name in _BN.items():
-      out[f"{prefix}{bn_key}.{torch_name}"] = np.asarray(getattr(bn, name).get_value())
-    out[f"{prefix}{bn_key}.num_batches_tracked"] = np.zeros((), np.int64)
+    out.update(_bn_state(getattr(layer, bn_name), prefix + bn_key))
   return out

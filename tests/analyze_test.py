@@ -291,7 +291,10 @@ def test_report_reads_the_runs_and_keeps_the_notes(reported):
     "| `acb_ver` - `acb` | Table 4, ResNet-18 ImageNet | -0.36 | 1 | - | 0 / 1 | not run | - |"
     in text
   )
-  assert "Not run at 1 epochs: `acb_ver`, `acb_bn_sum` (`--epochs acb=1 --rows ...`)." in text
+  assert (
+    "Not run at 1 epochs: `acb_ver`, `acb_bn_sum`, `acb_online`, `dbb`, `dbb_online`, `repvgg`, "
+    "`repvgg_online` (`--epochs acb=1 --rows ...`)." in text
+  )
   assert "| `acb_ver` |" not in text
   # every length on disk: here only the default ones (e1, e2)
   assert "| method vs baseline | paper | 1 epochs | 2 epochs |" in text

@@ -39,7 +39,8 @@ X = jax.random.normal(jax.random.key(0), (6, 12, 12, 3))
 LABELS = jnp.arange(6) % 10
 
 
-@pytest.mark.parametrize("kind", runs.kinds())
+# dbb with -m slow: a block of BN'd branches in Linen's batch_stats is acb's and repvgg's path too
+@pytest.mark.parametrize("kind", runs.kinds(slow=("rotate2", "dbb")))
 def test_every_kind_trains_in_a_linen_model_and_deploys(kind):
   model = LinenNet(kind)
   variables = model.init(jax.random.key(1), X, train=False)

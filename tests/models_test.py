@@ -243,7 +243,6 @@ _DEFAULT_CASES = {
   ("versatile_v2_alexnet", "versatile"),
   ("acnet_alexnet", "acb"),
   ("repvgg_a0", "repvgg"),
-  ("repvgg_a0", "dbb"),
 }
 CASES = [
   pytest.param(

@@ -57,41 +57,57 @@ shapes = st.fixed_dictionaries(
 )
 
 
-@hypothesis.settings(max_examples=6, deadline=None)  # each draw compiles its gradient
+def _one_by_k_case(s):
+  g, k = s["groups"], s["k"]
+  rng = np.random.default_rng(s["seed"])
+  cin, t, out = s["cin"] * g, s["t"] * g, s["out"] * g
+  arrays = (
+    rng.normal(size=(1, 1, cin // g, t)),
+    rng.normal(size=t),
+    rng.normal(size=(k, k, t // g, out)),
+    rng.normal(size=out),
+  )
+  return arrays, rng.normal(size=(2, 7, 7, cin))
+
+
+@EXAMPLES
 @hypothesis.given(shapes)
 def test_fuse_1x1_kxk_is_the_two_convs_with_bias_padding(s):
   """Transform III: 1x1 conv + b1, the map padded with b1 (BNAndPadLayer), kxk conv + b2."""
-  g, k, p = s["groups"], s["k"], s["k"] // 2
-  rng = np.random.default_rng(s["seed"])
-  cin, t, out = s["cin"] * g, s["t"] * g, s["out"] * g
-  k1 = rng.normal(size=(1, 1, cin // g, t))
-  b1 = rng.normal(size=t)
-  k2 = rng.normal(size=(k, k, t // g, out))
-  b2 = rng.normal(size=out)
-  x = rng.normal(size=(2, 7, 7, cin))
+  g, p, stride = s["groups"], s["k"] // 2, s["stride"]
+  (k1, b1, k2, b2), x = _one_by_k_case(s)
   mid = np_conv(x, k1, groups=g) + b1
   mid = np.pad(mid - b1, ((0, 0), (p, p), (p, p), (0, 0))) + b1
-  expected = np_conv(mid, k2, s["stride"], 0, g) + b2
+  expected = np_conv(mid, k2, stride, 0, g) + b2
   with jax.enable_x64(True):
     kernel, bias = kernels.fuse_1x1_kxk(k1, b1, k2, b2, groups=g)
-    np.testing.assert_allclose(
-      np_conv(x, np.asarray(kernel), s["stride"], p, g) + bias, expected, rtol=1e-9, atol=1e-9
+  got = np_conv(x, np.asarray(kernel), stride, p, g) + np.asarray(bias)
+  np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("groups,k,stride", [(1, 3, 1), (2, 3, 2), (2, 5, 1)])
+def test_fuse_1x1_kxk_gradient_is_the_two_convs_gradient(groups, k, stride):
+  """The fused conv's gradient against the literal branch's, both in JAX, float64."""
+  s = {"groups": groups, "k": k, "cin": 2, "t": 3, "out": 2, "seed": k + stride}
+  p = k // 2
+  args, x = _one_by_k_case(s)
+  with jax.enable_x64(True):
+    cot = np.random.default_rng(0).normal(
+      size=(2, (7 - 1) // stride + 1, (7 - 1) // stride + 1, 2 * groups)
     )
 
-    # gradient: the fused conv against the literal branch, both in JAX
-    cot = rng.normal(size=expected.shape)
-
     def fused(k1, b1, k2, b2):
-      kernel, bias = kernels.fuse_1x1_kxk(k1, b1, k2, b2, groups=g)
-      return jnp.sum(cot * (lax_conv(x, kernel, s["stride"], p, g) + bias))
+      kernel, bias = kernels.fuse_1x1_kxk(k1, b1, k2, b2, groups=groups)
+      return jnp.sum(cot * (lax_conv(x, kernel, stride, p, groups) + bias))
 
     def literal(k1, b1, k2, b2):
-      mid = lax_conv(x, k1, groups=g) + b1
+      mid = lax_conv(x, k1, groups=groups) + b1
       mid = jnp.pad(mid - b1, ((0, 0), (p, p), (p, p), (0, 0))) + b1
-      return jnp.sum(cot * (lax_conv(mid, k2, s["stride"], 0, g) + b2))
+      return jnp.sum(cot * (lax_conv(mid, k2, stride, 0, groups) + b2))
 
-    args = tuple(map(jnp.asarray, (k1, b1, k2, b2)))
-    for a, b in zip(jax.grad(fused, (0, 1, 2, 3))(*args), jax.grad(literal, (0, 1, 2, 3))(*args)):
+    args = tuple(map(jnp.asarray, args))
+    grads = [jax.jit(jax.grad(f, (0, 1, 2, 3)))(*args) for f in (fused, literal)]
+    for a, b in zip(*grads):
       np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
 
 
