@@ -319,6 +319,7 @@ def test_online_blocks_train_one_conv_and_deploy_exactly(kind, groups):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
   bns = [m for _, m in nnx.iter_modules(layer) if isinstance(m, nnx.BatchNorm)]
   assert len(bns) == 1, "online: one BN"
+  assert layer.multiplications((2, 7, 7, 4)) == 7 * 7 * 9 * (4 // groups) * 4  # a plain conv's
   layer.eval()
   np.testing.assert_allclose(layer(x), layer.branched(x), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(K.deploy(layer)(x), layer.branched(x), rtol=1e-4, atol=1e-4)

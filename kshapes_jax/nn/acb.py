@@ -289,9 +289,11 @@ class ACBlock(ConvLayer):
     return sum(int(v[...].size) for v in (self.square, self.hor, self.ver) if v is not None)
 
   def multiplications(self, out_shape) -> int:
-    """Training-time cost: k^2 + 2m taps (the deployed conv costs k^2)."""
+    """Training-time cost: k^2 + 2m taps offline, k^2 online (as the deployed conv)."""
     k = self.kernel_size
-    taps = k * k + self.asym_size * ((self.hor is not None) + (self.ver is not None))
+    taps = k * k
+    if not self.online:
+      taps += self.asym_size * ((self.hor is not None) + (self.ver is not None))
     return int(
       out_shape[1] * out_shape[2] * taps * self.in_features // self.groups * self.out_features
     )

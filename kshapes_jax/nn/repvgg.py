@@ -165,13 +165,8 @@ class RepVGGBlock(ConvLayer):
     return int(self.dense[...].size + self.one[...].size)
 
   def multiplications(self, out_shape) -> int:
-    """Training-time cost: k^2 + 1 taps (the deployed conv costs k^2)."""
-    k = self.kernel_size
+    """Training-time cost: k^2 + 1 taps offline, k^2 online (as the deployed conv)."""
+    taps = self.kernel_size**2 + (not self.online)
     return int(
-      out_shape[1]
-      * out_shape[2]
-      * (k * k + 1)
-      * self.in_features
-      // self.groups
-      * self.out_features
+      out_shape[1] * out_shape[2] * taps * self.in_features // self.groups * self.out_features
     )
