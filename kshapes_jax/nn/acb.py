@@ -13,7 +13,7 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from kshapes_jax.conv import Padding
-from kshapes_jax.kernels import acb_kernel, fuse_acb, fuse_bn, pad_kernel
+from kshapes_jax.kernels import acb_kernel, fuse_acb, fuse_bn, pad_kernel, scale_output
 from kshapes_jax.nn.base import (
   ConvLayer,
   check_layer,
@@ -21,7 +21,7 @@ from kshapes_jax.nn.base import (
   set_value,
   symmetric_padding,
 )
-from kshapes_jax.nn.batchnorm import batch_norm, bn_params
+from kshapes_jax.nn.batchnorm import batch_norm, bn_params, set_affine
 from kshapes_jax.nn.branches import branch_scales, scaled_sum, stacked_branches
 
 Asymmetric = Literal["both", "hor", "ver"]  # which asymmetric branches (Table 5 ablations)
@@ -175,7 +175,7 @@ class ACBlock(ConvLayer):
     if self.online:
       scales = self.scales[...]
       out = [
-        (kernel * scales[b].astype(kernel.dtype), pad, bn)
+        (scale_output(kernel, scales[b].astype(kernel.dtype)), pad, bn)
         for b, (kernel, pad, bn) in enumerate(out)
       ]
     return out
@@ -224,9 +224,7 @@ class ACBlock(ConvLayer):
     square_bn: Any = self.sum_bn if self._one_bn() else self.square_bn
     if self.online:  # the square's scale 1: the kernel as it is
       set_value(self.scales, self.scales[...].at[0].set(1.0))
-    set_value(square_bn.scale, jnp.full_like(square_bn.scale[...], (1 + square_bn.epsilon) ** 0.5))
-    if bias is not None:
-      set_value(square_bn.bias, bias)
+    set_affine(square_bn, (1 + square_bn.epsilon) ** 0.5, bias)
 
   def _branched(self, x: jax.Array) -> jax.Array:
     outs = []

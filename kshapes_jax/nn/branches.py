@@ -1,9 +1,10 @@
 """What the multi-branch kinds (ACB, DBB, RepVGG) share: their branches trained as one conv, and
 the online form's branch scales.
 
-Offline, a block trains a BN per branch (the papers). Its kxk-shaped branches run as ONE conv
-to (branches x O) maps and ONE BN pass over them (`stacked_branches`): the same outputs,
-gradients and running statistics as a conv and a BN per branch, in fewer, larger ops.
+Offline, a block trains a BN per branch (the papers). ACB's kxk-shaped branches run as ONE
+conv to (branches x O) maps and ONE BN pass over them (`stacked_branches`): the same outputs,
+gradients and running statistics as a conv and a BN per branch, in fewer, larger ops. (RepVGG
+and DBB run their branches apart: a 1x1 padded to kxk would cost k^2 times its own conv.)
 
 Online (Hu et al., OREPA), each branch BN becomes a learned per-channel scale (`branch_scales`),
 the scaled branch kernels are summed into one kernel every step, and the block runs one conv

@@ -183,18 +183,13 @@ class DiverseBranchBlock(ConvLayer):
     )
 
   def _pool(self, x: jax.Array, padding: int) -> jax.Array:
-    """kxk average pooling (every tap counted) at the block's stride, as a depthwise conv."""
-    channels = x.shape[-1]
-    kernel = avg_pool_kernel(channels, self.kernel_size, channels, x.dtype)
-    return conv_lib.conv(
-      x,
-      kernel,
-      stride=self.stride,
-      padding=padding,
-      groups=channels,
-      dtype=self.dtype,
-      precision=lax.Precision.HIGHEST,  # an average: exact on every backend
-    )
+    """kxk average pooling at the block's stride, every tap counted (AvgPool2d's default):
+    transform V's op, pooled as it is (a window sum, not a depthwise conv: 6-10x faster on
+    CPU, value and gradient)."""
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
+    k, s, p = self.kernel_size, self.stride, padding
+    return nnx.avg_pool(x, (k, k), (s, s), ((p, p), (p, p)), count_include_pad=True)
 
   def _after(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
     """The kxk conv of the 1x1-kxk branch over its already padded input."""
