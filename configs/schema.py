@@ -164,8 +164,9 @@ class OptimSettings:
     library="optim.check_labels",
   )
   lr_multipliers: Mapping[str, float] = key(
-    {"positions": 0.01},
-    "learning-rate multiplier per label (ACU positions at 0.01, section 3.1)",
+    {"positions": 0.01, "dcls_positions": 5.0, "dcls_sigmas": 5.0},
+    "learning-rate multiplier per label (optim.default_lr_multipliers: ACU positions at 0.01, "
+    "section 3.1; DCLS positions and sigmas at 5, the official recipe)",
     library="optim.scale_by_label",
     open_block=True,
   )
@@ -232,6 +233,12 @@ class Settings:
     "positions and how far they can move before the next check; 0: off",
     bounds=AT_LEAST_0,
   )
+  dcls_repulsion_from_epoch: float = key(
+    -1.0,
+    "from this epoch on, the square of DCLS's repulsion (kshapes_jax.nn.dcls_repulsion) is "
+    "added to the loss; ConvNeXt-dcls: 21 (its epoch > 20, counted from 0); < 0: off",
+    bounds=Bounds(),
+  )
   checkpoint_every_steps: int = key(1000, "a checkpoint every N steps", bounds=AT_LEAST_1)
   keep_checkpoints: int = key(3, "checkpoints kept", bounds=AT_LEAST_1)
   log_every_steps: int = key(20, "a metrics line every N steps", bounds=AT_LEAST_1)
@@ -252,6 +259,12 @@ class Settings:
     d = json.loads(json.dumps(dataclasses.asdict(self), default=dict))
     d["conv_options"] = {name: self.conv_options.get(name) for name in conv_options()}
     return d
+
+  def dcls_repulsion_from_step(self, steps_per_epoch: int) -> int | None:
+    """The first step whose loss has the DCLS repulsion, None when it is off."""
+    if self.dcls_repulsion_from_epoch < 0:
+      return None
+    return math.ceil(self.dcls_repulsion_from_epoch * steps_per_epoch)
 
   def max_loss(self, num_classes: int) -> float:
     """The training loss beyond which the run counts as diverged: max_loss_factor x

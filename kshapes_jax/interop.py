@@ -10,6 +10,7 @@ them.
   layer = load_vconv2d(layer, torch_state_dict)          # Versatile-Filters' vcnn.VConv2d
   layer = load_dbb(layer, torch_state_dict)              # DiverseBranchBlock (training form)
   layer = load_repvgg(layer, torch_state_dict)           # RepVGG's RepVGGBlock (training form)
+  layer = load_dcls(layer, torch_state_dict)             # DCLS's Dcls2d (v1 or gauss)
 
 The functions take any mapping of names to arrays (a torch state_dict's
 tensors are converted with numpy()), so they need no torch; they return a
@@ -32,6 +33,7 @@ from flax import nnx
 
 from kshapes_jax.nn.acb import ACBlock
 from kshapes_jax.nn.dbb import DiverseBranchBlock
+from kshapes_jax.nn.dcls import DclsConv
 from kshapes_jax.nn.repvgg import RepVGGBlock
 from kshapes_jax.nn.versatile import VersatileConv
 
@@ -44,6 +46,8 @@ __all__ = [
   "dbb_state_dict",
   "load_repvgg",
   "repvgg_state_dict",
+  "load_dcls",
+  "dcls_state_dict",
 ]
 
 _BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
@@ -330,4 +334,67 @@ def repvgg_state_dict(layer: RepVGGBlock, prefix: str = "") -> dict[str, np.ndar
     if key is not None and ours is not None:
       out[prefix + key] = _torch_kernel(getattr(layer, ours).get_value())
     out.update(_bn_state(getattr(layer, bn_name), prefix + bn_key))
+  return out
+
+
+def load_dcls(layer: DclsConv, state: Mapping[str, Any], prefix: str = "") -> DclsConv:
+  """A copy of `layer` holding an official `Dcls2d`'s weights.
+
+  Keys (after `prefix`): weight (O, I / groups, K), P (2, O, I / groups, K) with P[0] the column
+  (x) and P[1] the row (y) offset, SIG (2, O, I / groups, K) for version="gauss", and bias (O)
+  where the layer has one. The official `Dcls2d(I, O, kernel_count=K, dilated_kernel_size=E,
+  padding=p, groups=g, version=...)` is `DclsConv(I, O, k, kernel_count=K, extent=E, groups=g,
+  padding=p - (E // 2 - k // 2), interpolation=...)` for any nominal k (so that
+  `conv_padding == p`), with version "v1" -> "bilinear", "gauss" -> "gauss" (square E only:
+  the official layer centres and clamps P[0], the column offset, with E[0] // 2, the height's,
+  and P[1], the row offset, with E[1] // 2, which for E[0] != E[1] puts its elements' origin off
+  the window's centre; our windows are square, and `kernels.dcls_kernel` centres each axis on
+  its own half).
+
+  Args:
+    layer: a DclsConv whose kernel_count, channels, groups and interpolation are the module's.
+    state: the arrays, e.g. `{k: v.numpy() for k, v in module.state_dict().items()}`.
+    prefix: the layer's name in a whole net's state dict ("stages.0.0.dwconv.").
+
+  Raises:
+    ValueError: for a missing key, a shape that does not fit the layer, a SIG for a bilinear
+      layer (or none for a Gaussian one), or a bias that only one side has.
+  """
+  copy = nnx.clone(layer)
+  kc, o, cin = layer.kernel_count, layer.out_features, layer.in_features // layer.groups
+  what = f"DclsConv({layer.in_features}, {o}, kernel_count={kc}, {layer.interpolation})"
+  if (prefix + "SIG" in state) != (layer.interpolation == "gauss"):
+    raise ValueError(
+      f"{what}: the state dict {'has' if prefix + 'SIG' in state else 'has no'} SIG "
+      "(version='gauss' has one, 'v1' none): build the layer with the module's interpolation"
+    )
+  if (prefix + "bias" in state) != (layer.bias is not None):
+    raise ValueError(
+      f"{what}: the state dict {'has' if prefix + 'bias' in state else 'has no'} bias, the layer "
+      f"{'has' if layer.bias is not None else 'has none'}: build it with use_bias="
+      f"{prefix + 'bias' in state}"
+    )
+  weight = _array(state, prefix + "weight", (o, cin, kc), what)
+  _set(copy.weights, np.transpose(weight, (2, 1, 0)))
+  positions = _array(state, prefix + "P", (2, o, cin, kc), what)
+  _set(copy.positions, np.transpose(positions, (3, 2, 1, 0)))
+  if copy.sigmas is not None:
+    _set(
+      copy.sigmas, np.transpose(_array(state, prefix + "SIG", (2, o, cin, kc), what), (3, 2, 1, 0))
+    )
+  if copy.bias is not None:
+    _set(copy.bias, _array(state, prefix + "bias", (o,), what))
+  return copy
+
+
+def dcls_state_dict(layer: DclsConv, prefix: str = "") -> dict[str, np.ndarray]:
+  """The official Dcls2d's state dict of a DclsConv (`load_dcls`'s layouts)."""
+  out = {
+    prefix + "weight": np.transpose(np.asarray(layer.weights.get_value()), (2, 1, 0)),
+    prefix + "P": np.transpose(np.asarray(layer.positions.get_value()), (3, 2, 1, 0)),
+  }
+  if layer.sigmas is not None:
+    out[prefix + "SIG"] = np.transpose(np.asarray(layer.sigmas.get_value()), (3, 2, 1, 0))
+  if layer.bias is not None:
+    out[prefix + "bias"] = np.asarray(layer.bias.get_value())
   return out

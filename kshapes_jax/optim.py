@@ -14,6 +14,13 @@ Every learned parameter gets one label (`param_labels`):
 - `scales`: the online form's branch scales of the multi-branch kinds
   (`nn.BranchScale`, Hu et al.'s OREPA), which take the branch BNs' place:
   not decayed by default, as BN scales are not.
+- `dcls_positions`, `dcls_sigmas`: DCLS element positions and Gaussian
+  standard deviations (`nn.DclsPosition`, `nn.DclsSigma`), at 5 x the base
+  rate and not decayed (the official ConvNeXt-dcls recipe), the positions
+  clamped into their window after every step (`clamp_to_bounds`).
+
+A shape parameter class sets its label's default learning-rate multiplier
+(`default_lr_multipliers`) and may carry a `bound` (`param_bounds`).
 
 The ACU's normalized position gradient (eq. 15-16) lives in the layer
 (`ActiveConv(normalize_grad=True)`, a custom VJP where the positions enter
@@ -22,7 +29,7 @@ a parameter at all, so no optimizer can move it.
 
 `with_shape_rules(base, labels, ...)` puts the rules around ANY optax
 optimizer: freeze positions -> weight decay (masked) -> the base optimizer
--> per-label multiplier -> angle projection. `sgd(...)` (the papers') and
+-> per-label multiplier -> angle projection -> clamp to bounds. `sgd(...)` (the papers') and
 `adamw(...)` are two instances of it.
 
 References:
@@ -33,6 +40,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -47,7 +55,16 @@ from kshapes_jax.nn.variables import ShapeParam, shape_labels
 Schedule = Literal["constant", "staircase", "cosine"]
 
 # the labels of the built-in layers (a kind's own shape parameters add theirs: `known_labels`)
-LABELS = ("weights", "bias", "bn", "angles", "positions", "scales")
+LABELS = (
+  "weights",
+  "bias",
+  "bn",
+  "angles",
+  "positions",
+  "scales",
+  "dcls_positions",
+  "dcls_sigmas",
+)
 # Normalisation layers whose parameters get the "bn" label.
 _NORM_TYPES = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm)
 
@@ -81,6 +98,59 @@ def param_labels(model: nnx.Module) -> nnx.State:
     params,
     is_leaf=lambda x: isinstance(x, nnx.Variable),
   )
+
+
+def default_lr_multipliers() -> dict[str, float]:
+  """The learning-rate multiplier of every shape parameter label whose class sets one other than
+  1: {"positions": 0.01} (the ACU, section 3.1), DCLS's 5 x, and those of kinds defined since."""
+  found: dict[str, float] = {}
+  todo: list[type[ShapeParam]] = [ShapeParam]
+  while todo:
+    cls = todo.pop(0)
+    label = cls.__dict__.get("label")
+    if label is not None and label not in found and cls.lr_multiplier != 1.0:
+      found[label] = float(cls.lr_multiplier)
+    todo.extend(cls.__subclasses__())
+  return found
+
+
+def param_bounds(model: nnx.Module) -> nnx.State:
+  """Each parameter's `bound` metadata (a DCLS position's window half-size), inf where it has
+  none, in the structure of `param_labels(model)`: the tree `clamp_to_bounds` takes."""
+  params = nnx.state(model, nnx.Param)
+  return jax.tree.map(
+    lambda var: jax.tree.map(lambda _: float(getattr(var, "bound", math.inf)), var),
+    params,
+    is_leaf=lambda x: isinstance(x, nnx.Variable),
+  )
+
+
+def has_bounds(bounds: Any) -> bool:
+  """Whether some parameter in a `param_bounds` tree has a finite bound."""
+  return any(b != math.inf for b in jax.tree.leaves(bounds))
+
+
+def clamp_to_bounds(bounds: Any) -> optax.GradientTransformation:
+  """Makes every bounded parameter's step land in [-bound, bound]: the official DCLS
+  `clamp_parameters` after each optimizer step.
+
+  Put it LAST in the chain: it returns `clip(p + u, -b, b) - p`, so `optax.apply_updates`
+  lands on the clamped value (to float rounding).
+
+  Args:
+    bounds: the tree from `param_bounds` (inf: unbounded).
+  """
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("clamp_to_bounds needs the current params: call update(g, state, params)")
+
+    def one(u, p, b):
+      return u if b == math.inf else jnp.clip(p + u, -b, b) - p
+
+    return jax.tree.map(one, updates, params, bounds), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def known_labels() -> tuple[str, ...]:
@@ -256,6 +326,7 @@ def with_shape_rules(
   frozen_labels: Sequence[str] = ("positions",),
   freeze_steps: int = 0,
   angle_eps: float | None = 1.0,
+  bounds: Any = None,
 ) -> optax.GradientTransformation:
   """Any optax optimizer with the papers' per-label rules around it.
 
@@ -263,7 +334,7 @@ def with_shape_rules(
   frozen gradients) -> L2 weight decay added to the gradient, masked to
   `decay_labels` -> `base` (which applies its own learning rate) -> per-label
   multipliers (ACU positions at 0.01 x the base's step) -> eq. 6's angle
-  projection (last: it needs the final update).
+  projection -> the clamp to `bounds` (these two need the final update).
 
   Args:
     base: the optimizer, e.g. `optax.adamw(schedule, weight_decay=1e-4, mask=...)`
@@ -276,15 +347,17 @@ def with_shape_rules(
     decay_labels: labels that decay; by default only `weights`, so BN,
       biases, angles and positions do not.
     lr_multipliers: per-label multipliers of the base's update, default
-      {"positions": 0.01}.
+      `default_lr_multipliers()` ({"positions": 0.01, "dcls_positions": 5.0, ...}).
     frozen_labels, freeze_steps: labels whose updates are zero for the first
       freeze_steps steps (the ACU warm-up).
     angle_eps: eq. 6's eps in degrees; None turns the projection off.
+    bounds: `param_bounds(model)`, for a model with bounded parameters (DCLS positions); None
+      or no finite bound adds no clamp (and no state).
   """
   check_labels(decay_labels, "weight decay")
   if not 0 <= weight_decay < float("inf"):
     raise ValueError(f"weight_decay must be >= 0 and finite, got {weight_decay}")
-  lr_multipliers = {"positions": 0.01} if lr_multipliers is None else dict(lr_multipliers)
+  lr_multipliers = default_lr_multipliers() if lr_multipliers is None else dict(lr_multipliers)
   parts = [freeze(labels, frozen_labels, freeze_steps)]
   if weight_decay:
     parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask(labels, decay_labels)))
@@ -292,6 +365,8 @@ def with_shape_rules(
   parts.append(scale_by_label(labels, lr_multipliers))
   if angle_eps is not None:
     parts.append(project_angle_updates(labels, angle_eps))
+  if bounds is not None and has_bounds(bounds):
+    parts.append(clamp_to_bounds(bounds))
   return optax.chain(*parts)
 
 
@@ -313,6 +388,7 @@ def sgd(
   frozen_labels: Sequence[str] = ("positions",),
   freeze_steps: int = 0,
   angle_eps: float | None = 1.0,
+  bounds: Any = None,
 ) -> optax.GradientTransformation:
   """SGD with the papers' per-label rules: `with_shape_rules` around (Nesterov) momentum SGD.
 
@@ -323,7 +399,7 @@ def sgd(
     nesterov: Nesterov momentum (the ACU paper).
     weight_decay: L2 coefficient, added to the gradient (Caffe's and
       PyTorch's convention), only for `decay_labels`.
-    decay_labels, lr_multipliers, frozen_labels, freeze_steps, angle_eps:
+    decay_labels, lr_multipliers, frozen_labels, freeze_steps, angle_eps, bounds:
       see `with_shape_rules`.
   """
   if not 0 <= momentum < 1:  # NaN too
@@ -340,6 +416,7 @@ def sgd(
     frozen_labels=frozen_labels,
     freeze_steps=freeze_steps,
     angle_eps=angle_eps,
+    bounds=bounds,
   )
 
 
@@ -356,6 +433,7 @@ def adamw(
   frozen_labels: Sequence[str] = ("positions",),
   freeze_steps: int = 0,
   angle_eps: float | None = 1.0,
+  bounds: Any = None,
 ) -> optax.GradientTransformation:
   """AdamW with the papers' per-label rules; its decoupled decay is masked to `decay_labels`.
 
@@ -364,7 +442,7 @@ def adamw(
     learning_rate: a float or an optax schedule.
     b1, b2, eps: Adam's.
     weight_decay: AdamW's decoupled decay, only for `decay_labels`.
-    decay_labels, lr_multipliers, frozen_labels, freeze_steps, angle_eps:
+    decay_labels, lr_multipliers, frozen_labels, freeze_steps, angle_eps, bounds:
       see `with_shape_rules`.
   """
   base = optax.adamw(
@@ -382,4 +460,5 @@ def adamw(
     frozen_labels=frozen_labels,
     freeze_steps=freeze_steps,
     angle_eps=angle_eps,
+    bounds=bounds,
   )

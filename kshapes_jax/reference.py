@@ -11,6 +11,9 @@ small arrays.
 - ACU, Jeon and Kim 2017: the forward of eq. 5-9 and the derivatives of
   eq. 10 (weights), 12-13 (positions) and 14 (input, chained through the
   bilinear weights of eq. 6).
+- DCLS, Khalfaoui-Hassani et al. 2023: the dense kernel of `kernels.dcls_kernel` and its
+  derivatives in the weights, the positions (the tent's derivative per element, or the
+  Gaussian's) and the Gaussian's standard deviations, the normalization included.
 
 Both follow the lattice conventions of the library: RotateConv's f is the
 paper's (theta mod 45) / 45, so at multiples of 45 degrees f' = 1/45 on the
@@ -295,3 +298,84 @@ def deformable_conv(
       sample = sample * np.asarray(modulation, np.float64)[..., k, None]
     y = y + np.einsum("nhwc,co->nhwo", sample, weights[k])
   return np.asarray(y)
+
+
+def _dcls_axis(
+  offsets: np.ndarray, size: int, interpolation: str, sigma: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """One axis of DCLS: t(u), dt / d offset and (Gaussian) dt / d sigma, each (size, ...), for
+  u = cell - size // 2 - offset."""
+  cells = (np.arange(size) - size // 2).reshape((size,) + (1,) * offsets.ndim)
+  u = cells - offsets
+  if interpolation == "bilinear":
+    t = np.maximum(0.0, 1.0 - np.abs(u))
+    # d/d offset of 1 - |u| is sign(u) inside the tent; 0 at its kinks u = 0 and |u| = 1
+    dt = np.where((np.abs(u) < 1) & (u != 0), np.sign(u), 0.0)
+    return t, dt, None
+  assert sigma is not None
+  t = np.exp(-(u**2) / (2 * sigma**2))
+  return t, t * u / sigma**2, t * u**2 / sigma**3
+
+
+def dcls_kernel(
+  weights: np.ndarray,
+  positions: np.ndarray,
+  extent: tuple[int, int],
+  interpolation: str = "bilinear",
+  sigma: np.ndarray | None = None,
+  eps: float = 1e-7,
+) -> np.ndarray:
+  """DCLS's dense kernel, (eh, ew, I, O): sum_k w_k t_y(r) t_x(c) / (S_y S_x + eps).
+
+  Args:
+    weights: (K, I, O); positions and sigma: (K, I, O, 2) as (x, y).
+    extent: (eh, ew).
+  """
+  w = np.asarray(weights, np.float64)
+  p = np.asarray(positions, np.float64)
+  s = None if sigma is None else np.asarray(sigma, np.float64)
+  tx, _, _ = _dcls_axis(p[..., 0], extent[1], interpolation, None if s is None else s[..., 0])
+  ty, _, _ = _dcls_axis(p[..., 1], extent[0], interpolation, None if s is None else s[..., 1])
+  norm = ty.sum(0) * tx.sum(0) + eps
+  return np.einsum("rkio,ckio,kio->rcio", ty, tx, w / norm)
+
+
+def dcls_kernel_grads(
+  weights: np.ndarray,
+  positions: np.ndarray,
+  extent: tuple[int, int],
+  cotangent: np.ndarray,
+  interpolation: str = "bilinear",
+  sigma: np.ndarray | None = None,
+  eps: float = 1e-7,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """d loss / d (weights, positions, sigma) of `dcls_kernel`, given G = d loss / d kernel.
+
+  With A = t_y(r) t_x(c), N = S_y S_x + eps and Q = sum_rc G A:
+  d/dw = Q / N; d/dx = w / N sum_rc G t_y t_x' - w Q S_y S_x' / N^2 (t_x' = dt_x / dx,
+  S_x' its sum), and alike for y and for each sigma with dt / d sigma in place of t'.
+
+  Returns:
+    (dw, dp, dsigma) with the shapes of weights, positions and sigma (None for "bilinear").
+  """
+  w = np.asarray(weights, np.float64)
+  p = np.asarray(positions, np.float64)
+  g = np.asarray(cotangent, np.float64)
+  s = None if sigma is None else np.asarray(sigma, np.float64)
+  tx, dtx, stx = _dcls_axis(p[..., 0], extent[1], interpolation, None if s is None else s[..., 0])
+  ty, dty, sty = _dcls_axis(p[..., 1], extent[0], interpolation, None if s is None else s[..., 1])
+  sx, sy = tx.sum(0), ty.sum(0)
+  norm = sy * sx + eps
+  q = np.einsum("rcio,rkio,ckio->kio", g, ty, tx)
+  dw = q / norm
+
+  def along_x(dt: np.ndarray) -> np.ndarray:
+    return w / norm * np.einsum("rcio,rkio,ckio->kio", g, ty, dt) - w * q * sy * dt.sum(0) / norm**2
+
+  def along_y(dt: np.ndarray) -> np.ndarray:
+    return w / norm * np.einsum("rcio,rkio,ckio->kio", g, dt, tx) - w * q * sx * dt.sum(0) / norm**2
+
+  dp = np.stack([along_x(dtx), along_y(dty)], axis=-1)
+  if stx is None or sty is None:
+    return dw, dp, None
+  return dw, dp, np.stack([along_x(stx), along_y(sty)], axis=-1)

@@ -89,7 +89,11 @@ def test_paper_recipes():
 
   acu = acu_cifar.get_config("model=acu_plain,data=cifar100,conv=active")
   assert acu.num_steps == 64000 and acu.optim.position_warmup_steps == 10000 and acu.optim.nesterov
-  assert dict(acu.optim.lr_multipliers) == {"positions": 0.01}
+  assert dict(acu.optim.lr_multipliers) == {
+    "positions": 0.01,
+    "dcls_positions": 5.0,
+    "dcls_sigmas": 5.0,
+  }
   assert [round(b * (50000 // 64)) for b in acu.optim.boundaries] == [32000, 48000]
   from configs import repro_fmnist
 

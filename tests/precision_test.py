@@ -179,6 +179,20 @@ def _builder_cases(rng):
         (_f32(rng, 3, i, o), _f32(rng, i, o, low=0, high=180)),
       )
     ],
+    "dcls_kernel": [
+      (
+        lambda w, p: kernels.dcls_kernel(w, p, 7),
+        (_f32(rng, k, i, o), _f32(rng, k, i, o, 2, low=-3, high=3)),
+      ),
+      (
+        lambda w, p, s: kernels.dcls_kernel(w, p, (5, 7), "gauss", s),
+        (
+          _f32(rng, k, i, o),
+          _f32(rng, k, i, o, 2, low=-2, high=2),
+          _f32(rng, k, i, o, 2, low=0.3, high=1.5),
+        ),
+      ),
+    ],
     "normalize_position_grad": [
       (
         lambda w, p: kernels.active_kernel(w, gradients.normalize_position_grad(p), 2),
@@ -194,6 +208,7 @@ NOT_BUILDERS = {
   "channel_windows": "int arithmetic on the host",
   "check_positions_within": "a host-side check",
   "check_radius": "a host-side check",
+  "dcls_lattice": "NumPy constants",
   "lattice_offsets": "NumPy constants",
   "radius_for_positions": "a host-side int",
 }

@@ -12,6 +12,7 @@ import pytest
 
 import kshapes_jax as K
 from configs import default, schema
+from kshapes_jax import optim
 from train.trainer import settings
 from train.trainer.rundir import RunDir
 
@@ -39,7 +40,13 @@ def test_a_config_without_a_key_gets_the_documented_default(tmp_path):
   assert s.max_loss_factor == d.max_loss_factor == 1000.0  # the divergence bound is on
   assert (s.model, s.conv, s.optim.learning_rate) == ("sn", "rotate4", 0.01)
   assert s.optim.momentum == d.optim.momentum and s.optim.name == "sgd"
-  assert s.optim.lr_multipliers == {"positions": 0.01}
+  # the schema's default is the library's (each shape parameter class's multiplier)
+  assert s.optim.lr_multipliers == optim.default_lr_multipliers()
+  assert optim.default_lr_multipliers() == {
+    "positions": 0.01,
+    "dcls_positions": 5.0,
+    "dcls_sigmas": 5.0,
+  }
   assert s.data == settings.DataSettings(**d.data) and s.seed == d.seed
   assert s.conv_options == {}  # unset options are not passed to the layers
   assert s.max_loss(10) == pytest.approx(1000.0 * 2.302585, rel=1e-6)

@@ -12,6 +12,7 @@ from kshapes_jax.kernels.active import (
   radius_for_positions,
   with_origin,
 )
+from kshapes_jax.kernels.dcls import dcls_kernel, dcls_lattice
 from kshapes_jax.kernels.reparam import (
   BatchNormParams,
   add_branches,
@@ -46,6 +47,8 @@ __all__ = [
   "check_radius",
   "clip_positions",
   "concat_depth",
+  "dcls_kernel",
+  "dcls_lattice",
   "fuse_1x1_kxk",
   "fuse_acb",
   "fuse_bn",

@@ -23,6 +23,13 @@ from kshapes_jax.nn.base import (
 )
 from kshapes_jax.nn.batchnorm import batch_norm, bn_params, stacked_batch_norm
 from kshapes_jax.nn.dbb import DiverseBranchBlock
+from kshapes_jax.nn.dcls import (
+  DclsConv,
+  DclsPosition,
+  DclsSigma,
+  dcls_position_sets,
+  dcls_repulsion,
+)
 from kshapes_jax.nn.deformable import DeformableActiveConv
 from kshapes_jax.nn.factory import ConvBN, conv_bn, make_conv
 from kshapes_jax.nn.kinds import (
@@ -48,6 +55,9 @@ __all__ = [
   "ConvBN",
   "ConvGeometry",
   "ConvLayer",
+  "DclsConv",
+  "DclsPosition",
+  "DclsSigma",
   "DeformableActiveConv",
   "DiverseBranchBlock",
   "Dense",
@@ -68,6 +78,8 @@ __all__ = [
   "check_bucketable",
   "conv_bn",
   "conv_options",
+  "dcls_position_sets",
+  "dcls_repulsion",
   "get_kind",
   "initial_positions",
   "is_fused",

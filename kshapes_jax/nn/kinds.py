@@ -29,6 +29,7 @@ from kshapes_jax.nn.acb import ACBlock
 from kshapes_jax.nn.active import ActiveConv
 from kshapes_jax.nn.base import ConvGeometry, ConvLayer, PlainConv
 from kshapes_jax.nn.dbb import DiverseBranchBlock
+from kshapes_jax.nn.dcls import DclsConv
 from kshapes_jax.nn.repvgg import RepVGGBlock
 from kshapes_jax.nn.rotate import RotateConv
 from kshapes_jax.nn.versatile import VersatileConv
@@ -213,3 +214,4 @@ register_kind("versatile", VersatileConv)
 register_kind("active", ActiveConv)
 register_kind("dbb", DiverseBranchBlock)
 register_kind("repvgg", RepVGGBlock)
+register_kind("dcls", DclsConv)

@@ -10,6 +10,8 @@ class ShapeParam(nnx.Param):
   (`kshapes_jax.optim.param_labels`), so a kind's own shape parameters get their own rules."""
 
   label: ClassVar[str]
+  # the default learning-rate multiplier of the label (`kshapes_jax.optim.default_lr_multipliers`)
+  lr_multiplier: ClassVar[float] = 1.0
 
 
 class Angle(ShapeParam):
@@ -22,6 +24,7 @@ class Position(ShapeParam):
   """ACU synapse positions in pixels: own learning rate, normalized gradient, warm-up."""
 
   label = "positions"
+  lr_multiplier = 0.01  # section 3.1
 
 
 def shape_labels() -> tuple[str, ...]:

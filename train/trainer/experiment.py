@@ -87,10 +87,10 @@ def length(settings: Settings, steps_per_epoch: int) -> int:
 
 
 def make_optimizer(
-  o: OptimSettings, labels: Any, steps_per_epoch: int, total_steps: int
+  o: OptimSettings, labels: Any, steps_per_epoch: int, total_steps: int, bounds: Any = None
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The config's optimizer (optim.name: sgd or adamw) with the papers' per-label rules; (tx,
-  schedule)."""
+  """The config's optimizer (optim.name: sgd or adamw) with the papers' per-label rules and the
+  clamp to `bounds` (`optim.param_bounds`: DCLS positions); (tx, schedule)."""
   schedule = make_schedule(o, steps_per_epoch, total_steps)
   rules: dict[str, Any] = dict(
     weight_decay=o.weight_decay,
@@ -98,6 +98,7 @@ def make_optimizer(
     lr_multipliers=dict(o.lr_multipliers),
     freeze_steps=o.position_warmup_steps,
     angle_eps=o.angle_eps if o.angle_eps >= 0 else None,
+    bounds=bounds,
   )
   if o.name == "adamw":
     return optim.adamw(labels, schedule, b1=o.b1, b2=o.b2, **rules), schedule
@@ -160,6 +161,10 @@ def build(
   model = build_model(settings, dataset)
   model.train()
   tx, schedule = make_optimizer(
-    settings.optim, optim.param_labels(model), steps_per_epoch, total_steps
+    settings.optim,
+    optim.param_labels(model),
+    steps_per_epoch,
+    total_steps,
+    optim.param_bounds(model),
   )
   return Experiment(settings, dataset, model, tx, schedule, steps_per_epoch, total_steps)

@@ -138,6 +138,7 @@ def train_and_evaluate(
         eval_batch_size=settings.eval_batch_size,
         mesh=mesh,
         max_loss=settings.max_loss(exp.dataset.num_classes),
+        repulsion_from_step=settings.dcls_repulsion_from_step(exp.steps_per_epoch),
       )
       state, current = Loop(exp, programs, rundir, logger, mesh, bucketing).run(state)
     # the final evaluation may be cut at any moment: the last checkpoint holds the whole run

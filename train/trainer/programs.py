@@ -44,7 +44,7 @@ class ProgramCache:
     model: the model (its values are not used: the state carries them).
     tx: the optimizer.
     dataset: for the normalisation statistics and the evaluation.
-    augment, seed, max_loss: of the train step.
+    augment, seed, max_loss, repulsion_from_step: of the train step.
     eval_batch_size: of the evaluator.
     mesh: the 1-D data-parallel mesh.
   """
@@ -60,10 +60,12 @@ class ProgramCache:
     eval_batch_size: int,
     mesh: jax.sharding.Mesh,
     max_loss: float = float("inf"),
+    repulsion_from_step: int | None = None,
   ):
     self._model, self._tx, self._dataset, self._mesh = model, tx, dataset, mesh
     self._augment, self._seed, self._eval_batch_size = augment, seed, eval_batch_size
     self.max_loss = max_loss
+    self._repulsion_from_step = repulsion_from_step
     self._programs: dict[tuple[int, ...], Programs] = {}
 
   def __call__(self, radii: Sequence[int]) -> Programs:
@@ -88,6 +90,7 @@ class ProgramCache:
         augment=self._augment,
         seed=self._seed,
         max_loss=self.max_loss,
+        repulsion_from_step=self._repulsion_from_step,
       ),
       in_shardings=(replicated, data),
       out_shardings=(replicated, replicated),

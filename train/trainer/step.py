@@ -12,6 +12,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 
+import kshapes_jax as K
 from train import data
 from train.trainer.state import TrainState, split_model
 
@@ -25,6 +26,7 @@ def make_train_step(
   augment: str,
   seed: int,
   max_loss: float = float("inf"),
+  repulsion_from_step: int | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, jax.Array]]:
   """step(state, batch) -> (state, loss).
 
@@ -36,6 +38,9 @@ def make_train_step(
     seed: the run's seed.
     max_loss: a step whose loss exceeds it is marked bad, as a NaN is (a run that
       diverges to finite garbage).
+    repulsion_from_step: from this step on, the square of DCLS's repulsion
+      (`kshapes_jax.nn.dcls_repulsion`) is added to the loss, as ConvNeXt-dcls does after
+      epoch 20; None: never.
   """
   base_key = jax.random.key(seed)
 
@@ -50,6 +55,9 @@ def make_train_step(
       model = nnx.merge(graphdef, params, rest)
       logits = model(x).astype(jnp.float32)  # the loss in float32 also under mixed precision
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      if repulsion_from_step is not None:
+        on = state.step >= repulsion_from_step
+        loss = loss + jnp.where(on, jnp.square(K.nn.dcls_repulsion(model)), 0.0)
       return loss, (logits, split_model(model)[2])
 
     (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
