@@ -95,7 +95,9 @@ def _cases_for(model, batch, shape, rng):
   """(train Timed args, eval Timed args) built the way trainer.train_and_evaluate builds them."""
   stats = dict(mean=(0.5,) * shape[-1], std=(0.25,) * shape[-1])
   labels = optim.param_labels(model)
-  tx = optim.sgd(labels, 0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+  tx = optim.sgd(
+    labels, 0.01, momentum=0.9, nesterov=True, weight_decay=1e-4, bounds=optim.param_bounds(model)
+  )
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   model.eval()
   eval_graphdef = nnx.split(model, nnx.Param, ...)[0]

@@ -19,6 +19,11 @@ normalisation and ZCA whitening; we normalise per channel. Extent
 bucketing (acu_radius_every_steps) runs the ACUs as 3x3 convs while the
 positions are frozen and as 5x5 after; --config.acu_radius_every_steps=0
 keeps 5x5 throughout (the same results up to float rounding).
+
+conv=dcls trains the same networks with DCLS (Khalfaoui-Hassani et al., the
+ACU's successor: a position per element of every (input, output) pair, in a
+5 x 5 window for the 3x3 convs, K = 9) at this recipe, its positions and
+sigmas at 5 x the learning rate as ConvNeXt-dcls trains them.
 """
 
 from configs import common, default
@@ -28,7 +33,7 @@ MODELS = ("acu_plain", "preact_resnet32", "preact_resnet47_bottleneck")
 
 def get_config(arg: str | None = None):
   a = common.parse_arg(
-    arg, {"model": MODELS, "data": ("cifar10", "cifar100"), "conv": ("active", "plain")}
+    arg, {"model": MODELS, "data": ("cifar10", "cifar100"), "conv": ("active", "plain", "dcls")}
   )
   c = default.get_config()
   c.model, c.conv = a["model"], a["conv"]
@@ -42,7 +47,8 @@ def get_config(arg: str | None = None):
     nesterov=True,
     weight_decay=1e-4,
     boundaries=(32000 / steps_per_epoch, 48000 / steps_per_epoch),
-    lr_multipliers={"positions": 0.01},
+    # DCLS (conv=dcls, the ACU's successor on the ACU's recipe): its positions and sigmas at 5 x
+    lr_multipliers={"positions": 0.01, "dcls_positions": 5.0, "dcls_sigmas": 5.0},
     position_warmup_steps=10000,
   )
   c.acu_radius_every_steps = 100  # 3x3 convs during the warm-up; R = 2 (5x5) once positions move

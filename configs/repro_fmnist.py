@@ -88,6 +88,11 @@ ROWS: dict[str, RowConfig] = {
   "acu_no_normgrad": RowConfig(
     "active", _ACU + "active", {**_QUARTER, "conv_options.normalize_grad": False}
   ),
+  # the ACU's successor at the ACU's recipe: DCLS, bilinear and Gaussian
+  "dcls": RowConfig("active", _ACU + "dcls", _QUARTER),
+  "dcls_gauss": RowConfig(
+    "active", _ACU + "dcls", {**_QUARTER, "conv_options.interpolation": "gauss"}
+  ),
   "acb_baseline": RowConfig("acb", _ACB + "plain"),
   "acb": RowConfig("acb", _ACB + "acb"),
   "acb_hor": RowConfig("acb", _ACB + "acb", {"conv_options.asymmetric": "hor"}),

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 import kshapes_jax as K
-from kshapes_jax.analysis import acb, active, rotate, versatile
+from kshapes_jax.analysis import acb, active, dcls, rotate, versatile
 
 # ---------------------------------------------------------------- RotateConv
 
@@ -231,3 +231,34 @@ def test_filter_mosaic_places_filters_on_a_grid():
   assert np.isnan(m[2]).all() and np.isnan(m[3:5, 6:8]).all()  # gap row, unused tile
   with pytest.raises(ValueError, match=r"\(d, d, O\)"):
     versatile.filter_mosaic(np.zeros((2, 2, 3, 4)))
+
+
+# ---------------------------------------------------------------- DCLS
+
+
+def test_dcls_spread_edge_share_and_density_by_hand():
+  p = np.asarray([[0.0, 0.0], [3.0, 4.0], [-2.0, 2.0], [2.0, -2.0]])
+  assert dcls.spread(p) == pytest.approx((0 + 5 + 2 * np.sqrt(8)) / 4)
+  assert dcls.at_bound(p, 5) == pytest.approx(6 / 8)  # |coordinate| >= 2 in a 5 x 5 window
+  counts = dcls.density(p, 5)
+  assert counts.sum() == 4 and counts[2, 2] == 1 and counts[4, 4] == 1  # (3, 4) on the edge
+  assert counts[4, 0] == 1 and counts[0, 4] == 1  # rows are y: (-2, 2) is row 4, column 0
+
+
+def test_dcls_section_reads_each_layer_and_draws_the_density(tmp_path):
+  from train.analyze import dcls as section
+
+  class Run:
+    initial = K.models.create("acu_plain", conv="dcls", width=0.25, rngs=nnx.Rngs(0))
+    model = K.models.create(
+      "acu_plain", conv="dcls", width=0.25, conv_options={"interpolation": "gauss"}
+    )
+
+  assert section.applies(Run)
+  results = section.compute(Run)
+  names = [layer.name for layer in dcls.dcls_layers(Run.model)]
+  assert names and list(results["spread"]) == names
+  assert all(0 < v < 2.5 for v in results["spread"].values())  # N(0, 0.5) in a 5 x 5 window
+  assert all(s == pytest.approx(0.5) for s in results["sigma"].values())  # 0.23 + 0.27
+  lines = section.render(Run, results, tmp_path, "t")
+  assert (tmp_path / "dcls_positions.png").stat().st_size > 0 and "## DCLS positions" in lines

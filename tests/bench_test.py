@@ -96,7 +96,9 @@ def test_readme_shows_the_committed_cpu_results():
   assert readme[readme.index(start) + len(start) : readme.index(end)] == table.read_text()
 
 
-@pytest.mark.parametrize("name", ["bench-imagenet-peer", "bench-small-maps", "bench-reparam-cpu"])
+@pytest.mark.parametrize(
+  "name", ["bench-imagenet-peer", "bench-small-maps", "bench-reparam-cpu", "bench-dcls-cpu"]
+)
 def test_readme_shows_the_committed_cpu_route_results(name):
   table = ROOT / "results" / f"{name}.md"
   assert table.exists(), f"run python -m bench.{name.removeprefix('bench-').replace('-', '_')}"
@@ -221,3 +223,19 @@ def test_torch_peer_is_our_network(model, case):
   peer = torch_peer._build(torch, int(model.removeprefix("resnet")), case == "acb")
   ours = K.models.create(model, conv=case, num_classes=10, rngs=nnx.Rngs(0))
   assert sum(p.numel() for p in peer.parameters()) == K.models.count_params(ours)
+
+
+def test_dcls_bench_marks_each_target_against_the_measured_ratios():
+  from bench import dcls
+
+  def row(group, case, ratio, share=None):
+    out = {"group": group, "case": case, "mode": "train", "ratio": ratio}
+    return out if share is None else {**out, "build_share": share}
+
+  assert dcls._verdict(row("depthwise_17", "dcls", 1.2, 0.10)) == (
+    "build <= 10%: met; <= 1.2x plain: met"
+  )
+  assert dcls._verdict(row("depthwise_17", "dcls_gauss", 1.21, 0.01)).endswith("NOT met")
+  assert dcls._verdict(row("dense_5", "dcls", 9.0, 0.11)) == "build <= 10%: NOT met"
+  assert dcls._verdict(row("dense_5", "plain", 1.0)) == ""
+  assert dcls._verdict({**row("dense_5", "dcls", 1.0, 0.01), "mode": "eval"}) == ""

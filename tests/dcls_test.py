@@ -336,6 +336,17 @@ def test_shared_positions_are_one_parameter():
   assert grads["a"]["positions"][...].shape == (4, 1, 8, 2)
   with pytest.raises(ValueError, match="shared_positions"):
     K.nn.DclsConv(8, 8, 3, kernel_count=5, shared_positions=first.positions, rngs=nnx.Rngs(1))
+  with pytest.raises(ValueError, match="one extent"):
+    K.nn.DclsConv(
+      8,
+      8,
+      3,
+      kernel_count=4,
+      extent=5,
+      groups=8,
+      shared_positions=first.positions,
+      rngs=nnx.Rngs(1),
+    )
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "gauss"])
@@ -457,3 +468,18 @@ def test_the_imagenet_recipe_is_convnext_dcls():
     )
     is None
   )
+
+
+def test_the_trainers_optimizer_clamps_the_positions():
+  from configs import schema
+  from train.trainer import experiment
+
+  layer = K.nn.DclsConv(2, 2, 3, kernel_count=2, extent=5, rngs=nnx.Rngs(0))
+  params = nnx.state(layer, nnx.Param)
+  tx, _ = experiment.make_optimizer(
+    schema.OptimSettings(), optim.param_labels(layer), 10, 100, optim.param_bounds(layer)
+  )
+  huge = jax.tree.map(lambda p: jnp.full_like(p, -1e6), params)
+  updates, _ = tx.update(huge, tx.init(params), params)
+  stepped = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(stepped["positions"][...], 2.0, rtol=0, atol=2.5e-7)

@@ -214,10 +214,15 @@ def test_a_kind_is_registered_once_with_a_name_and_options_of_one_type():
     K.nn.make_conv("rotate4", 3, 4, 3, version=2, rngs=nnx.Rngs(0))
 
 
-# The versatile paper's own networks (its LeNet Models 1-3, Versatile-AlexNet, the v1/v2
-# variants) are defined for the versatile kind by that paper; nothing else names a kind.
-_PAPER_NETWORKS = {"kshapes_jax/models/small.py", "kshapes_jax/models/alexnet.py"}
-_PAPER_NETWORKS |= {"kshapes_jax/models/layers.py"}
+# The papers' own networks are defined for a kind by their paper: the versatile paper's (its
+# LeNet Models 1-3, Versatile-AlexNet, the v1/v2 variants) and ConvNeXt-dcls (its element
+# counts and shared position sets); nothing else names a kind.
+_PAPER_NETWORKS = {
+  "kshapes_jax/models/small.py": ["versatile"],
+  "kshapes_jax/models/alexnet.py": ["versatile"],
+  "kshapes_jax/models/layers.py": ["versatile"],
+  "kshapes_jax/models/convnext.py": ["dcls"],
+}
 # the kinds' own modules, the papers' analyses of them and the official codes' state dicts
 _PER_KIND = ("kshapes_jax/nn/", "kshapes_jax/analysis/", "kshapes_jax/interop.py")
 
@@ -237,7 +242,7 @@ def test_the_library_asks_kinds_through_the_protocol_not_by_name_or_type():
           for c in ast.walk(node)
           if isinstance(c, ast.Constant) and isinstance(c.value, str) and c.value in names
         ]
-        if strings and not (rel in _PAPER_NETWORKS and strings == ["versatile"]):
+        if strings and strings != _PAPER_NETWORKS.get(rel):
           found.append(f"{rel}:{node.lineno} compares with {strings}")
       if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "isinstance":
         classes = ast.walk(node.args[1])

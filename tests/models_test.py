@@ -10,6 +10,7 @@ from flax import nnx
 
 import kshapes_jax as K
 from kshapes_jax.models import count_params, create, list_models, model_cost, spec
+from kshapes_jax.models.convnext import ConvNeXt
 from kshapes_jax.models.densenet import DENSENET40_ROTATECONV, DenseNet, DenseNetBC
 from kshapes_jax.models.imagenet import ImageNetResNet
 from kshapes_jax.models.repvgg import RepVGG
@@ -229,6 +230,23 @@ _BUILD.update(
     for name in ("repvgg_a0", "repvgg_a1", "repvgg_b0")
   }
 )
+# ConvNeXt-T/S/B at one block a stage of 8-32 maps, DCLS at 6 elements in a 9 x 9 window (on
+# CPU a 17 x 17 kernel over maps no larger is an im2col of 289 taps: seconds to compile)
+_BUILD.update(
+  {
+    name: lambda kind: ConvNeXt(
+      (1, 2, 1, 1),
+      (8, 16, 16, 32),
+      kind,
+      10,
+      rngs=nnx.Rngs(0),
+      dcls_kernel_count=6,
+      conv_options={"extent": 9} if kind == "dcls" else None,
+      precision="highest",
+    )
+    for name in ("convnext_t", "convnext_s", "convnext_b")
+  }
+)
 _INPUT = {name: (64, 64, 3) for name in ("resnet18", "resnet50", *_BUILD) if name != "densenet40"}
 # the default run: every kind on ResNet-20, and each model file's own structure once (a net
 # without BN, LeNet's versatile layers, DenseNet's pre-activation convs, grouped v2 bottlenecks
@@ -243,6 +261,7 @@ _DEFAULT_CASES = {
   ("versatile_v2_alexnet", "versatile"),
   ("acnet_alexnet", "acb"),
   ("repvgg_a0", "repvgg"),
+  ("convnext_t", "dcls"),
 }
 CASES = [
   pytest.param(
@@ -320,6 +339,52 @@ def test_repvgg_has_the_official_models_parameters_trained_and_deployed(name):
     counts.append(sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(abstract, nnx.Param))))
   assert tuple(counts) == OFFICIAL_REPVGG[name]
   assert spec(name).kinds[0] == "repvgg"
+
+
+# the official convnext_tiny/small/base (ConvNeXt-dcls models/convnext.py) and
+# convnext_dcls_tiny/small/base (models/convnext_dcls.py, one position set a stage), counted with
+# PyTorch 2.14.1 and timm: sum(p.numel() for p in model.parameters())
+OFFICIAL_CONVNEXT = {
+  "convnext_t": (28_589_128, 28_587_688),
+  "convnext_s": (50_223_688, 50_217_064),
+  "convnext_b": (88_591_464, 88_582_632),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_CONVNEXT))
+def test_convnext_has_the_official_models_parameters_plain_and_dcls(name):
+  counts = tuple(
+    count_params(nnx.eval_shape(lambda conv=conv: create(name, conv=conv, rngs=nnx.Rngs(0))))
+    for conv in ("plain", "dcls")
+  )
+  assert counts == OFFICIAL_CONVNEXT[name]
+
+
+def test_convnext_dcls_shares_a_position_set_per_stage():
+  tiny = nnx.eval_shape(lambda: create("convnext_t", conv="dcls", rngs=nnx.Rngs(0)))
+  first = tiny.stages[0][0].dwconv
+  assert (first.kernel_count, first.extent, first.conv_padding) == (34, 17, 8)  # the paper's
+  model = ConvNeXt(
+    (2, 3),
+    (8, 16),
+    "dcls",
+    10,
+    rngs=nnx.Rngs(0),
+    dcls_kernel_count=5,
+    conv_options={"extent": 9},
+  )
+  stages = [[block.dwconv for block in stage] for stage in model.stages]
+  for stage in stages:
+    assert all(layer.positions is stage[0].positions for layer in stage)
+    assert stage[0].extent == 9 and stage[0].kernel_count == 5 and stage[0].conv_padding == 4
+  assert stages[0][0].positions is not stages[1][0].positions
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  graphdef, params = nnx.split(model, nnx.Param)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x) ** 2)))(params)
+  assert np.any(np.asarray(grads["stages"][0][0]["dwconv"]["positions"][...]))
+  own = ConvNeXt((2,), (8,), "dcls", 10, rngs=nnx.Rngs(0), share_positions=False)
+  first, second = (block.dwconv for block in own.stages[0])
+  assert first.positions is not second.positions
 
 
 def test_create_errors():

@@ -2,6 +2,7 @@
 
 from kshapes_jax.models import (  # noqa: F401  (registration)
   alexnet,
+  convnext,
   densenet,
   imagenet,
   repvgg,

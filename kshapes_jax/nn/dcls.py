@@ -78,7 +78,9 @@ class DclsConv(ConvLayer):
 
   A position exactly on the lattice has no bilinear position gradient (the tent's kinks, as in
   the official autodiff), so a layer that starts there (init="lattice", convert's preserve) moves
-  its positions only with the Gaussian.
+  its positions only with the Gaussian. The weights are He-normal (fan-in K x I / groups), as
+  the other kinds'; the official Dcls2d draws kaiming_uniform(a=sqrt(5)), ConvNeXt-dcls
+  trunc_normal(0.02).
   """
 
   padding: int  # the nominal conv's, on every side
@@ -142,6 +144,11 @@ class DclsConv(ConvLayer):
       _validation.require_shape(
         "shared_positions", shared_positions[...], (*shape, 2), "(K, I, O, 2)"
       )
+      if getattr(shared_positions, "bound", None) != bound:
+        raise ValueError(
+          f"shared_positions are clamped to +-{getattr(shared_positions, 'bound', None)}, this "
+          f"layer's window to +-{bound}: share positions among layers of one extent"
+        )
       self.positions = shared_positions
     else:
       self.positions = DclsPosition(self._initial_positions(rngs, shape, init), bound=bound)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from train.analyze import acb, active, rotate, versatile
+from train.analyze import acb, active, dcls, rotate, versatile
 
 if TYPE_CHECKING:
   from train.trainer.trained_run import TrainedRun
 
-ANALYSES: dict[str, ModuleType] = {m.NAME: m for m in (rotate, active, acb, versatile)}
+ANALYSES: dict[str, ModuleType] = {m.NAME: m for m in (rotate, active, acb, versatile, dcls)}
 
 
 def get(name: str) -> ModuleType:

@@ -216,6 +216,17 @@ _PAPER = (
     comparison="section 2.3, no number",
     analyses={"active": {}},
   ),
+  *(
+    Row(
+      name,
+      setting="the ACU's plain network and recipe (no paper number)",
+      baseline="acu_baseline",
+      comparison="DCLS (Khalfaoui-Hassani et al. 2023): above the base net; compare with `acu`",
+      analyses={"dcls": {}},
+      figure=name,
+    )
+    for name in ("dcls", "dcls_gauss")
+  ),
   Row(
     "acb_baseline",
     paper=83.13,

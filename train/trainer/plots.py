@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 import kshapes_jax as K
-from kshapes_jax.analysis import active, rotate
+from kshapes_jax.analysis import active, dcls, rotate
 
 
 def _plt():
@@ -110,6 +110,23 @@ def plot_positions(layers: list[tuple[str, np.ndarray]], path: Path, title: str)
       ylabel="beta (y, px)",
     )
     ax.grid(alpha=0.3)
+  return _save(plt, fig, path, title)
+
+
+def plot_dcls_positions(layers: list, path: Path, title: str) -> Path:
+  """Each DCLS layer's element density over its window (`analysis.dcls.density`), the nominal
+  kxk's centre marked."""
+  plt, fig, axes = _grid(len(layers), columns=3)
+  for ax, layer in zip(axes, layers):
+    half = layer.extent // 2
+    counts = dcls.density(layer.positions, layer.extent)
+    ax.imshow(counts, cmap="viridis", extent=(-half - 0.5, half + 0.5, half + 0.5, -half - 0.5))
+    ax.scatter([0], [0], marker="+", s=80, color="white")
+    ax.set(
+      title=f"{layer.name} (spread {dcls.spread(layer.positions):.2f} px)",
+      xlabel="dx (px)",
+      ylabel="dy (px)",
+    )
   return _save(plt, fig, path, title)
 
 
