@@ -15,12 +15,7 @@ rounds. Writes results/bench-dcls-<platform>.json and .md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform as platform_lib
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 import kshapes_jax as K
+from bench import results
 from bench.models import _cases_for, _model
 from bench.timing import compile_timed, run_interleaved, warm_machine
 
@@ -209,22 +205,8 @@ def main(argv=None) -> int:
   reps = 3 if args.quick else args.reps
   warm_machine()
   rows = bench_layers(LAYER_GROUPS, reps) + bench_network(reps)
-  platform = jax.default_backend()
-  result = {
-    "platform": platform,
-    "date": datetime.date.today().isoformat(),
-    "machine": f"{platform_lib.machine()}, {len(jax.devices())} {platform} device(s), "
-    f"{os.cpu_count()} cores",
-    "jax": jax.__version__,
-    "reps": reps,
-    "targets": TARGETS,
-    "rows": rows,
-  }
-  out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / f"bench-dcls-{platform}.json").write_text(json.dumps(result, indent=2) + "\n")
-  (out / f"bench-dcls-{platform}.md").write_text(markdown(result))
-  print(markdown(result))
+  result = results.record(reps, TARGETS, rows)
+  print(results.write(args.out, "bench-dcls", result, markdown))
   return 0
 
 

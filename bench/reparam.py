@@ -13,17 +13,13 @@ to the plain network's. Writes results/bench-reparam-<platform>.json and .md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform as platform_lib
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 
 import kshapes_jax as K
+from bench import results
 from bench.models import _cases_for, _model
 from bench.timing import compile_timed, run_interleaved, warm_machine
 
@@ -131,22 +127,8 @@ def main(argv=None) -> int:
   reps = 3 if args.quick else args.reps
   warm_machine()
   rows = bench(groups, reps)
-  platform = jax.default_backend()
-  result = {
-    "platform": platform,
-    "date": datetime.date.today().isoformat(),
-    "machine": f"{platform_lib.machine()}, {len(jax.devices())} {platform} device(s), "
-    f"{os.cpu_count()} cores",
-    "jax": jax.__version__,
-    "reps": reps,
-    "targets": TARGETS,
-    "rows": rows,
-  }
-  out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / f"bench-reparam-{platform}.json").write_text(json.dumps(result, indent=2) + "\n")
-  (out / f"bench-reparam-{platform}.md").write_text(markdown(result))
-  print(markdown(result))
+  result = results.record(reps, TARGETS, rows)
+  print(results.write(args.out, "bench-reparam", result, markdown))
   return 0
 
 

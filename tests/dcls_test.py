@@ -134,14 +134,8 @@ CASES = [  # in, out, k, kernel_count, extent, stride, groups, interpolation, bi
 ]
 
 
-@pytest.mark.parametrize("i, o, k, kc, extent, stride, groups, interpolation, bias", CASES)
-def test_loaded_official_weights_give_the_official_outputs(
-  i, o, k, kc, extent, stride, groups, interpolation, bias
-):
-  rng = np.random.default_rng(kc)
-  version = "v1" if interpolation == "bilinear" else "gauss"
-  sd = official_state(rng, o, i // groups, kc, extent // 2, version == "gauss", bias)
-  layer = K.nn.DclsConv(
+def _case_layer(i, o, k, kc, extent, stride, groups, interpolation, bias, **numerics):
+  return K.nn.DclsConv(
     i,
     o,
     k,
@@ -153,8 +147,20 @@ def test_loaded_official_weights_give_the_official_outputs(
     use_bias=bias,
     precision="highest",
     rngs=nnx.Rngs(0),
+    **numerics,
   )
-  layer = interop.load_dcls(layer, sd)
+
+
+@pytest.mark.parametrize("i, o, k, kc, extent, stride, groups, interpolation, bias", CASES)
+def test_loaded_official_weights_give_the_official_outputs(
+  i, o, k, kc, extent, stride, groups, interpolation, bias
+):
+  rng = np.random.default_rng(kc)
+  version = "v1" if interpolation == "bilinear" else "gauss"
+  sd = official_state(rng, o, i // groups, kc, extent // 2, version == "gauss", bias)
+  layer = interop.load_dcls(
+    _case_layer(i, o, k, kc, extent, stride, groups, interpolation, bias), sd
+  )
   assert layer.conv_padding == extent // 2  # the official layers' padding
   x = rng.normal(size=(2, i, 12, 12))
   expected = official_dcls2d(x, sd, (extent, extent), extent // 2, stride, groups, version)
@@ -236,21 +242,8 @@ def test_the_numpy_forward_is_the_official_module(tmp_path):
     g = rng.normal(size=got.shape)
     (module(torch.from_numpy(x)) * torch.from_numpy(g)).sum().backward()
     with jax.enable_x64():
-      layer = K.nn.DclsConv(
-        i,
-        o,
-        k,
-        kernel_count=kc,
-        extent=extent,
-        stride=stride,
-        groups=groups,
-        interpolation=interpolation,
-        use_bias=bias,
-        param_dtype="float64",
-        precision="highest",
-        rngs=nnx.Rngs(0),
-      )
-      layer = interop.load_dcls(layer, sd)
+      case = (i, o, k, kc, extent, stride, groups, interpolation, bias)
+      layer = interop.load_dcls(_case_layer(*case, param_dtype="float64"), sd)
       graph, params = nnx.split(layer, nnx.Param)
 
       x64 = np.transpose(x, (0, 2, 3, 1))  # NHWC in float64

@@ -35,6 +35,19 @@ def fmt(values: Sequence[float]) -> str:
   return f"{m:.2f} +- {s:.2f}"
 
 
+def per_layer_table(suite, analysis: str, key: str) -> list[str]:
+  """One row per analysed row of the suite, one column per layer: `results[analysis][key]`
+  (a number per layer) as mean +- std over the row's seeds; [] when no row has results."""
+  table, header = [], None
+  for row in suite.analysed_rows(analysis):
+    per_seed = [suite.results(row.name, s)[analysis][key] for s in suite.seeds(row.name)]
+    if not per_seed:
+      continue
+    header = list(per_seed[0])
+    table.append((f"`{row.name}`", *(fmt([p[name] for p in per_seed]) for name in header)))
+  return markdown_table(("row", *header), table) + [""] if header else []
+
+
 def copy(src: Path, dst: Path) -> str:
   """Copies a figure; returns its file name."""
   dst.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from kshapes_jax.analysis import dcls
-from train.analyze.common import first_seed_figures, fmt, markdown_table
+from train.analyze.common import first_seed_figures, markdown_table, per_layer_table
 from train.trainer import plots
 
 NAME = "dcls"
@@ -66,15 +66,7 @@ def summarise(suite, figures: Path) -> list[str]:
     "+- std over seeds:",
     "",
   ]
-  table, header = [], None
-  for row in suite.analysed_rows(NAME):
-    per_seed = [suite.results(row.name, s)[NAME]["spread"] for s in suite.seeds(row.name)]
-    if not per_seed:
-      continue
-    header = list(per_seed[0])
-    table.append((f"`{row.name}`", *(fmt([p[name] for p in per_seed]) for name in header)))
-  if header:
-    lines += markdown_table(("row", *header), table) + [""]
+  lines += per_layer_table(suite, NAME, "spread")
   for row in suite.figure_rows(NAME):
     lines += first_seed_figures(
       suite,
