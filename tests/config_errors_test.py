@@ -67,6 +67,9 @@ def test_conv_options_are_declared_for_every_option_of_every_kind():
 
   for kind in knn.CONV_KINDS.values():
     taken = set(inspect.signature(kind.layer.__init__).parameters)
-    arrays = {"kernel", "bias"} if kind.layer is knn.PlainConv else set()  # from_kernel's
+    # arrays and variables a caller hands in, no config value: from_kernel's kernel and bias, the
+    # position set a ConvNeXt-dcls stage shares
+    objects = {knn.PlainConv: {"kernel", "bias"}, knn.DclsConv: {"shared_positions"}}
+    arrays = objects.get(kind.layer, set())
     missing = taken - set(knn.kinds.SHARED_ARGUMENTS) - set(kind.options()) - set(kind.fixed)
     assert not missing - arrays, (kind.name, missing)
