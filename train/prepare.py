@@ -207,13 +207,19 @@ def write_split(
   sums, squares, pixels = np.zeros(3), np.zeros(3), 0
   skipped, converted, resized, written = [], 0, 0, 0
   pool = None
-  if workers > 1:  # Ctrl-C and SIGTERM are this process's to handle; the workers die with it
-    pool = concurrent.futures.ProcessPoolExecutor(
-      workers, initializer=signals.quiet_worker, initargs=(os.getpid(),)
-    )
   try:
-    jobs = [(f, max_side, quality) for f, _ in files]
-    results = pool.map(_read_or_error, jobs, chunksize=32) if pool else map(_read_or_error, jobs)
+    # deferred: a stop raised inside the pool's Thread.start (its first submit starts the manager
+    # thread) leaves a thread that shutdown cannot join ("cannot join thread before it is
+    # started"); the stop is raised once the pool is whole
+    with signals.deferred():
+      if workers > 1:  # Ctrl-C and SIGTERM are this process's to handle; the workers die with it
+        pool = concurrent.futures.ProcessPoolExecutor(
+          workers, initializer=signals.quiet_worker, initargs=(os.getpid(),)
+        )
+      jobs = [(f, max_side, quality) for f, _ in files]
+      results = pool.map(_read_or_error, jobs, chunksize=32) if pool else map(_read_or_error, jobs)
+      stop = signals.requested()
+    signals.raise_stop(stop)
     bar = tqdm(total=len(files), desc=split, unit="img", disable=not sys.stderr.isatty())
     labelled = zip(files, results)
     for name, start in zip(names, range(0, len(files), examples_per_shard)):
@@ -240,7 +246,8 @@ def write_split(
     bar.close()
   finally:
     if pool:
-      pool.shutdown(cancel_futures=True)
+      with signals.deferred():  # whole: a second stop is raised by the command's own path
+        pool.shutdown(cancel_futures=True)
   info = records.SplitInfo(written, tuple(names), tuple(skipped), converted, resized)
   return info, sums, squares, pixels
 

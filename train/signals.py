@@ -153,6 +153,15 @@ def requested() -> int:
   return _state.signum
 
 
+def raise_stop(signum: int) -> None:
+  """Raises `Stopped` for `signum` unless it is 0: a stop a `deferred()` region recorded (read
+  with `requested()` inside it: a library caller's region forgets it on exit), raised after the
+  region."""
+  if signum:
+    _state.raised = True
+    raise Stopped(signum)
+
+
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
   """A region where a stop signal is recorded, not raised: the region asks `requested()` at its
