@@ -419,6 +419,10 @@ def write_report(
       *_comparisons(suite, method),
     ]
     lines += analyze.get(method).summarise(suite, figures)
+    # an analysis that is no method's (DCLS's) reports in the section of the rows that read it
+    for name in analyze.ANALYSES:
+      if name not in rows.METHODS and any(r.method == method for r in suite.analysed_rows(name)):
+        lines += analyze.get(name).summarise(suite, figures)
   lines += _by_length(suite.runs, methods, suite.ledger_dir)
   text = "\n".join(lines) + "\n"
   path.write_text(text)
