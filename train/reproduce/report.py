@@ -266,10 +266,12 @@ def _rows_table(suite: Suite, method: str) -> list[str]:
     table,
   ) + [""]
   if missing:
-    length = suite.epochs[method]
+    # the report's own lengths for every method: `--epochs acb=10` alone would make a report at
+    # other lengths for the rest (their defaults) and replace this one
+    spec = length_spec(suite.epochs)
     lines += [
-      f"Not run at {length:g} epochs: {', '.join(missing)} (`--epochs {method}={length:g} --rows "
-      "...`).",
+      f"Not run at {suite.epochs[method]:g} epochs: {', '.join(missing)} "
+      f"(`{f'--epochs {spec} ' if spec else ''}--rows ...`).",
       "",
     ]
   if lost:
