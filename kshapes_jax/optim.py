@@ -50,7 +50,7 @@ import optax
 from flax import nnx
 
 from kshapes_jax.kernels import project_angles
-from kshapes_jax.nn.variables import ShapeParam, shape_labels
+from kshapes_jax.nn.variables import ShapeParam, labelled_shape_params, shape_labels
 
 Schedule = Literal["constant", "staircase", "cosine"]
 
@@ -103,15 +103,11 @@ def param_labels(model: nnx.Module) -> nnx.State:
 def default_lr_multipliers() -> dict[str, float]:
   """The learning-rate multiplier of every shape parameter label whose class sets one other than
   1: {"positions": 0.01} (the ACU, section 3.1), DCLS's 5 x, and those of kinds defined since."""
-  found: dict[str, float] = {}
-  todo: list[type[ShapeParam]] = [ShapeParam]
-  while todo:
-    cls = todo.pop(0)
-    label = cls.__dict__.get("label")
-    if label is not None and label not in found and cls.lr_multiplier != 1.0:
-      found[label] = float(cls.lr_multiplier)
-    todo.extend(cls.__subclasses__())
-  return found
+  return {
+    label: float(cls.lr_multiplier)
+    for label, cls in labelled_shape_params().items()
+    if cls.lr_multiplier != 1.0
+  }
 
 
 def param_bounds(model: nnx.Module) -> nnx.State:

@@ -134,9 +134,7 @@ def dcls_kernel(
   ty = dcls_tents(p[..., 1], eh, interpolation, s[1])  # (eh, K, I, O) rows
   norm = ty.sum(0) * tx.sum(0) + np.asarray(NORM_EPS, w.dtype)
   # HIGHEST: exact in the dtype on every backend, value and gradient (DEFAULT is TF32 on a GPU)
-  return jnp.einsum(
-    "rkio,ckio,kio->rcio", ty, tx, w / norm, precision=jax.lax.Precision.HIGHEST
-  ).astype(w.dtype)
+  return jnp.einsum("rkio,ckio,kio->rcio", ty, tx, w / norm, precision=jax.lax.Precision.HIGHEST)
 
 
 def dcls_lattice(size: int) -> np.ndarray:

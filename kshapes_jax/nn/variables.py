@@ -27,17 +27,23 @@ class Position(ShapeParam):
   lr_multiplier = 0.01  # section 3.1
 
 
-def shape_labels() -> tuple[str, ...]:
-  """The labels of every ShapeParam class defined (a kind's module defines its own)."""
-  found: list[str] = []
-  todo: list[type] = [ShapeParam]
+def labelled_shape_params() -> dict[str, type[ShapeParam]]:
+  """Each label a ShapeParam class defines, with the first class (breadth first) that defines it:
+  the built-in ones and those of kinds defined since (a kind's module defines its own)."""
+  found: dict[str, type[ShapeParam]] = {}
+  todo: list[type[ShapeParam]] = [ShapeParam]
   while todo:
     cls = todo.pop(0)
     label = cls.__dict__.get("label")
     if label is not None and label not in found:
-      found.append(label)
+      found[label] = cls
     todo.extend(cls.__subclasses__())
-  return tuple(found)
+  return found
+
+
+def shape_labels() -> tuple[str, ...]:
+  """The labels of every ShapeParam class defined (a kind's module defines its own)."""
+  return tuple(labelled_shape_params())
 
 
 class BranchScale(ShapeParam):
