@@ -37,8 +37,8 @@ def test_readme_parameter_table_has_the_header_and_one_row_per_model():
   assert [line.split(" | ")[0].removeprefix("| ") for line in shown[2:]] == list_models()
 
 
-# the deep members of a family trace for 3-45 s each (parameter_row says why): their rows run
-# with -m slow, the family's shallower rows by default
+# the deep members of a family take 3-16 s each to count: their rows run with -m slow, the
+# family's shallower rows (0.05-4 s) by default
 _DEEP = (
   "resnet110",
   "densenet121",

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import kshapes_jax as K
-from kshapes_jax.models import count_params, create, list_models, model_cost, spec
+from kshapes_jax.models import abstract, count_params, create, list_models, model_cost, spec
 from kshapes_jax.models.convnext import ConvNeXt
 from kshapes_jax.models.densenet import DENSENET40_ROTATECONV, DenseNet, DenseNetBC
 from kshapes_jax.models.imagenet import ImageNetResNet
@@ -18,7 +18,7 @@ from kshapes_jax.models.repvgg import RepVGG
 
 def _count(name, **kwargs):
   """Parameters of a model built abstractly (shapes only: fast, no compute)."""
-  return count_params(nnx.eval_shape(lambda: create(name, **kwargs)))
+  return count_params(abstract(name, **kwargs))
 
 
 def _close(got, paper, tol=0.03):
@@ -353,15 +353,12 @@ OFFICIAL_CONVNEXT = {
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_CONVNEXT))
 def test_convnext_has_the_official_models_parameters_plain_and_dcls(name):
-  counts = tuple(
-    count_params(nnx.eval_shape(lambda conv=conv: create(name, conv=conv, rngs=nnx.Rngs(0))))
-    for conv in ("plain", "dcls")
-  )
+  counts = tuple(count_params(abstract(name, conv=conv)) for conv in ("plain", "dcls"))
   assert counts == OFFICIAL_CONVNEXT[name]
 
 
 def test_convnext_dcls_shares_a_position_set_per_stage():
-  tiny = nnx.eval_shape(lambda: create("convnext_t", conv="dcls", rngs=nnx.Rngs(0)))
+  tiny = abstract("convnext_t", conv="dcls")
   first = tiny.stages[0][0].dwconv
   assert (first.kernel_count, first.extent, first.conv_padding) == (34, 17, 8)  # the paper's
   model = ConvNeXt(

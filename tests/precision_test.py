@@ -249,7 +249,7 @@ def test_the_audit_catches_a_default_precision_contraction(rng):
 
 
 def _abstract_model(name, kind, **kw):
-  model = nnx.eval_shape(lambda: K.models.create(name, conv=kind, **kw))
+  model = K.models.abstract(name, conv=kind, **kw)
   spec = K.models.spec(name)
   return model, jax.ShapeDtypeStruct((2, *spec.input_shape), jnp.float32)
 

@@ -5,11 +5,7 @@ python -m kshapes_jax.models.table
 
 from __future__ import annotations
 
-import functools
-
-from flax import nnx
-
-from kshapes_jax.models.registry import count_params, create, list_models, spec
+from kshapes_jax.models.registry import abstract, count_params, list_models, spec
 from kshapes_jax.nn import CONV_KINDS
 
 
@@ -26,15 +22,12 @@ def table_header() -> str:
 def parameter_row(name: str) -> str:
   """One model's row: its parameter count per kind, '-' where the kind does not apply.
 
-  Built from shapes only (no compute). Tracing is quadratic in the model's size
-  under JAX 0.10 (NNX probes each traced value's `.sharding`, whose error message
-  walks the whole trace: jax-ml/jax#40041), so the deepest models are slow to count.
+  Built from shapes only (`abstract`: no compute).
   """
   cells = []
   for kind in CONV_KINDS:
     if kind in spec(name).kinds:
-      model = nnx.eval_shape(functools.partial(create, name, conv=kind))
-      cells.append(_human(count_params(model)))
+      cells.append(_human(count_params(abstract(name, conv=kind))))
     else:
       cells.append("-")
   return f"| {name} | " + " | ".join(cells) + " |"
