@@ -135,7 +135,9 @@ def from_jaxpr(
   inputs = [
     helper.make_tensor_value_info("images", _onnx_dtype(spec.dtype), ["batch", *spec.shape[1:]])
   ]
-  graph = helper.make_graph(g.nodes, name, inputs, outputs, g.initializers)
+  used = {name for node in g.nodes for name in node.input}  # a literal a node folded away is not
+  initializers = [t for t in g.initializers if t.name in used]
+  graph = helper.make_graph(g.nodes, name, inputs, outputs, initializers)
   model = helper.make_model(
     graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="kshapes_jax"
   )
@@ -179,6 +181,10 @@ def _emit(g: _Graph, jaxpr, env: dict) -> None:
 
 def _translate(g: _Graph, prim: str, eqn, inputs: list[str]) -> str:
   p, aval_in, aval_out = eqn.params, [v.aval for v in eqn.invars], eqn.outvars[0].aval
+  if prim == "max" and (x := _other_than_zero(eqn, inputs)) is not None:
+    # jax.nn.relu is max(x, 0): as ONNX's Relu a runtime fuses it into the conv before it (and
+    # an INT8 file keeps no quantize/dequantize pair between them)
+    return g.node("Relu", [x])
   if prim in _ELEMENTWISE:
     return g.node(_ELEMENTWISE[prim], inputs)
   if prim in _UNARY:
@@ -245,6 +251,18 @@ def _translate(g: _Graph, prim: str, eqn, inputs: list[str]) -> str:
   raise ValueError(
     f"ONNX export: the primitive {prim!r} is not supported (a deployed CNN should not need it)"
   )
+
+
+def _other_than_zero(eqn, inputs: list[str]) -> str | None:
+  """max(x, 0)'s x (as written in the graph) when one operand is a literal scalar zero and the
+  other has the output's shape; else None."""
+  out = eqn.outvars[0].aval
+  for i, atom in enumerate(eqn.invars):
+    literal = hasattr(atom, "val") and not hasattr(atom, "count")
+    other = eqn.invars[1 - i]
+    if literal and np.ndim(atom.val) == 0 and atom.val == 0 and other.aval.shape == out.shape:
+      return inputs[1 - i]
+  return None
 
 
 def _broadcast(g: _Graph, x: str, in_shape, out_shape, dims) -> str:

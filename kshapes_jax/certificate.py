@@ -37,6 +37,66 @@ class LayerError:
 
 
 @dataclasses.dataclass(frozen=True)
+class Int8Report:
+  """An INT8 file against the float32 one it was quantized from (`kshapes_jax.int8.measure`).
+
+  Attributes:
+    layers: each quantized layer (its path, its ONNX op): max |int8 - fp32| of its output, and
+      that over max |fp32|, the error accumulated up to that layer.
+    logits_max_abs, logits_relative: the same for the logits.
+    agreement: the share of images whose arg-max the two files agree on.
+    top1_fp32, top1_int8: their accuracy on the images (None without labels).
+    images: how many images were measured; calibration: how many calibrated the ranges.
+    scheme: how the file was quantized.
+  """
+
+  layers: tuple[LayerError, ...]
+  logits_max_abs: float
+  logits_relative: float
+  agreement: float
+  top1_fp32: float | None
+  top1_int8: float | None
+  images: int
+  calibration: int
+  scheme: str
+
+  @property
+  def drop(self) -> float | None:
+    """Top-1 points lost (fp32 - int8, in percentage points); None without labels."""
+    if self.top1_fp32 is None or self.top1_int8 is None:
+      return None
+    return 100 * (self.top1_fp32 - self.top1_int8)
+
+  @property
+  def worst(self) -> LayerError | None:
+    return max(self.layers, key=lambda e: e.relative, default=None)
+
+  def check(self, max_drop: float) -> None:
+    """Raises ValueError, naming the worst layer, if the INT8 file loses more than `max_drop`
+    points of top-1 (without labels: if it disagrees with the float file on more than
+    `max_drop` percent of the images), or computes a NaN or an infinity."""
+    if not (math.isfinite(self.logits_relative) and math.isfinite(self.agreement)):
+      raise ValueError("the INT8 file's logits are not finite (NaN or infinite) on the images")
+    drop = self.drop
+    lost, what = (
+      (100 * (1 - self.agreement), "of its predictions differ from the float file's")
+      if drop is None
+      else (drop, "points of top-1 lost")
+    )
+    if lost > max_drop:
+      worst = self.worst
+      at = f"; its worst layer is {worst.path} ({worst.relative:.3g} relative)" if worst else ""
+      raise ValueError(
+        f"INT8 loses too much: {lost:.2f} {what}, above the tolerance {max_drop:g} "
+        f"({self.images} images, calibrated on {self.calibration}){at}"
+      )
+
+  @classmethod
+  def from_dict(cls, d: dict) -> Int8Report:
+    return cls(**{**d, "layers": tuple(LayerError(**e) for e in d["layers"])})
+
+
+@dataclasses.dataclass(frozen=True)
 class FusionCertificate:
   """The deployed network against the trained one (eval mode) on one probe batch.
 
@@ -48,6 +108,8 @@ class FusionCertificate:
     probe: what the probe was ("given, 64 examples" or "random normal, 8 examples").
     compute_dtypes: the trained network's compute dtypes, which set the default tolerance
       (empty: float32's, as for a certificate written before they were recorded).
+    int8: an INT8 file's report against the float32 file of this network (the certificate an
+      INT8 file carries), None otherwise.
   """
 
   layers: tuple[LayerError, ...]
@@ -56,6 +118,7 @@ class FusionCertificate:
   agreement: float
   probe: str
   compute_dtypes: tuple[str, ...] = ()
+  int8: Int8Report | None = None
 
   @property
   def tolerance(self) -> float:
@@ -110,6 +173,7 @@ class FusionCertificate:
         **d,
         "layers": tuple(LayerError(**e) for e in d["layers"]),
         "compute_dtypes": tuple(d.get("compute_dtypes", ())),
+        "int8": Int8Report.from_dict(d["int8"]) if d.get("int8") else None,
       }
     )
 

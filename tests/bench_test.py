@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import layers, run, timing
+from bench import layers, results, run, timing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -239,3 +239,19 @@ def test_dcls_bench_marks_each_target_against_the_measured_ratios():
   assert dcls._verdict(row("dense_5", "dcls", 9.0, 0.11)) == "build <= 10%: NOT met"
   assert dcls._verdict(row("dense_5", "plain", 1.0)) == ""
   assert dcls._verdict({**row("dense_5", "dcls", 1.0, 0.01), "mode": "eval"}) == ""
+
+
+def test_int8_bench_times_both_files_and_marks_whether_int8_is_faster():
+  from bench import int8
+
+  rows = int8.bench(1, networks=(("sn", "plain", {}),), log=lambda *a, **k: None)
+  assert [(r["network"], r["batch"]) for r in rows] == [("sn", 1), ("sn", 64)]
+  for r in rows:
+    assert r["fp32_ms"] > 0 and r["int8_ms"] > 0
+    assert r["speedup"] == pytest.approx(r["fp32_ms"] / r["int8_ms"])
+    assert r["int8_bytes"] < r["fp32_bytes"] / 2
+  record = results.record(
+    1, int8.TARGETS, [{**rows[0], "speedup": 1.2}, {**rows[1], "speedup": 0.9}]
+  )
+  text = int8.markdown(record)
+  assert text.count("| yes |") == 1 and text.count("| **no** |") == 1

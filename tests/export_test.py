@@ -2,6 +2,7 @@
 artifact and as ONNX, reloaded (jax.export.deserialize, onnxruntime) and run on real Fashion-MNIST
 test images."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -109,7 +110,7 @@ def test_refusals():
     K.export.to_onnx(Sorts(), (4, 4, 1))
 
 
-def test_cli_exports_a_trained_run_and_checks_the_files(tmp_path):
+def test_cli_exports_a_trained_run_and_checks_the_files(tmp_path, monkeypatch):
   from configs import default
   from train import trainer
 
@@ -120,19 +121,53 @@ def test_cli_exports_a_trained_run_and_checks_the_files(tmp_path):
   )
   trainer.train_and_evaluate(c, tmp_path / "run")
   done = subprocess.run(
-    [sys.executable, "-m", "train.export", f"--workdir={tmp_path / 'run'}", "--format=both"],
+    [
+      sys.executable,
+      "-m",
+      "train.export",
+      f"--workdir={tmp_path / 'run'}",
+      "--format=both",
+      "--int8",
+      "--calibration=32",
+    ],
     cwd=REPO,
     capture_output=True,
     text=True,
     timeout=600,
   )
   assert done.returncode == 0, done.stderr[-3000:]
-  for suffix in ("jaxexport", "onnx"):
+  for suffix in ("jaxexport", "onnx", "int8.onnx"):
     assert (tmp_path / "run" / "export" / f"model.{suffix}").stat().st_size > 10_000
   assert (
     done.stdout.count("predictions agree with the deployed model on 100.00% of the test images")
     == 2
   )
+  # the INT8 file: measured on the 48 test images against the float32 one, its report in the
+  # certificate it carries (which is the float32 file's with the INT8 rows added)
+  assert "calibrated on 32 training images" in done.stdout, done.stdout
+  shipped = K.export.read_certificate(tmp_path / "run" / "export" / "model.int8.onnx")
+  fp32 = K.export.read_certificate(tmp_path / "run" / "export" / "model.onnx")
+  assert shipped is not None and fp32 is not None and fp32.int8 is None
+  assert shipped.int8 is not None and shipped.layers == fp32.layers
+  assert shipped.int8.images == 48 and shipped.int8.calibration == 32
+  assert [e.path for e in shipped.int8.layers] == ["convs/0", "convs/1", "convs/2", "convs/3", "fc"]
+  int8_session = _session(tmp_path / "run" / "export" / "model.int8.onnx")
+  assert int8_session(IMAGES[:4]).shape == (4, 10)
+  # a file that loses more than the tolerance: the float32 file is written, the INT8 one is not
+  from train import export as train_export
+
+  measured = K.int8.measure
+
+  def losing(*args, **kwargs):  # the measured report, with 3 of its 48 predictions turned wrong
+    r = measured(*args, **kwargs)
+    return dataclasses.replace(r, top1_int8=r.top1_fp32 - 3 / 48)
+
+  monkeypatch.setattr(K.int8, "measure", losing)
+  with pytest.raises(ValueError, match=r"INT8 loses too much: 6\.25 points.*above the tolerance 1"):
+    train_export.export_run(tmp_path / "run", out=tmp_path / "refused", int8=True, calibration=8)
+  assert sorted(p.name for p in (tmp_path / "refused").iterdir()) == ["model.onnx"]
+  with pytest.raises(ValueError, match="--format onnx or both"):
+    train_export.export_run(tmp_path / "run", ("jax",), out=tmp_path / "jax_only", int8=True)
   bad = subprocess.run(
     [sys.executable, "-m", "train.export", f"--workdir={tmp_path / 'none'}"],
     cwd=REPO,

@@ -56,12 +56,37 @@ def define_flags() -> None:
     "Test images the written files are checked on (0: all).",
     lower_bound=0,
   )
+  cli.define_once(
+    flags.DEFINE_bool,
+    "int8",
+    False,
+    "Also write the INT8 ONNX file (onnxruntime static quantization), measured on the test "
+    "images against the float32 one.",
+  )
+  cli.define_once(
+    flags.DEFINE_integer,
+    "calibration",
+    512,
+    "Training images that calibrate the INT8 activations' ranges.",
+    lower_bound=1,
+  )
+  cli.define_once(
+    flags.DEFINE_float,
+    "int8_max_drop",
+    INT8_MAX_DROP,
+    "Top-1 points the INT8 file may lose against the float32 one; above it, it is not written.",
+    lower_bound=0.0,
+  )
   cli.define_debug()
 
 
 SUFFIX = {"jax": ".jaxexport", "onnx": ".onnx"}
 MIN_AGREEMENT = 0.999  # a file that agrees on fewer test predictions is not written
 CERTIFY_IMAGES = 256  # the test images the fusion certificate is measured on
+# top-1 points an INT8 file may lose by default: twice the INT8 table's target (0.5), so that the
+# noise of a few thousand test images does not refuse what the table would accept
+INT8_MAX_DROP = 1.0
+INT8_NAME = "model.int8.onnx"
 
 
 def export_run(
@@ -70,23 +95,34 @@ def export_run(
   out: str | Path | None = None,
   step: int | None = None,
   check_images: int = 2000,
+  int8: bool = False,
+  calibration: int = 512,
+  int8_max_drop: float = INT8_MAX_DROP,
 ) -> dict[str, dict]:
   """Writes the run's deployed model in each format and checks each file against it.
+
+  With `int8`, the ONNX file is then quantized to INT8 (`kshapes_jax.int8`) with `calibration`
+  training images and measured on the test images against it: top-1 of both, their agreement,
+  each layer's error (its `Int8Report`, in the INT8 file's certificate).
 
   Returns:
     format -> {"path", "bytes", "agreement" (share of equal test predictions, None when not
     checked), "max_abs_diff" (of the logits), "dtype", "certificate" (the deployed network's
-    `kshapes_jax.FusionCertificate`)}.
+    `kshapes_jax.FusionCertificate`)}; with `int8`, also "int8" -> those of the INT8 file, its
+    certificate's `int8` report included.
 
   Raises:
     ValueError: if the certificate is above the tolerance of the run's compute dtype (nothing
-      is written).
+      is written), or the INT8 file loses more than `int8_max_drop` points of top-1 (the float
+      files are written, the INT8 one is not).
   """
   import kshapes_jax as K
   from train.trainer.trained_run import load_run
 
+  if int8 and "onnx" not in formats:
+    raise ValueError("--int8 quantizes the ONNX file: export with --format onnx or both")
   if "onnx" in formats:
-    _require_onnx()
+    _require_onnx(int8)
   run = load_run(workdir, step)
   shipped = K.deploy(run.model)
   normalize = (run.dataset.mean, run.dataset.std)
@@ -136,11 +172,70 @@ def export_run(
       if fmt == "jax":  # a jax.export artifact has no metadata: the certificate goes next to it
         K.export.write_certificate(path, certificate)
     r["bytes"] = path.stat().st_size if path.exists() else 0
+  if int8 and Path(results["onnx"]["path"]).exists():  # not written: it disagreed (status 1)
+    results["int8"] = _int8(
+      run,
+      shipped,
+      Path(results["onnx"]["path"]),
+      certificate,
+      check_images,
+      calibration,
+      int8_max_drop,
+    )
   return results
 
 
-def _require_onnx() -> None:
-  """Fails before any work when the ONNX writer's package is missing, saying which extra has it."""
+def _spread(source: Any, n: int) -> Any:
+  """n examples of the split spread evenly over it (all of it when it has fewer), held."""
+  held = source.held(n)
+  idx = np.unique(np.linspace(0, len(held) - 1, min(n, len(held))).astype(int))
+  return held.images[idx], held.labels[idx]
+
+
+def _int8(
+  run: Any,
+  shipped: Any,
+  fp32: Path,
+  certificate: Any,
+  check_images: int,
+  calibration: int,
+  max_drop: float,
+) -> dict[str, Any]:
+  """Quantizes the written ONNX file, measures it, and writes it when it loses at most
+  `max_drop` points (ValueError otherwise)."""
+  import dataclasses
+
+  from kshapes_jax import int8
+
+  calibration_images, _ = _spread(run.dataset.train, calibration)
+  images, labels = _spread(run.dataset.test, check_images or len(run.dataset.test))
+  path = fp32.with_name(INT8_NAME)
+  partial = path.with_name(f".{path.name}.partial")
+  try:
+    int8.quantize_onnx(fp32, partial, calibration_images)
+    report = int8.measure(
+      fp32, partial, images, labels, calibration=len(calibration_images), model=shipped
+    )
+    report.check(max_drop)
+    with_int8 = dataclasses.replace(certificate, int8=report)
+    int8.write_certificate(partial, with_int8)
+    partial.replace(path)
+  except BaseException:
+    partial.unlink(missing_ok=True)
+    raise
+  return {
+    "path": str(path),
+    "bytes": path.stat().st_size,
+    "agreement": report.agreement,
+    "max_abs_diff": report.logits_max_abs,
+    "dtype": "int8",
+    "certificate": with_int8,
+  }
+
+
+def _require_onnx(int8: bool = False) -> None:
+  """Fails before any work when the ONNX writer's package (and for INT8 its runtime, which
+  quantizes) is missing, saying which extra has it."""
   try:
     import onnx  # noqa: F401
   except ModuleNotFoundError as e:
@@ -148,6 +243,11 @@ def _require_onnx() -> None:
       '--format onnx needs the onnx package, missing here: pip install -e ".[onnx]" '
       "(or export with --format jax)"
     ) from e
+  try:
+    if int8:
+      import onnxruntime.quantization  # noqa: F401
+  except ModuleNotFoundError as e:
+    raise ValueError('--int8 needs onnxruntime, missing here: pip install -e ".[onnx]"') from e
 
 
 def _batched(fn: Callable, images: np.ndarray, batch: int = 500) -> np.ndarray:
@@ -166,18 +266,40 @@ def _onnxruntime(path: Path) -> Callable | None:
   return lambda x: session.run(None, {"images": np.asarray(x)})[0]
 
 
+def _points(drop: float) -> str:
+  return f"{drop:.2f} points lost" if drop >= 0 else f"{-drop:.2f} points gained"
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.fail(flags.Error(f"unexpected arguments: {argv[1:]}"), 2)
   formats = ("jax", "onnx") if FLAGS.format == "both" else (FLAGS.format,)
   try:
-    results = export_run(FLAGS.workdir, formats, FLAGS.out or None, FLAGS.step, FLAGS.check_images)
+    results = export_run(
+      FLAGS.workdir,
+      formats,
+      FLAGS.out or None,
+      FLAGS.step,
+      FLAGS.check_images,
+      int8=FLAGS.int8,
+      calibration=FLAGS.calibration,
+      int8_max_drop=FLAGS.int8_max_drop,
+    )
   except Exception as e:  # a workdir that is not a run's, a missing step, a model ONNX cannot hold
     if FLAGS.debug:
       raise
     cli.fail(e, 2 if isinstance(e, (FileNotFoundError, ValueError)) else None)
   failed = False
-  for r in results.values():
+  for fmt, r in results.items():
+    if fmt == "int8":
+      report = r["certificate"].int8
+      print(
+        f"wrote {r['path']} ({r['bytes'] / 1e6:.2f} MB): top-1 {100 * report.top1_int8:.2f}% "
+        f"against the float32 file's {100 * report.top1_fp32:.2f}% ({_points(report.drop)}), "
+        f"predictions agree on {100 * report.agreement:.2f}% of {report.images} test "
+        f"images; calibrated on {report.calibration} training images"
+      )
+      continue
     if r["agreement"] is None:
       check = "not checked (pip install onnxruntime to check it)"
     else:

@@ -1,0 +1,142 @@
+"""kshapes_jax.int8: a briefly trained net of every kind, deployed, written as ONNX, quantized to
+INT8 by onnxruntime and measured against its float32 file on real Fashion-MNIST test images; the
+calibration set's refusals; the report's judgement."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import runs
+from flax import nnx
+
+import kshapes_jax as K
+from kshapes_jax.certificate import Int8Report, LayerError
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+_DATA = np.load(runs.REPO / "tests" / "data" / "fashion_mnist_test96.npz")
+IMAGES, LABELS = _DATA["images"], _DATA["labels"].astype(np.int32)
+NORMALIZE = ((0.286,), (0.353,))
+# an INT8 file of a briefly trained SN agrees with its float32 file on at least this share of the
+# 96 images (measured: 0.98-1.0 for every kind); fewer would be a broken quantization
+MIN_AGREEMENT = 0.9
+
+
+def _trained(conv: str) -> nnx.Module:
+  """SN of kind `conv` after 40 Adam steps on the 96 images (train mode, batch 32)."""
+  model = K.models.create("sn", conv=conv, rngs=nnx.Rngs(0))
+  model.train()
+  optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+  x = jnp.asarray((IMAGES.astype(np.float32) / 255 - 0.286) / 0.353)
+
+  @nnx.jit
+  def step(model, optimizer, xb, yb):
+    def loss(model):
+      return optax.softmax_cross_entropy_with_integer_labels(model(xb), yb).mean()
+
+    optimizer.update(model, nnx.grad(loss)(model))
+
+  for i in range(40):
+    j = (i % 3) * 32
+    step(model, optimizer, x[j : j + 32], jnp.asarray(LABELS[j : j + 32]))
+  model.eval()
+  return model
+
+
+# by default the kinds whose fused kernels differ most from a plain conv's (ACB's and RepVGG's
+# branches summed into one kernel, DCLS's interpolated wide kernels); every kind with -m slow
+_DEFAULT_KINDS = ("acb", "repvgg", "dcls")
+
+
+@pytest.mark.parametrize(
+  "conv", runs.kinds(slow=tuple(k for k in K.nn.kind_names() if k not in _DEFAULT_KINDS))
+)
+def test_every_kind_quantizes_runs_in_onnxruntime_and_agrees_with_its_float_file(tmp_path, conv):
+  trained = _trained(conv)
+  shipped = K.deploy(trained)
+  fp32 = K.export.save_onnx(shipped, (28, 28, 1), tmp_path / "sn.onnx", normalize=NORMALIZE)
+  int8 = K.int8.quantize_onnx(fp32, tmp_path / "sn.int8.onnx", IMAGES[:64])
+  assert int8.stat().st_size < 0.6 * fp32.stat().st_size  # int8 weights: a quarter, plus scales
+  report = K.int8.measure(fp32, int8, IMAGES, LABELS, calibration=64, model=shipped)
+  assert report.images == 96 and report.calibration == 64
+  assert report.agreement >= MIN_AGREEMENT, report
+  assert report.drop is not None and report.drop <= 100 * (1 - MIN_AGREEMENT)
+  # the float32 file's top-1 is the deployed network's
+  with jax.default_matmul_precision("highest"):
+    logits = K.export.forward(shipped, NORMALIZE)(IMAGES)
+  assert report.top1_fp32 == pytest.approx(float(np.mean(np.argmax(logits, -1) == LABELS)))
+  # each conv and the classifier, named by its path in the deployed network, in call order
+  assert [e.path for e in report.layers] == ["convs/0", "convs/1", "convs/2", "convs/3", "fc"]
+  assert [e.layer for e in report.layers] == ["Conv"] * 4 + ["Gemm"]
+  assert all(0 < e.relative < 0.2 for e in report.layers), report.layers
+
+
+_BAD = {
+  "empty": (np.zeros((0, 28, 28, 1), np.uint8), "empty"),
+  "a list of nothing": ([], "array"),
+  "one image without its batch axis": (IMAGES[0], "array (N, 28, 28, 1)"),
+  "another size": (np.zeros((4, 32, 32, 1), np.uint8), "array (N, 28, 28, 1)"),
+  "RGB": (np.zeros((4, 28, 28, 3), np.uint8), "array (N, 28, 28, 1)"),
+  "a NaN": (np.where(np.arange(28)[:, None] == 3, np.nan, IMAGES[:4] / 1.0), "NaN"),
+  "an infinity": (np.full((2, 28, 28, 1), np.inf), "NaN or an infinity"),
+  "normalized floats": (IMAGES[:4] / 255.0, "uint8"),
+  "values above 255": (IMAGES[:4].astype(np.int32) + 255, "uint8"),
+  "strings": (np.full((2, 28, 28, 1), "a"), "numbers"),
+}
+
+
+@pytest.fixture(scope="module")
+def float_file(tmp_path_factory):
+  model = K.models.create("sn", conv="plain", rngs=nnx.Rngs(0))
+  model.eval()
+  path = tmp_path_factory.mktemp("fp32") / "sn.onnx"
+  return K.export.save_onnx(K.deploy(model), (28, 28, 1), path, normalize=NORMALIZE)
+
+
+@pytest.mark.parametrize("case", sorted(_BAD))
+def test_a_bad_calibration_set_is_one_clear_error_and_writes_nothing(float_file, tmp_path, case):
+  images, says = _BAD[case]
+  out = tmp_path / "sn.int8.onnx"
+  with pytest.raises(ValueError, match="calibration") as e:
+    K.int8.quantize_onnx(float_file, out, images)
+  assert says in str(e.value)
+  assert not out.exists()
+
+
+def test_whole_number_floats_in_range_are_taken_as_the_pixels_they_are(float_file):
+  x = K.int8.check_images(IMAGES[:3].astype(np.float64), float_file)
+  assert x.dtype == np.uint8
+  np.testing.assert_array_equal(x, IMAGES[:3])
+
+
+def _report(**changes) -> Int8Report:
+  base = dict(
+    layers=(LayerError("convs/0", "Conv", 0.1, 0.01), LayerError("fc", "Gemm", 0.5, 0.05)),
+    logits_max_abs=0.5,
+    logits_relative=0.05,
+    agreement=0.99,
+    top1_fp32=0.90,
+    top1_int8=0.885,
+    images=1000,
+    calibration=512,
+    scheme=K.int8.SCHEME,
+  )
+  return Int8Report(**{**base, **changes})
+
+
+def test_the_report_refuses_a_drop_above_its_tolerance_naming_the_worst_layer():
+  _report().check(max_drop=1.6)
+  with pytest.raises(ValueError, match=r"1\.50 points of top-1 lost.*fc \(0\.05 relative\)"):
+    _report().check(max_drop=1.0)
+  # without labels the agreement is judged
+  _report(top1_fp32=None, top1_int8=None, agreement=0.995).check(max_drop=1.0)
+  with pytest.raises(ValueError, match="3.00 of its predictions differ"):
+    _report(top1_fp32=None, top1_int8=None, agreement=0.97).check(max_drop=1.0)
+  for bad in (dict(logits_relative=math.nan), dict(agreement=math.nan)):
+    with pytest.raises(ValueError, match="not finite"):
+      _report(**bad).check(max_drop=100.0)
+  assert _report().drop == pytest.approx(1.5)
