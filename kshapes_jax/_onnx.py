@@ -59,6 +59,9 @@ class _Graph:
     self.input_name, self.batch = input_name, batch
     self._count = 0
     self._batch_tensor: str | None = None
+    # a windowed sum's output -> (its window's mean, the window's size): a division of the sum
+    # by that size (an average pool) is the mean itself
+    self.window_sums: dict[str, tuple[str, int]] = {}
 
   def fresh(self, hint: str) -> str:
     self._count += 1
@@ -135,14 +138,26 @@ def from_jaxpr(
   inputs = [
     helper.make_tensor_value_info("images", _onnx_dtype(spec.dtype), ["batch", *spec.shape[1:]])
   ]
-  used = {name for node in g.nodes for name in node.input}  # a literal a node folded away is not
+  nodes = _live(g.nodes, {o.name for o in outputs})
+  used = {name for node in nodes for name in node.input}  # a literal a node folded away is not
   initializers = [t for t in g.initializers if t.name in used]
-  graph = helper.make_graph(g.nodes, name, inputs, outputs, initializers)
+  graph = helper.make_graph(nodes, name, inputs, outputs, initializers)
   model = helper.make_model(
     graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="kshapes_jax"
   )
   onnx.checker.check_model(model)
   return model
+
+
+def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+  """The nodes the outputs are computed from, in order (a windowed sum whose average pool was
+  written as AveragePool alone leaves its Mul unread)."""
+  needed, kept = set(outputs), []
+  for node in reversed(nodes):
+    if any(out in needed for out in node.output):
+      kept.append(node)
+      needed.update(node.input)
+  return kept[::-1]
 
 
 def _read(g: _Graph, env: dict, atom) -> str:
@@ -181,6 +196,11 @@ def _emit(g: _Graph, jaxpr, env: dict) -> None:
 
 def _translate(g: _Graph, prim: str, eqn, inputs: list[str]) -> str:
   p, aval_in, aval_out = eqn.params, [v.aval for v in eqn.invars], eqn.outvars[0].aval
+  if prim == "div" and inputs[0] in g.window_sums:
+    mean, area = g.window_sums[inputs[0]]
+    divisor = eqn.invars[1]
+    if hasattr(divisor, "val") and np.ndim(divisor.val) == 0 and divisor.val == area:
+      return mean  # an average pool: AveragePool alone, which INT8 runtimes quantize
   if prim == "max" and (x := _other_than_zero(eqn, inputs)) is not None:
     # jax.nn.relu is max(x, 0): as ONNX's Relu a runtime fuses it into the conv before it (and
     # an INT8 file keeps no quantize/dequantize pair between them)
@@ -329,14 +349,19 @@ def _pool(g: _Graph, prim: str, x: str, p) -> str:
   nchw = g.node("Transpose", [x], perm=[0, rank - 1, *range(1, rank - 1)])
   kernel, step = list(window[1:-1]), list(strides[1:-1])
   pads = [lo for lo, _ in padding[1:-1]] + [hi for _, hi in padding[1:-1]]
+  back = [0, *range(2, rank), 1]
   if prim == "reduce_window_max":
     y = g.node("MaxPool", [nchw], kernel_shape=kernel, strides=step, pads=pads)
-  else:  # a windowed sum: the mean over the window with the zero padding counted, times its size
-    y = g.node(
-      "AveragePool", [nchw], kernel_shape=kernel, strides=step, pads=pads, count_include_pad=1
-    )
-    y = g.node("Mul", [y, g.const(np.asarray(np.prod(kernel), np.float32), "area")])
-  return g.node("Transpose", [y], perm=[0, *range(2, rank), 1])
+    return g.node("Transpose", [y], perm=back)
+  # a windowed sum: the mean over the window with the zero padding counted, times its size
+  mean = g.node(
+    "AveragePool", [nchw], kernel_shape=kernel, strides=step, pads=pads, count_include_pad=1
+  )
+  mean = g.node("Transpose", [mean], perm=back)
+  area = int(np.prod(kernel))
+  total = g.node("Mul", [mean, g.const(np.asarray(area, np.float32), "area")])
+  g.window_sums[total] = (mean, area)
+  return total
 
 
 __all__ = ["from_jaxpr"]

@@ -97,7 +97,14 @@ def test_readme_shows_the_committed_cpu_results():
 
 
 @pytest.mark.parametrize(
-  "name", ["bench-imagenet-peer", "bench-small-maps", "bench-reparam-cpu", "bench-dcls-cpu"]
+  "name",
+  [
+    "bench-imagenet-peer",
+    "bench-small-maps",
+    "bench-reparam-cpu",
+    "bench-dcls-cpu",
+    "bench-int8-cpu",
+  ],
 )
 def test_readme_shows_the_committed_cpu_route_results(name):
   table = ROOT / "results" / f"{name}.md"
