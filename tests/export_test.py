@@ -47,7 +47,8 @@ def _check(logits: np.ndarray, reference: np.ndarray) -> None:
   np.testing.assert_array_equal(logits.argmax(-1), reference.argmax(-1))
 
 
-@pytest.mark.parametrize("conv", runs.kinds())
+# deployed, RotateConv, DBB and RepVGG are 3x3 convs with a bias as ACB is: with -m slow
+@pytest.mark.parametrize("conv", runs.kinds(slow=("rotate2", "rotate4", "dbb", "repvgg")))
 def test_every_conv_kind_round_trips_through_jax_export_and_onnx(tmp_path, conv):
   model = K.models.create("sn", conv=conv, rngs=nnx.Rngs(0))
   model.train()

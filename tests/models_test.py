@@ -267,7 +267,9 @@ CASES = [
   pytest.param(
     name,
     kind,
-    marks=() if (name, kind) in _DEFAULT_CASES or name == "resnet20" else pytest.mark.slow,
+    marks=()
+    if (name, kind) in _DEFAULT_CASES or (name == "resnet20" and kind != "rotate2")
+    else pytest.mark.slow,
   )
   for name in list_models()
   for kind in spec(name).kinds
