@@ -176,3 +176,9 @@ def test_the_committed_report_regenerates_from_the_committed_ledger(tmp_path, ca
     with pytest.raises(flags.Error, match="no runs at --epochs 3 .* is left as it is"):
       driver.main([])
   assert undated(out.read_text()) == undated(committed)
+  # runs of one method at the report's length, the others' at theirs: another table, refused
+  with flagsaver.flagsaver():
+    flags.FLAGS([*command, f"--ledger={results / 'runs'}", "--epochs=active=10"])
+    with pytest.raises(flags.Error, match="made at --epochs 10, these runs are at --epochs"):
+      driver.main([])
+  assert undated(out.read_text()) == undated(committed)

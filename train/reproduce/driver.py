@@ -365,6 +365,14 @@ def main(argv):
         f"no runs at --epochs {report.length_spec(lengths) or 'the default lengths'} under "
         f"{FLAGS.runs} or in the ledger: {FLAGS.report} is left as it is"
       )
+    made = report.made_with(Path(FLAGS.report).read_text()) if Path(FLAGS.report).exists() else None
+    if made is not None and parse_lengths(made) != lengths:
+      # a report of other lengths is another table: one command must not replace it by this one
+      raise flags.Error(
+        f"{FLAGS.report} was made at --epochs {made or 'the default lengths'}, these runs are at "
+        f"--epochs {report.length_spec(lengths) or 'the default lengths'}: it is left as it is "
+        "(--report PATH writes a report of these lengths elsewhere)"
+      )
     text = report.write_report(
       FLAGS.runs, FLAGS.report, FLAGS.methods, lengths, FLAGS.ledger or None
     )
