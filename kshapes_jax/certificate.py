@@ -48,6 +48,9 @@ class Int8Report:
     top1_fp32, top1_int8: their accuracy on the images (None without labels).
     images: how many images were measured; calibration: how many calibrated the ranges.
     scheme: how the file was quantized.
+    top1_jax, agreement_jax: the other route, the same network quantized in JAX by Qwix
+      (`kshapes_jax.int8.quantize_jax`, the same calibration images): its top-1 and its
+      agreement with the float32 network's predictions; None where it was not measured.
   """
 
   layers: tuple[LayerError, ...]
@@ -59,6 +62,8 @@ class Int8Report:
   images: int
   calibration: int
   scheme: str
+  top1_jax: float | None = None
+  agreement_jax: float | None = None
 
   @property
   def drop(self) -> float | None:

@@ -33,10 +33,12 @@ from kshapes_jax.nn.base import ConvLayer
 
 __all__ = [
   "Int8Report",
+  "JAX_SCHEME",
   "SCHEME",
   "check_images",
   "layer_paths",
   "measure",
+  "quantize_jax",
   "quantize_onnx",
   "write_certificate",
 ]
@@ -364,6 +366,46 @@ def measure(
     calibration=calibration,
     scheme=SCHEME,
   )
+
+
+JAX_SCHEME = (
+  "Qwix PTQ in JAX on the network deployed to flax layers: int8 weights symmetric per output "
+  "channel, int8 activations with static scales (absmax, averaged over the calibration batch)"
+)
+
+
+def quantize_jax(model: nnx.Module, calibration: Any) -> nnx.Module:
+  """The network quantized in JAX by Qwix (post-training, static ranges), the other route.
+
+  The model is deployed to flax layers (`kshapes_jax.deploy(model, to="flax")`: `nnx.Conv` and
+  `nnx.Linear`, which Qwix intercepts), then `qwix.quantize_model` with one rule for every
+  layer: int8 weights symmetric per output channel, int8 activations whose static scale each
+  layer computes from the calibration batch (Qwix's absmax of each image, averaged over the
+  batch). The result is an NNX module of the deployed network's call signature.
+
+  Args:
+    model: a trained or deployed network (not changed).
+    calibration: a batch of model inputs, normalized as the model takes them.
+
+  Raises:
+    ValueError: an empty calibration batch or one that is not finite.
+  """
+  import jax.numpy as jnp
+  import qwix
+
+  from kshapes_jax.deploy import deploy
+
+  x = np.asarray(calibration)
+  if x.ndim < 2 or len(x) == 0:
+    raise ValueError(f"the calibration batch must hold at least one input, got shape {x.shape}")
+  if not np.all(np.isfinite(x)):
+    raise ValueError("the calibration batch holds a NaN or an infinity")
+  rules = [
+    qwix.QuantizationRule(
+      module_path=".*", weight_qtype=jnp.int8, act_qtype=jnp.int8, act_static_scale=True
+    )
+  ]
+  return qwix.quantize_model(deploy(model, to="flax"), qwix.PtqProvider(rules), jnp.asarray(x))
 
 
 def write_certificate(path: str | Path, certificate: Any) -> Path:

@@ -146,11 +146,13 @@ def test_cli_exports_a_trained_run_and_checks_the_files(tmp_path, monkeypatch):
   # the INT8 file: measured on the 48 test images against the float32 one, its report in the
   # certificate it carries (which is the float32 file's with the INT8 rows added)
   assert "calibrated on 32 training images" in done.stdout, done.stdout
+  assert "in JAX (Qwix, the same calibration): top-1" in done.stdout, done.stderr[-2000:]
   shipped = K.export.read_certificate(tmp_path / "run" / "export" / "model.int8.onnx")
   fp32 = K.export.read_certificate(tmp_path / "run" / "export" / "model.onnx")
   assert shipped is not None and fp32 is not None and fp32.int8 is None
   assert shipped.int8 is not None and shipped.layers == fp32.layers
   assert shipped.int8.images == 48 and shipped.int8.calibration == 32
+  assert shipped.int8.top1_jax is not None and 0 <= shipped.int8.agreement_jax <= 1
   assert [e.path for e in shipped.int8.layers] == ["convs/0", "convs/1", "convs/2", "convs/3", "fc"]
   int8_session = _session(tmp_path / "run" / "export" / "model.int8.onnx")
   assert int8_session(IMAGES[:4]).shape == (4, 10)

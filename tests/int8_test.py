@@ -73,6 +73,11 @@ def test_every_kind_quantizes_runs_in_onnxruntime_and_agrees_with_its_float_file
   assert [e.path for e in report.layers] == ["convs/0", "convs/1", "convs/2", "convs/3", "fc"]
   assert [e.layer for e in report.layers] == ["Conv"] * 4 + ["Gemm"]
   assert all(0 < e.relative < 0.2 for e in report.layers), report.layers
+  # the JAX route: the same network quantized by Qwix, calibrated on the same 64 images
+  x = (IMAGES.astype(np.float32) / 255 - 0.286) / 0.353
+  quantized = K.int8.quantize_jax(trained, x[:64])
+  jax_logits = nnx.jit(lambda q, x: q(x))(quantized, jnp.asarray(x))
+  assert float(np.mean(np.argmax(jax_logits, -1) == np.argmax(logits, -1))) >= MIN_AGREEMENT
 
 
 _BAD = {
@@ -105,6 +110,15 @@ def test_a_bad_calibration_set_is_one_clear_error_and_writes_nothing(float_file,
     K.int8.quantize_onnx(float_file, out, images)
   assert says in str(e.value)
   assert not out.exists()
+
+
+def test_the_jax_route_refuses_an_empty_or_non_finite_calibration_batch():
+  model = K.models.create("sn", conv="plain", rngs=nnx.Rngs(0))
+  model.eval()
+  with pytest.raises(ValueError, match="at least one input"):
+    K.int8.quantize_jax(model, np.zeros((0, 28, 28, 1), np.float32))
+  with pytest.raises(ValueError, match="NaN or an infinity"):
+    K.int8.quantize_jax(model, np.full((2, 28, 28, 1), np.nan, np.float32))
 
 
 def test_whole_number_floats_in_range_are_taken_as_the_pixels_they_are(float_file):

@@ -192,6 +192,41 @@ def _spread(source: Any, n: int) -> Any:
   return held.images[idx], held.labels[idx]
 
 
+def _jax_route(
+  run: Any,
+  shipped: Any,
+  report: Any,
+  calibration: np.ndarray,
+  images: np.ndarray,
+  labels: np.ndarray,
+) -> Any:
+  """The report with the JAX route's top-1 and agreement (Qwix, `kshapes_jax.int8.quantize_jax`)
+  added; as it was, with a line saying why, where that route cannot run."""
+  import dataclasses
+
+  from flax import nnx
+
+  import kshapes_jax as K
+
+  normalize = (run.dataset.mean, run.dataset.std)
+  try:
+    quantized = K.int8.quantize_jax(run.model, K.export.normalized(calibration, normalize))
+  except ModuleNotFoundError:
+    print('the JAX route (Qwix) is not measured: pip install -e ".[int8]"', file=sys.stderr)
+    return report
+  except Exception as e:  # Qwix cannot take every network: the ONNX route stands alone then
+    print(f"the JAX route (Qwix) is not measured: {type(e).__name__}: {e}", file=sys.stderr)
+    return report
+  run_quantized = nnx.jit(lambda q, x: q(x))
+  logits = _batched(lambda x: run_quantized(quantized, K.export.normalized(x, normalize)), images)
+  reference = _batched(K.export.forward(shipped, normalize), images)
+  return dataclasses.replace(
+    report,
+    top1_jax=float(np.mean(logits.argmax(-1) == labels)),
+    agreement_jax=float(np.mean(logits.argmax(-1) == reference.argmax(-1))),
+  )
+
+
 def _int8(
   run: Any,
   shipped: Any,
@@ -216,6 +251,7 @@ def _int8(
     report = int8.measure(
       fp32, partial, images, labels, calibration=len(calibration_images), model=shipped
     )
+    report = _jax_route(run, shipped, report, calibration_images, images, labels)
     report.check(max_drop)
     with_int8 = dataclasses.replace(certificate, int8=report)
     int8.write_certificate(partial, with_int8)
@@ -299,6 +335,11 @@ def main(argv: list[str]) -> None:
         f"predictions agree on {100 * report.agreement:.2f}% of {report.images} test "
         f"images; calibrated on {report.calibration} training images"
       )
+      if report.top1_jax is not None:
+        print(
+          f"  in JAX (Qwix, the same calibration): top-1 {100 * report.top1_jax:.2f}%, "
+          f"predictions agree with the float32 network on {100 * report.agreement_jax:.2f}%"
+        )
       continue
     if r["agreement"] is None:
       check = "not checked (pip install onnxruntime to check it)"
