@@ -13,7 +13,9 @@ onnxruntime documentation recommends on x86 CPUs without VNNI (U8S8 can saturate
 it the file is pre-processed as onnxruntime asks (its graph optimizations: the NHWC transposes
 around each conv and the bias additions fold into the Convs).
 
-It needs the `onnx` extra (`pip install "kshapes-jax[onnx]"`: onnx and onnxruntime).
+The other route, `quantize_jax`, quantizes the same network in JAX with Qwix, for comparison
+(`train.export --int8` measures both). Both need the `int8` extra
+(`pip install "kshapes-jax[int8]"`: onnx, onnxruntime and qwix).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from kshapes_jax.nn.base import ConvLayer
 
 __all__ = [
   "Int8Report",
-  "JAX_SCHEME",
   "SCHEME",
   "check_images",
   "layer_paths",
@@ -366,12 +367,6 @@ def measure(
     calibration=calibration,
     scheme=SCHEME,
   )
-
-
-JAX_SCHEME = (
-  "Qwix PTQ in JAX on the network deployed to flax layers: int8 weights symmetric per output "
-  "channel, int8 activations with static scales (absmax, averaged over the calibration batch)"
-)
 
 
 def quantize_jax(model: nnx.Module, calibration: Any) -> nnx.Module:

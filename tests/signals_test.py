@@ -443,3 +443,18 @@ def test_the_reproduction_drivers_runs_stop_and_save_with_it(tmp_path, sig):
     assert "Traceback" not in err, err[-3000:]
   # the run's own line (it writes to the driver's stderr, which outlives a killed driver)
   assert "training stopped at step" in err and "a checkpoint was saved" in err, err[-3000:]
+
+
+def test_a_checkpoint_read_that_fails_under_a_stop_is_the_stop_not_damage(monkeypatch):
+  """orbax re-raises the stop that interrupted its read as an error of its own: with a stop
+  pending, a failed read stops the command; without one, it is damage."""
+  from train import signals
+  from train.trainer import checkpoints
+
+  monkeypatch.setattr(signals, "_state", signals._State())  # this process's own stop state
+  error = ValueError("Encountered error while reading array index: (slice(0, 3, 1),)")
+  assert isinstance(checkpoints._damaged_unless_stopped(error), checkpoints._Damaged)
+  signals._state.signum = signal.SIGTERM  # what the handler records first
+  with pytest.raises(signals.Stopped) as stopped:
+    checkpoints._damaged_unless_stopped(error)
+  assert stopped.value.signum == signal.SIGTERM

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from train import json_files
+from train import json_files, signals
 from train.trainer.state import TrainState
 
 
@@ -250,7 +250,7 @@ class Checkpoints:
       saved_tree = manager.item_metadata(step)["state"]
       saved = {_path(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
     except Exception as e:  # orbax raises many types for a damaged file
-      raise _Damaged(_first_line(e)) from e
+      raise _damaged_unless_stopped(e) from e
     if not saved:
       raise _Damaged("its array metadata is missing")
     like_tree = like.to_tree()
@@ -272,7 +272,7 @@ class Checkpoints:
       restored = manager.restore(step, args=ocp.args.Composite(**items))
       tree, history = restored.state, list(restored.history)
     except Exception as e:
-      raise _Damaged(_first_line(e)) from e
+      raise _damaged_unless_stopped(e) from e
     if has_meta and checksum(tree, history) != restored.meta.get("checksum"):
       raise _Damaged("its arrays or history do not match the checksum saved with them")
     if int(np.asarray(tree["step"])) != step:  # a folder renamed, or copied in under another name
@@ -305,6 +305,16 @@ class Checkpoints:
 
 class _Damaged(Exception):
   """A checkpoint that cannot be read or does not match its checksum (the message says which)."""
+
+
+def _damaged_unless_stopped(e: Exception) -> _Damaged:
+  """The read failure `e` as damage, unless a stop signal came during the read: orbax re-raises
+  the stop its reading thread was interrupted by as an error of its own ("Encountered error
+  while reading array index"), and an intact checkpoint was then reported damaged and the
+  command failed with status 4 instead of stopping (found by the signals test at sampled
+  moments). The stop is raised instead."""
+  signals.raise_stop(signals.requested())
+  return _Damaged(_first_line(e))
 
 
 def _check_structure(tree: dict[str, Any], saved: dict[str, Any], step: int) -> None:
