@@ -182,7 +182,7 @@ def count_params(model: nnx.Module) -> int:
 
 def abstract(name: str, **kwargs) -> nnx.Module:
   """`create(name, **kwargs)` built from shapes only (`nnx.eval_shape`): its parameters are
-  `jax.ShapeDtypeStruct`s, for counting and inspecting a model without computing it."""
+  `jax.ShapeDtypeStruct` values, for counting and inspecting a model without computing it."""
   with _short_tracer_sharding_errors():
     return nnx.eval_shape(lambda: create(name, **kwargs))
 

@@ -34,7 +34,7 @@ def resolve_impl(impl: str) -> str:
 
   "stacked" runs the three branches as one conv and one BN pass; it is the
   faster of the two in whole networks on every platform benchmarked (the
-  ratios are in results/bench-cpu.md and the README's speed notes).
+  ratios are in results/bench-cpu.md and the Speed guide, docs/guides/speed.md).
 
   Args:
     impl: "auto", "branches" or "stacked".
@@ -55,7 +55,9 @@ class ACBlock(ConvLayer):
   the fused kernel of `effective_kernel()`: one kxk conv, the same outputs
   as the branches to float rounding, at the cost of a plain conv.
 
-  Args (beyond the shared ones):
+  It takes the arguments every kind takes (`make_conv`), and its own:
+
+  Args:
     asymmetric: "both", "hor" (horizontal only) or "ver" (vertical only).
     bn: "branch" (BN per branch, the paper) or "sum" (one BN after the sum).
     border: add the asymmetric kernels at the bottom row / right column

@@ -56,7 +56,9 @@ class DiverseBranchBlock(ConvLayer):
   one takes any padding p >= 0: the 1x1 branch reads the kxk conv's centre tap with padding
   p - k // 2 (cropping where negative), and the padding BNs pad p; only dilation is refused.
 
-  Args (beyond the shared ones):
+  It takes the arguments every kind takes (`make_conv`), and its own:
+
+  Args:
     internal_channels: channels between the 1x1 and the kxk conv of the 1x1-kxk branch; by
       default in_features, 2 in_features for a depthwise block (the official default).
     online: train online (OREPA): learned per-channel branch scales (`scales`, rows origin /

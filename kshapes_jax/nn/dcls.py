@@ -65,7 +65,9 @@ class DclsConv(ConvLayer):
   kernel_count=34, dilated_kernel_size=17, padding=8, groups=C)` is `DclsConv(C, C, 7,
   kernel_count=34, extent=17, groups=C)` (padding 3, the 7x7's).
 
-  Args (beyond the shared ones):
+  It takes the arguments every kind takes (`make_conv`), and its own:
+
+  Args:
     kernel_count: K, the elements per pair; default k * k.
     extent: the dense window, >= kernel_size and of its parity; default kernel_size + 2 (k // 2),
       the span of the kxk conv dilated by 2.

@@ -29,7 +29,9 @@ class DeformableActiveConv(nnx.Module):
   (`ActiveConv.gather` with per-pixel offsets), so offsets may
   reach anywhere; there is no plain-conv form, and `deploy` keeps the layer.
 
-  Args (beyond those of ActiveConv):
+  It takes the arguments of ActiveConv, and its own:
+
+  Args:
     modulation: also predict a factor per synapse and pixel.
   """
 

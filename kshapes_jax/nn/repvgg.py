@@ -33,7 +33,9 @@ class RepVGGBlock(ConvLayer):
   centre tap with padding p - d (k - 1) / 2 (cropping where negative), and a block whose
   output is not its input's shape (another padding) has no identity branch.
 
-  Args (beyond the shared ones):
+  It takes the arguments every kind takes (`make_conv`), and its own:
+
+  Args:
     online: train online (OREPA): learned per-channel branch scales (`scales`, rows dense /
       1x1 / identity) instead of the branch BNs, the scaled kernels summed into one every step,
       then ONE conv and ONE BN (`bn`). Deploys exactly, as the offline block does.

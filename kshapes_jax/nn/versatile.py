@@ -45,7 +45,7 @@ def resolve_impl(impl: str, in_features: int, maps: int, platform: str | None = 
   "cropped" on CPU where in_features * maps >= CROPPED_MIN_WORK, where the
   (d - 2j)^2 taps of Proposition 1 beat one conv over the masked stack;
   "stacked" elsewhere, GPU and TPU included: there the cropped form made
-  whole networks slower in the benchmarks (README, Speed).
+  whole networks slower in the benchmarks (docs/guides/speed.md).
 
   Args:
     impl: "auto", "stacked" or "cropped".
