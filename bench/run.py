@@ -161,7 +161,7 @@ def evaluate_targets(
 
 
 def markdown(result: dict) -> str:
-  """The tables the README shows."""
+  """The tables the Speed guide shows (docs/guides/speed.md includes results/bench-cpu.md)."""
   lines = [
     f"Platform: {result['device']} ({result['platform']}, {result['cpu_count']} cores), JAX "
     f"{result['jax_version']}, batch {result['batch']} per layer and {result['model_batch']} per "

@@ -3,7 +3,8 @@
   python -m train.main --config configs/default.py --workdir /tmp/default
 
 Every key, its type, default, range and meaning is declared once, in `configs/schema.py`; the
-README's "Config keys" table is `python -m configs.schema`. This config is those defaults.
+table of keys in docs/guides/training.md is `python -m configs.schema`. This config is those
+defaults.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ rate 0.1 for batch 256, divided by 10 at epochs 30 and 60, 90 epochs, weight dec
 the weights only, not on BN, as the papers' rules in kshapes_jax.optim decay), Inception crop
 and flip at 224 px, evaluation on the shorter side resized to 256 and its centre 224 crop.
 Compute is bfloat16 with float32 parameters, BN statistics and optimizer; the batch is split
-over every device of every process (for several hosts add --config.distributed=True, README).
+over every device of every process (for several hosts add --config.distributed=True:
+docs/guides/training.md).
 `--config.conv=acb` (or rotate4, versatile, active) swaps the 3x3 convolutions.
 """
 

@@ -1,4 +1,5 @@
-"""Quickstart: SN with RotateConv v4 on Fashion-MNIST, 3 epochs (the README gives time, accuracy).
+"""Quickstart: SN with RotateConv v4 on Fashion-MNIST, 3 epochs (its time and accuracy: the
+guide docs/guides/getting-started.md).
 
   apt-get install -y dataset-fashion-mnist     # the IDX files, offline
   python -m train.main --config configs/quickstart.py --workdir runs/quickstart
@@ -6,7 +7,7 @@
 It prints the test accuracy of the trained model and of its deployed plain
 twin, and writes runs/quickstart/learning_curve.png. The RotateConv paper
 reports SN version 4 on MNIST at 98.65% (Table I); Fashion-MNIST is a harder
-drop-in, see the README for what this config reaches.
+drop-in, see docs/guides/getting-started.md for what this config reaches.
 """
 
 from configs import common, default

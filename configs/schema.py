@@ -3,7 +3,7 @@
 The declarations are the trainer's settings themselves (frozen dataclasses, one field a key):
 `configs/default.py` builds the ConfigDict every experiment starts from out of their defaults,
 `train/trainer/settings.py` reads a config into them and checks each value against its
-declaration, and `describe()` writes the table of keys the README shows
+declaration, and `describe()` writes the table of keys the training guide shows
 (`python -m configs.schema`). A key's range or choices here are the trainer's own; what the
 library checks itself (model and kind names, a kind's options, precision and dtype, the
 optimizer's arguments) the library checks, and the trainer reports it as the key's error.

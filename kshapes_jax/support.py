@@ -1,6 +1,6 @@
 """What each kind supports: a conv of each geometry converted, trained a step, deployed and
-exported, for real (`python -m kshapes_jax.support` prints the README's matrix; a test keeps the
-README equal to it).
+exported, for real (`python -m kshapes_jax.support` prints the matrix of the guide
+docs/guides/own-model.md; a test keeps the guide equal to it).
 """
 
 from __future__ import annotations

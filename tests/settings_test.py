@@ -95,7 +95,7 @@ def test_a_bad_value_is_one_config_error_naming_the_key(override, message):
 
 def test_each_key_is_declared_once_and_the_readme_lists_them():
   """The schema is the settings: every declared key is a field with a doc, the config file's
-  defaults are the declarations', and the README's table is `python -m configs.schema`."""
+  defaults are the declarations', and the training guide's table is `python -m configs.schema`."""
   declared = {k.name: k for k in schema.keys()}
   assert all(k.doc for k in declared.values())
   flat = settings._flatten(json.loads(default.get_config().to_json_best_effort()))
@@ -103,7 +103,7 @@ def test_each_key_is_declared_once_and_the_readme_lists_them():
   for name, value in flat.items():
     if name in declared:
       assert value == json.loads(json.dumps(declared[name].default, default=list)), name
-  text = (REPO / "README.md").read_text()
+  text = (REPO / "docs" / "guides" / "training.md").read_text()
   start, end = "<!-- config-keys:start -->\n", "\n<!-- config-keys:end -->"
   assert text[text.index(start) + len(start) : text.index(end)] == schema.describe()
 

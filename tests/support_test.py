@@ -1,5 +1,6 @@
-"""The README's support matrix is what kshapes_jax.support measures, and a property test backs it:
-wherever convert accepts a conv, the converted layer keeps its function and deploys to it."""
+"""The support matrix of the 'Your own model' guide is what kshapes_jax.support measures, and a
+property test backs it: wherever convert accepts a conv, the converted layer keeps its function
+and deploys to it."""
 
 from pathlib import Path
 
@@ -13,17 +14,17 @@ from flax import nnx
 import kshapes_jax as K
 from kshapes_jax import support
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guides" / "own-model.md"
 
 
-def _readme_matrix() -> list[str]:
-  text = README.read_text()
+def _guide_matrix() -> list[str]:
+  text = GUIDE.read_text()
   start, end = "<!-- support-matrix:start -->\n", "\n<!-- support-matrix:end -->"
   return text[text.index(start) + len(start) : text.index(end)].split("\n")
 
 
-def test_readme_matrix_has_the_header_and_a_row_per_kind():
-  shown = _readme_matrix()
+def test_guide_matrix_has_the_header_and_a_row_per_kind():
+  shown = _guide_matrix()
   assert "\n".join(shown[:2]) == support.header()
   assert [line.split(" | ")[0].removeprefix("| ") for line in shown[2:]] == list(K.nn.CONV_KINDS)
 
@@ -32,9 +33,9 @@ def test_readme_matrix_has_the_header_and_a_row_per_kind():
 @pytest.mark.parametrize(
   "kind", [k if k == "acb" else pytest.param(k, marks=pytest.mark.slow) for k in K.nn.CONV_KINDS]
 )
-def test_readme_matrix_row_is_what_the_kind_does(kind):
+def test_guide_matrix_row_is_what_the_kind_does(kind):
   """Each cell converted, trained a step, deployed and exported for real (support.check)."""
-  assert _readme_matrix()[2 + list(K.nn.CONV_KINDS).index(kind)] == support.row(kind)
+  assert _guide_matrix()[2 + list(K.nn.CONV_KINDS).index(kind)] == support.row(kind)
 
 
 @hypothesis.settings(max_examples=12, deadline=None)

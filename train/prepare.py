@@ -10,7 +10,7 @@ The tree is torchvision's layout: SRC/train/CLASS/*.jpg and SRC/val/CLASS/*.jpg 
 sorted order, as torchvision's ImageFolder numbers them, and metadata.json lists the names.
 RGB JPEGs are stored as they are (their bytes); other images (PNG, grey or CMYK JPEG, ...) are
 converted to RGB and stored as JPEGs of --quality, and counted. --max_side N stores images whose
-longer side exceeds N resized to N (smaller shards, faster decoding; see the README).
+longer side exceeds N resized to N (smaller shards, faster decoding; see docs/guides/data.md).
 
 An image that cannot be read stops the command with its path, unless --skip_bad: such files are
 then left out, listed in metadata.json and counted in the last line. A class folder without
