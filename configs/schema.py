@@ -177,6 +177,24 @@ class OptimSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class QuantizeSettings:
+  """config.quantize: quantization-aware fine-tuning of a trained run (kshapes_jax.qat)."""
+
+  qat: bool = key(
+    False,
+    "fine-tune the trained run `from_run`, deployed to plain convs, with fake INT8 weights (per "
+    "output channel) and inputs (calibrated ranges), as onnxruntime's QDQ INT8 computes them; "
+    "then python -m train.export --int8 ships it",
+  )
+  from_run: str = key("", "the workdir of the trained run that quantize.qat fine-tunes")
+  calibration: int = key(
+    512,
+    "training images that calibrate the input ranges (spread over the split)",
+    bounds=AT_LEAST_1,
+  )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
   """A checked config: every key of the trainer (conv_options holds only the options set)."""
 
@@ -221,6 +239,7 @@ class Settings:
   num_epochs: float = key(5.0, "the run's length in epochs", bounds=AT_LEAST_0)
   num_steps: int = key(0, "the run's length in steps (> 0 wins over num_epochs)", bounds=AT_LEAST_0)
   optim: OptimSettings = block(OptimSettings, "the optimizer")
+  quantize: QuantizeSettings = block(QuantizeSettings, "quantization-aware fine-tuning")
   max_loss_factor: float = key(
     1000.0,
     "the run stops as on a NaN once a step's training loss exceeds this x ln(classes), the "

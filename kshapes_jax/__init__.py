@@ -16,6 +16,7 @@ from kshapes_jax import (
   linen,
   models,
   nn,
+  qat,
   reference,
 )
 from kshapes_jax.certificate import FusionCertificate, LayerError, certify
@@ -47,5 +48,6 @@ __all__ = [
   "nn",
   "normalize_angle_grad",
   "normalize_position_grad",
+  "qat",
   "reference",
 ]

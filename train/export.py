@@ -185,13 +185,6 @@ def export_run(
   return results
 
 
-def _spread(source: Any, n: int) -> Any:
-  """n examples of the split spread evenly over it (all of it when it has fewer), held."""
-  held = source.held(n)
-  idx = np.unique(np.linspace(0, len(held) - 1, min(n, len(held))).astype(int))
-  return held.images[idx], held.labels[idx]
-
-
 def _jax_route(
   run: Any,
   shipped: Any,
@@ -241,9 +234,10 @@ def _int8(
   import dataclasses
 
   from kshapes_jax import int8
+  from train import data
 
-  calibration_images, _ = _spread(run.dataset.train, calibration)
-  images, labels = _spread(run.dataset.test, check_images or len(run.dataset.test))
+  calibration_images, _ = data.spread(run.dataset.train, calibration)
+  images, labels = data.spread(run.dataset.test, check_images or len(run.dataset.test))
   path = fp32.with_name(INT8_NAME)
   partial = path.with_name(f".{path.name}.partial")
   try:

@@ -48,9 +48,10 @@ GROUPS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
   (
     "shipping",
     "Shipping: jax.export, ONNX, INT8",
-    "Files you can ship: jax.export and ONNX with the fusion certificate embedded, and the "
-    "INT8 routes (onnxruntime and Qwix) with their measured report.",
-    ("kshapes_jax.export", "kshapes_jax.int8"),
+    "Files you can ship: jax.export and ONNX with the fusion certificate embedded, the INT8 "
+    "routes (onnxruntime and Qwix) with their measured report, and quantization-aware "
+    "fine-tuning of a deployed network.",
+    ("kshapes_jax.export", "kshapes_jax.int8", "kshapes_jax.qat"),
   ),
   (
     "interop",

@@ -19,7 +19,7 @@ from train.data.errors import DataError
 from train.data.memory import MemorySplit, synthetic_splits
 from train.data.plan import BatchPlan
 from train.data.preprocess import DEVICE_AUGMENTS, preprocess
-from train.data.source import Batch, Dataset, Held, Source
+from train.data.source import Batch, Dataset, Held, Source, spread
 from train.data.streamed import StreamSplit
 
 __all__ = [
@@ -35,5 +35,6 @@ __all__ = [
   "StreamSplit",
   "load",
   "preprocess",
+  "spread",
   "synthetic_splits",
 ]

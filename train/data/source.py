@@ -98,3 +98,11 @@ class Dataset:
   @property
   def image_shape(self) -> tuple[int, int, int]:
     return self.train.image_shape
+
+
+def spread(source: Source, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of n examples spread evenly over the split (all of it when it has fewer),
+  held in memory: what calibrates an INT8 network and what checks an export."""
+  held = source.held(n)
+  idx = np.unique(np.linspace(0, len(held) - 1, min(n, len(held))).astype(int))
+  return held.images[idx], held.labels[idx]

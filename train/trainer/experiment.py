@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, cast
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -20,12 +21,17 @@ from flax import nnx
 import kshapes_jax as K
 from kshapes_jax import optim
 from train import data
+from train.trainer.restored import model_of, restore
+from train.trainer.rundir import RunDir
 from train.trainer.settings import ConfigError, OptimSettings, Settings, check_devices, read
 from train.trainer.state import TrainState, split_model
 
 
 def build_model(settings: Settings, dataset: data.Dataset) -> nnx.Module:
-  """The config's model for the dataset's classes and channels; checks the input shape."""
+  """The config's model for the dataset's classes and channels; checks the input shape. With
+  quantize.qat, the trained run quantize.from_run deployed and made fake-INT8 (`qat_model`)."""
+  if settings.quantize.qat:
+    return qat_model(settings, dataset)
   kwargs = dict(settings.model_kwargs)
   if settings.conv_options:
     kwargs["conv_options"] = dict(settings.conv_options)
@@ -54,6 +60,37 @@ def build_model(settings: Settings, dataset: data.Dataset) -> nnx.Module:
       f"{dataset.image_shape} (it is built for {spec.input_shape}): {e}"
     ) from e
   return model
+
+
+def qat_model(settings: Settings, dataset: data.Dataset) -> nnx.Module:
+  """The trained run `settings.quantize.from_run` (its latest intact checkpoint) deployed to
+  plain convs and prepared for quantization-aware training (`kshapes_jax.qat.prepare`), its input
+  ranges calibrated on `quantize.calibration` training images spread over the split.
+
+  Raises:
+    ConfigError: for a from_run that is no trained run, or one trained on other data.
+    CheckpointError: when its checkpoints are damaged.
+  """
+  source = settings.quantize.from_run
+  rundir = RunDir(source)
+  try:
+    theirs = read(rundir.read_config())
+    base = build(theirs, dataset if theirs.data == settings.data else None)
+    rundir.checkpoints.find(None)
+  except FileNotFoundError as e:
+    raise ConfigError(f"quantize.from_run={source!r} is not a trained run: {e}") from e
+  them = (base.dataset.name, base.dataset.image_shape, base.dataset.num_classes)
+  us = (dataset.name, dataset.image_shape, dataset.num_classes)
+  if them != us:
+    raise ConfigError(
+      f"quantize.from_run={source!r} was trained on {them[0]} {them[1]} with {them[2]} classes; "
+      f"this config reads {us[0]} {us[1]} with {us[2]}"
+    )
+  state = restore(rundir, jax.device_put(base.initial_state()))
+  trained = model_of(split_model(base.model)[0], state)
+  images, _ = data.spread(dataset.train, settings.quantize.calibration)
+  calibration = K.export.normalized(images, (dataset.mean, dataset.std))
+  return K.qat.prepare(K.deploy(trained), calibration)
 
 
 def make_schedule(o: OptimSettings, steps_per_epoch: int, total_steps: int) -> optax.Schedule:

@@ -56,6 +56,7 @@ STATE_KEYS = (
   "batch_size",
   "seed",
   "data",
+  "quantize",
 )
 _NOT_STATE_KEYS = ("data.data_dir", "data.workers", "data.threads")
 _T = TypeVar("_T")
@@ -301,6 +302,12 @@ def _check_relations(s: Settings) -> None:
     )
   if s.num_steps <= 0 and s.num_epochs <= 0:
     raise ConfigError("set num_epochs > 0 or num_steps > 0")
+  if s.quantize.qat != bool(s.quantize.from_run):
+    raise ConfigError(
+      "quantize.qat fine-tunes a trained run: set quantize.from_run to its workdir"
+      if s.quantize.qat
+      else "quantize.from_run is the run that quantize.qat fine-tunes: set quantize.qat=True"
+    )
   if s.acu_radius_every_steps and s.optim.name != "sgd":
     raise ConfigError(
       "acu_radius_every_steps needs optim.name='sgd': the margin it keeps is SGD's bound "

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import jax
 from flax import nnx
 
-import kshapes_jax as K
 from train import data
 from train.trainer import experiment
-from train.trainer.checkpoints import CheckpointError
+from train.trainer.restored import model_of, restore
 from train.trainer.rundir import RunDir
 from train.trainer.settings import Settings, read
 from train.trainer.state import TrainState, split_model
-
-READ_ATTEMPTS = 3  # listings of a live run's checkpoints a reader tries
 
 
 @dataclasses.dataclass
@@ -50,7 +46,7 @@ class TrainedRun:
 
   def model_at(self, step: int) -> nnx.Module:
     """The trained model at another saved step (eval mode)."""
-    return _model(self.graphdef, self.rundir.checkpoints.restore(self.template, step)[0])
+    return model_of(self.graphdef, self.rundir.checkpoints.restore(self.template, step)[0])
 
 
 def load_run(workdir: str | Path, step: int | None = None) -> TrainedRun:
@@ -71,7 +67,7 @@ def load_run(workdir: str | Path, step: int | None = None) -> TrainedRun:
   graphdef = split_model(exp.model)[0]
   state = restore(rundir, template, step)
   step = int(state.step)
-  model = _model(graphdef, state)
+  model = model_of(graphdef, state)
   return TrainedRun(
     rundir,
     settings,
@@ -92,36 +88,3 @@ def load_state(workdir: str | Path, step: int | None = None) -> tuple[int, Train
   template = jax.device_put(experiment.build(rundir.read_config()).initial_state())
   state = restore(rundir, template, step)
   return int(state.step), state
-
-
-def restore(rundir: RunDir, template: TrainState, step: int | None = None) -> TrainState:
-  """Checkpoint `step` of a run, or (None) its latest intact one as the trainer finds it: past
-  damaged ones (reported on stderr, left in place), and listed anew when a run training right now
-  has rotated the checkpoint being read away.
-
-  Raises:
-    FileNotFoundError: without checkpoints, or without that step.
-    CheckpointError: when it (every one, for None) is damaged.
-  """
-  if step is not None:
-    return rundir.checkpoints.restore(template, step)[0]
-  for _ in range(READ_ATTEMPTS):
-    listed = rundir.checkpoints.steps()
-    try:
-      return rundir.checkpoints.restore(template, say=_warn)[0]
-    except (CheckpointError, FileNotFoundError):
-      rundir.checkpoints.close()  # the next listing reads the directory again
-      if rundir.checkpoints.steps() == listed:  # nothing moved: the damage is real
-        raise
-  return rundir.checkpoints.restore(template, say=_warn)[0]
-
-
-def _warn(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
-
-
-def _model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
-  """The model a restored state holds, with its ACU radii, in eval mode."""
-  model = K.nn.with_radii(nnx.merge(graphdef, state.params, state.rest), state.radii_list())
-  model.eval()
-  return model
