@@ -190,14 +190,19 @@ def _programs_page() -> str:
 
 def write_pages(api_dir: Path) -> list[str]:
   """Writes the group pages and the API index into api_dir; returns the pages' names."""
-  (api_dir / "generated").mkdir(parents=True, exist_ok=True)
-  pages = []
+  generated = api_dir / "generated"
+  generated.mkdir(parents=True, exist_ok=True)
+  pages, stubs = [], set()
   for page, title, about, modules in GROUPS:
     for module_name in modules:
       for name in public_names(module_name):
-        _write(api_dir / "generated" / f"{module_name}.{name}.rst", _stub(module_name, name))
+        stub = generated / f"{module_name}.{name}.rst"
+        _write(stub, _stub(module_name, name))
+        stubs.add(stub)
     _write(api_dir / f"{page}.md", _group_page(page, title, about, modules))
     pages.append(page)
+  for stale in set(generated.glob("*.rst")) - stubs:  # a name no longer public
+    stale.unlink()
   _write(api_dir / "programs.md", _programs_page())
   pages.append("programs")
   index = [
