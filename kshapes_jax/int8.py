@@ -71,7 +71,8 @@ def check_images(images: Any, path: str | Path, what: str = "calibration") -> np
   whole numbers in 0..255).
   """
   dtype, dims = _input_of(path)
-  want = "(N, " + ", ".join(str(d) for d in dims[1:]) + ")"
+  image = ", ".join(str(d) for d in dims[1:])  # H, W, C
+  want = f"(N, {image})"
   try:
     x = np.asarray(images)
   except Exception as e:
@@ -79,7 +80,7 @@ def check_images(images: Any, path: str | Path, what: str = "calibration") -> np
   if x.dtype == object or x.ndim != len(dims) or tuple(x.shape[1:]) != tuple(dims[1:]):
     raise ValueError(f"the {what} images must be an array {want}, got shape {x.shape}")
   if len(x) == 0:
-    raise ValueError(f"the {what} set is empty: it needs at least one image {want[4:-1]}")
+    raise ValueError(f"the {what} set is empty: it needs at least one image ({image})")
   if not np.issubdtype(x.dtype, np.number):
     raise ValueError(f"the {what} images must be numbers, got {x.dtype}")
   if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
