@@ -4,6 +4,7 @@ must agree, the CLI."""
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -278,7 +279,7 @@ def test_report_reads_the_runs_and_keeps_the_notes(reported):
   assert "| `acb_hor` | - | - | - | 0 (1 diverged) |" in text and "| (1) | - | - |" in text
   for name in (
     "rotate_fig5_sn_v4.png",
-    "acu_positions.png",
+    "acu_positions_acu.png",
     "acnet_pruning_acb.png",
     "versatile_fig3.png",
   ):
@@ -594,3 +595,16 @@ def test_acb_section_reads_a_model_of_mixed_kernel_sizes_at_its_3x3_layers():
   )
   assert np.isfinite(curves["corners"][0, :2]).all() and np.isnan(curves["corners"][0, 2])
   assert np.isfinite(curves["skeleton"][0, 0]) and np.isnan(curves["skeleton"][0, 1:]).all()
+
+
+@pytest.mark.parametrize(
+  "report", sorted(p.relative_to(REPO).as_posix() for p in (REPO / "results").rglob("*.md"))
+)
+def test_each_committed_report_shows_each_figure_once_and_every_figure_exists(report):
+  """Rows share the report's figure folder: a figure named by its section alone, not its row,
+  is overwritten by the next row's (the dcls and dcls_gauss rows showed one file)."""
+  path = REPO / report
+  figures = re.findall(r"!\[[^\]]*\]\(([^)\s]+\.png)\)", path.read_text())
+  assert len(figures) == len(set(figures)), f"{report} shows a figure twice"
+  for figure in figures:
+    assert (path.parent / figure).is_file(), f"{report}: {figure} is missing"

@@ -92,6 +92,9 @@ def summarise(suite, figures: Path) -> list[str]:
       row.name,
       figures,
       f"`{row.name}` seed {{number}}: learned positions (Fig. 5) and their movement (Fig. 6):",
-      [("acu_positions.png", "acu_positions.png"), ("acu_movement.png", "acu_movement.png")],
+      [
+        ("acu_positions.png", f"acu_positions_{row.name}.png"),
+        ("acu_movement.png", f"acu_movement_{row.name}.png"),
+      ],
     )
   return lines

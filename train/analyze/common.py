@@ -73,7 +73,8 @@ def first_seed_figures(
     figures: the report's figure folder.
     caption: the line above them; `{seed}` becomes the seed's folder name ('seed0'), `{number}`
       its number.
-    names: (file in the run's analysis/, file in `figures`) per figure.
+    names: (file in the run's analysis/, file in `figures`) per figure; the name in `figures`
+      holds the row's name, since every row's figures share that folder.
   """
   here = suite.on_disk(row)
   if here:

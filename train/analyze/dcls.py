@@ -73,6 +73,6 @@ def summarise(suite, figures: Path) -> list[str]:
       row.name,
       figures,
       f"`{row.name}` seed {{number}}: the elements' density over each window:",
-      [("dcls_positions.png", "dcls_positions.png")],
+      [("dcls_positions.png", f"dcls_positions_{row.name}.png")],
     )
   return lines
