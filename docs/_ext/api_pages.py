@@ -91,7 +91,14 @@ GROUPS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 )
 
 # the command-line programs: their module docstring is their manual
-PROGRAMS = ("train.main", "train.export", "train.analyze", "train.reproduce", "train.prepare")
+PROGRAMS = (
+  "train.main",
+  "train.export",
+  "train.analyze",
+  "train.reproduce",
+  "train.reproduce.int8",
+  "train.prepare",
+)
 
 
 def public_names(module_name: str) -> list[str]:

@@ -1,0 +1,70 @@
+"""The INT8 table of the reproduction suite (train.reproduce.int8): a record per run, measured
+once and kept, the rows pooled over their seeds with the drops computed per run."""
+
+import json
+import types
+
+import pytest
+
+from train.reproduce import int8 as table
+
+
+def _report(fp32, ort, jax=None, agreement=0.99, agreement_jax=None):
+  return types.SimpleNamespace(
+    top1_fp32=fp32, top1_int8=ort, top1_jax=jax, agreement=agreement, agreement_jax=agreement_jax
+  )
+
+
+def test_a_record_is_the_report_in_percent():
+  assert table.record(_report(0.9, 0.89, None, 0.995)) == pytest.approx(
+    {
+      "top1_fp32": 90.0,
+      "top1_int8": 89.0,
+      "top1_jax": None,
+      "agreement": 99.5,
+      "agreement_jax": None,
+    }
+  )
+
+
+def test_rows_pool_their_seeds_and_the_drop_is_taken_per_run():
+  records = {
+    "dcls/seed0": table.record(_report(0.92, 0.91, 0.915, 0.99, 0.98)),
+    "dcls/seed1": table.record(_report(0.94, 0.94, 0.935, 0.98, 0.97)),
+    "acb_online/seed0": table.record(_report(0.9, 0.902)),
+  }
+  text = table.table(records, 10)
+  dcls = next(line for line in text.splitlines() if line.startswith("| dcls |"))
+  # fp32 93 +- 1.41, ORT 92.5 +- 2.12, drops 1 and 0: 0.50 +- 0.71, Qwix drops 0.5, 0.5
+  assert dcls == (
+    "| dcls | 2 | 93.00 +- 1.41 | 92.50 +- 2.12 | 0.50 +- 0.71 | 92.50 +- 1.41 | 0.50 +- 0.00 "
+    "| 98.50 +- 0.71 / 97.50 +- 0.71 |"
+  )
+  online = next(line for line in text.splitlines() if line.startswith("| acb_online |"))
+  assert online == "| acb_online | 1 | 90.00 | 90.20 | -0.20 | - | - | 99.00 / - |"
+
+
+def test_a_run_is_measured_once_and_its_record_outlives_it(tmp_path, monkeypatch):
+  for row, seed in (("dcls", 0), ("dcls", 1), ("dcls_gauss", 0)):
+    run = tmp_path / "runs" / "e10" / row / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+  (tmp_path / "runs" / "e10" / "dcls" / "seed2").mkdir()  # unfinished: no summary
+  measured = []
+
+  def measure(workdir, calibration=512):
+    measured.append(f"{workdir.parent.name}/{workdir.name}")
+    return table.record(_report(0.9, 0.9))
+
+  monkeypatch.setattr(table, "measure", measure)
+  out = tmp_path / "results"
+  table.update(tmp_path / "runs", 10, out, say=lambda _: None)
+  assert measured == ["dcls/seed0", "dcls/seed1", "dcls_gauss/seed0"]
+  # later, on another machine: only the record of dcls/seed0 is left, the runs are gone
+  kept = {"dcls/seed0": json.loads((out / "e10.json").read_text())["dcls/seed0"]}
+  (out / "e10.json").write_text(json.dumps(kept))
+  (tmp_path / "runs" / "e10" / "dcls" / "seed1" / "summary.json").unlink()
+  (tmp_path / "runs" / "e10" / "dcls_gauss" / "seed0" / "summary.json").unlink()
+  table.update(tmp_path / "runs", 10, out, say=lambda _: None)
+  assert len(measured) == 3  # nothing measured again
+  assert "| dcls | 1 |" in (out / "e10.md").read_text()
