@@ -41,7 +41,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -110,6 +110,28 @@ def default_lr_multipliers() -> dict[str, float]:
   }
 
 
+def leafwise(fn: Callable[..., Any], tree: Any, *others: Any) -> Any:
+  """`fn(leaf, *the others' leaves)` over the leaves of `tree`, in its structure.
+
+  The other trees (labels from `param_labels`, bounds from `param_bounds`, the params) are
+  matched leaf by leaf, in order, not node by node: a state may hold its arrays inside
+  `nnx.Param`s (`nnx.state(model, nnx.Param)`) or bare (what `nnx.Optimizer` hands to optax),
+  and the rules read both alike.
+
+  Raises:
+    ValueError: when the trees hold different numbers of leaves (another model's labels).
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  other_leaves = [jax.tree.leaves(other) for other in others]
+  for other in other_leaves:
+    if len(other) != len(leaves):
+      raise ValueError(
+        f"the labels (or bounds) hold {len(other)} parameters, the updates {len(leaves)}: make "
+        "them with optim.param_labels (param_bounds) of the model being trained"
+      )
+  return jax.tree.unflatten(treedef, [fn(*xs) for xs in zip(leaves, *other_leaves, strict=True)])
+
+
 def param_bounds(model: nnx.Module) -> nnx.State:
   """Each parameter's `bound` metadata (a DCLS position's window half-size), inf where it has
   none, in the structure of `param_labels(model)`: the tree `clamp_to_bounds` takes."""
@@ -144,7 +166,7 @@ def clamp_to_bounds(bounds: Any) -> optax.GradientTransformation:
     def one(u, p, b):
       return u if b == math.inf else jnp.clip(p + u, -b, b) - p
 
-    return jax.tree.map(one, updates, params, bounds), state
+    return leafwise(one, updates, params, bounds), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
@@ -201,7 +223,7 @@ def freeze(labels: Any, frozen: Sequence[str], steps: int) -> optax.GradientTran
   def update(updates, state, params=None):
     del params
     live = state.count >= steps
-    updates = jax.tree.map(
+    updates = leafwise(
       lambda u, lab: jnp.where(live, u, jnp.zeros_like(u)) if lab in frozen else u, updates, labels
     )
     return updates, FreezeState(count=optax.safe_increment(state.count))
@@ -224,7 +246,7 @@ def scale_by_label(labels: Any, multipliers: Mapping[str, float]) -> optax.Gradi
 
   def update(updates, state, params=None):
     del params
-    return jax.tree.map(lambda u, lab: u * multipliers.get(lab, 1.0), updates, labels), state
+    return leafwise(lambda u, lab: u * multipliers.get(lab, 1.0), updates, labels), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
@@ -256,7 +278,7 @@ def project_angle_updates(labels: Any, eps: float) -> optax.GradientTransformati
         return u
       return project_angles(p + u, p, eps) - p
 
-    return jax.tree.map(one, updates, params, labels), state
+    return leafwise(one, updates, params, labels), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
@@ -366,10 +388,12 @@ def with_shape_rules(
   return optax.chain(*parts)
 
 
-def decay_mask(labels: Any, decay_labels: Sequence[str] = ("weights",)) -> Any:
-  """True where a parameter's label decays: the `mask` of optax's weight decay."""
+def decay_mask(labels: Any, decay_labels: Sequence[str] = ("weights",)) -> Callable[[Any], Any]:
+  """The `mask` of optax's weight decay: params -> True where a parameter's label decays, in the
+  params' own structure (`leafwise`: a state of nnx.Params or of bare arrays alike)."""
   check_labels(decay_labels, "weight decay")
-  return jax.tree.map(lambda lab: lab in tuple(decay_labels), labels)
+  decays = tuple(decay_labels)
+  return lambda params: leafwise(lambda _, lab: lab in decays, params, labels)
 
 
 def sgd(

@@ -309,3 +309,46 @@ def test_angle_projection_holds_around_any_optimizer(rng, base):
     for _, old_a, new_a in _angle_steps(model, tx, rng, steps=10, scale=1.0)
   )
   assert moved > eps  # the base's steps were large: the projection did the bounding
+
+
+@pytest.mark.parametrize(("model", "conv"), [("sn", "rotate4"), ("sn", "active"), ("sn", "dcls")])
+def test_the_rules_train_alike_through_nnx_optimizer_and_a_state_of_params(model, conv):
+  """nnx.Optimizer hands optax bare arrays where nnx.state(model, nnx.Param) holds Params: every
+  rule (the freeze, decay, multipliers, eq. 6's projection, DCLS's clamp) reads labels and
+  bounds leaf by leaf, so both give the same parameters (nnx.Optimizer used to fail with
+  'unhashable type: Param')."""
+  from kshapes_jax import models
+
+  x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+  y = jnp.array([0, 1, 2, 3])
+
+  def loss(m):
+    return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+  def rules(m):
+    return optim.sgd(
+      optim.param_labels(m),
+      0.5,
+      weight_decay=1e-3,
+      freeze_steps=1,
+      bounds=optim.param_bounds(m),
+    )
+
+  first = models.create(model, conv=conv, rngs=nnx.Rngs(0))
+  second = nnx.clone(first)
+  optimizer = nnx.Optimizer(first, rules(first), wrt=nnx.Param)
+  tx = rules(second)
+  params = nnx.state(second, nnx.Param)
+  state = tx.init(params)
+  for _ in range(3):
+    optimizer.update(first, nnx.grad(loss)(first))
+    grads = nnx.state(nnx.grad(loss)(second), nnx.Param)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    nnx.update(second, params)
+  for a, b in zip(
+    jax.tree.leaves(nnx.state(first, nnx.Param)), jax.tree.leaves(params), strict=True
+  ):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match="hold 1 parameters"):
+    optim.scale_by_label({"a": "weights"}, {}).update(nnx.state(first, nnx.Param), None)
