@@ -115,9 +115,7 @@ def update(runs: Path, epochs: int, out: Path = RESULTS, say=print) -> dict[str,
     records[key] = measure(workdir)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(records, indent=1, sort_keys=True) + "\n")  # after each run
-  if records:
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(records, indent=1, sort_keys=True) + "\n")
+  if records:  # the records were written as each run was measured
     write_atomic(out / f"e{epochs}.md", table(records, epochs))
   return records
 
