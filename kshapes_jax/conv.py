@@ -14,13 +14,16 @@ positions, which no dense kernel can express.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike, DTypeLike
 
 from kshapes_jax import _validation
@@ -150,31 +153,132 @@ def conv(
   dtype = jnp.result_type(x, kernel) if dtype is None else _validation.compute_dtype(dtype)
   x, kernel = jnp.asarray(x, dtype), jnp.asarray(kernel, dtype)
 
+  geometry = (stride, pads, dilation, groups, precision)
+
   def lax_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return lax.conv_general_dilated(
-      x,
-      kernel,
-      window_strides=stride,
-      padding=pads,
-      rhs_dilation=dilation,
-      dimension_numbers=_DIMENSION_NUMBERS,
-      feature_group_count=groups,
-      precision=precision,
-    )
+    return _lax_conv(x, kernel, *geometry)
 
   if cpu_prefers_matmul((h, w), (kh, kw), stride, pads, dilation):
     # XLA's CPU convolution is up to tens of times slower than the same product as a
     # matmul on such shapes; other backends keep the conv (resolved when lowered).
     def as_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-      return conv_as_matmul(x, kernel, stride, pads, dilation, groups, precision)
+      return conv_as_matmul(x, kernel, *geometry)
 
     y = lax.platform_dependent(x, kernel, cpu=as_matmul, default=lax_conv)
   else:
-    y = lax_conv(x, kernel)
+    # XLA's CPU kernel gradient is 1.2-42x slower than the same sum as one matmul per tap
+    # (bench.kernel_grad); the value and the input gradient stay XLA's conv.
+    def matmul_kernel_grad(x: jax.Array, kernel: jax.Array) -> jax.Array:
+      return conv_with_matmul_kernel_grad(x, kernel, *geometry)
+
+    y = lax.platform_dependent(x, kernel, cpu=matmul_kernel_grad, default=lax_conv)
   if bias is not None:
     _validation.require_shape("bias", bias, (co,), "(O,)")
     y = y + jnp.asarray(bias, dtype)
   return y
+
+
+def _lax_conv(
+  x: jax.Array,
+  kernel: jax.Array,
+  stride: Sequence[int],
+  pads: Sequence[tuple[int, int]],
+  dilation: Sequence[int],
+  groups: int,
+  precision: lax.PrecisionLike,
+) -> jax.Array:
+  return lax.conv_general_dilated(
+    x,
+    kernel,
+    window_strides=stride,
+    padding=pads,
+    rhs_dilation=dilation,
+    dimension_numbers=_DIMENSION_NUMBERS,
+    feature_group_count=groups,
+    precision=precision,
+  )
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
+def conv_with_matmul_kernel_grad(
+  x: jax.Array,
+  kernel: jax.Array,
+  stride: Sequence[int],
+  pads: Sequence[tuple[int, int]],
+  dilation: Sequence[int],
+  groups: int,
+  precision: lax.PrecisionLike,
+) -> jax.Array:
+  """XLA's convolution, whose derivative in the kernel is `conv_as_matmul`'s sum.
+
+  The value and the derivative in x are `lax.conv_general_dilated`'s; the
+  derivative in the kernel is the same sum as matmuls, one tap per step of a
+  scan, so that reverse mode computes the kernel gradient as one matmul per
+  tap, view^T @ dy (XLA's CPU kernel gradient is several times slower on
+  common shapes: bench.kernel_grad measures both). The tangent is linear in
+  (dx, dkernel), so forward mode, reverse mode and their compositions all
+  work.
+
+  Args:
+    x: (N, H, W, C) input.
+    kernel: (kh, kw, C / groups, O) kernel, same dtype as x.
+    stride: (sh, sw).
+    pads: ((top, bottom), (left, right)).
+    dilation: (dh, dw).
+    groups: feature groups.
+    precision: of the conv and the matmul.
+
+  Returns:
+    (N, H', W', O) output.
+  """
+  return _lax_conv(x, kernel, stride, pads, dilation, groups, precision)
+
+
+def _conv_with_matmul_kernel_grad_jvp(stride, pads, dilation, groups, precision, primals, tangents):
+  x, kernel = primals
+  dx, dkernel = tangents
+  geometry = (stride, pads, dilation, groups, precision)
+  y = _lax_conv(x, kernel, *geometry)
+  parts = []  # a symbolic zero tangent costs nothing (the image into a first layer)
+  if not isinstance(dx, SymbolicZero):
+    parts.append(_lax_conv(dx, kernel, *geometry))
+  if not isinstance(dkernel, SymbolicZero):
+    parts.append(_tap_matmuls(x, dkernel, *geometry))
+  return y, functools.reduce(operator.add, parts) if parts else jnp.zeros_like(y)
+
+
+conv_with_matmul_kernel_grad.defjvp(_conv_with_matmul_kernel_grad_jvp, symbolic_zeros=True)
+
+
+def _tap_matmuls(
+  x: jax.Array,
+  kernel: jax.Array,
+  stride: Sequence[int],
+  pads: Sequence[tuple[int, int]],
+  dilation: Sequence[int],
+  groups: int,
+  precision: lax.PrecisionLike,
+) -> jax.Array:
+  """`conv_as_matmul`'s sum, one tap per step of a scan: its transpose in the kernel (the kernel
+  gradient) is one matmul view^T @ dy per step, and reverse mode keeps the padded input alone, not
+  a view of it per tap (the body is rematerialized; XLA kept every view of every layer alive)."""
+  n, _, _, c = x.shape
+  (sh, sw), (dh, dw) = stride, dilation
+  out_h, out_w, rows, cols, xp = _padded_taps(x, kernel.shape, stride, pads, dilation)
+  if not rows or not cols:  # every tap reads padding: the conv is zero
+    return jnp.zeros((n, out_h, out_w, kernel.shape[-1]), x.dtype)
+  offsets = jnp.asarray([(a * dh, b * dw) for a in rows for b in cols], jnp.int32)
+  taps = jnp.stack([kernel[a, b] for a in rows for b in cols])  # (T, C / groups, O)
+  window = (n, (out_h - 1) * sh + 1, (out_w - 1) * sw + 1, c)
+
+  @jax.checkpoint
+  def add_tap(y: jax.Array, tap: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+    offset, weights = tap
+    view = lax.dynamic_slice(xp, (0, offset[0], offset[1], 0), window)[:, ::sh, ::sw]
+    return y + _patch_product(view[..., None, :], weights[None], groups, precision), None
+
+  y0 = jnp.zeros((n, out_h, out_w, kernel.shape[-1]), x.dtype)
+  return lax.scan(add_tap, y0, (offsets, taps))[0]
 
 
 def _extent(k: int, dilation: int) -> int:
@@ -217,6 +321,28 @@ def cpu_prefers_matmul(
   return False
 
 
+def _padded_taps(
+  x: jax.Array,
+  kernel_shape: Sequence[int],
+  stride: Sequence[int],
+  pads: Sequence[tuple[int, int]],
+  dilation: Sequence[int],
+) -> tuple[int, int, list[int], list[int], jax.Array]:
+  """(H', W', the kernel rows and columns that read any input pixel, the padded input)."""
+  _, h, w, _ = x.shape
+  kh, kw = kernel_shape[:2]
+  (sh, sw), (dh, dw) = stride, dilation
+  (top, bottom), (left, right) = pads
+  out_h = (h + top + bottom - _extent(kh, dh)) // sh + 1
+  out_w = (w + left + right - _extent(kw, dw)) // sw + 1
+  rows = _taps_reading_input(h, out_h, kh, sh, dh, top)
+  cols = _taps_reading_input(w, out_w, kw, sw, dw, left)
+  xp = lax.pad(
+    x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0))
+  )
+  return out_h, out_w, rows, cols, xp
+
+
 def _taps_reading_input(size: int, out: int, k: int, stride: int, dilation: int, low: int):
   """The kernel taps along one axis that read at least one input pixel (not only padding)."""
   return [
@@ -253,34 +379,32 @@ def conv_as_matmul(
   Returns:
     (N, H', W', O) output.
   """
-  n, h, w, c = x.shape
-  kh, kw, ci, co = kernel.shape
+  n, _, _, c = x.shape
   (sh, sw), (dh, dw) = stride, dilation
-  (top, bottom), (left, right) = pads
-  out_h = (h + top + bottom - _extent(kh, dh)) // sh + 1
-  out_w = (w + left + right - _extent(kw, dw)) // sw + 1
-  rows = _taps_reading_input(h, out_h, kh, sh, dh, top)
-  cols = _taps_reading_input(w, out_w, kw, sw, dw, left)
+  out_h, out_w, rows, cols, xp = _padded_taps(x, kernel.shape, stride, pads, dilation)
   if not rows or not cols:  # every tap reads padding: the conv is zero
-    return jnp.zeros((n, out_h, out_w, co), x.dtype)
-  xp = lax.pad(
-    x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0))
-  )
-  patches = jnp.stack(
-    [
-      lax.slice(
-        xp,
-        (0, a * dh, b * dw, 0),
-        (n, a * dh + (out_h - 1) * sh + 1, b * dw + (out_w - 1) * sw + 1, c),
-        (1, sh, sw, 1),
-      )
-      for a in rows
-      for b in cols
-    ],
-    axis=3,
-  )  # (N, H', W', T, C)
+    return jnp.zeros((n, out_h, out_w, kernel.shape[-1]), x.dtype)
+  views = [
+    lax.slice(
+      xp,
+      (0, a * dh, b * dw, 0),
+      (n, a * dh + (out_h - 1) * sh + 1, b * dw + (out_w - 1) * sw + 1, c),
+      (1, sh, sw, 1),
+    )
+    for a in rows
+    for b in cols
+  ]  # each (N, H', W', C)
   taps = jnp.stack([kernel[a, b] for a in rows for b in cols])  # (T, C / groups, O)
-  t = len(rows) * len(cols)
+  return _patch_product(jnp.stack(views, axis=3), taps, groups, precision)
+
+
+def _patch_product(
+  patches: jax.Array, taps: jax.Array, groups: int, precision: lax.PrecisionLike
+) -> jax.Array:
+  """sum_{t, c} patches[n, i, j, t, c] * taps[t, c, o]: (N, H', W', T, C) x (T, C / groups, O)
+  -> (N, H', W', O), the channels in `groups` feature groups."""
+  n, out_h, out_w, t, c = patches.shape
+  ci, co = taps.shape[1:]
   if groups == 1:
     y = jnp.matmul(
       patches.reshape(n * out_h * out_w, t * c), taps.reshape(t * c, co), precision=precision

@@ -95,6 +95,7 @@ def test_targets_are_judged_against_the_measured_ratio():
     "bench-data",
     "bench-imagenet-peer",
     "bench-small-maps",
+    "bench-kernel-grad-cpu",
     "bench-reparam-cpu",
     "bench-dcls-cpu",
     "bench-int8-cpu",
@@ -151,6 +152,21 @@ def test_small_maps_bench_times_the_three_forms_and_marks_the_routed_shapes():
       "rows": rows,
     }
   )
+
+
+def test_kernel_grad_bench_times_both_forms():
+  from bench import kernel_grad
+
+  shapes = [("a", 2, 4, (3, 3), 1, 1, 4, 4, 1), ("b", 2, 4, (1, 3), 2, 1, 4, 4, 2)]
+  rows = kernel_grad.bench(shapes, 1, log=lambda *a, **k: None)
+  assert [r["case"] for r in rows] == ["a", "b"]
+  for r in rows:
+    assert all(r[f"{g}_{f}_ms"] > 0 for g in ("kernel", "both") for f in ("xla", "ours"))
+  table = kernel_grad.markdown(
+    {"platform": "cpu", "date": "d", "machine": "m", "jax": "x", "reps": 1, "rows": rows}
+  )
+  assert "| a | 2 | 4x4 | 3x3 | 1 | 1 | 4->4 | 1 |" in table
+  assert "| b | 2 | 4x4 | 1x3 | 2 | 1 | 4->4 | 2 |" in table
 
 
 def test_bucketed_run_ratio_weights_the_two_radii_by_steps():

@@ -16,6 +16,7 @@ from kshapes_jax.conv import (
   active_conv_gather,
   conv,
   conv_as_matmul,
+  conv_with_matmul_kernel_grad,
   cpu_prefers_matmul,
   output_geometry,
   resolve_padding,
@@ -236,6 +237,72 @@ def test_the_matmul_form_is_chosen_per_platform_when_lowered(rng):
   chex.assert_trees_all_close(
     value_and_vjp(ours, x, k, cot), value_and_vjp(xla, x, k, cot), rtol=1e-5, atol=1e-5
   )
+
+
+@hypothesis.given(
+  st.tuples(st.integers(2, 6), st.integers(2, 6)),
+  st.tuples(st.integers(1, 4), st.integers(1, 4)),
+  st.tuples(st.integers(1, 3), st.integers(1, 3)),
+  st.tuples(st.integers(1, 2), st.integers(1, 2)),
+  st.lists(st.integers(0, 2), min_size=4, max_size=4),
+  st.sampled_from([1, 2, 4]),
+)
+@hypothesis.settings(max_examples=15, deadline=None)
+def test_the_matmul_kernel_gradient_is_the_convs_in_value_and_gradient(
+  hw, khw, stride, dilation, p, groups
+):
+  """XLA's value and input gradient, the matmuls' kernel gradient: all three equal a NumPy conv
+  and its vjp (float64); the kernel tangent equals the im2col form's."""
+  pads = ((p[0], p[1]), (p[2], p[3]))
+  extents = [(k - 1) * d + 1 for k, d in zip(khw, dilation)]
+  hypothesis.assume(all(s + lo + hi >= e for s, (lo, hi), e in zip(hw, pads, extents)))
+  rng = np.random.default_rng([*hw, *khw, *stride, *dilation, *p, groups])
+  x = rng.normal(size=(2, *hw, 4))
+  k = rng.normal(size=(*khw, 4 // groups, 4))
+  oh = (hw[0] + sum(pads[0]) - extents[0]) // stride[0] + 1
+  ow = (hw[1] + sum(pads[1]) - extents[1]) // stride[1] + 1
+  cot = rng.normal(size=(2, oh, ow, 4))
+  want = _numpy_conv_and_vjp(x, k, cot, stride, pads, dilation, groups)
+  geometry = (stride, pads, dilation, groups, None)
+  with jax.enable_x64(True):
+    y, vjp = jax.vjp(lambda x, k: conv_with_matmul_kernel_grad(x, k, *geometry), x, k)
+    got = (y, *vjp(cot))
+    # the tangent in the kernel alone, as its transpose is taken: the matmuls' sum
+    dk = rng.normal(size=k.shape)
+    tangent = jax.jvp(lambda k: conv_with_matmul_kernel_grad(x, k, *geometry), (k,), (dk,))[1]
+    direct = conv_as_matmul(x, dk, *geometry)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
+  np.testing.assert_allclose(tangent, direct, rtol=1e-10, atol=1e-10)
+
+
+def test_the_matmul_kernel_gradient_composes_in_every_mode(rng):
+  """Forward mode, reverse mode, second order, and one argument without a tangent (the image into a
+  first layer, a frozen kernel): checked against finite differences in float64."""
+  x = rng.normal(size=(2, 5, 5, 3))
+  k = rng.normal(size=(3, 3, 3, 4)) * 0.3
+  geometry = ((2, 1), ((1, 1), (1, 0)), (1, 1), 1, None)
+  with jax.enable_x64(True):
+
+    def f(x, k):
+      return jnp.sum(jnp.tanh(conv_with_matmul_kernel_grad(x, k, *geometry)))
+
+    jax.test_util.check_grads(f, (x, k), order=2, modes=("fwd", "rev"), eps=1e-5)
+    jax.test_util.check_grads(lambda k: f(x, k), (k,), order=1, modes=("rev",), eps=1e-5)
+    jax.test_util.check_grads(lambda x: f(x, k), (x,), order=1, modes=("rev",), eps=1e-5)
+
+
+def test_the_matmul_kernel_gradient_is_taken_on_cpu_only(rng):
+  """The CPU lowering of a conv's gradient has the matmuls; the GPU's and TPU's do not."""
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 4)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, 4, 32)), jnp.float32)
+
+  def grads(platforms):
+    f = jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k, padding=1) ** 2), argnums=(0, 1)))
+    return jax.export.export(f, platforms=platforms)(x, k).mlir_module()
+
+  assert "dot_general" in grads(("cpu",))
+  assert "dot_general" not in grads(("cuda",)) and "dot_general" not in grads(("tpu",))
 
 
 # --- laws that hold for all inputs ---------------------------------------------
