@@ -105,8 +105,11 @@ def test_impl_does_not_change_parameters_or_checkpoints():
     chex.assert_trees_all_equal(tree, trees[0])
 
 
-def test_auto_is_stacked_and_unknown_impls_are_refused():
-  assert resolve_impl("auto") == "stacked" and resolve_impl("branches") == "branches"
+def test_auto_is_branches_on_cpu_stacked_elsewhere_and_unknown_impls_are_refused():
+  assert resolve_impl("auto", "cpu") == "branches"
+  assert resolve_impl("auto", "gpu") == resolve_impl("auto", "tpu") == "stacked"
+  assert resolve_impl("branches", "gpu") == "branches"
+  assert resolve_impl("stacked", "cpu") == "stacked"
   with pytest.raises(ValueError, match="impl must be 'auto', 'branches' or 'stacked', got 'fused'"):
     ACBlock(2, 2, impl="fused", rngs=nnx.Rngs(0))
 
@@ -149,3 +152,22 @@ def test_tracing_a_stacked_training_step_never_builds_a_tracer_origin_message(mo
   chex.assert_trees_all_equal_structs(stats, nnx.state(block, nnx.BatchStat))
   # the statistics were updated (from zero means)
   assert np.abs(stats["square_bn"]["mean"][...]).max() > 0
+
+
+@pytest.mark.parametrize("options", [{"online": True}, {"bn": "sum"}])
+def test_auto_with_one_bn_trains_one_conv_of_the_summed_kernel(options, rng):
+  """With one BN after the sum the branches are linear up to it: "auto" runs ONE conv on every
+  platform (a conv per branch would cost the offline block's convs for nothing)."""
+  x = jnp.asarray(rng.normal(size=(2, 6, 6, 3)), jnp.float32)
+  block = ACBlock(3, 4, rngs=nnx.Rngs(0), **options)
+
+  @nnx.jit
+  def forward(block, x):
+    return block(x)
+
+  graphdef, state = nnx.split(block)
+  hlo = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)).lower(state, x).as_text()
+  assert hlo.count("stablehlo.convolution") + hlo.count("dot_general") == 1, hlo
+  branches = ACBlock(3, 4, impl="branches", precision="highest", rngs=nnx.Rngs(0), **options)
+  ours = ACBlock(3, 4, precision="highest", rngs=nnx.Rngs(0), **options)
+  chex.assert_trees_all_close(forward(ours, x), forward(branches, x), rtol=1e-5, atol=1e-5)

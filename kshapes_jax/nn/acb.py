@@ -29,22 +29,29 @@ BNMode = Literal["branch", "sum"]  # a BN per branch (the paper), or one after t
 Impl = Literal["auto", "branches", "stacked"]  # how training mode computes the same block
 
 
-def resolve_impl(impl: str) -> str:
-  """The training-mode implementation "auto" stands for: "stacked" on every platform.
+def resolve_impl(impl: str, platform: str | None = None) -> str:
+  """The training-mode implementation "auto" stands for on `platform` (default: JAX's default
+  backend).
 
-  "stacked" runs the three branches as one conv and one BN pass; it is the
-  faster of the two in whole networks on every platform benchmarked (the
-  ratios are in results/bench-cpu.md and the Speed guide, docs/guides/speed.md).
+  "branches" on CPU: with `conv.conv`'s matmul kernel gradient the branches' 1xk and kx1 convs
+  cost about their taps' share of a kxk one, and the branches are the faster form there, per
+  layer and in whole networks (ResNet-56: 2.06x a plain net against 2.63x stacked;
+  results/bench-cpu.md). "stacked" elsewhere: one conv to 3 O maps and one BN pass, the faster
+  form in whole networks on GPU (the Speed guide, docs/guides/speed.md).
 
   Args:
     impl: "auto", "branches" or "stacked".
+    platform: "cpu", "gpu", "tpu", ...
 
   Raises:
     ValueError: for an unknown impl.
   """
   if impl not in get_args(Impl):
     raise ValueError(f"impl must be 'auto', 'branches' or 'stacked', got {impl!r}")
-  return "branches" if impl == "branches" else "stacked"
+  if impl != "auto":
+    return impl
+  platform = jax.default_backend() if platform is None else platform
+  return "branches" if platform == "cpu" else "stacked"
 
 
 class ACBlock(ConvLayer):
@@ -71,9 +78,10 @@ class ACBlock(ConvLayer):
       "stacked" (the 1xk and kx1 kernels zero-padded to kxk and stacked with
       the kxk one on the output axis: ONE conv to 3*O maps, ONE BN over them,
       then the sum of the three groups; with bn="sum", one conv with the
-      summed kernel), or "auto" (`resolve_impl`: "stacked", the faster in
-      whole networks on CPU and GPU). Parameters and checkpoints do not
-      depend on it.
+      summed kernel), or "auto" (`resolve_impl`: "branches" on CPU, "stacked"
+      elsewhere, the faster form on each; with one BN, bn="sum" or online,
+      always the one conv with the summed kernel).
+      Parameters and checkpoints do not depend on it.
     online: train online (Hu et al., OREPA): no BN per branch but a learned per-channel
       scale (`scales`, rows square / hor / ver; the asymmetric ones start at asym_scale_init),
       the scaled kernels summed into one every step, then ONE conv and ONE BN (`sum_bn`): a
@@ -198,10 +206,10 @@ class ACBlock(ConvLayer):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self._frozen():  # eq. 6-7: in eval mode the branches and BNs fold into one kxk conv
       return super().__call__(x)
+    # one BN after the sum (bn="sum", online): "auto" runs ONE conv with the summed kernel
+    impl = "stacked" if self.impl == "auto" and self._one_bn() else resolve_impl(self.impl)
     # stacked shares one BN pass, so a partly frozen block (a user's choice) runs its branches
-    stacked = resolve_impl(self.impl) == "stacked" and not any(
-      bn.use_running_average for bn in self._bns()
-    )
+    stacked = impl == "stacked" and not any(bn.use_running_average for bn in self._bns())
     y = self._stacked(x) if stacked else self._branched(x)
     record(self, x, y)
     return y
