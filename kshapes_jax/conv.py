@@ -274,7 +274,8 @@ def _tap_matmuls(
   @jax.checkpoint
   def add_tap(y: jax.Array, tap: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
     offset, weights = tap
-    view = lax.dynamic_slice(xp, (0, offset[0], offset[1], 0), window)[:, ::sh, ::sw]
+    zero = jnp.zeros((), offset.dtype)  # one index dtype, whether x64 is on or not
+    view = lax.dynamic_slice(xp, (zero, offset[0], offset[1], zero), window)[:, ::sh, ::sw]
     return y + _patch_product(view[..., None, :], weights[None], groups, precision), None
 
   y0 = jnp.zeros((n, out_h, out_w, kernel.shape[-1]), x.dtype)

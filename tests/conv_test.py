@@ -143,6 +143,19 @@ def _numpy_conv_and_vjp(x, k, cot, stride, pads, dilation, groups):
   return y, dxp[:, top : top + h, left : left + w], dk
 
 
+def _random_conv_case(rng, hw, khw, stride, dilation, pads, groups):
+  """x (2, H, W, 4), a kernel, a cotangent and the NumPy conv's (value, dx, dkernel); a geometry
+  whose padded input is smaller than the kernel's extent is skipped (hypothesis.assume)."""
+  extents = [(k - 1) * d + 1 for k, d in zip(khw, dilation)]
+  hypothesis.assume(all(s + lo + hi >= e for s, (lo, hi), e in zip(hw, pads, extents)))
+  x = rng.normal(size=(2, *hw, 4))
+  k = rng.normal(size=(*khw, 4 // groups, 4))
+  oh = (hw[0] + sum(pads[0]) - extents[0]) // stride[0] + 1
+  ow = (hw[1] + sum(pads[1]) - extents[1]) // stride[1] + 1
+  cot = rng.normal(size=(2, oh, ow, 4))
+  return x, k, cot, _numpy_conv_and_vjp(x, k, cot, stride, pads, dilation, groups)
+
+
 @hypothesis.given(
   st.tuples(st.integers(1, 6), st.integers(1, 6)),
   st.tuples(st.integers(1, 5), st.integers(1, 5)),
@@ -154,15 +167,8 @@ def _numpy_conv_and_vjp(x, k, cot, stride, pads, dilation, groups):
 @hypothesis.settings(max_examples=15, deadline=None)
 def test_the_matmul_form_is_the_conv_in_value_and_gradient(hw, khw, stride, dilation, p, groups):
   pads = ((p[0], p[1]), (p[2], p[3]))
-  extents = [(k - 1) * d + 1 for k, d in zip(khw, dilation)]
-  hypothesis.assume(all(s + lo + hi >= e for s, (lo, hi), e in zip(hw, pads, extents)))
   rng = np.random.default_rng([*hw, *khw, *stride, *dilation, *(q + 1 for q in p), groups])
-  x = rng.normal(size=(2, *hw, 4))
-  k = rng.normal(size=(*khw, 4 // groups, 4))
-  oh = (hw[0] + sum(pads[0]) - extents[0]) // stride[0] + 1
-  ow = (hw[1] + sum(pads[1]) - extents[1]) // stride[1] + 1
-  cot = rng.normal(size=(2, oh, ow, 4))
-  want = _numpy_conv_and_vjp(x, k, cot, stride, pads, dilation, groups)
+  x, k, cot, want = _random_conv_case(rng, hw, khw, stride, dilation, pads, groups)
   with jax.enable_x64(True):
 
     @jax.jit
@@ -254,15 +260,8 @@ def test_the_matmul_kernel_gradient_is_the_convs_in_value_and_gradient(
   """XLA's value and input gradient, the matmuls' kernel gradient: all three equal a NumPy conv
   and its vjp (float64); the kernel tangent equals the im2col form's."""
   pads = ((p[0], p[1]), (p[2], p[3]))
-  extents = [(k - 1) * d + 1 for k, d in zip(khw, dilation)]
-  hypothesis.assume(all(s + lo + hi >= e for s, (lo, hi), e in zip(hw, pads, extents)))
   rng = np.random.default_rng([*hw, *khw, *stride, *dilation, *p, groups])
-  x = rng.normal(size=(2, *hw, 4))
-  k = rng.normal(size=(*khw, 4 // groups, 4))
-  oh = (hw[0] + sum(pads[0]) - extents[0]) // stride[0] + 1
-  ow = (hw[1] + sum(pads[1]) - extents[1]) // stride[1] + 1
-  cot = rng.normal(size=(2, oh, ow, 4))
-  want = _numpy_conv_and_vjp(x, k, cot, stride, pads, dilation, groups)
+  x, k, cot, want = _random_conv_case(rng, hw, khw, stride, dilation, pads, groups)
   geometry = (stride, pads, dilation, groups, None)
   with jax.enable_x64(True):
     y, vjp = jax.vjp(lambda x, k: conv_with_matmul_kernel_grad(x, k, *geometry), x, k)

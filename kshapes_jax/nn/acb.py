@@ -35,9 +35,8 @@ def resolve_impl(impl: str, platform: str | None = None) -> str:
 
   "branches" on CPU: with `conv.conv`'s matmul kernel gradient the branches' 1xk and kx1 convs
   cost about their taps' share of a kxk one, and the branches are the faster form there, per
-  layer and in whole networks (ResNet-56: 2.06x a plain net against 2.63x stacked;
-  results/bench-cpu.md). "stacked" elsewhere: one conv to 3 O maps and one BN pass, the faster
-  form in whole networks on GPU (the Speed guide, docs/guides/speed.md).
+  layer and in whole networks. "stacked" elsewhere: one conv to 3 O maps and one BN pass, the
+  faster form in whole networks on GPU. The Speed guide (docs/guides/speed.md) has the ratios.
 
   Args:
     impl: "auto", "branches" or "stacked".
