@@ -4,18 +4,21 @@ NumPy, NCHW as the PyTorch code runs them, in training mode (batch statistics, r
 updated) and eval mode, over weights loaded with `interop.load_dbb` / `load_repvgg`; and, where
 torch and a copy of the official repositories are at hand, the official modules themselves."""
 
+import functools
 import os
 import pathlib
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 import kshapes_jax as K
-from kshapes_jax import interop, optim
+from kshapes_jax import interop, kernels, optim
+from kshapes_jax.nn.branches import scaled_sum
 
 EPS = 1e-5
 MOMENTUM = 0.1
@@ -421,3 +424,25 @@ def test_the_numpy_forwards_are_the_official_modules(tmp_path, monkeypatch):
       rtol=1e-4,
       atol=1e-4,
     )
+
+
+def test_scaled_sum_places_each_scaled_kernel():
+  """The online kernel scales each branch, then places it in kxk (a zero padding at an offset,
+  the 1x1-avg spread): the kernel the placed-then-scaled branches sum to, and a placement per
+  kernel or one clear error."""
+  rng = np.random.default_rng(0)
+  square, hor, one = (
+    rng.normal(size=s).astype(np.float32) for s in ((3, 3, 2, 4), (1, 3, 2, 4), (1, 1, 2, 4))
+  )
+  scales = rng.normal(size=(3, 4)).astype(np.float32)
+  pad_hor = functools.partial(kernels.pad_kernel, size=3, offset=(2, 0))
+  spread = functools.partial(kernels.fuse_1x1_avg, kernel_size=3)
+  got = scaled_sum([square, hor, one], jnp.asarray(scales), [None, pad_hor, spread])
+  expected = (
+    square * scales[0]
+    + np.asarray(kernels.pad_kernel(hor, 3, offset=(2, 0))) * scales[1]
+    + np.broadcast_to(one * scales[2] / 9, (3, 3, 2, 4))
+  )
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match="2 kernels and 1 placements"):
+    scaled_sum([square, hor], jnp.asarray(scales[:2]), [None])

@@ -2,6 +2,7 @@
 NumPy (value) and as the literal branch computation in JAX (gradient, float64), over generated
 shapes."""
 
+import chex
 import hypothesis
 import hypothesis.strategies as st
 import jax
@@ -112,6 +113,45 @@ def test_fuse_1x1_kxk_gradient_is_the_two_convs_gradient(groups, k, stride):
 
 
 @EXAMPLES
+@hypothesis.given(shapes, st.sampled_from([jnp.float32, jnp.bfloat16, jnp.float64]))
+def test_fuse_1x1_avg_is_the_1x1_then_the_pooling(s, dtype):
+  """III + V in one: the 1x1 conv then kxk average pooling (NumPy), and bit for bit the general
+  transform III of the 1x1 and the pooling kernel, in each dtype."""
+  g, k, stride = s["groups"], s["k"], s["stride"]
+  rng = np.random.default_rng(s["seed"])
+  cin, out = s["cin"] * g, s["out"] * g
+  first = rng.normal(size=(1, 1, cin // g, out))
+  x = rng.normal(size=(2, 7, 7, cin))
+  p = k // 2
+  mid = np.pad(np_conv(x, first, groups=g), ((0, 0), (p, p), (p, p), (0, 0)))
+  n = (7 + 2 * p - k) // stride + 1
+  pooled = np.stack(
+    [
+      np.stack(
+        [
+          mid[:, i * stride : i * stride + k, j * stride : j * stride + k].mean((1, 2))
+          for j in range(n)
+        ],
+        1,
+      )
+      for i in range(n)
+    ],
+    1,
+  )
+  with jax.enable_x64(True):
+    first_d = jnp.asarray(first, dtype)
+    kernel = kernels.fuse_1x1_avg(first_d, k)
+    general = kernels.fuse_1x1_kxk(
+      first_d, None, kernels.avg_pool_kernel(out, k, g, dtype), groups=g
+    )[0]
+    chex.assert_trees_all_equal(kernel, general.astype(kernel.dtype))
+    assert kernel.dtype == dtype and kernel.shape == (k, k, cin // g, out)
+    if dtype == jnp.float64:
+      got = np_conv(x, np.asarray(kernel), stride, p, g)
+      np.testing.assert_allclose(got, pooled, rtol=1e-12, atol=1e-12)
+
+
+@EXAMPLES
 @hypothesis.given(shapes)
 def test_avg_pool_identity_pad_and_concat_are_their_ops(s):
   """Transforms V (average pooling, every tap counted), VI (a centred smaller kernel), IV
@@ -190,6 +230,8 @@ def test_pad_kernel_places_a_kernel_at_an_offset():
       lambda: kernels.fuse_1x1_kxk(np.zeros((1, 1, 2, 4)), np.zeros(3), np.zeros((3, 3, 4, 4))),
       r"first_bias must be \(T,\)",
     ),
+    (lambda: kernels.fuse_1x1_avg(np.zeros((3, 3, 2, 4)), 3), r"first must be a \(1, 1, I, O\)"),
+    (lambda: kernels.fuse_1x1_avg(np.zeros((1, 1, 2, 4)), 0), "kernel_size"),
     (lambda: kernels.pad_kernel(np.zeros((1, 2, 1, 1)), 3), "has no centre"),
     (lambda: kernels.pad_kernel(np.zeros((1, 3, 1, 1)), 3, offset=(1, 1)), "does not fit"),
     (

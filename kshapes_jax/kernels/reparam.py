@@ -194,6 +194,35 @@ def fuse_1x1_kxk(
   return kernel, bias
 
 
+def fuse_1x1_avg(first: ArrayLike, kernel_size: int) -> jax.Array:
+  """Transforms III and V at once: a 1x1 conv, then kxk average pooling (every tap counted), as
+  one kxk conv of the 1x1's groups.
+
+  The pooling kernel is diagonal (`avg_pool_kernel`), so transform III's sum over t has one
+  term: K[h, w, i, o] = first[0, 0, i, o] / k^2 at every tap, the value
+  `fuse_1x1_kxk(first, None, avg_pool_kernel(O, k, groups), groups=groups)` gives for any
+  groups, at O(k^2 I O) instead of O(k^2 I O^2 / groups): DBB online builds it every step.
+
+  Args:
+    first: (1, 1, I, O) kernel of the 1x1 conv; I is input channels per group.
+    kernel_size: k, the pooling's window.
+
+  Returns:
+    The (k, k, I, O) kernel.
+
+  Raises:
+    ValueError: for a first kernel that is not 1x1 or a kernel_size that is not positive.
+  """
+  _validation.positive_int("kernel_size", kernel_size)
+  shape = _validation.require_rank("first", first, 4, "(1, 1, I, O)")
+  if shape[:2] != (1, 1):
+    raise ValueError(f"fuse_1x1_avg: first must be a (1, 1, I, O) kernel, got {shape}")
+  first = jnp.asarray(first)
+  k = kernel_size
+  tap = jnp.asarray(1.0 / k**2, first.dtype)  # avg_pool_kernel's value, in the same dtype
+  return jnp.broadcast_to(first * tap, (k, k, *shape[2:]))
+
+
 def concat_depth(
   kernels: Sequence[ArrayLike], biases: Sequence[ArrayLike] | None = None
 ) -> tuple[jax.Array, jax.Array | None]:

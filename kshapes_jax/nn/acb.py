@@ -22,7 +22,7 @@ from kshapes_jax.nn.base import (
   symmetric_padding,
 )
 from kshapes_jax.nn.batchnorm import batch_norm, bn_params, set_affine
-from kshapes_jax.nn.branches import branch_scales, scaled_sum, stacked_branches
+from kshapes_jax.nn.branches import Place, branch_scales, scaled_sum, stacked_branches
 
 Asymmetric = Literal["both", "hor", "ver"]  # which asymmetric branches (Table 5 ablations)
 BNMode = Literal["branch", "sum"]  # a BN per branch (the paper), or one after the sum
@@ -255,11 +255,14 @@ class ACBlock(ConvLayer):
       return acb_kernel(self.square[...], hor, ver, hor_row=self.line, ver_col=self.line)
     k, m = self.kernel_size, self.asym_size
     kernels = [self.square[...]]
+    place: list[Place] = [None]
     if hor is not None:
-      kernels.append(pad_kernel(hor, k, offset=(self.line, (k - m) // 2)))
+      kernels.append(hor)
+      place.append(functools.partial(pad_kernel, size=k, offset=(self.line, (k - m) // 2)))
     if ver is not None:
-      kernels.append(pad_kernel(ver, k, offset=((k - m) // 2, self.line)))
-    return scaled_sum(kernels, self.scales[...])
+      kernels.append(ver)
+      place.append(functools.partial(pad_kernel, size=k, offset=((k - m) // 2, self.line)))
+    return scaled_sum(kernels, self.scales[...], place)
 
   def _stacked(self, x: jax.Array) -> jax.Array:
     """Training mode as one conv: the branch kernels zero-embedded in kxk (the same sums)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -76,8 +76,26 @@ def branch_scales(out_features: int, *values: float) -> BranchScale:
   return BranchScale(jnp.broadcast_to(rows, (len(values), out_features)))
 
 
-def scaled_sum(kernels: Sequence[jax.Array], scales: jax.Array) -> jax.Array:
-  """sum_b kernels[b] * scales[b] per output channel: the online block's one kernel (OREPA
-  eq. 5, then transform II)."""
-  parts = [scale_output(k, scales[b].astype(k.dtype)) for b, k in enumerate(kernels)]
+# how an online branch's scaled kernel becomes kxk (None: it is kxk already)
+Place = Callable[[jax.Array], jax.Array] | None
+
+
+def scaled_sum(
+  kernels: Sequence[jax.Array], scales: jax.Array, place: Sequence[Place] | None = None
+) -> jax.Array:
+  """sum_b place[b](kernels[b] * scales[b]) per output channel: the online block's one kernel
+  (OREPA eq. 5, then transform II).
+
+  `place[b]`, where given, turns branch b's scaled kernel into a kxk one (a zero padding,
+  transform VI; a spread, `fuse_1x1_avg`). It is linear and per output channel, so placing after
+  the scale is the same kernel, and the step keeps no kxk copy of a small kernel for its scale's
+  gradient (placing first, the compiled ResNet-18 DBB step held 25% more memory).
+  """
+  place = place if place is not None else [None] * len(kernels)
+  if len(place) != len(kernels):
+    raise ValueError(f"scaled_sum got {len(kernels)} kernels and {len(place)} placements")
+  parts = []
+  for b, (kernel, put) in enumerate(zip(kernels, place)):
+    part = scale_output(kernel, scales[b].astype(kernel.dtype))
+    parts.append(part if put is None else put(part))
   return functools.reduce(operator.add, parts)

@@ -18,6 +18,7 @@ from kshapes_jax.conv import Padding
 from kshapes_jax.kernels import (
   add_branches,
   avg_pool_kernel,
+  fuse_1x1_avg,
   fuse_1x1_kxk,
   fuse_bn,
   identity_kernel,
@@ -25,7 +26,7 @@ from kshapes_jax.kernels import (
 )
 from kshapes_jax.nn.base import ConvLayer, check_layer, record, set_value, symmetric_padding
 from kshapes_jax.nn.batchnorm import batch_norm, bn_params, set_affine
-from kshapes_jax.nn.branches import branch_scales, scaled_sum
+from kshapes_jax.nn.branches import Place, branch_scales, scaled_sum
 
 # OREPA's initial branch scales for the branches it shares with DBB (its blocks.py)
 ONLINE_SCALES = {"origin": 0.25, "one": 1.0, "avg": 0.25, "one_kxk": 0.5}
@@ -253,19 +254,22 @@ class DiverseBranchBlock(ConvLayer):
 
   # ---- fusion
   def _online_kernel(self) -> jax.Array:
-    """The branches' kernels without BNs, scaled and summed (transforms III, V, VI, II)."""
+    """The branches' kernels without BNs, scaled and summed (transforms III, V, VI, II); the 1x1
+    kernels scaled before they are padded or spread to kxk."""
     k = self.kernel_size
     kernels = [self.origin[...]]
+    place: list[Place] = [None]
     if self.one is not None:
-      kernels.append(pad_kernel(self.one[...], k))
-    if self.avg_conv is not None:
-      kernels.append(
-        fuse_1x1_kxk(self.avg_conv[...], None, self._avg_kernel(), groups=self.groups)[0]
-      )
+      kernels.append(self.one[...])
+      place.append(functools.partial(pad_kernel, size=k))
+    if self.avg_conv is not None:  # III + V: the 1x1 at every tap over k^2
+      kernels.append(self.avg_conv[...])
+      place.append(functools.partial(fuse_1x1_avg, kernel_size=k))
     else:
       kernels.append(self._avg_kernel())
+      place.append(None)
     kernels.append(fuse_1x1_kxk(self._first(), None, self.second[...], groups=self.groups)[0])
-    return scaled_sum(kernels, self.scales[...])
+    return scaled_sum(kernels, self.scales[...], place + [None])
 
   def effective_kernel(self):
     if self.online:

@@ -15,7 +15,7 @@ from kshapes_jax.conv import Padding
 from kshapes_jax.kernels import add_branches, fuse_bn, identity_kernel, pad_kernel
 from kshapes_jax.nn.base import ConvLayer, check_layer, record, set_value, symmetric_padding
 from kshapes_jax.nn.batchnorm import batch_norm, bn_params, set_affine
-from kshapes_jax.nn.branches import branch_scales, scaled_sum
+from kshapes_jax.nn.branches import Place, branch_scales, scaled_sum
 
 
 class RepVGGBlock(ConvLayer):
@@ -110,12 +110,22 @@ class RepVGGBlock(ConvLayer):
       kernels.append(identity_kernel(self.in_features, self.groups, self.kernel_size, dense.dtype))
     return kernels
 
+  def _online_kernel(self) -> jax.Array:
+    """The scaled branches summed into one kxk kernel, the 1x1 scaled before it is padded."""
+    dense, k = self.dense[...], self.kernel_size
+    kernels = [dense, self.one[...]]
+    place: list[Place] = [None, functools.partial(pad_kernel, size=k)]
+    if self.has_identity:
+      kernels.append(identity_kernel(self.in_features, self.groups, k, dense.dtype))
+      place.append(None)
+    return scaled_sum(kernels, self.scales[...], place)
+
   def __call__(self, x: jax.Array) -> jax.Array:
     bns = self._bns()
     if all(bn.use_running_average for bn in bns):  # eval: one fused conv
       return super().__call__(x)
     if self.online:
-      y = self.bn(self.conv(x, scaled_sum(self._kernels(), self.scales[...]), padding=self.padding))
+      y = self.bn(self.conv(x, self._online_kernel(), padding=self.padding))
     else:  # a conv and a BN per branch: the 1x1 costs 1 / k^2 of the dense conv as it is
       y = self.branched(x)
     record(self, x, y)
@@ -142,9 +152,7 @@ class RepVGGBlock(ConvLayer):
   def effective_kernel(self):
     kernels = self._kernels()
     if self.online:
-      return fuse_bn(
-        scaled_sum(kernels, self.scales[...]), *bn_params(self.bn), eps=self.bn.epsilon
-      )
+      return fuse_bn(self._online_kernel(), *bn_params(self.bn), eps=self.bn.epsilon)
     fused = [
       fuse_bn(kernel, *bn_params(bn), eps=bn.epsilon) for kernel, bn in zip(kernels, self._bns())
     ]
