@@ -139,6 +139,7 @@ def _builder_cases(rng):
         (_f32(rng, 1, 1, i, 8), _f32(rng, 8), _f32(rng, 3, 3, 4, o), _f32(rng, o)),
       )
     ],
+    "fuse_1x1_avg": [(lambda a: kernels.fuse_1x1_avg(a, 3), (_f32(rng, 1, 1, i, o),))],
     "concat_depth": [
       (
         lambda a, b, c, d: kernels.concat_depth([a, b], [c, d]),
