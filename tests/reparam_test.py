@@ -33,6 +33,18 @@ def np_conv(x, w, stride=1, pad=0, groups=1):
   return y
 
 
+def np_avg_pool(x, k, stride, pad):
+  """kxk average pooling in NumPy over a zero-padded NHWC map, every tap counted."""
+  x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  n = (x.shape[1] - k) // stride + 1
+  m = (x.shape[2] - k) // stride + 1
+  out = np.zeros((x.shape[0], n, m, x.shape[3]))
+  for i in range(n):
+    for j in range(m):
+      out[:, i, j] = x[:, i * stride : i * stride + k, j * stride : j * stride + k].mean((1, 2))
+  return out
+
+
 def lax_conv(x, w, stride=1, pad=0, groups=1):
   return jax.lax.conv_general_dilated(
     x,
@@ -123,21 +135,7 @@ def test_fuse_1x1_avg_is_the_1x1_then_the_pooling(s, dtype):
   first = rng.normal(size=(1, 1, cin // g, out))
   x = rng.normal(size=(2, 7, 7, cin))
   p = k // 2
-  mid = np.pad(np_conv(x, first, groups=g), ((0, 0), (p, p), (p, p), (0, 0)))
-  n = (7 + 2 * p - k) // stride + 1
-  pooled = np.stack(
-    [
-      np.stack(
-        [
-          mid[:, i * stride : i * stride + k, j * stride : j * stride + k].mean((1, 2))
-          for j in range(n)
-        ],
-        1,
-      )
-      for i in range(n)
-    ],
-    1,
-  )
+  pooled = np_avg_pool(np_conv(x, first, groups=g), k, stride, p)
   with jax.enable_x64(True):
     first_d = jnp.asarray(first, dtype)
     kernel = kernels.fuse_1x1_avg(first_d, k)
@@ -161,21 +159,7 @@ def test_avg_pool_identity_pad_and_concat_are_their_ops(s):
   c = s["cin"] * g
   x = rng.normal(size=(2, 7, 7, c))
   p = k // 2
-  xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-  n = (7 + 2 * p - k) // stride + 1
-  pooled = np.stack(
-    [
-      np.stack(
-        [
-          xp[:, i * stride : i * stride + k, j * stride : j * stride + k].mean((1, 2))
-          for j in range(n)
-        ],
-        1,
-      )
-      for i in range(n)
-    ],
-    1,
-  )
+  pooled = np_avg_pool(x, k, stride, p)
   with jax.enable_x64(True):
     avg = np.asarray(kernels.avg_pool_kernel(c, k, c, jnp.float64))  # depthwise: channel by channel
     np.testing.assert_allclose(np_conv(x, avg, stride, p, c), pooled, rtol=1e-12, atol=1e-12)
