@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import driver
@@ -77,10 +78,19 @@ def test_resume_is_a_no_op_once_finished_and_continues_a_longer_run(tmp_path):
   first = trainer.train_and_evaluate(small_config(num_steps=4), tmp_path)
   again = trainer.train_and_evaluate(small_config(num_steps=4), tmp_path)
   assert again.test_loss == first.test_loss
+  start = time.perf_counter()
   longer = trainer.train_and_evaluate(small_config(num_steps=8), tmp_path)
+  command = time.perf_counter() - start
   fresh = trainer.train_and_evaluate(small_config(num_steps=8), tmp_path / "fresh")
   assert longer.test_loss == fresh.test_loss
   assert _metrics(tmp_path) == _metrics(tmp_path / "fresh")
+  # the run's wall time spans its commands: each resume adds to what its checkpoint had spent
+  checkpoints = RunDir(tmp_path).checkpoints
+  at_4, at_8 = checkpoints.saved_seconds(4), checkpoints.saved_seconds(8)
+  assert at_4 is not None and at_8 is not None
+  assert 0 < at_4 < first.seconds_total and at_4 < again.seconds_total
+  assert at_4 < at_8 < longer.seconds_total
+  assert at_4 + 0.5 * command < longer.seconds_total <= at_4 + command
 
 
 def _run(tmp_path, workdir, overrides, kill_at=-1, devices=1):

@@ -128,9 +128,10 @@ class Checkpoints:
     history: list[dict[str, Any]],
     config: dict[str, Any] | None = None,
     data: str | None = None,
+    seconds: float | None = None,
   ) -> None:
-    """Saves state, history and their checksum (and the config and the data's fingerprint) as
-    checkpoint `step`.
+    """Saves state, history and their checksum (and the config, the data's fingerprint and the
+    wall seconds the run had trained) as checkpoint `step`.
 
     Asynchronous; a step saved already is kept.
     """
@@ -138,7 +139,12 @@ class Checkpoints:
     if manager.latest_step() == step:
       return
     tree = state.to_tree()
-    meta = {"checksum": checksum(tree, history), "config": config, "data": data}
+    meta = {
+      "checksum": checksum(tree, history),
+      "config": config,
+      "data": data,
+      "seconds": seconds,
+    }
     manager.save(
       step,
       args=ocp.args.Composite(
@@ -167,6 +173,14 @@ class Checkpoints:
     if not self.steps():
       return None
     return self._meta(self.find(step)).get("data")
+
+  def saved_seconds(self, step: int) -> float | None:
+    """The wall seconds the run had spent when checkpoint `step` was saved, over every command
+    that trained it (None: no such checkpoint, or one from before they were recorded)."""
+    if step not in self.steps():
+      return None
+    seconds = self._meta(step).get("seconds")
+    return None if seconds is None else float(seconds)
 
   def _meta(self, step: int) -> dict[str, Any]:
     """A checkpoint's meta item ({} when it has none, or a damaged one: the restore says so)."""

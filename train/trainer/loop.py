@@ -116,6 +116,12 @@ def train_and_evaluate(
       bucketing = bool(settings.acu_radius_every_steps) and _check_bucketing(exp)
       mesh = data_mesh()
       state, history = restore_or_start(exp, rundir, mesh, say)
+      # the run's wall time spans its commands: this one's, plus what its checkpoint had spent
+      before = rundir.checkpoints.saved_seconds(int(state.step)) or 0.0
+
+      def clock() -> float:
+        return before + time.perf_counter() - t_start
+
       if not bucketing and state.radii_list() != K.nn.active_radii(exp.model):
         # fixed radii are the config's: a resume allowed to change them runs with the new ones
         radii = np.asarray(K.nn.active_radii(exp.model), np.int32)
@@ -140,7 +146,7 @@ def train_and_evaluate(
         max_loss=settings.max_loss(exp.dataset.num_classes),
         repulsion_from_step=settings.dcls_repulsion_from_step(exp.steps_per_epoch),
       )
-      state, current = Loop(exp, programs, rundir, logger, mesh, bucketing).run(state)
+      state, current = Loop(exp, programs, rundir, logger, mesh, bucketing, clock).run(state)
     # the final evaluation may be cut at any moment: the last checkpoint holds the whole run
     final = final_evaluation(
       current.eval_graphdef,
@@ -172,7 +178,7 @@ def train_and_evaluate(
       **final,
       acu_radii=state.radii_list(),
       final_train_loss=logger.history[-1]["train_loss"] if logger.history else None,
-      seconds_total=time.perf_counter() - t_start,
+      seconds_total=clock(),
       workdir=str(rundir.path),
     )
     if writer:
@@ -365,8 +371,10 @@ class Loop:
     logger: MetricsLogger,
     mesh: jax.sharding.Mesh,
     bucketing: bool,
+    clock: Callable[[], float] = time.perf_counter,
   ):
     self.exp, self.settings, self.programs = exp, exp.settings, programs
+    self.clock = clock  # the run's wall seconds so far, saved with each checkpoint
     self.rundir, self.logger, self.bucketing = rundir, logger, bucketing
     self.replicated, self.data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
@@ -499,6 +507,7 @@ class Loop:
       self.logger.history,
       self.settings.to_dict(),
       data=self.exp.dataset.fingerprint or None,
+      seconds=self.clock(),
     )
 
   def check_finite(self, state: TrainState) -> None:

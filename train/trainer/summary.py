@@ -27,7 +27,9 @@ class Summary:
     test_examples: the test examples evaluated.
     acu_radii: each ActiveConv's radius at the end (extent bucketing).
     final_train_loss: the last epoch's mean training loss (None: no epoch ended).
-    seconds_total: wall time of the command.
+    seconds_total: wall time of the run: this command's, plus the time its commands before had
+      spent up to the checkpoint it resumed from (only this command's where that checkpoint
+      predates the record).
     workdir: where the run was.
   """
 
