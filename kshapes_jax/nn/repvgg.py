@@ -102,22 +102,25 @@ class RepVGGBlock(ConvLayer):
       return [self.bn]
     return [bn for bn in (self.dense_bn, self.one_bn, self.identity_bn) if bn is not None]
 
-  def _kernels(self) -> list[jax.Array]:
-    """The branches' kernels as kxk convs: dense, the 1x1 at the centre, the identity."""
-    dense = self.dense[...]
-    kernels = [dense, pad_kernel(self.one[...], self.kernel_size)]
-    if self.has_identity:
-      kernels.append(identity_kernel(self.in_features, self.groups, self.kernel_size, dense.dtype))
-    return kernels
-
-  def _online_kernel(self) -> jax.Array:
-    """The scaled branches summed into one kxk kernel, the 1x1 scaled before it is padded."""
+  def _branch_parts(self) -> tuple[list[jax.Array], list[Place]]:
+    """The branches' kernels as they are, and how each becomes kxk: dense, the 1x1 (padded to
+    the centre), the identity."""
     dense, k = self.dense[...], self.kernel_size
     kernels = [dense, self.one[...]]
     place: list[Place] = [None, functools.partial(pad_kernel, size=k)]
     if self.has_identity:
       kernels.append(identity_kernel(self.in_features, self.groups, k, dense.dtype))
       place.append(None)
+    return kernels, place
+
+  def _kernels(self) -> list[jax.Array]:
+    """The branches' kernels as kxk convs: dense, the 1x1 at the centre, the identity."""
+    kernels, place = self._branch_parts()
+    return [kernel if put is None else put(kernel) for kernel, put in zip(kernels, place)]
+
+  def _online_kernel(self) -> jax.Array:
+    """The scaled branches summed into one kxk kernel, the 1x1 scaled before it is padded."""
+    kernels, place = self._branch_parts()
     return scaled_sum(kernels, self.scales[...], place)
 
   def __call__(self, x: jax.Array) -> jax.Array:
