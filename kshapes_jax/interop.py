@@ -10,6 +10,7 @@ them.
   layer = load_vconv2d(layer, torch_state_dict)          # Versatile-Filters' vcnn.VConv2d
   layer = load_dbb(layer, torch_state_dict)              # DiverseBranchBlock (training form)
   layer = load_repvgg(layer, torch_state_dict)           # RepVGG's RepVGGBlock (training form)
+                                                         # or QARepVGG's block (bn="qa")
   layer = load_dcls(layer, torch_state_dict)             # DCLS's Dcls2d (v1 or gauss)
 
 The functions take any mapping of names to arrays (a torch state_dict's
@@ -280,9 +281,20 @@ def dbb_state_dict(layer: DiverseBranchBlock, prefix: str = "") -> dict[str, np.
   return out
 
 
-def _repvgg_parts(layer: RepVGGBlock) -> list[tuple[str | None, str | None, str, str]]:
-  """(official kernel key, our kernel, official BN, our BN) per branch of a RepVGGBlock."""
-  parts: list[tuple[str | None, str | None, str, str]] = [
+# (official kernel key, our kernel, official BN, our BN): None where the branch has no such part
+_Part = tuple[str | None, str | None, str | None, str | None]
+
+
+def _repvgg_parts(layer: RepVGGBlock) -> list[_Part]:
+  """(official kernel key, our kernel, official BN, our BN) per branch of a RepVGGBlock: the
+  official RepVGGBlock's, or QARepVGGBlockV2's for bn="qa" (a plain 1x1, one BN after the sum)."""
+  if layer.bn_mode == "qa":
+    return [
+      ("rbr_dense.conv.weight", "dense", "rbr_dense.bn", "dense_bn"),
+      ("rbr_1x1.weight", "one", None, None),
+      (None, None, "bn", "bn"),
+    ]
+  parts: list[_Part] = [
     ("rbr_dense.conv.weight", "dense", "rbr_dense.bn", "dense_bn"),
     ("rbr_1x1.conv.weight", "one", "rbr_1x1.bn", "one_bn"),
   ]
@@ -296,7 +308,10 @@ def load_repvgg(layer: RepVGGBlock, state: Mapping[str, Any], prefix: str = "") 
 
   Keys (after `prefix`): rbr_dense.conv.weight (O, I, k, k), rbr_1x1.conv.weight (O, I, 1, 1),
   the BNs rbr_dense.bn, rbr_1x1.bn and, where in == out and stride 1, rbr_identity (.weight,
-  .bias, .running_mean, .running_var; num_batches_tracked is ignored).
+  .bias, .running_mean, .running_var; num_batches_tracked is ignored). For a layer with
+  bn="qa", the official QARepVGGBlockV2's (cxxgtxy/QARepVGG): rbr_dense.conv.weight, the BN
+  rbr_dense.bn, rbr_1x1.weight (a plain conv) and the BN after the sum, bn; its identity has
+  no weights.
 
   Args:
     layer: a RepVGGBlock (online=False) with the official block's in/out channels, stride and
@@ -312,7 +327,7 @@ def load_repvgg(layer: RepVGGBlock, state: Mapping[str, Any], prefix: str = "") 
   copy = nnx.clone(layer)
   i, o, k, g = layer.in_features, layer.out_features, layer.kernel_size, layer.groups
   what = f"RepVGGBlock({i}, {o}, {k}, stride={layer.stride})"
-  if (f"{prefix}rbr_identity.weight" in state) != layer.has_identity:
+  if layer.bn_mode == "branch" and (f"{prefix}rbr_identity.weight" in state) != layer.has_identity:
     raise ValueError(
       f"{what}: the state dict {'has' if not layer.has_identity else 'has no'} an identity "
       f"branch (rbr_identity), the layer {'has' if layer.has_identity else 'has none'}: the "
@@ -322,18 +337,21 @@ def load_repvgg(layer: RepVGGBlock, state: Mapping[str, Any], prefix: str = "") 
   for key, ours, bn_key, bn_name in _repvgg_parts(layer):
     if key is not None and ours is not None:
       _set(getattr(copy, ours), _our_kernel(_array(state, prefix + key, shapes[ours], what)))
-    _load_bn(getattr(copy, bn_name), state, prefix + bn_key, what)
+    if bn_key is not None and bn_name is not None:
+      _load_bn(getattr(copy, bn_name), state, prefix + bn_key, what)
   return copy
 
 
 def repvgg_state_dict(layer: RepVGGBlock, prefix: str = "") -> dict[str, np.ndarray]:
-  """The official RepVGGBlock's state dict of a RepVGGBlock (online=False)."""
+  """The official RepVGGBlock's state dict of a RepVGGBlock (online=False); QARepVGGBlockV2's
+  for bn="qa"."""
   _offline(layer, "RepVGGBlock")
   out: dict[str, np.ndarray] = {}
   for key, ours, bn_key, bn_name in _repvgg_parts(layer):
     if key is not None and ours is not None:
       out[prefix + key] = _torch_kernel(getattr(layer, ours).get_value())
-    out.update(_bn_state(getattr(layer, bn_name), prefix + bn_key))
+    if bn_key is not None and bn_name is not None:
+      out.update(_bn_state(getattr(layer, bn_name), prefix + bn_key))
   return out
 
 

@@ -9,6 +9,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -141,6 +142,25 @@ def official_repvgg(x, sd, stride, groups, train, unbiased=True):
   return y
 
 
+def official_qarepvgg(x, sd, stride, groups, train, unbiased=True):
+  """QARepVGGBlockV2.forward (cxxgtxy/QARepVGG repvgg.py) without its ReLU (kernel 3, padding
+  1, no SE, drop path 0): bn(dense BN'd + a plain 1x1 + the identity)."""
+
+  def bn(name):
+    return NpBN(sd, name, train, unbiased)
+
+  y = bn("rbr_dense.bn")(
+    np_conv(x, sd["rbr_dense.conv.weight"].astype(np.float64), stride, 1, groups)
+  )
+  y = y + np_conv(x, sd["rbr_1x1.weight"].astype(np.float64), stride, 0, groups)
+  if x.shape[1] == y.shape[1] and stride == 1:  # its nn.Identity
+    y = y + x
+  return bn("bn")(y)
+
+
+OFFICIAL_REPVGG = {"branch": official_repvgg, "qa": official_qarepvgg}
+
+
 def randomized(state, rng):
   """A state dict with every array drawn (BN variances positive), as a trained block's."""
   out = {}
@@ -222,31 +242,39 @@ def test_dbb_equals_the_official_block_trained_and_fused(i, o, k, stride, groups
       np.testing.assert_array_equal(again[key], sd[key], err_msg=key)
 
 
+@pytest.mark.parametrize("bn", ["branch", "qa"])
 @pytest.mark.parametrize("i,o,stride,groups", REPVGG_CASES)
-def test_repvgg_equals_the_official_block_trained_and_fused(i, o, stride, groups):
+def test_repvgg_equals_the_official_block_trained_and_fused(i, o, stride, groups, bn):
+  """RepVGGBlock (bn="branch") and QARepVGGBlockV2 (bn="qa")."""
   rng = np.random.default_rng(i + o + stride + groups)
+  official = OFFICIAL_REPVGG[bn]
   template = K.nn.RepVGGBlock(
-    i, o, 3, stride=stride, groups=groups, precision="highest", rngs=nnx.Rngs(0)
+    i, o, 3, stride=stride, groups=groups, bn=bn, precision="highest", rngs=nnx.Rngs(0)
   )
   sd = randomized(interop.repvgg_state_dict(template), rng)
-  assert ("rbr_identity.weight" in sd) == (i == o and stride == 1)
+  if bn == "branch":
+    assert ("rbr_identity.weight" in sd) == (i == o and stride == 1)
+  else:
+    assert {"rbr_1x1.weight", "bn.running_var"} <= set(sd) and "rbr_1x1.bn.weight" not in sd
   layer = interop.load_repvgg(template, sd)
   x = rng.normal(size=(3, i, 8, 8))
   ref_sd = dict(sd)
-  expected = official_repvgg(x, ref_sd, stride, groups, train=True, unbiased=False)
+  expected = official(x, ref_sd, stride, groups, train=True, unbiased=False)
   np.testing.assert_allclose(nchw(layer(nhwc(x))), expected, rtol=2e-4, atol=2e-4)
   back = interop.repvgg_state_dict(layer)
   for key, value in ref_sd.items():
     if "running" in key:
       np.testing.assert_allclose(back[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
   layer.eval()
-  expected = official_repvgg(x, dict(back), stride, groups, train=False)
+  expected = official(x, dict(back), stride, groups, train=False)
   for name, y in (
     ("branches", layer.branched(nhwc(x))),
     ("fused", layer(nhwc(x))),
     ("deployed", K.deploy(layer)(nhwc(x))),
   ):
     np.testing.assert_allclose(nchw(y), expected, rtol=2e-4, atol=2e-4, err_msg=name)
+  again = interop.repvgg_state_dict(interop.load_repvgg(template, sd))
+  assert set(again) == set(sd)
 
 
 @pytest.mark.parametrize("i,o,groups,padding", [(4, 6, 1, 0), (4, 6, 2, 2), (4, 4, 4, 0)])
@@ -330,19 +358,19 @@ def test_online_blocks_train_one_conv_and_deploy_exactly(kind, groups):
   assert labels.count("scales") == 1 and "bn" in labels
 
 
-def _official_repository(name):
+def _official_repository(name, owner="DingXiaoH"):
   """The official code, from KSHAPES_OFFICIAL_CODE/<name> or a fetched mirror, else None."""
   root = os.environ.get("KSHAPES_OFFICIAL_CODE")
   if root and (pathlib.Path(root) / name).is_dir():
     return pathlib.Path(root) / name
-  mirror = pathlib.Path("/work/.mirror") / f"DingXiaoH+{name}" / "repo"
+  mirror = pathlib.Path("/work/.mirror") / f"{owner}+{name}" / "repo"
   return mirror if mirror.is_dir() else None
 
 
-def _official_module(tmp_path, name, files):
-  repo = _official_repository(name)
+def _official_module(tmp_path, name, files, owner="DingXiaoH"):
+  repo = _official_repository(name, owner)
   if repo is None:
-    pytest.skip(f"no copy of DingXiaoH/{name} (set KSHAPES_OFFICIAL_CODE)")
+    pytest.skip(f"no copy of {owner}/{name} (set KSHAPES_OFFICIAL_CODE)")
   target = tmp_path / name
   target.mkdir()
   for f in files:
@@ -412,6 +440,98 @@ def test_the_numpy_forwards_are_the_official_modules(tmp_path, monkeypatch):
     layer = interop.load_repvgg(
       K.nn.RepVGGBlock(
         i, o, 3, stride=stride, groups=groups, precision="highest", rngs=nnx.Rngs(0)
+      ),
+      trained,
+    )
+    layer.eval()
+    np.testing.assert_allclose(nchw(K.deploy(layer)(nhwc(x))), expected, rtol=1e-4, atol=1e-4)
+    block.switch_to_deploy()
+    np.testing.assert_allclose(
+      block(torch.from_numpy(x).float()).detach().numpy(),
+      np.maximum(expected, 0),
+      rtol=1e-4,
+      atol=1e-4,
+    )
+
+
+@pytest.mark.parametrize("i,o,stride,groups", REPVGG_CASES)
+def test_qarepvgg_preserves_a_converted_conv_and_deploys_to_it(i, o, stride, groups):
+  """convert(init="preserve", bn="qa"): both BNs identities, the 1x1 minus the identity where
+  the block has one (its identity has no scale to zero): the conv's function in eval mode,
+  through the branches and the fused kernel, before and after training steps."""
+  rng = np.random.default_rng(o + stride)
+  conv = nnx.Conv(
+    i,
+    o,
+    (3, 3),
+    strides=stride,
+    padding=1,
+    feature_group_count=groups,
+    precision=jax.lax.Precision.HIGHEST,
+    rngs=nnx.Rngs(0),
+  )
+  net = nnx.Sequential(conv)
+  done = []
+  model = K.convert(net, "repvgg", bn="qa", precision="highest", report=done.append)
+  block = model.layers[0]
+  assert block.bn_mode == "qa" and all(r.preserved for r in done)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, i)), jnp.float32)
+  model.eval()
+  np.testing.assert_allclose(model(x), net(x), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(block.branched(x), net(x), rtol=1e-5, atol=1e-5)
+  model.train()
+  for _ in range(2):
+    model(x)
+  model.eval()
+  np.testing.assert_allclose(K.deploy(model)(x), block.branched(x), rtol=1e-5, atol=1e-5)
+
+
+def test_repvgg_bn_modes_refuse_what_they_cannot_be():
+  with pytest.raises(ValueError, match="bn must be 'branch' or 'qa', got 'sum'"):
+    K.nn.RepVGGBlock(4, 4, bn="sum", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="leave bn at 'branch'"):
+    K.nn.RepVGGBlock(4, 4, bn="qa", online=True, rngs=nnx.Rngs(0))
+  bns = [m for _, m in nnx.iter_modules(K.nn.RepVGGBlock(4, 4, bn="qa", rngs=nnx.Rngs(0)))]
+  assert sum(isinstance(m, nnx.BatchNorm) for m in bns) == 2  # the kxk's and the sum's
+
+
+def test_the_qarepvgg_forward_is_the_official_module(tmp_path, monkeypatch):
+  """QARepVGGBlockV2 itself (cxxgtxy/QARepVGG), train and eval, against the NumPy forward and
+  our bn="qa" block loaded from its state dict. Its module imports timm's DropPath (identity at
+  the default drop rate 0) and the training script's utils (for other blocks): stand-ins here."""
+  torch = pytest.importorskip("torch")
+  monkeypatch.setitem(sys.modules, "timm", types.ModuleType("timm"))
+  monkeypatch.setitem(sys.modules, "timm.models", types.ModuleType("timm.models"))
+  layers = types.ModuleType("timm.models.layers")
+  layers.DropPath = lambda ratio: torch.nn.Identity()  # type: ignore[attr-defined]
+  monkeypatch.setitem(sys.modules, "timm.models.layers", layers)
+  utils = types.ModuleType("utils")
+  utils.my_scaler = None  # type: ignore[attr-defined]
+  monkeypatch.setitem(sys.modules, "utils", utils)
+  _official_module(tmp_path, "QARepVGG", ["repvgg.py", "se_block.py"], owner="cxxgtxy")
+  monkeypatch.delitem(sys.modules, "repvgg", raising=False)  # not the RepVGG of another test
+  try:
+    import repvgg  # noqa: PLC0415
+  finally:
+    sys.path.pop(0)
+  torch.manual_seed(0)
+  rng = np.random.default_rng(0)
+  for i, o, stride, groups in REPVGG_CASES:
+    block = repvgg.QARepVGGBlockV2(i, o, 3, stride=stride, padding=1, groups=groups)
+    sd = randomized({key: v.numpy() for key, v in block.state_dict().items()}, rng)
+    block.load_state_dict({key: torch.from_numpy(np.asarray(v)) for key, v in sd.items()})
+    x = rng.normal(size=(3, i, 8, 8))
+    block.train()
+    expected = np.maximum(official_qarepvgg(x, dict(sd), stride, groups, train=True), 0)
+    np.testing.assert_allclose(
+      block(torch.from_numpy(x).float()).detach().numpy(), expected, rtol=1e-4, atol=1e-4
+    )
+    block.eval()
+    trained = {key: v.numpy() for key, v in block.state_dict().items()}
+    expected = official_qarepvgg(x, dict(trained), stride, groups, train=False)
+    layer = interop.load_repvgg(
+      K.nn.RepVGGBlock(
+        i, o, 3, stride=stride, groups=groups, bn="qa", precision="highest", rngs=nnx.Rngs(0)
       ),
       trained,
     )

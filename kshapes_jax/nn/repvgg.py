@@ -1,10 +1,11 @@
-"""RepVGGBlock: kxk-BN + 1x1-BN + identity-BN, fused into one conv (Ding et al. 2021)."""
+"""RepVGGBlock: kxk-BN + 1x1-BN + identity-BN, fused into one conv (Ding et al. 2021), and
+QARepVGG's quantization-friendly form of it (Chu et al. 2023)."""
 
 from __future__ import annotations
 
 import functools
 import operator
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jax
 from flax import nnx
@@ -16,6 +17,9 @@ from kshapes_jax.kernels import add_branches, fuse_bn, identity_kernel, pad_kern
 from kshapes_jax.nn.base import ConvLayer, check_layer, record, set_value, symmetric_padding
 from kshapes_jax.nn.batchnorm import batch_norm, bn_params, set_affine
 from kshapes_jax.nn.branches import Place, branch_scales, scaled_sum
+
+# a BN per branch (RepVGG), or QARepVGG's: a BN on the kxk branch only, one after the sum
+RepVGGBN = Literal["branch", "qa"]
 
 
 class RepVGGBlock(ConvLayer):
@@ -36,6 +40,11 @@ class RepVGGBlock(ConvLayer):
   It takes the arguments every kind takes (`make_conv`), and its own:
 
   Args:
+    bn: "branch" (a BN per branch, RepVGG) or "qa", QARepVGG's quantization-friendly block
+      (Chu et al. 2023, the official `QARepVGGBlockV2`): a BN on the kxk branch only
+      (`dense_bn`), the 1x1 and the identity without BN, and one BN after the sum (`bn`):
+      bn(dense_bn(kxk) + 1x1 + x). The fused kernel is the same shape; its weights are what
+      per-tensor INT8 scales quantize better (QARepVGG sec. 3-4).
     online: train online (OREPA): learned per-channel branch scales (`scales`, rows dense /
       1x1 / identity) instead of the branch BNs, the scaled kernels summed into one every step,
       then ONE conv and ONE BN (`bn`). Deploys exactly, as the offline block does.
@@ -59,6 +68,7 @@ class RepVGGBlock(ConvLayer):
     stride: int = 1,
     padding: Padding | None = None,
     use_bias: bool = False,
+    bn: RepVGGBN = "branch",
     online: bool = False,
     groups: int = 1,
     dilation: int = 1,
@@ -74,12 +84,19 @@ class RepVGGBlock(ConvLayer):
       raise ValueError(f"RepVGGBlock needs an odd kernel size (a centre tap), got {kernel_size}")
     if not isinstance(online, bool):
       raise ValueError(f"RepVGGBlock online must be a bool, got {online!r}")
+    if bn not in get_args(RepVGGBN):
+      raise ValueError(f"RepVGGBlock bn must be 'branch' or 'qa', got {bn!r}")
+    if online and bn != "branch":
+      raise ValueError(
+        "RepVGGBlock online=True replaces the branch BNs by scales and one BN after the sum "
+        f"(already QARepVGG's BN after the sum); leave bn at 'branch' (got bn={bn!r})"
+      )
     del use_bias  # the BNs supply the bias
     k = kernel_size
     self.in_features, self.out_features = in_features, out_features
     self.kernel_size, self.stride, self.groups, self.dilation = k, stride, groups, dilation
     self.padding = symmetric_padding(padding, k, int_only_for="RepVGGBlock", dilation=dilation)
-    self.online = online
+    self.bn_mode, self.online = bn, online
     self.set_numerics(precision, dtype, param_dtype)
     # the identity adds the input to an output of its shape: in == out and stride 1 (the official
     # rule, whose padding is always the 'same' one), and the 'same' padding
@@ -92,6 +109,9 @@ class RepVGGBlock(ConvLayer):
     if online:
       self.scales = branch_scales(out_features, *([1.0] * (2 + self.has_identity)))
       self.bn = batch_norm(out_features, rngs, **norm)
+    elif bn == "qa":
+      self.dense_bn = batch_norm(out_features, rngs, **norm)
+      self.bn = batch_norm(out_features, rngs, **norm)
     else:
       self.dense_bn = batch_norm(out_features, rngs, **norm)
       self.one_bn = batch_norm(out_features, rngs, **norm)
@@ -100,6 +120,8 @@ class RepVGGBlock(ConvLayer):
   def _bns(self) -> list[nnx.BatchNorm]:
     if self.online:
       return [self.bn]
+    if self.bn_mode == "qa":
+      return [self.dense_bn, self.bn]
     return [bn for bn in (self.dense_bn, self.one_bn, self.identity_bn) if bn is not None]
 
   def _branch_parts(self) -> tuple[list[jax.Array], list[Place]]:
@@ -146,6 +168,9 @@ class RepVGGBlock(ConvLayer):
       if self.has_identity:
         outs.append(x * scales[2])
       return self.bn(functools.reduce(operator.add, outs))
+    if self.bn_mode == "qa":
+      y = self.dense_bn(dense) + one
+      return self.bn(y if not self.has_identity else y + x)
     y = self.dense_bn(dense) + self.one_bn(one)
     return y if self.identity_bn is None else y + self.identity_bn(x)
 
@@ -156,6 +181,12 @@ class RepVGGBlock(ConvLayer):
     kernels = self._kernels()
     if self.online:
       return fuse_bn(self._online_kernel(), *bn_params(self.bn), eps=self.bn.epsilon)
+    if self.bn_mode == "qa":  # the kxk's BN folded, the plain branches added, the sum's BN folded
+      dense, dense_bias = fuse_bn(kernels[0], *bn_params(self.dense_bn), eps=self.dense_bn.epsilon)
+      total = functools.reduce(operator.add, kernels[1:], dense)
+      # BN(z + b) has BN's fold with the running mean less b
+      scale, beta, mean, var = bn_params(self.bn)
+      return fuse_bn(total, scale, beta, mean - dense_bias, var, eps=self.bn.epsilon)
     fused = [
       fuse_bn(kernel, *bn_params(bn), eps=bn.epsilon) for kernel, bn in zip(kernels, self._bns())
     ]
@@ -164,9 +195,18 @@ class RepVGGBlock(ConvLayer):
   def init_from_kernel(self, kernel: jax.Array, bias: jax.Array | None) -> None:
     """Dense = the kernel with an identity BN (its scale sqrt(1 + eps) cancels the eps of a new
     BN's unit variance), the bias as its shift; the 1x1 kernel zero, and the identity branch's
-    scale zero: the block's eval function is the conv's."""
+    scale zero: the block's eval function is the conv's. With bn="qa" both BNs are identities
+    (the sum's holds the bias) and, where the block has its (unscaled) identity branch, the 1x1
+    kernel is minus the identity to cancel it."""
     set_value(self.dense, kernel)
     set_value(self.one, self.one[...] * 0)
+    if self.bn_mode == "qa":
+      set_affine(self.dense_bn, (1 + self.dense_bn.epsilon) ** 0.5, self.one[...][0, 0, 0] * 0)
+      set_affine(self.bn, (1 + self.bn.epsilon) ** 0.5, bias)
+      if self.has_identity:
+        one = self.one[...]
+        set_value(self.one, -identity_kernel(self.in_features, self.groups, 1, one.dtype))
+      return
     main = self.bn if self.online else self.dense_bn
     set_affine(main, (1 + main.epsilon) ** 0.5, bias)
     if self.online:
