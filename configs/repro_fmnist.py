@@ -104,6 +104,8 @@ ROWS: dict[str, RowConfig] = {
   "dbb_online": RowConfig("acb", _ACB + "dbb", {"conv_options.online": True}),
   "repvgg": RowConfig("acb", _ACB + "repvgg"),
   "repvgg_online": RowConfig("acb", _ACB + "repvgg", {"conv_options.online": True}),
+  # QARepVGG's quantization-friendly block (a BN on the kxk only, one after the sum): INT8
+  "repvgg_qa": RowConfig("acb", _ACB + "repvgg", {"conv_options.bn": "qa"}),
 }
 
 

@@ -19,6 +19,7 @@ from kshapes_jax.analysis import acb
 from train import analyze, trainer
 from train.analyze.common import KEPT, fmt, mean_std
 from train.reproduce import layout, report, rows
+from train.reproduce.ledger import Sample
 from train.reproduce.suite import Suite
 from train.trainer.evaluation import accuracy
 from train.trainer.rundir import RunDir
@@ -211,6 +212,33 @@ def test_comparison_status_and_the_seeds_that_would_resolve_it():
   )
 
 
+def test_a_claimed_direction_is_judged_by_its_interval():
+  """'above': resolved positive / negative; 'not below': the interval at worst a tie
+  (>= -TIE_MARGIN) confirms it, resolved below zero otherwise contradicts it. The ledger's
+  acb_online - acb (-0.28, 2 se 0.18) is the contradicted case."""
+  up, flat, down = [1.3, 1.4, 1.5], [1.0, 1.1, 1.2], [0.6, 0.7, 0.8]
+  assert report.compare(up, flat, "above").status == "confirmed"
+  assert report.compare(down, flat, "above").status == "contradicted"
+  assert report.compare([1.0, 1.4, 0.8], flat, "above").status == "not resolved"
+  assert report.compare(up, flat, "above").seeds_needed is None
+  assert report.compare(up, flat, "not below").status == "confirmed"
+  assert report.compare([1.05, 1.1, 1.15], flat, "not below").status == "confirmed"  # a tie
+  assert report.compare([0.95, 1.0, 1.05], flat, "not below").status == "confirmed"  # -0.1
+  orepa = report.compare(Sample(2, 92.29, 0.05), Sample(3, 92.57, 0.14), "not below")
+  assert orepa.delta == pytest.approx(-0.28) and orepa.status == "contradicted"
+  assert report.compare([1.0, 1.5, 0.5], flat, "not below").status == "not resolved"
+  assert report.compare([1.0, 1.5, 0.5], flat, "not below").seeds_needed >= 2
+  assert report.verdict(down, flat, "not below").endswith("CONTRADICTED, ours resolved below")
+  assert report.verdict(up, flat, "above").endswith("vs the paper's 'above': CONFIRMED")
+  assert "not resolved; ~" in report.verdict([1.0, 1.5, 0.5], flat, "not below")
+  with pytest.raises(ValueError, match="'above' or 'not below', got 'below'"):
+    report.compare(up, flat, "below")  # type: ignore[arg-type]
+  # every row without a number that names a baseline claims a direction, and the report says it
+  claims = {r.name: r.claim for r in rows.ROWS.values() if r.baseline is not None}
+  assert claims["repvgg"] == "above" and claims["acb_online"] == "not below"
+  assert claims["repvgg_qa"] == "not below" and claims["acb"] == pytest.approx(1.11)
+
+
 def test_lengths_parse_and_name_their_folders():
   assert rows.parse_lengths("") == repro_fmnist.EPOCHS
   assert rows.parse_lengths("10") == dict.fromkeys(rows.METHODS, 10.0)
@@ -294,7 +322,7 @@ def test_report_reads_the_runs_and_keeps_the_notes(reported):
   )
   assert (
     "Not run at 1 epochs: `acb_ver`, `acb_bn_sum`, `acb_online`, `dbb`, `dbb_online`, `repvgg`, "
-    "`repvgg_online` (`--rows ...`)." in text  # the report's lengths are the defaults here
+    "`repvgg_online`, `repvgg_qa` (`--rows ...`)." in text  # the default lengths here
   )
   assert "| `acb_ver` |" not in text
   # every length on disk: here only the default ones (e1, e2)

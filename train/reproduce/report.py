@@ -50,17 +50,19 @@ class Comparison:
     delta: our difference in points.
     two_se: two standard errors of it (resolved when |delta| > two_se).
     seeds: (method's, baseline's) number of seeds.
-    paper: the paper's difference (None: the paper gives none).
+    paper: the paper's difference, or the direction it claims without a number ("above",
+      "not below"); None: the paper claims nothing.
     status: 'confirmed', 'contradicted' or 'not resolved' for a paper's claim; 'resolved'
       or 'not resolved' without one; 'too few seeds' under 2 seeds a row.
-    seeds_needed: seeds per row that resolve the paper's difference (a tie: TIE_MARGIN)
-      with 80% power at this length, from the measured per-seed std; None without a claim.
+    seeds_needed: seeds per row that resolve the paper's difference (a tie or "not below":
+      TIE_MARGIN) with 80% power at this length, from the measured per-seed std; None
+      without a claim or for "above".
   """
 
   delta: float
   two_se: float
   seeds: tuple[int, int]
-  paper: float | None
+  paper: float | rows.Direction | None
   status: str
   seeds_needed: int | None
 
@@ -70,14 +72,23 @@ class Comparison:
 
   @property
   def tie(self) -> bool:
-    return self.paper is not None and abs(self.paper) < TIE
+    return isinstance(self.paper, float | int) and abs(self.paper) < TIE
 
 
 def compare(
-  method: Sequence[float] | Sample, baseline: Sequence[float] | Sample, paper: float | None
+  method: Sequence[float] | Sample,
+  baseline: Sequence[float] | Sample,
+  paper: float | rows.Direction | None,
 ) -> Comparison:
   """Our difference (method - baseline) over seeds (per-seed values or their statistics), judged
-  against the paper's."""
+  against the paper's.
+
+  A difference is confirmed when ours is resolved in its direction (a tie, |paper| < TIE: when
+  ours +- 2 se lies within +-TIE_MARGIN), contradicted when resolved the other way (a tie:
+  entirely outside +-TIE_MARGIN). A direction without a number: "above" as a positive
+  difference; "not below" (within noise of the baseline, or above) is confirmed when ours - 2 se
+  >= -TIE_MARGIN (at worst a tie) and contradicted when ours is resolved below zero otherwise.
+  """
   method, baseline = (v if isinstance(v, Sample) else Sample.of(v) for v in (method, baseline))
   n1, n0 = method.n, baseline.n
   if n1 < 2 or n0 < 2:
@@ -90,6 +101,21 @@ def compare(
     return Comparison(
       delta, two_se, (n1, n0), None, "resolved" if resolved else "not resolved", None
     )
+  if paper == "above":
+    status = "not resolved" if not resolved else "confirmed" if delta > 0 else "contradicted"
+    return Comparison(delta, two_se, (n1, n0), paper, status, None)
+  if paper == "not below":
+    status = (
+      "confirmed"
+      if delta - two_se >= -TIE_MARGIN
+      else "contradicted"
+      if delta + two_se < 0
+      else "not resolved"
+    )
+    needed = max(2, math.ceil(POWER * (s1**2 + s0**2) / TIE_MARGIN**2))
+    return Comparison(delta, two_se, (n1, n0), paper, status, needed)
+  if isinstance(paper, str):
+    raise ValueError(f"a paper's claim is a difference, 'above' or 'not below', got {paper!r}")
   tie = abs(paper) < TIE
   if tie:
     status = (
@@ -113,15 +139,28 @@ def compare(
 
 
 def verdict(
-  method: Sequence[float] | Sample, baseline: Sequence[float] | Sample, paper: float | None
+  method: Sequence[float] | Sample,
+  baseline: Sequence[float] | Sample,
+  paper: float | rows.Direction | None,
 ) -> str:
-  """One sentence comparing our difference (method - baseline, mean over seeds) with the paper's."""
+  """One sentence comparing our difference (method - baseline, mean over seeds) with the paper's
+  (its difference or its direction)."""
   c = compare(method, baseline, paper)
   if c.status == "too few seeds":
     return "too few seeds to compare"
   ours = f"ours {c.delta:+.2f} (2 se = {c.two_se:.2f})"
   if paper is None:
     return f"{ours}: " + ("resolved" if c.resolved else "not resolved at this n")
+  if isinstance(paper, str):
+    claim = f"the paper's '{paper}'" + (
+      f" (at worst -{TIE_MARGIN})" if paper == "not below" else ""
+    )
+    if c.status == "not resolved":
+      seeds = "" if c.seeds_needed is None else f"; ~{c.seeds_needed} seeds a row would resolve it"
+      return f"{ours} vs {claim}: not resolved{seeds}"
+    return f"{ours} vs {claim}: " + (
+      "CONFIRMED" if c.status == "confirmed" else "CONTRADICTED, ours resolved below"
+    )
   claim = f"paper {paper:+.2f}" + (f" (a tie: within +-{TIE_MARGIN})" if c.tie else "")
   if c.status == "not resolved":
     return f"{ours} vs {claim}: not resolved; ~{c.seeds_needed} seeds a row would resolve it"
@@ -202,7 +241,10 @@ def _header(suite: Suite, notes: str, methods: Sequence[str]) -> list[str]:
     f"tie, |paper| < {TIE}: when ours +- 2 se lies within +-{TIE_MARGIN} points), CONTRADICTED "
     f"when ours is resolved the other way (for a tie: entirely outside +-{TIE_MARGIN}); otherwise "
     "the seeds a row that would resolve it (80% power, two-sided 5%, from the measured per-seed "
-    "spread at this length) are given.",
+    "spread at this length) are given. A claim without a number is a direction: 'above' is "
+    "judged as a positive difference; 'not below' (within noise of the baseline, or above) is "
+    f"CONFIRMED when ours - 2 se >= -{TIE_MARGIN} (at worst a tie) and CONTRADICTED when ours is "
+    "resolved below zero otherwise.",
     "",
     NOTES[0] + notes + NOTES[1],
     "",
@@ -291,7 +333,7 @@ def _comparisons(suite: Suite, method: str) -> list[str]:
     [
       (
         f"`{row.name}` - `{row.baseline}`",
-        verdict(suite.accuracy(row.name), suite.accuracy(row.baseline), row.paper_difference),
+        verdict(suite.accuracy(row.name), suite.accuracy(row.baseline), row.claim),
         row.comparison,
       )
       for row in suite.rows(method)
@@ -312,9 +354,10 @@ def _claims(suite: Suite, methods: Sequence[str]) -> list[str]:
   it."""
   table = []
   for row in suite.records.values():
-    if row.method not in methods or row.paper_difference is None or row.baseline is None:
+    claim = row.claim
+    if row.method not in methods or claim is None or row.baseline is None:
       continue
-    c = compare(suite.accuracy(row.name), suite.accuracy(row.baseline), row.paper_difference)
+    c = compare(suite.accuracy(row.name), suite.accuracy(row.baseline), claim)
     status = (
       "not run"
       if 0 in c.seeds
@@ -326,7 +369,7 @@ def _claims(suite: Suite, methods: Sequence[str]) -> list[str]:
       (
         f"`{row.name}` - `{row.baseline}`",
         row.comparison,
-        f"{row.paper_difference:+.2f}",
+        claim if isinstance(claim, str) else f"{claim:+.2f}",
         f"{suite.length(row.name):g}",
         _ours(c),
         f"{c.seeds[0]} / {c.seeds[1]}",
@@ -367,10 +410,11 @@ def _by_length(runs: Path, methods: Sequence[str], ledger: Path | None) -> list[
       continue
     cells = []
     for suite in suites:
-      c = compare(suite.accuracy(row.name), suite.accuracy(row.baseline), row.paper_difference)
+      c = compare(suite.accuracy(row.name), suite.accuracy(row.baseline), row.claim)
       cells.append(_ours(c) + ("" if math.isnan(c.delta) else f" ({min(c.seeds)})"))
     if any(cell != "-" for cell in cells):
-      paper = "-" if row.paper_difference is None else f"{row.paper_difference:+.2f}"
+      claim = row.claim
+      paper = "-" if claim is None else claim if isinstance(claim, str) else f"{claim:+.2f}"
       table.append((f"`{row.name}` - `{row.baseline}`", paper, *cells))
   return [
     "## Each difference at every length run",

@@ -9,13 +9,15 @@ report (report.py) read these records and nothing else.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import ml_collections
 
 from configs import repro_fmnist
 
 METHODS = tuple(repro_fmnist.EPOCHS)
+# a paper's claim without a number: the row beats its baseline, or is within noise of it or above
+Direction = Literal["above", "not below"]
 # The report's section title of each method's rows.
 TITLES = {
   "rotate": "RotateConv, SN (Ma et al., Table I)",
@@ -62,6 +64,9 @@ class Row:
     setting: where the paper's number is (dataset, table).
     baseline: the row it is compared with (None: none).
     paper_difference: the paper's (row - baseline) in points, None where it gives none.
+    direction: where the paper gives no number, the direction it claims: "above" (the row
+      beats its baseline) or "not below" (within noise of it, or above); judged as
+      `report.compare` says.
     comparison: the paper's setting of that difference.
     analyses: the analyses the report reads of each run: name -> options of `train.analyze`.
     figure: where not None, the report shows this run's figures under this label.
@@ -74,11 +79,17 @@ class Row:
   setting: str = "not in the paper"
   baseline: str | None = None
   paper_difference: float | None = None
+  direction: Direction | None = None
   comparison: str = ""
   analyses: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
   figure: str | None = None
   paper_cost: tuple[float, float, float] | None = None
   paper_distorted: tuple[float, float, float, float] | None = None
+
+  @property
+  def claim(self) -> float | Direction | None:
+    """The paper's claim about (row - baseline): its difference in points, else its direction."""
+    return self.direction if self.paper_difference is None else self.paper_difference
 
   @property
   def method(self) -> str:
@@ -221,6 +232,7 @@ _PAPER = (
       name,
       setting="the ACU's plain network and recipe (no paper number)",
       baseline="acu_baseline",
+      direction="above",
       comparison="DCLS (Khalfaoui-Hassani et al. 2023): above the base net; compare with `acu`",
       analyses={"dcls": {}},
       figure=name,
@@ -281,6 +293,7 @@ _PAPER = (
       name,
       setting="Cifar-quick at ACNet's recipe (no paper number)",
       baseline=baseline,
+      direction="above" if baseline == "acb_baseline" else "not below",
       comparison=comparison,
     )
     for name, baseline, comparison in (
@@ -292,6 +305,11 @@ _PAPER = (
         "repvgg_online",
         "repvgg",
         "OREPA (Hu et al. 2022): online within noise of, or above, offline",
+      ),
+      (
+        "repvgg_qa",
+        "repvgg",
+        "QARepVGG (Chu et al. 2023): float32 within noise of RepVGG's; INT8 drop in results/int8",
       ),
     )
   ),
