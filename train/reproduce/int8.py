@@ -1,6 +1,8 @@
 """The INT8 table of the reproduction suite's runs: each finished run exported and quantized
 (`train.export --int8`: onnxruntime's static QDQ and Qwix, 512 calibration images, every test
-image), its float32 and INT8 top-1 recorded, and each row's mean and spread over its seeds.
+image), then fine-tuned with quantization-aware training (`quantize.qat`, `--qat_epochs`) and
+quantized again; its float32 and INT8 top-1 recorded, and each row's mean and spread over its
+seeds.
 
   python -m train.reproduce.int8 --runs runs/repro --epochs 10       # -> results/int8/e10.*
 
@@ -23,6 +25,8 @@ from train.atomic import write_atomic
 
 RESULTS = Path("results/int8")
 COLUMNS = ("top1_fp32", "top1_int8", "top1_jax", "agreement", "agreement_jax")
+# QAT fine-tunes at this share of the run's learning rate, constant (its schedule's tail)
+QAT_LR_SHARE = 0.01
 
 
 def record(report: Any) -> dict[str, float | None]:
@@ -49,8 +53,30 @@ def measure(workdir: Path, calibration: int = 512) -> dict[str, float | None]:
   return record(report)
 
 
+def measure_qat(
+  workdir: Path, epochs: float = 1.0, calibration: int = 512
+) -> dict[str, float | None]:
+  """The run fine-tuned `epochs` with fake INT8 (its own config with `quantize.qat`, the
+  learning rate QAT_LR_SHARE of the run's, constant) in WORKDIR/qat, then exported as `measure`
+  does: its INT8 top-1 in onnxruntime (`top1_qat`) and its float32 top-1, weights on the int8
+  grid (`top1_qat_fp32`). An interrupted fine-tuning resumes; a finished one is read back."""
+  import ml_collections
+
+  from train import trainer
+
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  config.quantize.update(qat=True, from_run=str(workdir), calibration=calibration)
+  config.update(num_epochs=float(epochs), num_steps=0, progress=False)
+  config.optim.update(
+    learning_rate=QAT_LR_SHARE * config.optim.learning_rate, schedule="constant", warmup_epochs=0.0
+  )
+  trainer.train_and_evaluate(config, workdir / "qat")
+  quantized = measure(workdir / "qat", calibration)
+  return {"top1_qat": quantized["top1_int8"], "top1_qat_fp32": quantized["top1_fp32"]}
+
+
 def _present(runs: list[Mapping[str, float | None]], name: str) -> list[float]:
-  return [r[name] for r in runs if r[name] is not None]  # type: ignore[misc]
+  return [r[name] for r in runs if r.get(name) is not None]  # type: ignore[misc]
 
 
 def _differences(runs: list[Mapping[str, float | None]], minus: str) -> list[float]:
@@ -58,7 +84,7 @@ def _differences(runs: list[Mapping[str, float | None]], minus: str) -> list[flo
   return [
     r["top1_fp32"] - r[minus]  # type: ignore[operator]
     for r in runs
-    if r["top1_fp32"] is not None and r[minus] is not None
+    if r.get("top1_fp32") is not None and r.get(minus) is not None
   ]
 
 
@@ -72,6 +98,13 @@ def _spread(values: list[float]) -> str:
   return mean if len(values) < 2 else f"{mean} +- {_number(statistics.stdev(values))}"
 
 
+def _cell(values: list[float], seeds: int) -> str:
+  """The spread, with its count where fewer runs than the row's have it; '-' for none."""
+  if not values:
+    return "-"
+  return _spread(values) + ("" if len(values) == seeds else f" ({len(values)})")
+
+
 def table(records: Mapping[str, Mapping[str, float | None]], epochs: int) -> str:
   """The markdown table: a line per row (its seeds pooled), the drops as fp32 - INT8."""
   rows: dict[str, list[Mapping[str, float | None]]] = {}
@@ -83,38 +116,51 @@ def table(records: Mapping[str, Mapping[str, float | None]], epochs: int) -> str
     "Each finished run of `python -m train.reproduce` exported by `python -m train.export "
     "--int8 --check_images 0`: onnxruntime's static QDQ INT8 (S8S8, weights per channel, "
     "MinMax ranges from 512 training images) and the same network quantized by Qwix in JAX, on "
-    "all 10,000 test images. Top-1 and agreement in percent, mean +- sample std over the seeds; "
-    "a drop is fp32 - INT8 (negative: INT8 scored higher). `python -m train.reproduce.int8` "
-    "wrote this.",
+    "all 10,000 test images. After QAT: the run fine-tuned with fake INT8 weights and inputs "
+    f"(`quantize.qat`, {QAT_LR_SHARE:g} of its learning rate, constant), then quantized the same "
+    "way by onnxruntime. Top-1 and agreement in percent, mean +- sample std over the seeds "
+    "(with their count where fewer runs have it); a drop is the run's fp32 - INT8 (negative: "
+    "INT8 scored higher). `python -m train.reproduce.int8` wrote this.",
     "",
-    "| row | seeds | fp32 | INT8 (onnxruntime) | drop | INT8 (Qwix) | drop | agreement "
-    "(onnxruntime / Qwix) |",
-    "|---|---|---|---|---|---|---|---|",
+    "| row | seeds | fp32 | INT8 (onnxruntime) | drop | INT8 (Qwix) | drop | INT8 after QAT "
+    "(onnxruntime) | drop | agreement (onnxruntime / Qwix) |",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for row, runs in rows.items():
-    fp32, ort, jax_ = (_present(runs, name) for name in ("top1_fp32", "top1_int8", "top1_jax"))
-    drop_ort, drop_jax = _differences(runs, "top1_int8"), _differences(runs, "top1_jax")
+    fp32, ort, jax_, qat = (
+      _present(runs, name) for name in ("top1_fp32", "top1_int8", "top1_jax", "top1_qat")
+    )
+    drops = [_differences(runs, name) for name in ("top1_int8", "top1_jax", "top1_qat")]
     agree, agree_jax = _present(runs, "agreement"), _present(runs, "agreement_jax")
-    cells = [_spread(v) if v else "-" for v in (fp32, ort, drop_ort, jax_, drop_jax)]
-    agreement = f"{_spread(agree) if agree else '-'} / {_spread(agree_jax) if agree_jax else '-'}"
+    values = (fp32, ort, drops[0], jax_, drops[1], qat, drops[2])
+    cells = [_cell(v, len(runs)) for v in values]
+    agreement = f"{_cell(agree, len(runs))} / {_cell(agree_jax, len(runs))}"
     lines.append(f"| {row} | {len(runs)} | " + " | ".join(cells) + f" | {agreement} |")
   return "\n".join(lines) + "\n"
 
 
-def update(runs: Path, epochs: int, out: Path = RESULTS, say=print) -> dict[str, Any]:
-  """Measures every finished run of RUNS/eN that has no record yet, then writes the records and
-  the table; returns the records."""
+def update(
+  runs: Path, epochs: int, out: Path = RESULTS, say=print, qat_epochs: float = 1.0
+) -> dict[str, Any]:
+  """Measures every finished run of RUNS/eN that has no record yet (and, with `qat_epochs`, its
+  QAT fine-tuning where its record has none), then writes the records and the table; returns
+  the records."""
   path = out / f"e{epochs}.json"
   records: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
   for summary in sorted((runs / f"e{epochs}").glob("*/seed*/summary.json")):
     workdir = summary.parent
     key = f"{workdir.parent.name}/{workdir.name}"
-    if key in records:
-      continue
-    say(f"measuring {key}")
-    records[key] = measure(workdir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(records, indent=1, sort_keys=True) + "\n")  # after each run
+    measured = key not in records
+    if measured:
+      say(f"measuring {key}")
+      records[key] = measure(workdir)
+    if qat_epochs and records[key].get("top1_qat") is None:
+      say(f"fine-tuning {key} with QAT ({qat_epochs:g} epochs)")
+      records[key] = {**records[key], **measure_qat(workdir, qat_epochs)}
+      measured = True
+    if measured:
+      out.mkdir(parents=True, exist_ok=True)
+      write_atomic(path, json.dumps(records, indent=1, sort_keys=True) + "\n")  # after each run
   if records:  # the records were written as each run was measured
     write_atomic(out / f"e{epochs}.md", table(records, epochs))
   return records
@@ -122,7 +168,7 @@ def update(runs: Path, epochs: int, out: Path = RESULTS, say=print) -> dict[str,
 
 def main(argv: list[str]) -> None:
   del argv
-  records = update(Path(flags.FLAGS.runs), flags.FLAGS.epochs)
+  records = update(Path(flags.FLAGS.runs), flags.FLAGS.epochs, qat_epochs=flags.FLAGS.qat_epochs)
   print(f"{len(records)} runs in {RESULTS / f'e{flags.FLAGS.epochs}.md'}", file=sys.stderr)
   if not records:
     sys.exit(f"no finished runs under {flags.FLAGS.runs}/e{flags.FLAGS.epochs}")
@@ -131,4 +177,5 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   flags.DEFINE_string("runs", "runs/repro", "The suite's folder (RUNS/eN/ROW/seedS).")
   flags.DEFINE_integer("epochs", 10, "The runs' length.")
+  flags.DEFINE_float("qat_epochs", 1.0, "Epochs of QAT fine-tuning per run (0: none).")
   app.run(main)
