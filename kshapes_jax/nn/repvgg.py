@@ -8,6 +8,7 @@ import operator
 from typing import Any, Literal, get_args
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 from jax.typing import DTypeLike
@@ -43,8 +44,8 @@ class RepVGGBlock(ConvLayer):
     bn: "branch" (a BN per branch, RepVGG) or "qa", QARepVGG's quantization-friendly block
       (Chu et al. 2023, the official `QARepVGGBlockV2`): a BN on the kxk branch only
       (`dense_bn`), the 1x1 and the identity without BN, and one BN after the sum (`bn`):
-      bn(dense_bn(kxk) + 1x1 + x). The fused kernel is the same shape; its weights are what
-      per-tensor INT8 scales quantize better (QARepVGG sec. 3-4).
+      bn(dense_bn(kxk) + 1x1 + x). It deploys to the same one conv; it is the paper's remedy
+      for the ranges that make RepVGG's fused kernels and outputs lose accuracy in INT8.
     online: train online (OREPA): learned per-channel branch scales (`scales`, rows dense /
       1x1 / identity) instead of the branch BNs, the scaled kernels summed into one every step,
       then ONE conv and ONE BN (`bn`). Deploys exactly, as the offline block does.
@@ -201,7 +202,7 @@ class RepVGGBlock(ConvLayer):
     set_value(self.dense, kernel)
     set_value(self.one, self.one[...] * 0)
     if self.bn_mode == "qa":
-      set_affine(self.dense_bn, (1 + self.dense_bn.epsilon) ** 0.5, self.one[...][0, 0, 0] * 0)
+      set_affine(self.dense_bn, (1 + self.dense_bn.epsilon) ** 0.5, jnp.zeros(self.out_features))
       set_affine(self.bn, (1 + self.bn.epsilon) ** 0.5, bias)
       if self.has_identity:
         one = self.one[...]
