@@ -425,33 +425,41 @@ def test_the_numpy_forwards_are_the_official_modules(tmp_path, monkeypatch):
     sys.path.pop(0)
   for i, o, stride, groups in REPVGG_CASES:
     block = repvgg.RepVGGBlock(i, o, 3, stride=stride, padding=1, groups=groups)
-    sd = randomized({key: v.numpy() for key, v in block.state_dict().items()}, rng)
-    block.load_state_dict({key: torch.from_numpy(np.asarray(v)) for key, v in sd.items()})
-    x = rng.normal(size=(3, i, 8, 8))
-    block.train()
-    ref_sd = dict(sd)
-    expected = np.maximum(official_repvgg(x, ref_sd, stride, groups, train=True), 0)  # its ReLU
-    np.testing.assert_allclose(
-      block(torch.from_numpy(x).float()).detach().numpy(), expected, rtol=1e-4, atol=1e-4
-    )
-    block.eval()
-    trained = {key: v.numpy() for key, v in block.state_dict().items()}
-    expected = official_repvgg(x, dict(trained), stride, groups, train=False)
-    layer = interop.load_repvgg(
-      K.nn.RepVGGBlock(
-        i, o, 3, stride=stride, groups=groups, precision="highest", rngs=nnx.Rngs(0)
-      ),
-      trained,
-    )
-    layer.eval()
-    np.testing.assert_allclose(nchw(K.deploy(layer)(nhwc(x))), expected, rtol=1e-4, atol=1e-4)
-    block.switch_to_deploy()
-    np.testing.assert_allclose(
-      block(torch.from_numpy(x).float()).detach().numpy(),
-      np.maximum(expected, 0),
-      rtol=1e-4,
-      atol=1e-4,
-    )
+    _repvgg_against_the_module(torch, block, "branch", (i, o, stride, groups), rng)
+
+
+def _repvgg_against_the_module(torch, block, bn, geometry, rng):
+  """An official RepVGG-family block with drawn weights, in training and eval mode, against its
+  NumPy forward (with its ReLU), then ours (`bn`) loaded from its state dict, deployed, and the
+  module's own deploy form."""
+  i, o, stride, groups = geometry
+  official = OFFICIAL_REPVGG[bn]
+  sd = randomized({key: v.numpy() for key, v in block.state_dict().items()}, rng)
+  block.load_state_dict({key: torch.from_numpy(np.asarray(v)) for key, v in sd.items()})
+  x = rng.normal(size=(3, i, 8, 8))
+  block.train()
+  expected = np.maximum(official(x, dict(sd), stride, groups, train=True), 0)  # its ReLU
+  np.testing.assert_allclose(
+    block(torch.from_numpy(x).float()).detach().numpy(), expected, rtol=1e-4, atol=1e-4
+  )
+  block.eval()
+  trained = {key: v.numpy() for key, v in block.state_dict().items()}
+  expected = official(x, dict(trained), stride, groups, train=False)
+  layer = interop.load_repvgg(
+    K.nn.RepVGGBlock(
+      i, o, 3, stride=stride, groups=groups, bn=bn, precision="highest", rngs=nnx.Rngs(0)
+    ),
+    trained,
+  )
+  layer.eval()
+  np.testing.assert_allclose(nchw(K.deploy(layer)(nhwc(x))), expected, rtol=1e-4, atol=1e-4)
+  block.switch_to_deploy()
+  np.testing.assert_allclose(
+    block(torch.from_numpy(x).float()).detach().numpy(),
+    np.maximum(expected, 0),
+    rtol=1e-4,
+    atol=1e-4,
+  )
 
 
 @pytest.mark.parametrize("i,o,stride,groups", REPVGG_CASES)
@@ -518,32 +526,7 @@ def test_the_qarepvgg_forward_is_the_official_module(tmp_path, monkeypatch):
   rng = np.random.default_rng(0)
   for i, o, stride, groups in REPVGG_CASES:
     block = repvgg.QARepVGGBlockV2(i, o, 3, stride=stride, padding=1, groups=groups)
-    sd = randomized({key: v.numpy() for key, v in block.state_dict().items()}, rng)
-    block.load_state_dict({key: torch.from_numpy(np.asarray(v)) for key, v in sd.items()})
-    x = rng.normal(size=(3, i, 8, 8))
-    block.train()
-    expected = np.maximum(official_qarepvgg(x, dict(sd), stride, groups, train=True), 0)
-    np.testing.assert_allclose(
-      block(torch.from_numpy(x).float()).detach().numpy(), expected, rtol=1e-4, atol=1e-4
-    )
-    block.eval()
-    trained = {key: v.numpy() for key, v in block.state_dict().items()}
-    expected = official_qarepvgg(x, dict(trained), stride, groups, train=False)
-    layer = interop.load_repvgg(
-      K.nn.RepVGGBlock(
-        i, o, 3, stride=stride, groups=groups, bn="qa", precision="highest", rngs=nnx.Rngs(0)
-      ),
-      trained,
-    )
-    layer.eval()
-    np.testing.assert_allclose(nchw(K.deploy(layer)(nhwc(x))), expected, rtol=1e-4, atol=1e-4)
-    block.switch_to_deploy()
-    np.testing.assert_allclose(
-      block(torch.from_numpy(x).float()).detach().numpy(),
-      np.maximum(expected, 0),
-      rtol=1e-4,
-      atol=1e-4,
-    )
+    _repvgg_against_the_module(torch, block, "qa", (i, o, stride, groups), rng)
 
 
 def test_scaled_sum_places_each_scaled_kernel():
