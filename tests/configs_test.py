@@ -118,6 +118,9 @@ def test_paper_recipes():
   )
   r = reparam_imagenet.get_config("model=repvgg_b0")
   assert (r.model, r.conv, r.conv_options.online) == ("repvgg_b0", "repvgg", None)
+  r = reparam_imagenet.get_config("model=repvgg_a0,conv=repvgg_qa")
+  assert (r.conv, r.conv_options.bn, r.conv_options.online) == ("repvgg", "qa", None)
+  settings.check_config(r)  # the kind takes the option
 
   a = acnet_imagenet.get_config("model=alexnet,conv=acb_ver")
   assert (a.model, a.conv, a.conv_options.asymmetric, a.num_epochs) == (
