@@ -288,16 +288,10 @@ _Part = tuple[str | None, str | None, str | None, str | None]
 def _repvgg_parts(layer: RepVGGBlock) -> list[_Part]:
   """(official kernel key, our kernel, official BN, our BN) per branch of a RepVGGBlock: the
   official RepVGGBlock's, or QARepVGGBlockV2's for bn="qa" (a plain 1x1, one BN after the sum)."""
+  dense: _Part = ("rbr_dense.conv.weight", "dense", "rbr_dense.bn", "dense_bn")
   if layer.bn_mode == "qa":
-    return [
-      ("rbr_dense.conv.weight", "dense", "rbr_dense.bn", "dense_bn"),
-      ("rbr_1x1.weight", "one", None, None),
-      (None, None, "bn", "bn"),
-    ]
-  parts: list[_Part] = [
-    ("rbr_dense.conv.weight", "dense", "rbr_dense.bn", "dense_bn"),
-    ("rbr_1x1.conv.weight", "one", "rbr_1x1.bn", "one_bn"),
-  ]
+    return [dense, ("rbr_1x1.weight", "one", None, None), (None, None, "bn", "bn")]
+  parts = [dense, ("rbr_1x1.conv.weight", "one", "rbr_1x1.bn", "one_bn")]
   if layer.has_identity:
     parts.append((None, None, "rbr_identity", "identity_bn"))
   return parts

@@ -63,8 +63,9 @@ def measure_qat(
   import ml_collections
 
   from train import trainer
+  from train.trainer.rundir import RunDir
 
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  config = ml_collections.ConfigDict(RunDir(workdir).read_config())
   config.quantize.update(qat=True, from_run=str(workdir), calibration=calibration)
   config.update(num_epochs=float(epochs), num_steps=0, progress=False)
   config.optim.update(
@@ -150,15 +151,15 @@ def update(
   for summary in sorted((runs / f"e{epochs}").glob("*/seed*/summary.json")):
     workdir = summary.parent
     key = f"{workdir.parent.name}/{workdir.name}"
-    measured = key not in records
-    if measured:
+    changed = key not in records
+    if changed:
       say(f"measuring {key}")
       records[key] = measure(workdir)
     if qat_epochs and records[key].get("top1_qat") is None:
       say(f"fine-tuning {key} with QAT ({qat_epochs:g} epochs)")
       records[key] = {**records[key], **measure_qat(workdir, qat_epochs)}
-      measured = True
-    if measured:
+      changed = True
+    if changed:
       out.mkdir(parents=True, exist_ok=True)
       write_atomic(path, json.dumps(records, indent=1, sort_keys=True) + "\n")  # after each run
   if records:  # the records were written as each run was measured

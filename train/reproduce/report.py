@@ -349,6 +349,11 @@ def _ours(c: Comparison) -> str:
   return f"{c.delta:+.2f}" + ("" if math.isnan(c.two_se) else f" +- {c.two_se:.2f}")
 
 
+def _claim_text(claim: float | rows.Direction) -> str:
+  """A paper's claim in a table cell: its difference ('+1.11') or its direction ('above')."""
+  return claim if isinstance(claim, str) else f"{claim:+.2f}"
+
+
 def _claims(suite: Suite, methods: Sequence[str]) -> list[str]:
   """Every paper's claimed difference in one table: ours, its status and the seeds that would settle
   it."""
@@ -369,7 +374,7 @@ def _claims(suite: Suite, methods: Sequence[str]) -> list[str]:
       (
         f"`{row.name}` - `{row.baseline}`",
         row.comparison,
-        claim if isinstance(claim, str) else f"{claim:+.2f}",
+        _claim_text(claim),
         f"{suite.length(row.name):g}",
         _ours(c),
         f"{c.seeds[0]} / {c.seeds[1]}",
@@ -413,8 +418,7 @@ def _by_length(runs: Path, methods: Sequence[str], ledger: Path | None) -> list[
       c = compare(suite.accuracy(row.name), suite.accuracy(row.baseline), row.claim)
       cells.append(_ours(c) + ("" if math.isnan(c.delta) else f" ({min(c.seeds)})"))
     if any(cell != "-" for cell in cells):
-      claim = row.claim
-      paper = "-" if claim is None else claim if isinstance(claim, str) else f"{claim:+.2f}"
+      paper = "-" if row.claim is None else _claim_text(row.claim)
       table.append((f"`{row.name}` - `{row.baseline}`", paper, *cells))
   return [
     "## Each difference at every length run",
