@@ -9,7 +9,8 @@ architecture's: the rows are the suite's networks with the kinds they train with
 DCLS's deploy to wider kernels than the plain network's). The weights are untrained (speed does
 not depend on them); the calibration images are Fashion-MNIST's first 96 test images. Medians of
 interleaved rounds, each round 20 calls at batch 1 or 2 at batch 64, one session per file with
-onnxruntime's default threads. Writes results/bench-int8-<platform>.json and .md.
+onnxruntime's default threads and `kshapes_jax.int8.SESSION_CONFIG` (how an INT8 file is run).
+Writes results/bench-int8-<platform>.json and .md.
 """
 
 from __future__ import annotations
@@ -55,9 +56,7 @@ def _files(name: str, conv: str, kwargs: dict, folder: Path, calibration: np.nda
 
 
 def _timed(label: str, path: Path, x: np.ndarray, calls: int) -> Timed:
-  import onnxruntime as ort
-
-  session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+  session = K.int8.session(path)  # both files as shipped to run: with K.int8.SESSION_CONFIG
 
   def run(x):
     for _ in range(calls):
@@ -103,7 +102,8 @@ def markdown(result: dict) -> str:
     f"# INT8 against float32 in onnxruntime ({result['platform']})",
     "",
     f"{result['date']}, {result['machine']}, JAX {result['jax']}; onnxruntime's CPU provider, "
-    f"default threads; medians of {result['reps']} interleaved rounds, per call. The reproduction "
+    f"default threads, session config {K.int8.SESSION_CONFIG}; medians of {result['reps']} "
+    "interleaved rounds, per call. The reproduction "
     "suite's networks at 28 x 28 x 1, deployed (plain convolutions, BN folded), written by "
     "`kshapes_jax.export.save_onnx` and quantized by `kshapes_jax.int8.quantize_onnx` (static, "
     "int8 weights per channel and activations, QDQ). Produced by `python -m bench.int8`.",

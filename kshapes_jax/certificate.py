@@ -51,6 +51,12 @@ class Int8Report:
     top1_jax, agreement_jax: the other route, the same network quantized in JAX by Qwix
       (`kshapes_jax.int8.quantize_jax`, the same calibration images): its top-1 and its
       agreement with the float32 network's predictions; None where it was not measured.
+    session_config: the onnxruntime session config entries ("key=value") the INT8 file's
+      numbers above were measured under (`kshapes_jax.int8.SESSION_CONFIG`); empty: a default
+      session, as in a report written before they were recorded.
+    top1_int8_default, agreement_default: the INT8 file in a default onnxruntime session on the
+      CPU that measured it, where that differs (x86 without VNNI: its u8s8 products saturate);
+      None where not measured.
   """
 
   layers: tuple[LayerError, ...]
@@ -64,6 +70,9 @@ class Int8Report:
   scheme: str
   top1_jax: float | None = None
   agreement_jax: float | None = None
+  session_config: tuple[str, ...] = ()
+  top1_int8_default: float | None = None
+  agreement_default: float | None = None
 
   @property
   def drop(self) -> float | None:
@@ -98,7 +107,13 @@ class Int8Report:
 
   @classmethod
   def from_dict(cls, d: dict) -> Int8Report:
-    return cls(**{**d, "layers": tuple(LayerError(**e) for e in d["layers"])})
+    return cls(
+      **{
+        **d,
+        "layers": tuple(LayerError(**e) for e in d["layers"]),
+        "session_config": tuple(d.get("session_config", ())),
+      }
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,10 +9,21 @@ import runs
 
 from train.reproduce import int8 as table
 
+SESSION = "session.x64quantprecision=1"
 
-def _report(fp32, ort, jax=None, agreement=0.99, agreement_jax=None):
+
+def _report(fp32, ort, jax=None, agreement=0.99, agreement_jax=None, default=None):
+  """An Int8Report's numbers; `default`: the INT8 file's top-1 in a default session (its
+  agreement then 0.97)."""
   return types.SimpleNamespace(
-    top1_fp32=fp32, top1_int8=ort, top1_jax=jax, agreement=agreement, agreement_jax=agreement_jax
+    top1_fp32=fp32,
+    top1_int8=ort,
+    top1_jax=jax,
+    agreement=agreement,
+    agreement_jax=agreement_jax,
+    top1_int8_default=default,
+    agreement_default=None if default is None else 0.97,
+    session_config=(SESSION,),
   )
 
 
@@ -21,33 +32,40 @@ def _no_qat(workdir, epochs=1.0, calibration=512):
 
 
 def test_a_record_is_the_report_in_percent():
-  assert table.record(_report(0.9, 0.89, None, 0.995)) == pytest.approx(
+  got = table.record(_report(0.9, 0.89, None, 0.995, default=0.88))
+  assert got.pop("session") == SESSION
+  assert got == pytest.approx(
     {
       "top1_fp32": 90.0,
       "top1_int8": 89.0,
       "top1_jax": None,
       "agreement": 99.5,
       "agreement_jax": None,
+      "top1_int8_default": 88.0,
+      "agreement_default": 97.0,
     }
   )
 
 
 def test_rows_pool_their_seeds_and_the_drop_is_taken_per_run():
   records = {
-    "dcls/seed0": {**table.record(_report(0.92, 0.91, 0.915, 0.99, 0.98)), "top1_qat": 91.5},
+    "dcls/seed0": {
+      **table.record(_report(0.92, 0.91, 0.915, 0.99, 0.98, default=0.9)),
+      "top1_qat": 91.5,
+    },
     "dcls/seed1": table.record(_report(0.94, 0.94, 0.935, 0.98, 0.97)),
     "acb_online/seed0": table.record(_report(0.9, 0.902)),
   }
   text = table.table(records, 10)
   dcls = next(line for line in text.splitlines() if line.startswith("| dcls |"))
-  # fp32 93 +- 1.41, ORT 92.5 +- 2.12, drops 1 and 0: 0.50 +- 0.71, Qwix drops 0.5, 0.5; QAT on
-  # one seed of two: 91.5, its drop 0.5, counted
+  # fp32 93 +- 1.41, ORT 92.5 +- 2.12, drops 1 and 0: 0.50 +- 0.71; in a default session one
+  # seed of two: drop 2, counted; Qwix drops 0.5, 0.5; QAT on one seed of two: 91.5, drop 0.5
   assert dcls == (
-    "| dcls | 2 | 93.00 +- 1.41 | 92.50 +- 2.12 | 0.50 +- 0.71 | 92.50 +- 1.41 | 0.50 +- 0.00 "
-    "| 91.50 (1) | 0.50 (1) | 98.50 +- 0.71 / 97.50 +- 0.71 |"
+    "| dcls | 2 | 93.00 +- 1.41 | 92.50 +- 2.12 | 0.50 +- 0.71 | 2.00 (1) | 92.50 +- 1.41 "
+    "| 0.50 +- 0.00 | 91.50 (1) | 0.50 (1) | 98.50 +- 0.71 / 97.50 +- 0.71 |"
   )
   online = next(line for line in text.splitlines() if line.startswith("| acb_online |"))
-  assert online == "| acb_online | 1 | 90.00 | 90.20 | -0.20 | - | - | - | - | 99.00 / - |"
+  assert online == "| acb_online | 1 | 90.00 | 90.20 | -0.20 | - | - | - | - | - | 99.00 / - |"
 
 
 def test_a_run_is_measured_once_and_its_record_outlives_it(tmp_path, monkeypatch):
@@ -102,6 +120,34 @@ def test_qat_is_added_to_the_records_of_the_runs_on_hand_once(tmp_path, monkeypa
   assert "| 89.80 +- 0.00 (2) | 0.20 +- 0.00 (2) |" in line
   table.update(tmp_path / "runs", 10, out, say=lambda _: None, qat_epochs=0.5)
   assert len(tuned) == 2  # kept
+
+
+def test_a_record_from_a_default_session_is_measured_again_or_kept_as_that(tmp_path, monkeypatch):
+  """Records written before the session config was recorded were measured in a default
+  onnxruntime session: a run on hand is measured again, a gone run's numbers move to the
+  default-session columns (its configured-session cells stay '-')."""
+  run = tmp_path / "runs" / "e10" / "acb_online" / "seed1"
+  run.mkdir(parents=True)
+  (run / "summary.json").write_text("{}")
+  out = tmp_path / "results"
+  out.mkdir()
+  old = {
+    f"acb_online/seed{s}": {"top1_fp32": 92.3, "top1_int8": 91.3, "agreement": 97.1} for s in (0, 1)
+  }
+  (out / "e10.json").write_text(json.dumps(old))
+  monkeypatch.setattr(
+    table, "measure", lambda w, calibration=512: table.record(_report(0.923, 0.9232))
+  )
+  records = table.update(tmp_path / "runs", 10, out, say=lambda _: None, qat_epochs=0)
+  assert records["acb_online/seed1"]["top1_int8"] == pytest.approx(92.32)
+  assert records["acb_online/seed1"]["session"] == SESSION
+  gone = records["acb_online/seed0"]
+  assert gone["top1_int8"] is None and gone["top1_int8_default"] == 91.3 and gone["session"] == ""
+  line = next(x for x in (out / "e10.md").read_text().splitlines() if x.startswith("| acb_online"))
+  assert "| 92.32 (1) | -0.02 (1) | 1.00 (1) |" in line
+  # measured once: the next update changes nothing
+  monkeypatch.setattr(table, "measure", lambda *a, **k: pytest.fail("measured again"))
+  assert table.update(tmp_path / "runs", 10, out, say=lambda _: None, qat_epochs=0) == records
 
 
 def test_measure_qat_fine_tunes_the_run_and_quantizes_it(tmp_path):

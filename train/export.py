@@ -329,6 +329,14 @@ def main(argv: list[str]) -> None:
         f"predictions agree on {100 * report.agreement:.2f}% of {report.images} test "
         f"images; calibrated on {report.calibration} training images"
       )
+      config = " ".join(report.session_config)
+      print(f"  run it in onnxruntime with the session config {config} (kshapes_jax.int8.session)")
+      if report.top1_int8_default is not None and report.top1_int8_default != report.top1_int8:
+        print(
+          f"  in a default onnxruntime session on this CPU: top-1 "
+          f"{100 * report.top1_int8_default:.2f}%, predictions agree on "
+          f"{100 * report.agreement_default:.2f}% (its int8 kernels saturate without {config})"
+        )
       if report.top1_jax is not None:
         print(
           f"  in JAX (Qwix, the same calibration): top-1 {100 * report.top1_jax:.2f}%, "

@@ -24,28 +24,64 @@ from absl import app, flags
 from train.atomic import write_atomic
 
 RESULTS = Path("results/int8")
-COLUMNS = ("top1_fp32", "top1_int8", "top1_jax", "agreement", "agreement_jax")
+COLUMNS = (
+  "top1_fp32",
+  "top1_int8",
+  "top1_jax",
+  "agreement",
+  "agreement_jax",
+  "top1_int8_default",
+  "agreement_default",
+)
 # QAT fine-tunes at this share of the run's learning rate, constant (its schedule's tail)
 QAT_LR_SHARE = 0.01
 
 
-def record(report: Any) -> dict[str, float | None]:
-  """A run's numbers from its INT8 report (`kshapes_jax.certificate.Int8Report`), in percent."""
-  return {
+def record(report: Any) -> dict[str, Any]:
+  """A run's numbers from its INT8 report (`kshapes_jax.certificate.Int8Report`), in percent,
+  and the onnxruntime session config its INT8 numbers were measured under ("session")."""
+  numbers: dict[str, Any] = {
     name: None if getattr(report, name) is None else 100 * getattr(report, name) for name in COLUMNS
+  }
+  return {**numbers, "session": " ".join(report.session_config)}
+
+
+def _current_session() -> str:
+  from kshapes_jax.int8 import SESSION_CONFIG
+
+  return " ".join(f"{k}={v}" for k, v in SESSION_CONFIG.items())
+
+
+def default_session_only(old: Mapping[str, Any]) -> dict[str, Any]:
+  """A record measured before the session config was recorded (in a default onnxruntime
+  session) whose run is gone: its onnxruntime numbers are a default session's, so they move to
+  those columns, and the configured session's stay unmeasured."""
+  return {
+    **old,
+    "top1_int8_default": old.get("top1_int8"),
+    "agreement_default": old.get("agreement"),
+    "top1_int8": None,
+    "agreement": None,
+    "session": "",
   }
 
 
-def measure(workdir: Path, calibration: int = 512) -> dict[str, float | None]:
+def measure(workdir: Path, calibration: int = 512) -> dict[str, Any]:
   """The run's record: from the certificate of its INT8 file where `train.export --int8
-  --check_images 0` wrote one, else exported so (every test image) first."""
+  --check_images 0` wrote one under the current session config, else exported so (every test
+  image) first."""
   import kshapes_jax as K
   from train.export import INT8_NAME, export_run
 
   shipped = workdir / "export" / INT8_NAME
   certificate = K.export.read_certificate(shipped) if shipped.exists() else None
   report = None if certificate is None else certificate.int8
-  if report is None or report.calibration != calibration or report.top1_fp32 is None:
+  if (
+    report is None
+    or " ".join(report.session_config) != _current_session()
+    or report.calibration != calibration
+    or report.top1_fp32 is None
+  ):
     results = export_run(
       workdir, int8=True, check_images=0, calibration=calibration, int8_max_drop=100.0
     )
@@ -106,9 +142,9 @@ def _cell(values: list[float], seeds: int) -> str:
   return _spread(values) + ("" if len(values) == seeds else f" ({len(values)})")
 
 
-def table(records: Mapping[str, Mapping[str, float | None]], epochs: int) -> str:
+def table(records: Mapping[str, Mapping[str, Any]], epochs: int) -> str:
   """The markdown table: a line per row (its seeds pooled), the drops as fp32 - INT8."""
-  rows: dict[str, list[Mapping[str, float | None]]] = {}
+  rows: dict[str, list[Mapping[str, Any]]] = {}
   for key in sorted(records):
     rows.setdefault(key.split("/")[0], []).append(records[key])
   lines = [
@@ -117,23 +153,30 @@ def table(records: Mapping[str, Mapping[str, float | None]], epochs: int) -> str
     "Each finished run of `python -m train.reproduce` exported by `python -m train.export "
     "--int8 --check_images 0`: onnxruntime's static QDQ INT8 (S8S8, weights per channel, "
     "MinMax ranges from 512 training images) and the same network quantized by Qwix in JAX, on "
-    "all 10,000 test images. After QAT: the run fine-tuned with fake INT8 weights and inputs "
+    "all 10,000 test images. onnxruntime runs the INT8 file with the session config "
+    f"{_current_session()} (`kshapes_jax.int8.SESSION_CONFIG`); the drop in a default session "
+    "is the same file without it, on this CPU (x86 without VNNI, where its u8 x s8 products "
+    "saturate); records measured before the config was recorded have only that drop. "
+    "After QAT: the run fine-tuned with fake INT8 weights and inputs "
     f"(`quantize.qat`, {QAT_LR_SHARE:g} of its learning rate, constant), then quantized the same "
     "way by onnxruntime. Top-1 and agreement in percent, mean +- sample std over the seeds "
     "(with their count where fewer runs have it); a drop is the run's fp32 - INT8 (negative: "
     "INT8 scored higher). `python -m train.reproduce.int8` wrote this.",
     "",
-    "| row | seeds | fp32 | INT8 (onnxruntime) | drop | INT8 (Qwix) | drop | INT8 after QAT "
-    "(onnxruntime) | drop | agreement (onnxruntime / Qwix) |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "| row | seeds | fp32 | INT8 (onnxruntime) | drop | drop in a default session | INT8 (Qwix) "
+    "| drop | INT8 after QAT (onnxruntime) | drop | agreement (onnxruntime / Qwix) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for row, runs in rows.items():
     fp32, ort, jax_, qat = (
       _present(runs, name) for name in ("top1_fp32", "top1_int8", "top1_jax", "top1_qat")
     )
-    drops = [_differences(runs, name) for name in ("top1_int8", "top1_jax", "top1_qat")]
+    drops = [
+      _differences(runs, name)
+      for name in ("top1_int8", "top1_int8_default", "top1_jax", "top1_qat")
+    ]
     agree, agree_jax = _present(runs, "agreement"), _present(runs, "agreement_jax")
-    values = (fp32, ort, drops[0], jax_, drops[1], qat, drops[2])
+    values = (fp32, ort, drops[0], drops[1], jax_, drops[2], qat, drops[3])
     cells = [_cell(v, len(runs)) for v in values]
     agreement = f"{_cell(agree, len(runs))} / {_cell(agree_jax, len(runs))}"
     lines.append(f"| {row} | {len(runs)} | " + " | ".join(cells) + f" | {agreement} |")
@@ -148,10 +191,15 @@ def update(
   the records."""
   path = out / f"e{epochs}.json"
   records: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-  for summary in sorted((runs / f"e{epochs}").glob("*/seed*/summary.json")):
-    workdir = summary.parent
-    key = f"{workdir.parent.name}/{workdir.name}"
-    changed = key not in records
+  on_hand = {
+    f"{s.parent.parent.name}/{s.parent.name}": s.parent
+    for s in sorted((runs / f"e{epochs}").glob("*/seed*/summary.json"))
+  }
+  for key in [k for k in records if "session" not in records[k] and k not in on_hand]:
+    records[key] = default_session_only(records[key])
+  for key, workdir in on_hand.items():
+    # a record measured under another session config (or a default session) is measured again
+    changed = key not in records or records[key].get("session") != _current_session()
     if changed:
       say(f"measuring {key}")
       records[key] = measure(workdir)
