@@ -62,10 +62,15 @@ def test_rows_pool_their_seeds_and_the_drop_is_taken_per_run():
   # seed of two: drop 2, counted; Qwix drops 0.5, 0.5; QAT on one seed of two: 91.5, drop 0.5
   assert dcls == (
     "| dcls | 2 | 93.00 +- 1.41 | 92.50 +- 2.12 | 0.50 +- 0.71 | 2.00 (1) | 92.50 +- 1.41 "
-    "| 0.50 +- 0.00 | 91.50 (1) | 0.50 (1) | 98.50 +- 0.71 / 97.50 +- 0.71 |"
+    "| 0.50 +- 0.00 | 91.50 (1) | 0.50 (1) | 98.50 +- 0.71 / 97.50 +- 0.71 | yes / yes |"
   )
   online = next(line for line in text.splitlines() if line.startswith("| acb_online |"))
-  assert online == "| acb_online | 1 | 90.00 | 90.20 | -0.20 | - | - | - | - | - | 99.00 / - |"
+  assert online == (
+    "| acb_online | 1 | 90.00 | 90.20 | -0.20 | - | - | - | - | - | 99.00 / - | yes / - |"
+  )
+  # a row whose mean drop is above the target is marked
+  worse = table.table({"repvgg/seed0": table.record(_report(0.92, 0.914, 0.9155))}, 10)
+  assert worse.splitlines()[-1].endswith("| **no** / yes |")
 
 
 def test_a_run_is_measured_once_and_its_record_outlives_it(tmp_path, monkeypatch):
