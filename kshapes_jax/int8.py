@@ -60,6 +60,8 @@ SCHEME = (
 # onnxruntime's x86 int8 kernels without VNNI saturate u8 x s8 pair sums (the module's docstring);
 # this entry makes them compute those layers exactly (no effect on other CPUs)
 SESSION_CONFIG: dict[str, str] = {"session.x64quantprecision": "1"}
+# the same as an Int8Report records it ("key=value" each)
+SESSION_ENTRIES: tuple[str, ...] = tuple(f"{k}={v}" for k, v in SESSION_CONFIG.items())
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")  # the layers whose outputs the report measures
 _LAYERS = (ConvLayer, nnx.Conv, nnx.Linear)  # what those ops are in a deployed network
 
@@ -389,7 +391,7 @@ def measure(
     images=len(x),
     calibration=calibration,
     scheme=SCHEME,
-    session_config=tuple(f"{k}={v}" for k, v in SESSION_CONFIG.items()),
+    session_config=SESSION_ENTRIES,
     top1_int8_default=_top1(lb_default, y) if finite_default else math.nan,
     agreement_default=agreement_default if finite_default else math.nan,
   )

@@ -49,9 +49,9 @@ def record(report: Any) -> dict[str, Any]:
 
 
 def _current_session() -> str:
-  from kshapes_jax.int8 import SESSION_CONFIG
+  from kshapes_jax.int8 import SESSION_ENTRIES
 
-  return " ".join(f"{k}={v}" for k, v in SESSION_CONFIG.items())
+  return " ".join(SESSION_ENTRIES)
 
 
 def default_session_only(old: Mapping[str, Any]) -> dict[str, Any]:
