@@ -33,7 +33,8 @@ COLUMNS = (
   "top1_int8_default",
   "agreement_default",
 )
-# QAT fine-tunes at this share of the run's learning rate, constant (its schedule's tail)
+# QAT fine-tunes at the learning rate the run ended at, constant; where that is 0 (a cosine to
+# 0), at this share of the run's base rate
 QAT_LR_SHARE = 0.01
 # issue 42's target: post-training INT8 loses at most this many points of top-1 (a row's mean)
 TARGET_DROP = 0.5
@@ -68,6 +69,25 @@ def default_session_only(old: Mapping[str, Any]) -> dict[str, Any]:
   }
 
 
+def without_old_qat(old: Mapping[str, Any]) -> dict[str, Any]:
+  """A record whose QAT numbers came from an older recipe (0.01 of the base rate, no `qat_lr`)
+  and whose run is gone: those numbers are dropped, the post-training ones kept."""
+  return {k: v for k, v in old.items() if k not in ("top1_qat", "top1_qat_fp32")}
+
+
+def _set_aside_old_qat(workdir: Path) -> None:
+  """Renames WORKDIR/qat to qat-lr<its rate> where it was fine-tuned at another rate than
+  `qat_learning_rate` (an older recipe), so that the new fine-tuning does not resume it."""
+  from train.trainer.rundir import RunDir
+
+  qat = workdir / "qat"
+  if not (qat / "config.json").exists():
+    return
+  old = RunDir(qat).read_config()["optim"]["learning_rate"]
+  if old != qat_learning_rate(workdir):
+    qat.rename(workdir / f"qat-lr{old:g}")
+
+
 def measure(workdir: Path, calibration: int = 512) -> dict[str, Any]:
   """The run's record: from the certificate of its INT8 file where `train.export --int8
   --check_images 0` wrote one under the current session config, else exported so (every test
@@ -91,27 +111,45 @@ def measure(workdir: Path, calibration: int = 512) -> dict[str, Any]:
   return record(report)
 
 
+def qat_learning_rate(workdir: Path) -> float:
+  """The rate QAT fine-tunes the run at: the one its schedule ended at (its last epoch's
+  record), or QAT_LR_SHARE of its base rate where that is 0. A higher rate moves the trained
+  network away from its optimum faster than fake INT8 can help it (measured: RepVGG seed 1, one
+  epoch at 10x its final 1e-4 lost 0.75 points of float32 top-1; at 1e-4, 0.02)."""
+  from train.trainer.rundir import RunDir
+
+  run = RunDir(workdir)
+  rates = [m["learning_rate"] for m in run.read_metrics() if "learning_rate" in m]
+  if not rates:
+    raise ValueError(f"{workdir} has no finished epoch in its metrics.jsonl")
+  return rates[-1] if rates[-1] > 0 else QAT_LR_SHARE * run.read_config()["optim"]["learning_rate"]
+
+
 def measure_qat(
   workdir: Path, epochs: float = 1.0, calibration: int = 512
 ) -> dict[str, float | None]:
-  """The run fine-tuned `epochs` with fake INT8 (its own config with `quantize.qat`, the
-  learning rate QAT_LR_SHARE of the run's, constant) in WORKDIR/qat, then exported as `measure`
-  does: its INT8 top-1 in onnxruntime (`top1_qat`) and its float32 top-1, weights on the int8
-  grid (`top1_qat_fp32`). An interrupted fine-tuning resumes; a finished one is read back."""
+  """The run fine-tuned `epochs` with fake INT8 (its own config with `quantize.qat`, at
+  `qat_learning_rate`, constant) in WORKDIR/qat, then exported as `measure` does: its INT8
+  top-1 in onnxruntime (`top1_qat`), its float32 top-1, weights on the int8 grid
+  (`top1_qat_fp32`), and the rate (`qat_lr`). An interrupted fine-tuning resumes; a finished
+  one is read back."""
   import ml_collections
 
   from train import trainer
   from train.trainer.rundir import RunDir
 
+  rate = qat_learning_rate(workdir)
   config = ml_collections.ConfigDict(RunDir(workdir).read_config())
   config.quantize.update(qat=True, from_run=str(workdir), calibration=calibration)
   config.update(num_epochs=float(epochs), num_steps=0, progress=False)
-  config.optim.update(
-    learning_rate=QAT_LR_SHARE * config.optim.learning_rate, schedule="constant", warmup_epochs=0.0
-  )
+  config.optim.update(learning_rate=rate, schedule="constant", warmup_epochs=0.0)
   trainer.train_and_evaluate(config, workdir / "qat")
   quantized = measure(workdir / "qat", calibration)
-  return {"top1_qat": quantized["top1_int8"], "top1_qat_fp32": quantized["top1_fp32"]}
+  return {
+    "top1_qat": quantized["top1_int8"],
+    "top1_qat_fp32": quantized["top1_fp32"],
+    "qat_lr": rate,
+  }
 
 
 def _present(runs: list[Mapping[str, float | None]], name: str) -> list[float]:
@@ -166,10 +204,10 @@ def table(records: Mapping[str, Mapping[str, Any]], epochs: int) -> str:
     "is the same file without it, on this CPU (x86 without VNNI, where its u8 x s8 products "
     "saturate); records measured before the config was recorded have only that drop. "
     "After QAT: the run fine-tuned with fake INT8 weights and inputs "
-    f"(`quantize.qat`, {QAT_LR_SHARE:g} of its learning rate, constant), then quantized the same "
-    "way by onnxruntime. Top-1 and agreement in percent, mean +- sample std over the seeds "
-    "(with their count where fewer runs have it); a drop is the run's fp32 - INT8 (negative: "
-    "INT8 scored higher). `python -m train.reproduce.int8` wrote this.",
+    "(`quantize.qat`, one epoch at the learning rate its schedule ended at, constant), then "
+    "quantized the same way by onnxruntime. Top-1 and agreement in percent, mean +- sample std "
+    "over the seeds (with their count where fewer runs have it); a drop is the run's fp32 - "
+    "INT8 (negative: INT8 scored higher). `python -m train.reproduce.int8` wrote this.",
     "",
     "| row | seeds | fp32 | INT8 (onnxruntime) | drop | drop in a default session | INT8 (Qwix) "
     "| drop | INT8 after QAT (onnxruntime) | drop | agreement (onnxruntime / Qwix) "
@@ -207,14 +245,17 @@ def update(
   }
   for key in [k for k in records if "session" not in records[k] and k not in on_hand]:
     records[key] = default_session_only(records[key])
+  for key in [k for k in records if "qat_lr" not in records[k] and k not in on_hand]:
+    records[key] = without_old_qat(records[key])
   for key, workdir in on_hand.items():
     # a record measured under another session config (or a default session) is measured again
     changed = key not in records or records[key].get("session") != _current_session()
     if changed:
       say(f"measuring {key}")
       records[key] = measure(workdir)
-    if qat_epochs and records[key].get("top1_qat") is None:
+    if qat_epochs and records[key].get("qat_lr") is None:
       say(f"fine-tuning {key} with QAT ({qat_epochs:g} epochs)")
+      _set_aside_old_qat(workdir)
       records[key] = {**records[key], **measure_qat(workdir, qat_epochs)}
       changed = True
     if changed:
