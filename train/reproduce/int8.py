@@ -73,8 +73,7 @@ def default_session_only(old: Mapping[str, Any]) -> dict[str, Any]:
 
 def without_old_qat(old: Mapping[str, Any]) -> dict[str, Any]:
   """A record whose QAT numbers came from an older recipe (0.01 of the base rate, no `qat_lr`)
-  and whose run is gone: those numbers are dropped, the post-training ones kept (one with
-  another `qat_lr` says its rate)."""
+  and whose run is gone: those numbers are dropped, the post-training ones kept."""
   return {k: v for k, v in old.items() if k not in ("top1_qat", "top1_qat_fp32")}
 
 
@@ -97,7 +96,8 @@ def _set_aside_old_qat(workdir: Path) -> None:
 
 
 def _same_rate(a: float, b: float) -> bool:
-  """Equal rates, as one written out as a float32 (a run's metrics) and as a float64 are."""
+  """Equal rates: a record's `qat_lr` may be a float32 value read back (0.00010000000474974513
+  for 1e-4)."""
   return math.isclose(a, b, rel_tol=1e-6)
 
 
@@ -211,8 +211,8 @@ def table(records: Mapping[str, Mapping[str, Any]], epochs: int) -> str:
     f"{_current_session()} (`kshapes_jax.int8.SESSION_CONFIG`); the drop in a default session "
     "is the same file without it, on this CPU (x86 without VNNI, where its u8 x s8 products "
     "saturate); records measured before the config was recorded have only that drop. "
-    "After QAT: the run fine-tuned with fake INT8 weights and inputs "
-    f"(`quantize.qat`, one epoch at {QAT_LR_SHARE:g} of its base learning rate, constant), then "
+    "After QAT: the run fine-tuned with fake INT8 weights and inputs (`quantize.qat`, "
+    f"`--qat_epochs`, 1 here, at {QAT_LR_SHARE:g} of its base learning rate, constant), then "
     "quantized the same way by onnxruntime. Top-1 and agreement in percent, mean +- sample std "
     "over the seeds (with their count where fewer runs have it); a drop is the run's fp32 - "
     "INT8 (negative: INT8 scored higher). `python -m train.reproduce.int8` wrote this.",
