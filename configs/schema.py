@@ -220,13 +220,15 @@ class Settings:
     "of every conv and dense layer: default (the backend's: TF32 on a GPU, bf16 passes on a "
     "TPU, float32 on a CPU), high or highest (exact float32, slower on a GPU); kernels are "
     "built exactly either way",
-    library="models.create",
+    choices=("default", "high", "highest"),
   )
   dtype: str = key(
     "float32",
     "compute dtype: float32, or bfloat16 (mixed precision: bf16 convs, dense layers and BN "
-    "outputs; float32 parameters, BN statistics, optimizer and loss)",
-    library="models.create",
+    "outputs; float32 parameters, BN statistics, optimizer and loss). Other floats are refused: "
+    "float16 needs loss scaling, which the trainer does not do, and JAX computes float64 "
+    "('d', 'double') in float32 unless x64 is on",
+    choices=("float32", "bfloat16"),
   )
   deterministic: bool = key(
     True,

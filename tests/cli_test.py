@@ -305,8 +305,6 @@ def test_every_command_fails_with_one_error_line_and_no_usage_dump(tmp_path):
 _VALID_NAMES = {
   "model": lambda: K.models.list_models(),
   "conv": lambda: K.nn.kind_names(),
-  "precision": lambda: ("default", "high", "highest"),
-  "dtype": lambda: ("float32", "bfloat16"),
   "optim.schedule": lambda: ("constant", "staircase", "cosine"),
 }
 _TEXT = st.text(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 import pytest
 
 import kshapes_jax as K
@@ -181,3 +182,31 @@ def test_every_module_of_train_imports_with_the_others_and_defines_its_flags():
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.startswith("ok")
+
+
+def _other_spellings(valid: tuple[str, ...]) -> list[str]:
+  """Names the library or NumPy also parse for the valid ones, and their case variants."""
+  floats = sorted(
+    name
+    for name, t in np.sctypeDict.items()
+    if isinstance(name, str) and np.issubdtype(t, np.floating) and name not in valid
+  )
+  lax_names = ["bfloat16", "tensorfloat32", "float32"]  # lax's precision names
+  cases = [f(v) for v in valid for f in (str.upper, str.capitalize)]
+  return floats + lax_names + ["float8_e4m3fn", "d", "double"] + cases
+
+
+@pytest.mark.parametrize("key", ["dtype", "precision"])
+def test_a_numerics_key_takes_only_its_named_values_not_what_numpy_also_parses(key):
+  """config.dtype='d' (NumPy's float64, which JAX computes in float32 unless x64 is on) trained
+  in float32 under a config that said otherwise; 'HIGH' or 'float32' for precision passed the
+  library's parsing. The config names a run's numerics one way, its choices."""
+  valid = next(k for k in schema.keys() if k.name == key).choices
+  assert valid is not None
+  for value in _other_spellings(valid):
+    if value in valid:
+      continue
+    with pytest.raises(settings.ConfigError, match=f"^{key} must be one of"):
+      settings.read(_with({}, **{key: value}))
+  for value in valid:
+    assert getattr(settings.read(_with({}, **{key: value})), key) == value

@@ -232,13 +232,6 @@ def _library(key: str, check: Callable[[], Any]) -> None:
 
 def _check_library(s: Settings) -> None:
   """The values the library checks itself, checked by the library."""
-  _library("config.precision", lambda: _validation.precision(s.precision))
-  try:
-    _validation.compute_dtype(s.dtype)
-  except ValueError as e:
-    raise ConfigError(
-      f"config.dtype must be a floating dtype such as 'float32' or 'bfloat16', got {s.dtype!r}"
-    ) from e
   _library("config.model", lambda: K.models.spec(s.model))
   _library("config.conv", lambda: K.models.check_kind(s.model, s.conv))
   _check_conv_options(s)
