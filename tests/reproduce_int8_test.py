@@ -52,6 +52,7 @@ def test_rows_pool_their_seeds_and_the_drop_is_taken_per_run():
     "dcls/seed0": {
       **table.record(_report(0.92, 0.91, 0.915, 0.99, 0.98, default=0.9)),
       "top1_qat": 91.5,
+      "qat_epochs": 1.0,
     },
     "dcls/seed1": table.record(_report(0.94, 0.94, 0.935, 0.98, 0.97)),
     "acb_online/seed0": table.record(_report(0.9, 0.902)),
@@ -59,14 +60,15 @@ def test_rows_pool_their_seeds_and_the_drop_is_taken_per_run():
   text = table.table(records, 10)
   dcls = next(line for line in text.splitlines() if line.startswith("| dcls |"))
   # fp32 93 +- 1.41, ORT 92.5 +- 2.12, drops 1 and 0: 0.50 +- 0.71; in a default session one
-  # seed of two: drop 2, counted; Qwix drops 0.5, 0.5; QAT on one seed of two: 91.5, drop 0.5
+  # seed of two: drop 2, counted; Qwix drops 0.5, 0.5; QAT (1 epoch) on one seed of two: 91.5,
+  # drop 0.5
   assert dcls == (
     "| dcls | 2 | 93.00 +- 1.41 | 92.50 +- 2.12 | 0.50 +- 0.71 | 2.00 (1) | 92.50 +- 1.41 "
-    "| 0.50 +- 0.00 | 91.50 (1) | 0.50 (1) | 98.50 +- 0.71 / 97.50 +- 0.71 | yes / yes |"
+    "| 0.50 +- 0.00 | 1 | 91.50 (1) | 0.50 (1) | 98.50 +- 0.71 / 97.50 +- 0.71 | yes / yes |"
   )
   online = next(line for line in text.splitlines() if line.startswith("| acb_online |"))
   assert online == (
-    "| acb_online | 1 | 90.00 | 90.20 | -0.20 | - | - | - | - | - | 99.00 / - | yes / - |"
+    "| acb_online | 1 | 90.00 | 90.20 | -0.20 | - | - | - | - | - | - | 99.00 / - | yes / - |"
   )
   # a row whose mean drop is above the target is marked
   worse = table.table({"repvgg/seed0": table.record(_report(0.92, 0.914, 0.9155))}, 10)
@@ -116,7 +118,12 @@ def test_qat_is_added_to_the_records_of_the_runs_on_hand_once(tmp_path, monkeypa
   def measure_qat(workdir, epochs=1.0, calibration=512):
     tuned.append((workdir.name, epochs))
     # the rate as a run's float32 config value reads back: the same rate
-    return {"top1_qat": 89.8, "top1_qat_fp32": 90.1, "qat_lr": 0.00010000000474974513}
+    return {
+      "top1_qat": 89.8,
+      "top1_qat_fp32": 90.1,
+      "qat_lr": 0.00010000000474974513,
+      "qat_epochs": epochs,
+    }
 
   monkeypatch.setattr(table, "measure", lambda *a, **k: pytest.fail("measured again"))
   monkeypatch.setattr(table, "measure_qat", measure_qat)
@@ -124,7 +131,7 @@ def test_qat_is_added_to_the_records_of_the_runs_on_hand_once(tmp_path, monkeypa
   assert tuned == [("seed0", 0.5), ("seed1", 0.5)]
   assert records["repvgg/seed0"]["top1_qat"] == 89.8 and "top1_qat" not in records["repvgg/seed2"]
   line = next(x for x in (out / "e10.md").read_text().splitlines() if x.startswith("| repvgg |"))
-  assert "| 89.80 +- 0.00 (2) | 0.20 +- 0.00 (2) |" in line
+  assert "| 0.5 | 89.80 +- 0.00 (2) | 0.20 +- 0.00 (2) |" in line
   table.update(tmp_path / "runs", 10, out, say=lambda _: None, qat_epochs=0.5)
   assert len(tuned) == 2  # kept
 
@@ -147,27 +154,71 @@ def test_qat_of_another_recipe_is_tuned_again_on_hand_and_dropped_when_gone(tmp_
     (run / "qat").mkdir(parents=True)
     (run / "summary.json").write_text("{}")
     (run / "config.json").write_text(json.dumps({"optim": {"learning_rate": 0.1}}))
-    (run / "qat" / "config.json").write_text(json.dumps({"optim": {"learning_rate": 0.001}}))
-  (tmp_path / "runs" / "e10" / "repvgg" / "seed2" / "qat-lr0.001").mkdir()  # set aside before
+    qat = {"optim": {"learning_rate": 0.001}, "num_epochs": 1.0}
+    (run / "qat" / "config.json").write_text(json.dumps(qat))
+  (tmp_path / "runs" / "e10" / "repvgg" / "seed2" / "qat-lr0.001-e1").mkdir()  # set aside before
   rates = []
 
   def measure_qat(workdir, epochs=1.0, calibration=512):
     assert not (workdir / "qat").exists()  # set aside, so not resumed
     rates.append(table.qat_learning_rate(workdir))
-    return {"top1_qat": 89.8, "top1_qat_fp32": 90.1, "qat_lr": rates[-1]}
+    return {"top1_qat": 89.8, "top1_qat_fp32": 90.1, "qat_lr": rates[-1], "qat_epochs": epochs}
 
   monkeypatch.setattr(table, "measure", lambda *a, **k: pytest.fail("measured again"))
   monkeypatch.setattr(table, "measure_qat", measure_qat)
   records = table.update(tmp_path / "runs", 10, out, say=lambda _: None, qat_epochs=1)
   assert rates == pytest.approx([1e-4, 1e-4])
   seeds = tmp_path / "runs" / "e10" / "repvgg"
-  assert (seeds / "seed0" / "qat-lr0.001" / "config.json").exists()
-  assert (seeds / "seed2" / "qat-lr0.001-2" / "config.json").exists()
+  assert (seeds / "seed0" / "qat-lr0.001-e1" / "config.json").exists()
+  assert (seeds / "seed2" / "qat-lr0.001-e1-2" / "config.json").exists()
   assert records["repvgg/seed0"]["top1_qat"] == records["repvgg/seed2"]["top1_qat"] == 89.8
   assert "top1_qat" not in records["repvgg/seed1"] and records["repvgg/seed1"]["top1_int8"] == 89.0
   # the new recipe's QAT is kept
   table.update(tmp_path / "runs", 10, out, say=lambda _: None, qat_epochs=1)
   assert len(rates) == 2
+
+
+def test_qat_of_other_epochs_is_tuned_again_and_the_table_says_each_rows_epochs(
+  tmp_path, monkeypatch
+):
+  """A record says its QAT's epochs (a record written before it did gets them from its run's
+  QAT folder, or '?' when the run is gone); a run on hand fine-tuned for other epochs than asked
+  is fine-tuned again, its old folder set aside; the table shows each row's epochs."""
+  out = tmp_path / "results"
+  out.mkdir()
+  rate = 0.00010000000474974513
+  old = {
+    f"repvgg/seed{s}": {**table.record(_report(0.9, 0.89)), "top1_qat": 89.5, "qat_lr": rate}
+    for s in (0, 1, 2)
+  }
+  (out / "e10.json").write_text(json.dumps(old))
+  for seed in (0, 1):  # seed2 gone
+    run = tmp_path / "runs" / "e10" / "repvgg" / f"seed{seed}"
+    (run / "qat").mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps({"optim": {"learning_rate": 0.1}}))
+    qat = {"optim": {"learning_rate": rate}, "num_epochs": 1.0 + seed}
+    (run / "qat" / "config.json").write_text(json.dumps(qat))
+  monkeypatch.setattr(table, "measure", lambda *a, **k: pytest.fail("measured again"))
+  monkeypatch.setattr(table, "measure_qat", _no_qat)
+  records = table.update(tmp_path / "runs", 10, out, say=lambda _: None, qat_epochs=0)
+  assert [records[f"repvgg/seed{s}"].get("qat_epochs") for s in (0, 1, 2)] == [1.0, 2.0, None]
+  line = next(x for x in (out / "e10.md").read_text().splitlines() if x.startswith("| repvgg |"))
+  assert "| 1, 2, ? | 89.50 +- 0.00 |" in line
+  tuned = []
+
+  def measure_qat(workdir, epochs=1.0, calibration=512):
+    assert not (workdir / "qat").exists()  # set aside, so not resumed
+    tuned.append(workdir.name)
+    return {"top1_qat": 89.9, "top1_qat_fp32": 90.0, "qat_lr": rate, "qat_epochs": epochs}
+
+  monkeypatch.setattr(table, "measure_qat", measure_qat)
+  records = table.update(tmp_path / "runs", 10, out, say=lambda _: None, qat_epochs=2)
+  assert tuned == ["seed0"]  # seed1 was fine-tuned for 2 epochs already
+  assert (tmp_path / "runs" / "e10" / "repvgg" / "seed0" / "qat-lr0.0001-e1").is_dir()
+  assert records["repvgg/seed0"]["qat_epochs"] == 2 and records["repvgg/seed0"]["top1_qat"] == 89.9
+  line = next(x for x in (out / "e10.md").read_text().splitlines() if x.startswith("| repvgg |"))
+  assert "| 2, ? |" in line
 
 
 def test_qat_runs_at_a_share_of_the_runs_base_rate(tmp_path):
@@ -216,7 +267,8 @@ def test_measure_qat_fine_tunes_the_run_and_quantizes_it(tmp_path):
   assert config["optim"]["learning_rate"] == pytest.approx(table.QAT_LR_SHARE * base)
   assert got["qat_lr"] == config["optim"]["learning_rate"]
   assert config["optim"]["schedule"] == "constant"
-  assert set(got) == {"top1_qat", "top1_qat_fp32", "qat_lr"} and 0 <= got["top1_qat"] <= 100
+  assert set(got) == {"top1_qat", "top1_qat_fp32", "qat_lr", "qat_epochs"}
+  assert 0 <= got["top1_qat"] <= 100 and got["qat_epochs"] == config["num_epochs"] == 1.0
   summary = json.loads((tmp_path / "run" / "qat" / "summary.json").read_text())
   assert got["top1_qat_fp32"] == pytest.approx(100 * summary["deployed_test_accuracy"])
   assert table.measure_qat(tmp_path / "run", epochs=1.0, calibration=16) == got

@@ -77,22 +77,33 @@ def without_old_qat(old: Mapping[str, Any]) -> dict[str, Any]:
   return {k: v for k, v in old.items() if k not in ("top1_qat", "top1_qat_fp32")}
 
 
-def _set_aside_old_qat(workdir: Path) -> None:
-  """Renames WORKDIR/qat to qat-lr<its rate> where it was fine-tuned at another rate than
-  `qat_learning_rate` (an older recipe), so that the new fine-tuning does not resume it."""
+def _qat_recipe(qat: Path) -> tuple[float, float] | None:
+  """The (learning rate, epochs) the fine-tuning in QAT was configured with; None where QAT
+  holds no config."""
   from train.trainer.rundir import RunDir
 
-  qat = workdir / "qat"
   if not (qat / "config.json").exists():
+    return None
+  config = RunDir(qat).read_config()
+  return config["optim"]["learning_rate"], float(config["num_epochs"])
+
+
+def _set_aside_other_qat(workdir: Path, epochs: float) -> None:
+  """Renames WORKDIR/qat to qat-lr<its rate>-e<its epochs> where it was fine-tuned with another
+  rate than `qat_learning_rate` or for other than EPOCHS epochs (another recipe), so that the
+  new fine-tuning does not resume it."""
+  recipe = _qat_recipe(workdir / "qat")
+  if recipe is None:
     return
-  old = RunDir(qat).read_config()["optim"]["learning_rate"]
-  if not _same_rate(old, qat_learning_rate(workdir)):
-    aside = workdir / f"qat-lr{old:g}"
-    n = 1
-    while aside.exists():
-      n += 1
-      aside = workdir / f"qat-lr{old:g}-{n}"
-    qat.rename(aside)
+  rate, done = recipe
+  if _same_rate(rate, qat_learning_rate(workdir)) and done == epochs:
+    return
+  aside = workdir / f"qat-lr{rate:g}-e{done:g}"
+  n = 1
+  while aside.exists():
+    n += 1
+    aside = workdir / f"qat-lr{rate:g}-e{done:g}-{n}"
+  (workdir / "qat").rename(aside)
 
 
 def _same_rate(a: float, b: float) -> bool:
@@ -157,6 +168,7 @@ def measure_qat(
     "top1_qat": quantized["top1_int8"],
     "top1_qat_fp32": quantized["top1_fp32"],
     "qat_lr": rate,
+    "qat_epochs": float(epochs),
   }
 
 
@@ -190,6 +202,14 @@ def _cell(values: list[float], seeds: int) -> str:
   return _spread(values) + ("" if len(values) == seeds else f" ({len(values)})")
 
 
+def _qat_epochs_cell(runs: list[Mapping[str, Any]]) -> str:
+  """The epochs of the row's QAT records ('?' for a record that did not say); '-' for none."""
+  done = [r.get("qat_epochs") for r in runs if r.get("top1_qat") is not None]
+  if not done:
+    return "-"
+  return ", ".join(sorted({"?" if e is None else f"{e:g}" for e in done}))
+
+
 def _met(drops: list[float]) -> str:
   if not drops:
     return "-"
@@ -212,15 +232,16 @@ def table(records: Mapping[str, Mapping[str, Any]], epochs: int) -> str:
     "is the same file without it, on this CPU (x86 without VNNI, where its u8 x s8 products "
     "saturate); records measured before the config was recorded have only that drop. "
     "After QAT: the run fine-tuned with fake INT8 weights and inputs (`quantize.qat`, "
-    f"`--qat_epochs`, 1 here, at {QAT_LR_SHARE:g} of its base learning rate, constant), then "
+    "for the epochs in the column QAT epochs (`--qat_epochs`), at "
+    f"{QAT_LR_SHARE:g} of its base learning rate, constant), then "
     "quantized the same way by onnxruntime. Top-1 and agreement in percent, mean +- sample std "
     "over the seeds (with their count where fewer runs have it); a drop is the run's fp32 - "
     "INT8 (negative: INT8 scored higher). `python -m train.reproduce.int8` wrote this.",
     "",
     "| row | seeds | fp32 | INT8 (onnxruntime) | drop | drop in a default session | INT8 (Qwix) "
-    "| drop | INT8 after QAT (onnxruntime) | drop | agreement (onnxruntime / Qwix) "
+    "| drop | QAT epochs | INT8 after QAT (onnxruntime) | drop | agreement (onnxruntime / Qwix) "
     f"| mean PTQ drop <= {TARGET_DROP:g} (onnxruntime / Qwix) |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for row, runs in rows.items():
     fp32, ort, jax_, qat = (
@@ -231,8 +252,8 @@ def table(records: Mapping[str, Mapping[str, Any]], epochs: int) -> str:
       for name in ("top1_int8", "top1_int8_default", "top1_jax", "top1_qat")
     ]
     agree, agree_jax = _present(runs, "agreement"), _present(runs, "agreement_jax")
-    values = (fp32, ort, drops[0], drops[1], jax_, drops[2], qat, drops[3])
-    cells = [_cell(v, len(runs)) for v in values]
+    cells = [_cell(v, len(runs)) for v in (fp32, ort, drops[0], drops[1], jax_, drops[2])]
+    cells += [_qat_epochs_cell(runs), _cell(qat, len(runs)), _cell(drops[3], len(runs))]
     agreement = f"{_cell(agree, len(runs))} / {_cell(agree_jax, len(runs))}"
     met = " / ".join(_met(drops[i]) for i in (0, 2))
     lines.append(f"| {row} | {len(runs)} | " + " | ".join(cells) + f" | {agreement} | {met} |")
@@ -262,9 +283,17 @@ def update(
       say(f"measuring {key}")
       records[key] = measure(workdir)
     rate = records[key].get("qat_lr")
-    if qat_epochs and (rate is None or not _same_rate(rate, qat_learning_rate(workdir))):
+    if rate is not None and "qat_epochs" not in records[key]:  # recorded before they were
+      recipe = _qat_recipe(workdir / "qat")
+      records[key] = {**records[key], "qat_epochs": None if recipe is None else recipe[1]}
+      changed = True
+    if qat_epochs and (
+      rate is None
+      or not _same_rate(rate, qat_learning_rate(workdir))
+      or records[key]["qat_epochs"] != qat_epochs
+    ):
       say(f"fine-tuning {key} with QAT ({qat_epochs:g} epochs)")
-      _set_aside_old_qat(workdir)
+      _set_aside_other_qat(workdir, float(qat_epochs))
       records[key] = {**records[key], **measure_qat(workdir, qat_epochs)}
       changed = True
     if changed:
