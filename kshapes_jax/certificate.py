@@ -57,6 +57,9 @@ class Int8Report:
     top1_int8_default, agreement_default: the INT8 file in a default onnxruntime session on the
       CPU that measured it, where that differs (x86 without VNNI: its u8s8 products saturate);
       None where not measured.
+    scheme_jax: how the JAX route quantized (`kshapes_jax.int8.JAX_SCHEME`); empty where it
+      was not measured, or in a report written before it was recorded (then Qwix's own
+      activation ranges: each image's absmax, averaged over the calibration images).
   """
 
   layers: tuple[LayerError, ...]
@@ -73,6 +76,7 @@ class Int8Report:
   session_config: tuple[str, ...] = ()
   top1_int8_default: float | None = None
   agreement_default: float | None = None
+  scheme_jax: str = ""
 
   @property
   def drop(self) -> float | None:

@@ -21,7 +21,8 @@ session a file can lose a point of top-1 there that the same file does not lose 
 (measured on a trained Cifar-quick: 91.27 against 92.32, float32 92.31). `measure` reports both.
 
 The other route, `quantize_jax`, quantizes the same network in JAX with Qwix, for comparison
-(`train.export --int8` measures both). Both need the `int8` extra
+(`train.export --int8` measures both), with the same ranges' rule: each layer's input range is
+its largest magnitude over the calibration images (`JAX_SCHEME`). Both need the `int8` extra
 (`pip install "kshapes-jax[int8]"`: onnx, onnxruntime and qwix).
 """
 
@@ -41,6 +42,7 @@ from kshapes_jax.certificate import Int8Report, LayerError
 from kshapes_jax.nn.base import ConvLayer
 
 __all__ = [
+  "JAX_SCHEME",
   "Int8Report",
   "SCHEME",
   "SESSION_CONFIG",
@@ -56,6 +58,10 @@ __all__ = [
 SCHEME = (
   "onnxruntime static QDQ: int8 weights symmetric per output channel, int8 activations "
   "(min-max over the calibration images)"
+)
+JAX_SCHEME = (
+  "Qwix static PTQ: int8 weights symmetric per output channel, int8 activations symmetric "
+  "(absmax over the calibration images)"
 )
 # onnxruntime's x86 int8 kernels without VNNI saturate u8 x s8 pair sums (the module's docstring);
 # this entry makes them compute those layers exactly (no effect on other CPUs)
@@ -397,14 +403,43 @@ def measure(
   )
 
 
+class _RangeRecorder(nnx.Module):
+  """A layer that notes its input's largest magnitude at its first call, then computes as it
+  does."""
+
+  def __init__(self, layer: Any, path: tuple, sink: dict[str, float]):
+    self.layer, self.path, self.sink = layer, path, sink
+
+  def __call__(self, x):
+    self.sink.setdefault(path_str(self.path), float(np.max(np.abs(np.asarray(x)))))
+    return self.layer(x)
+
+
+def _input_ranges(model: nnx.Module, x: np.ndarray) -> dict[str, float]:
+  """Each layer's input's largest magnitude over the batch X, in a float forward."""
+  import jax.numpy as jnp
+
+  sink: dict[str, float] = {}
+  probe = map_modules(
+    nnx.clone(model),
+    lambda path, m: _RangeRecorder(m, path, sink) if isinstance(m, _LAYERS) else None,
+  )
+  probe.eval()
+  probe(jnp.asarray(x))
+  return sink
+
+
 def quantize_jax(model: nnx.Module, calibration: Any) -> nnx.Module:
   """The network quantized in JAX by Qwix (post-training, static ranges), the other route.
 
   The model is deployed to flax layers (`kshapes_jax.deploy(model, to="flax")`: `nnx.Conv` and
-  `nnx.Linear`, which Qwix intercepts), then `qwix.quantize_model` with one rule for every
-  layer: int8 weights symmetric per output channel, int8 activations whose static scale each
-  layer computes from the calibration batch (Qwix's absmax of each image, averaged over the
-  batch). The result is an NNX module of the deployed network's call signature.
+  `nnx.Linear`, which Qwix intercepts), then `qwix.quantize_model` with a rule for each layer:
+  int8 weights symmetric per output channel, int8 activations symmetric whose static range is
+  fixed to the layer input's largest magnitude over the whole calibration batch in the float
+  network (`JAX_SCHEME`), as onnxruntime's min-max calibration takes it. Qwix's own static
+  range, the mean over the batch of each image's largest magnitude, clips every image above
+  that mean. A layer whose input is 0 on every calibration image keeps Qwix's range. The result
+  is an NNX module of the deployed network's call signature.
 
   Args:
     model: a trained or deployed network (not changed).
@@ -413,6 +448,8 @@ def quantize_jax(model: nnx.Module, calibration: Any) -> nnx.Module:
   Raises:
     ValueError: an empty calibration batch or one that is not finite.
   """
+  import re
+
   import jax.numpy as jnp
   import qwix
 
@@ -423,12 +460,19 @@ def quantize_jax(model: nnx.Module, calibration: Any) -> nnx.Module:
     raise ValueError(f"the calibration batch must hold at least one input, got shape {x.shape}")
   if not np.all(np.isfinite(x)):
     raise ValueError("the calibration batch holds a NaN or an infinity")
+  flax_model = deploy(model, to="flax")
+  quantized = dict(weight_qtype=jnp.int8, act_qtype=jnp.int8, act_static_scale=True)
   rules = [
     qwix.QuantizationRule(
-      module_path=".*", weight_qtype=jnp.int8, act_qtype=jnp.int8, act_static_scale=True
+      module_path=re.escape(path),
+      act_calibration_method=f"fixed,{-largest!r},{largest!r}",
+      **quantized,
     )
+    for path, largest in _input_ranges(flax_model, x).items()
+    if largest > 0
   ]
-  return qwix.quantize_model(deploy(model, to="flax"), qwix.PtqProvider(rules), jnp.asarray(x))
+  rules.append(qwix.QuantizationRule(module_path=".*", **quantized))
+  return qwix.quantize_model(flax_model, qwix.PtqProvider(rules), jnp.asarray(x))
 
 
 def write_certificate(path: str | Path, certificate: Any) -> Path:

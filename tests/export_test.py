@@ -156,6 +156,7 @@ def test_cli_exports_a_trained_run_and_checks_the_files(tmp_path, monkeypatch):
   assert shipped.int8 is not None and shipped.layers == fp32.layers
   assert shipped.int8.images == 48 and shipped.int8.calibration == 32
   assert shipped.int8.top1_jax is not None and 0 <= shipped.int8.agreement_jax <= 1
+  assert shipped.int8.scheme_jax == K.int8.JAX_SCHEME
   assert [e.path for e in shipped.int8.layers] == ["convs/0", "convs/1", "convs/2", "convs/3", "fc"]
   int8_session = _session(tmp_path / "run" / "export" / "model.int8.onnx")
   assert int8_session(IMAGES[:4]).shape == (4, 10)

@@ -123,6 +123,31 @@ def test_the_jax_route_refuses_an_empty_or_non_finite_calibration_batch():
     K.int8.quantize_jax(model, np.full((2, 28, 28, 1), np.nan, np.float32))
 
 
+def _input_scales(quantized) -> dict[str, float]:
+  """Each quantized layer's static input scale (Qwix's `..._lhs_scale` parameter), by path."""
+  return {
+    "/".join(map(str, path[:-2])): float(np.max(v.get_value()))
+    for path, v in nnx.to_flat_state(nnx.state(quantized))
+    if str(path[-2]).endswith("_lhs_scale")
+  }
+
+
+def test_the_jax_routes_activation_range_is_the_largest_over_the_calibration_images():
+  """Each layer's static input range is its largest magnitude over the whole batch in the float
+  network (the one image that reaches it sets it), as onnxruntime's min-max takes it, not
+  Qwix's mean over the images of each one's largest, which clips the images above that mean."""
+  model = K.models.create("sn", conv="plain", rngs=nnx.Rngs(0))
+  model.eval()
+  x = np.random.default_rng(0).normal(size=(6, 28, 28, 1)).astype(np.float32)
+  x *= np.array([1, 1, 4, 1, 0.5, 2], np.float32)[:, None, None, None]  # images far apart
+  batch = _input_scales(K.int8.quantize_jax(model, x))
+  each = [_input_scales(K.int8.quantize_jax(model, x[i : i + 1])) for i in range(len(x))]
+  assert list(batch) == ["convs/0", "convs/1", "convs/2", "convs/3", "fc"]
+  for path, scale in batch.items():
+    assert scale == pytest.approx(max(e[path] for e in each), rel=1e-6), path
+    assert scale > 1.2 * np.mean([e[path] for e in each]), path  # the mean would clip
+
+
 def test_whole_number_floats_in_range_are_taken_as_the_pixels_they_are(float_file):
   x = K.int8.check_images(IMAGES[:3].astype(np.float64), float_file)
   assert x.dtype == np.uint8

@@ -10,6 +10,13 @@ import runs
 from train.reproduce import int8 as table
 
 SESSION = "session.x64quantprecision=1"
+SCHEME_JAX = "Qwix static PTQ: the test's recipe"
+
+
+@pytest.fixture(autouse=True)
+def _jax_scheme(monkeypatch):
+  """The JAX route's current recipe is the test's."""
+  monkeypatch.setattr(table, "_current_jax_scheme", lambda: SCHEME_JAX)
 
 
 def _report(fp32, ort, jax=None, agreement=0.99, agreement_jax=None, default=None):
@@ -24,6 +31,7 @@ def _report(fp32, ort, jax=None, agreement=0.99, agreement_jax=None, default=Non
     top1_int8_default=default,
     agreement_default=None if default is None else 0.97,
     session_config=(SESSION,),
+    scheme_jax="" if jax is None else SCHEME_JAX,
   )
 
 
@@ -33,7 +41,7 @@ def _no_qat(workdir, epochs=1.0, calibration=512):
 
 def test_a_record_is_the_report_in_percent():
   got = table.record(_report(0.9, 0.89, None, 0.995, default=0.88))
-  assert got.pop("session") == SESSION
+  assert got.pop("session") == SESSION and got.pop("scheme_jax") == ""
   assert got == pytest.approx(
     {
       "top1_fp32": 90.0,
@@ -253,6 +261,44 @@ def test_a_record_from_a_default_session_is_measured_again_or_kept_as_that(tmp_p
   # measured once: the next update changes nothing
   monkeypatch.setattr(table, "measure", lambda *a, **k: pytest.fail("measured again"))
   assert table.update(tmp_path / "runs", 10, out, say=lambda _: None, qat_epochs=0) == records
+
+
+def test_qwix_numbers_of_another_recipe_are_measured_again_on_hand_and_dropped_when_gone(
+  tmp_path, monkeypatch
+):
+  """Records whose JAX route came from another recipe (one without `scheme_jax`: Qwix's own
+  averaged ranges): a run on hand is measured again; a gone run's Qwix numbers are dropped,
+  its onnxruntime ones kept; a record whose JAX route was not measured is not measured again."""
+  out = tmp_path / "results"
+  out.mkdir()
+  old = {f"sn_v2/seed{s}": table.record(_report(0.9, 0.89, 0.88, 0.99, 0.97)) for s in (0, 1, 2)}
+  for s in (0, 1):
+    del old[f"sn_v2/seed{s}"]["scheme_jax"]
+  old["sn_v2/seed2"].update(top1_jax=None, agreement_jax=None, scheme_jax="")  # Qwix failed
+  (out / "e10.json").write_text(json.dumps(old))
+  for seed in (0, 2):  # seed1 gone
+    run = tmp_path / "runs" / "e10" / "sn_v2" / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+  measured = []
+
+  def measure(workdir, calibration=512):
+    measured.append(workdir.name)
+    return table.record(_report(0.9, 0.89, 0.895, 0.99, 0.99))
+
+  monkeypatch.setattr(table, "measure", measure)
+  monkeypatch.setattr(table, "measure_qat", _no_qat)
+  records = table.update(tmp_path / "runs", 10, out, say=lambda _: None, qat_epochs=0)
+  assert measured == ["seed0"]
+  assert records["sn_v2/seed0"]["top1_jax"] == pytest.approx(89.5)
+  assert records["sn_v2/seed0"]["scheme_jax"] == SCHEME_JAX
+  gone = records["sn_v2/seed1"]
+  assert gone["top1_jax"] is None and gone["agreement_jax"] is None
+  assert gone["top1_int8"] == pytest.approx(89.0)
+  line = next(x for x in (out / "e10.md").read_text().splitlines() if x.startswith("| sn_v2 |"))
+  assert "| 89.50 (1) | 0.50 (1) |" in line
+  table.update(tmp_path / "runs", 10, out, say=lambda _: None, qat_epochs=0)
+  assert measured == ["seed0"]  # measured once
 
 
 def test_measure_qat_fine_tunes_the_run_and_quantizes_it(tmp_path):

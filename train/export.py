@@ -217,6 +217,7 @@ def _jax_route(
     report,
     top1_jax=float(np.mean(logits.argmax(-1) == labels)),
     agreement_jax=float(np.mean(logits.argmax(-1) == reference.argmax(-1))),
+    scheme_jax=K.int8.JAX_SCHEME,
   )
 
 

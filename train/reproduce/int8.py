@@ -44,17 +44,41 @@ TARGET_DROP = 0.5
 
 def record(report: Any) -> dict[str, Any]:
   """A run's numbers from its INT8 report (`kshapes_jax.certificate.Int8Report`), in percent,
-  and the onnxruntime session config its INT8 numbers were measured under ("session")."""
+  the onnxruntime session config its INT8 numbers were measured under ("session") and how the
+  JAX route quantized ("scheme_jax")."""
   numbers: dict[str, Any] = {
     name: None if getattr(report, name) is None else 100 * getattr(report, name) for name in COLUMNS
   }
-  return {**numbers, "session": " ".join(report.session_config)}
+  return {**numbers, "session": " ".join(report.session_config), "scheme_jax": report.scheme_jax}
 
 
 def _current_session() -> str:
   from kshapes_jax.int8 import SESSION_ENTRIES
 
   return " ".join(SESSION_ENTRIES)
+
+
+def _current_jax_scheme() -> str:
+  from kshapes_jax.int8 import JAX_SCHEME
+
+  return JAX_SCHEME
+
+
+def _other_jax_scheme(old: Mapping[str, Any]) -> bool:
+  """The record's JAX-route numbers came from another recipe than the current one (a record
+  without `scheme_jax`: Qwix's own activation ranges, each image's absmax averaged)."""
+  return old.get("top1_jax") is not None and old.get("scheme_jax", "") != _current_jax_scheme()
+
+
+def without_other_jax_scheme(old: Mapping[str, Any]) -> dict[str, Any]:
+  """A record whose JAX-route numbers came from another recipe and whose run is gone: those
+  numbers are dropped, the others kept."""
+  return {
+    **old,
+    "top1_jax": None,
+    "agreement_jax": None,
+    "scheme_jax": "",
+  }
 
 
 def default_session_only(old: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,8 +138,8 @@ def _same_rate(a: float, b: float) -> bool:
 
 def measure(workdir: Path, calibration: int = 512) -> dict[str, Any]:
   """The run's record: from the certificate of its INT8 file where `train.export --int8
-  --check_images 0` wrote one under the current session config, else exported so (every test
-  image) first."""
+  --check_images 0` wrote one under the current session config and JAX scheme, else exported so
+  (every test image) first."""
   import kshapes_jax as K
   from train.export import INT8_NAME, export_run
 
@@ -127,6 +151,7 @@ def measure(workdir: Path, calibration: int = 512) -> dict[str, Any]:
     or report.session_config != K.int8.SESSION_ENTRIES
     or report.calibration != calibration
     or report.top1_fp32 is None
+    or (report.top1_jax is not None and report.scheme_jax != K.int8.JAX_SCHEME)
   ):
     results = export_run(
       workdir, int8=True, check_images=0, calibration=calibration, int8_max_drop=100.0
@@ -226,7 +251,8 @@ def table(records: Mapping[str, Mapping[str, Any]], epochs: int) -> str:
     "",
     "Each finished run of `python -m train.reproduce` exported by `python -m train.export "
     "--int8 --check_images 0`: onnxruntime's static QDQ INT8 (S8S8, weights per channel, "
-    "MinMax ranges from 512 training images) and the same network quantized by Qwix in JAX, on "
+    "MinMax ranges from 512 training images) and the same network quantized by Qwix in JAX "
+    "(weights per channel, each layer's activation range its absmax over the same images), on "
     "all 10,000 test images. onnxruntime runs the INT8 file with the session config "
     f"{_current_session()} (`kshapes_jax.int8.SESSION_CONFIG`); the drop in a default session "
     "is the same file without it, on this CPU (x86 without VNNI, where its u8 x s8 products "
@@ -276,9 +302,16 @@ def update(
     records[key] = default_session_only(records[key])
   for key in [k for k in records if "qat_lr" not in records[k] and k not in on_hand]:
     records[key] = without_old_qat(records[key])
+  for key in [k for k in records if _other_jax_scheme(records[k]) and k not in on_hand]:
+    records[key] = without_other_jax_scheme(records[key])
   for key, workdir in on_hand.items():
-    # a record measured under another session config (or a default session) is measured again
-    changed = key not in records or records[key].get("session") != _current_session()
+    # a record measured under another session config (or a default session), or whose JAX route
+    # was another recipe, is measured again
+    changed = (
+      key not in records
+      or records[key].get("session") != _current_session()
+      or _other_jax_scheme(records[key])
+    )
     if changed:
       say(f"measuring {key}")
       records[key] = measure(workdir)
