@@ -237,8 +237,9 @@ def test_qat_runs_at_a_share_of_the_runs_base_rate(tmp_path):
 
 def test_a_record_from_a_default_session_is_measured_again_or_kept_as_that(tmp_path, monkeypatch):
   """Records written before the session config was recorded were measured in a default
-  onnxruntime session: a run on hand is measured again, a gone run's numbers move to the
-  default-session columns (its configured-session cells stay '-')."""
+  onnxruntime session: a run on hand is measured again (its QAT numbers, measured in that
+  session too, dropped), a gone run's numbers move to the default-session columns (its
+  configured-session cells stay '-')."""
   run = tmp_path / "runs" / "e10" / "acb_online" / "seed1"
   run.mkdir(parents=True)
   (run / "summary.json").write_text("{}")
@@ -247,6 +248,7 @@ def test_a_record_from_a_default_session_is_measured_again_or_kept_as_that(tmp_p
   old = {
     f"acb_online/seed{s}": {"top1_fp32": 92.3, "top1_int8": 91.3, "agreement": 97.1} for s in (0, 1)
   }
+  old["acb_online/seed1"].update(top1_qat=91.0, qat_lr=1e-4, qat_epochs=1.0)
   (out / "e10.json").write_text(json.dumps(old))
   monkeypatch.setattr(
     table, "measure", lambda w, calibration=512: table.record(_report(0.923, 0.9232))
@@ -254,6 +256,7 @@ def test_a_record_from_a_default_session_is_measured_again_or_kept_as_that(tmp_p
   records = table.update(tmp_path / "runs", 10, out, say=lambda _: None, qat_epochs=0)
   assert records["acb_online/seed1"]["top1_int8"] == pytest.approx(92.32)
   assert records["acb_online/seed1"]["session"] == SESSION
+  assert "top1_qat" not in records["acb_online/seed1"]
   gone = records["acb_online/seed0"]
   assert gone["top1_int8"] is None and gone["top1_int8_default"] == 91.3 and gone["session"] == ""
   line = next(x for x in (out / "e10.md").read_text().splitlines() if x.startswith("| acb_online"))
@@ -267,11 +270,16 @@ def test_qwix_numbers_of_another_recipe_are_measured_again_on_hand_and_dropped_w
   tmp_path, monkeypatch
 ):
   """Records whose JAX route came from another recipe (one without `scheme_jax`: Qwix's own
-  averaged ranges): a run on hand is measured again; a gone run's Qwix numbers are dropped,
-  its onnxruntime ones kept; a record whose JAX route was not measured is not measured again."""
+  averaged ranges): a run on hand is measured again, its QAT numbers kept; a gone run's Qwix
+  numbers are dropped, its onnxruntime ones kept; a record whose JAX route was not measured is
+  not measured again."""
   out = tmp_path / "results"
   out.mkdir()
-  old = {f"sn_v2/seed{s}": table.record(_report(0.9, 0.89, 0.88, 0.99, 0.97)) for s in (0, 1, 2)}
+  qat = {"top1_qat": 89.7, "top1_qat_fp32": 89.9, "qat_lr": 1e-4, "qat_epochs": 1.0}
+  old = {
+    f"sn_v2/seed{s}": {**table.record(_report(0.9, 0.89, 0.88, 0.99, 0.97)), **qat}
+    for s in (0, 1, 2)
+  }
   for s in (0, 1):
     del old[f"sn_v2/seed{s}"]["scheme_jax"]
   old["sn_v2/seed2"].update(top1_jax=None, agreement_jax=None, scheme_jax="")  # Qwix failed
@@ -292,6 +300,8 @@ def test_qwix_numbers_of_another_recipe_are_measured_again_on_hand_and_dropped_w
   assert measured == ["seed0"]
   assert records["sn_v2/seed0"]["top1_jax"] == pytest.approx(89.5)
   assert records["sn_v2/seed0"]["scheme_jax"] == SCHEME_JAX
+  # its QAT numbers, measured in the same onnxruntime session, are kept
+  assert {k: records["sn_v2/seed0"][k] for k in qat} == qat
   gone = records["sn_v2/seed1"]
   assert gone["top1_jax"] is None and gone["agreement_jax"] is None
   assert gone["top1_int8"] == pytest.approx(89.0)

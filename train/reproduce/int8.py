@@ -34,6 +34,8 @@ COLUMNS = (
   "top1_int8_default",
   "agreement_default",
 )
+# what `measure_qat` adds to a record
+QAT_KEYS = ("top1_qat", "top1_qat_fp32", "qat_lr", "qat_epochs")
 # QAT fine-tunes at this share of the run's base learning rate, constant. Measured, one epoch:
 # RepVGG seed 1 at 0.01 lost 0.75 points of float32 top-1 and the ACU net seed 0 at 0.01 (the
 # rate its staircase ended at) 0.88; at 0.001 they lost 0.02 and 0.08
@@ -197,6 +199,14 @@ def measure_qat(
   }
 
 
+def _qat_numbers(old: Mapping[str, Any]) -> dict[str, Any]:
+  """What a record measured again after training keeps: its QAT numbers where they were
+  measured in the current onnxruntime session (a new JAX-route recipe does not touch them)."""
+  if old.get("session") != _current_session():
+    return {}
+  return {k: old[k] for k in QAT_KEYS if k in old}
+
+
 def _present(runs: list[Mapping[str, float | None]], name: str) -> list[float]:
   return [r[name] for r in runs if r.get(name) is not None]  # type: ignore[misc]
 
@@ -314,7 +324,7 @@ def update(
     )
     if changed:
       say(f"measuring {key}")
-      records[key] = measure(workdir)
+      records[key] = {**_qat_numbers(records.get(key, {})), **measure(workdir)}
     rate = records[key].get("qat_lr")
     if rate is not None and "qat_epochs" not in records[key]:  # recorded before they were
       recipe = _qat_recipe(workdir / "qat")
