@@ -35,6 +35,20 @@ def _report(fp32, ort, jax=None, agreement=0.99, agreement_jax=None, default=Non
   )
 
 
+def _finished_run(runs, key, qat=None):
+  """A finished run RUNS/e10/KEY at base rate 0.1; with `qat` (rate, epochs), a QAT folder
+  configured so."""
+  run = runs / "e10" / key
+  run.mkdir(parents=True)
+  (run / "summary.json").write_text("{}")
+  (run / "config.json").write_text(json.dumps({"optim": {"learning_rate": 0.1}}))
+  if qat is not None:
+    (run / "qat").mkdir()
+    config = {"optim": {"learning_rate": qat[0]}, "num_epochs": qat[1]}
+    (run / "qat" / "config.json").write_text(json.dumps(config))
+  return run
+
+
 def _no_qat(workdir, epochs=1.0, calibration=512):
   raise AssertionError(f"QAT of {workdir} not expected")
 
@@ -113,10 +127,7 @@ def test_a_run_is_measured_once_and_its_record_outlives_it(tmp_path, monkeypatch
 def test_qat_is_added_to_the_records_of_the_runs_on_hand_once(tmp_path, monkeypatch):
   """A record without QAT gets it where its run is here (and only then), once."""
   for seed in (0, 1):
-    run = tmp_path / "runs" / "e10" / "repvgg" / f"seed{seed}"
-    run.mkdir(parents=True)
-    (run / "summary.json").write_text("{}")
-    (run / "config.json").write_text(json.dumps({"optim": {"learning_rate": 0.1}}))
+    _finished_run(tmp_path / "runs", f"repvgg/seed{seed}")
   out = tmp_path / "results"
   out.mkdir()
   old = {f"repvgg/seed{s}": table.record(_report(0.9, 0.89)) for s in (0, 1, 2)}  # seed2 gone
@@ -158,12 +169,7 @@ def test_qat_of_another_recipe_is_tuned_again_on_hand_and_dropped_when_gone(tmp_
   old["repvgg/seed2"]["qat_lr"] = 1e-3  # the rate its schedule ended at, an older recipe
   (out / "e10.json").write_text(json.dumps(old))
   for seed in (0, 2):  # seed1 gone
-    run = tmp_path / "runs" / "e10" / "repvgg" / f"seed{seed}"
-    (run / "qat").mkdir(parents=True)
-    (run / "summary.json").write_text("{}")
-    (run / "config.json").write_text(json.dumps({"optim": {"learning_rate": 0.1}}))
-    qat = {"optim": {"learning_rate": 0.001}, "num_epochs": 1.0}
-    (run / "qat" / "config.json").write_text(json.dumps(qat))
+    _finished_run(tmp_path / "runs", f"repvgg/seed{seed}", qat=(0.001, 1.0))
   (tmp_path / "runs" / "e10" / "repvgg" / "seed2" / "qat-lr0.001-e1").mkdir()  # set aside before
   rates = []
 
@@ -201,12 +207,7 @@ def test_qat_of_other_epochs_is_tuned_again_and_the_table_says_each_rows_epochs(
   }
   (out / "e10.json").write_text(json.dumps(old))
   for seed in (0, 1):  # seed2 gone
-    run = tmp_path / "runs" / "e10" / "repvgg" / f"seed{seed}"
-    (run / "qat").mkdir(parents=True)
-    (run / "summary.json").write_text("{}")
-    (run / "config.json").write_text(json.dumps({"optim": {"learning_rate": 0.1}}))
-    qat = {"optim": {"learning_rate": rate}, "num_epochs": 1.0 + seed}
-    (run / "qat" / "config.json").write_text(json.dumps(qat))
+    _finished_run(tmp_path / "runs", f"repvgg/seed{seed}", qat=(rate, 1.0 + seed))
   monkeypatch.setattr(table, "measure", lambda *a, **k: pytest.fail("measured again"))
   monkeypatch.setattr(table, "measure_qat", _no_qat)
   records = table.update(tmp_path / "runs", 10, out, say=lambda _: None, qat_epochs=0)
