@@ -314,12 +314,14 @@ def test_qwix_numbers_of_another_recipe_are_measured_again_on_hand_and_dropped_w
 
 def test_measure_qat_fine_tunes_the_run_and_quantizes_it(tmp_path):
   """The run's own config with quantize.qat, its learning rate scaled, constant; then exported
-  with --int8: the record's two numbers, in percent; again: read back, not trained again."""
+  with --int8: the record's two numbers, in percent; again, through a link to the run (a folder
+  of some runs): read back, not trained again."""
   pytest.importorskip("onnxruntime")
   runs.train(tmp_path / "run", conv="acb")
   got = table.measure_qat(tmp_path / "run", epochs=1.0, calibration=16)
   config = json.loads((tmp_path / "run" / "qat" / "config.json").read_text())
-  assert config["quantize"] == {"qat": True, "from_run": str(tmp_path / "run"), "calibration": 16}
+  real = str((tmp_path / "run").resolve())
+  assert config["quantize"] == {"qat": True, "from_run": real, "calibration": 16}
   base = json.loads((tmp_path / "run" / "config.json").read_text())["optim"]["learning_rate"]
   assert config["optim"]["learning_rate"] == pytest.approx(table.QAT_LR_SHARE * base)
   assert got["qat_lr"] == config["optim"]["learning_rate"]
@@ -328,4 +330,6 @@ def test_measure_qat_fine_tunes_the_run_and_quantizes_it(tmp_path):
   assert 0 <= got["top1_qat"] <= 100 and got["qat_epochs"] == config["num_epochs"] == 1.0
   summary = json.loads((tmp_path / "run" / "qat" / "summary.json").read_text())
   assert got["top1_qat_fp32"] == pytest.approx(100 * summary["deployed_test_accuracy"])
-  assert table.measure_qat(tmp_path / "run", epochs=1.0, calibration=16) == got
+  (tmp_path / "some").mkdir()
+  (tmp_path / "some" / "run").symlink_to(tmp_path / "run")
+  assert table.measure_qat(tmp_path / "some" / "run", epochs=1.0, calibration=16) == got

@@ -186,7 +186,10 @@ def measure_qat(
 
   rate = qat_learning_rate(workdir)
   config = ml_collections.ConfigDict(RunDir(workdir).read_config())
-  config.quantize.update(qat=True, from_run=str(workdir), calibration=calibration)
+  # the run's real path: a QAT folder made through a link (a folder of some runs) keeps finding
+  # its run, and is resumed, when the run is reached by another path
+  from_run = str(workdir.resolve())
+  config.quantize.update(qat=True, from_run=from_run, calibration=calibration)
   config.update(num_epochs=float(epochs), num_steps=0, progress=False)
   config.optim.update(learning_rate=rate, schedule="constant", warmup_epochs=0.0)
   trainer.train_and_evaluate(config, workdir / "qat")
