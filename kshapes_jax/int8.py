@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,28 +263,38 @@ def _weight_shapes(path: str | Path) -> list[tuple[int, ...]]:
 
 
 class _Recorder(nnx.Module):
-  """A layer that notes its path and kernel shape when called, then computes as it does."""
+  """A layer that calls `note(path, layer, x)` with its input, then computes as it does."""
 
-  def __init__(self, layer: Any, path: tuple, sink: list):
-    self.layer, self.path, self.sink = layer, path, sink
+  def __init__(self, layer: Any, path: tuple, note: Callable[[str, Any, Any], object]):
+    self.layer, self.path, self.note = layer, path, note
 
   def __call__(self, x):
-    self.sink.append((path_str(self.path), tuple(np.shape(self.layer.kernel[...]))))
+    self.note(path_str(self.path), self.layer, x)
     return self.layer(x)
+
+
+def _probe(model: nnx.Module, x: Any, note: Callable[[str, Any, Any], object]) -> None:
+  """Runs a clone of the model (eval mode) on X with `note` called at each conv and dense
+  layer, in the order the model calls them."""
+  import jax.numpy as jnp
+
+  probe = map_modules(
+    nnx.clone(model),
+    lambda path, m: _Recorder(m, path, note) if isinstance(m, _LAYERS) else None,
+  )
+  probe.eval()
+  probe(jnp.asarray(x))
 
 
 def layer_paths(model: nnx.Module, input_shape: Sequence[int]) -> list[tuple[str, tuple]]:
   """The model's convolutions and dense layers (path, kernel shape) in the order it calls them on
   one (H, W, C) image: the order of an ONNX file's ops written from it."""
-  import jax.numpy as jnp
-
   sink: list[tuple[str, tuple]] = []
-  probe = map_modules(
-    nnx.clone(model),
-    lambda path, m: _Recorder(m, path, sink) if isinstance(m, _LAYERS) else None,
+  _probe(
+    model,
+    np.zeros((1, *input_shape), np.float32),
+    lambda path, layer, x: sink.append((path, tuple(np.shape(layer.kernel[...])))),
   )
-  probe.eval()
-  probe(jnp.zeros((1, *input_shape), jnp.float32))
   return sink
 
 
@@ -403,29 +413,11 @@ def measure(
   )
 
 
-class _RangeRecorder(nnx.Module):
-  """A layer that notes its input's largest magnitude at its first call, then computes as it
-  does."""
-
-  def __init__(self, layer: Any, path: tuple, sink: dict[str, float]):
-    self.layer, self.path, self.sink = layer, path, sink
-
-  def __call__(self, x):
-    self.sink.setdefault(path_str(self.path), float(np.max(np.abs(np.asarray(x)))))
-    return self.layer(x)
-
-
 def _input_ranges(model: nnx.Module, x: np.ndarray) -> dict[str, float]:
-  """Each layer's input's largest magnitude over the batch X, in a float forward."""
-  import jax.numpy as jnp
-
+  """Each layer's input's largest magnitude over the batch X (at its first call), in a float
+  forward."""
   sink: dict[str, float] = {}
-  probe = map_modules(
-    nnx.clone(model),
-    lambda path, m: _RangeRecorder(m, path, sink) if isinstance(m, _LAYERS) else None,
-  )
-  probe.eval()
-  probe(jnp.asarray(x))
+  _probe(model, x, lambda path, layer, x: sink.setdefault(path, float(np.max(np.abs(x)))))
   return sink
 
 
